@@ -1,0 +1,445 @@
+//! The volume configuration, `BACKING/chronicle.volume`: a fixed-size binary
+//! record (docs/FORMAT.md draws it) holding the format parameters, the KDF
+//! parameters and the master key wrapped with AES-256-GCM under the user's
+//! key. The wrap's associated data is every byte before the wrap, so editing
+//! any field makes the configuration fail authentication.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::cipher::{Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::error::{IoContext, Result, VolumeError};
+use crate::keys::{fill_random, KdfParams, SecretKey, UserKey};
+use crate::layout::BLOCK_SIZE;
+
+/// File name of the configuration inside the backing directory.
+pub const CONFIG_NAME: &str = "chronicle.volume";
+/// Magic number of the configuration.
+pub const CONFIG_MAGIC: [u8; 8] = *b"CHRONVOL";
+/// The configuration format version written and read by this build.
+pub const CONFIG_VERSION: u16 = 1;
+/// Algorithm identifier for AES-256-GCM.
+pub const ALGORITHM_AES_256_GCM: u16 = 1;
+/// Feature flags this build understands. None are defined yet: file names
+/// are stored as given. A later build that encrypts names sets a flag, which
+/// this build then refuses instead of misreading the volume.
+pub const KNOWN_FEATURES: u64 = 0;
+
+/// Field offsets, each derived from the one before.
+pub const MAGIC_AT: usize = 0;
+pub const VERSION_AT: usize = MAGIC_AT + CONFIG_MAGIC.len();
+pub const ALGORITHM_AT: usize = VERSION_AT + 2;
+pub const BLOCK_SIZE_AT: usize = ALGORITHM_AT + 2;
+pub const FEATURES_AT: usize = BLOCK_SIZE_AT + 4;
+pub const VOLUME_ID_AT: usize = FEATURES_AT + 8;
+pub const KEY_SOURCE_AT: usize = VOLUME_ID_AT + 16;
+pub const KDF_MEMORY_AT: usize = KEY_SOURCE_AT + 4;
+pub const KDF_ITERATIONS_AT: usize = KDF_MEMORY_AT + 4;
+pub const KDF_PARALLELISM_AT: usize = KDF_ITERATIONS_AT + 4;
+pub const KDF_SALT_AT: usize = KDF_PARALLELISM_AT + 4;
+pub const KEY_CHECK_AT: usize = KDF_SALT_AT + 16;
+pub const WRAP_NONCE_AT: usize = KEY_CHECK_AT + 16;
+pub const WRAPPED_KEY_AT: usize = WRAP_NONCE_AT + NONCE_LEN;
+pub const WRAP_TAG_AT: usize = WRAPPED_KEY_AT + KEY_LEN;
+/// Total length of the configuration file.
+pub const CONFIG_LEN: usize = WRAP_TAG_AT + TAG_LEN;
+
+/// How the key-encryption key is obtained from what the user supplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// A 32-byte key used directly.
+    RawKey,
+    /// A passphrase stretched with Argon2id.
+    Passphrase(KdfParams),
+}
+
+impl KeySource {
+    fn code(&self) -> u8 {
+        match self {
+            KeySource::RawKey => 1,
+            KeySource::Passphrase(_) => 2,
+        }
+    }
+
+    /// One line for `info`.
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::RawKey => "raw key".into(),
+            KeySource::Passphrase(p) => format!(
+                "passphrase (Argon2id, memory {} KiB, iterations {}, parallelism {})",
+                p.memory_kib, p.iterations, p.parallelism
+            ),
+        }
+    }
+}
+
+/// The parsed configuration. The master key stays wrapped until `unwrap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeConfig {
+    pub format_version: u16,
+    pub algorithm: u16,
+    pub block_size: u32,
+    pub features: u64,
+    pub volume_id: [u8; 16],
+    pub key_source: KeySource,
+    key_check: [u8; 16],
+    wrap_nonce: [u8; NONCE_LEN],
+    wrapped_key: [u8; KEY_LEN],
+    wrap_tag: [u8; TAG_LEN],
+}
+
+impl VolumeConfig {
+    /// A new configuration wrapping `master` under `user`.
+    pub fn create(master: &SecretKey, user: &UserKey, kdf: Option<KdfParams>) -> Result<Self> {
+        let key_source = match user {
+            UserKey::Raw(_) => KeySource::RawKey,
+            UserKey::Passphrase(_) => KeySource::Passphrase(match kdf {
+                Some(params) => params,
+                None => KdfParams::new_default()?,
+            }),
+        };
+        let mut volume_id = [0u8; 16];
+        fill_random(&mut volume_id)?;
+        let mut config = VolumeConfig {
+            format_version: CONFIG_VERSION,
+            algorithm: ALGORITHM_AES_256_GCM,
+            block_size: BLOCK_SIZE as u32,
+            features: KNOWN_FEATURES,
+            volume_id,
+            key_source,
+            key_check: [0; 16],
+            wrap_nonce: [0; NONCE_LEN],
+            wrapped_key: [0; KEY_LEN],
+            wrap_tag: [0; TAG_LEN],
+        };
+        config.wrap(master, user)?;
+        Ok(config)
+    }
+
+    /// Wraps `master` under `user` (a new key source, a new salt for a
+    /// passphrase, a new nonce); every other field stays.
+    pub fn rewrap(&self, master: &SecretKey, user: &UserKey, kdf: Option<KdfParams>) -> Result<Self> {
+        let fresh = Self::create(master, user, kdf)?;
+        let mut config = VolumeConfig {
+            key_source: fresh.key_source,
+            ..self.clone()
+        };
+        config.wrap(master, user)?;
+        Ok(config)
+    }
+
+    fn wrap(&mut self, master: &SecretKey, user: &UserKey) -> Result<()> {
+        let kek = self.key_encryption_key(user)?;
+        self.key_check = key_check(&kek);
+        fill_random(&mut self.wrap_nonce)?;
+        let wrap_key = kek.derive(&[b"chronicle master key wrap v1"]);
+        let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
+        let mut wrapped = *master.as_bytes();
+        let aad = self.authenticated_prefix();
+        self.wrap_tag = aead.seal(&self.wrap_nonce, &aad, &mut wrapped);
+        self.wrapped_key = wrapped;
+        Ok(())
+    }
+
+    /// Recovers the master key. A key that fails the key check is
+    /// `KeyMismatch`; a key that passes it but does not open the wrap means
+    /// the file was edited: `ConfigTampered`.
+    pub fn unwrap(&self, user: &UserKey, path: &Path) -> Result<SecretKey> {
+        let kek = self.key_encryption_key(user)?;
+        if !constant_time_eq(&key_check(&kek), &self.key_check) {
+            return Err(VolumeError::KeyMismatch);
+        }
+        let wrap_key = kek.derive(&[b"chronicle master key wrap v1"]);
+        let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
+        let mut master = zeroize::Zeroizing::new(self.wrapped_key);
+        aead.open(&self.wrap_nonce, &self.authenticated_prefix(), &mut *master, &self.wrap_tag)
+            .map_err(|_| VolumeError::ConfigTampered {
+                path: path.to_path_buf(),
+            })?;
+        Ok(SecretKey::from_bytes(*master))
+    }
+
+    fn key_encryption_key(&self, user: &UserKey) -> Result<SecretKey> {
+        match (user, &self.key_source) {
+            (UserKey::Raw(key), KeySource::RawKey) => Ok(key.clone()),
+            (UserKey::Passphrase(pass), KeySource::Passphrase(params)) => params.stretch(pass),
+            // A raw key for a passphrase volume (or the reverse) cannot open it.
+            _ => Err(VolumeError::KeyMismatch),
+        }
+    }
+
+    /// Every byte before the wrap nonce: the associated data of the wrap.
+    fn authenticated_prefix(&self) -> [u8; WRAP_NONCE_AT] {
+        let bytes = self.encode();
+        let mut prefix = [0u8; WRAP_NONCE_AT];
+        prefix.copy_from_slice(&bytes[..WRAP_NONCE_AT]);
+        prefix
+    }
+
+    pub fn encode(&self) -> [u8; CONFIG_LEN] {
+        let mut b = [0u8; CONFIG_LEN];
+        let (code, kdf) = match &self.key_source {
+            KeySource::RawKey => (1, None),
+            KeySource::Passphrase(p) => (2, Some(p)),
+        };
+        debug_assert_eq!(code, self.key_source.code());
+        b[MAGIC_AT..VERSION_AT].copy_from_slice(&CONFIG_MAGIC);
+        b[VERSION_AT..ALGORITHM_AT].copy_from_slice(&self.format_version.to_le_bytes());
+        b[ALGORITHM_AT..BLOCK_SIZE_AT].copy_from_slice(&self.algorithm.to_le_bytes());
+        b[BLOCK_SIZE_AT..FEATURES_AT].copy_from_slice(&self.block_size.to_le_bytes());
+        b[FEATURES_AT..VOLUME_ID_AT].copy_from_slice(&self.features.to_le_bytes());
+        b[VOLUME_ID_AT..KEY_SOURCE_AT].copy_from_slice(&self.volume_id);
+        b[KEY_SOURCE_AT] = code;
+        if let Some(p) = kdf {
+            b[KDF_MEMORY_AT..KDF_ITERATIONS_AT].copy_from_slice(&p.memory_kib.to_le_bytes());
+            b[KDF_ITERATIONS_AT..KDF_PARALLELISM_AT].copy_from_slice(&p.iterations.to_le_bytes());
+            b[KDF_PARALLELISM_AT..KDF_SALT_AT].copy_from_slice(&p.parallelism.to_le_bytes());
+            b[KDF_SALT_AT..KEY_CHECK_AT].copy_from_slice(&p.salt);
+        }
+        b[KEY_CHECK_AT..WRAP_NONCE_AT].copy_from_slice(&self.key_check);
+        b[WRAP_NONCE_AT..WRAPPED_KEY_AT].copy_from_slice(&self.wrap_nonce);
+        b[WRAPPED_KEY_AT..WRAP_TAG_AT].copy_from_slice(&self.wrapped_key);
+        b[WRAP_TAG_AT..CONFIG_LEN].copy_from_slice(&self.wrap_tag);
+        b
+    }
+
+    /// Parses and checks the structure (not the authenticity, which needs the key).
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bad = |reason: String| VolumeError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if bytes.len() < MAGIC_AT + CONFIG_MAGIC.len() || bytes[MAGIC_AT..VERSION_AT] != CONFIG_MAGIC {
+            return Err(bad("not a chronicle volume configuration (bad magic)".into()));
+        }
+        if bytes.len() < ALGORITHM_AT {
+            return Err(bad(format!("truncated to {} bytes", bytes.len())));
+        }
+        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let format_version = u16_at(VERSION_AT);
+        if format_version != CONFIG_VERSION {
+            return Err(VolumeError::UnsupportedVersion {
+                what: "volume configuration",
+                found: format_version.into(),
+                supported: CONFIG_VERSION.into(),
+            });
+        }
+        if bytes.len() != CONFIG_LEN {
+            return Err(bad(format!(
+                "expected {CONFIG_LEN} bytes, found {} (truncated or garbled)",
+                bytes.len()
+            )));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(array(&bytes[at..at + 4]));
+        let algorithm = u16_at(ALGORITHM_AT);
+        if algorithm != ALGORITHM_AES_256_GCM {
+            return Err(bad(format!("unknown algorithm {algorithm}")));
+        }
+        let block_size = u32_at(BLOCK_SIZE_AT);
+        if u64::from(block_size) != BLOCK_SIZE {
+            return Err(bad(format!("unsupported block size {block_size}")));
+        }
+        let features = u64::from_le_bytes(array(&bytes[FEATURES_AT..VOLUME_ID_AT]));
+        if features & !KNOWN_FEATURES != 0 {
+            return Err(VolumeError::UnsupportedFeatures {
+                path: path.to_path_buf(),
+                flags: features & !KNOWN_FEATURES,
+            });
+        }
+        let key_source = match bytes[KEY_SOURCE_AT] {
+            1 => KeySource::RawKey,
+            2 => KeySource::Passphrase(KdfParams {
+                memory_kib: u32_at(KDF_MEMORY_AT),
+                iterations: u32_at(KDF_ITERATIONS_AT),
+                parallelism: u32_at(KDF_PARALLELISM_AT),
+                salt: array(&bytes[KDF_SALT_AT..KEY_CHECK_AT]),
+            }),
+            other => return Err(bad(format!("unknown key source {other}"))),
+        };
+        let config = VolumeConfig {
+            format_version,
+            algorithm,
+            block_size,
+            features,
+            volume_id: array(&bytes[VOLUME_ID_AT..KEY_SOURCE_AT]),
+            key_source,
+            key_check: array(&bytes[KEY_CHECK_AT..WRAP_NONCE_AT]),
+            wrap_nonce: array(&bytes[WRAP_NONCE_AT..WRAPPED_KEY_AT]),
+            wrapped_key: array(&bytes[WRAPPED_KEY_AT..WRAP_TAG_AT]),
+            wrap_tag: array(&bytes[WRAP_TAG_AT..CONFIG_LEN]),
+        };
+        // The wrap authenticates the re-encoded fields; bytes that parsing
+        // ignores (reserved bytes, KDF fields of a raw-key volume) must be
+        // exactly what encoding writes, or an edit there would go unnoticed.
+        if config.encode()[..] != *bytes {
+            return Err(VolumeError::ConfigTampered {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads `BACKING/chronicle.volume`.
+    pub fn load(backing: &Path) -> Result<Self> {
+        let path = config_path(backing);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VolumeError::NotAVolume {
+                    path: backing.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(VolumeError::io(format!("reading {}", path.display()), e)),
+        };
+        Self::decode(&bytes, &path)
+    }
+
+    /// Writes the configuration atomically: a temporary file, fsync, rename
+    /// over the old one, fsync of the directory. Mode 0400.
+    pub fn store(&self, backing: &Path) -> Result<()> {
+        let path = config_path(backing);
+        let tmp = backing.join(format!("{CONFIG_NAME}.tmp"));
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(VolumeError::io(format!("removing {}", tmp.display()), e)),
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&tmp)
+            .context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&self.encode())
+            .and_then(|()| file.sync_all())
+            .context(|| format!("writing {}", tmp.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))
+            .context(|| format!("setting the mode of {}", tmp.display()))?;
+        fs::rename(&tmp, &path).context(|| format!("renaming {} into place", tmp.display()))?;
+        File::open(backing)
+            .and_then(|dir| dir.sync_all())
+            .context(|| format!("syncing directory {}", backing.display()))
+    }
+}
+
+/// Path of the configuration inside a backing directory.
+pub fn config_path(backing: &Path) -> PathBuf {
+    backing.join(CONFIG_NAME)
+}
+
+fn key_check(kek: &SecretKey) -> [u8; 16] {
+    let derived = kek.derive(&[b"chronicle key check v1"]);
+    array(&derived.as_bytes()[..16])
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Copies a slice whose length the caller derived from the layout constants.
+fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(slice);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(byte: u8) -> UserKey {
+        UserKey::Raw(SecretKey::from_bytes([byte; 32]))
+    }
+
+    // Protects: the byte layout drawn in docs/FORMAT.md.
+    #[test]
+    fn layout_matches_format_doc() {
+        assert_eq!(
+            [VERSION_AT, ALGORITHM_AT, BLOCK_SIZE_AT, FEATURES_AT, VOLUME_ID_AT, KEY_SOURCE_AT],
+            [8, 10, 12, 16, 24, 40]
+        );
+        assert_eq!(
+            [KDF_MEMORY_AT, KDF_SALT_AT, KEY_CHECK_AT, WRAP_NONCE_AT, WRAPPED_KEY_AT, WRAP_TAG_AT],
+            [44, 56, 72, 88, 100, 132]
+        );
+        assert_eq!(CONFIG_LEN, 148);
+    }
+
+    // Protects: the right key unwraps, a wrong one is KeyMismatch.
+    #[test]
+    fn wrap_unwrap_and_mismatch() {
+        let master = SecretKey::from_bytes([9; 32]);
+        let config = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        let back = VolumeConfig::decode(&config.encode(), Path::new("c")).expect("decode");
+        assert_eq!(back, config);
+        let unwrapped = back.unwrap(&raw(1), Path::new("c")).expect("unwrap");
+        assert_eq!(unwrapped.as_bytes(), master.as_bytes());
+        assert!(matches!(back.unwrap(&raw(2), Path::new("c")), Err(VolumeError::KeyMismatch)));
+    }
+
+    // Protects: editing any authenticated byte is refused (as tampering or a
+    // mismatch, never accepted), while the right key still fails closed.
+    #[test]
+    fn every_edited_byte_is_refused() {
+        let master = SecretKey::from_bytes([9; 32]);
+        let config = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        let bytes = config.encode();
+        for i in 0..CONFIG_LEN {
+            let mut edited = bytes;
+            edited[i] ^= 0x01;
+            let outcome = VolumeConfig::decode(&edited, Path::new("c"))
+                .and_then(|c| c.unwrap(&raw(1), Path::new("c")));
+            assert!(outcome.is_err(), "flipping byte {i} was accepted");
+        }
+        // A flipped volume id passes the key check but fails the wrap.
+        let mut edited = bytes;
+        edited[VOLUME_ID_AT] ^= 1;
+        let result = VolumeConfig::decode(&edited, Path::new("c"))
+            .and_then(|c| c.unwrap(&raw(1), Path::new("c")));
+        assert!(matches!(result, Err(VolumeError::ConfigTampered { .. })));
+    }
+
+    // Protects: unknown versions and feature flags are refused, not guessed at.
+    #[test]
+    fn unknown_version_and_features_refused() {
+        let config = VolumeConfig::create(&SecretKey::from_bytes([9; 32]), &raw(1), None).expect("create");
+        let mut bytes = config.encode();
+        bytes[VERSION_AT] = 2;
+        assert!(matches!(
+            VolumeConfig::decode(&bytes, Path::new("c")),
+            Err(VolumeError::UnsupportedVersion { found: 2, .. })
+        ));
+        let mut bytes = config.encode();
+        bytes[FEATURES_AT] = 0x10;
+        assert!(matches!(
+            VolumeConfig::decode(&bytes, Path::new("c")),
+            Err(VolumeError::UnsupportedFeatures { flags: 0x10, .. })
+        ));
+        assert!(matches!(
+            VolumeConfig::decode(&bytes[..100], Path::new("c")),
+            Err(VolumeError::BadConfig { .. }) | Err(VolumeError::UnsupportedFeatures { .. })
+        ));
+        assert!(matches!(
+            VolumeConfig::decode(b"garbage", Path::new("c")),
+            Err(VolumeError::BadConfig { .. })
+        ));
+    }
+
+    // Protects: passphrase volumes store their KDF parameters and open only
+    // with the same passphrase.
+    #[test]
+    fn passphrase_wrap() {
+        let master = SecretKey::from_bytes([4; 32]);
+        let pass = |s: &str| UserKey::Passphrase(zeroize::Zeroizing::new(s.to_string()));
+        let kdf = KdfParams::with_cost(256, 1).expect("kdf");
+        let config = VolumeConfig::create(&master, &pass("correct horse"), Some(kdf)).expect("create");
+        let back = VolumeConfig::decode(&config.encode(), Path::new("c")).expect("decode");
+        assert!(matches!(back.key_source, KeySource::Passphrase(p) if p == kdf));
+        let got = back.unwrap(&pass("correct horse"), Path::new("c")).expect("unwrap");
+        assert_eq!(got.as_bytes(), master.as_bytes());
+        assert!(matches!(back.unwrap(&pass("wrong"), Path::new("c")), Err(VolumeError::KeyMismatch)));
+        assert!(matches!(back.unwrap(&raw(4), Path::new("c")), Err(VolumeError::KeyMismatch)));
+    }
+}

@@ -1,0 +1,177 @@
+//! The FUSE front end: the only module that talks to `fuser`.
+
+mod attr;
+mod fs;
+mod nodes;
+mod ops;
+mod xattr;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use fuser::{Config, MountOption, SessionACL};
+use rustix::fs::{Mode, OFlags};
+
+use crate::names::PlainNames;
+use crate::volume::Volume;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// Let other users in (`allow_other`), with the kernel checking
+    /// permissions (`default_permissions`).
+    pub allow_other: bool,
+    /// Let the kernel cache writes and send them in large batches.
+    pub writeback_cache: bool,
+    /// Threads serving requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            writeback_cache: true,
+            threads: (2 * cores).clamp(4, 16),
+        }
+    }
+}
+
+/// A mounted volume whose requests are not yet being served. `serve` blocks
+/// until the file system is unmounted.
+pub struct Mounted {
+    session: fuser::Session<fs::ChronicleFs>,
+}
+
+/// Unmounts a `Mounted` from another thread (a signal handler's thread).
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+/// A volume served on background threads; unmounts when dropped.
+pub struct BackgroundMount {
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl BackgroundMount {
+    /// Unmounts and waits for the serving threads.
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            if let Err(e) = session.umount_and_join() {
+                log::warn!("unmounting: {e}");
+            }
+        }
+    }
+}
+
+impl Mounted {
+    /// Mounts `volume` at `mountpoint`. Returns once the kernel has
+    /// completed the FUSE handshake: requests queue until `serve`.
+    pub fn new(volume: &Volume, mountpoint: &Path, options: &MountOptions) -> io::Result<Self> {
+        raise_fd_limit();
+        let root: OwnedFd = rustix::fs::open(
+            volume.backing(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let ops = ops::Ops::new(
+            root,
+            std::sync::Arc::clone(volume.crypto()),
+            Box::new(PlainNames),
+            options.read_only,
+        )?;
+        let filesystem = fs::ChronicleFs {
+            ops,
+            writeback_cache: options.writeback_cache && !options.read_only,
+        };
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(format!("chronicle:{}", volume.backing().display())),
+            MountOption::Subtype("chronicle".into()),
+            MountOption::NoDev,
+            MountOption::NoSuid,
+            if options.read_only { MountOption::RO } else { MountOption::RW },
+        ];
+        if options.allow_other {
+            config.acl = SessionACL::All;
+            config.mount_options.push(MountOption::DefaultPermissions);
+        }
+        config.n_threads = Some(options.threads.max(1));
+        config.clone_fd = true;
+        let session = fuser::Session::new(filesystem, mountpoint, &config)?;
+        Ok(Mounted { session })
+    }
+
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.session.unmount_callable())
+    }
+
+    /// Serves requests until the file system is unmounted, then flushes the
+    /// backing file system so that everything written is on disk.
+    pub fn serve(self, volume: &Volume) -> io::Result<()> {
+        let served = self.session.run();
+        let synced = std::fs::File::open(volume.backing())
+            .and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from));
+        served.and(synced)
+    }
+
+    /// Serves requests on background threads.
+    pub fn spawn(self) -> io::Result<BackgroundMount> {
+        Ok(BackgroundMount {
+            session: Some(self.session.spawn()?),
+        })
+    }
+}
+
+/// The inode table keeps one descriptor per inode the kernel caches, which
+/// can be tens of thousands while a source tree is unpacked.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(max) = limit.maximum {
+        let wanted = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, wanted) {
+            log::debug!("raising the open-file limit: {e}");
+        }
+    }
+}
+
+/// Unmounts whatever is mounted at `mountpoint` (as root with umount2,
+/// otherwise through `fusermount3 -u` / `fusermount -u`).
+pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty())
+            .map_err(io::Error::from);
+    }
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "fusermount not found");
+    for tool in ["fusermount3", "fusermount"] {
+        match std::process::Command::new(tool).arg("-u").arg(mountpoint).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                last = io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

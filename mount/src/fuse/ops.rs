@@ -1,0 +1,691 @@
+//! The file-system operations, each returning `Result<_, Errno>`. Backing
+//! files are reached through the inode table's `O_PATH` descriptors; every
+//! name goes through the `NameCodec`; every regular file's bytes go through
+//! its shared `EncryptedFile`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use fuser::{Errno, FileAttr, FileType, TimeOrNow};
+use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamps, CWD};
+
+use super::attr;
+use super::nodes::{Node, NodeTable, ROOT_INO};
+use super::xattr::XattrCipher;
+use crate::content::{ContentCrypto, EncryptedFile};
+use crate::error::VolumeError;
+use crate::layout;
+use crate::names::{NameCodec, NameError};
+
+pub type XattrReply = Vec<u8>;
+
+/// Who asked: new files are given to the caller, as a local file system would.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl From<&fuser::Request> for Caller {
+    fn from(req: &fuser::Request) -> Self {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
+}
+
+/// The attribute changes of one `setattr`.
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+struct DirItem {
+    name: OsString,
+    ino: u64,
+    kind: FileType,
+}
+
+enum Handle {
+    File {
+        content: Arc<EncryptedFile>,
+    },
+    Dir {
+        node: Arc<Node>,
+        entries: Arc<Vec<DirItem>>,
+    },
+}
+
+pub struct Ops {
+    nodes: NodeTable,
+    crypto: Arc<ContentCrypto>,
+    names: Box<dyn NameCodec>,
+    xattrs: XattrCipher,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    read_only: bool,
+    /// Running as root: new files are chowned to their creator.
+    as_root: bool,
+}
+
+thread_local! {
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn sys(e: rustix::io::Errno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
+fn io(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Maps a volume error to an errno; integrity failures are logged, since
+/// the program only sees `EIO`.
+pub fn volume_errno(e: VolumeError) -> Errno {
+    match &e {
+        VolumeError::AuthenticationFailed { .. } | VolumeError::BadFileHeader { .. } => {
+            log::error!("{e}");
+        }
+        VolumeError::Io { .. } => log::debug!("{e}"),
+        _ => log::warn!("{e}"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn timespec(t: TimeOrNow) -> Timespec {
+    match t {
+        TimeOrNow::Now => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        TimeOrNow::SpecificTime(at) => {
+            let (secs, nanos) = match at.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+                Err(before) => (-(before.duration().as_secs() as i64), 0),
+            };
+            Timespec {
+                tv_sec: secs,
+                tv_nsec: nanos as _,
+            }
+        }
+    }
+}
+
+const OMIT: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: rustix::fs::UTIME_OMIT,
+};
+
+impl Ops {
+    pub fn new(
+        root: OwnedFd,
+        crypto: Arc<ContentCrypto>,
+        names: Box<dyn NameCodec>,
+        read_only: bool,
+    ) -> std::io::Result<Self> {
+        let xattrs = XattrCipher::new(&crypto);
+        Ok(Ops {
+            nodes: NodeTable::new(root)?,
+            crypto,
+            names,
+            xattrs,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            read_only,
+            as_root: rustix::process::geteuid().is_root(),
+        })
+    }
+
+    // ---- names and nodes -------------------------------------------------
+
+    fn node(&self, ino: u64) -> Result<Arc<Node>, Errno> {
+        self.nodes.get(ino)
+    }
+
+    fn backing_name(&self, parent: &Node, name: &OsStr) -> Result<OsString, Errno> {
+        self.names
+            .to_backing(name, parent.ino == ROOT_INO)
+            .map_err(|NameError::Reserved| Errno::EPERM)
+    }
+
+    fn stat_attr(&self, node: &Node) -> Result<FileAttr, Errno> {
+        let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
+        Ok(attr::from_stat(node.ino, &stat))
+    }
+
+    /// Looks up `backing` in `parent`, counting one kernel lookup.
+    fn lookup_backing(&self, parent: &Node, backing: &OsStr) -> Result<(Arc<Node>, FileAttr), Errno> {
+        let fd = rustix::fs::openat(
+            &parent.fd,
+            backing,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        let stat = rustix::fs::fstat(&fd).map_err(sys)?;
+        let node = self.nodes.remember(fd, &stat);
+        Ok((Arc::clone(&node), attr::from_stat(node.ino, &stat)))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let parent = self.node(parent)?;
+        let backing = self
+            .names
+            .to_backing(name, parent.ino == ROOT_INO)
+            .map_err(|NameError::Reserved| Errno::ENOENT)?;
+        self.lookup_backing(&parent, &backing).map(|(_, attr)| attr)
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.nodes.forget(ino, count);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let node = self.node(ino)?;
+        self.stat_attr(&node)
+    }
+
+    /// Gives a new entry to its creator when we run as root.
+    fn chown_new(&self, caller: Caller, parent: &Node, backing: &OsStr) -> Result<(), Errno> {
+        if !self.as_root || (caller.uid == 0 && caller.gid == 0) {
+            return Ok(());
+        }
+        rustix::fs::chownat(
+            &parent.fd,
+            backing,
+            Some(rustix::fs::Uid::from_raw(caller.uid)),
+            Some(rustix::fs::Gid::from_raw(caller.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(sys)
+    }
+
+    // ---- the plaintext contents of regular files -------------------------
+
+    /// The shared `EncryptedFile` of a regular file, opened on first use.
+    fn content(&self, node: &Node) -> Result<Arc<EncryptedFile>, Errno> {
+        if node.kind != RawType::RegularFile {
+            return Err(Errno::EISDIR);
+        }
+        let mut slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = slot.upgrade() {
+            return Ok(existing);
+        }
+        let path = node.proc_path();
+        // Read-write even for read-only opens: with writeback caching the
+        // kernel writes through any handle, and a partial block is always
+        // read before it is rewritten.
+        let file = if self.read_only {
+            File::open(&path)
+        } else {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .or_else(|_| File::open(&path))
+        }
+        .map_err(io)?;
+        let label = std::fs::read_link(&path).unwrap_or_else(|_| path.clone().into());
+        let content = Arc::new(
+            EncryptedFile::open(file, Arc::clone(&self.crypto), label).map_err(volume_errno)?,
+        );
+        *slot = Arc::downgrade(&content);
+        Ok(content)
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.handles().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<EncryptedFile>, Errno> {
+        match &*self.handle(fh)? {
+            Handle::File { content, .. } => Ok(Arc::clone(content)),
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let node = self.node(ino)?;
+        let content = self.content(&node)?;
+        if flags & libc::O_TRUNC != 0 && !self.read_only {
+            content.set_len(0).map_err(volume_errno)?;
+        }
+        Ok(self.add_handle(Handle::File { content }))
+    }
+
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let parent = self.node(parent)?;
+        let backing = self.backing_name(&parent, name)?;
+        let mut oflags = OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        if flags & libc::O_EXCL != 0 {
+            oflags |= OFlags::EXCL;
+        }
+        if flags & libc::O_TRUNC != 0 {
+            oflags |= OFlags::TRUNC;
+        }
+        let fd = rustix::fs::openat(&parent.fd, &backing, oflags, Mode::from_raw_mode(mode))
+            .map_err(sys)?;
+        self.chown_new(caller, &parent, &backing)?;
+        drop(fd);
+        let (node, attr) = self.lookup_backing(&parent, &backing)?;
+        let content = self.content(&node)?;
+        Ok((attr, self.add_handle(Handle::File { content })))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
+        let content = match self.file_handle(fh) {
+            Ok(c) => c,
+            Err(e) => return reply(Err(e)),
+        };
+        READ_BUF.with_borrow_mut(|buf| {
+            buf.resize(size as usize, 0);
+            match content.read_at(offset, buf) {
+                Ok(n) => reply(Ok(&buf[..n])),
+                Err(e) => reply(Err(volume_errno(e))),
+            }
+        });
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.file_handle(fh)?
+            .write_at(offset, data)
+            .map_err(volume_errno)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles().remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
+        self.file_handle(fh)?.sync(datasync).map_err(volume_errno)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
+        let content = self.file_handle(fh)?;
+        let size = content.len().map_err(volume_errno)?;
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => {
+                if !keep_size && end > size {
+                    content.set_len(end).map_err(volume_errno)?;
+                } else if keep_size && end > size {
+                    // Reserve the ciphertext space without changing the size.
+                    let from = layout::ciphertext_size(size);
+                    let to = layout::ciphertext_size(end);
+                    let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
+                    match rustix::fs::fallocate(content.backing(), flags, from, to - from) {
+                        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+                        Err(e) => return Err(sys(e)),
+                    }
+                }
+                Ok(())
+            }
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
+                let end = end.min(size);
+                if offset < end {
+                    content.write_zeros(offset, end - offset).map_err(volume_errno)?;
+                }
+                Ok(())
+            }
+            libc::FALLOC_FL_ZERO_RANGE => {
+                let zero_end = if keep_size { end.min(size) } else { end };
+                if offset < zero_end {
+                    content.write_zeros(offset, zero_end - offset).map_err(volume_errno)?;
+                }
+                Ok(())
+            }
+            _ => Err(Errno::EOPNOTSUPP),
+        }
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let content = self.file_handle(fh)?;
+        let size = content.len().map_err(volume_errno)? as i64;
+        // Every block is allocated (holes are stored as encrypted zeros), so
+        // the only hole is the one at the end of the file.
+        match whence {
+            libc::SEEK_DATA if offset < size => Ok(offset.max(0)),
+            libc::SEEK_HOLE if offset < size => Ok(size),
+            libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno::ENXIO),
+            libc::SEEK_SET => Ok(offset),
+            libc::SEEK_END => Ok(size + offset),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    // ---- attributes -------------------------------------------------------
+
+    pub fn setattr(&self, ino: u64, change: AttrChange) -> Result<FileAttr, Errno> {
+        let node = self.node(ino)?;
+        if let Some(size) = change.size {
+            let content = match change.fh {
+                Some(fh) => self.file_handle(fh)?,
+                None => self.content(&node)?,
+            };
+            content.set_len(size).map_err(volume_errno)?;
+        }
+        if let Some(mode) = change.mode {
+            if node.kind == RawType::Symlink {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            rustix::fs::chmodat(CWD, node.proc_path(), Mode::from_raw_mode(mode), AtFlags::empty())
+                .map_err(sys)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            rustix::fs::chownat(
+                &node.fd,
+                "",
+                change.uid.map(rustix::fs::Uid::from_raw),
+                change.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )
+            .map_err(sys)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let times = Timestamps {
+                last_access: change.atime.map_or(OMIT, timespec),
+                last_modification: change.mtime.map_or(OMIT, timespec),
+            };
+            if node.kind == RawType::Symlink {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            rustix::fs::utimensat(CWD, node.proc_path(), &times, AtFlags::empty()).map_err(sys)?;
+        }
+        self.stat_attr(&node)
+    }
+
+    pub fn access(&self, ino: u64, mask: i32) -> Result<(), Errno> {
+        let node = self.node(ino)?;
+        if node.kind == RawType::Symlink {
+            return Ok(());
+        }
+        let access = rustix::fs::Access::from_bits_truncate(mask as _);
+        rustix::fs::accessat(CWD, node.proc_path(), access, AtFlags::empty()).map_err(sys)
+    }
+
+    // ---- directory entries -------------------------------------------------
+
+    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, Errno> {
+        let parent = self.node(parent)?;
+        let backing = self.backing_name(&parent, name)?;
+        rustix::fs::mkdirat(&parent.fd, &backing, Mode::from_raw_mode(mode)).map_err(sys)?;
+        self.chown_new(caller, &parent, &backing)?;
+        self.lookup_backing(&parent, &backing).map(|(_, a)| a)
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<FileAttr, Errno> {
+        let parent = self.node(parent)?;
+        let backing = self.backing_name(&parent, name)?;
+        let kind = RawType::from_raw_mode(mode);
+        if kind == RawType::RegularFile {
+            // A regular file made by mknod is an empty encrypted file.
+            let fd = rustix::fs::openat(
+                &parent.fd,
+                &backing,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(mode),
+            )
+            .map_err(sys)?;
+            drop(fd);
+        } else {
+            rustix::fs::mknodat(
+                &parent.fd,
+                &backing,
+                kind,
+                Mode::from_raw_mode(mode),
+                u64::from(rdev),
+            )
+            .map_err(sys)?;
+        }
+        self.chown_new(caller, &parent, &backing)?;
+        self.lookup_backing(&parent, &backing).map(|(_, a)| a)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<FileAttr, Errno> {
+        let parent = self.node(parent)?;
+        let backing = self.backing_name(&parent, name)?;
+        let stored = self.names.target_to_backing(target);
+        rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?;
+        self.chown_new(caller, &parent, &backing)?;
+        self.lookup_backing(&parent, &backing).map(|(_, a)| a)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
+        let node = self.node(ino)?;
+        let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new()).map_err(sys)?;
+        let stored = OsString::from(OsStr::from_bytes(stored.as_bytes()));
+        Ok(self.names.target_from_backing(&stored))
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr, Errno> {
+        let node = self.node(ino)?;
+        let parent = self.node(newparent)?;
+        let backing = self.backing_name(&parent, newname)?;
+        rustix::fs::linkat(CWD, node.proc_path(), &parent.fd, &backing, AtFlags::SYMLINK_FOLLOW)
+            .map_err(sys)?;
+        self.nodes.add_lookup(node.ino);
+        self.stat_attr(&node)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let parent = self.node(parent)?;
+        let backing = self.backing_name(&parent, name)?;
+        let flags = if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+        rustix::fs::unlinkat(&parent.fd, &backing, flags).map_err(sys)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        let from_dir = self.node(parent)?;
+        let to_dir = self.node(newparent)?;
+        let from = self.backing_name(&from_dir, name)?;
+        let to = self.backing_name(&to_dir, newname)?;
+        let flags = rustix::fs::RenameFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
+        if flags.contains(rustix::fs::RenameFlags::WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        rustix::fs::renameat_with(&from_dir.fd, &from, &to_dir.fd, &to, flags).map_err(sys)
+    }
+
+    // ---- directories --------------------------------------------------------
+
+    /// Opens a directory and takes a snapshot of its entries, so that offsets
+    /// stay meaningful while the directory changes underneath.
+    pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let node = self.node(ino)?;
+        let dir_fd = rustix::fs::openat(
+            &node.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        let mut dir = rustix::fs::Dir::new(dir_fd).map_err(sys)?;
+        let mut entries = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(sys)?;
+            let raw = OsStr::from_bytes(entry.file_name().to_bytes());
+            let name = if raw == "." || raw == ".." {
+                raw.to_os_string()
+            } else {
+                match self.names.from_backing(raw, node.ino == ROOT_INO) {
+                    Some(name) => name,
+                    None => continue,
+                }
+            };
+            entries.push(DirItem {
+                name,
+                ino: self.nodes.fuse_ino(entry.ino()),
+                kind: attr::file_type(entry.file_type()),
+            });
+        }
+        Ok(self.add_handle(Handle::Dir {
+            node,
+            entries: Arc::new(entries),
+        }))
+    }
+
+    fn dir_entries(&self, fh: u64) -> Result<(Arc<Node>, Arc<Vec<DirItem>>), Errno> {
+        match &*self.handle(fh)? {
+            Handle::Dir { node, entries } => Ok((Arc::clone(node), Arc::clone(entries))),
+            Handle::File { .. } => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// Feeds entries from `offset` to `add` until it reports a full buffer.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Result<(), Errno> {
+        let (_, entries) = self.dir_entries(fh)?;
+        for (i, item) in entries.iter().enumerate().skip(offset as usize) {
+            if add(item.ino, i as u64 + 1, item.kind, &item.name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Like `readdir`, with attributes; each entry returned counts as a lookup.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &OsStr, &FileAttr) -> bool,
+    ) -> Result<(), Errno> {
+        let (dir, entries) = self.dir_entries(fh)?;
+        for (i, item) in entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if item.name == "." || item.name == ".." {
+                let attr = FileAttr {
+                    ino: fuser::INodeNo(item.ino),
+                    ..self.stat_attr(&dir)?
+                };
+                // The kernel does not count lookups for these two.
+                if add(next, &item.name, &attr) {
+                    break;
+                }
+                continue;
+            }
+            let backing = match self.names.to_backing(&item.name, dir.ino == ROOT_INO) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            let (node, attr) = match self.lookup_backing(&dir, &backing) {
+                Ok(found) => found,
+                // Removed since the snapshot: skip it.
+                Err(e) if e == Errno::ENOENT => continue,
+                Err(e) => return Err(e),
+            };
+            if add(next, &item.name, &attr) {
+                // Not sent: undo the lookup it counted.
+                self.nodes.forget(node.ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
+        let node = self.node(ino)?;
+        let dir = rustix::fs::openat(
+            &node.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        if datasync {
+            rustix::fs::fdatasync(&dir).map_err(sys)
+        } else {
+            rustix::fs::fsync(&dir).map_err(sys)
+        }
+    }
+
+    pub fn statfs(&self) -> Result<rustix::fs::StatVfs, Errno> {
+        let root = self.node(ROOT_INO)?;
+        let dir = rustix::fs::openat(
+            &root.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        rustix::fs::fstatvfs(dir.as_fd()).map_err(sys)
+    }
+
+    // ---- extended attributes ----------------------------------------------
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        let node = self.node(ino)?;
+        self.xattrs.set(&node, name, value, flags)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        let node = self.node(ino)?;
+        self.xattrs.get(&node, name)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let node = self.node(ino)?;
+        self.xattrs.list(&node)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        let node = self.node(ino)?;
+        self.xattrs.remove(&node, name)
+    }
+}

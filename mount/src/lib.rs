@@ -1,0 +1,20 @@
+//! Chronicle's encrypted volume.
+//!
+//! The content layer (`layout`, `content`, `keys`, `config`, `volume`) is a
+//! plain library: tests drive it without a mount. Only `fuse` talks to FUSE.
+
+pub mod cipher;
+pub mod config;
+pub mod content;
+pub mod error;
+pub mod fuse;
+pub mod keys;
+pub mod layout;
+pub mod names;
+pub mod volume;
+
+pub use config::{KeySource, VolumeConfig, CONFIG_NAME};
+pub use content::EncryptedFile;
+pub use error::{Result, VolumeError};
+pub use keys::{KdfParams, SecretKey, UserKey};
+pub use volume::Volume;

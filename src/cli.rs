@@ -1,0 +1,210 @@
+//! The command line. Names and options follow CONTRACT.md.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine_cli::EngineCommand;
+
+const KEY_HELP: &str = "\
+Key sources (the same on every command that needs a key):
+  (none)               CHRONICLE_ENCRYPTION_KEY holds 64 hex characters
+  --key-env NAME       another environment variable holds the hex key
+  --key-file PATH      32 raw bytes or 64 hex characters; - reads standard input
+  --key-command CMD    run CMD with sh -c; its output is the key (Vault, KMS, ...)
+  --passphrase         prompt (or CHRONICLE_PASSPHRASE), stretched with Argon2id
+
+Generate a key:  openssl rand -hex 32
+Keep the key apart from backups of BACKING: without it the data is unreadable.
+
+Exit codes: 0 success, 1 failure, 2 bad usage, 12 encryption key mismatch,
+26 a block or header failed authentication.";
+
+#[derive(Parser)]
+#[command(
+    name = "chronicle",
+    version,
+    about = "Encryption at rest for a time-series database: an encrypted FUSE volume and the engine that runs on it",
+    long_about = "Chronicle mounts an encrypted volume at a database's data directory. Programs \
+        read and write plaintext; only AES-256-GCM ciphertext, authenticated per 4 KiB block, \
+        reaches the backing directory.\n\nTypical use:\n  export CHRONICLE_ENCRYPTION_KEY=$(openssl rand -hex 32)\n  \
+        chronicle init /srv/metrics.enc\n  chronicle mount /srv/metrics.enc /srv/metrics\n  \
+        ... run the database on /srv/metrics ...\n  chronicle umount /srv/metrics",
+    after_help = KEY_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the key comes from. At most one option; none means
+/// CHRONICLE_ENCRYPTION_KEY.
+#[derive(Args, Debug, Clone, Default)]
+#[group(id = "key", multiple = false)]
+pub struct KeyArgs {
+    /// Read the hex key from environment variable NAME
+    #[arg(long, value_name = "NAME")]
+    pub key_env: Option<String>,
+    /// Read the key from PATH (32 raw bytes or 64 hex characters; - for standard input)
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Run CMD with `sh -c`; its standard output is the key
+    #[arg(long, value_name = "CMD")]
+    pub key_command: Option<String>,
+    /// Use a passphrase (prompted, or from CHRONICLE_PASSPHRASE), stretched with Argon2id
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+/// The new key of `rotate-key`, in the same forms with a `--new-` prefix.
+#[derive(Args, Debug, Clone, Default)]
+#[group(id = "new_key", multiple = false)]
+pub struct NewKeyArgs {
+    /// Read the new hex key from environment variable NAME
+    #[arg(long, value_name = "NAME")]
+    pub new_key_env: Option<String>,
+    /// Read the new key from PATH (- for standard input)
+    #[arg(long, value_name = "PATH")]
+    pub new_key_file: Option<PathBuf>,
+    /// Run CMD with `sh -c`; its standard output is the new key
+    #[arg(long, value_name = "CMD")]
+    pub new_key_command: Option<String>,
+    /// Use a new passphrase (prompted, or from CHRONICLE_NEW_PASSPHRASE)
+    #[arg(long)]
+    pub new_passphrase: bool,
+}
+
+impl NewKeyArgs {
+    pub fn as_key_args(&self) -> KeyArgs {
+        KeyArgs {
+            key_env: self.new_key_env.clone(),
+            key_file: self.new_key_file.clone(),
+            key_command: self.new_key_command.clone(),
+            passphrase: self.new_passphrase,
+        }
+    }
+
+    pub fn is_given(&self) -> bool {
+        self.new_key_env.is_some()
+            || self.new_key_file.is_some()
+            || self.new_key_command.is_some()
+            || self.new_passphrase
+    }
+}
+
+/// Argon2id cost for a new passphrase.
+#[derive(Args, Debug, Clone)]
+pub struct KdfArgs {
+    /// Argon2id memory in MiB (with --passphrase)
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes (with --passphrase)
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create an encrypted volume in BACKING (created if missing)
+    #[command(after_help = KEY_HELP)]
+    Init {
+        backing: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Mount the volume in BACKING at MOUNTPOINT; returns once it is serving
+    #[command(after_help = KEY_HELP)]
+    Mount {
+        backing: PathBuf,
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Stay in the foreground (logs to standard error; Ctrl-C unmounts)
+        #[arg(long)]
+        foreground: bool,
+        /// Mount read-only
+        #[arg(long)]
+        read_only: bool,
+        /// Let other users use the mount (the kernel checks permissions)
+        #[arg(long)]
+        allow_other: bool,
+        /// Send every write straight through instead of letting the kernel batch them
+        #[arg(long)]
+        no_writeback_cache: bool,
+        /// Threads serving requests (default: twice the cores, 4 to 16)
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Append the log of a background mount to PATH (without it a background
+        /// mount keeps no log; programs still get EIO for any forged block)
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+    },
+    /// Unmount a chronicle volume
+    Umount { mountpoint: PathBuf },
+    /// Show a volume's format and key source (no key needed)
+    Info {
+        backing: PathBuf,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Authenticate every block of every file in BACKING
+    #[command(after_help = KEY_HELP)]
+    Fsck {
+        backing: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Cut torn tails (a crash mid-write) back to the last whole block
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Show, without the key, that BACKING's files are ciphertext
+    Inspect {
+        backing: PathBuf,
+        /// Search every raw file for TEXT (repeatable); any match is reported
+        #[arg(long, value_name = "TEXT")]
+        grep: Vec<String>,
+    },
+    /// Change the key: re-wrap the master key, or re-encrypt everything
+    #[command(name = "rotate-key", after_help = KEY_HELP)]
+    RotateKey {
+        backing: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        new_key: NewKeyArgs,
+        #[command(flatten)]
+        kdf: KdfArgs,
+        /// Also pick a new master key and re-encrypt every file with it
+        #[arg(long)]
+        reencrypt: bool,
+    },
+    /// Encrypt an existing unencrypted directory into a new volume
+    #[command(after_help = KEY_HELP)]
+    Encrypt {
+        plain_dir: PathBuf,
+        backing: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Measure AES-256-GCM throughput of each implementation on this machine
+    Speed,
+    /// The bundled time-series engine
+    Engine {
+        #[command(subcommand)]
+        command: EngineCommand,
+    },
+    /// The main job: mount a volume, run the engine on it, show the raw files are ciphertext
+    Demo {
+        /// Working directory (default: a new temporary directory)
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        /// Points to write
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        points: u64,
+    },
+}

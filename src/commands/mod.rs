@@ -1,0 +1,7 @@
+//! One module per group of commands; each function is a whole command.
+
+pub mod inspect;
+pub mod maintain;
+pub mod mount;
+pub mod volume;
+mod walk;

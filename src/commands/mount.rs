@@ -1,0 +1,106 @@
+//! `chronicle mount` and `chronicle umount`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use chronicle_mount::fuse::{self, MountOptions, Mounted};
+use chronicle_mount::Volume;
+
+use crate::cli::KeyArgs;
+use crate::daemon::{self, Side, Verdict};
+use crate::keysource::{self, Purpose};
+use crate::logging;
+
+pub struct MountRequest {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub key: KeyArgs,
+    pub foreground: bool,
+    pub options: MountOptions,
+    pub log_file: Option<PathBuf>,
+}
+
+pub fn mount(req: MountRequest) -> Result<()> {
+    let backing = existing_dir(&req.backing, "backing directory")?;
+    let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
+    // The key is checked before anything else happens: a wrong key mounts
+    // nothing and writes nothing.
+    let user_key = keysource::resolve(&req.key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
+    let volume = Volume::open(&backing, &user_key)?;
+    drop(user_key);
+
+    if req.foreground {
+        logging::init_foreground();
+        let mounted = Mounted::new(&volume, &mountpoint, &req.options)
+            .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+        return serve(mounted, &volume, &backing, &mountpoint);
+    }
+
+    match daemon::fork().context("cannot start the background mount process")? {
+        Side::Parent(reader) => match daemon::await_verdict(reader) {
+            Verdict::Ready => Ok(()),
+            Verdict::Failed(message) => bail!("{message}"),
+        },
+        Side::Child(writer) => {
+            if let Err(e) = logging::init_background(req.log_file.as_deref()) {
+                daemon::report(writer, &Verdict::Failed(format!("{e:#}")));
+                std::process::exit(1);
+            }
+            match Mounted::new(&volume, &mountpoint, &req.options) {
+                Ok(mounted) => {
+                    daemon::report(writer, &Verdict::Ready);
+                    if let Err(e) = serve(mounted, &volume, &backing, &mountpoint) {
+                        log::error!("{e:#}");
+                        std::process::exit(1);
+                    }
+                    std::process::exit(0);
+                }
+                Err(e) => {
+                    let message = format!("cannot mount at {}: {e}", mountpoint.display());
+                    daemon::report(writer, &Verdict::Failed(message));
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
+
+/// Serves until unmounted; SIGINT, SIGTERM and SIGHUP unmount cleanly.
+fn serve(mut mounted: Mounted, volume: &Volume, backing: &Path, mountpoint: &Path) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let mut unmounter = mounted.unmounter();
+    let shown = mountpoint.display().to_string();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("signal {signal}: unmounting {shown}");
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmounting {shown}: {e}");
+            }
+        }
+    });
+    log::info!(
+        "mounted {} at {} ({})",
+        backing.display(),
+        mountpoint.display(),
+        volume.backend().name()
+    );
+    mounted.serve(volume).context("serving the file system")?;
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    fuse::unmount(mountpoint).with_context(|| format!("cannot unmount {}", mountpoint.display()))
+}
+
+fn existing_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    let canonical = path
+        .canonicalize()
+        .with_context(|| format!("{what} {} does not exist", path.display()))?;
+    if !canonical.is_dir() {
+        bail!("{what} {} is not a directory", path.display());
+    }
+    Ok(canonical)
+}

@@ -1,0 +1,106 @@
+//! `chronicle`: encryption at rest for a time-series database.
+//!
+//! Thin glue: parse arguments, call the libraries, map errors to exit codes.
+
+mod cli;
+mod commands;
+mod daemon;
+mod engine_cli;
+mod keysource;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use chronicle_mount::fuse::MountOptions;
+use chronicle_mount::VolumeError;
+
+use cli::{Cli, Command};
+use commands::{inspect, maintain, mount, volume};
+
+/// Exit code for `encryption key mismatch`.
+const EXIT_KEY_MISMATCH: u8 = 12;
+/// Exit code for a block or header that failed authentication.
+const EXIT_AUTHENTICATION: u8 = 26;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Mount { .. }) {
+        logging::init_cli();
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(v) = e.downcast_ref::<VolumeError>() {
+        return match v {
+            VolumeError::KeyMismatch => EXIT_KEY_MISMATCH,
+            VolumeError::AuthenticationFailed { .. } | VolumeError::BadFileHeader { .. } => {
+                EXIT_AUTHENTICATION
+            }
+            _ => 1,
+        };
+    }
+    if e.is::<maintain::BlocksFailed>() || e.is::<inspect::BadHeaders>() {
+        return EXIT_AUTHENTICATION;
+    }
+    1
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init { backing, key, kdf } => volume::init(&backing, &key, &kdf),
+        Command::Mount {
+            backing,
+            mountpoint,
+            key,
+            foreground,
+            read_only,
+            allow_other,
+            no_writeback_cache,
+            threads,
+            log_file,
+        } => {
+            let defaults = MountOptions::default();
+            mount::mount(mount::MountRequest {
+                backing,
+                mountpoint,
+                key,
+                foreground,
+                options: MountOptions {
+                    read_only,
+                    allow_other,
+                    writeback_cache: !no_writeback_cache,
+                    threads: threads.unwrap_or(defaults.threads),
+                },
+                log_file,
+            })
+        }
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Info { backing, json } => volume::info(&backing, json),
+        Command::Fsck { backing, key, repair } => maintain::fsck(&backing, &key, repair),
+        Command::Inspect { backing, grep } => inspect::inspect(&backing, &grep),
+        Command::RotateKey {
+            backing,
+            key,
+            new_key,
+            kdf,
+            reencrypt,
+        } => maintain::rotate_key(&backing, &key, &new_key, &kdf, reencrypt),
+        Command::Encrypt {
+            plain_dir,
+            backing,
+            key,
+            kdf,
+        } => maintain::encrypt(&plain_dir, &backing, &key, &kdf),
+        Command::Speed => volume::speed(),
+        Command::Engine { command } => engine_cli::run(command),
+        Command::Demo { .. } => anyhow::bail!("the demo needs the engine, which is not part of this build yet"),
+    }
+}
