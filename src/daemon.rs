@@ -45,7 +45,10 @@ fn detach() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     std::env::set_current_dir("/")?;
-    let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     for target in 0..=2 {
         // SAFETY: both descriptors are valid: `null` is open and 0..=2 are
         // the standard streams, which dup2 replaces atomically.

@@ -75,12 +75,12 @@ fn from_command(cmd: &str) -> Result<UserKey> {
         .context("cannot run the key command with sh")?;
     let stdout = Zeroizing::new(output.stdout);
     if !output.status.success() {
-        bail!(
-            "key command failed ({}); nothing was done",
-            output.status
-        );
+        bail!("key command failed ({}); nothing was done", output.status);
     }
-    Ok(UserKey::from_file_bytes(&stdout, "output of the key command")?)
+    Ok(UserKey::from_file_bytes(
+        &stdout,
+        "output of the key command",
+    )?)
 }
 
 fn passphrase(purpose: Purpose, env_name: &str) -> Result<UserKey> {
@@ -98,7 +98,9 @@ fn prompt(purpose: Purpose, env_name: &str) -> Result<Zeroizing<String>> {
     if !std::io::stdin().is_terminal() {
         bail!("--passphrase needs a terminal to prompt on, or the passphrase in {env_name}");
     }
-    let first = Zeroizing::new(rpassword::prompt_password("Passphrase: ").context("reading the passphrase")?);
+    let first = Zeroizing::new(
+        rpassword::prompt_password("Passphrase: ").context("reading the passphrase")?,
+    );
     if purpose == Purpose::Create {
         let again = Zeroizing::new(
             rpassword::prompt_password("Repeat passphrase: ").context("reading the passphrase")?,

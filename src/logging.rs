@@ -13,7 +13,10 @@ fn builder(default_level: &str) -> env_logger::Builder {
 
 /// Warnings and errors on standard error (RUST_LOG overrides).
 pub fn init_cli() {
-    let _ = builder("warn").format_timestamp(None).format_target(false).try_init();
+    let _ = builder("warn")
+        .format_timestamp(None)
+        .format_target(false)
+        .try_init();
 }
 
 /// A foreground mount logs what it does.

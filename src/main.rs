@@ -11,9 +11,9 @@ mod logging;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use chronicle_mount::fuse::MountOptions;
 use chronicle_mount::VolumeError;
+use clap::Parser;
 
 use cli::{Cli, Command};
 use commands::{inspect, maintain, mount, volume};
@@ -84,7 +84,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
         Command::Info { backing, json } => volume::info(&backing, json),
-        Command::Fsck { backing, key, repair } => maintain::fsck(&backing, &key, repair),
+        Command::Fsck {
+            backing,
+            key,
+            repair,
+        } => maintain::fsck(&backing, &key, repair),
         Command::Inspect { backing, grep } => inspect::inspect(&backing, &grep),
         Command::RotateKey {
             backing,
@@ -101,6 +105,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => maintain::encrypt(&plain_dir, &backing, &key, &kdf),
         Command::Speed => volume::speed(),
         Command::Engine { command } => engine_cli::run(command),
-        Command::Demo { .. } => anyhow::bail!("the demo needs the engine, which is not part of this build yet"),
+        Command::Demo { .. } => {
+            anyhow::bail!("the demo needs the engine, which is not part of this build yet")
+        }
     }
 }

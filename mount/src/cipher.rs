@@ -227,8 +227,11 @@ mod tests {
     // of the original GCM specification: 256-bit key, 96-bit IV, with AAD).
     #[test]
     fn known_answer_gcm_spec_test_case_16() {
-        let key: [u8; 32] = hex32("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
-        let nonce: [u8; 12] = hex_vec("cafebabefacedbaddecaf888").try_into().expect("12 bytes");
+        let key: [u8; 32] =
+            hex32("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
+        let nonce: [u8; 12] = hex_vec("cafebabefacedbaddecaf888")
+            .try_into()
+            .expect("12 bytes");
         let aad = hex_vec("feedfacedeadbeeffeedfacedeadbeefabaddad2");
         let plain = hex_vec(
             "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",

@@ -120,7 +120,12 @@ impl VolumeConfig {
 
     /// Wraps `master` under `user` (a new key source, a new salt for a
     /// passphrase, a new nonce); every other field stays.
-    pub fn rewrap(&self, master: &SecretKey, user: &UserKey, kdf: Option<KdfParams>) -> Result<Self> {
+    pub fn rewrap(
+        &self,
+        master: &SecretKey,
+        user: &UserKey,
+        kdf: Option<KdfParams>,
+    ) -> Result<Self> {
         let fresh = Self::create(master, user, kdf)?;
         let mut config = VolumeConfig {
             key_source: fresh.key_source,
@@ -154,10 +159,15 @@ impl VolumeConfig {
         let wrap_key = kek.derive(&[b"chronicle master key wrap v1"]);
         let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
         let mut master = zeroize::Zeroizing::new(self.wrapped_key);
-        aead.open(&self.wrap_nonce, &self.authenticated_prefix(), &mut *master, &self.wrap_tag)
-            .map_err(|_| VolumeError::ConfigTampered {
-                path: path.to_path_buf(),
-            })?;
+        aead.open(
+            &self.wrap_nonce,
+            &self.authenticated_prefix(),
+            &mut *master,
+            &self.wrap_tag,
+        )
+        .map_err(|_| VolumeError::ConfigTampered {
+            path: path.to_path_buf(),
+        })?;
         Ok(SecretKey::from_bytes(*master))
     }
 
@@ -211,8 +221,12 @@ impl VolumeConfig {
             path: path.to_path_buf(),
             reason,
         };
-        if bytes.len() < MAGIC_AT + CONFIG_MAGIC.len() || bytes[MAGIC_AT..VERSION_AT] != CONFIG_MAGIC {
-            return Err(bad("not a chronicle volume configuration (bad magic)".into()));
+        if bytes.len() < MAGIC_AT + CONFIG_MAGIC.len()
+            || bytes[MAGIC_AT..VERSION_AT] != CONFIG_MAGIC
+        {
+            return Err(bad(
+                "not a chronicle volume configuration (bad magic)".into()
+            ));
         }
         if bytes.len() < ALGORITHM_AT {
             return Err(bad(format!("truncated to {} bytes", bytes.len())));
@@ -357,11 +371,25 @@ mod tests {
     #[test]
     fn layout_matches_format_doc() {
         assert_eq!(
-            [VERSION_AT, ALGORITHM_AT, BLOCK_SIZE_AT, FEATURES_AT, VOLUME_ID_AT, KEY_SOURCE_AT],
+            [
+                VERSION_AT,
+                ALGORITHM_AT,
+                BLOCK_SIZE_AT,
+                FEATURES_AT,
+                VOLUME_ID_AT,
+                KEY_SOURCE_AT
+            ],
             [8, 10, 12, 16, 24, 40]
         );
         assert_eq!(
-            [KDF_MEMORY_AT, KDF_SALT_AT, KEY_CHECK_AT, WRAP_NONCE_AT, WRAPPED_KEY_AT, WRAP_TAG_AT],
+            [
+                KDF_MEMORY_AT,
+                KDF_SALT_AT,
+                KEY_CHECK_AT,
+                WRAP_NONCE_AT,
+                WRAPPED_KEY_AT,
+                WRAP_TAG_AT
+            ],
             [44, 56, 72, 88, 100, 132]
         );
         assert_eq!(CONFIG_LEN, 148);
@@ -376,7 +404,10 @@ mod tests {
         assert_eq!(back, config);
         let unwrapped = back.unwrap(&raw(1), Path::new("c")).expect("unwrap");
         assert_eq!(unwrapped.as_bytes(), master.as_bytes());
-        assert!(matches!(back.unwrap(&raw(2), Path::new("c")), Err(VolumeError::KeyMismatch)));
+        assert!(matches!(
+            back.unwrap(&raw(2), Path::new("c")),
+            Err(VolumeError::KeyMismatch)
+        ));
     }
 
     // Protects: editing any authenticated byte is refused (as tampering or a
@@ -404,7 +435,8 @@ mod tests {
     // Protects: unknown versions and feature flags are refused, not guessed at.
     #[test]
     fn unknown_version_and_features_refused() {
-        let config = VolumeConfig::create(&SecretKey::from_bytes([9; 32]), &raw(1), None).expect("create");
+        let config =
+            VolumeConfig::create(&SecretKey::from_bytes([9; 32]), &raw(1), None).expect("create");
         let mut bytes = config.encode();
         bytes[VERSION_AT] = 2;
         assert!(matches!(
@@ -434,12 +466,21 @@ mod tests {
         let master = SecretKey::from_bytes([4; 32]);
         let pass = |s: &str| UserKey::Passphrase(zeroize::Zeroizing::new(s.to_string()));
         let kdf = KdfParams::with_cost(256, 1).expect("kdf");
-        let config = VolumeConfig::create(&master, &pass("correct horse"), Some(kdf)).expect("create");
+        let config =
+            VolumeConfig::create(&master, &pass("correct horse"), Some(kdf)).expect("create");
         let back = VolumeConfig::decode(&config.encode(), Path::new("c")).expect("decode");
         assert!(matches!(back.key_source, KeySource::Passphrase(p) if p == kdf));
-        let got = back.unwrap(&pass("correct horse"), Path::new("c")).expect("unwrap");
+        let got = back
+            .unwrap(&pass("correct horse"), Path::new("c"))
+            .expect("unwrap");
         assert_eq!(got.as_bytes(), master.as_bytes());
-        assert!(matches!(back.unwrap(&pass("wrong"), Path::new("c")), Err(VolumeError::KeyMismatch)));
-        assert!(matches!(back.unwrap(&raw(4), Path::new("c")), Err(VolumeError::KeyMismatch)));
+        assert!(matches!(
+            back.unwrap(&pass("wrong"), Path::new("c")),
+            Err(VolumeError::KeyMismatch)
+        ));
+        assert!(matches!(
+            back.unwrap(&raw(4), Path::new("c")),
+            Err(VolumeError::KeyMismatch)
+        ));
     }
 }

@@ -365,9 +365,7 @@ impl EncryptedFile {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
         let aad = block_aad(&keyed.file_id, index);
-        let tag = keyed
-            .aead
-            .seal(&nonce, &aad, &mut out[start + NONCE_LEN..]);
+        let tag = keyed.aead.seal(&nonce, &aad, &mut out[start + NONCE_LEN..]);
         out.extend_from_slice(&tag);
         Ok(())
     }

@@ -23,7 +23,11 @@ pub enum VolumeError {
     /// The configuration cannot be parsed at all.
     BadConfig { path: PathBuf, reason: String },
     /// A format version this build does not understand.
-    UnsupportedVersion { what: &'static str, found: u32, supported: u32 },
+    UnsupportedVersion {
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
     /// Feature flags this build does not understand.
     UnsupportedFeatures { path: PathBuf, flags: u64 },
     /// A key of the wrong size or encoding.

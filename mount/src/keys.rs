@@ -109,8 +109,10 @@ impl UserKey {
             return Ok(UserKey::Raw(SecretKey::from_bytes(raw)));
         }
         match std::str::from_utf8(bytes) {
-            Ok(text) => Self::from_hex(text, source),
-            Err(_) => Err(VolumeError::BadKey {
+            Ok(text) if text.trim().bytes().all(|c| c.is_ascii_hexdigit()) => {
+                Self::from_hex(text, source)
+            }
+            _ => Err(VolumeError::BadKey {
                 reason: format!(
                     "{source}: expected 32 raw bytes or 64 hex characters, got {} bytes",
                     bytes.len()
@@ -167,7 +169,8 @@ impl KdfParams {
         .map_err(|e| VolumeError::BadKey {
             reason: format!("invalid Argon2id parameters: {e}"),
         })?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; KEY_LEN];
         argon
             .hash_password_into(passphrase.as_bytes(), &self.salt, &mut out)
@@ -182,7 +185,8 @@ impl KdfParams {
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| VolumeError::io("reading the system random number generator", e.into()))
+    getrandom::fill(buf)
+        .map_err(|e| VolumeError::io("reading the system random number generator", e.into()))
 }
 
 #[cfg(test)]
@@ -217,7 +221,10 @@ mod tests {
     // Protects: key files may hold raw bytes or hex; other lengths are refused.
     #[test]
     fn key_file_forms() {
-        assert!(matches!(UserKey::from_file_bytes(&[7u8; 32], "f"), Ok(UserKey::Raw(_))));
+        assert!(matches!(
+            UserKey::from_file_bytes(&[7u8; 32], "f"),
+            Ok(UserKey::Raw(_))
+        ));
         let err = UserKey::from_file_bytes(&[0xffu8; 31], "f").expect_err("31 bytes");
         assert!(err.to_string().contains("got 31 bytes"), "{err}");
     }

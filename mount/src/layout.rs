@@ -121,7 +121,10 @@ impl std::fmt::Display for HeaderError {
         match self {
             HeaderError::BadMagic => write!(f, "not a chronicle file: bad magic"),
             HeaderError::UnsupportedVersion(v) => {
-                write!(f, "content format version {v}, this build reads {FILE_VERSION}")
+                write!(
+                    f,
+                    "content format version {v}, this build reads {FILE_VERSION}"
+                )
             }
             HeaderError::UnknownFlags(flags) => write!(f, "unknown header flags {flags:#x}"),
         }
@@ -167,7 +170,13 @@ mod tests {
         assert_eq!(HEADER_LEN, 24);
         assert_eq!(CIPHER_BLOCK_SIZE, 4124);
         assert_eq!(AAD_LEN, 26);
-        for (plain, cipher) in [(0, 0), (1, 53), (4096, 4148), (4097, 4177), (1 << 20, 1_055_768)] {
+        for (plain, cipher) in [
+            (0, 0),
+            (1, 53),
+            (4096, 4148),
+            (4097, 4177),
+            (1 << 20, 1_055_768),
+        ] {
             assert_eq!(ciphertext_size(plain), cipher, "plaintext {plain}");
             assert_eq!(plaintext_size(cipher), Ok(plain), "ciphertext {cipher}");
         }
@@ -182,12 +191,18 @@ mod tests {
         }
         assert_eq!(plaintext_size(1), Err(Malformed::TornHeader));
         assert_eq!(plaintext_size(HEADER_LEN as u64), Ok(0));
-        assert_eq!(plaintext_size(HEADER_LEN as u64 + 28), Err(Malformed::CutBlock(0)));
+        assert_eq!(
+            plaintext_size(HEADER_LEN as u64 + 28),
+            Err(Malformed::CutBlock(0))
+        );
         assert_eq!(
             plaintext_size(HEADER_LEN as u64 + CIPHER_BLOCK_SIZE + 3),
             Err(Malformed::CutBlock(1))
         );
-        assert_eq!(plaintext_size_lossy(HEADER_LEN as u64 + CIPHER_BLOCK_SIZE + 3), 4096);
+        assert_eq!(
+            plaintext_size_lossy(HEADER_LEN as u64 + CIPHER_BLOCK_SIZE + 3),
+            4096
+        );
     }
 
     // Protects: header round trip, and refusal of unknown versions and flags.
@@ -198,10 +213,16 @@ mod tests {
         assert_eq!(&bytes[..4], b"CHRF");
         assert_eq!(FileHeader::decode(&bytes), Ok(header));
         bytes[VERSION_OFFSET] = 2;
-        assert_eq!(FileHeader::decode(&bytes), Err(HeaderError::UnsupportedVersion(2)));
+        assert_eq!(
+            FileHeader::decode(&bytes),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
         bytes[VERSION_OFFSET] = 1;
         bytes[FLAGS_OFFSET] = 1;
-        assert_eq!(FileHeader::decode(&bytes), Err(HeaderError::UnknownFlags(1)));
+        assert_eq!(
+            FileHeader::decode(&bytes),
+            Err(HeaderError::UnknownFlags(1))
+        );
         bytes[0] = b'X';
         assert_eq!(FileHeader::decode(&bytes), Err(HeaderError::BadMagic));
     }

@@ -20,9 +20,9 @@ pub enum NameError {
 pub trait NameCodec: Send + Sync {
     /// The backing name for plaintext `name` in a directory (`in_root` when
     /// the directory is the volume's root).
-    fn to_backing(&self, name: &OsStr, in_root: bool) -> Result<OsString, NameError>;
+    fn name_to_backing(&self, name: &OsStr, in_root: bool) -> Result<OsString, NameError>;
     /// The plaintext name for a backing entry, or `None` to hide it.
-    fn from_backing(&self, name: &OsStr, in_root: bool) -> Option<OsString>;
+    fn name_from_backing(&self, name: &OsStr, in_root: bool) -> Option<OsString>;
     /// The backing form of a symlink target.
     fn target_to_backing(&self, target: &OsStr) -> OsString;
     /// The plaintext form of a stored symlink target.
@@ -39,14 +39,14 @@ fn is_reserved(name: &OsStr) -> bool {
 }
 
 impl NameCodec for PlainNames {
-    fn to_backing(&self, name: &OsStr, in_root: bool) -> Result<OsString, NameError> {
+    fn name_to_backing(&self, name: &OsStr, in_root: bool) -> Result<OsString, NameError> {
         if in_root && is_reserved(name) {
             return Err(NameError::Reserved);
         }
         Ok(name.to_os_string())
     }
 
-    fn from_backing(&self, name: &OsStr, in_root: bool) -> Option<OsString> {
+    fn name_from_backing(&self, name: &OsStr, in_root: bool) -> Option<OsString> {
         if in_root && is_reserved(name) {
             return None;
         }

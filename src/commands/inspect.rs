@@ -17,7 +17,11 @@ pub struct BadHeaders(pub u64);
 
 impl std::fmt::Display for BadHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} file(s) do not start with a valid chronicle header", self.0)
+        write!(
+            f,
+            "{} file(s) do not start with a valid chronicle header",
+            self.0
+        )
     }
 }
 
@@ -46,7 +50,10 @@ pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
     let (mut files, mut bad_headers) = (0u64, 0u64);
     let mut found = vec![0u64; needles.len()];
     let mut raw = Vec::new();
-    println!("{:<10} {:>12} {:>12}  file", "header", "raw bytes", "plaintext");
+    println!(
+        "{:<10} {:>12} {:>12}  file",
+        "header", "raw bytes", "plaintext"
+    );
     for entry in entries.iter().filter(|e| e.meta.is_file()) {
         files += 1;
         let path = backing.join(&entry.relative);

@@ -19,7 +19,11 @@ pub struct BlocksFailed(pub u64);
 
 impl std::fmt::Display for BlocksFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} block(s) failed authentication; restore those files from a backup", self.0)
+        write!(
+            f,
+            "{} block(s) failed authentication; restore those files from a backup",
+            self.0
+        )
     }
 }
 
@@ -29,7 +33,11 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
     let user = keysource::resolve(key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let volume = Volume::open(backing, &user)?;
     let entries = walk(backing).context("listing the backing directory")?;
-    let total: u64 = entries.iter().filter(|e| e.meta.is_file()).map(|e| e.meta.len()).sum();
+    let total: u64 = entries
+        .iter()
+        .filter(|e| e.meta.is_file())
+        .map(|e| e.meta.len())
+        .sum();
     let bar = progress(total, "checking");
     let (mut files, mut blocks, mut failures, mut repaired) = (0u64, 0u64, 0u64, 0u64);
     for entry in entries.iter().filter(|e| e.meta.is_file()) {
@@ -63,7 +71,11 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
 /// Cuts a torn tail (an incomplete last block, or a last block that fails
 /// authentication, as a crash in the middle of a write leaves them) back to
 /// the last whole, authentic block. Returns whether anything was cut.
-fn repair_torn_tail(volume: &Volume, relative: &Path, bar: &indicatif::ProgressBar) -> Result<bool> {
+fn repair_torn_tail(
+    volume: &Volume,
+    relative: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<bool> {
     let path = volume.backing().join(relative);
     let len = fs::metadata(&path)?.len();
     let cut_to = match layout::plaintext_size(len) {
@@ -84,7 +96,11 @@ fn repair_torn_tail(volume: &Volume, relative: &Path, bar: &indicatif::ProgressB
         return Ok(false);
     };
     // A file cut to just its header is empty: drop the header too.
-    let cut_to = if cut_to <= layout::HEADER_LEN as u64 { 0 } else { cut_to };
+    let cut_to = if cut_to <= layout::HEADER_LEN as u64 {
+        0
+    } else {
+        cut_to
+    };
     let file = fs::OpenOptions::new().write(true).open(&path)?;
     file.set_len(cut_to)?;
     file.sync_all()?;
@@ -110,12 +126,21 @@ pub fn rotate_key(
     }
     let old = keysource::resolve(key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let mut volume = Volume::open(backing, &old)?;
-    let new = keysource::resolve(&new_key.as_key_args(), Purpose::Create, "CHRONICLE_NEW_PASSPHRASE")?;
+    let new = keysource::resolve(
+        &new_key.as_key_args(),
+        Purpose::Create,
+        "CHRONICLE_NEW_PASSPHRASE",
+    )?;
     let params = kdf_params(&new, kdf)?;
     if !reencrypt {
         volume.rewrap(&new, params)?;
-        println!("The volume in {} now opens with the new key only.", backing.display());
-        println!("File contents were not rewritten; use --reencrypt to also replace the master key.");
+        println!(
+            "The volume in {} now opens with the new key only.",
+            backing.display()
+        );
+        println!(
+            "File contents were not rewritten; use --reencrypt to also replace the master key."
+        );
         return Ok(());
     }
     reencrypt_volume(&volume, &new, params)
@@ -124,7 +149,11 @@ pub fn rotate_key(
 /// Re-encrypts everything under a new master key into a sibling directory,
 /// then swaps the directories. A crash leaves either the old volume intact
 /// (and a partial sibling to delete) or the new one complete.
-fn reencrypt_volume(old: &Volume, new_key: &UserKey, kdf: Option<chronicle_mount::KdfParams>) -> Result<()> {
+fn reencrypt_volume(
+    old: &Volume,
+    new_key: &UserKey,
+    kdf: Option<chronicle_mount::KdfParams>,
+) -> Result<()> {
     let backing = old.backing().canonicalize()?;
     let staging = sibling(&backing, "reencrypt")?;
     let retired = sibling(&backing, "old")?;
@@ -148,7 +177,10 @@ pub fn encrypt(plain_dir: &Path, backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -
         bail!("{} is not a directory", plain_dir.display());
     }
     if backing.exists() && fs::read_dir(backing)?.next().is_some() {
-        bail!("{} is not empty; encrypt needs a new or empty directory", backing.display());
+        bail!(
+            "{} is not empty; encrypt needs a new or empty directory",
+            backing.display()
+        );
     }
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
@@ -195,7 +227,11 @@ fn copy_tree(
     open: impl Fn(&Path) -> chronicle_mount::Result<Source>,
 ) -> Result<u64> {
     let entries = walk(source).with_context(|| format!("listing {}", source.display()))?;
-    let total: u64 = entries.iter().filter(|e| e.meta.is_file()).map(|e| e.meta.len()).sum();
+    let total: u64 = entries
+        .iter()
+        .filter(|e| e.meta.is_file())
+        .map(|e| e.meta.len())
+        .sum();
     let bar = progress(total, "encrypting");
     let mut files = 0;
     let mut buf = vec![0u8; 1 << 20];
@@ -239,7 +275,10 @@ fn copy_tree(
             file.set_modified(mtime)?;
         }
         file.sync_all()?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(entry.meta.mode() & 0o7777))?;
+        fs::set_permissions(
+            &target,
+            fs::Permissions::from_mode(entry.meta.mode() & 0o7777),
+        )?;
     }
     fs::File::open(dest.backing())?.sync_all()?;
     Ok(files)
@@ -253,7 +292,10 @@ fn sibling(path: &Path, tag: &str) -> Result<PathBuf> {
     sibling.push(format!(".chronicle-{tag}"));
     let out = path.with_file_name(sibling);
     if out.exists() {
-        bail!("{} exists (left by an interrupted run?); remove it first", out.display());
+        bail!(
+            "{} exists (left by an interrupted run?); remove it first",
+            out.display()
+        );
     }
     Ok(out)
 }

@@ -31,7 +31,10 @@ pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -> Result<()> {
         backing.display(),
         volume.config().key_source.describe()
     );
-    println!("Mount it with: chronicle mount {} MOUNTPOINT", backing.display());
+    println!(
+        "Mount it with: chronicle mount {} MOUNTPOINT",
+        backing.display()
+    );
     println!("Keep the key safe and apart from backups: without it the data cannot be read.");
     Ok(())
 }
@@ -48,7 +51,12 @@ struct Usage {
 fn usage(dir: &Path, root: bool, acc: &mut Usage) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if root && entry.file_name().as_encoded_bytes().starts_with(CONFIG_NAME.as_bytes()) {
+        if root
+            && entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(CONFIG_NAME.as_bytes())
+        {
             continue;
         }
         let meta = entry.metadata()?;
@@ -113,7 +121,10 @@ pub fn info(backing: &Path, as_json: bool) -> Result<()> {
     println!("Files: {}", acc.files);
     println!("Directories: {}", acc.directories);
     println!("Plaintext bytes: {}", acc.plaintext_bytes);
-    println!("Ciphertext bytes: {} ({overhead:.1}% overhead)", acc.ciphertext_bytes);
+    println!(
+        "Ciphertext bytes: {} ({overhead:.1}% overhead)",
+        acc.ciphertext_bytes
+    );
     Ok(())
 }
 

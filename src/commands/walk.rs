@@ -23,7 +23,9 @@ fn walk_into(root: &Path, relative: &Path, out: &mut Vec<Entry>) -> std::io::Res
         .collect::<Result<_, _>>()?;
     names.sort();
     for name in names {
-        if relative.as_os_str().is_empty() && name.as_encoded_bytes().starts_with(CONFIG_NAME.as_bytes()) {
+        if relative.as_os_str().is_empty()
+            && name.as_encoded_bytes().starts_with(CONFIG_NAME.as_bytes())
+        {
             continue;
         }
         let rel = relative.join(&name);

@@ -126,7 +126,10 @@ impl fuser::Filesystem for ChronicleFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.ops.mknod(req.into(), parent.0, name, mode & !umask, rdev) {
+        match self
+            .ops
+            .mknod(req.into(), parent.0, name, mode & !umask, rdev)
+        {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
@@ -163,7 +166,10 @@ impl fuser::Filesystem for ChronicleFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.ops.symlink(req.into(), parent.0, link_name, target.as_os_str()) {
+        match self
+            .ops
+            .symlink(req.into(), parent.0, link_name, target.as_os_str())
+        {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
@@ -181,7 +187,8 @@ impl fuser::Filesystem for ChronicleFs {
     ) {
         empty(
             reply,
-            self.ops.rename(parent.0, name, newparent.0, newname, flags.bits()),
+            self.ops
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
         );
     }
 
@@ -346,8 +353,14 @@ impl fuser::Filesystem for ChronicleFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.ops.statfs() {
             Ok(s) => reply.statfs(
-                s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize as u32,
-                s.f_namemax as u32, s.f_frsize as u32,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
             ),
             Err(e) => reply.error(e),
         }
@@ -392,7 +405,10 @@ impl fuser::Filesystem for ChronicleFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.ops.create(req.into(), parent.0, name, mode & !umask, flags) {
+        match self
+            .ops
+            .create(req.into(), parent.0, name, mode & !umask, flags)
+        {
             Ok((attr, fh)) => {
                 reply.created(&TTL, &attr, GENERATION, FileHandle(fh), FopenFlags::empty())
             }

@@ -107,7 +107,11 @@ impl Mounted {
             MountOption::Subtype("chronicle".into()),
             MountOption::NoDev,
             MountOption::NoSuid,
-            if options.read_only { MountOption::RO } else { MountOption::RW },
+            if options.read_only {
+                MountOption::RO
+            } else {
+                MountOption::RW
+            },
         ];
         if options.allow_other {
             config.acl = SessionACL::All;
@@ -165,7 +169,11 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     }
     let mut last = io::Error::new(io::ErrorKind::NotFound, "fusermount not found");
     for tool in ["fusermount3", "fusermount"] {
-        match std::process::Command::new(tool).arg("-u").arg(mountpoint).output() {
+        match std::process::Command::new(tool)
+            .arg("-u")
+            .arg(mountpoint)
+            .output()
+        {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
                 last = io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string())

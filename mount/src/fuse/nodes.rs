@@ -60,7 +60,13 @@ impl NodeTable {
         });
         let mut entries = HashMap::new();
         // The root is never forgotten: one lookup that no forget undoes.
-        entries.insert(ROOT_INO, Entry { node: root, lookups: 1 });
+        entries.insert(
+            ROOT_INO,
+            Entry {
+                node: root,
+                lookups: 1,
+            },
+        );
         Ok(NodeTable {
             entries: Mutex::new(entries),
             root_backing_ino: stat.st_ino,

@@ -158,7 +158,7 @@ impl Ops {
 
     fn backing_name(&self, parent: &Node, name: &OsStr) -> Result<OsString, Errno> {
         self.names
-            .to_backing(name, parent.ino == ROOT_INO)
+            .name_to_backing(name, parent.ino == ROOT_INO)
             .map_err(|NameError::Reserved| Errno::EPERM)
     }
 
@@ -168,7 +168,11 @@ impl Ops {
     }
 
     /// Looks up `backing` in `parent`, counting one kernel lookup.
-    fn lookup_backing(&self, parent: &Node, backing: &OsStr) -> Result<(Arc<Node>, FileAttr), Errno> {
+    fn lookup_backing(
+        &self,
+        parent: &Node,
+        backing: &OsStr,
+    ) -> Result<(Arc<Node>, FileAttr), Errno> {
         let fd = rustix::fs::openat(
             &parent.fd,
             backing,
@@ -185,7 +189,7 @@ impl Ops {
         let parent = self.node(parent)?;
         let backing = self
             .names
-            .to_backing(name, parent.ino == ROOT_INO)
+            .name_to_backing(name, parent.ino == ROOT_INO)
             .map_err(|NameError::Reserved| Errno::ENOENT)?;
         self.lookup_backing(&parent, &backing).map(|(_, attr)| attr)
     }
@@ -355,14 +359,18 @@ impl Ops {
             libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
                 let end = end.min(size);
                 if offset < end {
-                    content.write_zeros(offset, end - offset).map_err(volume_errno)?;
+                    content
+                        .write_zeros(offset, end - offset)
+                        .map_err(volume_errno)?;
                 }
                 Ok(())
             }
             libc::FALLOC_FL_ZERO_RANGE => {
                 let zero_end = if keep_size { end.min(size) } else { end };
                 if offset < zero_end {
-                    content.write_zeros(offset, zero_end - offset).map_err(volume_errno)?;
+                    content
+                        .write_zeros(offset, zero_end - offset)
+                        .map_err(volume_errno)?;
                 }
                 Ok(())
             }
@@ -400,8 +408,13 @@ impl Ops {
             if node.kind == RawType::Symlink {
                 return Err(Errno::EOPNOTSUPP);
             }
-            rustix::fs::chmodat(CWD, node.proc_path(), Mode::from_raw_mode(mode), AtFlags::empty())
-                .map_err(sys)?;
+            rustix::fs::chmodat(
+                CWD,
+                node.proc_path(),
+                Mode::from_raw_mode(mode),
+                AtFlags::empty(),
+            )
+            .map_err(sys)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
             rustix::fs::chownat(
@@ -437,7 +450,13 @@ impl Ops {
 
     // ---- directory entries -------------------------------------------------
 
-    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, Errno> {
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
         rustix::fs::mkdirat(&parent.fd, &backing, Mode::from_raw_mode(mode)).map_err(sys)?;
@@ -506,8 +525,14 @@ impl Ops {
         let node = self.node(ino)?;
         let parent = self.node(newparent)?;
         let backing = self.backing_name(&parent, newname)?;
-        rustix::fs::linkat(CWD, node.proc_path(), &parent.fd, &backing, AtFlags::SYMLINK_FOLLOW)
-            .map_err(sys)?;
+        rustix::fs::linkat(
+            CWD,
+            node.proc_path(),
+            &parent.fd,
+            &backing,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(sys)?;
         self.nodes.add_lookup(node.ino);
         self.stat_attr(&node)
     }
@@ -515,7 +540,11 @@ impl Ops {
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
-        let flags = if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
         rustix::fs::unlinkat(&parent.fd, &backing, flags).map_err(sys)
     }
 
@@ -559,7 +588,7 @@ impl Ops {
             let name = if raw == "." || raw == ".." {
                 raw.to_os_string()
             } else {
-                match self.names.from_backing(raw, node.ino == ROOT_INO) {
+                match self.names.name_from_backing(raw, node.ino == ROOT_INO) {
                     Some(name) => name,
                     None => continue,
                 }
@@ -620,7 +649,7 @@ impl Ops {
                 }
                 continue;
             }
-            let backing = match self.names.to_backing(&item.name, dir.ino == ROOT_INO) {
+            let backing = match self.names.name_to_backing(&item.name, dir.ino == ROOT_INO) {
                 Ok(b) => b,
                 Err(_) => continue,
             };

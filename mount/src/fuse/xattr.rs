@@ -54,7 +54,9 @@ impl XattrCipher {
         rand::rng().fill_bytes(&mut nonce);
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(value);
-        let tag = self.aead.seal(&nonce, name.as_bytes(), &mut sealed[NONCE_LEN..]);
+        let tag = self
+            .aead
+            .seal(&nonce, name.as_bytes(), &mut sealed[NONCE_LEN..]);
         sealed.extend_from_slice(&tag);
         let flags = XattrFlags::from_bits(flags as _).ok_or(Errno::EINVAL)?;
         rustix::fs::setxattr(Self::target(node)?, name, &sealed, flags).map_err(sys)

@@ -1,0 +1,468 @@
+//! The volume commands as a user runs them: init, info, key sources, bad
+//! input, fsck, inspect, rotate-key and encrypt. No mount needed.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::util::*;
+
+// Protects: init then info shows the contract's fields, in text and JSON.
+#[test]
+fn init_and_info() {
+    let f = Fixture::new();
+    let meta = std::fs::metadata(f.backing.join("chronicle.volume")).expect("config");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+    let out = run(&["info", f.b()], None);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for line in [
+        "Encrypted: true",
+        "Algorithm: AES-256-GCM",
+        "Block size: 4096",
+        "Format version: 1",
+        "Key source: raw key",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let out = run(&["info", f.b(), "--json"], None);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["encrypted"], true);
+    assert_eq!(doc["algorithm"], "AES-256-GCM");
+    assert_eq!(doc["block_size"], 4096);
+    assert_eq!(doc["format_version"], 1);
+}
+
+// Protects: init refuses to overwrite an existing volume.
+#[test]
+fn init_twice_refused() {
+    let f = Fixture::new();
+    let before = snapshot(&f.backing);
+    let out = run(&["init", f.b()], Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already holds a chronicle volume"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&f.backing), before);
+}
+
+// Protects: a wrong key, from every source, is exit 12 with the contract's
+// message, and nothing is written.
+#[test]
+fn wrong_key_from_every_source() {
+    let f = Fixture::new();
+    let before = snapshot(&f.backing);
+    let key_file = f.dir.path().join("wrong.key");
+    std::fs::write(&key_file, WRONG_KEY).expect("key file");
+    let kf = key_file.to_str().expect("utf8").to_string();
+    let cmd = format!("echo {WRONG_KEY}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["--key-file", &kf],
+        vec!["--key-command", &cmd],
+        vec!["--key-env", "OTHER_KEY"],
+    ];
+    for extra in cases {
+        let mut args = vec!["fsck", f.b()];
+        args.extend(extra.iter());
+        let out = bin()
+            .args(&args)
+            .env("CHRONICLE_ENCRYPTION_KEY", WRONG_KEY)
+            .env("OTHER_KEY", WRONG_KEY)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(12), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim(),
+            "error: encryption key mismatch",
+            "{args:?}"
+        );
+    }
+    assert_eq!(snapshot(&f.backing), before);
+}
+
+// Protects: each bad key input is one clear line and exit 1, nothing written.
+#[test]
+fn bad_key_inputs() {
+    let f = Fixture::new();
+    let before = snapshot(&f.backing);
+    let dir = f.dir.path();
+    let short = dir.join("short.key");
+    std::fs::write(&short, [1u8; 31]).expect("write");
+    let not_hex = "zz".repeat(32);
+    let cases: Vec<(Vec<String>, Option<&str>, &str)> = vec![
+        (
+            vec![],
+            Some("00ff"),
+            "expected 32 bytes (64 hex characters), got 4 characters",
+        ),
+        (vec![], Some(&not_hex), "not hexadecimal"),
+        (vec![], None, "no key given"),
+        (
+            vec!["--key-env".into(), "NOPE_NOT_SET".into()],
+            None,
+            "NOPE_NOT_SET is not set",
+        ),
+        (
+            vec![
+                "--key-file".into(),
+                dir.join("missing.key").display().to_string(),
+            ],
+            None,
+            "cannot read key file",
+        ),
+        (
+            vec!["--key-file".into(), short.display().to_string()],
+            None,
+            "got 31 bytes",
+        ),
+        (
+            vec!["--key-command".into(), "exit 3".into()],
+            None,
+            "key command failed",
+        ),
+        (
+            vec!["--key-command".into(), "echo 1234".into()],
+            None,
+            "expected 32 bytes",
+        ),
+    ];
+    for (extra, env_key, expect) in cases {
+        let mut args = vec!["fsck".to_string(), f.b().to_string()];
+        args.extend(extra);
+        let out = run(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            env_key,
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected {expect:?} in {err:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    assert_eq!(snapshot(&f.backing), before);
+}
+
+// Protects: key files (raw and hex), standard input and key commands all work.
+#[test]
+fn good_key_sources() {
+    let f = Fixture::new();
+    let raw: Vec<u8> = (0..32u8).collect();
+    let raw_file = f.dir.path().join("raw.key");
+    std::fs::write(&raw_file, &raw).expect("raw key");
+    let hex_file = f.dir.path().join("hex.key");
+    std::fs::write(&hex_file, format!("  {KEY}\n")).expect("hex key");
+    for args in [
+        vec!["fsck", f.b(), "--key-file", path_str(&raw_file)],
+        vec!["fsck", f.b(), "--key-file", path_str(&hex_file)],
+        vec![
+            "fsck",
+            f.b(),
+            "--key-command",
+            &format!("cat {}", path_str(&hex_file)),
+        ],
+    ] {
+        let out = run(&args, None);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let mut child = bin()
+        .args(["fsck", f.b(), "--key-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(KEY.as_bytes())
+        .expect("write key");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "stdin key: {}", stderr(&out));
+}
+
+// Protects: missing, truncated, garbled and edited configurations are
+// refused with a clear line, and the key never turns an edit into success.
+#[test]
+fn bad_configs_refused() {
+    let f = Fixture::new();
+    let config = f.backing.join("chronicle.volume");
+    let good = std::fs::read(&config).expect("config");
+    let empty = f.dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let out = run(&["info", path_str(&empty)], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not a chronicle volume"),
+        "{}",
+        stderr(&out)
+    );
+
+    let set = |bytes: &[u8]| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&config, bytes).expect("write config");
+    };
+    set(&good[..100]);
+    let out = run(&["fsck", f.b()], Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+
+    set(b"this is not a volume configuration at all");
+    let out = run(&["info", f.b()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad magic"), "{}", stderr(&out));
+
+    let mut edited = good.clone();
+    edited[30] ^= 1; // inside the volume id
+    set(&edited);
+    let out = run(&["fsck", f.b()], Some(KEY));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed authentication: it was modified"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut future = good.clone();
+    future[8] = 9; // format version
+    set(&future);
+    let out = run(&["info", f.b()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("format version 9 is not supported"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// Protects: passphrase volumes store Argon2id parameters and open only with
+// the same passphrase.
+#[test]
+fn passphrase_volume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = dir.path().join("b");
+    let init = |args: &[&str], pass: &str| {
+        bin()
+            .args(args)
+            .env("CHRONICLE_PASSPHRASE", pass)
+            .output()
+            .expect("run")
+    };
+    let out = init(
+        &[
+            "init",
+            path_str(&b),
+            "--passphrase",
+            "--kdf-memory-mib",
+            "1",
+            "--kdf-iterations",
+            "1",
+        ],
+        "s3cret words",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = stdout(&run(&["info", path_str(&b)], None));
+    assert!(
+        info.contains("Key source: passphrase (Argon2id, memory 1024 KiB, iterations 1"),
+        "{info}"
+    );
+    let out = init(&["fsck", path_str(&b), "--passphrase"], "s3cret words");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = init(&["fsck", path_str(&b), "--passphrase"], "wrong words");
+    assert_eq!(out.status.code(), Some(12));
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert_eq!(
+        out.status.code(),
+        Some(12),
+        "a raw key cannot open a passphrase volume"
+    );
+}
+
+fn write_plain_tree(root: &std::path::Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).expect("mkdir");
+    std::fs::write(root.join("a.txt"), "cpu_usage,host=a value=1\n".repeat(300)).expect("write");
+    std::fs::write(root.join("sub/b.bin"), vec![7u8; 10_000]).expect("write");
+    std::fs::write(root.join("sub/deeper/empty"), b"").expect("write");
+    std::os::unix::fs::symlink("../a.txt", root.join("sub/link")).expect("symlink");
+}
+
+// Protects: encrypt turns a plaintext directory into a volume whose raw
+// files hold no plaintext, and fsck authenticates all of it.
+#[test]
+fn encrypt_then_inspect_and_fsck() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    write_plain_tree(&plain);
+    let b = dir.path().join("enc");
+    let out = run(&["encrypt", path_str(&plain), path_str(&b)], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_link(b.join("sub/link"))
+            .expect("link")
+            .to_str(),
+        Some("../a.txt")
+    );
+    let out = run(&["inspect", path_str(&b), "--grep", "cpu_usage"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("Search for \"cpu_usage\": found in 0 file(s)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("3 files"), "{}", stdout(&out));
+    // inspect on a plaintext tree finds the plaintext.
+    let fake = dir.path().join("fake");
+    std::fs::create_dir(&fake).expect("mkdir");
+    std::fs::copy(b.join("chronicle.volume"), fake.join("chronicle.volume")).expect("copy");
+    std::fs::write(
+        fake.join("leak"),
+        b"CHRF\x01\0\0\0................cpu_usage",
+    )
+    .expect("write");
+    let out = run(&["inspect", path_str(&fake), "--grep", "cpu_usage"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("FOUND plaintext \"cpu_usage\""),
+        "{}",
+        stdout(&out)
+    );
+}
+
+// Protects: fsck names every failing block and exits 26; --repair cuts a
+// torn tail (a crash mid-write) and then passes.
+#[test]
+fn fsck_reports_and_repairs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).expect("mkdir");
+    std::fs::write(plain.join("data"), vec![1u8; 5 * 4096]).expect("write");
+    std::fs::write(plain.join("tail"), vec![2u8; 3 * 4096 + 100]).expect("write");
+    let b = dir.path().join("enc");
+    assert!(run(&["encrypt", path_str(&plain), path_str(&b)], Some(KEY))
+        .status
+        .success());
+    let data = b.join("data");
+    let mut raw = std::fs::read(&data).expect("raw");
+    raw[24 + 4124 + 50] ^= 1; // block 1
+    raw[24 + 3 * 4124 + 50] ^= 1; // block 3
+    std::fs::write(&data, &raw).expect("write");
+    let tail = b.join("tail");
+    let raw = std::fs::read(&tail).expect("raw");
+    std::fs::write(&tail, &raw[..raw.len() - 60]).expect("cut"); // torn last block
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert_eq!(out.status.code(), Some(26), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "authentication failed: {} block 1",
+            data.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "authentication failed: {} block 3",
+            data.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "authentication failed: {} block 3",
+            tail.display()
+        )),
+        "{text}"
+    );
+    let out = run(&["fsck", path_str(&b), "--repair"], Some(KEY));
+    let text = stdout(&out);
+    assert!(text.contains("repaired:"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(26),
+        "middle blocks are not repairable: {text}"
+    );
+    std::fs::remove_file(&data).expect("rm");
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+// Protects: rotate-key re-wraps (old key refused afterwards), and
+// --reencrypt rewrites every file under a new master key, keeping contents.
+#[test]
+fn rotate_key_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    write_plain_tree(&plain);
+    let b = dir.path().join("enc");
+    assert!(run(&["encrypt", path_str(&plain), path_str(&b)], Some(KEY))
+        .status
+        .success());
+    let raw_before = std::fs::read(b.join("a.txt")).expect("raw");
+    let out = bin()
+        .args(["rotate-key", path_str(&b), "--new-key-env", "NEWK"])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .env("NEWK", WRONG_KEY)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(b.join("a.txt")).expect("raw"),
+        raw_before,
+        "re-wrap leaves contents"
+    );
+    assert_eq!(
+        run(&["fsck", path_str(&b)], Some(KEY)).status.code(),
+        Some(12)
+    );
+    assert!(run(&["fsck", path_str(&b)], Some(WRONG_KEY))
+        .status
+        .success());
+
+    let out = bin()
+        .args([
+            "rotate-key",
+            path_str(&b),
+            "--new-key-env",
+            "NEWK",
+            "--reencrypt",
+        ])
+        .env("CHRONICLE_ENCRYPTION_KEY", WRONG_KEY)
+        .env("NEWK", KEY)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(
+        std::fs::read(b.join("a.txt")).expect("raw"),
+        raw_before,
+        "re-encrypted"
+    );
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let key = chronicle_mount::UserKey::from_hex(KEY, "test").expect("key");
+    let volume = chronicle_mount::Volume::open(&b, &key).expect("open with the new key");
+    for name in ["a.txt", "sub/b.bin", "sub/deeper/empty"] {
+        let mut got = Vec::new();
+        volume
+            .open_file(std::path::Path::new(name), false)
+            .expect("open")
+            .read_to_end(&mut got)
+            .expect("read");
+        assert_eq!(
+            got,
+            std::fs::read(plain.join(name)).expect("plain"),
+            "{name}"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `chronicle` binary, built as one test binary.
+
+mod cli_volume;
+mod mount_integrity;
+mod mount_model;
+mod mount_ops;
+mod util;

@@ -1,0 +1,495 @@
+//! Every operation the mount supports, through std::fs and libc, as a
+//! program would use them.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::util::*;
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("no NUL")
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+// Protects: files read back what was written, at any offset, with plaintext
+// sizes, while the backing holds only ciphertext.
+#[test]
+fn files_read_write_append_truncate() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    let p = m.path("data.txt");
+    fs::write(&p, b"hello, encrypted world\n").expect("write");
+    assert_eq!(fs::read(&p).expect("read"), b"hello, encrypted world\n");
+    assert_eq!(fs::metadata(&p).expect("stat").len(), 23);
+    let raw = fs::read(m.backing("data.txt")).expect("raw");
+    assert_eq!(raw.len(), 24 + 23 + 28);
+    assert!(!raw.windows(9).any(|w| w == b"encrypted"));
+
+    // O_APPEND
+    let mut f = OpenOptions::new().append(true).open(&p).expect("append");
+    f.write_all(b"more\n").expect("append write");
+    drop(f);
+    assert_eq!(
+        fs::read(&p).expect("read"),
+        b"hello, encrypted world\nmore\n"
+    );
+
+    // pwrite past the end leaves a zero hole; pread across blocks.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .expect("rw");
+    f.write_all_at(b"XYZ", 10_000).expect("pwrite");
+    let mut buf = vec![0u8; 10_003];
+    f.read_exact_at(&mut buf, 0).expect("pread");
+    assert_eq!(&buf[..28], b"hello, encrypted world\nmore\n");
+    assert!(buf[28..10_000].iter().all(|&b| b == 0));
+    assert_eq!(&buf[10_000..], b"XYZ");
+
+    // ftruncate down and up.
+    f.set_len(5).expect("shrink");
+    assert_eq!(fs::read(&p).expect("read"), b"hello");
+    f.set_len(8200).expect("grow");
+    let got = fs::read(&p).expect("read");
+    assert_eq!(got.len(), 8200);
+    assert_eq!(&got[..5], b"hello");
+    assert!(got[5..].iter().all(|&b| b == 0));
+    drop(f);
+
+    // O_TRUNC
+    fs::write(&p, b"short").expect("truncate-write");
+    assert_eq!(fs::read(&p).expect("read"), b"short");
+
+    // O_EXCL on an existing file fails.
+    let err = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .expect_err("excl");
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+
+    // A large file in 1 MiB writes.
+    let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.path("big"), &big).expect("big write");
+    assert_eq!(fs::read(m.path("big")).expect("big read"), big);
+}
+
+// Protects: O_DIRECT opens and transfers work (the kernel sends them
+// straight through; our backing I/O is independent of the caller's flags).
+#[test]
+fn o_direct_works() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    let p = m.path("direct");
+    let data = vec![0x5au8; 8192];
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&p)
+        .expect("open O_DIRECT");
+    f.write_all(&data).expect("direct write");
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    let mut back = vec![0u8; 8192];
+    f.read_exact(&mut back).expect("direct read");
+    assert_eq!(back, data);
+}
+
+// Protects: directories, renames (plain, NOREPLACE, EXCHANGE), hard links
+// sharing an inode, symlinks, unlink of open files.
+#[test]
+fn namespace_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    fs::create_dir_all(m.path("d/e")).expect("mkdir");
+    fs::write(m.path("d/e/f"), b"one").expect("write");
+    fs::write(m.path("g"), b"two").expect("write");
+    let mut names: Vec<_> = fs::read_dir(m.path("d"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["e"]);
+    let root: Vec<_> = fs::read_dir(&m.mnt)
+        .expect("readdir")
+        .map(|e| e.expect("e").file_name())
+        .collect();
+    assert!(
+        !root.iter().any(|n| n == "chronicle.volume"),
+        "the configuration is hidden"
+    );
+    assert!(
+        fs::write(m.path("chronicle.volume"), b"x").is_err(),
+        "and cannot be created"
+    );
+
+    fs::rename(m.path("d/e/f"), m.path("f2")).expect("rename");
+    assert_eq!(fs::read(m.path("f2")).expect("read"), b"one");
+    fs::rename(m.path("d"), m.path("d2")).expect("rename dir");
+    assert!(m.path("d2/e").is_dir());
+
+    // renameat2 NOREPLACE and EXCHANGE
+    let (a, b) = (cstr(&m.path("f2")), cstr(&m.path("g")));
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD directory descriptors.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!((rc, errno()), (-1, libc::EEXIST));
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(fs::read(m.path("f2")).expect("read"), b"two");
+    assert_eq!(fs::read(m.path("g")).expect("read"), b"one");
+
+    // Hard links share contents and the inode number.
+    fs::hard_link(m.path("g"), m.path("g-link")).expect("link");
+    let (s1, s2) = (
+        fs::metadata(m.path("g")).expect("s"),
+        fs::metadata(m.path("g-link")).expect("s"),
+    );
+    assert_eq!(s1.ino(), s2.ino());
+    assert_eq!(s1.nlink(), 2);
+    fs::write(m.path("g-link"), b"changed through the link").expect("write link");
+    assert_eq!(
+        fs::read(m.path("g")).expect("read"),
+        b"changed through the link"
+    );
+
+    // Symlinks
+    std::os::unix::fs::symlink("d2/e", m.path("sym")).expect("symlink");
+    assert_eq!(
+        fs::read_link(m.path("sym")).expect("readlink").to_str(),
+        Some("d2/e")
+    );
+    assert!(m.path("sym").is_dir());
+
+    // Unlink while open: the open file keeps working.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f2"))
+        .expect("open");
+    fs::remove_file(m.path("f2")).expect("unlink");
+    assert!(!m.path("f2").exists());
+    f.write_all_at(b"still here", 0)
+        .expect("write after unlink");
+    let mut s = String::new();
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.read_to_string(&mut s).expect("read after unlink");
+    assert_eq!(s, "still here");
+
+    // rmdir
+    assert!(fs::remove_dir(m.path("d2")).is_err(), "not empty");
+    fs::remove_dir(m.path("d2/e")).expect("rmdir");
+    fs::remove_dir(m.path("d2")).expect("rmdir");
+    assert!(!m.path("d2").exists());
+}
+
+// Protects: attributes: chmod, chown, utimes, access, statfs, FIFOs and
+// sockets, and that writes keep sizes in plaintext units.
+#[test]
+fn attributes_and_special_files() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    let p = m.path("attr");
+    fs::write(&p, vec![1u8; 5000]).expect("write");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert_eq!(
+        fs::metadata(&p).expect("stat").permissions().mode() & 0o777,
+        0o640
+    );
+    std::os::unix::fs::chown(&p, Some(1234), Some(4321)).expect("chown");
+    let meta = fs::metadata(&p).expect("stat");
+    assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .expect("open")
+        .set_modified(when)
+        .expect("utimes");
+    assert_eq!(fs::metadata(&p).expect("stat").mtime(), 1_700_000_000);
+    assert_eq!(fs::metadata(&p).expect("stat").len(), 5000);
+
+    let c = cstr(&p);
+    // SAFETY: valid path.
+    assert_eq!(
+        unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) },
+        0
+    );
+
+    let fifo = cstr(&m.path("fifo"));
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(m.path("fifo"))
+        .expect("stat")
+        .file_type()
+        .is_fifo());
+    let sock = std::os::unix::net::UnixListener::bind(m.path("sock")).expect("bind socket");
+    assert!(fs::symlink_metadata(m.path("sock"))
+        .expect("stat")
+        .file_type()
+        .is_socket());
+    drop(sock);
+
+    let mnt = cstr(&m.mnt);
+    // SAFETY: valid path and a zeroed statvfs to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(mnt.as_ptr(), &mut st) }, 0);
+    assert!(st.f_blocks > 0);
+}
+
+// Protects: user.* extended attributes round-trip and are stored encrypted;
+// other namespaces are refused.
+#[test]
+fn extended_attributes() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    let p = m.path("x");
+    fs::write(&p, b"x").expect("write");
+    let c = cstr(&p);
+    let name = CString::new("user.secret").expect("name");
+    let value = b"attribute plaintext";
+    // SAFETY: valid path, name and value buffers.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr errno {}", errno());
+    let mut buf = [0u8; 64];
+    // SAFETY: buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n as usize], value);
+    // SAFETY: size query with a null buffer.
+    let size = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(size as usize, value.len());
+    // SAFETY: buffer of the given length.
+    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..n as usize], b"user.secret\0");
+    // The backing stores ciphertext.
+    let raw = cstr(&m.backing("x"));
+    let mut stored = [0u8; 128];
+    // SAFETY: buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            raw.as_ptr(),
+            name.as_ptr(),
+            stored.as_mut_ptr().cast(),
+            stored.len(),
+        )
+    };
+    assert_eq!(n as usize, value.len() + 28);
+    assert!(!stored.windows(9).any(|w| w == b"plaintext"));
+    // SAFETY: valid path and name.
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) }, 0);
+    // SAFETY: buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!((n, errno()), (-1, libc::ENODATA));
+    let trusted = CString::new("trusted.x").expect("name");
+    // SAFETY: valid buffers.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            trusted.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, -1);
+}
+
+// Protects: fallocate (mode 0 extends, KEEP_SIZE keeps the size, PUNCH_HOLE
+// zeroes), lseek SEEK_DATA/SEEK_HOLE, fsync and fdatasync.
+#[test]
+fn fallocate_lseek_fsync() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    let p = m.path("alloc");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .expect("open");
+    f.write_all_at(&[9u8; 100], 0).expect("write");
+    // SAFETY: valid descriptor.
+    assert_eq!(
+        unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, 10_000) },
+        0
+    );
+    assert_eq!(f.metadata().expect("stat").len(), 10_000);
+    // SAFETY: valid descriptor.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            50_000,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(f.metadata().expect("stat").len(), 10_000);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: valid descriptor.
+    assert_eq!(
+        unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), punch, 10, 20) },
+        0
+    );
+    let mut buf = [0u8; 100];
+    f.read_exact_at(&mut buf, 0).expect("read");
+    assert!(
+        buf[..10].iter().all(|&b| b == 9)
+            && buf[10..30].iter().all(|&b| b == 0)
+            && buf[30..].iter().all(|&b| b == 9)
+    );
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: valid descriptor.
+    assert_eq!(unsafe { libc::lseek(fd, 5, libc::SEEK_DATA) }, 5);
+    // SAFETY: valid descriptor.
+    assert_eq!(unsafe { libc::lseek(fd, 5, libc::SEEK_HOLE) }, 10_000);
+    f.sync_all().expect("fsync");
+    f.sync_data().expect("fdatasync");
+    let dir = fs::File::open(&m.mnt).expect("open dir");
+    dir.sync_all().expect("fsyncdir");
+}
+
+// Protects: shared and private mmap of files (the engine reads segments
+// through mmap), including writes through a shared mapping.
+#[test]
+fn mmap_shared_and_private() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    let p = m.path("mapped");
+    let mut data: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i % 253) as u8).collect();
+    fs::write(&p, &data).expect("write");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .expect("open");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    for flags in [libc::MAP_SHARED, libc::MAP_PRIVATE] {
+        // SAFETY: mapping a valid descriptor for its length; unmapped below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                data.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        // SAFETY: the mapping is data.len() bytes long and stays mapped here.
+        let view = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), data.len()) };
+        assert!(view == &data[..], "the mapping shows the file's plaintext");
+        let mark = if flags == libc::MAP_SHARED {
+            0xEE
+        } else {
+            0x11
+        };
+        view[5000] = mark;
+        // SAFETY: ptr/len are the mapping made above.
+        unsafe {
+            libc::msync(ptr, data.len(), libc::MS_SYNC);
+            libc::munmap(ptr, data.len());
+        }
+        let now = fs::read(&p).expect("read");
+        // The shared write reaches the file; the private one never does.
+        assert_eq!(
+            now[5000],
+            0xEE,
+            "after {}",
+            if flags == libc::MAP_SHARED {
+                "MAP_SHARED"
+            } else {
+                "MAP_PRIVATE"
+            }
+        );
+        data[5000] = 0xEE;
+    }
+}
+
+// Protects: --read-only refuses writes; data stays readable.
+#[test]
+fn read_only_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    fs::write(m.path("keep"), b"kept").expect("write");
+    m.unmount();
+    let ro = Mounted::with_fixture(
+        Fixture {
+            dir: tempfile::tempdir().expect("unused"),
+            backing: m.fixture.backing.clone(),
+        },
+        &["--read-only"],
+    );
+    assert_eq!(fs::read(ro.path("keep")).expect("read"), b"kept");
+    let err = fs::write(ro.path("new"), b"x").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+}

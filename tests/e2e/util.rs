@@ -1,0 +1,177 @@
+//! Shared helpers: running the binary, making volumes, mounting with a
+//! guard that always unmounts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const WRONG_KEY: &str = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    cmd.env_remove("CHRONICLE_ENCRYPTION_KEY")
+        .env_remove("CHRONICLE_PASSPHRASE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the binary with `CHRONICLE_ENCRYPTION_KEY=key` (if any).
+pub fn run(args: &[&str], key: Option<&str>) -> Output {
+    let mut cmd = bin();
+    cmd.args(args);
+    if let Some(key) = key {
+        cmd.env("CHRONICLE_ENCRYPTION_KEY", key);
+    }
+    cmd.output().expect("run chronicle")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A temporary directory with a fresh volume in `backing/`.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub backing: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().join("backing");
+        let out = run(&["init", path_str(&backing)], Some(KEY));
+        assert!(out.status.success(), "init failed: {}", stderr(&out));
+        Fixture { dir, backing }
+    }
+
+    pub fn b(&self) -> &str {
+        path_str(&self.backing)
+    }
+}
+
+/// Every file under `dir` with its bytes, to show that nothing was written.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether mount tests can run here. Without /dev/fuse or root they skip
+/// with a message, unless CHRONICLE_REQUIRE_FUSE=1 (CI), where they fail.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && running_as_root();
+    if !ok {
+        let why = "cannot mount: needs /dev/fuse and root";
+        if std::env::var("CHRONICLE_REQUIRE_FUSE").as_deref() == Ok("1") {
+            panic!("{why}, and CHRONICLE_REQUIRE_FUSE=1");
+        }
+        eprintln!("SKIPPED: {why} (set CHRONICLE_REQUIRE_FUSE=1 to make this a failure)");
+    }
+    ok
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .any(|l| l.split(' ').nth(4) == Some(canonical.to_str().unwrap_or("")))
+        })
+        .unwrap_or(false)
+}
+
+/// A mounted volume; unmounts on drop, even when the test failed.
+pub struct Mounted {
+    pub fixture: Fixture,
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Mounted {
+    pub fn new(extra: &[&str]) -> Mounted {
+        Self::with_fixture(Fixture::new(), extra)
+    }
+
+    pub fn with_fixture(fixture: Fixture, extra: &[&str]) -> Mounted {
+        let mnt = fixture.dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+        let log = fixture.dir.path().join("mount.log");
+        let mut args = vec![
+            "mount",
+            fixture.b(),
+            path_str(&mnt),
+            "--log-file",
+            path_str(&log),
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args, Some(KEY));
+        assert!(out.status.success(), "mount failed: {}", stderr(&out));
+        assert!(is_mounted(&mnt), "mount returned but nothing is mounted");
+        Mounted { fixture, mnt, log }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    pub fn backing(&self, name: &str) -> PathBuf {
+        self.fixture.backing.join(name)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn unmount(&self) {
+        if is_mounted(&self.mnt) {
+            let out = run(&["umount", path_str(&self.mnt)], None);
+            if !out.status.success() {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+        // The mount process exits once the kernel ends the session.
+        for _ in 0..100 {
+            if !is_mounted(&self.mnt) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
