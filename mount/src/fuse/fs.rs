@@ -35,7 +35,11 @@ impl fuser::Filesystem for ChronicleFs {
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_DIO;
+            | InitFlags::FUSE_ASYNC_DIO
+            // We clear set-user-id and set-group-id bits ourselves (see
+            // `Ops::write`); in exchange the kernel stops asking for
+            // security.capability before every write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -61,6 +65,9 @@ impl fuser::Filesystem for ChronicleFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.ops.lookup(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            // A negative entry (inode 0) lets the kernel remember that the
+            // name does not exist, saving a round trip before each create.
+            Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_entry(), GENERATION),
             Err(e) => reply.error(e),
         }
     }
@@ -237,12 +244,13 @@ impl fuser::Filesystem for ChronicleFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ops.write(fh.0, offset, data) {
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.ops.write(fh.0, offset, data, kill_suidgid) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
         }
@@ -442,6 +450,26 @@ impl fuser::Filesystem for ChronicleFs {
             Ok(at) => reply.offset(at),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+fn negative_entry() -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 

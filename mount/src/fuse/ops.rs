@@ -321,10 +321,20 @@ impl Ops {
         });
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        self.file_handle(fh)?
-            .write_at(offset, data)
-            .map_err(volume_errno)
+    /// `kill_suidgid`: the writer lacks CAP_FSETID, so, as on a local file
+    /// system, the file loses its set-user-id and set-group-id bits.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<(), Errno> {
+        let content = self.file_handle(fh)?;
+        content.write_at(offset, data).map_err(volume_errno)?;
+        if kill_suidgid {
+            let stat = rustix::fs::fstat(content.backing()).map_err(sys)?;
+            let mode = stat.st_mode & 0o7777;
+            let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
+            if cleared != mode {
+                rustix::fs::fchmod(content.backing(), Mode::from_raw_mode(cleared)).map_err(sys)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn release(&self, fh: u64) {
