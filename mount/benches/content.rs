@@ -27,7 +27,10 @@ fn main() {
     }
     println!("Chosen: {}", cipher::fastest().name());
     println!();
-    println!("EncryptedFile, {} MiB file in 1 MiB calls (page cache, no fsync):", FILE_BYTES >> 20);
+    println!(
+        "EncryptedFile, {} MiB file in 1 MiB calls (page cache, no fsync):",
+        FILE_BYTES >> 20
+    );
     for backend in Backend::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bench");

@@ -1,1 +1,31 @@
+//! Chronicle's embedded time-series engine.
+//!
+//! Durable writes through a checksummed WAL, compressed immutable segments
+//! (delta-of-delta timestamps, Gorilla XOR values) read through mmap,
+//! aggregating queries, compaction, retention, snapshots and JSON Lines
+//! export/import. It uses only ordinary files, so it runs the same on a
+//! plain directory and on a chronicle mount.
 
+mod bits;
+pub mod engine;
+pub mod error;
+mod framing;
+pub mod gorilla;
+pub mod jsonl;
+pub mod lineproto;
+mod lock;
+mod manifest;
+mod memtable;
+mod mmap;
+pub mod model;
+pub mod query;
+pub mod segment;
+mod series;
+pub mod timefmt;
+pub mod wal;
+
+pub use engine::{CompactStats, Engine, Options, Stats};
+pub use error::{EngineError, Result};
+pub use model::{Point, SeriesKey};
+pub use query::{Aggregate, Query, QueryResult, TagFilter};
+pub use wal::SyncPolicy;

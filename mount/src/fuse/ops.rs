@@ -323,7 +323,13 @@ impl Ops {
 
     /// `kill_suidgid`: the writer lacks CAP_FSETID, so, as on a local file
     /// system, the file loses its set-user-id and set-group-id bits.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<(), Errno> {
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Result<(), Errno> {
         let content = self.file_handle(fh)?;
         content.write_at(offset, data).map_err(volume_errno)?;
         if kill_suidgid {

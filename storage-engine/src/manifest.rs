@@ -1,0 +1,92 @@
+//! The manifest: which segment files make up the database, and from which
+//! WAL file replay starts. Replaced only by writing a temporary file,
+//! fsyncing it, renaming it over `MANIFEST` and fsyncing the directory, so a
+//! crash leaves either the old or the new set, never a mixture.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, IoContext, Result};
+use crate::framing::sync_dir;
+
+pub const MANIFEST: &str = "MANIFEST";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SegmentEntry {
+    pub file: String,
+    pub partition: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub points: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// Next number for a new segment file.
+    pub next_file: u64,
+    /// WAL files numbered below this are covered by segments.
+    pub wal_checkpoint: u64,
+    /// Oldest first: a later segment's point wins over an earlier one's.
+    pub segments: Vec<SegmentEntry>,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            format: FORMAT,
+            next_file: 1,
+            wal_checkpoint: 1,
+            segments: Vec::new(),
+        }
+    }
+}
+
+pub fn segment_name(number: u64) -> String {
+    format!("seg-{number:06}.seg")
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join(MANIFEST);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(EngineError::io(format!("reading {}", path.display()), e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| EngineError::corrupt(&path, format!("unreadable: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(EngineError::UnsupportedVersion {
+                file: path,
+                found: manifest.format,
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("MANIFEST.tmp");
+        let path = dir.join(MANIFEST);
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| EngineError::io("encoding the manifest", std::io::Error::other(e)))?;
+        let mut file =
+            std::fs::File::create(&tmp).context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&body)
+            .and_then(|()| file.sync_all())
+            .context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .context(|| format!("renaming {} into place", tmp.display()))?;
+        sync_dir(dir)
+    }
+
+    pub fn take_file_number(&mut self) -> u64 {
+        let n = self.next_file;
+        self.next_file += 1;
+        n
+    }
+}

@@ -1,0 +1,70 @@
+//! Points written since the last flush, per series, in arrival order.
+
+use std::collections::BTreeMap;
+
+use crate::model::SeriesId;
+
+#[derive(Default)]
+pub struct Memtable {
+    series: BTreeMap<SeriesId, Vec<(i64, f64)>>,
+    points: usize,
+}
+
+/// Sorts by timestamp keeping, of equal timestamps, the one written last.
+pub fn sort_last_wins(points: &mut Vec<(i64, f64)>) {
+    // A stable sort keeps arrival order among equal timestamps.
+    points.sort_by_key(|p| p.0);
+    let mut out = 0;
+    for i in 0..points.len() {
+        if out > 0 && points[out - 1].0 == points[i].0 {
+            points[out - 1] = points[i];
+        } else {
+            points[out] = points[i];
+            out += 1;
+        }
+    }
+    points.truncate(out);
+}
+
+impl Memtable {
+    pub fn insert(&mut self, id: SeriesId, ts: i64, value: f64) {
+        self.series.entry(id).or_default().push((ts, value));
+        self.points += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.points
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points == 0
+    }
+
+    /// Everything, sorted and deduplicated per series; leaves the table empty.
+    pub fn take(&mut self) -> BTreeMap<SeriesId, Vec<(i64, f64)>> {
+        self.points = 0;
+        let mut all = std::mem::take(&mut self.series);
+        for points in all.values_mut() {
+            sort_last_wins(points);
+        }
+        all
+    }
+
+    /// The points of one series in [start, end), sorted, last write winning.
+    pub fn range(&self, id: SeriesId, start: i64, end: i64) -> Vec<(i64, f64)> {
+        let Some(points) = self.series.get(&id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(i64, f64)> = points
+            .iter()
+            .copied()
+            .filter(|p| p.0 >= start && p.0 < end)
+            .collect();
+        sort_last_wins(&mut out);
+        out
+    }
+
+    pub fn series_ids(&self) -> impl Iterator<Item = SeriesId> + '_ {
+        self.series.keys().copied()
+    }
+}

@@ -1,0 +1,60 @@
+//! The data model: a series is a metric plus sorted tags; a point is a
+//! series, a timestamp in nanoseconds and a value.
+
+use std::fmt;
+
+/// Metric and tags. Tags are kept sorted by key, so equal series compare equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub metric: String,
+    pub tags: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    pub fn new(metric: impl Into<String>, mut tags: Vec<(String, String)>) -> Self {
+        tags.sort();
+        tags.dedup_by(|a, b| a.0 == b.0);
+        SeriesKey {
+            metric: metric.into(),
+            tags,
+        }
+    }
+
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Display for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.metric)?;
+        for (k, v) in &self.tags {
+            write!(f, ",{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub series: SeriesKey,
+    pub timestamp: i64,
+    pub value: f64,
+}
+
+/// Dense series identifier, assigned in order of first appearance.
+pub type SeriesId = u32;
+
+/// Nanoseconds per unit, for partitions and windows.
+pub const NANOS_PER_SECOND: i64 = 1_000_000_000;
+/// Partitions span one hour.
+pub const PARTITION_NANOS: i64 = 3600 * NANOS_PER_SECOND;
+
+/// The partition (its start time) a timestamp falls in.
+pub fn partition_of(ts: i64) -> i64 {
+    ts.div_euclid(PARTITION_NANOS) * PARTITION_NANOS
+}

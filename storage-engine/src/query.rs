@@ -1,0 +1,261 @@
+//! Queries: which series (metric and tag filters), which time range, and
+//! raw points or windowed aggregates, optionally grouped by a tag.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::model::SeriesKey;
+
+#[derive(Debug, Clone)]
+pub enum TagFilter {
+    Equals(String, String),
+    NotEquals(String, String),
+    Matches(String, Regex),
+}
+
+impl TagFilter {
+    /// `KEY=VALUE`, or `KEY!=VALUE` for "not equals".
+    pub fn parse(text: &str) -> Result<TagFilter> {
+        if let Some((k, v)) = text.split_once("!=") {
+            return Ok(TagFilter::NotEquals(k.to_string(), v.to_string()));
+        }
+        let (k, v) = text.split_once('=').ok_or_else(|| {
+            EngineError::BadQuery(format!("tag filter {text:?} is not KEY=VALUE"))
+        })?;
+        Ok(TagFilter::Equals(k.to_string(), v.to_string()))
+    }
+
+    /// `KEY=REGEX`; the expression must match the whole tag value.
+    pub fn parse_regex(text: &str) -> Result<TagFilter> {
+        let (k, re) = text
+            .split_once('=')
+            .ok_or_else(|| EngineError::BadQuery(format!("tag regex {text:?} is not KEY=REGEX")))?;
+        let re = Regex::new(&format!("^(?:{re})$"))
+            .map_err(|e| EngineError::BadQuery(format!("bad regex for tag {k}: {e}")))?;
+        Ok(TagFilter::Matches(k.to_string(), re))
+    }
+
+    pub fn matches(&self, key: &SeriesKey) -> bool {
+        match self {
+            TagFilter::Equals(k, v) => key.tag(k) == Some(v.as_str()),
+            TagFilter::NotEquals(k, v) => key.tag(k) != Some(v.as_str()),
+            TagFilter::Matches(k, re) => key.tag(k).is_some_and(|v| re.is_match(v)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Count,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    First,
+    Last,
+    Stddev,
+}
+
+impl Aggregate {
+    pub fn parse(name: &str) -> Result<Aggregate> {
+        Ok(match name {
+            "count" => Aggregate::Count,
+            "sum" => Aggregate::Sum,
+            "mean" | "avg" => Aggregate::Mean,
+            "min" => Aggregate::Min,
+            "max" => Aggregate::Max,
+            "first" => Aggregate::First,
+            "last" => Aggregate::Last,
+            "stddev" => Aggregate::Stddev,
+            other => {
+                return Err(EngineError::BadQuery(format!(
+                    "unknown aggregate {other:?} (count, sum, mean, min, max, first, last, stddev)"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub metric: String,
+    pub filters: Vec<TagFilter>,
+    /// Inclusive start, nanoseconds.
+    pub start: i64,
+    /// Exclusive end, nanoseconds.
+    pub end: i64,
+    /// Window length in nanoseconds and the aggregate per window.
+    pub window: Option<(i64, Aggregate)>,
+    pub group_by: Option<String>,
+}
+
+impl Query {
+    pub fn new(metric: impl Into<String>) -> Query {
+        Query {
+            metric: metric.into(),
+            filters: Vec::new(),
+            start: i64::MIN,
+            end: i64::MAX,
+            window: None,
+            group_by: None,
+        }
+    }
+}
+
+/// Running state of one window: Welford's algorithm for the deviation.
+#[derive(Debug, Clone, Copy)]
+pub struct Accumulator {
+    pub count: u64,
+    sum: f64,
+    mean: f64,
+    m2: f64,
+    min: f64,
+    max: f64,
+    first: (i64, f64),
+    last: (i64, f64),
+}
+
+impl Accumulator {
+    fn new(ts: i64, v: f64) -> Self {
+        Accumulator {
+            count: 0,
+            sum: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            first: (ts, v),
+            last: (ts, v),
+        }
+    }
+
+    #[inline]
+    pub fn add(&mut self, ts: i64, v: f64) {
+        self.count += 1;
+        self.sum += v;
+        let delta = v - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (v - self.mean);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if ts < self.first.0 {
+            self.first = (ts, v);
+        }
+        if ts >= self.last.0 {
+            self.last = (ts, v);
+        }
+    }
+
+    pub fn result(&self, agg: Aggregate) -> f64 {
+        match agg {
+            Aggregate::Count => self.count as f64,
+            Aggregate::Sum => self.sum,
+            Aggregate::Mean => self.mean,
+            Aggregate::Min => self.min,
+            Aggregate::Max => self.max,
+            Aggregate::First => self.first.1,
+            Aggregate::Last => self.last.1,
+            // Sample standard deviation; a single point has none (0).
+            Aggregate::Stddev if self.count < 2 => 0.0,
+            Aggregate::Stddev => (self.m2 / (self.count - 1) as f64).sqrt(),
+        }
+    }
+}
+
+/// Windows of one group, by window start.
+#[derive(Default)]
+pub struct Windows {
+    pub by_start: BTreeMap<i64, Accumulator>,
+}
+
+impl Windows {
+    #[inline]
+    pub fn add_all(&mut self, width: i64, ts: &[i64], vals: &[f64]) {
+        let mut current: Option<(i64, Accumulator)> = None;
+        for (&t, &v) in ts.iter().zip(vals) {
+            let start = t.div_euclid(width) * width;
+            match &mut current {
+                Some((s, acc)) if *s == start => acc.add(t, v),
+                _ => {
+                    if let Some((s, acc)) = current.take() {
+                        self.merge(s, acc);
+                    }
+                    let mut acc = Accumulator::new(t, v);
+                    acc.add(t, v);
+                    current = Some((start, acc));
+                }
+            }
+        }
+        if let Some((s, acc)) = current {
+            self.merge(s, acc);
+        }
+    }
+
+    fn merge(&mut self, start: i64, acc: Accumulator) {
+        match self.by_start.get_mut(&start) {
+            None => {
+                self.by_start.insert(start, acc);
+            }
+            Some(into) => {
+                // Chan et al.'s parallel combination of Welford states.
+                let n = (into.count + acc.count) as f64;
+                let delta = acc.mean - into.mean;
+                into.m2 += acc.m2 + delta * delta * into.count as f64 * acc.count as f64 / n;
+                into.mean += delta * acc.count as f64 / n;
+                into.count += acc.count;
+                into.sum += acc.sum;
+                into.min = into.min.min(acc.min);
+                into.max = into.max.max(acc.max);
+                if acc.first.0 < into.first.0 {
+                    into.first = acc.first;
+                }
+                if acc.last.0 >= into.last.0 {
+                    into.last = acc.last;
+                }
+            }
+        }
+    }
+}
+
+/// Raw points of one series.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SeriesPoints {
+    pub metric: String,
+    pub tags: BTreeMap<String, String>,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// One window's result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WindowValue {
+    pub start: i64,
+    pub value: f64,
+    pub count: u64,
+}
+
+/// Aggregates of one group (all matching series, or one value of the
+/// group-by tag).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupWindows {
+    pub group: Option<String>,
+    pub windows: Vec<WindowValue>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum QueryResult {
+    Raw(Vec<SeriesPoints>),
+    Aggregated(Vec<GroupWindows>),
+}
+
+impl QueryResult {
+    pub fn points(&self) -> u64 {
+        match self {
+            QueryResult::Raw(s) => s.iter().map(|s| s.points.len() as u64).sum(),
+            QueryResult::Aggregated(g) => g.iter().flat_map(|g| &g.windows).map(|w| w.count).sum(),
+        }
+    }
+}

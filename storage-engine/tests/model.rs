@@ -1,0 +1,254 @@
+//! The engine against a `BTreeMap` model: random writes (with overwrites),
+//! flushes, compactions, reopens and queries. The seed is printed;
+//! CHRONICLE_TEST_SEED=N replays a failure.
+
+use std::collections::BTreeMap;
+
+use chronicle_engine::{
+    Aggregate, Engine, Options, Point, Query, QueryResult, SeriesKey, SyncPolicy, TagFilter,
+};
+use rand::{Rng, SeedableRng};
+
+type Model = BTreeMap<SeriesKey, BTreeMap<i64, f64>>;
+
+fn seed() -> u64 {
+    std::env::var("CHRONICLE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+fn key(host: usize, metric: usize) -> SeriesKey {
+    SeriesKey::new(
+        format!("m{metric}"),
+        vec![
+            ("host".into(), format!("h{host}")),
+            ("dc".into(), format!("d{}", host % 2)),
+        ],
+    )
+}
+
+fn options() -> Options {
+    Options {
+        sync: SyncPolicy::Never,
+        memtable_points: 700,
+        retention: None,
+    }
+}
+
+fn model_range(
+    model: &Model,
+    metric: &str,
+    filter: impl Fn(&SeriesKey) -> bool,
+    start: i64,
+    end: i64,
+) -> Vec<(SeriesKey, Vec<(i64, f64)>)> {
+    model
+        .iter()
+        .filter(|(k, _)| k.metric == metric && filter(k))
+        .map(|(k, pts)| {
+            (
+                k.clone(),
+                pts.range(start..end)
+                    .map(|(&t, &v)| (t, v))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, p)| !p.is_empty())
+        .collect()
+}
+
+// Protects: what the engine returns always equals the model, whatever the
+// interleaving of writes, flushes, compactions and reopens.
+#[test]
+fn random_operations_match_a_model() {
+    let seed = seed();
+    println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut engine = Some(Engine::open(dir.path(), options()).expect("open"));
+    let mut model: Model = BTreeMap::new();
+    let hour = 3_600_000_000_000i64;
+    let base = 1_700_000_000_000_000_000i64;
+    for step in 0..600 {
+        let e = engine.as_ref().expect("engine");
+        match rng.random_range(0..100) {
+            0..=59 => {
+                let n = rng.random_range(1..200);
+                let points: Vec<Point> = (0..n)
+                    .map(|_| Point {
+                        series: key(rng.random_range(0..5), rng.random_range(0..2)),
+                        // Few distinct timestamps, so overwrites happen.
+                        timestamp: base + rng.random_range(0..400) * (hour / 50),
+                        value: rng.random_range(-1000..1000) as f64 / 4.0,
+                    })
+                    .collect();
+                e.write(&points).expect("write");
+                for p in points {
+                    model
+                        .entry(p.series)
+                        .or_default()
+                        .insert(p.timestamp, p.value);
+                }
+            }
+            60..=67 => e.flush().expect("flush"),
+            68..=72 => {
+                e.compact().expect("compact");
+            }
+            73..=79 => {
+                engine.take().expect("engine").close().expect("close");
+                engine = Some(Engine::open(dir.path(), options()).expect("reopen"));
+            }
+            80..=82 => {
+                // Drop without close: the WAL alone must carry the memtable.
+                drop(engine.take());
+                engine = Some(Engine::open(dir.path(), options()).expect("reopen after drop"));
+            }
+            _ => {
+                let metric = format!("m{}", rng.random_range(0..2));
+                let start = base + rng.random_range(-5..400) * (hour / 50);
+                let end = start + rng.random_range(1..300) * (hour / 50);
+                let host = format!("h{}", rng.random_range(0..5));
+                let mut q = Query::new(&metric);
+                q.start = start;
+                q.end = end;
+                let use_filter = rng.random_bool(0.5);
+                if use_filter {
+                    q.filters
+                        .push(TagFilter::parse(&format!("host!={host}")).expect("filter"));
+                }
+                let expected = model_range(
+                    &model,
+                    &metric,
+                    |k| !use_filter || k.tag("host") != Some(host.as_str()),
+                    start,
+                    end,
+                );
+                let QueryResult::Raw(got) = e.query(&q).expect("query") else {
+                    panic!("raw expected")
+                };
+                let got: Vec<(SeriesKey, Vec<(i64, f64)>)> = got
+                    .into_iter()
+                    .map(|s| {
+                        (
+                            SeriesKey::new(s.metric, s.tags.into_iter().collect()),
+                            s.points,
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, expected, "seed {seed} step {step}: raw query");
+                // Aggregates over the same range, grouped by dc.
+                q.window = Some((hour, Aggregate::Sum));
+                q.group_by = Some("dc".into());
+                let QueryResult::Aggregated(groups) = e.query(&q).expect("query") else {
+                    panic!("aggregated expected")
+                };
+                let mut want: BTreeMap<String, BTreeMap<i64, (f64, u64)>> = BTreeMap::new();
+                for (k, pts) in &expected {
+                    for &(t, v) in pts {
+                        let w = want
+                            .entry(k.tag("dc").unwrap_or("").to_string())
+                            .or_default();
+                        let slot = w.entry(t.div_euclid(hour) * hour).or_default();
+                        slot.0 += v;
+                        slot.1 += 1;
+                    }
+                }
+                let got: BTreeMap<String, BTreeMap<i64, (f64, u64)>> = groups
+                    .into_iter()
+                    .map(|g| {
+                        (
+                            g.group.unwrap_or_default(),
+                            g.windows
+                                .into_iter()
+                                .map(|w| (w.start, (w.value, w.count)))
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, want, "seed {seed} step {step}: sum per hour by dc");
+            }
+        }
+    }
+    let e = engine.take().expect("engine");
+    e.compact().expect("final compaction");
+    let stats = e.stats().expect("stats");
+    let model_points: usize = model.values().map(BTreeMap::len).sum();
+    assert_eq!(
+        stats.points, model_points as u64,
+        "seed {seed}: after full compaction, no duplicates remain"
+    );
+    let mut exported = Vec::new();
+    assert_eq!(
+        e.export_json(&mut exported).expect("export"),
+        model_points as u64
+    );
+    e.close().expect("close");
+}
+
+// Protects: each aggregate function, windows aligned to the epoch.
+#[test]
+fn aggregates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), options()).expect("open");
+    let k = SeriesKey::new("cpu", vec![("host".into(), "a".into())]);
+    let s = 1_000_000_000i64;
+    let pts: Vec<Point> = [(5, 1.0), (15, 2.0), (25, 4.0), (65, 10.0)]
+        .iter()
+        .map(|&(t, v)| Point {
+            series: k.clone(),
+            timestamp: t * s,
+            value: v,
+        })
+        .collect();
+    e.write(&pts).expect("write");
+    let run = |agg, flush: bool| {
+        if flush {
+            e.flush().expect("flush");
+        }
+        let mut q = Query::new("cpu");
+        q.window = Some((60 * s, agg));
+        let QueryResult::Aggregated(g) = e.query(&q).expect("query") else {
+            panic!()
+        };
+        g[0].windows
+            .iter()
+            .map(|w| (w.start / s, w.value))
+            .collect::<Vec<_>>()
+    };
+    for flush in [false, true] {
+        assert_eq!(run(Aggregate::Count, flush), vec![(0, 3.0), (60, 1.0)]);
+        assert_eq!(run(Aggregate::Sum, flush), vec![(0, 7.0), (60, 10.0)]);
+        assert_eq!(
+            run(Aggregate::Mean, flush),
+            vec![(0, 7.0 / 3.0), (60, 10.0)]
+        );
+        assert_eq!(run(Aggregate::Min, flush), vec![(0, 1.0), (60, 10.0)]);
+        assert_eq!(run(Aggregate::Max, flush), vec![(0, 4.0), (60, 10.0)]);
+        assert_eq!(run(Aggregate::First, flush), vec![(0, 1.0), (60, 10.0)]);
+        assert_eq!(run(Aggregate::Last, flush), vec![(0, 4.0), (60, 10.0)]);
+        let sd = run(Aggregate::Stddev, flush);
+        assert!((sd[0].1 - 1.527_525_231_651_946_6).abs() < 1e-12, "{sd:?}");
+        assert_eq!(sd[1].1, 0.0);
+    }
+    let mut q = Query::new("cpu");
+    q.filters
+        .push(TagFilter::parse_regex("host=a|b").expect("regex"));
+    assert_eq!(e.query(&q).expect("query").points(), 4);
+    q.filters = vec![TagFilter::parse_regex("host=b.*").expect("regex")];
+    assert_eq!(e.query(&q).expect("query").points(), 0);
+}
+
+// Protects: a second process (here: a second open) is refused clearly.
+#[test]
+fn exclusive_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = Engine::open(dir.path(), options()).expect("open");
+    let err = Engine::open(dir.path(), options())
+        .err()
+        .expect("second open refused");
+    assert!(
+        err.to_string().contains("is in use by another process"),
+        "{err}"
+    );
+}
