@@ -1,20 +1,465 @@
 //! `chronicle engine ...`: the bundled time-series engine's commands.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use clap::Subcommand;
+use anyhow::{bail, Context, Result};
+use chronicle_engine::timefmt::{format_time, parse_duration, parse_time};
+use chronicle_engine::{Aggregate, Engine, Options, Query, QueryResult, SyncPolicy, TagFilter};
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Sync {
+    /// fsync before each write is acknowledged
+    Always,
+    /// fsync at most a second after a write (default)
+    Interval,
+    /// leave it to the operating system
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DataFormat {
+    Json,
+}
 
 #[derive(Subcommand)]
 pub enum EngineCommand {
-    /// Write points in InfluxDB line protocol from FILE (or standard input)
+    /// Write points in InfluxDB line protocol from FILE (standard input when absent or -)
     Write {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
         file: Option<PathBuf>,
+        /// When the write-ahead log is fsynced
+        #[arg(long, value_enum, default_value_t = Sync::Interval)]
+        sync: Sync,
+    },
+    /// Query raw points or windowed aggregates
+    Query {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_name = "M")]
+        metric: String,
+        /// Keep series whose tag KEY equals VALUE (KEY!=VALUE: differs); repeatable
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Keep series whose tag KEY matches the regular expression RE (whole value); repeatable
+        #[arg(long = "tag-regex", value_name = "KEY=RE")]
+        tag_regexes: Vec<String>,
+        /// Start time, inclusive: RFC 3339 or nanoseconds
+        #[arg(long, value_name = "T")]
+        start: Option<String>,
+        /// End time, exclusive: RFC 3339 or nanoseconds
+        #[arg(long, value_name = "T")]
+        end: Option<String>,
+        /// Window length (10s, 5m, 1h, 7d), aligned to the epoch; needs --agg
+        #[arg(long, value_name = "DUR", requires = "agg")]
+        window: Option<String>,
+        /// count, sum, mean, min, max, first, last or stddev; needs --window
+        #[arg(long, value_name = "FN", requires = "window")]
+        agg: Option<String>,
+        /// One result per value of this tag (with --window)
+        #[arg(long, value_name = "TAG", requires = "window")]
+        group_by: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write every point as JSON Lines
+    Export {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = DataFormat::Json)]
+        format: DataFormat,
+        /// Write to FILE instead of standard output
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Read JSON Lines (as export writes them) from FILE or standard input
+    Import {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = DataFormat::Json)]
+        format: DataFormat,
+        file: Option<PathBuf>,
+    },
+    /// Merge each hour's segments into one (and apply --retention)
+    Compact {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Also drop hours older than DUR (e.g. 30d)
+        #[arg(long, value_name = "DUR")]
+        retention: Option<String>,
+    },
+    /// Write a consistent copy to DEST that opens as a database
+    Snapshot {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        dest: PathBuf,
+    },
+    /// Series, points, bytes on disk, bytes per point (and encryption, on a chronicle mount)
+    Info {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
-pub fn run(_command: EngineCommand) -> Result<()> {
-    bail!("the engine is not part of this build yet")
+fn open(dir: &Path, sync: SyncPolicy) -> Result<Engine> {
+    Engine::open(
+        dir,
+        Options {
+            sync,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("cannot open the database in {}", dir.display()))
+}
+
+fn input(file: Option<&Path>) -> Result<Box<dyn BufRead>> {
+    Ok(match file {
+        None => Box::new(BufReader::new(std::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => Box::new(BufReader::new(std::io::stdin())),
+        Some(p) => Box::new(BufReader::new(
+            File::open(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )),
+    })
+}
+
+pub fn run(command: EngineCommand) -> Result<()> {
+    match command {
+        EngineCommand::Write {
+            data_dir,
+            file,
+            sync,
+        } => {
+            let policy = match sync {
+                Sync::Always => SyncPolicy::Always,
+                Sync::Interval => SyncPolicy::default(),
+                Sync::Never => SyncPolicy::Never,
+            };
+            let engine = open(&data_dir, policy)?;
+            let points = write_lines(&engine, input(file.as_deref())?)?;
+            engine.close()?;
+            eprintln!("wrote {points} points to {}", data_dir.display());
+            Ok(())
+        }
+        EngineCommand::Query {
+            data_dir,
+            metric,
+            tags,
+            tag_regexes,
+            start,
+            end,
+            window,
+            agg,
+            group_by,
+            format,
+        } => {
+            let mut q = Query::new(metric);
+            for t in &tags {
+                q.filters.push(TagFilter::parse(t)?);
+            }
+            for t in &tag_regexes {
+                q.filters.push(TagFilter::parse_regex(t)?);
+            }
+            if let Some(s) = start {
+                q.start = parse_time(&s)?;
+            }
+            if let Some(e) = end {
+                q.end = parse_time(&e)?;
+            }
+            if let (Some(w), Some(a)) = (&window, &agg) {
+                q.window = Some((parse_duration(w)?, Aggregate::parse(a)?));
+            }
+            q.group_by = group_by;
+            let engine = open(&data_dir, SyncPolicy::Never)?;
+            let result = engine.query(&q)?;
+            print_result(&q, window.as_deref(), agg.as_deref(), &result, format)
+        }
+        EngineCommand::Export {
+            data_dir, output, ..
+        } => {
+            let engine = open(&data_dir, SyncPolicy::Never)?;
+            let n = match output {
+                Some(path) => {
+                    let mut out = std::io::BufWriter::new(
+                        File::create(&path)
+                            .with_context(|| format!("cannot create {}", path.display()))?,
+                    );
+                    let n = engine.export_json(&mut out)?;
+                    out.into_inner()
+                        .map_err(|e| e.into_error())
+                        .and_then(|f| f.sync_all())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    n
+                }
+                None => {
+                    engine.export_json(&mut std::io::BufWriter::new(std::io::stdout().lock()))?
+                }
+            };
+            eprintln!("exported {n} points");
+            Ok(())
+        }
+        EngineCommand::Import { data_dir, file, .. } => {
+            let engine = open(&data_dir, SyncPolicy::default())?;
+            let n = engine.import_json(&mut input(file.as_deref())?)?;
+            engine.close()?;
+            eprintln!("imported {n} points into {}", data_dir.display());
+            Ok(())
+        }
+        EngineCommand::Compact {
+            data_dir,
+            retention,
+        } => {
+            let engine = open(&data_dir, SyncPolicy::default())?;
+            if let Some(r) = retention {
+                let dropped = engine.apply_retention(parse_duration(&r)?)?;
+                println!("retention {r}: dropped {dropped} hour partition(s)");
+            }
+            let stats = engine.compact()?;
+            engine.close()?;
+            println!(
+                "compacted {} partition(s), merging {} segment(s)",
+                stats.partitions, stats.segments_merged
+            );
+            Ok(())
+        }
+        EngineCommand::Snapshot { data_dir, dest } => {
+            let engine = open(&data_dir, SyncPolicy::default())?;
+            engine.snapshot(&dest)?;
+            println!(
+                "snapshot of {} written to {}",
+                data_dir.display(),
+                dest.display()
+            );
+            Ok(())
+        }
+        EngineCommand::Info { data_dir, json } => info(&data_dir, json),
+    }
+}
+
+/// Feeds line protocol to the engine in chunks of whole lines (about 4 MiB).
+pub fn write_lines(engine: &Engine, mut input: Box<dyn BufRead>) -> Result<u64> {
+    let mut chunk = Vec::with_capacity(4 << 20);
+    let mut first_line = 1u64;
+    let mut total = 0;
+    loop {
+        chunk.clear();
+        let mut lines = 0u64;
+        while chunk.len() < 4 << 20 {
+            let n = input
+                .read_until(b'\n', &mut chunk)
+                .context("reading line protocol")?;
+            if n == 0 {
+                break;
+            }
+            lines += 1;
+        }
+        if lines == 0 {
+            return Ok(total);
+        }
+        total += engine.write_lines(&chunk, first_line)?;
+        first_line += lines;
+    }
+}
+
+fn number(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn print_result(
+    q: &Query,
+    window: Option<&str>,
+    agg: Option<&str>,
+    result: &QueryResult,
+    format: Format,
+) -> Result<()> {
+    let out = &mut std::io::stdout().lock();
+    match (result, format) {
+        (QueryResult::Raw(series), Format::Json) => {
+            let doc = json!({
+                "metric": q.metric,
+                "series": series.iter().map(|s| json!({
+                    "tags": s.tags,
+                    "points": s.points.iter().map(|&(t, v)| json!([t, number(v)])).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{doc}")?;
+        }
+        (QueryResult::Aggregated(groups), Format::Json) => {
+            let doc = json!({
+                "metric": q.metric,
+                "window": window,
+                "aggregate": agg,
+                "group_by": q.group_by,
+                "groups": groups.iter().map(|g| json!({
+                    "group": g.group,
+                    "windows": g.windows.iter().map(|w| json!({
+                        "start": w.start, "time": format_time(w.start), "value": number(w.value), "count": w.count,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{doc}")?;
+        }
+        (QueryResult::Raw(series), _) => {
+            let csv = format == Format::Csv;
+            if csv {
+                writeln!(out, "time,series,value")?;
+            } else {
+                writeln!(out, "{:<32} {:<40} {:>16}", "time", "series", "value")?;
+            }
+            for s in series {
+                let name: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let name = format!(
+                    "{}{}{}",
+                    s.metric,
+                    if name.is_empty() { "" } else { "," },
+                    name.join(",")
+                );
+                for &(t, v) in &s.points {
+                    if csv {
+                        writeln!(
+                            out,
+                            "{},\"{}\",{}",
+                            format_time(t),
+                            name.replace('"', "\"\""),
+                            v
+                        )?;
+                    } else {
+                        writeln!(out, "{:<32} {:<40} {:>16}", format_time(t), name, v)?;
+                    }
+                }
+            }
+        }
+        (QueryResult::Aggregated(groups), _) => {
+            let csv = format == Format::Csv;
+            let label = q.group_by.clone().unwrap_or_else(|| "group".into());
+            if csv {
+                writeln!(out, "time,{label},value,count")?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<32} {:<20} {:>16} {:>10}",
+                    "time",
+                    label,
+                    agg.unwrap_or("value"),
+                    "count"
+                )?;
+            }
+            for g in groups {
+                let group = g.group.clone().unwrap_or_else(|| "*".into());
+                for w in &g.windows {
+                    if csv {
+                        writeln!(
+                            out,
+                            "{},{},{},{}",
+                            format_time(w.start),
+                            group,
+                            w.value,
+                            w.count
+                        )?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{:<32} {:<20} {:>16.6} {:>10}",
+                            format_time(w.start),
+                            group,
+                            w.value,
+                            w.count
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The chronicle mount that `dir` lives on, if any: (mount point, backing).
+pub fn chronicle_mount_of(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let dir = dir.canonicalize().ok()?;
+    let mut info = String::new();
+    File::open("/proc/self/mountinfo")
+        .ok()?
+        .read_to_string(&mut info)
+        .ok()?;
+    let mut best: Option<(PathBuf, String)> = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(point), Some(sep)) = (fields.get(4), fields.iter().position(|f| *f == "-"))
+        else {
+            continue;
+        };
+        let point = PathBuf::from(point.replace("\\040", " "));
+        let source = fields.get(sep + 2).copied().unwrap_or("");
+        if dir.starts_with(&point)
+            && best
+                .as_ref()
+                .is_none_or(|(b, _)| point.as_os_str().len() > b.as_os_str().len())
+        {
+            best = Some((point, source.to_string()));
+        }
+    }
+    let (point, source) = best?;
+    let backing = source.strip_prefix("chronicle:")?;
+    Some((point, PathBuf::from(backing.replace("\\040", " "))))
+}
+
+fn info(dir: &Path, as_json: bool) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("{} does not exist or is not a directory", dir.display());
+    }
+    let engine = open(dir, SyncPolicy::Never)?;
+    let stats = engine.stats()?;
+    let mount = chronicle_mount_of(dir);
+    if as_json {
+        let mut doc = serde_json::to_value(&stats)?;
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("encrypted".into(), json!(mount.is_some()));
+            if let Some((point, backing)) = &mount {
+                obj.insert("algorithm".into(), json!("AES-256-GCM"));
+                obj.insert("mount_point".into(), json!(point));
+                obj.insert("backing".into(), json!(backing));
+            }
+        }
+        println!("{doc}");
+        return Ok(());
+    }
+    println!("Data directory: {}", dir.display());
+    match &mount {
+        Some((point, backing)) => {
+            println!("Encrypted: true");
+            println!("Algorithm: AES-256-GCM");
+            println!("Mounted at: {}", point.display());
+            println!("Backing directory: {}", backing.display());
+        }
+        None => println!("Encrypted: false"),
+    }
+    println!("Series: {}", stats.series);
+    println!("Metrics: {}", stats.metrics);
+    println!("Points: {}", stats.points);
+    println!(
+        "Segments: {} in {} hour partition(s)",
+        stats.segments, stats.partitions
+    );
+    println!("Bytes on disk: {}", stats.bytes_on_disk);
+    println!("Bytes per point: {:.3}", stats.bytes_per_point);
+    if let (Some(a), Some(b)) = (stats.min_time, stats.max_time) {
+        println!("Time range: {} .. {}", format_time(a), format_time(b));
+    }
+    Ok(())
 }

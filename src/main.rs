@@ -105,8 +105,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => maintain::encrypt(&plain_dir, &backing, &key, &kdf),
         Command::Speed => volume::speed(),
         Command::Engine { command } => engine_cli::run(command),
-        Command::Demo { .. } => {
-            anyhow::bail!("the demo needs the engine, which is not part of this build yet")
-        }
+        Command::Demo { workdir, points } => commands::demo::demo(workdir, points),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per group of commands; each function is a whole command.
 
+pub mod demo;
 pub mod inspect;
 pub mod maintain;
 pub mod mount;

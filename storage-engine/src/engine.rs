@@ -24,7 +24,7 @@ use crate::lock::DirLock;
 use crate::manifest::{segment_name, Manifest, SegmentEntry};
 use crate::memtable::{sort_last_wins, Memtable};
 use crate::model::{partition_of, Point, SeriesId, SeriesKey, PARTITION_NANOS};
-use crate::query::{GroupWindows, Query, QueryResult, SeriesPoints, WindowValue, Windows};
+use crate::query::{self, GroupWindows, Query, QueryResult, WindowValue, Windows};
 use crate::segment::{self, Segment};
 use crate::series::{SeriesIndex, SERIES_LOG};
 use crate::wal::{self, SyncPolicy, Wal};
@@ -89,6 +89,11 @@ pub struct Engine {
     syncer: Option<std::thread::JoinHandle<()>>,
     _lock: DirLock,
 }
+
+/// Points of one series: (timestamp, value), sorted.
+type SeriesPoints = Vec<(i64, f64)>;
+/// A matched series: id, key, and its points in the memtable.
+type Matched = (SeriesId, SeriesKey, SeriesPoints);
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic mid-update leaves the memtable possibly partial, but every
@@ -448,7 +453,7 @@ impl Engine {
     pub fn query(&self, q: &Query) -> Result<QueryResult> {
         let (matched, sources) = {
             let st = lock(&self.state);
-            let mut matched: Vec<(SeriesId, SeriesKey, Vec<(i64, f64)>)> = st
+            let mut matched: Vec<Matched> = st
                 .series
                 .of_metric(&q.metric)
                 .iter()
@@ -476,7 +481,7 @@ impl Engine {
                     if points.is_empty() {
                         continue;
                     }
-                    out.push(SeriesPoints {
+                    out.push(query::SeriesPoints {
                         metric: key.metric.clone(),
                         tags: key.tags.iter().cloned().collect(),
                         points,
@@ -526,7 +531,7 @@ impl Engine {
             let keys: Vec<(SeriesId, SeriesKey)> = (0..st.series.len() as SeriesId)
                 .filter_map(|id| st.series.key(id).map(|k| (id, k.clone())))
                 .collect();
-            let mut partitions: BTreeMap<i64, Vec<(SeriesId, Vec<(i64, f64)>)>> = BTreeMap::new();
+            let mut partitions: BTreeMap<i64, Vec<(SeriesId, SeriesPoints)>> = BTreeMap::new();
             for id in st.memtable.series_ids().collect::<Vec<_>>() {
                 for (ts, v) in st.memtable.range(id, i64::MIN, i64::MAX) {
                     let list = partitions.entry(partition_of(ts)).or_default();

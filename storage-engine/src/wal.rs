@@ -87,7 +87,7 @@ fn decode_batch(payload: &[u8], path: &Path) -> Result<Batch> {
 }
 
 fn decode_points(payload: &[u8], path: &Path, out: &mut Vec<(SeriesId, i64, f64)>) -> Result<()> {
-    if payload.len() % POINT_LEN != 0 {
+    if !payload.len().is_multiple_of(POINT_LEN) {
         return Err(EngineError::corrupt(path, "a batch of the wrong length"));
     }
     for p in payload.chunks_exact(POINT_LEN) {

@@ -116,8 +116,7 @@ fn flipped_segment_byte_names_the_file() {
     let e = Engine::open(dir.path(), no_flush()).expect("open (the index is intact)");
     let err = e
         .query(&Query::new("load"))
-        .err()
-        .expect("corruption detected");
+        .expect_err("corruption detected");
     let text = err.to_string();
     assert!(
         text.contains(&seg.display().to_string()) && text.contains("checksum"),

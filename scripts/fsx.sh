@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# fsx.sh MOUNTPOINT [OPS]
+#
+# Runs the fsx file-system exerciser (the `fsx` crate, installed with cargo
+# if missing) on a file inside MOUNTPOINT, with mmap reads and writes on:
+# random reads, writes, truncates, mapped reads and writes, fallocate,
+# hole punching, copy_file_range and sendfile, each
+# checked against fsx's own copy of the file. OPS defaults to 100000.
+# FSX_SEED fixes the seed (printed either way).
+set -euo pipefail
+MNT=${1:?usage: fsx.sh MOUNTPOINT [OPS]}
+OPS=${2:-100000}
+FSX=$(command -v fsx || echo "$HOME/.cargo/bin/fsx")
+if [ ! -x "$FSX" ]; then
+  echo "installing fsx (cargo install fsx) ..." >&2
+  cargo install --quiet fsx
+  FSX=$HOME/.cargo/bin/fsx
+fi
+SEED=${FSX_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+# fsx-rs weights; mapread/mapwrite on (they are what the engine's mmap uses).
+cat > "$WORK/fsx.toml" <<TOML
+flen = 262144
+[weights]
+close_open = 1
+read = 10
+write = 10
+mapread = 10
+mapwrite = 10
+truncate = 5
+fsync = 1
+fdatasync = 1
+invalidate = 1
+posix_fallocate = 2
+punch_hole = 2
+copy_file_range = 2
+sendfile = 2
+TOML
+echo "fsx: $OPS operations on $MNT/fsx.data, seed $SEED"
+"$FSX" -N "$OPS" -S "$SEED" -f "$WORK/fsx.toml" -P "$WORK" "$MNT/fsx.data"
+echo "fsx: $OPS operations passed (seed $SEED)"
+rm -f "$MNT/fsx.data"

@@ -1,0 +1,221 @@
+//! The engine's commands as CONTRACT.md gives them, on a plain directory and
+//! on a mounted volume, and the demo.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::util::*;
+
+const LINES: &str = "\
+cpu_usage,host=a value=1.5 1700000000000000000
+cpu_usage,host=b value=2.5 1700000010000000000
+cpu_usage,host=a value=3.5 1700003600000000000
+disk,host=a used=10i,free=90 1700000000000000000
+";
+
+fn engine(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["engine", args[0], "--data-dir", path_str(dir)];
+    all.extend_from_slice(&args[1..]);
+    run(&all, None)
+}
+
+fn write_stdin(dir: &std::path::Path, text: &str) -> std::process::Output {
+    let mut child = bin()
+        .args(["engine", "write", "--data-dir", path_str(dir)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+fn exercise(db: &std::path::Path, scratch: &std::path::Path) {
+    let file = scratch.join("points.lp");
+    std::fs::write(&file, LINES).expect("write lp");
+    let out = engine(db, &["write", path_str(&file)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = write_stdin(db, "mem_used,host=a value=7 1700000000000000000\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Export: JSON Lines, one point per line, every point.
+    let out = engine(db, &["export", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines.contains(&serde_json::json!({"metric":"cpu_usage","tags":{"host":"a"},"timestamp":1700000000000000000i64,"value":1.5})));
+    assert!(lines
+        .iter()
+        .any(|l| l["metric"] == "disk_used" && l["value"] == 10.0));
+
+    // Aggregates as JSON.
+    let out = engine(
+        db,
+        &[
+            "query",
+            "--metric",
+            "cpu_usage",
+            "--window",
+            "1h",
+            "--agg",
+            "mean",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let windows = &doc["groups"][0]["windows"];
+    assert_eq!(windows[0]["value"], 2.0);
+    assert_eq!(windows[0]["count"], 2);
+    assert_eq!(windows[1]["value"], 3.5);
+
+    // Filters, group-by, time range, CSV and table.
+    let out = engine(
+        db,
+        &[
+            "query",
+            "--metric",
+            "cpu_usage",
+            "--tag",
+            "host=a",
+            "--start",
+            "2023-11-14T22:13:20Z",
+            "--end",
+            "1700000001000000000",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        "time,series,value\n2023-11-14T22:13:20Z,\"cpu_usage,host=a\",1.5\n"
+    );
+    let out = engine(
+        db,
+        &[
+            "query",
+            "--metric",
+            "cpu_usage",
+            "--tag-regex",
+            "host=[ab]",
+            "--window",
+            "1h",
+            "--agg",
+            "count",
+            "--group-by",
+            "host",
+            "--format",
+            "json",
+        ],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["groups"][0]["group"], "a");
+    assert_eq!(doc["groups"][1]["windows"][0]["value"], 1.0);
+    let out = engine(db, &["query", "--metric", "cpu_usage"]);
+    assert!(stdout(&out).lines().count() == 4, "{}", stdout(&out));
+
+    // Compact, snapshot (opens as a database), import of an export.
+    let out = engine(db, &["compact"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snap = db.with_file_name("snap");
+    let out = engine(db, &["snapshot", path_str(&snap)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported = scratch.join("export.jsonl");
+    let out = engine(&snap, &["export", "--output", path_str(&exported)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = db.with_file_name("copy");
+    let out = engine(&copy, &["import", path_str(&exported)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = stdout(&engine(db, &["export"]));
+    let b = stdout(&engine(&copy, &["export"]));
+    assert_eq!(a, b, "import of an export gives the same points");
+
+    // Malformed input names its line; nothing partial is written.
+    let out = write_stdin(db, "cpu_usage,host=z value=1 1\nthis line is wrong\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+    let out = engine(db, &["query", "--metric", "cpu_usage", "--tag", "host=z"]);
+    assert_eq!(
+        stdout(&out).lines().count(),
+        1,
+        "only the header: {}",
+        stdout(&out)
+    );
+}
+
+// Protects: every engine command of the contract on a plain directory.
+#[test]
+fn engine_commands_on_a_plain_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    exercise(&dir.path().join("db"), dir.path());
+    let out = engine(&dir.path().join("db"), &["info"]);
+    assert!(
+        stdout(&out).contains("Encrypted: false"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("Points: 6"), "{}", stdout(&out));
+}
+
+// Protects: the same commands on a mounted volume, with `info` reporting
+// the encryption, and only ciphertext in the backing directory.
+#[test]
+fn engine_commands_on_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[]);
+    exercise(&m.path("db"), m.fixture.dir.path());
+    let out = engine(&m.path("db"), &["info"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("Encrypted: true") && text.contains("Algorithm: AES-256-GCM"),
+        "{text}"
+    );
+    let out = engine(&m.path("db"), &["info", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["encrypted"], true);
+    for (path, bytes) in snapshot(&m.fixture.backing) {
+        assert!(
+            !bytes.windows(9).any(|w| w == b"cpu_usage"),
+            "plaintext in {}",
+            path.display()
+        );
+    }
+}
+
+// Protects: the main job runs end to end and says so.
+#[test]
+fn demo_runs() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        &[
+            "demo",
+            "--workdir",
+            path_str(dir.path()),
+            "--points",
+            "20000",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("not found anywhere"), "{text}");
+    assert!(text.contains("EIO"), "{text}");
+    assert!(text.contains("encryption key mismatch"), "{text}");
+    assert!(text.contains("Demo complete"), "{text}");
+    assert!(!is_mounted(&dir.path().join("data")));
+}
