@@ -6,6 +6,7 @@
 # chronicle, gocryptfs, securefs), all on the same backing disk, and prints a
 # Markdown table. Needs root, /dev/fuse, fio, gocryptfs and securefs
 # (apt-get install fio gocryptfs securefs) and a release build
+# (chronicle-nowb: chronicle mounted with --no-writeback-cache)
 # (cargo build --release). CHRONICLE_BIN overrides the binary,
 # BENCH_TAR a tarball of a source tree for the untar workload (default: the
 # first 10,000 files of linux-source-6.1's drivers/ and fs/, built once).
@@ -17,6 +18,7 @@
 #   randread  fio 4 KiB random reads of a 256 MiB file, 20 s        IOPS (caches dropped)
 #   randwrite fio 4 KiB random writes, 20 s, fsync at end           IOPS
 #   fsync     fio 4 KiB sequential writes, fsync after each, 10 s   IOPS (a WAL)
+#   append    fio 128-byte sequential writes, 32 MiB, fsync at end   IOPS (small appends)
 set -euo pipefail
 
 [ "$(id -u)" = 0 ] || { echo "run as root (needs to drop caches and mount)"; exit 2; }
@@ -57,6 +59,7 @@ setup() {
   case $1 in
     plain) MNT=$CIPHER ;;
     chronicle) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" ;;
+    chronicle-nowb) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" --no-writeback-cache ;;
     gocryptfs) gocryptfs -q -init -extpass "echo $PASS" -scryptn 10 "$CIPHER" >/dev/null &&
                gocryptfs -q -extpass "echo $PASS" "$CIPHER" "$MNT" ;;
     securefs) securefs create --pass "$PASS" --rounds 1 "$CIPHER" >/dev/null &&
@@ -104,13 +107,15 @@ for fs in "${systems[@]}"; do
   rm -f "$MNT/fio"
   result[$fs,fsync]=$(fio_iops --name=wal --filename="$MNT/wal" --size=64M --rw=write --bs=4k --ioengine=psync --fsync=1 --runtime=10 --time_based)
   rm -f "$MNT/wal"
+  result[$fs,append]=$(fio_iops --name=append --filename="$MNT/append" --size=32M --rw=write --bs=128 --ioengine=psync --end_fsync=1)
+  rm -f "$MNT/append"
   teardown
 done
 
 echo
 echo "| workload | $(IFS='|'; echo "${systems[*]}" | sed 's/|/ | /g') |"
 echo "|---|$(for _ in "${systems[@]}"; do printf -- '---:|'; done)"
-for w in "write MB/s:write" "read MB/s:read" "untar 10k files, s:untar" "4K randread IOPS:randread" "4K randwrite IOPS:randwrite" "4K write+fsync IOPS:fsync"; do
+for w in "write MB/s:write" "read MB/s:read" "untar 10k files, s:untar" "4K randread IOPS:randread" "4K randwrite IOPS:randwrite" "4K write+fsync IOPS:fsync" "128 B append IOPS:append"; do
   label=${w%%:*}; key=${w##*:}
   printf '| %s |' "$label"
   for fs in "${systems[@]}"; do printf ' %s |' "${result[$fs,$key]}"; done

@@ -92,7 +92,20 @@ fn serve(mut mounted: Mounted, volume: &Volume, backing: &Path, mountpoint: &Pat
 }
 
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    fuse::unmount(mountpoint).with_context(|| format!("cannot unmount {}", mountpoint.display()))
+    match fuse::unmount(mountpoint) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            bail!(
+                "cannot unmount {}: it is not a mount point",
+                mountpoint.display()
+            )
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!(
+            "cannot unmount {}: it is busy (a program has files open there or is inside it)",
+            mountpoint.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot unmount {}", mountpoint.display())),
+    }
 }
 
 fn existing_dir(path: &Path, what: &str) -> Result<PathBuf> {

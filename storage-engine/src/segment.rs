@@ -291,3 +291,29 @@ fn parse_index(bytes: &[u8], path: &Path) -> Result<Vec<IndexEntry>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Protects: the worked size in docs/FORMAT.md (1,000 points of a
+    // regular gauge with a constant value: 343 bytes with its index entry).
+    #[test]
+    fn worked_size_matches_format_doc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.seg");
+        let points: Vec<(i64, f64)> = (0..1000)
+            .map(|i| (1_700_000_000_000_000_000 + i * 10_000_000_000, 42.5))
+            .collect();
+        let data = BTreeMap::from([(7, points.clone())]);
+        let stats = write(&path, &data).expect("write");
+        assert_eq!(BLOCK_HEADER_LEN, 32);
+        assert_eq!(stats.bytes, (HEADER_LEN + 343 + TRAILER_LEN) as u64);
+        let segment = Segment::open(&path).expect("open");
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        segment
+            .read(7, i64::MIN, i64::MAX, &mut ts, &mut vals)
+            .expect("read");
+        assert_eq!(ts.into_iter().zip(vals).collect::<Vec<_>>(), points);
+    }
+}

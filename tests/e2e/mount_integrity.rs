@@ -69,3 +69,88 @@ fn umount_not_mounted() {
         stderr(&out)
     );
 }
+
+// Protects: SIGTERM to a foreground mount unmounts cleanly, with every
+// write on disk.
+#[test]
+fn sigterm_unmounts_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    let mnt = f.dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let mut child = bin()
+        .args(["mount", f.b(), path_str(&mnt), "--foreground"])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..200 {
+        if is_mounted(&mnt) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(is_mounted(&mnt), "foreground mount did not appear");
+    fs::write(mnt.join("kept"), vec![9u8; 100_000]).expect("write");
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+    let again = Mounted::with_fixture(f, &[]);
+    assert_eq!(
+        fs::read(again.path("kept")).expect("read"),
+        vec![9u8; 100_000]
+    );
+}
+
+// Protects: --allow-other lets other users in, with the kernel enforcing
+// permissions (default_permissions).
+#[test]
+fn allow_other_with_permissions() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&["--allow-other"]);
+    fs::write(m.path("public"), b"for everyone").expect("write");
+    fs::write(m.path("private"), b"root only").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(m.path("public"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::set_permissions(m.path("private"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).expect("chmod root");
+    // The temporary directory above the mount must be traversable too.
+    fs::set_permissions(m.fixture.dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("chmod parent");
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(args)
+            .output()
+            .expect("setpriv")
+    };
+    let out = as_nobody(&["cat", path_str(&m.path("public"))]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"for everyone");
+    let out = as_nobody(&["cat", path_str(&m.path("private"))]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_nobody(&["touch", path_str(&m.path("new"))]);
+    assert!(
+        !out.status.success(),
+        "nobody cannot create in a 0755 root-owned directory"
+    );
+}
