@@ -80,7 +80,7 @@ fn sigterm_unmounts_cleanly() {
     let f = Fixture::new();
     let mnt = f.dir.path().join("mnt");
     fs::create_dir(&mnt).expect("mkdir");
-    let mut child = bin()
+    let child = bin()
         .args(["mount", f.b(), path_str(&mnt), "--foreground"])
         .env("CHRONICLE_ENCRYPTION_KEY", KEY)
         .stderr(std::process::Stdio::piped())
