@@ -1,7 +1,7 @@
 //! `chronicle engine ...`: the bundled time-series engine's commands.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -389,43 +389,13 @@ fn print_result(
     Ok(())
 }
 
-/// The chronicle mount that `dir` lives on, if any: (mount point, backing).
-pub fn chronicle_mount_of(dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    let dir = dir.canonicalize().ok()?;
-    let mut info = String::new();
-    File::open("/proc/self/mountinfo")
-        .ok()?
-        .read_to_string(&mut info)
-        .ok()?;
-    let mut best: Option<(PathBuf, String)> = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (Some(point), Some(sep)) = (fields.get(4), fields.iter().position(|f| *f == "-"))
-        else {
-            continue;
-        };
-        let point = PathBuf::from(point.replace("\\040", " "));
-        let source = fields.get(sep + 2).copied().unwrap_or("");
-        if dir.starts_with(&point)
-            && best
-                .as_ref()
-                .is_none_or(|(b, _)| point.as_os_str().len() > b.as_os_str().len())
-        {
-            best = Some((point, source.to_string()));
-        }
-    }
-    let (point, source) = best?;
-    let backing = source.strip_prefix("chronicle:")?;
-    Some((point, PathBuf::from(backing.replace("\\040", " "))))
-}
-
 fn info(dir: &Path, as_json: bool) -> Result<()> {
     if !dir.is_dir() {
         bail!("{} does not exist or is not a directory", dir.display());
     }
     let engine = open(dir, SyncPolicy::Never)?;
     let stats = engine.stats()?;
-    let mount = chronicle_mount_of(dir);
+    let mount = crate::mountinfo::chronicle_volume_of(dir);
     if as_json {
         let mut doc = serde_json::to_value(&stats)?;
         if let Some(obj) = doc.as_object_mut() {

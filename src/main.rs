@@ -8,6 +8,7 @@ mod daemon;
 mod engine_cli;
 mod keysource;
 mod logging;
+mod mountinfo;
 
 use std::process::ExitCode;
 

@@ -236,19 +236,12 @@ fn raw_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
 fn entropy<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> f64 {
     let mut counts = [0u64; 256];
     for chunk in chunks {
+        // The 24-byte file header is structure, not ciphertext.
         for &b in chunk.iter().skip(24) {
             counts[b as usize] += 1;
         }
     }
-    let total: u64 = counts.iter().sum();
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / total as f64;
-            -p * p.log2()
-        })
-        .sum()
+    super::inspect::entropy(&counts)
 }
 
 /// Flips a byte inside the first block of a segment's ciphertext, reads the

@@ -28,7 +28,7 @@ impl std::fmt::Display for BadHeaders {
 impl std::error::Error for BadHeaders {}
 
 /// Shannon entropy, in bits per byte, of a byte histogram.
-fn entropy(counts: &[u64; 256]) -> f64 {
+pub fn entropy(counts: &[u64; 256]) -> f64 {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return 0.0;

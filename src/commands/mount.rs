@@ -23,6 +23,27 @@ pub struct MountRequest {
 pub fn mount(req: MountRequest) -> Result<()> {
     let backing = existing_dir(&req.backing, "backing directory")?;
     let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
+    if crate::mountinfo::is_mount_point(&mountpoint) {
+        bail!(
+            "{} is already a mount point; unmount it first (chronicle umount {})",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    if std::fs::read_dir(&mountpoint)
+        .with_context(|| format!("cannot read mountpoint {}", mountpoint.display()))?
+        .next()
+        .is_some()
+    {
+        bail!(
+            "mountpoint {} is not empty: mounting would hide its files; \
+             use an empty directory, or move existing data in with `chronicle encrypt`",
+            mountpoint.display()
+        );
+    }
+    if mountpoint.starts_with(&backing) || backing.starts_with(&mountpoint) {
+        bail!("the mountpoint and the backing directory must not contain each other");
+    }
     // The key is checked before anything else happens: a wrong key mounts
     // nothing and writes nothing.
     let user_key = keysource::resolve(&req.key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;

@@ -1,9 +1,6 @@
 //! The volume commands as a user runs them: init, info, key sources, bad
 //! input, fsck, inspect, rotate-key and encrypt. No mount needed.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use crate::util::*;
 
 // Protects: init then info shows the contract's fields, in text and JSON.
@@ -173,20 +170,7 @@ fn good_key_sources() {
         let out = run(&args, None);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     }
-    let mut child = bin()
-        .args(["fsck", f.b(), "--key-file", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(KEY.as_bytes())
-        .expect("write key");
-    let out = child.wait_with_output().expect("wait");
+    let out = run_with_stdin(&["fsck", f.b(), "--key-file", "-"], KEY.as_bytes());
     assert!(out.status.success(), "stdin key: {}", stderr(&out));
 }
 

@@ -1,9 +1,6 @@
 //! The engine's commands as CONTRACT.md gives them, on a plain directory and
 //! on a mounted volume, and the demo.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use crate::util::*;
 
 const LINES: &str = "\
@@ -20,20 +17,10 @@ fn engine(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 fn write_stdin(dir: &std::path::Path, text: &str) -> std::process::Output {
-    let mut child = bin()
-        .args(["engine", "write", "--data-dir", path_str(dir)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    child.wait_with_output().expect("wait")
+    run_with_stdin(
+        &["engine", "write", "--data-dir", path_str(dir)],
+        text.as_bytes(),
+    )
 }
 
 fn exercise(db: &std::path::Path, scratch: &std::path::Path) {
@@ -171,10 +158,7 @@ fn engine_commands_on_a_plain_directory() {
 // the encryption, and only ciphertext in the backing directory.
 #[test]
 fn engine_commands_on_the_mount() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     exercise(&m.path("db"), m.fixture.dir.path());
     let out = engine(&m.path("db"), &["info"]);
     let text = stdout(&out);

@@ -9,10 +9,7 @@ use crate::util::*;
 // never returned: the program gets EIO, the mount logs the file and block.
 #[test]
 fn tampered_block_is_eio_and_logged() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     fs::write(m.path("victim"), vec![3u8; 3 * 4096]).expect("write");
     let backing = m.backing("victim");
     let mut raw = fs::read(&backing).expect("raw");
@@ -118,10 +115,9 @@ fn sigterm_unmounts_cleanly() {
 // permissions (default_permissions).
 #[test]
 fn allow_other_with_permissions() {
-    if !fuse_available() {
+    let Some(m) = mount_or_skip(&["--allow-other"]) else {
         return;
-    }
-    let m = Mounted::new(&["--allow-other"]);
+    };
     fs::write(m.path("public"), b"for everyone").expect("write");
     fs::write(m.path("private"), b"root only").expect("write");
     use std::os::unix::fs::PermissionsExt;
@@ -153,4 +149,25 @@ fn allow_other_with_permissions() {
         !out.status.success(),
         "nobody cannot create in a 0755 root-owned directory"
     );
+}
+
+// Protects: mounting over files (which would hide them) or over an existing
+// mount is refused with a clear line, and nothing is mounted.
+#[test]
+fn refuses_busy_or_nonempty_mountpoints() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let out = run(&["mount", m.fixture.b(), path_str(&m.mnt)], Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already a mount point"),
+        "{}",
+        stderr(&out)
+    );
+    let full = m.fixture.dir.path().join("full");
+    fs::create_dir(&full).expect("mkdir");
+    fs::write(full.join("existing"), b"x").expect("write");
+    let out = run(&["mount", m.fixture.b(), path_str(&full)], Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert!(!is_mounted(&full));
 }

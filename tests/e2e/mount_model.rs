@@ -182,10 +182,9 @@ fn random_operations_match_a_model() {
 // readers during writes see only whole records.
 #[test]
 fn concurrent_writers_and_readers() {
-    if !fuse_available() {
+    let Some(m) = mount_or_skip(&["--no-writeback-cache"]) else {
         return;
-    }
-    let m = Mounted::new(&["--no-writeback-cache"]);
+    };
     let path = m.path("shared");
     let f = Arc::new(
         OpenOptions::new()

@@ -23,10 +23,7 @@ fn errno() -> i32 {
 // sizes, while the backing holds only ciphertext.
 #[test]
 fn files_read_write_append_truncate() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     let p = m.path("data.txt");
     fs::write(&p, b"hello, encrypted world\n").expect("write");
     assert_eq!(fs::read(&p).expect("read"), b"hello, encrypted world\n");
@@ -89,10 +86,7 @@ fn files_read_write_append_truncate() {
 // straight through; our backing I/O is independent of the caller's flags).
 #[test]
 fn o_direct_works() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     let p = m.path("direct");
     let data = vec![0x5au8; 8192];
     let mut f = OpenOptions::new()
@@ -114,10 +108,7 @@ fn o_direct_works() {
 // sharing an inode, symlinks, unlink of open files.
 #[test]
 fn namespace_operations() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     fs::create_dir_all(m.path("d/e")).expect("mkdir");
     fs::write(m.path("d/e/f"), b"one").expect("write");
     fs::write(m.path("g"), b"two").expect("write");
@@ -220,10 +211,7 @@ fn namespace_operations() {
 // sockets, and that writes keep sizes in plaintext units.
 #[test]
 fn attributes_and_special_files() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     let p = m.path("attr");
     fs::write(&p, vec![1u8; 5000]).expect("write");
     fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).expect("chmod");
@@ -278,10 +266,7 @@ fn attributes_and_special_files() {
 // other namespaces are refused.
 #[test]
 fn extended_attributes() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     let p = m.path("x");
     fs::write(&p, b"x").expect("write");
     let c = cstr(&p);
@@ -359,10 +344,7 @@ fn extended_attributes() {
 // zeroes), lseek SEEK_DATA/SEEK_HOLE, fsync and fdatasync.
 #[test]
 fn fallocate_lseek_fsync() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     let p = m.path("alloc");
     let f = OpenOptions::new()
         .read(true)
@@ -417,10 +399,7 @@ fn fallocate_lseek_fsync() {
 // through mmap), including writes through a shared mapping.
 #[test]
 fn mmap_shared_and_private() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     let p = m.path("mapped");
     let mut data: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i % 253) as u8).collect();
     fs::write(&p, &data).expect("write");
@@ -476,10 +455,7 @@ fn mmap_shared_and_private() {
 // Protects: --read-only refuses writes; data stays readable.
 #[test]
 fn read_only_mount() {
-    if !fuse_available() {
-        return;
-    }
-    let m = Mounted::new(&[]);
+    let Some(m) = mount_or_skip(&[]) else { return };
     fs::write(m.path("keep"), b"kept").expect("write");
     m.unmount();
     let ro = Mounted::with_fixture(

@@ -101,6 +101,31 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A fresh mounted volume, or `None` (after saying why) where mounting is
+/// impossible and not required.
+pub fn mount_or_skip(extra: &[&str]) -> Option<Mounted> {
+    fuse_available().then(|| Mounted::new(extra))
+}
+
+/// Runs the binary with `input` on its standard input.
+pub fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chronicle");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to stdin");
+    child.wait_with_output().expect("wait for chronicle")
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     std::fs::read_to_string("/proc/self/mountinfo")
