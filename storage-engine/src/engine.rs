@@ -451,76 +451,65 @@ impl Engine {
 
     /// Runs a query over the segments and the memtable.
     pub fn query(&self, q: &Query) -> Result<QueryResult> {
-        let (matched, sources) = {
-            let st = lock(&self.state);
-            let mut matched: Vec<Matched> = st
-                .series
-                .of_metric(&q.metric)
-                .iter()
-                .filter_map(|&id| st.series.key(id).map(|k| (id, k)))
-                .filter(|(_, k)| q.filters.iter().all(|f| f.matches(k)))
-                .map(|(id, k)| (id, k.clone(), st.memtable.range(id, q.start, q.end)))
-                .collect();
-            // Results come in series order, whatever order they were created in.
-            matched.sort_by(|a, b| a.1.cmp(&b.1));
-            let sources: Vec<Arc<Segment>> = st
-                .manifest
-                .segments
-                .iter()
-                .zip(&st.segments)
-                .filter(|(e, _)| e.max_ts >= q.start && e.min_ts < q.end)
-                .map(|(_, s)| Arc::clone(s))
-                .collect();
-            (matched, sources)
-        };
+        let (matched, sources) = self.select(q);
         match q.window {
-            None => {
-                let mut out = Vec::with_capacity(matched.len());
-                for (id, key, memory) in matched {
-                    let points = read_merged(&sources, &memory, id, q.start, q.end)?;
-                    if points.is_empty() {
-                        continue;
-                    }
-                    out.push(query::SeriesPoints {
-                        metric: key.metric.clone(),
-                        tags: key.tags.iter().cloned().collect(),
-                        points,
-                    });
-                }
-                Ok(QueryResult::Raw(out))
-            }
+            None => raw_points(q, &matched, &sources).map(QueryResult::Raw),
             Some((width, agg)) => {
                 let mut groups: BTreeMap<Option<String>, Windows> = BTreeMap::new();
                 let (mut ts, mut vals) = (Vec::new(), Vec::new());
-                for (id, key, memory) in matched {
+                for (id, key, memory) in &matched {
                     ts.clear();
                     vals.clear();
-                    read_columns(&sources, &memory, id, q.start, q.end, &mut ts, &mut vals)?;
+                    read_columns(&sources, memory, *id, q.start, q.end, &mut ts, &mut vals)?;
                     let group = q
                         .group_by
                         .as_ref()
                         .map(|tag| key.tag(tag).unwrap_or("").to_string());
                     groups.entry(group).or_default().add_all(width, &ts, &vals);
                 }
-                Ok(QueryResult::Aggregated(
-                    groups
-                        .into_iter()
-                        .map(|(group, w)| GroupWindows {
-                            group,
-                            windows: w
-                                .by_start
-                                .iter()
-                                .map(|(&start, acc)| WindowValue {
-                                    start,
-                                    value: acc.result(agg),
-                                    count: acc.count,
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                ))
+                let result = groups
+                    .into_iter()
+                    .map(|(group, w)| GroupWindows {
+                        group,
+                        windows: w
+                            .by_start
+                            .iter()
+                            .map(|(&start, acc)| WindowValue {
+                                start,
+                                value: acc.result(agg),
+                                count: acc.count,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                Ok(QueryResult::Aggregated(result))
             }
         }
+    }
+
+    /// Under the lock: the matching series (in series order) with their
+    /// memtable points, and the segments overlapping the time range. The
+    /// decoding happens after the lock is released.
+    fn select(&self, q: &Query) -> (Vec<Matched>, Vec<Arc<Segment>>) {
+        let st = lock(&self.state);
+        let mut matched: Vec<Matched> = st
+            .series
+            .of_metric(&q.metric)
+            .iter()
+            .filter_map(|&id| st.series.key(id).map(|k| (id, k)))
+            .filter(|(_, k)| q.filters.iter().all(|f| f.matches(k)))
+            .map(|(id, k)| (id, k.clone(), st.memtable.range(id, q.start, q.end)))
+            .collect();
+        matched.sort_by(|a, b| a.1.cmp(&b.1));
+        let sources = st
+            .manifest
+            .segments
+            .iter()
+            .zip(&st.segments)
+            .filter(|(e, _)| e.max_ts >= q.start && e.min_ts < q.end)
+            .map(|(_, s)| Arc::clone(s))
+            .collect();
+        (matched, sources)
     }
 
     /// Streams every point as JSON Lines, partition by partition, so memory
@@ -725,6 +714,25 @@ impl Drop for Engine {
 pub struct CompactStats {
     pub partitions: u64,
     pub segments_merged: u64,
+}
+
+fn raw_points(
+    q: &Query,
+    matched: &[Matched],
+    sources: &[Arc<Segment>],
+) -> Result<Vec<query::SeriesPoints>> {
+    let mut out = Vec::with_capacity(matched.len());
+    for (id, key, memory) in matched {
+        let points = read_merged(sources, memory, *id, q.start, q.end)?;
+        if !points.is_empty() {
+            out.push(query::SeriesPoints {
+                metric: key.metric.clone(),
+                tags: key.tags.iter().cloned().collect(),
+                points,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The points of `id` in [start, end) from `sources` (oldest first) and then
