@@ -469,3 +469,48 @@ fn read_only_mount() {
     let err = fs::write(ro.path("new"), b"x").expect_err("read-only");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
 }
+
+// Protects: a large directory lists every entry exactly once across many
+// readdir(plus) calls, with the inode numbers stat reports, and inode
+// numbers stay the same after the kernel forgets and looks up again.
+#[test]
+fn large_directories_and_stable_inodes() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("many");
+    fs::create_dir(&dir).expect("mkdir");
+    let names: Vec<String> = (0..1500)
+        .map(|i| format!("entry-with-a-longish-name-{i:05}"))
+        .collect();
+    for n in &names {
+        fs::write(dir.join(n), n.as_bytes()).expect("create");
+    }
+    let inodes: std::collections::BTreeMap<String, u64> = names
+        .iter()
+        .map(|n| (n.clone(), fs::metadata(dir.join(n)).expect("stat").ino()))
+        .collect();
+    let _ = fs::write("/proc/sys/vm/drop_caches", "2"); // forget dentries and inodes
+    let mut listed: Vec<(String, u64)> = fs::read_dir(&dir)
+        .expect("readdir")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::os::unix::fs::DirEntryExt::ino(&e),
+            )
+        })
+        .collect();
+    listed.sort();
+    let expected: Vec<(String, u64)> = inodes.clone().into_iter().collect();
+    assert_eq!(listed.len(), names.len(), "each entry once");
+    assert!(
+        listed == expected,
+        "readdir names and inode numbers match stat"
+    );
+    for (n, ino) in &inodes {
+        assert_eq!(
+            fs::metadata(dir.join(n)).expect("stat").ino(),
+            *ino,
+            "{n} kept its inode number"
+        );
+    }
+}
