@@ -514,3 +514,57 @@ fn large_directories_and_stable_inodes() {
         );
     }
 }
+
+// Protects (regression): a file or directory created through the mount keeps
+// exactly the mode the caller asked for. The kernel applies the caller's
+// umask; the mount process's own umask used to strip bits a second time
+// (0777 under umask 0 became 0755), found by pjdfstest.
+#[test]
+fn creation_modes_are_not_masked_twice() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let script = format!(
+        "umask 0 && mkdir -m 777 {dir} && mkfifo -m 666 {fifo} && : > {file} && chmod 0 {file} && umask 027 && mkdir {masked}",
+        dir = path_str(&m.path("open-dir")),
+        fifo = path_str(&m.path("fifo")),
+        file = path_str(&m.path("file")),
+        masked = path_str(&m.path("masked")),
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let mode = |name: &str| {
+        fs::symlink_metadata(m.path(name))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("open-dir"), 0o777);
+    assert_eq!(mode("fifo"), 0o666);
+    assert_eq!(mode("masked"), 0o750);
+    let backing_mode = fs::metadata(m.backing("open-dir"))
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(backing_mode, 0o777);
+}
+
+// Protects: a symlink's own timestamps can be set (utimensat with
+// AT_SYMLINK_NOFOLLOW), as on a local file system.
+#[test]
+fn symlink_times() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    std::os::unix::fs::symlink("nowhere", m.path("link")).expect("symlink");
+    let status = std::process::Command::new("touch")
+        .args(["-h", "-d", "@1600000000", path_str(&m.path("link"))])
+        .status()
+        .expect("touch");
+    assert!(status.success());
+    assert_eq!(
+        fs::symlink_metadata(m.path("link")).expect("lstat").mtime(),
+        1_600_000_000
+    );
+}

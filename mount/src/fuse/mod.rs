@@ -86,6 +86,11 @@ impl Mounted {
     /// completed the FUSE handshake: requests queue until `serve`.
     pub fn new(volume: &Volume, mountpoint: &Path, options: &MountOptions) -> io::Result<Self> {
         raise_fd_limit();
+        // The kernel hands us modes with the caller's umask already applied
+        // (and we apply the one it sends); our own umask must not strip
+        // bits a second time when the backing entry is created. This is
+        // process-wide, which suits a process whose job is serving the mount.
+        rustix::process::umask(Mode::empty());
         let root: OwnedFd = rustix::fs::open(
             volume.backing(),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

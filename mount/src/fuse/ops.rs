@@ -447,10 +447,9 @@ impl Ops {
                 last_access: change.atime.map_or(OMIT, timespec),
                 last_modification: change.mtime.map_or(OMIT, timespec),
             };
-            if node.kind == RawType::Symlink {
-                return Err(Errno::EOPNOTSUPP);
-            }
-            rustix::fs::utimensat(CWD, node.proc_path(), &times, AtFlags::empty()).map_err(sys)?;
+            // On the O_PATH descriptor itself, so that a symlink's own times
+            // change (utimensat with AT_SYMLINK_NOFOLLOW on the mount).
+            rustix::fs::utimensat(&node.fd, "", &times, AtFlags::EMPTY_PATH).map_err(sys)?;
         }
         self.stat_attr(&node)
     }
