@@ -114,6 +114,7 @@ pub enum EngineCommand {
     },
 }
 
+/// Opens the database for writing, creating it if it does not exist.
 fn open(dir: &Path, sync: SyncPolicy) -> Result<Engine> {
     Engine::open(
         dir,
@@ -123,6 +124,18 @@ fn open(dir: &Path, sync: SyncPolicy) -> Result<Engine> {
         },
     )
     .with_context(|| format!("cannot open the database in {}", dir.display()))
+}
+
+/// Opens an existing database: a mistyped directory is an error, not a new
+/// empty database.
+fn open_existing(dir: &Path) -> Result<Engine> {
+    if !dir.join("MANIFEST").is_file() {
+        bail!(
+            "no database in {} (it has no MANIFEST); `chronicle engine write` creates one",
+            dir.display()
+        );
+    }
+    open(dir, SyncPolicy::Never)
 }
 
 fn input(file: Option<&Path>) -> Result<Box<dyn BufRead>> {
@@ -182,14 +195,14 @@ pub fn run(command: EngineCommand) -> Result<()> {
                 q.window = Some((parse_duration(w)?, Aggregate::parse(a)?));
             }
             q.group_by = group_by;
-            let engine = open(&data_dir, SyncPolicy::Never)?;
+            let engine = open_existing(&data_dir)?;
             let result = engine.query(&q)?;
             print_result(&q, window.as_deref(), agg.as_deref(), &result, format)
         }
         EngineCommand::Export {
             data_dir, output, ..
         } => {
-            let engine = open(&data_dir, SyncPolicy::Never)?;
+            let engine = open_existing(&data_dir)?;
             let n = match output {
                 Some(path) => {
                     let mut out = std::io::BufWriter::new(
@@ -221,7 +234,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
             data_dir,
             retention,
         } => {
-            let engine = open(&data_dir, SyncPolicy::default())?;
+            let engine = open_existing(&data_dir)?;
             if let Some(r) = retention {
                 let dropped = engine.apply_retention(parse_duration(&r)?)?;
                 println!("retention {r}: dropped {dropped} hour partition(s)");
@@ -235,7 +248,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
             Ok(())
         }
         EngineCommand::Snapshot { data_dir, dest } => {
-            let engine = open(&data_dir, SyncPolicy::default())?;
+            let engine = open_existing(&data_dir)?;
             engine.snapshot(&dest)?;
             println!(
                 "snapshot of {} written to {}",
@@ -390,10 +403,7 @@ fn print_result(
 }
 
 fn info(dir: &Path, as_json: bool) -> Result<()> {
-    if !dir.is_dir() {
-        bail!("{} does not exist or is not a directory", dir.display());
-    }
-    let engine = open(dir, SyncPolicy::Never)?;
+    let engine = open_existing(dir)?;
     let stats = engine.stats()?;
     let mount = crate::mountinfo::chronicle_volume_of(dir);
     if as_json {

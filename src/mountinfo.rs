@@ -56,3 +56,12 @@ pub fn chronicle_volume_of(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let backing = entry.source.strip_prefix("chronicle:")?;
     Some((entry.point, PathBuf::from(backing)))
 }
+
+/// Where the chronicle volume in `backing` is mounted, if it is.
+pub fn mount_of_backing(backing: &Path) -> Option<PathBuf> {
+    let backing = backing.canonicalize().ok()?;
+    mounts()
+        .into_iter()
+        .find(|m| m.source.strip_prefix("chronicle:").map(Path::new) == Some(backing.as_path()))
+        .map(|m| m.point)
+}

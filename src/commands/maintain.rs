@@ -29,7 +29,22 @@ impl std::fmt::Display for BlocksFailed {
 
 impl std::error::Error for BlocksFailed {}
 
+/// Rewriting files under a mount would race with it: refuse.
+fn ensure_not_mounted(backing: &Path, what: &str) -> Result<()> {
+    if let Some(point) = crate::mountinfo::mount_of_backing(backing) {
+        bail!(
+            "{} is mounted at {}; unmount it before {what}",
+            backing.display(),
+            point.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
+    if repair {
+        ensure_not_mounted(backing, "repairing it")?;
+    }
     let user = keysource::resolve(key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let volume = Volume::open(backing, &user)?;
     let entries = walk(backing).context("listing the backing directory")?;
@@ -123,6 +138,9 @@ pub fn rotate_key(
 ) -> Result<()> {
     if !new_key.is_given() {
         bail!("no new key given: use --new-key-file, --new-key-env, --new-key-command or --new-passphrase");
+    }
+    if reencrypt {
+        ensure_not_mounted(backing, "re-encrypting it")?;
     }
     let old = keysource::resolve(key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let mut volume = Volume::open(backing, &old)?;

@@ -203,3 +203,26 @@ fn demo_runs() {
     assert!(text.contains("Demo complete"), "{text}");
     assert!(!is_mounted(&dir.path().join("data")));
 }
+
+// Protects: reading commands on a directory that holds no database fail
+// clearly instead of creating an empty one.
+#[test]
+fn reading_a_missing_database_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("typo");
+    for args in [
+        vec!["query", "--metric", "x"],
+        vec!["export"],
+        vec!["info"],
+        vec!["compact"],
+    ] {
+        let out = engine(&missing, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("no database in"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!missing.exists(), "{args:?} created the directory");
+    }
+}

@@ -171,3 +171,26 @@ fn refuses_busy_or_nonempty_mountpoints() {
     assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
     assert!(!is_mounted(&full));
 }
+
+// Protects: whole-volume rewrites refuse to run under a live mount.
+#[test]
+fn rewrites_refused_while_mounted() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let out = run(&["fsck", m.fixture.b(), "--repair"], Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is mounted at"), "{}", stderr(&out));
+    let out = bin()
+        .args([
+            "rotate-key",
+            m.fixture.b(),
+            "--new-key-env",
+            "NEWK",
+            "--reencrypt",
+        ])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .env("NEWK", WRONG_KEY)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is mounted at"), "{}", stderr(&out));
+}
