@@ -43,13 +43,69 @@ pub fn entropy(counts: &[u64; 256]) -> f64 {
         .sum()
 }
 
+/// What one raw file shows: its header, and which needles occur in it.
+struct RawFile {
+    len: u64,
+    header: String,
+    found: Vec<bool>,
+}
+
+/// Reads a raw file in 1 MiB chunks (a database file can be large),
+/// counting byte frequencies past the header and searching for each needle
+/// across chunk boundaries.
+fn scan(path: &Path, needles: &[String], counts: &mut [u64; 256]) -> Result<RawFile> {
+    let mut file = fs::File::open(path)?;
+    let longest = needles.iter().map(String::len).max().unwrap_or(0);
+    let mut found = vec![false; needles.len()];
+    let mut window: Vec<u8> = Vec::with_capacity((1 << 20) + longest);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    let mut offset = 0u64;
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        let data = &chunk[..n];
+        let skip = (HEADER_LEN as u64).saturating_sub(offset).min(n as u64) as usize;
+        head.extend_from_slice(&data[..skip]);
+        for &b in &data[skip..] {
+            counts[b as usize] += 1;
+        }
+        // Keep the tail of the previous chunk so a needle split across
+        // two reads is still found.
+        let keep = window.len().saturating_sub(longest.saturating_sub(1));
+        window.drain(..keep);
+        window.extend_from_slice(data);
+        for (needle, hit) in needles.iter().zip(found.iter_mut()) {
+            let bytes = needle.as_bytes();
+            if !bytes.is_empty() && window.windows(bytes.len()).any(|w| w == bytes) {
+                *hit = true;
+            }
+        }
+        offset += n as u64;
+    }
+    let header = match <[u8; HEADER_LEN]>::try_from(head.as_slice()) {
+        Err(_) if head.is_empty() => "empty".to_string(),
+        Err(_) => "TORN".to_string(),
+        Ok(h) => match FileHeader::decode(&h) {
+            Ok(_) => "CHRF v1".to_string(),
+            Err(e) => format!("BAD ({e})"),
+        },
+    };
+    Ok(RawFile {
+        len: offset,
+        header,
+        found,
+    })
+}
+
 pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
     chronicle_mount::VolumeConfig::load(backing)?;
     let entries = walk(backing)?;
     let mut counts = [0u64; 256];
     let (mut files, mut bad_headers) = (0u64, 0u64);
     let mut found = vec![0u64; needles.len()];
-    let mut raw = Vec::new();
     println!(
         "{:<10} {:>12} {:>12}  file",
         "header", "raw bytes", "plaintext"
@@ -57,36 +113,19 @@ pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
     for entry in entries.iter().filter(|e| e.meta.is_file()) {
         files += 1;
         let path = backing.join(&entry.relative);
-        raw.clear();
-        fs::File::open(&path)?.read_to_end(&mut raw)?;
-        let header = match raw.get(..HEADER_LEN) {
-            None if raw.is_empty() => "empty".to_string(),
-            None => "TORN".to_string(),
-            Some(bytes) => {
-                let mut h = [0u8; HEADER_LEN];
-                h.copy_from_slice(bytes);
-                match FileHeader::decode(&h) {
-                    Ok(_) => "CHRF v1".to_string(),
-                    Err(e) => format!("BAD ({e})"),
-                }
-            }
-        };
-        if header.starts_with("BAD") || header == "TORN" {
+        let raw = scan(&path, needles, &mut counts)?;
+        if raw.header.starts_with("BAD") || raw.header == "TORN" {
             bad_headers += 1;
         }
-        // The header is structure, not secret; measure the blocks.
-        for &b in raw.iter().skip(HEADER_LEN) {
-            counts[b as usize] += 1;
-        }
         println!(
-            "{header:<10} {:>12} {:>12}  {}",
-            raw.len(),
-            layout::plaintext_size_lossy(raw.len() as u64),
+            "{:<10} {:>12} {:>12}  {}",
+            raw.header,
+            raw.len,
+            layout::plaintext_size_lossy(raw.len),
             entry.relative.display()
         );
-        for (needle, hits) in needles.iter().zip(found.iter_mut()) {
-            let n = needle.as_bytes();
-            if !n.is_empty() && raw.windows(n.len()).any(|w| w == n) {
+        for ((needle, hits), hit) in needles.iter().zip(found.iter_mut()).zip(&raw.found) {
+            if *hit {
                 *hits += 1;
                 println!("FOUND plaintext {needle:?} in {}", path.display());
             }
