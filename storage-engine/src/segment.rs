@@ -220,15 +220,19 @@ impl Segment {
         let at = entry.offset as usize;
         let bad =
             |what: &str| EngineError::corrupt(&self.path, format!("block at byte {at}: {what}"));
-        let head = bytes
-            .get(at..at + BLOCK_HEADER_LEN)
-            .ok_or_else(|| bad("cut short"))?;
+        let head_end = at
+            .checked_add(BLOCK_HEADER_LEN)
+            .ok_or_else(|| bad("offset out of range"))?;
+        let head = bytes.get(at..head_end).ok_or_else(|| bad("cut short"))?;
         let ts_len = le_u32(head, 24) as usize;
         let val_len = le_u32(head, 28) as usize;
-        let body_end = at + BLOCK_HEADER_LEN + ts_len + val_len;
-        let block = bytes
-            .get(at..body_end + 4)
-            .ok_or_else(|| bad("cut short"))?;
+        // The lengths are read before the checksum can vouch for them.
+        let block_end = head_end
+            .checked_add(ts_len)
+            .and_then(|n| n.checked_add(val_len))
+            .and_then(|n| n.checked_add(4))
+            .ok_or_else(|| bad("lengths out of range"))?;
+        let block = bytes.get(at..block_end).ok_or_else(|| bad("cut short"))?;
         let stored = le_u32(block, block.len() - 4);
         if crc32fast::hash(&block[..block.len() - 4]) != stored {
             return Err(bad("checksum mismatch"));
@@ -272,7 +276,10 @@ fn parse_index(bytes: &[u8], path: &Path) -> Result<Vec<IndexEntry>> {
     let index_offset = le_u64(trailer, 0) as usize;
     let blocks = le_u32(trailer, 8) as usize;
     let index_crc = le_u32(trailer, 12);
-    let index_end = index_offset + blocks * INDEX_ENTRY_LEN;
+    let index_end = blocks
+        .checked_mul(INDEX_ENTRY_LEN)
+        .and_then(|len| len.checked_add(index_offset))
+        .ok_or_else(|| bad("index size out of range"))?;
     let raw = bytes
         .get(index_offset..index_end)
         .filter(|_| index_end == bytes.len() - TRAILER_LEN)
