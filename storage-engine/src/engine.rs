@@ -461,6 +461,10 @@ impl Engine {
                     ts.clear();
                     vals.clear();
                     read_columns(&sources, memory, *id, q.start, q.end, &mut ts, &mut vals)?;
+                    if ts.is_empty() {
+                        // No points here: the series adds no group of its own.
+                        continue;
+                    }
                     let group = q
                         .group_by
                         .as_ref()
