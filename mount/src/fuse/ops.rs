@@ -222,6 +222,12 @@ impl Ops {
 
     /// The shared `EncryptedFile` of a regular file, opened on first use.
     fn content(&self, node: &Node) -> Result<Arc<EncryptedFile>, Errno> {
+        self.content_with(node, None)
+    }
+
+    /// Like `content`, reusing `opened` (a read-write descriptor of the
+    /// same file, such as the one `create` just made) instead of reopening.
+    fn content_with(&self, node: &Node, opened: Option<File>) -> Result<Arc<EncryptedFile>, Errno> {
         if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
         }
@@ -230,22 +236,24 @@ impl Ops {
             return Ok(existing);
         }
         let path = node.proc_path();
-        // Read-write even for read-only opens: with writeback caching the
-        // kernel writes through any handle, and a partial block is always
-        // read before it is rewritten.
-        let file = if self.read_only {
-            File::open(&path)
-        } else {
-            std::fs::OpenOptions::new()
+        let file = match opened {
+            Some(file) => file,
+            // Read-write even for read-only opens: with writeback caching
+            // the kernel writes through any handle, and a partial block is
+            // always read before it is rewritten.
+            None if self.read_only => File::open(&path).map_err(io)?,
+            None => std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .or_else(|_| File::open(&path))
-        }
-        .map_err(io)?;
-        let label = std::fs::read_link(&path).unwrap_or_else(|_| path.clone().into());
+                .map_err(io)?,
+        };
+        // The label is only a fallback for messages: `EncryptedFile` names
+        // the file by its current path when it reports an error.
         let content = Arc::new(
-            EncryptedFile::open(file, Arc::clone(&self.crypto), label).map_err(volume_errno)?,
+            EncryptedFile::open(file, Arc::clone(&self.crypto), path.into())
+                .map_err(volume_errno)?,
         );
         *slot = Arc::downgrade(&content);
         Ok(content)
@@ -301,9 +309,8 @@ impl Ops {
         let fd = rustix::fs::openat(&parent.fd, &backing, oflags, Mode::from_raw_mode(mode))
             .map_err(sys)?;
         self.chown_new(caller, &parent, &backing)?;
-        drop(fd);
         let (node, attr) = self.lookup_backing(&parent, &backing)?;
-        let content = self.content(&node)?;
+        let content = self.content_with(&node, Some(File::from(fd)))?;
         Ok((attr, self.add_handle(Handle::File { content })))
     }
 
