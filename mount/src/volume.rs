@@ -43,12 +43,6 @@ impl Volume {
         Ok(Self::assemble(backing, config, master))
     }
 
-    /// Opens a volume with an already-unwrapped master key (a mount process
-    /// handed the key by the process that checked it).
-    pub fn with_master_key(backing: &Path, config: VolumeConfig, master: SecretKey) -> Volume {
-        Self::assemble(backing, config, master)
-    }
-
     fn assemble(backing: &Path, config: VolumeConfig, master: SecretKey) -> Volume {
         Volume {
             backing: backing.to_path_buf(),

@@ -172,10 +172,6 @@ impl RecordFile {
             .context(|| format!("syncing {}", self.path.display()))
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     pub fn try_clone_file(&self) -> Result<File> {
         self.file
             .try_clone()

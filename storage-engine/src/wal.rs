@@ -183,10 +183,6 @@ impl Wal {
         self.number
     }
 
-    pub fn current_len(&self) -> u64 {
-        self.current.len()
-    }
-
     /// Starts a new file; returns its number. Points in earlier files are
     /// covered once a manifest naming this number as its checkpoint is durable.
     pub fn rotate(&mut self) -> Result<u64> {
