@@ -112,9 +112,22 @@ fn serve(mut mounted: Mounted, volume: &Volume, backing: &Path, mountpoint: &Pat
     Ok(())
 }
 
+/// Unmounts, then flushes the backing file system, so that, as with a
+/// local file system, everything written is on disk when umount returns.
 pub fn umount(mountpoint: &Path) -> Result<()> {
+    let backing = crate::mountinfo::mounts()
+        .into_iter()
+        .find(|m| mountpoint.canonicalize().ok().as_deref() == Some(m.point.as_path()))
+        .and_then(|m| m.source.strip_prefix("chronicle:").map(PathBuf::from));
     match fuse::unmount(mountpoint) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let Some(backing) = backing {
+                std::fs::File::open(&backing)
+                    .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from))
+                    .with_context(|| format!("flushing {} after unmounting", backing.display()))?;
+            }
+            Ok(())
+        }
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             bail!(
                 "cannot unmount {}: it is not a mount point",

@@ -200,6 +200,17 @@ mod tests {
         f.append(&buf).expect("append");
     }
 
+    // Protects: the sizes drawn in docs/FORMAT.md.
+    #[test]
+    fn layout_matches_format_doc() {
+        assert_eq!((HEADER_LEN, FRAME_OVERHEAD), (12, 8));
+        let mut out = Vec::new();
+        frame(b"abc", &mut out);
+        assert_eq!(out.len(), FRAME_OVERHEAD + 3);
+        assert_eq!(&out[..4], &3u32.to_le_bytes());
+        assert_eq!(&out[4..8], &crc32fast::hash(b"abc").to_le_bytes());
+    }
+
     // Protects: a torn tail (cut record, or garbage after the last record)
     // is dropped; what came before survives.
     #[test]

@@ -314,7 +314,10 @@ mod tests {
             .collect();
         let data = BTreeMap::from([(7, points.clone())]);
         let stats = write(&path, &data).expect("write");
-        assert_eq!(BLOCK_HEADER_LEN, 32);
+        assert_eq!(
+            [HEADER_LEN, BLOCK_HEADER_LEN, INDEX_ENTRY_LEN, TRAILER_LEN],
+            [16, 32, 32, 24]
+        );
         assert_eq!(stats.bytes, (HEADER_LEN + 343 + TRAILER_LEN) as u64);
         let segment = Segment::open(&path).expect("open");
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
