@@ -1,12 +1,12 @@
 //! `chronicle engine ...`: the bundled time-series engine's commands.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use chronicle_engine::timefmt::{format_time, parse_duration, parse_time};
-use chronicle_engine::{Aggregate, Engine, Options, Query, QueryResult, SyncPolicy, TagFilter};
+use chronicle_engine::{Aggregate, Engine, Options, Query, SyncPolicy, TagFilter};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -197,7 +197,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
             q.group_by = group_by;
             let engine = open_existing(&data_dir)?;
             let result = engine.query(&q)?;
-            print_result(&q, window.as_deref(), agg.as_deref(), &result, format)
+            crate::query_output::print(&q, window.as_deref(), agg.as_deref(), &result, format)
         }
         EngineCommand::Export {
             data_dir, output, ..
@@ -284,122 +284,6 @@ pub fn write_lines(engine: &Engine, mut input: Box<dyn BufRead>) -> Result<u64> 
         total += engine.write_lines(&chunk, first_line)?;
         first_line += lines;
     }
-}
-
-fn number(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        serde_json::Value::Null
-    }
-}
-
-fn print_result(
-    q: &Query,
-    window: Option<&str>,
-    agg: Option<&str>,
-    result: &QueryResult,
-    format: Format,
-) -> Result<()> {
-    let out = &mut std::io::stdout().lock();
-    match (result, format) {
-        (QueryResult::Raw(series), Format::Json) => {
-            let doc = json!({
-                "metric": q.metric,
-                "series": series.iter().map(|s| json!({
-                    "tags": s.tags,
-                    "points": s.points.iter().map(|&(t, v)| json!([t, number(v)])).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-            });
-            writeln!(out, "{doc}")?;
-        }
-        (QueryResult::Aggregated(groups), Format::Json) => {
-            let doc = json!({
-                "metric": q.metric,
-                "window": window,
-                "aggregate": agg,
-                "group_by": q.group_by,
-                "groups": groups.iter().map(|g| json!({
-                    "group": g.group,
-                    "windows": g.windows.iter().map(|w| json!({
-                        "start": w.start, "time": format_time(w.start), "value": number(w.value), "count": w.count,
-                    })).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-            });
-            writeln!(out, "{doc}")?;
-        }
-        (QueryResult::Raw(series), _) => {
-            let csv = format == Format::Csv;
-            if csv {
-                writeln!(out, "time,series,value")?;
-            } else {
-                writeln!(out, "{:<32} {:<40} {:>16}", "time", "series", "value")?;
-            }
-            for s in series {
-                let name: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let name = format!(
-                    "{}{}{}",
-                    s.metric,
-                    if name.is_empty() { "" } else { "," },
-                    name.join(",")
-                );
-                for &(t, v) in &s.points {
-                    if csv {
-                        writeln!(
-                            out,
-                            "{},\"{}\",{}",
-                            format_time(t),
-                            name.replace('"', "\"\""),
-                            v
-                        )?;
-                    } else {
-                        writeln!(out, "{:<32} {:<40} {:>16}", format_time(t), name, v)?;
-                    }
-                }
-            }
-        }
-        (QueryResult::Aggregated(groups), _) => {
-            let csv = format == Format::Csv;
-            let label = q.group_by.clone().unwrap_or_else(|| "group".into());
-            if csv {
-                writeln!(out, "time,{label},value,count")?;
-            } else {
-                writeln!(
-                    out,
-                    "{:<32} {:<20} {:>16} {:>10}",
-                    "time",
-                    label,
-                    agg.unwrap_or("value"),
-                    "count"
-                )?;
-            }
-            for g in groups {
-                let group = g.group.clone().unwrap_or_else(|| "*".into());
-                for w in &g.windows {
-                    if csv {
-                        writeln!(
-                            out,
-                            "{},{},{},{}",
-                            format_time(w.start),
-                            group,
-                            w.value,
-                            w.count
-                        )?;
-                    } else {
-                        writeln!(
-                            out,
-                            "{:<32} {:<20} {:>16.6} {:>10}",
-                            format_time(w.start),
-                            group,
-                            w.value,
-                            w.count
-                        )?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn info(dir: &Path, as_json: bool) -> Result<()> {

@@ -9,6 +9,7 @@ mod engine_cli;
 mod keysource;
 mod logging;
 mod mountinfo;
+mod query_output;
 
 use std::process::ExitCode;
 
