@@ -112,56 +112,7 @@ impl Engine {
     pub fn open(dir: &Path, options: Options) -> Result<Engine> {
         std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
         let lock_guard = DirLock::acquire(dir)?;
-        let manifest = match Manifest::load(dir)? {
-            Some(m) => m,
-            None => {
-                let m = Manifest::default();
-                m.store(dir)?;
-                m
-            }
-        };
-        remove_orphans(dir, &manifest)?;
-        let segments = manifest
-            .segments
-            .iter()
-            .map(|e| Segment::open(&dir.join(&e.file)).map(Arc::new))
-            .collect::<Result<Vec<_>>>()?;
-        let mut series = SeriesIndex::open(dir)?;
-        let replay = Wal::open(dir, manifest.wal_checkpoint)?;
-        if replay.torn_bytes > 0 {
-            log::warn!(
-                "{}: dropped a torn WAL tail of {} bytes",
-                dir.display(),
-                replay.torn_bytes
-            );
-        }
-        let mut memtable = Memtable::default();
-        for (path, batch) in &replay.batches {
-            for def in &batch.new_series {
-                series.define(def, path)?;
-            }
-            for &(id, ts, v) in &batch.points {
-                if id as usize >= series.len() {
-                    return Err(EngineError::corrupt(
-                        path,
-                        format!("unknown series id {id}"),
-                    ));
-                }
-                memtable.insert(id, ts, v);
-            }
-        }
-        let wal_file = Arc::new(replay.wal.handle()?);
-        let state = Arc::new(Mutex::new(State {
-            series,
-            memtable,
-            wal: replay.wal,
-            wal_file,
-            manifest,
-            segments,
-            appended: 0,
-            synced: 0,
-            line_cache: HashMap::new(),
-        }));
+        let state = Arc::new(Mutex::new(recover(dir)?));
         let stop = Arc::new(AtomicBool::new(false));
         let syncer = match options.sync {
             SyncPolicy::IntervalMs(ms) => {
@@ -782,6 +733,61 @@ fn read_columns(
         }
     }
     Ok(())
+}
+
+/// Brings a data directory back to its last durable state: the manifest's
+/// segments, the series log, and the WAL since the checkpoint replayed into
+/// the memtable.
+fn recover(dir: &Path) -> Result<State> {
+    let manifest = match Manifest::load(dir)? {
+        Some(m) => m,
+        None => {
+            let m = Manifest::default();
+            m.store(dir)?;
+            m
+        }
+    };
+    remove_orphans(dir, &manifest)?;
+    let segments = manifest
+        .segments
+        .iter()
+        .map(|e| Segment::open(&dir.join(&e.file)).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let mut series = SeriesIndex::open(dir)?;
+    let replay = Wal::open(dir, manifest.wal_checkpoint)?;
+    if replay.torn_bytes > 0 {
+        log::warn!(
+            "{}: dropped a torn WAL tail of {} bytes",
+            dir.display(),
+            replay.torn_bytes
+        );
+    }
+    let mut memtable = Memtable::default();
+    for (path, batch) in &replay.batches {
+        for def in &batch.new_series {
+            series.define(def, path)?;
+        }
+        for &(id, ts, v) in &batch.points {
+            if id as usize >= series.len() {
+                return Err(EngineError::corrupt(
+                    path,
+                    format!("unknown series id {id}"),
+                ));
+            }
+            memtable.insert(id, ts, v);
+        }
+    }
+    Ok(State {
+        series,
+        memtable,
+        wal_file: Arc::new(replay.wal.handle()?),
+        wal: replay.wal,
+        manifest,
+        segments,
+        appended: 0,
+        synced: 0,
+        line_cache: HashMap::new(),
+    })
 }
 
 /// Removes files a crash left behind: segments the manifest does not name,
