@@ -34,6 +34,8 @@ pub enum VolumeError {
     BadKey { reason: String },
     /// `init` on a directory that already holds a volume.
     AlreadyInitialized { path: PathBuf },
+    /// `init` on a directory that already holds other files.
+    NotEmpty { path: PathBuf },
     /// The directory holds no volume configuration.
     NotAVolume { path: PathBuf },
 }
@@ -99,6 +101,11 @@ impl fmt::Display for VolumeError {
             VolumeError::AlreadyInitialized { path } => write!(
                 f,
                 "{} already holds a chronicle volume; refusing to overwrite it",
+                path.display()
+            ),
+            VolumeError::NotEmpty { path } => write!(
+                f,
+                "{} is not empty; create a volume in a new or empty directory (`chronicle encrypt` turns an existing directory into a volume)",
                 path.display()
             ),
             VolumeError::NotAVolume { path } => write!(

@@ -30,6 +30,14 @@ impl Volume {
                 path: backing.to_path_buf(),
             });
         }
+        // Files already there would be read as ciphertext they are not.
+        let mut entries =
+            fs::read_dir(backing).context(|| format!("listing {}", backing.display()))?;
+        if entries.next().is_some() {
+            return Err(VolumeError::NotEmpty {
+                path: backing.to_path_buf(),
+            });
+        }
         let master = SecretKey::random()?;
         let config = VolumeConfig::create(&master, user, kdf)?;
         config.store(backing)?;

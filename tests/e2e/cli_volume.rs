@@ -48,6 +48,18 @@ fn init_twice_refused() {
     assert_eq!(snapshot(&f.backing), before);
 }
 
+// Protects: init refuses a directory that already holds other files, which
+// would otherwise be mistaken for ciphertext.
+#[test]
+fn init_refuses_a_nonempty_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("existing.db"), b"plaintext").expect("write");
+    let out = run(&["init", path_str(dir.path())], Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert!(!dir.path().join("chronicle.volume").exists());
+}
+
 // Protects: a wrong key, from every source, is exit 12 with the contract's
 // message, and nothing is written.
 #[test]
