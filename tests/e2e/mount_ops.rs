@@ -19,6 +19,17 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// getxattr(2) into `buf` (an empty `buf` asks for the size).
+fn getxattr(path: &CString, name: &CString, buf: &mut [u8]) -> isize {
+    let ptr = if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
+    // SAFETY: valid NUL-terminated strings; `ptr` is null or `buf` of `buf.len()` bytes.
+    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, buf.len()) }
+}
+
 // Protects: files read back what was written, at any offset, with plaintext
 // sizes, while the backing holds only ciphertext.
 #[test]
@@ -284,18 +295,9 @@ fn extended_attributes() {
     };
     assert_eq!(rc, 0, "setxattr errno {}", errno());
     let mut buf = [0u8; 64];
-    // SAFETY: buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = getxattr(&c, &name, &mut buf);
     assert_eq!(&buf[..n as usize], value);
-    // SAFETY: size query with a null buffer.
-    let size = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    let size = getxattr(&c, &name, &mut []);
     assert_eq!(size as usize, value.len());
     // SAFETY: buffer of the given length.
     let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -303,28 +305,12 @@ fn extended_attributes() {
     // The backing stores ciphertext.
     let raw = cstr(&m.backing("x"));
     let mut stored = [0u8; 128];
-    // SAFETY: buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            raw.as_ptr(),
-            name.as_ptr(),
-            stored.as_mut_ptr().cast(),
-            stored.len(),
-        )
-    };
+    let n = getxattr(&raw, &name, &mut stored);
     assert_eq!(n as usize, value.len() + 28);
     assert!(!stored.windows(9).any(|w| w == b"plaintext"));
     // SAFETY: valid path and name.
     assert_eq!(unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) }, 0);
-    // SAFETY: buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = getxattr(&c, &name, &mut buf);
     assert_eq!((n, errno()), (-1, libc::ENODATA));
     let trusted = CString::new("trusted.x").expect("name");
     // SAFETY: valid buffers.
