@@ -218,7 +218,7 @@ impl EncryptedFile {
         let keep = new_size % BLOCK_SIZE;
         if keep != 0 {
             let old_len = (size - index * BLOCK_SIZE).min(BLOCK_SIZE);
-            let mut plain = vec![0u8; BLOCK_SIZE as usize];
+            let mut plain = [0u8; BLOCK_SIZE as usize];
             self.read_block(keyed, index, old_len, &mut plain)?;
             let mut sealed = Vec::with_capacity(CIPHER_BLOCK_SIZE as usize);
             self.seal_block(keyed, index, &plain[..keep as usize], &mut sealed)?;
@@ -299,7 +299,7 @@ impl EncryptedFile {
         let new_size = size.max(end);
         let first = offset.min(size) / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
-        let mut plain = vec![0u8; BLOCK_SIZE as usize];
+        let mut plain = [0u8; BLOCK_SIZE as usize];
         SCRATCH.with_borrow_mut(|out| {
             let mut batch_start = first;
             while batch_start <= last {
@@ -331,11 +331,12 @@ impl EncryptedFile {
 
     /// Decrypts block `index` (holding `len` plaintext bytes) into `plain`.
     fn read_block(&self, keyed: &Keyed, index: u64, len: u64, plain: &mut [u8]) -> Result<()> {
-        let mut sealed = vec![0u8; (len + BLOCK_OVERHEAD) as usize];
+        let mut buffer = [0u8; CIPHER_BLOCK_SIZE as usize];
+        let sealed = &mut buffer[..(len + BLOCK_OVERHEAD) as usize];
         self.file
-            .read_exact_at(&mut sealed, block_offset(index))
+            .read_exact_at(sealed, block_offset(index))
             .context(|| format!("reading {}", self.backing_path().display()))?;
-        let opened = self.open_block(keyed, index, &mut sealed)?;
+        let opened = self.open_block(keyed, index, sealed)?;
         plain[..opened.len()].copy_from_slice(opened);
         Ok(())
     }
