@@ -286,10 +286,33 @@ pub fn write_lines(engine: &Engine, mut input: Box<dyn BufRead>) -> Result<u64> 
     }
 }
 
+/// Bytes the database's files take in the backing directory (ciphertext),
+/// when `dir` is on a chronicle mount.
+fn ciphertext_bytes(dir: &Path, point: &Path, backing: &Path) -> Option<u64> {
+    let relative = dir
+        .canonicalize()
+        .ok()?
+        .strip_prefix(point)
+        .ok()?
+        .to_path_buf();
+    let entries = std::fs::read_dir(backing.join(relative)).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+    )
+}
+
 fn info(dir: &Path, as_json: bool) -> Result<()> {
     let engine = open_existing(dir)?;
     let stats = engine.stats()?;
     let mount = crate::mountinfo::chronicle_volume_of(dir);
+    let ciphertext = mount
+        .as_ref()
+        .and_then(|(point, backing)| ciphertext_bytes(dir, point, backing));
     if as_json {
         let mut doc = serde_json::to_value(&stats)?;
         if let Some(obj) = doc.as_object_mut() {
@@ -298,6 +321,7 @@ fn info(dir: &Path, as_json: bool) -> Result<()> {
                 obj.insert("algorithm".into(), json!("AES-256-GCM"));
                 obj.insert("mount_point".into(), json!(point));
                 obj.insert("backing".into(), json!(backing));
+                obj.insert("ciphertext_bytes".into(), json!(ciphertext));
             }
         }
         println!("{doc}");
@@ -321,6 +345,9 @@ fn info(dir: &Path, as_json: bool) -> Result<()> {
         stats.segments, stats.partitions
     );
     println!("Bytes on disk: {}", stats.bytes_on_disk);
+    if let Some(bytes) = ciphertext {
+        println!("Bytes on disk, encrypted: {bytes}");
+    }
     println!("Bytes per point: {:.3}", stats.bytes_per_point);
     if let (Some(a), Some(b)) = (stats.min_time, stats.max_time) {
         println!("Time range: {} .. {}", format_time(a), format_time(b));

@@ -169,6 +169,12 @@ fn engine_commands_on_the_mount() {
     let out = engine(&m.path("db"), &["info", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(doc["encrypted"], true);
+    let plain = doc["bytes_on_disk"].as_u64().expect("plaintext bytes");
+    let cipher = doc["ciphertext_bytes"].as_u64().expect("ciphertext bytes");
+    assert!(
+        cipher > plain,
+        "ciphertext {cipher} carries headers and tags over {plain}"
+    );
     for (path, bytes) in snapshot(&m.fixture.backing) {
         assert!(
             !bytes.windows(9).any(|w| w == b"cpu_usage"),
