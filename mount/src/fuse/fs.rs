@@ -21,6 +21,14 @@ use super::ops::{Ops, XattrReply};
 const TTL: Duration = Duration::from_secs(1);
 const GENERATION: Generation = Generation(0);
 
+/// Opening a file keeps its cached pages: every change to a file goes
+/// through this mount, so the cache is never stale for the programs using
+/// it, and reopening a file (as the engine does with its segments) need not
+/// decrypt it again. Data changed in the backing directory behind the
+/// mount's back is not noticed until the pages are evicted; it never could
+/// have been returned as forged data, only as the authentic older version.
+const KEEP_CACHE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
 /// The largest write and readahead we ask the kernel for (1 MiB, the
 /// kernel's FUSE maximum of 256 pages).
 const MAX_IO: u32 = 1 << 20;
@@ -215,7 +223,7 @@ impl fuser::Filesystem for ChronicleFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ops.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
@@ -417,9 +425,7 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .create(req.into(), parent.0, name, mode & !umask, flags)
         {
-            Ok((attr, fh)) => {
-                reply.created(&TTL, &attr, GENERATION, FileHandle(fh), FopenFlags::empty())
-            }
+            Ok((attr, fh)) => reply.created(&TTL, &attr, GENERATION, FileHandle(fh), KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
