@@ -136,8 +136,8 @@ pub enum Command {
         /// Threads serving requests (default: twice the cores, 4 to 16)
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
-        /// Append the log of a background mount to PATH (without it a background
-        /// mount keeps no log; programs still get EIO for any forged block)
+        /// Append the log of a background mount to PATH (default: the system log,
+        /// as "chronicle[PID]")
         #[arg(long, value_name = "PATH")]
         log_file: Option<PathBuf>,
     },

@@ -1,5 +1,6 @@
-//! Log destinations: standard error for commands and foreground mounts, a
-//! file (or nothing) for a background mount, whose standard error is gone.
+//! Log destinations: standard error for commands and foreground mounts; for
+//! a background mount, whose standard error is gone, a file if given and
+//! the system log otherwise.
 
 use std::io::Write;
 use std::path::Path;
@@ -21,14 +22,17 @@ pub fn init_cli() {
 
 /// A foreground mount logs what it does.
 pub fn init_foreground() {
-    let _ = builder("info").try_init();
+    let _ = builder(MOUNT_LEVELS).try_init();
 }
 
-/// A background mount logs to `path` if given.
+/// What a mount logs by default: its own messages from info up, the FUSE
+/// library's only when they are errors (RUST_LOG overrides).
+const MOUNT_LEVELS: &str = "info,fuser=error";
+
+/// A background mount logs to `path` if given, else to syslog.
 pub fn init_background(path: Option<&Path>) -> Result<()> {
     let Some(path) = path else {
-        log::set_max_level(log::LevelFilter::Off);
-        return Ok(());
+        return crate::syslog::init().context("installing the syslog logger");
     };
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -36,7 +40,7 @@ pub fn init_background(path: Option<&Path>) -> Result<()> {
         .open(path)
         .with_context(|| format!("cannot open log file {}", path.display()))?;
     let target: Box<dyn Write + Send> = Box::new(file);
-    let mut b = builder("info");
+    let mut b = builder(MOUNT_LEVELS);
     b.target(env_logger::Target::Pipe(target));
     b.try_init().context("installing the logger")
 }

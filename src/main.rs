@@ -10,6 +10,7 @@ mod keysource;
 mod logging;
 mod mountinfo;
 mod query_output;
+mod syslog;
 
 use std::process::ExitCode;
 
