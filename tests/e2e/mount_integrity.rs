@@ -83,7 +83,7 @@ fn sigterm_unmounts_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if is_mounted(&mnt) {
             break;
         }

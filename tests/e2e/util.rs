@@ -186,7 +186,7 @@ impl Mounted {
             }
         }
         // The mount process exits once the kernel ends the session.
-        for _ in 0..100 {
+        for _ in 0..500 {
             if !is_mounted(&self.mnt) {
                 break;
             }
