@@ -309,7 +309,7 @@ fn ciphertext_bytes(dir: &Path, point: &Path, backing: &Path) -> Option<u64> {
 fn info(dir: &Path, as_json: bool) -> Result<()> {
     let engine = open_existing(dir)?;
     let stats = engine.stats()?;
-    let mount = crate::mountinfo::chronicle_volume_of(dir);
+    let mount = chronicle_mount::mountinfo::chronicle_volume_of(dir);
     let ciphertext = mount
         .as_ref()
         .and_then(|(point, backing)| ciphertext_bytes(dir, point, backing));

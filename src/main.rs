@@ -8,7 +8,6 @@ mod daemon;
 mod engine_cli;
 mod keysource;
 mod logging;
-mod mountinfo;
 mod query_output;
 mod syslog;
 

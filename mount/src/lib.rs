@@ -10,6 +10,7 @@ pub mod error;
 pub mod fuse;
 pub mod keys;
 pub mod layout;
+pub mod mountinfo;
 pub mod names;
 pub mod volume;
 

@@ -31,7 +31,7 @@ impl std::error::Error for BlocksFailed {}
 
 /// Rewriting files under a mount would race with it: refuse.
 fn ensure_not_mounted(backing: &Path, what: &str) -> Result<()> {
-    if let Some(point) = crate::mountinfo::mount_of_backing(backing) {
+    if let Some(point) = chronicle_mount::mountinfo::mount_of_backing(backing) {
         bail!(
             "{} is mounted at {}; unmount it before {what}",
             backing.display(),

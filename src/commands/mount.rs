@@ -23,7 +23,7 @@ pub struct MountRequest {
 pub fn mount(req: MountRequest) -> Result<()> {
     let backing = existing_dir(&req.backing, "backing directory")?;
     let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
-    if crate::mountinfo::is_mount_point(&mountpoint) {
+    if chronicle_mount::mountinfo::is_mount_point(&mountpoint) {
         bail!(
             "{} is already a mount point; unmount it first (chronicle umount {})",
             mountpoint.display(),
@@ -115,7 +115,7 @@ fn serve(mut mounted: Mounted, volume: &Volume, backing: &Path, mountpoint: &Pat
 /// Unmounts, then flushes the backing file system, so that, as with a
 /// local file system, everything written is on disk when umount returns.
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    let backing = crate::mountinfo::mounts()
+    let backing = chronicle_mount::mountinfo::mounts()
         .into_iter()
         .find(|m| mountpoint.canonicalize().ok().as_deref() == Some(m.point.as_path()))
         .and_then(|m| m.source.strip_prefix("chronicle:").map(PathBuf::from));

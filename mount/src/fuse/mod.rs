@@ -161,16 +161,12 @@ fn raise_readahead(mountpoint: &Path) {
     let Ok(canonical) = mountpoint.canonicalize() else {
         return;
     };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut device = info.lines().filter_map(|line| {
-        let mut fields = line.split(' ');
-        let device = fields.nth(2)?;
-        let point = fields.nth(1)?;
-        (Path::new(&point.replace("\\040", " ")) == canonical).then(|| device.to_string())
-    });
-    if let Some(device) = device.next_back() {
+    let device = crate::mountinfo::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == canonical)
+        .map(|m| m.device);
+    if let Some(device) = device {
         let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
         if let Err(e) = std::fs::write(&knob, READAHEAD_KIB.to_string()) {
             log::debug!("setting {knob}: {e}");

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 pub struct MountEntry {
+    /// `major:minor` of the mounted file system.
+    pub device: String,
     pub point: PathBuf,
     pub source: String,
 }
@@ -23,10 +25,12 @@ pub fn mounts() -> Vec<MountEntry> {
     info.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
+            let device = fields.get(2)?;
             let point = fields.get(4)?;
             let sep = fields.iter().position(|f| *f == "-")?;
             let source = fields.get(sep + 2)?;
             Some(MountEntry {
+                device: device.to_string(),
                 point: PathBuf::from(unescape(point)),
                 source: unescape(source),
             })
