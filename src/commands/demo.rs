@@ -5,7 +5,6 @@
 //! data survives a remount.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -211,25 +210,18 @@ fn print_hours(result: &QueryResult, hours: usize) {
     }
 }
 
+/// Every raw file of the backing directory (the configuration aside) with
+/// its bytes.
 fn raw_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else if entry.file_type()?.is_file()
-                && entry.file_name() != chronicle_mount::CONFIG_NAME
-            {
-                let mut bytes = Vec::new();
-                fs::File::open(&path)?.read_to_end(&mut bytes)?;
-                out.push((path, bytes));
-            }
-        }
+    for entry in super::walk::walk(dir)?
+        .into_iter()
+        .filter(|e| e.meta.is_file())
+    {
+        let path = dir.join(&entry.relative);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        out.push((path, bytes));
     }
-    out.sort();
     Ok(out)
 }
 

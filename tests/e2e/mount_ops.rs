@@ -19,6 +19,21 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// renameat2(2) of `from` to `to`: the return value and errno.
+fn renameat2(from: &CString, to: &CString, flags: libc::c_uint) -> (i32, i32) {
+    // SAFETY: valid NUL-terminated paths, relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    (rc, if rc == 0 { 0 } else { errno() })
+}
+
 /// getxattr(2) into `buf` (an empty `buf` asks for the size).
 fn getxattr(path: &CString, name: &CString, buf: &mut [u8]) -> isize {
     let ptr = if buf.is_empty() {
@@ -149,28 +164,11 @@ fn namespace_operations() {
 
     // renameat2 NOREPLACE and EXCHANGE
     let (a, b) = (cstr(&m.path("f2")), cstr(&m.path("g")));
-    // SAFETY: valid NUL-terminated paths; AT_FDCWD directory descriptors.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    assert_eq!((rc, errno()), (-1, libc::EEXIST));
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    assert_eq!(rc, 0);
+    assert_eq!(
+        renameat2(&a, &b, libc::RENAME_NOREPLACE),
+        (-1, libc::EEXIST)
+    );
+    assert_eq!(renameat2(&a, &b, libc::RENAME_EXCHANGE), (0, 0));
     assert_eq!(fs::read(m.path("f2")).expect("read"), b"two");
     assert_eq!(fs::read(m.path("g")).expect("read"), b"one");
 

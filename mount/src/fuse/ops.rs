@@ -85,7 +85,8 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-fn sys(e: rustix::io::Errno) -> Errno {
+/// A failed system call as the errno the program sees.
+pub(super) fn sys(e: rustix::io::Errno) -> Errno {
     Errno::from_i32(e.raw_os_error())
 }
 

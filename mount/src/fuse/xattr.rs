@@ -11,6 +11,7 @@ use rand::RngCore;
 use rustix::fs::{FileType as RawType, XattrFlags};
 
 use super::nodes::Node;
+use super::ops::sys;
 use crate::cipher::{Aead, NONCE_LEN, TAG_LEN};
 use crate::content::ContentCrypto;
 
@@ -18,10 +19,6 @@ const USER_PREFIX: &[u8] = b"user.";
 
 pub struct XattrCipher {
     aead: Box<dyn Aead>,
-}
-
-fn sys(e: rustix::io::Errno) -> Errno {
-    Errno::from_i32(e.raw_os_error())
 }
 
 fn user_name(name: &OsStr) -> Result<&OsStr, Errno> {
