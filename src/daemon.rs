@@ -1,6 +1,7 @@
 //! Detaching a background mount: fork, new session, standard streams on
 //! /dev/null, and a pipe on which the child tells the waiting parent whether
-//! the mount is serving. The only unsafe code of the binary lives here.
+//! the mount is serving. Unsafe code of the binary lives here and in
+//! `hygiene` only.
 #![allow(unsafe_code)]
 
 use std::fs::OpenOptions;

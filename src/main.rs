@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod engine_cli;
+mod hygiene;
 mod keysource;
 mod logging;
 mod query_output;
@@ -24,6 +25,8 @@ use commands::{inspect, maintain, mount, volume};
 const EXIT_KEY_MISMATCH: u8 = 12;
 /// Exit code for a block or header that failed authentication.
 const EXIT_AUTHENTICATION: u8 = 26;
+/// Exit code for `inspect --grep` finding plaintext in the raw files.
+const EXIT_PLAINTEXT_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,6 +54,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
     if e.is::<maintain::BlocksFailed>() || e.is::<inspect::BadHeaders>() {
         return EXIT_AUTHENTICATION;
+    }
+    if e.is::<inspect::PlaintextFound>() {
+        return EXIT_PLAINTEXT_FOUND;
     }
     1
 }

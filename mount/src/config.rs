@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cipher::{Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{IoContext, Result, VolumeError};
-use crate::keys::{fill_random, KdfParams, SecretKey, UserKey};
+use crate::keys::{KdfParams, SecretKey, UserKey};
 use crate::layout::BLOCK_SIZE;
 
 /// File name of the configuration inside the backing directory.
@@ -19,7 +19,7 @@ pub const CONFIG_NAME: &str = "chronicle.volume";
 /// Magic number of the configuration.
 pub const CONFIG_MAGIC: [u8; 8] = *b"CHRONVOL";
 /// The configuration format version written and read by this build.
-pub const CONFIG_VERSION: u16 = 1;
+pub const CONFIG_VERSION: u16 = 2;
 /// Algorithm identifier for AES-256-GCM.
 pub const ALGORITHM_AES_256_GCM: u16 = 1;
 /// Feature flags this build understands. None are defined yet: file names
@@ -101,7 +101,7 @@ impl VolumeConfig {
             }),
         };
         let mut volume_id = [0u8; 16];
-        fill_random(&mut volume_id)?;
+        crate::random::fill(&mut volume_id);
         let mut config = VolumeConfig {
             format_version: CONFIG_VERSION,
             algorithm: ALGORITHM_AES_256_GCM,
@@ -137,9 +137,9 @@ impl VolumeConfig {
 
     fn wrap(&mut self, master: &SecretKey, user: &UserKey) -> Result<()> {
         let kek = self.key_encryption_key(user)?;
-        self.key_check = key_check(&kek);
-        fill_random(&mut self.wrap_nonce)?;
-        let wrap_key = kek.derive(&[b"chronicle master key wrap v1"]);
+        self.key_check = key_check(&kek, &self.volume_id);
+        crate::random::fill(&mut self.wrap_nonce);
+        let wrap_key = wrap_key(&kek, &self.volume_id);
         let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
         let mut wrapped = *master.as_bytes();
         let aad = self.authenticated_prefix();
@@ -153,10 +153,10 @@ impl VolumeConfig {
     /// the file was edited: `ConfigTampered`.
     pub fn unwrap(&self, user: &UserKey, path: &Path) -> Result<SecretKey> {
         let kek = self.key_encryption_key(user)?;
-        if !constant_time_eq(&key_check(&kek), &self.key_check) {
+        if !constant_time_eq(&key_check(&kek, &self.volume_id), &self.key_check) {
             return Err(VolumeError::KeyMismatch);
         }
-        let wrap_key = kek.derive(&[b"chronicle master key wrap v1"]);
+        let wrap_key = wrap_key(&kek, &self.volume_id);
         let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
         let mut master = zeroize::Zeroizing::new(self.wrapped_key);
         aead.open(
@@ -264,12 +264,18 @@ impl VolumeConfig {
         }
         let key_source = match bytes[KEY_SOURCE_AT] {
             1 => KeySource::RawKey,
-            2 => KeySource::Passphrase(KdfParams {
-                memory_kib: u32_at(KDF_MEMORY_AT),
-                iterations: u32_at(KDF_ITERATIONS_AT),
-                parallelism: u32_at(KDF_PARALLELISM_AT),
-                salt: array(&bytes[KDF_SALT_AT..KEY_CHECK_AT]),
-            }),
+            2 => {
+                let params = KdfParams {
+                    memory_kib: u32_at(KDF_MEMORY_AT),
+                    iterations: u32_at(KDF_ITERATIONS_AT),
+                    parallelism: u32_at(KDF_PARALLELISM_AT),
+                    salt: array(&bytes[KDF_SALT_AT..KEY_CHECK_AT]),
+                };
+                if let Some(reason) = params.out_of_bounds() {
+                    return Err(bad(reason));
+                }
+                KeySource::Passphrase(params)
+            }
             other => return Err(bad(format!("unknown key source {other}"))),
         };
         let config = VolumeConfig {
@@ -343,9 +349,15 @@ pub fn config_path(backing: &Path) -> PathBuf {
     backing.join(CONFIG_NAME)
 }
 
-fn key_check(kek: &SecretKey) -> [u8; 16] {
-    let derived = kek.derive(&[b"chronicle key check v1"]);
+/// Salted with the volume id: the same key gives a different check in every
+/// volume, so checks cannot be compared across volumes or precomputed.
+fn key_check(kek: &SecretKey, volume_id: &[u8; 16]) -> [u8; 16] {
+    let derived = kek.derive_salted(volume_id, &[b"chronicle key check v2"]);
     array(&derived.as_bytes()[..16])
+}
+
+fn wrap_key(kek: &SecretKey, volume_id: &[u8; 16]) -> SecretKey {
+    kek.derive_salted(volume_id, &[b"chronicle master key wrap v2"])
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -424,12 +436,63 @@ mod tests {
                 .and_then(|c| c.unwrap(&raw(1), Path::new("c")));
             assert!(outcome.is_err(), "flipping byte {i} was accepted");
         }
-        // A flipped volume id passes the key check but fails the wrap.
+        // A flipped volume id changes the salted key check: it reads as a
+        // key that does not open the volume (docs/FORMAT.md says so).
         let mut edited = bytes;
         edited[VOLUME_ID_AT] ^= 1;
         let result = VolumeConfig::decode(&edited, Path::new("c"))
             .and_then(|c| c.unwrap(&raw(1), Path::new("c")));
+        assert!(matches!(result, Err(VolumeError::KeyMismatch)));
+        // A flipped algorithm field passes the key check but fails the wrap.
+        let mut edited = bytes;
+        edited[WRAP_NONCE_AT] ^= 1;
+        let result = VolumeConfig::decode(&edited, Path::new("c"))
+            .and_then(|c| c.unwrap(&raw(1), Path::new("c")));
         assert!(matches!(result, Err(VolumeError::ConfigTampered { .. })));
+    }
+
+    // Protects: the key check is salted with the volume id: one key gives a
+    // different check in every volume.
+    #[test]
+    fn key_check_differs_across_volumes() {
+        let master = SecretKey::from_bytes([9; 32]);
+        let a = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        let b = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        assert_ne!(
+            a.encode()[KEY_CHECK_AT..WRAP_NONCE_AT],
+            b.encode()[KEY_CHECK_AT..WRAP_NONCE_AT]
+        );
+    }
+
+    // Protects: Argon2id parameters read from a damaged configuration are
+    // bounded before anything is stretched (a huge memory cost must not be
+    // attempted).
+    #[test]
+    fn absurd_kdf_parameters_refused() {
+        let params = KdfParams::with_cost(8, 1).expect("params");
+        let config = VolumeConfig::create(
+            &SecretKey::from_bytes([9; 32]),
+            &UserKey::Passphrase(zeroize::Zeroizing::new("pw".into())),
+            Some(params),
+        )
+        .expect("create");
+        for (at, value) in [
+            (KDF_MEMORY_AT, u32::MAX),
+            (KDF_ITERATIONS_AT, 0),
+            (KDF_ITERATIONS_AT, 1_000_000),
+            (KDF_PARALLELISM_AT, 0),
+            (KDF_PARALLELISM_AT, 1000),
+        ] {
+            let mut bytes = config.encode();
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            assert!(
+                matches!(
+                    VolumeConfig::decode(&bytes, Path::new("c")),
+                    Err(VolumeError::BadConfig { .. })
+                ),
+                "field at {at} = {value}"
+            );
+        }
     }
 
     // Protects: unknown versions and feature flags are refused, not guessed at.
@@ -438,11 +501,19 @@ mod tests {
         let config =
             VolumeConfig::create(&SecretKey::from_bytes([9; 32]), &raw(1), None).expect("create");
         let mut bytes = config.encode();
-        bytes[VERSION_AT] = 2;
+        bytes[VERSION_AT] = 3;
         assert!(matches!(
             VolumeConfig::decode(&bytes, Path::new("c")),
-            Err(VolumeError::UnsupportedVersion { found: 2, .. })
+            Err(VolumeError::UnsupportedVersion { found: 3, .. })
         ));
+        bytes[VERSION_AT] = 1;
+        let older = VolumeConfig::decode(&bytes, Path::new("c"));
+        assert!(matches!(
+            older,
+            Err(VolumeError::UnsupportedVersion { found: 1, .. })
+        ));
+        let message = older.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("older chronicle"), "{message}");
         let mut bytes = config.encode();
         bytes[FEATURES_AT] = 0x10;
         assert!(matches!(

@@ -88,6 +88,14 @@ impl fmt::Display for VolumeError {
                 what,
                 found,
                 supported,
+            } if found < supported => write!(
+                f,
+                "{what} format version {found} was made by an older chronicle; this build reads version {supported} only: copy the data out with the older build and `chronicle encrypt` it into a new volume"
+            ),
+            VolumeError::UnsupportedVersion {
+                what,
+                found,
+                supported,
             } => write!(
                 f,
                 "{what} format version {found} is not supported (this build reads version {supported}); upgrade chronicle"

@@ -20,15 +20,25 @@ impl SecretKey {
         SecretKey(bytes)
     }
 
-    /// A fresh key from the operating system's CSPRNG.
+    /// A fresh key from the volume's one source of randomness (`random`).
     pub fn random() -> Result<Self> {
         let mut bytes = [0u8; KEY_LEN];
-        fill_random(&mut bytes)?;
+        crate::random::fill(&mut bytes);
         Ok(SecretKey(bytes))
     }
 
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
+    }
+
+    /// HKDF-SHA256 of this key with `salt` (a volume id, so the same key
+    /// gives unrelated values in two volumes) for one purpose.
+    pub fn derive_salted(&self, salt: &[u8], info: &[&[u8]]) -> SecretKey {
+        let hk = Hkdf::<Sha256>::new(Some(salt), &self.0);
+        let mut out = [0u8; KEY_LEN];
+        hk.expand_multi_info(info, &mut out)
+            .unwrap_or_else(|_| panic!("invariant: HKDF-SHA256 expands to {KEY_LEN} bytes"));
+        SecretKey(out)
     }
 
     /// HKDF-SHA256 expansion of this key for one purpose. `info` names the
@@ -104,8 +114,19 @@ impl UserKey {
     /// with optional surrounding whitespace.
     pub fn from_file_bytes(bytes: &[u8], source: &str) -> Result<Self> {
         if let Ok(raw) = <[u8; KEY_LEN]>::try_from(bytes) {
-            // 32 bytes that are all hex digits would be a 16-byte hex key,
-            // which from_hex rejects anyway; raw bytes win.
+            // 32 random bytes are all printable text with odds of about
+            // 10^-14; 32 bytes of text are a typed password, which must be
+            // stretched, not used as a key.
+            if raw
+                .iter()
+                .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+            {
+                return Err(VolumeError::BadKey {
+                    reason: format!(
+                        "{source}: 32 bytes of text look like a password, not a raw key; use --passphrase, or write the key as 64 hex characters"
+                    ),
+                });
+            }
             return Ok(UserKey::Raw(SecretKey::from_bytes(raw)));
         }
         match std::str::from_utf8(bytes) {
@@ -149,7 +170,7 @@ impl KdfParams {
 
     pub fn with_cost(memory_kib: u32, iterations: u32) -> Result<Self> {
         let mut salt = [0u8; 16];
-        fill_random(&mut salt)?;
+        crate::random::fill(&mut salt);
         Ok(KdfParams {
             memory_kib,
             iterations,
@@ -158,8 +179,45 @@ impl KdfParams {
         })
     }
 
+    /// Bounds on stored parameters: a damaged configuration must not make
+    /// opening it allocate terabytes or spin for hours before the wrap is
+    /// even checked.
+    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+    pub const MAX_ITERATIONS: u32 = 64;
+    pub const MAX_PARALLELISM: u32 = 16;
+
+    /// Why these parameters are out of bounds, if they are.
+    pub fn out_of_bounds(&self) -> Option<String> {
+        if !(1..=Self::MAX_PARALLELISM).contains(&self.parallelism) {
+            return Some(format!(
+                "Argon2id parallelism {} is outside 1..={}",
+                self.parallelism,
+                Self::MAX_PARALLELISM
+            ));
+        }
+        let min_memory = 8 * self.parallelism;
+        if !(min_memory..=Self::MAX_MEMORY_KIB).contains(&self.memory_kib) {
+            return Some(format!(
+                "Argon2id memory {} KiB is outside {min_memory}..={} KiB",
+                self.memory_kib,
+                Self::MAX_MEMORY_KIB
+            ));
+        }
+        if !(1..=Self::MAX_ITERATIONS).contains(&self.iterations) {
+            return Some(format!(
+                "Argon2id iterations {} is outside 1..={}",
+                self.iterations,
+                Self::MAX_ITERATIONS
+            ));
+        }
+        None
+    }
+
     /// Stretches a passphrase into a key-encryption key.
     pub fn stretch(&self, passphrase: &str) -> Result<SecretKey> {
+        if let Some(reason) = self.out_of_bounds() {
+            return Err(VolumeError::BadKey { reason });
+        }
         let params = argon2::Params::new(
             self.memory_kib,
             self.iterations,
@@ -181,12 +239,6 @@ impl KdfParams {
         out.zeroize();
         Ok(key)
     }
-}
-
-/// Fills `buf` from the operating system's CSPRNG.
-pub fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf)
-        .map_err(|e| VolumeError::io("reading the system random number generator", e.into()))
 }
 
 #[cfg(test)]
@@ -227,6 +279,11 @@ mod tests {
         ));
         let err = UserKey::from_file_bytes(&[0xffu8; 31], "f").expect_err("31 bytes");
         assert!(err.to_string().contains("got 31 bytes"), "{err}");
+        // A typed password of 31 characters and a newline is not a raw key.
+        let typed = b"correct horse battery staple 12\n";
+        assert_eq!(typed.len(), 32);
+        let err = UserKey::from_file_bytes(typed, "f").expect_err("typed password");
+        assert!(err.to_string().contains("--passphrase"), "{err}");
     }
 
     // Protects: derivation separates purposes and is deterministic.

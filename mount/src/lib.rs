@@ -12,6 +12,7 @@ pub mod keys;
 pub mod layout;
 pub mod mountinfo;
 pub mod names;
+pub mod random;
 pub mod volume;
 
 pub use config::{KeySource, VolumeConfig, CONFIG_NAME};

@@ -23,7 +23,15 @@ impl Volume {
     /// master key wrapped under `user`. Refuses a directory that already has
     /// a configuration.
     pub fn init(backing: &Path, user: &UserKey, kdf: Option<KdfParams>) -> Result<Volume> {
-        fs::create_dir_all(backing).context(|| format!("creating {}", backing.display()))?;
+        // Only the owner may list it: names and sizes are visible there.
+        if !backing.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(backing)
+                .context(|| format!("creating {}", backing.display()))?;
+        }
         let path = config_path(backing);
         if path.exists() {
             return Err(VolumeError::AlreadyInitialized {
@@ -97,16 +105,16 @@ impl Volume {
         EncryptedFile::open(file, Arc::clone(&self.crypto), path)
     }
 
-    /// Creates (or truncates) a backing file for plaintext access.
+    /// Creates a new backing file (refusing an existing one) with its
+    /// header, for plaintext access.
     pub fn create_file(&self, relative: &Path) -> Result<EncryptedFile> {
         let path = self.backing.join(relative);
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .context(|| format!("creating {}", path.display()))?;
-        EncryptedFile::open(file, Arc::clone(&self.crypto), path)
+        EncryptedFile::create(file, Arc::clone(&self.crypto), path)
     }
 }

@@ -16,8 +16,10 @@ fn seed() -> u64 {
         .unwrap_or_else(rand::random)
 }
 
+/// Opens `name`, creating it (with its header) if it does not exist.
 fn open(dir: &std::path::Path, name: &str, crypto: &Arc<ContentCrypto>) -> EncryptedFile {
     let path = dir.join(name);
+    let exists = path.exists();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -25,86 +27,166 @@ fn open(dir: &std::path::Path, name: &str, crypto: &Arc<ContentCrypto>) -> Encry
         .truncate(false)
         .open(&path)
         .expect("open backing file");
-    EncryptedFile::open(file, Arc::clone(crypto), path).expect("open encrypted file")
+    let crypto = Arc::clone(crypto);
+    if exists {
+        EncryptedFile::open(file, crypto, path).expect("open encrypted file")
+    } else {
+        EncryptedFile::create(file, crypto, path).expect("create encrypted file")
+    }
 }
 
 // Protects: the random-access API returns exactly what a plain file would,
-// across block boundaries, holes, shrinking and growing, and after reopening.
+// across block boundaries, shrinking and growing, and after reopening.
 #[test]
 fn random_operations_match_a_model() {
     let seed = seed();
     println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for backend in Backend::ALL {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let crypto = Arc::new(ContentCrypto::new(SecretKey::from_bytes([3; 32]), backend));
-        let names = ["a", "b", "c", "d"];
-        let mut files: Vec<EncryptedFile> =
-            names.iter().map(|n| open(dir.path(), n, &crypto)).collect();
-        let mut models: Vec<Vec<u8>> = vec![Vec::new(); names.len()];
-        for step in 0..2500 {
-            let i = rng.random_range(0..names.len());
-            let (file, model) = (&files[i], &mut models[i]);
-            let max = 40_000u64;
-            match rng.random_range(0..100) {
-                0..=44 => {
-                    let offset = pick_offset(&mut rng, model.len() as u64, max);
-                    let len = pick_len(&mut rng);
-                    let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-                    file.write_at(offset, &data).expect("write");
-                    let end = offset as usize + data.len();
-                    if model.len() < end {
-                        model.resize(end, 0);
-                    }
-                    model[offset as usize..end].copy_from_slice(&data);
+        let _ = run_model(seed, backend, 40_000, 2500);
+    }
+}
+
+// Protects: the same with files large enough that growing leaves holes
+// (gaps past the end longer than the mount fills) and with punched holes:
+// holes read as zeros, SEEK_DATA/SEEK_HOLE agree with the contents, and
+// `verify_each` accepts them.
+#[test]
+fn sparse_operations_match_a_model() {
+    let seed = seed();
+    println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
+    let sparse_files = run_model(seed, Backend::Ring, 6 << 20, 600);
+    assert!(sparse_files > 0, "seed {seed}: the run made no holes");
+}
+
+/// Runs `steps` random operations on four files; returns how many of them
+/// ended with the sparse flag in their header.
+fn run_model(seed: u64, backend: Backend, max: u64, steps: usize) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crypto = Arc::new(ContentCrypto::new(SecretKey::from_bytes([3; 32]), backend));
+    let names = ["a", "b", "c", "d"];
+    let mut files: Vec<EncryptedFile> =
+        names.iter().map(|n| open(dir.path(), n, &crypto)).collect();
+    let mut models: Vec<Vec<u8>> = vec![Vec::new(); names.len()];
+    for step in 0..steps {
+        let i = rng.random_range(0..names.len());
+        let (file, model) = (&files[i], &mut models[i]);
+        let at = format!("seed {seed} step {step}");
+        match rng.random_range(0..100) {
+            0..=39 => {
+                let offset = pick_offset(&mut rng, model.len() as u64, max);
+                let len = pick_len(&mut rng);
+                let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                file.write_at(offset, &data).expect("write");
+                let end = offset as usize + data.len();
+                if model.len() < end {
+                    model.resize(end, 0);
                 }
-                45..=74 => {
-                    let offset = pick_offset(&mut rng, model.len() as u64, max);
-                    let len = pick_len(&mut rng);
-                    let mut buf = vec![0u8; len];
-                    let n = file.read_at(offset, &mut buf).expect("read");
-                    let from = (offset as usize).min(model.len());
-                    let to = (offset as usize + len).min(model.len());
-                    assert_eq!(
-                        &buf[..n],
-                        &model[from..to],
-                        "seed {seed} step {step}: read {offset}+{len}"
-                    );
+                model[offset as usize..end].copy_from_slice(&data);
+            }
+            40..=64 => {
+                let offset = pick_offset(&mut rng, model.len() as u64, max);
+                let len = pick_len(&mut rng);
+                let mut buf = vec![0u8; len];
+                let n = file.read_at(offset, &mut buf).expect("read");
+                let from = (offset as usize).min(model.len());
+                let to = (offset as usize + len).min(model.len());
+                assert_eq!(&buf[..n], &model[from..to], "{at}: read {offset}+{len}");
+            }
+            65..=74 => {
+                let size = pick_offset(&mut rng, model.len() as u64, max);
+                file.set_len(size).expect("set_len");
+                model.resize(size as usize, 0);
+            }
+            75..=79 => {
+                let offset = pick_offset(&mut rng, model.len() as u64, max);
+                let len = pick_len(&mut rng) as u64;
+                file.write_zeros(offset, len).expect("zeros");
+                let end = (offset + len) as usize;
+                if model.len() < end {
+                    model.resize(end, 0);
                 }
-                75..=84 => {
-                    let size = pick_offset(&mut rng, model.len() as u64, max);
-                    file.set_len(size).expect("set_len");
-                    model.resize(size as usize, 0);
-                }
-                85..=89 => {
-                    let offset = pick_offset(&mut rng, model.len() as u64, max);
-                    let len = pick_len(&mut rng) as u64;
-                    file.write_zeros(offset, len).expect("zeros");
-                    let end = (offset + len) as usize;
-                    if model.len() < end {
-                        model.resize(end, 0);
-                    }
+                model[offset as usize..end].fill(0);
+            }
+            80..=86 => {
+                let offset = pick_offset(&mut rng, model.len() as u64, max);
+                let len = if rng.random_bool(0.5) {
+                    pick_len(&mut rng) as u64
+                } else {
+                    rng.random_range(0..=max)
+                };
+                file.punch_hole(offset, len).expect("punch");
+                let end = ((offset + len) as usize).min(model.len());
+                if (offset as usize) < end {
                     model[offset as usize..end].fill(0);
                 }
-                _ => {
-                    // Reopen: nothing may live only in memory.
-                    files[i] = open(dir.path(), names[i], &crypto);
-                }
             }
-            assert_eq!(
-                files[i].len().expect("len"),
-                models[i].len() as u64,
-                "seed {seed} step {step}"
-            );
+            87..=93 => check_seeks(
+                file,
+                model,
+                pick_offset(&mut rng, model.len() as u64, max),
+                &at,
+            ),
+            _ => {
+                // Reopen: nothing may live only in memory.
+                files[i] = open(dir.path(), names[i], &crypto);
+            }
         }
-        for (file, model) in files.iter().zip(&models) {
-            let mut all = Vec::new();
-            file.read_to_end(&mut all).expect("read all");
-            assert_eq!(&all, model, "seed {seed}: final contents");
-            let mut bad = 0;
-            file.verify_each(|_| bad += 1).expect("verify");
-            assert_eq!(bad, 0);
-        }
+        assert_eq!(files[i].len().expect("len"), models[i].len() as u64, "{at}");
+    }
+    for (file, model) in files.iter().zip(&models) {
+        let mut all = Vec::new();
+        file.read_to_end(&mut all).expect("read all");
+        assert_eq!(&all, model, "seed {seed}: final contents");
+        let mut bad = Vec::new();
+        file.verify_each(|e| bad.push(e.to_string()))
+            .expect("verify");
+        assert_eq!(bad, Vec::<String>::new(), "seed {seed}");
+    }
+    let flags_at = chronicle_mount::layout::FLAGS_OFFSET;
+    names
+        .iter()
+        .filter(|n| {
+            let raw = std::fs::read(dir.path().join(n)).expect("raw");
+            raw.len() > flags_at && raw[flags_at] & chronicle_mount::layout::FLAG_SPARSE as u8 != 0
+        })
+        .count()
+}
+
+/// SEEK_DATA never skips data and SEEK_HOLE never reports a hole where the
+/// model holds data; both report ENXIO (None) at or past the end.
+fn check_seeks(file: &EncryptedFile, model: &[u8], offset: u64, at: &str) {
+    let size = model.len() as u64;
+    let data = file.seek_data(offset).expect("seek data");
+    let hole = file.seek_hole(offset).expect("seek hole");
+    if offset >= size {
+        assert_eq!((data, hole), (None, None), "{at}: past the end");
+        return;
+    }
+    let data = data.expect("data before the end");
+    assert!(
+        data >= offset && data < size,
+        "{at}: SEEK_DATA {offset} -> {data}"
+    );
+    assert!(
+        model[offset as usize..data as usize]
+            .iter()
+            .all(|&b| b == 0),
+        "{at}: SEEK_DATA {offset} skipped data"
+    );
+    let hole = hole.expect("a hole before the end");
+    assert!(
+        hole >= offset && hole <= size,
+        "{at}: SEEK_HOLE {offset} -> {hole}"
+    );
+    if hole < size {
+        let block_end = ((hole / 4096 + 1) * 4096).min(size);
+        assert!(
+            model[hole as usize..block_end as usize]
+                .iter()
+                .all(|&b| b == 0),
+            "{at}: SEEK_HOLE {offset} -> {hole} is not a hole"
+        );
     }
 }
 
@@ -168,35 +250,55 @@ fn concurrent_writers_lose_nothing() {
     }
 }
 
-// Protects: an empty file has no header and reads as empty; a file
-// truncated to zero starts over with a new header.
+// Protects: a new file is its header alone and reads as empty; emptying a
+// file keeps its file id (extended attributes are bound to it) and the next
+// write draws a new content id; a zero-byte backing file is a missing
+// header (a cut), refused until truncated to zero, which repairs it.
 #[test]
 fn empty_files() {
+    use chronicle_mount::layout::{
+        CONTENT_ID_OFFSET, FILE_ID_OFFSET, HEADER_LEN, HEADER_TAG_OFFSET,
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let crypto = Arc::new(ContentCrypto::new(
         SecretKey::from_bytes([5; 32]),
         Backend::RustCrypto,
     ));
+    let raw = |name: &str| std::fs::read(dir.path().join(name)).expect("raw");
     let file = open(dir.path(), "e", &crypto);
     let mut buf = [0u8; 10];
     assert_eq!(file.read_at(0, &mut buf).expect("read"), 0);
-    assert_eq!(
-        std::fs::metadata(dir.path().join("e")).expect("stat").len(),
-        0
-    );
+    assert_eq!(raw("e").len(), HEADER_LEN);
     file.write_at(0, b"x").expect("write");
-    let first_header = std::fs::read(dir.path().join("e")).expect("raw")[..24].to_vec();
+    let first = raw("e");
     file.set_len(0).expect("truncate");
-    assert_eq!(
-        std::fs::metadata(dir.path().join("e")).expect("stat").len(),
-        0
-    );
+    assert_eq!(raw("e").len(), HEADER_LEN);
     file.write_at(0, b"y").expect("write");
-    let second_header = std::fs::read(dir.path().join("e")).expect("raw")[..24].to_vec();
+    let second = raw("e");
+    assert_eq!(
+        first[FILE_ID_OFFSET..CONTENT_ID_OFFSET],
+        second[FILE_ID_OFFSET..CONTENT_ID_OFFSET],
+        "the file id stays"
+    );
     assert_ne!(
-        first_header, second_header,
-        "a new file id after truncation to zero"
+        first[CONTENT_ID_OFFSET..HEADER_TAG_OFFSET],
+        second[CONTENT_ID_OFFSET..HEADER_TAG_OFFSET],
+        "a new content id after emptying"
     );
     assert_eq!(file.read_at(0, &mut buf).expect("read"), 1);
     assert_eq!(buf[0], b'y');
+
+    std::fs::write(dir.path().join("zero"), b"").expect("zero-byte file");
+    let zero = open(dir.path(), "zero", &crypto);
+    assert!(matches!(
+        zero.read_at(0, &mut buf),
+        Err(chronicle_mount::VolumeError::BadFileHeader { .. })
+    ));
+    assert!(
+        zero.write_at(0, b"z").is_err(),
+        "no writes on a missing header"
+    );
+    zero.set_len(0).expect("truncating to zero repairs");
+    zero.write_at(0, b"z").expect("write after repair");
+    assert_eq!(zero.read_at(0, &mut buf).expect("read"), 1);
 }

@@ -73,7 +73,7 @@ fn damaged_ciphertext_never_panics() {
             .truncate(true)
             .open(&path)
             .expect("open");
-        EncryptedFile::open(f, Arc::clone(&crypto), path.clone())
+        EncryptedFile::create(f, Arc::clone(&crypto), path.clone())
             .expect("wrap")
             .write_at(0, &plain)
             .expect("write");

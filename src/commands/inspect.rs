@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use chronicle_mount::layout::{self, FileHeader, HEADER_LEN};
 
 use super::walk::walk;
@@ -26,6 +26,22 @@ impl std::fmt::Display for BadHeaders {
 }
 
 impl std::error::Error for BadHeaders {}
+
+/// The error `inspect` ends with when a searched text was found (exit 3).
+#[derive(Debug)]
+pub struct PlaintextFound(pub u64);
+
+impl std::fmt::Display for PlaintextFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plaintext found in the backing directory ({} match(es) above)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PlaintextFound {}
 
 /// Shannon entropy, in bits per byte, of a byte histogram.
 pub fn entropy(counts: &[u64; 256]) -> f64 {
@@ -86,10 +102,10 @@ fn scan(path: &Path, needles: &[String], counts: &mut [u64; 256]) -> Result<RawF
         offset += n as u64;
     }
     let header = match <[u8; HEADER_LEN]>::try_from(head.as_slice()) {
-        Err(_) if head.is_empty() => "empty".to_string(),
+        Err(_) if head.is_empty() => "NONE".to_string(),
         Err(_) => "TORN".to_string(),
         Ok(h) => match FileHeader::decode(&h) {
-            Ok(_) => "CHRF v1".to_string(),
+            Ok(_) => format!("CHRF v{}", layout::FILE_VERSION),
             Err(e) => format!("BAD ({e})"),
         },
     };
@@ -114,7 +130,7 @@ pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
         files += 1;
         let path = backing.join(&entry.relative);
         let raw = scan(&path, needles, &mut counts)?;
-        if raw.header.starts_with("BAD") || raw.header == "TORN" {
+        if raw.header.starts_with("BAD") || raw.header == "TORN" || raw.header == "NONE" {
             bad_headers += 1;
         }
         println!(
@@ -138,11 +154,14 @@ pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
     for (needle, hits) in needles.iter().zip(&found) {
         println!("Search for {needle:?}: found in {hits} file(s)");
     }
+    // Plaintext first: it is the finding a script asserting "no plaintext
+    // here" must not miss behind another error.
+    let matches: u64 = found.iter().sum();
+    if matches > 0 {
+        return Err(PlaintextFound(matches).into());
+    }
     if bad_headers > 0 {
         return Err(BadHeaders(bad_headers).into());
-    }
-    if found.iter().any(|&hits| hits > 0) {
-        bail!("plaintext found in the backing directory");
     }
     println!("Every file is chronicle ciphertext.");
     Ok(())

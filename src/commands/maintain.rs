@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use chronicle_mount::layout::{self, Malformed};
+use chronicle_mount::content::TailRepair;
 use chronicle_mount::{UserKey, Volume, VolumeError};
 
 use super::walk::{progress, walk};
@@ -57,18 +57,28 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
     let (mut files, mut blocks, mut failures, mut repaired) = (0u64, 0u64, 0u64, 0u64);
     for entry in entries.iter().filter(|e| e.meta.is_file()) {
         files += 1;
-        if repair && repair_torn_tail(&volume, &entry.relative, &bar)? {
-            repaired += 1;
-        }
-        let file = match volume.open_file(&entry.relative, false) {
-            Ok(file) => file,
-            Err(e @ VolumeError::BadFileHeader { .. }) => {
-                bar.suspend(|| println!("{e}"));
-                failures += 1;
-                continue;
+        let file = volume.open_file(&entry.relative, repair)?;
+        if repair {
+            match file.repair_tail()? {
+                TailRepair::Clean => {}
+                TailRepair::Repaired { what, size } => {
+                    repaired += 1;
+                    let path = volume.backing().join(&entry.relative);
+                    bar.suspend(|| {
+                        println!(
+                            "repaired: {}: {what}; {size} plaintext bytes remain",
+                            path.display()
+                        )
+                    });
+                }
+                TailRepair::NotACrash { reason } => {
+                    let path = volume.backing().join(&entry.relative);
+                    bar.suspend(|| {
+                        println!("not repaired: {}: {reason}: not what a crash leaves (tampering or media damage); restore it from a backup", path.display())
+                    });
+                }
             }
-            Err(e) => return Err(e.into()),
-        };
+        }
         blocks += file.verify_each(|bad| {
             failures += 1;
             bar.suspend(|| println!("{bad}"));
@@ -81,52 +91,6 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
         return Err(BlocksFailed(failures).into());
     }
     Ok(())
-}
-
-/// Cuts a torn tail (an incomplete last block, or a last block that fails
-/// authentication, as a crash in the middle of a write leaves them) back to
-/// the last whole, authentic block. Returns whether anything was cut.
-fn repair_torn_tail(
-    volume: &Volume,
-    relative: &Path,
-    bar: &indicatif::ProgressBar,
-) -> Result<bool> {
-    let path = volume.backing().join(relative);
-    let len = fs::metadata(&path)?.len();
-    let cut_to = match layout::plaintext_size(len) {
-        Err(Malformed::TornHeader) => Some(0),
-        Err(Malformed::CutBlock(block)) => Some(layout::block_offset(block)),
-        Ok(0) => None,
-        Ok(size) => {
-            let last = (size - 1) / layout::BLOCK_SIZE;
-            let file = volume.open_file(relative, false)?;
-            let mut buf = vec![0u8; layout::BLOCK_SIZE as usize];
-            match file.read_at(last * layout::BLOCK_SIZE, &mut buf) {
-                Err(VolumeError::AuthenticationFailed { .. }) => Some(layout::block_offset(last)),
-                _ => None,
-            }
-        }
-    };
-    let Some(cut_to) = cut_to else {
-        return Ok(false);
-    };
-    // A file cut to just its header is empty: drop the header too.
-    let cut_to = if cut_to <= layout::HEADER_LEN as u64 {
-        0
-    } else {
-        cut_to
-    };
-    let file = fs::OpenOptions::new().write(true).open(&path)?;
-    file.set_len(cut_to)?;
-    file.sync_all()?;
-    bar.suspend(|| {
-        println!(
-            "repaired: {}: cut the torn tail, {} plaintext bytes remain",
-            path.display(),
-            layout::plaintext_size_lossy(cut_to)
-        )
-    });
-    Ok(true)
 }
 
 pub fn rotate_key(

@@ -8,6 +8,7 @@ use chronicle_mount::Volume;
 
 use crate::cli::KeyArgs;
 use crate::daemon::{self, Side, Verdict};
+use crate::hygiene;
 use crate::keysource::{self, Purpose};
 use crate::logging;
 
@@ -49,12 +50,21 @@ pub fn mount(req: MountRequest) -> Result<()> {
     let user_key = keysource::resolve(&req.key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let volume = Volume::open(&backing, &user_key)?;
     drop(user_key);
+    // This process lives as long as the mount: its environment and memory
+    // must not give the key away.
+    let key_env = req
+        .key
+        .key_env
+        .as_deref()
+        .unwrap_or(keysource::DEFAULT_KEY_ENV);
+    hygiene::scrub_environment(&[key_env, "CHRONICLE_PASSPHRASE"]);
+    let hardening = hygiene::harden_process().context("cannot disable core dumps")?;
 
     if req.foreground {
         logging::init_foreground();
         let mounted = Mounted::new(&volume, &mountpoint, &req.options)
             .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
-        return serve(mounted, &volume, &backing, &mountpoint);
+        return serve(mounted, &volume, &backing, &mountpoint, &hardening);
     }
 
     match daemon::fork().context("cannot start the background mount process")? {
@@ -70,7 +80,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
             match Mounted::new(&volume, &mountpoint, &req.options) {
                 Ok(mounted) => {
                     daemon::report(writer, &Verdict::Ready);
-                    if let Err(e) = serve(mounted, &volume, &backing, &mountpoint) {
+                    if let Err(e) = serve(mounted, &volume, &backing, &mountpoint, &hardening) {
                         log::error!("{e:#}");
                         std::process::exit(1);
                     }
@@ -87,7 +97,13 @@ pub fn mount(req: MountRequest) -> Result<()> {
 }
 
 /// Serves until unmounted; SIGINT, SIGTERM and SIGHUP unmount cleanly.
-fn serve(mut mounted: Mounted, volume: &Volume, backing: &Path, mountpoint: &Path) -> Result<()> {
+fn serve(
+    mut mounted: Mounted,
+    volume: &Volume,
+    backing: &Path,
+    mountpoint: &Path,
+    hardening: &hygiene::Hardening,
+) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
@@ -107,6 +123,11 @@ fn serve(mut mounted: Mounted, volume: &Volume, backing: &Path, mountpoint: &Pat
         mountpoint.display(),
         volume.backend().name()
     );
+    if !hardening.memory_locked {
+        log::warn!(
+            "memory not locked (RLIMIT_MEMLOCK too low, no CAP_IPC_LOCK): keys may reach swap; core dumps are off"
+        );
+    }
     mounted.serve(volume).context("serving the file system")?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())

@@ -17,7 +17,7 @@ fn init_and_info() {
         "Encrypted: true",
         "Algorithm: AES-256-GCM",
         "Block size: 4096",
-        "Format version: 1",
+        "Format version: 2",
         "Key source: raw key",
     ] {
         assert!(
@@ -30,7 +30,7 @@ fn init_and_info() {
     assert_eq!(doc["encrypted"], true);
     assert_eq!(doc["algorithm"], "AES-256-GCM");
     assert_eq!(doc["block_size"], 4096);
-    assert_eq!(doc["format_version"], 1);
+    assert_eq!(doc["format_version"], 2);
 }
 
 // Protects: init refuses to overwrite an existing volume.
@@ -219,7 +219,7 @@ fn bad_configs_refused() {
     assert!(stderr(&out).contains("bad magic"), "{}", stderr(&out));
 
     let mut edited = good.clone();
-    edited[30] ^= 1; // inside the volume id
+    edited[90] ^= 1; // inside the wrap nonce
     set(&edited);
     let out = run(&["fsck", f.b()], Some(KEY));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -324,11 +324,11 @@ fn encrypt_then_inspect_and_fsck() {
     std::fs::copy(b.join("chronicle.volume"), fake.join("chronicle.volume")).expect("copy");
     std::fs::write(
         fake.join("leak"),
-        b"CHRF\x01\0\0\0................cpu_usage",
+        b"CHRF\x02\0\0\0................cpu_usage",
     )
     .expect("write");
     let out = run(&["inspect", path_str(&fake), "--grep", "cpu_usage"], None);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "plaintext found: exit 3");
     assert!(
         stdout(&out).contains("FOUND plaintext \"cpu_usage\""),
         "{}",
@@ -351,8 +351,9 @@ fn fsck_reports_and_repairs() {
         .success());
     let data = b.join("data");
     let mut raw = std::fs::read(&data).expect("raw");
-    raw[24 + 4124 + 50] ^= 1; // block 1
-    raw[24 + 3 * 4124 + 50] ^= 1; // block 3
+    use chronicle_mount::layout::block_offset;
+    raw[block_offset(1) as usize + 50] ^= 1;
+    raw[block_offset(3) as usize + 50] ^= 1;
     std::fs::write(&data, &raw).expect("write");
     let tail = b.join("tail");
     let raw = std::fs::read(&tail).expect("raw");

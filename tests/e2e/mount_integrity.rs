@@ -13,7 +13,7 @@ fn tampered_block_is_eio_and_logged() {
     fs::write(m.path("victim"), vec![3u8; 3 * 4096]).expect("write");
     let backing = m.backing("victim");
     let mut raw = fs::read(&backing).expect("raw");
-    raw[24 + 4124 + 100] ^= 0x80; // block 1
+    raw[chronicle_mount::layout::block_offset(1) as usize + 100] ^= 0x80; // block 1
     fs::write(&backing, raw).expect("tamper");
     // Drop the kernel's cached pages, so the read reaches the mount.
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");

@@ -93,7 +93,7 @@ impl fuser::Filesystem for ChronicleFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -118,7 +118,7 @@ impl fuser::Filesystem for ChronicleFs {
             mtime,
             fh: fh.map(|f| f.0),
         };
-        match self.ops.setattr(ino.0, change) {
+        match self.ops.setattr(req.into(), ino.0, change) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }

@@ -1,6 +1,7 @@
 //! The FUSE front end: the only module that talks to `fuser`.
 
 mod attr;
+mod errno;
 mod fs;
 mod nodes;
 mod ops;

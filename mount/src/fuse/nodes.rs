@@ -4,10 +4,15 @@
 //! parent's descriptor), never through stored paths, so renames anywhere in
 //! the tree cannot make an entry point at the wrong file.
 //!
-//! Inode numbers are the backing inode numbers (the root is 1 and trades
-//! places with a backing inode numbered 1, if any). They are stable for the
-//! life of the mount and shared by hard links; a backing number cannot be
-//! reused while its entry holds a descriptor on it.
+//! A backing file is identified by (device, inode), never by inode number
+//! alone: BACKING may span file systems (a btrfs subvolume, a bind mount,
+//! another file system mounted inside it), whose inode numbers overlap.
+//! Files on BACKING's own device keep their backing inode numbers (the root
+//! is 1 and trades places with a backing inode numbered 1, if any); files
+//! on any other device get numbers of their own from the upper half of the
+//! range, which no backing file system here hands out. Numbers are stable
+//! for the life of the mount and shared by hard links; a backing file
+//! cannot be reused while its entry holds a descriptor on it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,9 +25,14 @@ use crate::content::EncryptedFile;
 
 pub const ROOT_INO: u64 = 1;
 
+/// Inode numbers with this bit are given to files on other devices.
+const FOREIGN_BIT: u64 = 1 << 63;
+
 /// One inode the kernel has looked up.
 pub struct Node {
     pub ino: u64,
+    /// The backing device: the key of the inode, with the backing inode.
+    pub dev: u64,
     pub kind: FileType,
     /// `O_PATH | O_NOFOLLOW` descriptor of the backing file.
     pub fd: OwnedFd,
@@ -42,11 +52,22 @@ impl Node {
 struct Entry {
     node: Arc<Node>,
     lookups: u64,
+    /// (device, backing inode) of a file on another device.
+    foreign: Option<(u64, u64)>,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    /// (device, backing inode) → inode number, for other devices.
+    foreign: HashMap<(u64, u64), u64>,
+    next_foreign: u64,
 }
 
 pub struct NodeTable {
-    entries: Mutex<HashMap<u64, Entry>>,
+    table: Mutex<Table>,
     root_backing_ino: u64,
+    root_dev: u64,
 }
 
 impl NodeTable {
@@ -54,27 +75,44 @@ impl NodeTable {
         let stat = rustix::fs::fstat(&root_fd)?;
         let root = Arc::new(Node {
             ino: ROOT_INO,
+            dev: stat.st_dev,
             kind: FileType::Directory,
             fd: root_fd,
             content: Mutex::new(Weak::new()),
         });
-        let mut entries = HashMap::new();
+        let mut table = Table::default();
         // The root is never forgotten: one lookup that no forget undoes.
-        entries.insert(
+        table.entries.insert(
             ROOT_INO,
             Entry {
                 node: root,
                 lookups: 1,
+                foreign: None,
             },
         );
         Ok(NodeTable {
-            entries: Mutex::new(entries),
+            table: Mutex::new(table),
             root_backing_ino: stat.st_ino,
+            root_dev: stat.st_dev,
         })
     }
 
-    /// The FUSE inode number for a backing inode number.
-    pub fn fuse_ino(&self, backing_ino: u64) -> u64 {
+    /// The inode number a directory entry reports (`readdir`): exact on
+    /// BACKING's device; for a directory on another device, the number of
+    /// an entry already known, or a hint the later lookup replaces.
+    pub fn entry_ino(&self, dir: &Node, backing_ino: u64) -> u64 {
+        if dir.dev == self.root_dev {
+            return self.fuse_ino(backing_ino);
+        }
+        let table = self.lock();
+        match table.foreign.get(&(dir.dev, backing_ino)) {
+            Some(&ino) => ino,
+            None => FOREIGN_BIT | (backing_ino & !FOREIGN_BIT),
+        }
+    }
+
+    /// The FUSE inode number for a backing inode number on BACKING's device.
+    fn fuse_ino(&self, backing_ino: u64) -> u64 {
         if backing_ino == self.root_backing_ino {
             ROOT_INO
         } else if backing_ino == ROOT_INO {
@@ -86,32 +124,56 @@ impl NodeTable {
 
     pub fn get(&self, ino: u64) -> Result<Arc<Node>, Errno> {
         self.lock()
+            .entries
             .get(&ino)
             .map(|e| Arc::clone(&e.node))
             .ok_or(Errno::ESTALE)
     }
 
     /// Records one kernel lookup of the backing file open as `fd` (whose
-    /// status is `stat`), reusing the existing entry for that inode if any.
-    pub fn remember(&self, fd: OwnedFd, stat: &Stat) -> Arc<Node> {
-        let ino = self.fuse_ino(stat.st_ino);
-        let mut entries = self.lock();
-        let entry = entries.entry(ino).or_insert_with(|| Entry {
+    /// status is `stat`), reusing the existing entry for that file if any.
+    pub fn remember(&self, fd: OwnedFd, stat: &Stat) -> Result<Arc<Node>, Errno> {
+        let mut table = self.lock();
+        let (ino, foreign) = if stat.st_dev == self.root_dev {
+            if stat.st_ino & FOREIGN_BIT != 0 {
+                log::error!(
+                    "backing inode number {} is too large to pass through; refusing it",
+                    stat.st_ino
+                );
+                return Err(Errno::EOVERFLOW);
+            }
+            (self.fuse_ino(stat.st_ino), None)
+        } else {
+            let key = (stat.st_dev, stat.st_ino);
+            let ino = match table.foreign.get(&key) {
+                Some(&ino) => ino,
+                None => {
+                    table.next_foreign += 1;
+                    let ino = FOREIGN_BIT | table.next_foreign;
+                    table.foreign.insert(key, ino);
+                    ino
+                }
+            };
+            (ino, Some(key))
+        };
+        let entry = table.entries.entry(ino).or_insert_with(|| Entry {
             node: Arc::new(Node {
                 ino,
+                dev: stat.st_dev,
                 kind: FileType::from_raw_mode(stat.st_mode),
                 fd,
                 content: Mutex::new(Weak::new()),
             }),
             lookups: 0,
+            foreign,
         });
         entry.lookups += 1;
-        Arc::clone(&entry.node)
+        Ok(Arc::clone(&entry.node))
     }
 
     /// Adds a lookup to an entry the caller already holds (hard links).
     pub fn add_lookup(&self, ino: u64) {
-        if let Some(entry) = self.lock().get_mut(&ino) {
+        if let Some(entry) = self.lock().entries.get_mut(&ino) {
             entry.lookups += 1;
         }
     }
@@ -121,18 +183,21 @@ impl NodeTable {
         if ino == ROOT_INO {
             return;
         }
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(&ino) {
+        let mut table = self.lock();
+        if let Some(entry) = table.entries.get_mut(&ino) {
             entry.lookups = entry.lookups.saturating_sub(count);
             if entry.lookups == 0 {
-                entries.remove(&ino);
+                if let Some(key) = entry.foreign {
+                    table.foreign.remove(&key);
+                }
+                table.entries.remove(&ino);
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
-        // Entries stay consistent across a panic in another thread (each
-        // update is a single map operation), so poisoning is ignored.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // The table stays consistent across a panic in another thread
+        // (no update spans a point that can panic), so poisoning is ignored.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -17,11 +17,10 @@ use fuser::{Errno, FileAttr, FileType, TimeOrNow};
 use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamps, CWD};
 
 use super::attr;
+use super::errno::{io, sys, volume_errno};
 use super::nodes::{Node, NodeTable, ROOT_INO};
-use super::xattr::XattrCipher;
+use super::xattr::{Owner, XattrCipher};
 use crate::content::{ContentCrypto, EncryptedFile};
-use crate::error::VolumeError;
-use crate::layout;
 use crate::names::{NameCodec, NameError};
 
 pub type XattrReply = Vec<u8>;
@@ -40,6 +39,12 @@ impl From<&fuser::Request> for Caller {
             gid: req.gid(),
         }
     }
+}
+
+/// A descriptor `create` just opened, and whether it made the file.
+enum Opened {
+    Created(File),
+    Existing(File),
 }
 
 /// The attribute changes of one `setattr`.
@@ -85,26 +90,20 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A failed system call as the errno the program sees.
-pub(super) fn sys(e: rustix::io::Errno) -> Errno {
-    Errno::from_i32(e.raw_os_error())
-}
-
-fn io(e: std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// Maps a volume error to an errno; integrity failures are logged, since
-/// the program only sees `EIO`.
-pub fn volume_errno(e: VolumeError) -> Errno {
-    match &e {
-        VolumeError::AuthenticationFailed { .. } | VolumeError::BadFileHeader { .. } => {
-            log::error!("{e}");
-        }
-        VolumeError::Io { .. } => log::debug!("{e}"),
-        _ => log::warn!("{e}"),
+/// Drops the set-user-id bit, and the set-group-id bit where group execute
+/// is set (otherwise it marks mandatory locking), as the kernel does when
+/// an unprivileged user writes or truncates.
+fn kill_suidgid(file: &File) -> Result<(), Errno> {
+    let stat = rustix::fs::fstat(file).map_err(sys)?;
+    let mode = stat.st_mode & 0o7777;
+    let mut cleared = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        cleared &= !libc::S_ISGID;
     }
-    Errno::from_i32(e.errno())
+    if cleared != mode {
+        rustix::fs::fchmod(file, Mode::from_raw_mode(cleared)).map_err(sys)?;
+    }
+    Ok(())
 }
 
 fn timespec(t: TimeOrNow) -> Timespec {
@@ -182,7 +181,7 @@ impl Ops {
         )
         .map_err(sys)?;
         let stat = rustix::fs::fstat(&fd).map_err(sys)?;
-        let node = self.nodes.remember(fd, &stat);
+        let node = self.nodes.remember(fd, &stat)?;
         Ok((Arc::clone(&node), attr::from_stat(node.ino, &stat)))
     }
 
@@ -226,9 +225,14 @@ impl Ops {
         self.content_with(node, None)
     }
 
-    /// Like `content`, reusing `opened` (a read-write descriptor of the
-    /// same file, such as the one `create` just made) instead of reopening.
-    fn content_with(&self, node: &Node, opened: Option<File>) -> Result<Arc<EncryptedFile>, Errno> {
+    /// Like `content`, reusing a read-write descriptor of the same file
+    /// that the caller just opened (as `create` does) instead of reopening;
+    /// a file the caller just created gets its header.
+    fn content_with(
+        &self,
+        node: &Node,
+        opened: Option<Opened>,
+    ) -> Result<Arc<EncryptedFile>, Errno> {
         if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
         }
@@ -237,25 +241,32 @@ impl Ops {
             return Ok(existing);
         }
         let path = node.proc_path();
-        let file = match opened {
-            Some(file) => file,
+        let (file, created) = match opened {
+            Some(Opened::Created(file)) => (file, true),
+            Some(Opened::Existing(file)) => (file, false),
             // Read-write even for read-only opens: with writeback caching
             // the kernel writes through any handle, and a partial block is
             // always read before it is rewritten.
-            None if self.read_only => File::open(&path).map_err(io)?,
-            None => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .or_else(|_| File::open(&path))
-                .map_err(io)?,
+            None if self.read_only => (File::open(&path).map_err(io)?, false),
+            None => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .or_else(|_| File::open(&path))
+                    .map_err(io)?;
+                (file, false)
+            }
         };
         // The label is only a fallback for messages: `EncryptedFile` names
         // the file by its current path when it reports an error.
-        let content = Arc::new(
-            EncryptedFile::open(file, Arc::clone(&self.crypto), path.into())
-                .map_err(volume_errno)?,
-        );
+        let crypto = Arc::clone(&self.crypto);
+        let content = if created {
+            EncryptedFile::create(file, crypto, path.into())
+        } else {
+            EncryptedFile::open(file, crypto, path.into())
+        };
+        let content = Arc::new(content.map_err(volume_errno)?);
         *slot = Arc::downgrade(&content);
         Ok(content)
     }
@@ -285,7 +296,10 @@ impl Ops {
         let node = self.node(ino)?;
         let content = self.content(&node)?;
         if flags & libc::O_TRUNC != 0 && !self.read_only {
+            // Truncating to zero also repairs a damaged header.
             content.set_len(0).map_err(volume_errno)?;
+        } else if let Some(damage) = content.damage() {
+            return Err(volume_errno(damage));
         }
         Ok(self.add_handle(Handle::File { content }))
     }
@@ -300,18 +314,30 @@ impl Ops {
     ) -> Result<(FileAttr, u64), Errno> {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
-        let mut oflags = OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        if flags & libc::O_EXCL != 0 {
-            oflags |= OFlags::EXCL;
+        let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mode = Mode::from_raw_mode(mode);
+        let exclusive = base | OFlags::CREATE | OFlags::EXCL;
+        // Knowing whether this call made the file tells whether it needs a
+        // header; an existing file is opened as it is and truncated through
+        // its shared `EncryptedFile`, never behind its back.
+        let opened = match rustix::fs::openat(&parent.fd, &backing, exclusive, mode) {
+            Ok(fd) => Opened::Created(File::from(fd)),
+            Err(rustix::io::Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+                let fd = rustix::fs::openat(&parent.fd, &backing, base, mode).map_err(sys)?;
+                Opened::Existing(File::from(fd))
+            }
+            Err(e) => return Err(sys(e)),
+        };
+        let created = matches!(opened, Opened::Created(_));
+        if created {
+            self.chown_new(caller, &parent, &backing)?;
         }
-        if flags & libc::O_TRUNC != 0 {
-            oflags |= OFlags::TRUNC;
+        let (node, _) = self.lookup_backing(&parent, &backing)?;
+        let content = self.content_with(&node, Some(opened))?;
+        if !created && flags & libc::O_TRUNC != 0 {
+            content.set_len(0).map_err(volume_errno)?;
         }
-        let fd = rustix::fs::openat(&parent.fd, &backing, oflags, Mode::from_raw_mode(mode))
-            .map_err(sys)?;
-        self.chown_new(caller, &parent, &backing)?;
-        let (node, attr) = self.lookup_backing(&parent, &backing)?;
-        let content = self.content_with(&node, Some(File::from(fd)))?;
+        let attr = self.stat_attr(&node)?;
         Ok((attr, self.add_handle(Handle::File { content })))
     }
 
@@ -341,12 +367,7 @@ impl Ops {
         let content = self.file_handle(fh)?;
         content.write_at(offset, data).map_err(volume_errno)?;
         if kill_suidgid {
-            let stat = rustix::fs::fstat(content.backing()).map_err(sys)?;
-            let mode = stat.st_mode & 0o7777;
-            let cleared = mode & !(libc::S_ISUID | libc::S_ISGID);
-            if cleared != mode {
-                rustix::fs::fchmod(content.backing(), Mode::from_raw_mode(cleared)).map_err(sys)?;
-            }
+            self::kill_suidgid(content.backing())?;
         }
         Ok(())
     }
@@ -366,28 +387,17 @@ impl Ops {
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => {
+                // Reserve the ciphertext space (so later writes cannot run
+                // out of it), then grow the size unless asked not to; the
+                // new range reads as zeros and takes no time to make.
+                content.reserve(end).map_err(volume_errno)?;
                 if !keep_size && end > size {
                     content.set_len(end).map_err(volume_errno)?;
-                } else if keep_size && end > size {
-                    // Reserve the ciphertext space without changing the size.
-                    let from = layout::ciphertext_size(size);
-                    let to = layout::ciphertext_size(end);
-                    let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
-                    match rustix::fs::fallocate(content.backing(), flags, from, to - from) {
-                        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
-                        Err(e) => return Err(sys(e)),
-                    }
                 }
                 Ok(())
             }
             libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
-                let end = end.min(size);
-                if offset < end {
-                    content
-                        .write_zeros(offset, end - offset)
-                        .map_err(volume_errno)?;
-                }
-                Ok(())
+                content.punch_hole(offset, len).map_err(volume_errno)
             }
             libc::FALLOC_FL_ZERO_RANGE => {
                 let zero_end = if keep_size { end.min(size) } else { end };
@@ -404,22 +414,28 @@ impl Ops {
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
         let content = self.file_handle(fh)?;
-        let size = content.len().map_err(volume_errno)? as i64;
-        // Every block is allocated (holes are stored as encrypted zeros), so
-        // the only hole is the one at the end of the file.
+        let size = content.len().map_err(volume_errno)?;
+        let at = |found: Option<u64>| {
+            found
+                .and_then(|at| i64::try_from(at).ok())
+                .ok_or(Errno::ENXIO)
+        };
+        let from = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
         match whence {
-            libc::SEEK_DATA if offset < size => Ok(offset.max(0)),
-            libc::SEEK_HOLE if offset < size => Ok(size),
-            libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno::ENXIO),
+            libc::SEEK_DATA => at(content.seek_data(from).map_err(volume_errno)?),
+            libc::SEEK_HOLE => at(content.seek_hole(from).map_err(volume_errno)?),
             libc::SEEK_SET => Ok(offset),
-            libc::SEEK_END => Ok(size + offset),
+            libc::SEEK_END => i64::try_from(size)
+                .ok()
+                .and_then(|size| size.checked_add(offset))
+                .ok_or(Errno::EINVAL),
             _ => Err(Errno::EINVAL),
         }
     }
 
     // ---- attributes -------------------------------------------------------
 
-    pub fn setattr(&self, ino: u64, change: AttrChange) -> Result<FileAttr, Errno> {
+    pub fn setattr(&self, caller: Caller, ino: u64, change: AttrChange) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         if let Some(size) = change.size {
             let content = match change.fh {
@@ -427,6 +443,12 @@ impl Ops {
                 None => self.content(&node)?,
             };
             content.set_len(size).map_err(volume_errno)?;
+            // As on a local file system, a truncate by anyone but root
+            // drops the set-user-id bit (and set-group-id on a group-
+            // executable file), unless this same call sets the mode.
+            if caller.uid != 0 && change.mode.is_none() {
+                kill_suidgid(content.backing())?;
+            }
         }
         if let Some(mode) = change.mode {
             if node.kind == RawType::Symlink {
@@ -499,15 +521,18 @@ impl Ops {
         let backing = self.backing_name(&parent, name)?;
         let kind = RawType::from_raw_mode(mode);
         if kind == RawType::RegularFile {
-            // A regular file made by mknod is an empty encrypted file.
+            // A regular file made by mknod is an empty encrypted file,
+            // header included.
             let fd = rustix::fs::openat(
                 &parent.fd,
                 &backing,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
                 Mode::from_raw_mode(mode),
             )
             .map_err(sys)?;
-            drop(fd);
+            let label = std::path::PathBuf::from(name);
+            EncryptedFile::create(File::from(fd), Arc::clone(&self.crypto), label)
+                .map_err(volume_errno)?;
         } else {
             rustix::fs::mknodat(
                 &parent.fd,
@@ -618,7 +643,7 @@ impl Ops {
             };
             entries.push(DirItem {
                 name,
-                ino: self.nodes.fuse_ino(entry.ino()),
+                ino: self.nodes.entry_ino(&node, entry.ino()),
                 kind: attr::file_type(entry.file_type()),
             });
         }
@@ -721,14 +746,25 @@ impl Ops {
 
     // ---- extended attributes ----------------------------------------------
 
+    /// What a node's attribute values are bound to: a regular file's id.
+    fn xattr_owner(&self, node: &Node) -> Result<Owner, Errno> {
+        if node.kind != RawType::RegularFile {
+            return Ok(Owner::Other);
+        }
+        let id = self.content(node)?.file_id().map_err(volume_errno)?;
+        Ok(Owner::File(id))
+    }
+
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         let node = self.node(ino)?;
-        self.xattrs.set(&node, name, value, flags)
+        let owner = self.xattr_owner(&node)?;
+        self.xattrs.set(&node, owner, name, value, flags)
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let node = self.node(ino)?;
-        self.xattrs.get(&node, name)
+        let owner = self.xattr_owner(&node)?;
+        self.xattrs.get(&node, owner, name)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {

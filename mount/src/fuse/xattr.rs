@@ -1,21 +1,34 @@
-//! Extended attributes in the `user.` namespace, with their values encrypted
-//! (AES-256-GCM under a key derived from the master key, the attribute name
-//! as associated data). Other namespaces are refused: `security.` and
-//! `system.` attributes would be interpreted by the backing kernel.
+//! Extended attributes in the `user.` namespace, with their values sealed
+//! (AES-256-GCM under a key derived from the master key). The associated
+//! data is the attribute name and, on a regular file, the file id from its
+//! header, so a value copied onto another file or under another name fails
+//! authentication. Directories have no header: their values are bound to
+//! the name only (docs/SECURITY.md). Other namespaces are refused:
+//! `security.` and `system.` attributes would be interpreted by the
+//! backing kernel.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use fuser::Errno;
-use rand::RngCore;
 use rustix::fs::{FileType as RawType, XattrFlags};
 
+use super::errno::sys;
 use super::nodes::Node;
-use super::ops::sys;
-use crate::cipher::{Aead, NONCE_LEN, TAG_LEN};
+use crate::cipher::{self, Aead, FRAME_OVERHEAD};
 use crate::content::ContentCrypto;
+use crate::layout::FILE_ID_LEN;
 
 const USER_PREFIX: &[u8] = b"user.";
+
+/// What a value is bound to besides its name.
+#[derive(Clone, Copy)]
+pub enum Owner {
+    /// A regular file, by the file id in its header.
+    File([u8; FILE_ID_LEN]),
+    /// A directory (or other node without a header).
+    Other,
+}
 
 pub struct XattrCipher {
     aead: Box<dyn Aead>,
@@ -29,10 +42,24 @@ fn user_name(name: &OsStr) -> Result<&OsStr, Errno> {
     }
 }
 
+/// The associated data of a value: owner kind ‖ file id ‖ name.
+fn aad(owner: Owner, name: &OsStr) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(1 + FILE_ID_LEN + name.len());
+    match owner {
+        Owner::File(id) => {
+            aad.push(1);
+            aad.extend_from_slice(&id);
+        }
+        Owner::Other => aad.push(0),
+    }
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
+
 impl XattrCipher {
     pub fn new(crypto: &ContentCrypto) -> Self {
         XattrCipher {
-            aead: crypto.derive_aead(b"chronicle xattr v1"),
+            aead: crypto.derive_aead(b"chronicle xattr v2"),
         }
     }
 
@@ -44,41 +71,35 @@ impl XattrCipher {
         Ok(node.proc_path())
     }
 
-    pub fn set(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    pub fn set(
+        &self,
+        node: &Node,
+        owner: Owner,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), Errno> {
         let name = user_name(name)?;
-        let mut sealed = Vec::with_capacity(NONCE_LEN + value.len() + TAG_LEN);
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(value);
-        let tag = self
-            .aead
-            .seal(&nonce, name.as_bytes(), &mut sealed[NONCE_LEN..]);
-        sealed.extend_from_slice(&tag);
+        let mut sealed = Vec::with_capacity(value.len() + FRAME_OVERHEAD);
+        cipher::seal_framed(&*self.aead, &aad(owner, name), value, &mut sealed);
         let flags = XattrFlags::from_bits(flags as _).ok_or(Errno::EINVAL)?;
         rustix::fs::setxattr(Self::target(node)?, name, &sealed, flags).map_err(sys)
     }
 
-    pub fn get(&self, node: &Node, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub fn get(&self, node: &Node, owner: Owner, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let name = user_name(name).map_err(|_| Errno::NO_XATTR)?;
         let path = Self::target(node).map_err(|_| Errno::NO_XATTR)?;
         let len = rustix::fs::getxattr_query(&path, name).map_err(sys)?;
         let mut sealed = vec![0u8; len];
         let got = rustix::fs::getxattr(&path, name, &mut sealed[..]).map_err(sys)?;
         sealed.truncate(got);
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            log::error!("authentication failed: extended attribute {name:?} of {path}");
-            return Err(Errno::EIO);
+        match cipher::open_framed(&*self.aead, &aad(owner, name), &mut sealed) {
+            Ok(value) => Ok(value.to_vec()),
+            Err(_) => {
+                log::error!("authentication failed: extended attribute {name:?} of {path}");
+                Err(Errno::EIO)
+            }
         }
-        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-        let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| Errno::EIO)?;
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| Errno::EIO)?;
-        if self.aead.open(&nonce, name.as_bytes(), body, &tag).is_err() {
-            log::error!("authentication failed: extended attribute {name:?} of {path}");
-            return Err(Errno::EIO);
-        }
-        Ok(body.to_vec())
     }
 
     /// The `user.` names, NUL-terminated, as `listxattr` returns them.

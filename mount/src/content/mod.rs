@@ -1,0 +1,353 @@
+//! Random access to the plaintext of one encrypted backing file.
+//!
+//! Locking: each `EncryptedFile` holds one reader-writer lock. Reads take it
+//! shared, so parallel readers proceed; writes, truncates and extensions take
+//! it exclusive, so a read-modify-write of a partial block never interleaves
+//! with another writer and no update is lost. Callers that open the same
+//! backing file more than once must share one `EncryptedFile` (the FUSE front
+//! end keeps one per inode); two instances over one file would each lock only
+//! themselves.
+//!
+//! Integrity: every block is authenticated with its position and with
+//! whether it is the file's last block, so a cut at any byte and blocks
+//! appended behind the last one are detected when a read reaches them. The
+//! header is authenticated too and says whether the file holds blocks at all
+//! (a file cut back to its header is not an empty file) and whether it may
+//! hold holes (without that flag, a zeroed block is a forgery).
+
+mod blocks;
+mod holes;
+mod keys;
+mod verify;
+mod write;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use keys::{ContentCrypto, MAX_SEALS_PER_KEY};
+pub use verify::TailRepair;
+
+use crate::error::{IoContext, Result, VolumeError};
+use crate::layout::{
+    self, FileHeader, Malformed, BLOCK_SIZE, FILE_ID_LEN, FLAG_HAS_BLOCKS, HEADER_LEN,
+};
+use keys::ContentKeys;
+
+/// What the file's header says, once checked.
+enum Header {
+    /// A zero-byte backing file: cut to nothing, or not made by Chronicle
+    /// (every file Chronicle creates gets a header at once).
+    Missing,
+    /// Torn, forged or of another format: the reason.
+    Damaged(String),
+    Valid(FileHeader),
+}
+
+struct State {
+    header: Header,
+    /// The keys of the current contents; `None` while the file holds no
+    /// blocks: its next block draws a new content id, so a header planted
+    /// from another file never lends this file that file's keys.
+    keys: Option<ContentKeys>,
+}
+
+/// One encrypted backing file, read and written as plaintext.
+pub struct EncryptedFile {
+    file: File,
+    crypto: Arc<ContentCrypto>,
+    state: RwLock<State>,
+    /// Shown in errors when the file's current path cannot be found.
+    label: PathBuf,
+}
+
+impl EncryptedFile {
+    /// Wraps an open backing file (opened for reading, and for writing if
+    /// writes will follow). A damaged header is not an error here: reads
+    /// report it, and truncating to zero repairs it.
+    pub fn open(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Result<Self> {
+        let this = EncryptedFile {
+            file,
+            crypto,
+            state: RwLock::new(State {
+                header: Header::Missing,
+                keys: None,
+            }),
+            label,
+        };
+        let loaded = this.load_state()?;
+        *this.state_mut() = loaded;
+        Ok(this)
+    }
+
+    /// Wraps a backing file that was just created (empty), giving it a
+    /// header with a new file id.
+    pub fn create(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Result<Self> {
+        let this = Self::open(file, crypto, label)?;
+        {
+            let mut state = this.state_mut();
+            this.reset_to_empty(&mut state)?;
+        }
+        Ok(this)
+    }
+
+    /// The backing file, e.g. for `fsync` or `fstat`.
+    pub fn backing(&self) -> &File {
+        &self.file
+    }
+
+    /// The path of the backing file now (it follows renames), for messages.
+    pub fn backing_path(&self) -> PathBuf {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .unwrap_or_else(|_| self.label.clone())
+    }
+
+    /// Plaintext length, from the ciphertext length alone.
+    pub fn len(&self) -> Result<u64> {
+        let _shared = self.state();
+        Ok(layout::plaintext_size_lossy(self.cipher_len()?))
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The id that binds this file's extended attributes to it.
+    pub fn file_id(&self) -> Result<[u8; FILE_ID_LEN]> {
+        Ok(self.valid_header(&self.state())?.file_id)
+    }
+
+    /// Writes `data` at `offset`, extending the file when needed (a gap
+    /// between the old end and `offset` reads as zeros; a large one is left
+    /// as a hole).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state_mut();
+        self.rewrite(
+            &mut state,
+            offset,
+            data.len() as u64,
+            write::Fill::Bytes(data),
+        )
+    }
+
+    /// Overwrites `len` bytes at `offset` with zeros, extending the file if
+    /// the range ends past it.
+    pub fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let mut state = self.state_mut();
+        self.rewrite(&mut state, offset, len, write::Fill::Zeros)
+    }
+
+    /// Sets the plaintext length. Shrinking re-seals the new last block;
+    /// growing re-seals the old last block and seals a new one, leaving a
+    /// large gap as a hole (no space, no time in proportion to it).
+    pub fn set_len(&self, new_size: u64) -> Result<()> {
+        let mut state = self.state_mut();
+        if new_size == 0 {
+            return self.reset_to_empty(&mut state);
+        }
+        let size = self.checked_size(&state)?;
+        if new_size > size {
+            return self.rewrite(&mut state, size, new_size - size, write::Fill::Zeros);
+        }
+        if new_size < size {
+            self.shrink(&mut state, size, new_size)?;
+        }
+        Ok(())
+    }
+
+    /// `fsync` (or `fdatasync` when `data_only`) of the backing file.
+    pub fn sync(&self, data_only: bool) -> Result<()> {
+        let result = if data_only {
+            self.file.sync_data()
+        } else {
+            self.file.sync_all()
+        };
+        result.context(|| format!("syncing {}", self.backing_path().display()))
+    }
+
+    /// Plaintext of the whole file into `out` (for re-encryption and tests).
+    pub fn read_to_end(&self, out: &mut Vec<u8>) -> Result<()> {
+        let size = self.len()?;
+        let start = out.len();
+        let want = usize::try_from(size).map_err(|_| {
+            VolumeError::io(
+                "reading a whole file",
+                std::io::Error::from_raw_os_error(libc::EFBIG),
+            )
+        })?;
+        out.resize(start + want, 0);
+        let n = self.read_at(0, &mut out[start..])?;
+        out.truncate(start + n);
+        Ok(())
+    }
+
+    /// Seals counted against the key this file currently seals with.
+    #[doc(hidden)]
+    pub fn seals_under_current_key(&self) -> u64 {
+        self.state()
+            .keys
+            .as_ref()
+            .map_or(0, ContentKeys::current_seals)
+    }
+
+    // ---- header and state -------------------------------------------------
+
+    fn load_state(&self) -> Result<State> {
+        let cipher_len = self.cipher_len()?;
+        if cipher_len == 0 {
+            return Ok(State {
+                header: Header::Missing,
+                keys: None,
+            });
+        }
+        if cipher_len < HEADER_LEN as u64 {
+            return Ok(State {
+                header: Header::Damaged("the header is incomplete".into()),
+                keys: None,
+            });
+        }
+        let mut bytes = [0u8; HEADER_LEN];
+        self.file
+            .read_exact_at(&mut bytes, 0)
+            .context(|| format!("reading {}", self.backing_path().display()))?;
+        let header = match FileHeader::decode(&bytes) {
+            Err(e) => Header::Damaged(e.to_string()),
+            Ok((header, tag)) => {
+                let expected = self.crypto.header_tag(&header.encode_unsigned());
+                if constant_time_eq(&expected, &tag) {
+                    Header::Valid(header)
+                } else {
+                    Header::Damaged("the header fails authentication".into())
+                }
+            }
+        };
+        let keys = match &header {
+            Header::Valid(h) if h.has_blocks() => Some(ContentKeys::new(h.content_id)),
+            _ => None,
+        };
+        Ok(State { header, keys })
+    }
+
+    /// Writes `header` with its tag over the file's first bytes.
+    fn store_header(&self, state: &mut State, header: FileHeader) -> Result<()> {
+        let tag = self.crypto.header_tag(&header.encode_unsigned());
+        self.file
+            .write_all_at(&header.encode(&tag), 0)
+            .context(|| format!("writing {}", self.backing_path().display()))?;
+        state.header = Header::Valid(header);
+        Ok(())
+    }
+
+    /// Makes the file empty: its header alone, saying it holds no blocks.
+    /// Keeps the file id (extended attributes stay bound to it) unless the
+    /// header was missing or damaged, which this repairs.
+    fn reset_to_empty(&self, state: &mut State) -> Result<()> {
+        let file_id = match &state.header {
+            Header::Valid(h) => h.file_id,
+            Header::Missing | Header::Damaged(_) => crate::random::bytes(),
+        };
+        let header = FileHeader {
+            flags: 0,
+            file_id,
+            content_id: [0; FILE_ID_LEN],
+        };
+        // The header first: a crash before the cut leaves blocks behind a
+        // header that holds none, which reads fail on and `fsck --repair`
+        // cuts; the other order could make a cut file look whole.
+        self.store_header(state, header)?;
+        state.keys = None;
+        self.truncate_backing(HEADER_LEN as u64)
+    }
+
+    /// Keys for sealing: those of the current contents, or, for a file that
+    /// holds no blocks, a new content id recorded in the header first.
+    fn keys_for_writing<'s>(&self, state: &'s mut State) -> Result<&'s mut ContentKeys> {
+        if state.keys.is_none() {
+            let old = self.valid_header(state)?;
+            let header = FileHeader {
+                // An emptied file's flags were cleared; a sparse flag set
+                // just now for this very write stays.
+                flags: old.flags | FLAG_HAS_BLOCKS,
+                file_id: old.file_id,
+                content_id: crate::random::bytes(),
+            };
+            self.store_header(state, header)?;
+            state.keys = Some(ContentKeys::new(header.content_id));
+        }
+        state
+            .keys
+            .as_mut()
+            .ok_or_else(|| self.header_error(&state.header))
+    }
+
+    fn valid_header(&self, state: &State) -> Result<FileHeader> {
+        match &state.header {
+            Header::Valid(header) => Ok(*header),
+            other => Err(self.header_error(other)),
+        }
+    }
+
+    // ---- sizes and errors ---------------------------------------------------
+
+    fn cipher_len(&self) -> Result<u64> {
+        Ok(self
+            .file
+            .metadata()
+            .context(|| format!("examining {}", self.label.display()))?
+            .len())
+    }
+
+    /// The plaintext size, refusing a damaged header or tail (writes must
+    /// not build on them).
+    fn checked_size(&self, state: &State) -> Result<u64> {
+        let header = self.valid_header(state)?;
+        let cipher_len = self.cipher_len()?;
+        match layout::plaintext_size(cipher_len) {
+            Ok(0) if header.has_blocks() => Err(self.auth_failed(0)),
+            Ok(size) if size > 0 && !header.has_blocks() => Err(self.auth_failed(0)),
+            Ok(size) => Ok(size),
+            Err(Malformed::TornHeader) => Err(self.header_error(&state.header)),
+            Err(Malformed::CutBlock(block)) => Err(self.auth_failed(block)),
+        }
+    }
+
+    fn truncate_backing(&self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .context(|| format!("truncating {}", self.backing_path().display()))
+    }
+
+    fn auth_failed(&self, block: u64) -> VolumeError {
+        VolumeError::AuthenticationFailed {
+            file: self.backing_path(),
+            block,
+        }
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock leaves the file's bytes as they
+        // were on disk; the cached header is still valid, so poisoning is ignored.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Plaintext bytes in block `index` of a file of `size` bytes.
+fn block_len(size: u64, index: u64) -> u64 {
+    size.saturating_sub(index * BLOCK_SIZE).min(BLOCK_SIZE)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

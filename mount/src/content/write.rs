@@ -1,0 +1,394 @@
+//! Writes, extensions, shrinks and holes.
+//!
+//! A write re-seals every block its range touches. When it moves the end of
+//! the file, the old last block is re-sealed as not last and the new last
+//! block is sealed as last; the blocks in between are sealed zeros when
+//! there are few of them, and left as holes (the backing file's own holes,
+//! which take no space) when there are many.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use super::blocks::SCRATCH;
+use super::keys::ContentKeys;
+use super::{block_len, EncryptedFile, State};
+use crate::error::{IoContext, Result, VolumeError};
+use crate::layout::{self, block_count, block_offset, BLOCK_SIZE, FLAG_SPARSE};
+
+/// Blocks sealed per `pwrite` when writing long ranges (1 MiB of plaintext):
+/// bounds memory while keeping system calls large.
+const BLOCKS_PER_BATCH: u64 = 256;
+
+/// A gap of up to this many blocks between the old end of the file and a
+/// write past it is sealed as zeros; a longer one is left as a hole. Small
+/// gaps come from write-back that reaches the mount out of order and are
+/// filled a moment later; keeping them dense keeps most files free of holes,
+/// where zeroed blocks are detected as forgeries.
+const GAP_FILL_BLOCKS: u64 = 256;
+
+/// What a range of plaintext is overwritten with.
+#[derive(Clone, Copy)]
+pub(super) enum Fill<'a> {
+    Bytes(&'a [u8]),
+    Zeros,
+}
+
+/// The blocks a change seals, in order, and whether it leaves holes.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    runs: Vec<Range<u64>>,
+    holes: bool,
+}
+
+/// Plans overwriting [offset, end) of a file of `size` bytes.
+fn plan(size: u64, offset: u64, end: u64, zeros: bool) -> Plan {
+    let new_size = size.max(end);
+    let old_blocks = block_count(size);
+    let new_blocks = block_count(new_size);
+    let first = offset / BLOCK_SIZE;
+    let last = (end - 1) / BLOCK_SIZE;
+    let mut runs = Vec::new();
+    if !zeros {
+        runs.push(first..last + 1);
+    } else if first < old_blocks {
+        // Zeros past the old end need no sealing but in the new last block.
+        runs.push(first..(last + 1).min(old_blocks));
+    }
+    let mut holes = false;
+    if new_blocks > old_blocks {
+        if old_blocks > 0 {
+            runs.push(old_blocks - 1..old_blocks);
+        }
+        runs.push(new_blocks - 1..new_blocks);
+        for gap in uncovered(&merge(runs.clone()), old_blocks..new_blocks) {
+            if gap.end - gap.start <= GAP_FILL_BLOCKS {
+                runs.push(gap);
+            } else {
+                holes = true;
+            }
+        }
+    }
+    Plan {
+        runs: merge(runs),
+        holes,
+    }
+}
+
+/// Sorted, non-overlapping, with touching ranges joined.
+fn merge(mut runs: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    runs.retain(|r| r.start < r.end);
+    runs.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(runs.len());
+    for run in runs {
+        match out.last_mut() {
+            Some(prev) if run.start <= prev.end => prev.end = prev.end.max(run.end),
+            _ => out.push(run),
+        }
+    }
+    out
+}
+
+/// The parts of `within` that no run in `runs` (merged) covers.
+fn uncovered(runs: &[Range<u64>], within: Range<u64>) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = within.start;
+    for run in runs {
+        if run.end <= at || run.start >= within.end {
+            continue;
+        }
+        if run.start > at {
+            out.push(at..run.start);
+        }
+        at = at.max(run.end);
+    }
+    if at < within.end {
+        out.push(at..within.end);
+    }
+    out
+}
+
+/// Largest plaintext size whose ciphertext size fits in an `off_t`.
+pub const MAX_PLAINTEXT_SIZE: u64 =
+    (i64::MAX as u64 - layout::HEADER_LEN as u64) / layout::CIPHER_BLOCK_SIZE * BLOCK_SIZE;
+
+fn too_big() -> VolumeError {
+    VolumeError::io(
+        "growing a file",
+        std::io::Error::from_raw_os_error(libc::EFBIG),
+    )
+}
+
+/// One change being sealed: the old and new sizes and the range filled.
+struct Change<'a> {
+    size: u64,
+    new_size: u64,
+    offset: u64,
+    end: u64,
+    fill: Fill<'a>,
+    sparse: bool,
+}
+
+impl EncryptedFile {
+    /// Overwrites [offset, offset+len) with `fill`, as planned by `plan`.
+    pub(super) fn rewrite(
+        &self,
+        state: &mut State,
+        offset: u64,
+        len: u64,
+        fill: Fill,
+    ) -> Result<()> {
+        let size = self.checked_size(state)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= MAX_PLAINTEXT_SIZE)
+            .ok_or_else(too_big)?;
+        let plan = plan(size, offset, end, matches!(fill, Fill::Zeros));
+        if plan.holes {
+            self.mark_sparse(state)?;
+        }
+        let change = Change {
+            size,
+            new_size: size.max(end),
+            offset,
+            end,
+            fill,
+            sparse: self.valid_header(state)?.sparse(),
+        };
+        let keys = self.keys_for_writing(state)?;
+        for run in plan.runs {
+            self.seal_run(keys, &change, run)?;
+        }
+        Ok(())
+    }
+
+    /// Seals and writes the blocks of `run`, in batches.
+    fn seal_run(&self, keys: &mut ContentKeys, change: &Change, run: Range<u64>) -> Result<()> {
+        let last_old = block_count(change.size).checked_sub(1);
+        let last_new = block_count(change.new_size) - 1;
+        let mut plain = [0u8; BLOCK_SIZE as usize];
+        SCRATCH.with_borrow_mut(|out| {
+            let mut batch_start = run.start;
+            while batch_start < run.end {
+                let batch_end = run.end.min(batch_start + BLOCKS_PER_BATCH);
+                out.clear();
+                for index in batch_start..batch_end {
+                    let block_start = index * BLOCK_SIZE;
+                    let new_len = block_len(change.new_size, index) as usize;
+                    let old_len = block_len(change.size, index);
+                    let plain = &mut plain[..new_len];
+                    let covered =
+                        change.offset <= block_start && change.end >= block_start + old_len;
+                    if old_len > 0 && !covered {
+                        let was_last = Some(index) == last_old;
+                        self.read_block(keys, change.sparse, index, old_len, was_last, plain)?;
+                        plain[old_len as usize..].fill(0);
+                    } else {
+                        plain.fill(0);
+                    }
+                    overlay(plain, block_start, change.offset, change.end, change.fill);
+                    self.seal_block(keys, index, index == last_new, plain, out);
+                }
+                self.file
+                    .write_all_at(out, block_offset(batch_start))
+                    .context(|| format!("writing {}", self.backing_path().display()))?;
+                batch_start = batch_end;
+            }
+            Ok(())
+        })
+    }
+
+    /// Cuts the file from `size` to `new_size` (both above zero): re-seals
+    /// the new last block as last, then cuts the backing file after it.
+    pub(super) fn shrink(&self, state: &mut State, size: u64, new_size: u64) -> Result<()> {
+        let sparse = self.valid_header(state)?.sparse();
+        let keys = self.keys_for_writing(state)?;
+        let index = (new_size - 1) / BLOCK_SIZE;
+        let old_len = block_len(size, index);
+        let was_last = index == block_count(size) - 1;
+        let mut plain = [0u8; BLOCK_SIZE as usize];
+        self.read_block(keys, sparse, index, old_len, was_last, &mut plain)?;
+        let keep = block_len(new_size, index) as usize;
+        let mut sealed = Vec::with_capacity(layout::CIPHER_BLOCK_SIZE as usize);
+        self.seal_block(keys, index, true, &plain[..keep], &mut sealed);
+        // The new end first: a crash before the cut leaves a sealed last
+        // block with stale blocks behind it, which `fsck --repair` cuts.
+        self.file
+            .write_all_at(&sealed, block_offset(index))
+            .context(|| format!("writing {}", self.backing_path().display()))?;
+        self.truncate_backing(layout::ciphertext_size(new_size))
+    }
+
+    /// Turns [offset, offset+len) into zeros without changing the size;
+    /// whole blocks become holes in the backing file (no space), the edges
+    /// and the last block are sealed zeros.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        let mut state = self.state_mut();
+        let size = self.checked_size(&state)?;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        // The last block is never a hole: it carries the file's end.
+        let first_whole = offset.div_ceil(BLOCK_SIZE);
+        let end_whole = (end / BLOCK_SIZE).min(block_count(size) - 1);
+        if first_whole >= end_whole {
+            return self.rewrite(&mut state, offset, end - offset, Fill::Zeros);
+        }
+        self.mark_sparse(&mut state)?;
+        self.zero_backing(block_offset(first_whole), block_offset(end_whole))?;
+        let head_end = first_whole * BLOCK_SIZE;
+        if offset < head_end {
+            self.rewrite(&mut state, offset, head_end - offset, Fill::Zeros)?;
+        }
+        let tail_start = end_whole * BLOCK_SIZE;
+        if tail_start < end {
+            self.rewrite(&mut state, tail_start, end - tail_start, Fill::Zeros)?;
+        }
+        Ok(())
+    }
+
+    /// Reserves backing space for a plaintext size of `end` without
+    /// changing the file (fallocate with KEEP_SIZE), where the backing file
+    /// system can.
+    pub fn reserve(&self, end: u64) -> Result<()> {
+        let _exclusive = self.state_mut();
+        let from = self.cipher_len()?;
+        let to = layout::ciphertext_size(end.min(MAX_PLAINTEXT_SIZE));
+        if to <= from {
+            return Ok(());
+        }
+        let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, from, to - from) {
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(VolumeError::io(
+                format!("reserving space in {}", self.backing_path().display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Zeroes backing bytes [from, to): a punched hole where the file
+    /// system has them, written zeros where it does not.
+    fn zero_backing(&self, from: u64, to: u64) -> Result<()> {
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        let context = || format!("punching a hole in {}", self.backing_path().display());
+        match rustix::fs::fallocate(&self.file, flags, from, to - from) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(VolumeError::io(context(), e.into())),
+        }
+        let zeros = vec![0u8; (BLOCKS_PER_BATCH * layout::CIPHER_BLOCK_SIZE) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at).context(context)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Sets the header's sparse flag, durably, before any hole exists: a
+    /// crash must never leave a hole in a file whose header forbids them.
+    fn mark_sparse(&self, state: &mut State) -> Result<()> {
+        let mut header = self.valid_header(state)?;
+        if header.sparse() {
+            return Ok(());
+        }
+        header.flags |= FLAG_SPARSE;
+        self.store_header(state, header)?;
+        self.sync(true)
+    }
+}
+
+/// Copies the part of the fill range [offset, end) that falls in the block
+/// starting at `block_start` into `plain`.
+fn overlay(plain: &mut [u8], block_start: u64, offset: u64, end: u64, fill: Fill) {
+    let block_end = block_start + plain.len() as u64;
+    let from = offset.max(block_start);
+    let to = end.min(block_end);
+    if from >= to {
+        return;
+    }
+    let target = &mut plain[(from - block_start) as usize..(to - block_start) as usize];
+    match fill {
+        Fill::Bytes(data) => {
+            target.copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize])
+        }
+        Fill::Zeros => target.fill(0),
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::single_range_in_vec_init,
+    reason = "plans are lists of block ranges; one range is a list of one"
+)]
+mod tests {
+    use super::*;
+
+    const B: u64 = BLOCK_SIZE;
+
+    // Protects: which blocks a change seals. An append re-seals the old
+    // last block (it stops being last); a far write or truncate leaves a
+    // hole instead of sealing every block in between.
+    #[test]
+    fn plans() {
+        // Overwrite inside the file: just the touched blocks.
+        assert_eq!(
+            plan(10 * B, 3 * B + 5, 4 * B + 1, false),
+            Plan {
+                runs: vec![3..5],
+                holes: false
+            }
+        );
+        // Append across a block boundary: old last block and the new one.
+        assert_eq!(
+            plan(2 * B, 2 * B, 2 * B + 10, false),
+            Plan {
+                runs: vec![1..3],
+                holes: false
+            }
+        );
+        // A small gap is filled.
+        assert_eq!(
+            plan(B, 10 * B, 10 * B + 1, false),
+            Plan {
+                runs: vec![0..11],
+                holes: false
+            }
+        );
+        // A large gap is a hole.
+        let far = (GAP_FILL_BLOCKS + 10) * B;
+        assert_eq!(
+            plan(B, far, far + 1, false),
+            Plan {
+                runs: vec![0..1, GAP_FILL_BLOCKS + 10..GAP_FILL_BLOCKS + 11],
+                holes: true
+            }
+        );
+        // Growing by truncate to 1 PiB from empty: one block sealed.
+        let pib = 1u64 << 50;
+        assert_eq!(
+            plan(0, 0, pib, true),
+            Plan {
+                runs: vec![pib / B - 1..pib / B],
+                holes: true
+            }
+        );
+        // Zeroing inside the file rewrites what it covers.
+        assert_eq!(
+            plan(10 * B, B, 3 * B, true),
+            Plan {
+                runs: vec![1..3],
+                holes: false
+            }
+        );
+    }
+
+    #[test]
+    fn uncovered_parts() {
+        assert_eq!(uncovered(&[2..4, 6..7], 0..10), vec![0..2, 4..6, 7..10]);
+        assert_eq!(uncovered(&[0..10], 0..10), Vec::<Range<u64>>::new());
+        assert_eq!(merge(vec![5..6, 1..3, 3..4, 2..3]), vec![1..4, 5..6]);
+    }
+}
