@@ -3,6 +3,7 @@
 //! The content layer (`layout`, `content`, `keys`, `config`, `volume`) is a
 //! plain library: tests drive it without a mount. Only `fuse` talks to FUSE.
 
+pub mod check;
 pub mod cipher;
 pub mod config;
 pub mod content;
@@ -13,7 +14,11 @@ pub mod layout;
 pub mod mountinfo;
 pub mod names;
 pub mod random;
+pub mod reencrypt;
+pub mod transfer;
+pub mod tree;
 pub mod volume;
+pub mod xattrs;
 
 pub use config::{KeySource, VolumeConfig, CONFIG_NAME};
 pub use content::EncryptedFile;

@@ -118,3 +118,37 @@ impl Volume {
         EncryptedFile::create(file, Arc::clone(&self.crypto), path)
     }
 }
+
+/// What a backing directory holds, from sizes alone (no key needed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub files: u64,
+    pub directories: u64,
+    pub plaintext_bytes: u64,
+    pub ciphertext_bytes: u64,
+}
+
+/// Counts the files and bytes of the volume in `backing`.
+pub fn usage(backing: &Path) -> std::io::Result<Usage> {
+    use crate::tree::{Root, Visit, Visitor};
+    use rustix::fs::FileType;
+    struct Count(Usage);
+    impl Visitor for Count {
+        fn entry(&mut self, visit: &Visit) -> std::io::Result<()> {
+            match visit.kind() {
+                FileType::Directory => self.0.directories += 1,
+                FileType::RegularFile => {
+                    let len = u64::try_from(visit.stat.st_size).unwrap_or(0);
+                    self.0.files += 1;
+                    self.0.ciphertext_bytes += len;
+                    self.0.plaintext_bytes += crate::layout::plaintext_size_lossy(len);
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+    let mut count = Count(Usage::default());
+    crate::tree::walk(backing, Root::Volume, &mut count)?;
+    Ok(count.0)
+}

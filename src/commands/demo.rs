@@ -213,23 +213,31 @@ fn print_hours(result: &QueryResult, hours: usize) {
 /// Every raw file of the backing directory (the configuration aside) with
 /// its bytes.
 fn raw_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for entry in super::walk::walk(dir)?
-        .into_iter()
-        .filter(|e| e.meta.is_file())
-    {
-        let path = dir.join(&entry.relative);
-        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        out.push((path, bytes));
+    use chronicle_mount::tree::{self, Root, Visit, Visitor};
+    struct Collect<'a>(&'a Path, Vec<(PathBuf, Vec<u8>)>);
+    impl Visitor for Collect<'_> {
+        fn entry(&mut self, visit: &Visit) -> std::io::Result<()> {
+            if visit.kind() == rustix::fs::FileType::RegularFile {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut visit.open(rustix::fs::OFlags::RDONLY)?,
+                    &mut bytes,
+                )?;
+                self.1.push((self.0.join(visit.relative), bytes));
+            }
+            Ok(())
+        }
     }
-    Ok(out)
+    let mut collect = Collect(dir, Vec::new());
+    tree::walk(dir, Root::Volume, &mut collect).context("reading the raw files")?;
+    Ok(collect.1)
 }
 
 fn entropy<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> f64 {
     let mut counts = [0u64; 256];
     for chunk in chunks {
-        // The 24-byte file header is structure, not ciphertext.
-        for &b in chunk.iter().skip(24) {
+        // The file header is structure, not ciphertext.
+        for &b in chunk.iter().skip(chronicle_mount::layout::HEADER_LEN) {
             counts[b as usize] += 1;
         }
     }

@@ -6,10 +6,12 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
+use std::os::unix::ffi::OsStrExt;
+
 use anyhow::Result;
 use chronicle_mount::layout::{self, FileHeader, HEADER_LEN};
-
-use super::walk::walk;
+use chronicle_mount::tree::{self, Root, Visit, Visitor};
+use rustix::fs::{FileType, OFlags};
 
 /// The error `inspect` ends with when a header is not a chronicle header (exit 26).
 #[derive(Debug)]
@@ -59,21 +61,22 @@ pub fn entropy(counts: &[u64; 256]) -> f64 {
         .sum()
 }
 
-/// What one raw file shows: its header, and which needles occur in it.
+/// What one raw file shows: its header, and where each needle first occurs.
 struct RawFile {
     len: u64,
     header: String,
-    found: Vec<bool>,
+    found: Vec<Option<u64>>,
 }
 
 /// Reads a raw file in 1 MiB chunks (a database file can be large),
 /// counting byte frequencies past the header and searching for each needle
 /// across chunk boundaries.
-fn scan(path: &Path, needles: &[String], counts: &mut [u64; 256]) -> Result<RawFile> {
-    let mut file = fs::File::open(path)?;
+fn scan(mut file: fs::File, needles: &[String], counts: &mut [u64; 256]) -> Result<RawFile> {
     let longest = needles.iter().map(String::len).max().unwrap_or(0);
-    let mut found = vec![false; needles.len()];
+    let mut found = vec![None; needles.len()];
     let mut window: Vec<u8> = Vec::with_capacity((1 << 20) + longest);
+    // File offset of window[0].
+    let mut window_at = 0u64;
     let mut chunk = vec![0u8; 1 << 20];
     let mut head = Vec::with_capacity(HEADER_LEN);
     let mut offset = 0u64;
@@ -92,11 +95,15 @@ fn scan(path: &Path, needles: &[String], counts: &mut [u64; 256]) -> Result<RawF
         // two reads is still found.
         let keep = window.len().saturating_sub(longest.saturating_sub(1));
         window.drain(..keep);
+        window_at += keep as u64;
         window.extend_from_slice(data);
         for (needle, hit) in needles.iter().zip(found.iter_mut()) {
             let bytes = needle.as_bytes();
-            if !bytes.is_empty() && window.windows(bytes.len()).any(|w| w == bytes) {
-                *hit = true;
+            if hit.is_none() && !bytes.is_empty() {
+                *hit = window
+                    .windows(bytes.len())
+                    .position(|w| w == bytes)
+                    .map(|at| window_at + at as u64);
             }
         }
         offset += n as u64;
@@ -116,52 +123,109 @@ fn scan(path: &Path, needles: &[String], counts: &mut [u64; 256]) -> Result<RawF
     })
 }
 
-pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
-    chronicle_mount::VolumeConfig::load(backing)?;
-    let entries = walk(backing)?;
-    let mut counts = [0u64; 256];
-    let (mut files, mut bad_headers) = (0u64, 0u64);
-    let mut found = vec![0u64; needles.len()];
-    println!(
-        "{:<10} {:>12} {:>12}  file",
-        "header", "raw bytes", "plaintext"
-    );
-    for entry in entries.iter().filter(|e| e.meta.is_file()) {
-        files += 1;
-        let path = backing.join(&entry.relative);
-        let raw = scan(&path, needles, &mut counts)?;
+/// Inspects every entry of the backing tree as it is walked.
+struct Inspector<'a> {
+    backing: &'a Path,
+    needles: &'a [String],
+    counts: [u64; 256],
+    files: u64,
+    bad_headers: u64,
+    /// Matches per needle: in contents, names and symlink targets.
+    found: Vec<u64>,
+}
+
+impl Inspector<'_> {
+    fn search_text(&mut self, text: &[u8], what: &str, path: &Path) {
+        for (needle, hits) in self.needles.iter().zip(self.found.iter_mut()) {
+            let bytes = needle.as_bytes();
+            if !bytes.is_empty() && text.windows(bytes.len()).any(|w| w == bytes) {
+                *hits += 1;
+                println!(
+                    "FOUND plaintext {needle:?} in the {what} {}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    fn file(&mut self, visit: &Visit) -> Result<()> {
+        self.files += 1;
+        let path = self.backing.join(visit.relative);
+        let raw = scan(visit.open(OFlags::RDONLY)?, self.needles, &mut self.counts)?;
         if raw.header.starts_with("BAD") || raw.header == "TORN" || raw.header == "NONE" {
-            bad_headers += 1;
+            self.bad_headers += 1;
         }
         println!(
             "{:<10} {:>12} {:>12}  {}",
             raw.header,
             raw.len,
             layout::plaintext_size_lossy(raw.len),
-            entry.relative.display()
+            visit.relative.display()
         );
-        for ((needle, hits), hit) in needles.iter().zip(found.iter_mut()).zip(&raw.found) {
-            if *hit {
+        for ((needle, hits), at) in self
+            .needles
+            .iter()
+            .zip(self.found.iter_mut())
+            .zip(&raw.found)
+        {
+            if let Some(at) = at {
                 *hits += 1;
-                println!("FOUND plaintext {needle:?} in {}", path.display());
+                println!(
+                    "FOUND plaintext {needle:?} in {} at offset {at}",
+                    path.display()
+                );
             }
         }
+        Ok(())
     }
-    let h = entropy(&counts);
+}
+
+impl Visitor for Inspector<'_> {
+    fn entry(&mut self, visit: &Visit) -> std::io::Result<()> {
+        let path = self.backing.join(visit.relative);
+        self.search_text(visit.name.as_bytes(), "name", &path);
+        match visit.kind() {
+            FileType::RegularFile => self.file(visit).map_err(std::io::Error::other),
+            FileType::Symlink => {
+                let target = visit.read_link()?;
+                self.search_text(target.as_bytes(), "symlink target of", &path);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
+    chronicle_mount::VolumeConfig::load(backing)?;
+    println!(
+        "{:<10} {:>12} {:>12}  file",
+        "header", "raw bytes", "plaintext"
+    );
+    let mut inspector = Inspector {
+        backing,
+        needles,
+        counts: [0; 256],
+        files: 0,
+        bad_headers: 0,
+        found: vec![0; needles.len()],
+    };
+    tree::walk(backing, Root::Volume, &mut inspector)?;
+    let h = entropy(&inspector.counts);
     println!();
-    println!("Files: {files}");
+    println!("Files: {}", inspector.files);
     println!("Entropy of block bytes: {h:.4} bits per byte (8 is random; text is about 4.5)");
-    for (needle, hits) in needles.iter().zip(&found) {
-        println!("Search for {needle:?}: found in {hits} file(s)");
+    for (needle, hits) in needles.iter().zip(&inspector.found) {
+        println!("Search for {needle:?}: found {hits} time(s)");
     }
     // Plaintext first: it is the finding a script asserting "no plaintext
     // here" must not miss behind another error.
-    let matches: u64 = found.iter().sum();
+    let matches: u64 = inspector.found.iter().sum();
     if matches > 0 {
         return Err(PlaintextFound(matches).into());
     }
-    if bad_headers > 0 {
-        return Err(BadHeaders(bad_headers).into());
+    if inspector.bad_headers > 0 {
+        return Err(BadHeaders(inspector.bad_headers).into());
     }
     println!("Every file is chronicle ciphertext.");
     Ok(())

@@ -58,10 +58,10 @@ pub fn mount(req: MountRequest) -> Result<()> {
         .as_deref()
         .unwrap_or(keysource::DEFAULT_KEY_ENV);
     hygiene::scrub_environment(&[key_env, "CHRONICLE_PASSPHRASE"]);
-    let hardening = hygiene::harden_process().context("cannot disable core dumps")?;
 
     if req.foreground {
         logging::init_foreground();
+        let hardening = hygiene::harden_process().context("cannot disable core dumps")?;
         let mounted = Mounted::new(&volume, &mountpoint, &req.options)
             .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
         return serve(mounted, &volume, &backing, &mountpoint, &hardening);
@@ -77,6 +77,15 @@ pub fn mount(req: MountRequest) -> Result<()> {
                 daemon::report(writer, &Verdict::Failed(format!("{e:#}")));
                 std::process::exit(1);
             }
+            // Memory locks are not inherited across fork: lock here.
+            let hardening = match hygiene::harden_process() {
+                Ok(hardening) => hardening,
+                Err(e) => {
+                    let message = format!("cannot disable core dumps: {e}");
+                    daemon::report(writer, &Verdict::Failed(message));
+                    std::process::exit(1);
+                }
+            };
             match Mounted::new(&volume, &mountpoint, &req.options) {
                 Ok(mounted) => {
                     daemon::report(writer, &Verdict::Ready);

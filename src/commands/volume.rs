@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use chronicle_mount::cipher::{self, Backend};
 use chronicle_mount::config::{config_path, KeySource};
-use chronicle_mount::{layout, KdfParams, UserKey, Volume, VolumeConfig, CONFIG_NAME};
+use chronicle_mount::{KdfParams, UserKey, Volume, VolumeConfig};
 use serde_json::json;
 
 use crate::cli::{KdfArgs, KeyArgs};
@@ -39,43 +39,9 @@ pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `info` can tell from sizes alone: files and their plaintext bytes.
-#[derive(Default)]
-struct Usage {
-    files: u64,
-    directories: u64,
-    plaintext_bytes: u64,
-    ciphertext_bytes: u64,
-}
-
-fn usage(dir: &Path, root: bool, acc: &mut Usage) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if root
-            && entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(CONFIG_NAME.as_bytes())
-        {
-            continue;
-        }
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            acc.directories += 1;
-            usage(&entry.path(), false, acc)?;
-        } else if meta.is_file() {
-            acc.files += 1;
-            acc.ciphertext_bytes += meta.len();
-            acc.plaintext_bytes += layout::plaintext_size_lossy(meta.len());
-        }
-    }
-    Ok(())
-}
-
 pub fn info(backing: &Path, as_json: bool) -> Result<()> {
     let config = VolumeConfig::load(backing)?;
-    let mut acc = Usage::default();
-    usage(backing, true, &mut acc)?;
+    let acc = chronicle_mount::volume::usage(backing)?;
     let overhead = if acc.plaintext_bytes > 0 {
         (acc.ciphertext_bytes as f64 / acc.plaintext_bytes as f64 - 1.0) * 100.0
     } else {

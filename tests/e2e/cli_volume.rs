@@ -311,7 +311,7 @@ fn encrypt_then_inspect_and_fsck() {
     let out = run(&["inspect", path_str(&b), "--grep", "cpu_usage"], None);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).contains("Search for \"cpu_usage\": found in 0 file(s)"),
+        stdout(&out).contains("Search for \"cpu_usage\": found 0 time(s)"),
         "{}",
         stdout(&out)
     );

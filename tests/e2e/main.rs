@@ -2,6 +2,7 @@
 
 mod cli_volume;
 mod engine_cli;
+mod mount_hardening;
 mod mount_integrity;
 mod mount_model;
 mod mount_ops;

@@ -5,19 +5,9 @@
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 
 use crate::util::*;
-
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("no NUL")
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
 
 /// renameat2(2) of `from` to `to`: the return value and errno.
 fn renameat2(from: &CString, to: &CString, flags: libc::c_uint) -> (i32, i32) {
@@ -32,17 +22,6 @@ fn renameat2(from: &CString, to: &CString, flags: libc::c_uint) -> (i32, i32) {
         )
     };
     (rc, if rc == 0 { 0 } else { errno() })
-}
-
-/// getxattr(2) into `buf` (an empty `buf` asks for the size).
-fn getxattr(path: &CString, name: &CString, buf: &mut [u8]) -> isize {
-    let ptr = if buf.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        buf.as_mut_ptr().cast()
-    };
-    // SAFETY: valid NUL-terminated strings; `ptr` is null or `buf` of `buf.len()` bytes.
-    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, buf.len()) }
 }
 
 // Protects: files read back what was written, at any offset, with plaintext

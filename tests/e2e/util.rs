@@ -1,5 +1,6 @@
 //! Shared helpers: running the binary, making volumes, mounting with a
 //! guard that always unmounts.
+#![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -198,5 +199,39 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         self.unmount();
+    }
+}
+
+pub fn cstr(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL")
+}
+
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// getxattr(2): the length (or -1, with `errno()`); `buf` empty asks for the length.
+pub fn getxattr(path: &std::ffi::CString, name: &std::ffi::CString, buf: &mut [u8]) -> isize {
+    let ptr = if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
+    // SAFETY: valid NUL-terminated strings; `ptr` is null or `buf` of `buf.len()` bytes.
+    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, buf.len()) }
+}
+
+/// setxattr(2) with no flags: 0, or -1 with `errno()`.
+pub fn setxattr(path: &std::ffi::CString, name: &std::ffi::CString, value: &[u8]) -> i32 {
+    // SAFETY: valid NUL-terminated strings; `value` is readable for its length.
+    unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     }
 }

@@ -136,7 +136,7 @@ impl EncryptedFile {
                 slots[first_bad] = Slot::Last(plain);
             }
         }
-        self.repair_slots(&mut state, &slots)
+        self.repair_slots(&mut state, &slots, cipher_len)
     }
 
     /// How each stored block opens, in order.
@@ -194,7 +194,12 @@ impl EncryptedFile {
         }))
     }
 
-    fn repair_slots(&self, state: &mut State, slots: &[Slot]) -> Result<TailRepair> {
+    fn repair_slots(
+        &self,
+        state: &mut State,
+        slots: &[Slot],
+        cipher_len: u64,
+    ) -> Result<TailRepair> {
         let end = slots
             .iter()
             .position(|s| matches!(s, Slot::Last(_) | Slot::Bad));
@@ -225,6 +230,17 @@ impl EncryptedFile {
                     return Ok(TailRepair::NotACrash {
                         reason: format!(
                             "block {end} fails authentication but later blocks are intact"
+                        ),
+                    });
+                }
+                // A write cut short leaves its last block short; a whole
+                // block that fails was changed, not torn by a short write.
+                let is_final_slot = end + 1 == slots.len();
+                let stored = cipher_len.saturating_sub(block_offset(end as u64));
+                if !is_final_slot || stored >= CIPHER_BLOCK_SIZE {
+                    return Ok(TailRepair::NotACrash {
+                        reason: format!(
+                            "block {end} fails authentication at its full length, which a short write does not leave"
                         ),
                     });
                 }

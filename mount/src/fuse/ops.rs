@@ -19,9 +19,10 @@ use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamp
 use super::attr;
 use super::errno::{io, sys, volume_errno};
 use super::nodes::{Node, NodeTable, ROOT_INO};
-use super::xattr::{Owner, XattrCipher};
+use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::names::{NameCodec, NameError};
+use crate::xattrs::Owner;
 
 pub type XattrReply = Vec<u8>;
 

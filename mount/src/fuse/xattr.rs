@@ -1,65 +1,32 @@
-//! Extended attributes in the `user.` namespace, with their values sealed
-//! (AES-256-GCM under a key derived from the master key). The associated
-//! data is the attribute name and, on a regular file, the file id from its
-//! header, so a value copied onto another file or under another name fails
-//! authentication. Directories have no header: their values are bound to
-//! the name only (docs/SECURITY.md). Other namespaces are refused:
-//! `security.` and `system.` attributes would be interpreted by the
-//! backing kernel.
+//! Extended attributes through the mount: the `user.` namespace only, each
+//! value sealed by the volume's `XattrSealer` (see `crate::xattrs`).
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 
 use fuser::Errno;
 use rustix::fs::{FileType as RawType, XattrFlags};
 
 use super::errno::sys;
 use super::nodes::Node;
-use crate::cipher::{self, Aead, FRAME_OVERHEAD};
 use crate::content::ContentCrypto;
-use crate::layout::FILE_ID_LEN;
-
-const USER_PREFIX: &[u8] = b"user.";
-
-/// What a value is bound to besides its name.
-#[derive(Clone, Copy)]
-pub enum Owner {
-    /// A regular file, by the file id in its header.
-    File([u8; FILE_ID_LEN]),
-    /// A directory (or other node without a header).
-    Other,
-}
+use crate::xattrs::{is_user, Owner, XattrSealer, USER_PREFIX};
 
 pub struct XattrCipher {
-    aead: Box<dyn Aead>,
+    sealer: XattrSealer,
 }
 
 fn user_name(name: &OsStr) -> Result<&OsStr, Errno> {
-    if name.as_bytes().starts_with(USER_PREFIX) {
+    if is_user(name) {
         Ok(name)
     } else {
         Err(Errno::EOPNOTSUPP)
     }
 }
 
-/// The associated data of a value: owner kind ‖ file id ‖ name.
-fn aad(owner: Owner, name: &OsStr) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(1 + FILE_ID_LEN + name.len());
-    match owner {
-        Owner::File(id) => {
-            aad.push(1);
-            aad.extend_from_slice(&id);
-        }
-        Owner::Other => aad.push(0),
-    }
-    aad.extend_from_slice(name.as_bytes());
-    aad
-}
-
 impl XattrCipher {
     pub fn new(crypto: &ContentCrypto) -> Self {
         XattrCipher {
-            aead: crypto.derive_aead(b"chronicle xattr v2"),
+            sealer: XattrSealer::new(crypto),
         }
     }
 
@@ -80,8 +47,7 @@ impl XattrCipher {
         flags: i32,
     ) -> Result<(), Errno> {
         let name = user_name(name)?;
-        let mut sealed = Vec::with_capacity(value.len() + FRAME_OVERHEAD);
-        cipher::seal_framed(&*self.aead, &aad(owner, name), value, &mut sealed);
+        let sealed = self.sealer.seal(owner, name, value);
         let flags = XattrFlags::from_bits(flags as _).ok_or(Errno::EINVAL)?;
         rustix::fs::setxattr(Self::target(node)?, name, &sealed, flags).map_err(sys)
     }
@@ -93,13 +59,10 @@ impl XattrCipher {
         let mut sealed = vec![0u8; len];
         let got = rustix::fs::getxattr(&path, name, &mut sealed[..]).map_err(sys)?;
         sealed.truncate(got);
-        match cipher::open_framed(&*self.aead, &aad(owner, name), &mut sealed) {
-            Ok(value) => Ok(value.to_vec()),
-            Err(_) => {
-                log::error!("authentication failed: extended attribute {name:?} of {path}");
-                Err(Errno::EIO)
-            }
-        }
+        self.sealer.open(owner, name, sealed).map_err(|_| {
+            log::error!("authentication failed: extended attribute {name:?} of {path}");
+            Errno::EIO
+        })
     }
 
     /// The `user.` names, NUL-terminated, as `listxattr` returns them.

@@ -1,0 +1,135 @@
+//! Re-encrypting a volume under a new master key, so that a crash at any
+//! point leaves one whole volume and the next run finishes the job.
+//!
+//! The new volume is built beside the old one (`BACKING.chronicle-reencrypt`)
+//! and, once complete, marked (`chronicle.volume.reencrypted` inside it) and
+//! swapped with the old one in a single `renameat2(RENAME_EXCHANGE)`. Then
+//! the old volume, now beside, is deleted and the mark removed.
+//!
+//! An interrupted run is told apart by what it left:
+//! - BACKING carries the mark: the swap happened; finish (delete the old
+//!   volume beside it, remove the mark).
+//! - otherwise a directory beside BACKING is an unfinished copy: roll it
+//!   back (delete it) and copy again. BACKING itself was never touched, and
+//!   anything written to it since is in the new copy.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result, VolumeError};
+use crate::keys::{KdfParams, UserKey};
+use crate::transfer::{self, Copied, Source};
+use crate::volume::Volume;
+
+/// The mark a complete new volume carries until the old one is gone.
+pub const MARK_NAME: &str = "chronicle.volume.reencrypted";
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Re-encrypted everything; `rolled_back` if an unfinished copy of an
+    /// earlier run was deleted first.
+    Done { copied: Copied, rolled_back: bool },
+    /// An earlier run had swapped the volumes; this one finished it.
+    Finished,
+}
+
+/// Where the new volume is built: a sibling of `backing`.
+pub fn staging_path(backing: &Path) -> Result<PathBuf> {
+    let name = backing.file_name().ok_or_else(|| {
+        VolumeError::io(
+            format!("{} has no directory name", backing.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })?;
+    let mut staging = name.to_os_string();
+    staging.push(".chronicle-reencrypt");
+    Ok(backing.with_file_name(staging))
+}
+
+/// Re-encrypts the volume in `backing` (not mounted) under a new master key
+/// wrapped by `new_key`. `progress` hears of the plaintext bytes copied.
+pub fn reencrypt(
+    backing: &Path,
+    old_key: &UserKey,
+    new_key: &UserKey,
+    kdf: Option<KdfParams>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Outcome> {
+    let backing = backing
+        .canonicalize()
+        .context(|| format!("finding {}", backing.display()))?;
+    let staging = staging_path(&backing)?;
+    if backing.join(MARK_NAME).exists() {
+        finish(&backing, &staging, new_key)?;
+        return Ok(Outcome::Finished);
+    }
+    let rolled_back = staging.exists();
+    if rolled_back {
+        fs::remove_dir_all(&staging)
+            .context(|| format!("removing the unfinished copy {}", staging.display()))?;
+    }
+    let old = Volume::open(&backing, old_key)?;
+    let new = Volume::init(&staging, new_key, kdf)?;
+    let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
+    mark(&staging)?;
+    swap(&backing, &staging)?;
+    finish(&backing, &staging, new_key)?;
+    Ok(Outcome::Done {
+        copied,
+        rolled_back,
+    })
+}
+
+/// Marks the new volume complete, durably.
+fn mark(staging: &Path) -> Result<()> {
+    let path = staging.join(MARK_NAME);
+    let file = fs::File::create(&path).context(|| format!("creating {}", path.display()))?;
+    file.sync_all()
+        .context(|| format!("syncing {}", path.display()))?;
+    sync_dir(staging)
+}
+
+/// Exchanges the two directories atomically, durably.
+fn swap(backing: &Path, staging: &Path) -> Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        backing,
+        rustix::fs::CWD,
+        staging,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(|e| {
+        VolumeError::io(
+            format!("swapping {} and {}", backing.display(), staging.display()),
+            e.into(),
+        )
+    })?;
+    match backing.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// After the swap: the new volume is in `backing`; delete the old one
+/// beside it and the mark.
+fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<()> {
+    // The new key must open what is now in place before anything is deleted.
+    Volume::open(backing, new_key)?;
+    if old.exists() {
+        fs::remove_dir_all(old).context(|| format!("removing the old volume {}", old.display()))?;
+    }
+    let mark = backing.join(MARK_NAME);
+    fs::remove_file(&mark).context(|| format!("removing {}", mark.display()))?;
+    sync_dir(backing)?;
+    match backing.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context(|| format!("syncing {}", dir.display()))
+}

@@ -1,0 +1,408 @@
+//! Copying a whole tree into a volume: `encrypt` (from a plaintext
+//! directory) and `rotate-key --reencrypt` (from another volume). Keeps
+//! everything a restore needs: contents (holes stay holes), modes, owners,
+//! times, `user.` extended attributes (re-sealed for the new file), hard
+//! links, symlinks, fifos, sockets and device nodes.
+//!
+//! The source is read through `tree` (never through a symlink, every file
+//! checked to be the one listed); the destination is written relative to
+//! directory descriptors the copy itself created.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+
+use crate::content::EncryptedFile;
+use crate::error::{IoContext, Result, VolumeError};
+use crate::tree::{self, Root, Visit, Visitor};
+use crate::volume::Volume;
+use crate::xattrs::{self, Owner, XattrSealer};
+
+/// Where the plaintext comes from.
+pub enum Source<'a> {
+    /// A plaintext directory.
+    Plain,
+    /// Another volume's backing directory, opened with its key.
+    Volume(&'a Volume),
+}
+
+/// What a copy did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Bytes read and written per step.
+const CHUNK: usize = 1 << 20;
+
+/// Copies the tree under `source_root` into `dest` (an empty volume).
+/// `progress` hears of every chunk of plaintext bytes copied. With
+/// `keep_root`, the destination root takes the source root's mode, owner
+/// and times too (re-encryption; `encrypt` keeps a new volume private).
+pub fn copy_tree(
+    source_root: &Path,
+    source: Source,
+    dest: &Volume,
+    keep_root: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Copied> {
+    let open_dir = |path: &Path| {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
+    };
+    let dest_root = open_dir(dest.backing())?;
+    let root_kind = match source {
+        Source::Plain => Root::Plain,
+        Source::Volume(_) => Root::Volume,
+    };
+    let mut copier = Copier {
+        source_sealer: match &source {
+            Source::Plain => None,
+            Source::Volume(v) => Some(XattrSealer::new(v.crypto())),
+        },
+        source,
+        dest,
+        dest_sealer: XattrSealer::new(dest.crypto()),
+        dirs: vec![open_dir(dest.backing())?],
+        dest_root,
+        links: HashMap::new(),
+        as_root: rustix::process::geteuid().is_root(),
+        buf: vec![0u8; CHUNK],
+        copied: Copied::default(),
+        progress,
+    };
+    tree::walk(source_root, root_kind, &mut copier)
+        .map_err(|e| VolumeError::io(format!("copying {}", source_root.display()), e))?;
+    let root = copier.dirs.pop().ok_or_else(|| {
+        VolumeError::io(
+            "copying",
+            io::Error::other("invariant: the root stays on the stack"),
+        )
+    })?;
+    if keep_root {
+        let stat = rustix::fs::stat(source_root).map_err(|e| {
+            VolumeError::io(format!("examining {}", source_root.display()), e.into())
+        })?;
+        copier
+            .finish_node(&root, None, &stat)
+            .context(|| format!("keeping the metadata of {}", source_root.display()))?;
+    }
+    rustix::fs::fsync(&root).map_err(|e| VolumeError::io("syncing the new volume", e.into()))?;
+    Ok(copier.copied)
+}
+
+struct Copier<'a, 'p> {
+    source: Source<'a>,
+    source_sealer: Option<XattrSealer>,
+    dest: &'a Volume,
+    dest_sealer: XattrSealer,
+    /// The destination directories on the current path; the last is where
+    /// the current entry goes.
+    dirs: Vec<OwnedFd>,
+    dest_root: OwnedFd,
+    /// Source (device, inode) of multiply linked files → where the first
+    /// copy went, relative to the destination root.
+    links: HashMap<(u64, u64), PathBuf>,
+    as_root: bool,
+    buf: Vec<u8>,
+    copied: Copied,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl Visitor for Copier<'_, '_> {
+    fn entry(&mut self, visit: &Visit) -> io::Result<()> {
+        let result = match visit.kind() {
+            FileType::Directory => self.enter_dir(visit),
+            FileType::RegularFile => self.copy_file(visit),
+            FileType::Symlink => self.copy_symlink(visit),
+            _ => self.copy_special(visit),
+        };
+        result.map_err(|e| io::Error::other(format!("{}: {e}", visit.relative.display())))
+    }
+
+    fn leave_dir(&mut self, visit: &Visit) -> io::Result<()> {
+        let dir = self.dirs.pop().ok_or_else(|| {
+            io::Error::other("invariant: every entered directory is on the stack")
+        })?;
+        let source = visit.open(OFlags::RDONLY | OFlags::DIRECTORY)?;
+        self.copy_xattrs(&source, &dir, Owner::Other, Owner::Other)
+            .map_err(io::Error::other)?;
+        self.finish_node(&dir, None, visit.stat)?;
+        rustix::fs::fsync(&dir)?;
+        Ok(())
+    }
+}
+
+impl Copier<'_, '_> {
+    fn here(&self) -> io::Result<&OwnedFd> {
+        self.dirs
+            .last()
+            .ok_or_else(|| io::Error::other("invariant: the root stays on the stack"))
+    }
+
+    fn enter_dir(&mut self, visit: &Visit) -> Result<()> {
+        let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
+        rustix::fs::mkdirat(here, visit.name, Mode::from_raw_mode(0o700))
+            .map_err(|e| VolumeError::io("creating a directory", e.into()))?;
+        let dir = rustix::fs::openat(
+            here,
+            visit.name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| VolumeError::io("opening a new directory", e.into()))?;
+        self.dirs.push(dir);
+        Ok(())
+    }
+
+    fn copy_file(&mut self, visit: &Visit) -> Result<()> {
+        let key = (visit.stat.st_dev, visit.stat.st_ino);
+        if visit.stat.st_nlink > 1 {
+            if let Some(first) = self.links.get(&key) {
+                let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
+                return rustix::fs::linkat(
+                    &self.dest_root,
+                    first,
+                    here,
+                    visit.name,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| VolumeError::io("linking", e.into()));
+            }
+        }
+        let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
+        let created = rustix::fs::openat(
+            here,
+            visit.name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| VolumeError::io("creating a file", e.into()))?;
+        let label = self.dest.backing().join(visit.relative);
+        let to = EncryptedFile::create(
+            File::from(created),
+            std::sync::Arc::clone(self.dest.crypto()),
+            label,
+        )?;
+        let from = visit
+            .open(OFlags::RDONLY)
+            .map_err(|e| VolumeError::io("opening the source", e))?;
+        let source_owner = match &self.source {
+            Source::Plain => {
+                self.copy_plain(&from, &to)?;
+                Owner::Other
+            }
+            Source::Volume(volume) => {
+                let label = volume.backing().join(visit.relative);
+                let from = EncryptedFile::open(
+                    from.try_clone()
+                        .context(|| "duplicating a descriptor".to_string())?,
+                    std::sync::Arc::clone(volume.crypto()),
+                    label,
+                )?;
+                self.copy_encrypted(&from, &to)?;
+                Owner::File(from.file_id()?)
+            }
+        };
+        let dest_owner = Owner::File(to.file_id()?);
+        self.copy_xattrs(&from, to.backing(), source_owner, dest_owner)?;
+        to.sync(false)?;
+        self.finish_node(to.backing(), None, visit.stat)
+            .context(|| "keeping owner, mode and times".to_string())?;
+        if visit.stat.st_nlink > 1 {
+            self.links.insert(key, visit.relative.to_path_buf());
+        }
+        self.copied.files += 1;
+        Ok(())
+    }
+
+    /// Data regions of a plaintext file (holes stay holes).
+    fn copy_plain(&mut self, from: &File, to: &EncryptedFile) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let size = from
+            .metadata()
+            .context(|| "examining the source".to_string())?
+            .len();
+        let mut at = 0;
+        while at < size {
+            let data = match rustix::fs::seek(from, rustix::fs::SeekFrom::Data(at)) {
+                Ok(data) => data,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => at,
+            };
+            let hole = rustix::fs::seek(from, rustix::fs::SeekFrom::Hole(data)).unwrap_or(size);
+            let mut offset = data;
+            while offset < hole.min(size) {
+                let want = ((hole.min(size) - offset) as usize).min(CHUNK);
+                let n = from
+                    .read_at(&mut self.buf[..want], offset)
+                    .context(|| "reading the source".to_string())?;
+                if n == 0 {
+                    break;
+                }
+                to.write_at(offset, &self.buf[..n])?;
+                offset += n as u64;
+                self.count(n as u64);
+            }
+            at = hole.max(offset).max(data + 1);
+        }
+        to.set_len(size)
+    }
+
+    /// Data regions of an encrypted file (holes stay holes).
+    fn copy_encrypted(&mut self, from: &EncryptedFile, to: &EncryptedFile) -> Result<()> {
+        let size = from.len()?;
+        let mut at = 0;
+        while let Some(data) = from.seek_data(at)? {
+            let hole = from.seek_hole(data)?.unwrap_or(size);
+            let mut offset = data;
+            while offset < hole {
+                let want = ((hole - offset) as usize).min(CHUNK);
+                let n = from.read_at(offset, &mut self.buf[..want])?;
+                if n == 0 {
+                    break;
+                }
+                to.write_at(offset, &self.buf[..n])?;
+                offset += n as u64;
+                self.count(n as u64);
+            }
+            at = hole.max(data + 1);
+        }
+        to.set_len(size)
+    }
+
+    fn count(&mut self, bytes: u64) {
+        self.copied.bytes += bytes;
+        (self.progress)(bytes);
+    }
+
+    /// Copies the `user.` attributes of `from` onto `to`, opening each value
+    /// as the source volume sealed it (or taking it as plaintext) and
+    /// sealing it for the destination.
+    fn copy_xattrs(
+        &self,
+        from: &impl AsFd,
+        to: &impl AsFd,
+        source_owner: Owner,
+        dest_owner: Owner,
+    ) -> Result<()> {
+        let names = match list_xattrs(from) {
+            Ok(names) => names,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(VolumeError::io("listing extended attributes", e)),
+        };
+        for name in names.iter().filter(|n| xattrs::is_user(n)) {
+            let stored = get_xattr(from, name)
+                .map_err(|e| VolumeError::io("reading an extended attribute", e))?;
+            let value = match &self.source_sealer {
+                None => stored,
+                Some(sealer) => sealer.open(source_owner, name, stored).map_err(|_| {
+                    VolumeError::io(
+                        format!("extended attribute {name:?}"),
+                        io::Error::other("authentication failed"),
+                    )
+                })?,
+            };
+            let sealed = self.dest_sealer.seal(dest_owner, name, &value);
+            rustix::fs::fsetxattr(to, name, &sealed, rustix::fs::XattrFlags::CREATE)
+                .map_err(|e| VolumeError::io("writing an extended attribute", e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Owner (as root), mode and times of a copied node: `fd` itself, or
+    /// the entry `name` in directory `fd` for a symlink or special file.
+    fn finish_node(&self, fd: &impl AsFd, name: Option<&OsStr>, stat: &Stat) -> io::Result<()> {
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: stat.st_atime,
+                tv_nsec: stat.st_atime_nsec as _,
+            },
+            last_modification: Timespec {
+                tv_sec: stat.st_mtime,
+                tv_nsec: stat.st_mtime_nsec as _,
+            },
+        };
+        let owner = (
+            Some(rustix::fs::Uid::from_raw(stat.st_uid)),
+            Some(rustix::fs::Gid::from_raw(stat.st_gid)),
+        );
+        let mode = Mode::from_raw_mode(stat.st_mode & 0o7777);
+        match name {
+            None => {
+                if self.as_root {
+                    rustix::fs::fchown(fd, owner.0, owner.1)?;
+                }
+                // After chown, which clears set-user-id bits.
+                rustix::fs::fchmod(fd, mode)?;
+                rustix::fs::futimens(fd, &times)?;
+            }
+            Some(name) => {
+                if self.as_root {
+                    rustix::fs::chownat(fd, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+                }
+                if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink {
+                    rustix::fs::chmodat(fd, name, mode, AtFlags::empty())?;
+                }
+                rustix::fs::utimensat(fd, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_symlink(&mut self, visit: &Visit) -> Result<()> {
+        let target = visit
+            .read_link()
+            .map_err(|e| VolumeError::io("reading a symlink", e))?;
+        let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
+        rustix::fs::symlinkat(target.as_os_str(), here, visit.name)
+            .map_err(|e| VolumeError::io("creating a symlink", e.into()))?;
+        self.finish_node(here, Some(visit.name), visit.stat)
+            .context(|| "keeping the symlink's owner and times".to_string())
+    }
+
+    fn copy_special(&mut self, visit: &Visit) -> Result<()> {
+        let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
+        rustix::fs::mknodat(
+            here,
+            visit.name,
+            visit.kind(),
+            Mode::from_raw_mode(visit.stat.st_mode & 0o7777),
+            visit.stat.st_rdev,
+        )
+        .map_err(|e| VolumeError::io("creating a special file", e.into()))?;
+        self.finish_node(here, Some(visit.name), visit.stat)
+            .context(|| "keeping the special file's owner, mode and times".to_string())
+    }
+}
+
+fn list_xattrs(fd: &impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStringExt;
+    let len = rustix::fs::flistxattr_query(fd)?;
+    let mut all = vec![0u8; len];
+    let got = rustix::fs::flistxattr(fd, &mut all[..])?;
+    all.truncate(got);
+    Ok(all
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| std::ffi::OsString::from_vec(n.to_vec()))
+        .collect())
+}
+
+fn get_xattr(fd: &impl AsFd, name: &OsStr) -> io::Result<Vec<u8>> {
+    let len = rustix::fs::fgetxattr_query(fd, name)?;
+    let mut value = vec![0u8; len];
+    let got = rustix::fs::fgetxattr(fd, name, &mut value[..])?;
+    value.truncate(got);
+    Ok(value)
+}

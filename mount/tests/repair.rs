@@ -1,0 +1,191 @@
+//! `repair_tail` (fsck --repair): what a crash leaves at the end of a file
+//! is repaired and everything before it kept; any other damage is reported
+//! and the file left exactly as it was.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chronicle_mount::cipher::Backend;
+use chronicle_mount::content::{ContentCrypto, EncryptedFile, TailRepair};
+use chronicle_mount::layout::{block_offset, HEADER_LEN};
+use chronicle_mount::SecretKey;
+
+const BLOCK: usize = 4096;
+
+fn crypto() -> Arc<ContentCrypto> {
+    Arc::new(ContentCrypto::new(
+        SecretKey::from_bytes([8; 32]),
+        Backend::Ring,
+    ))
+}
+
+fn open(path: &Path) -> EncryptedFile {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    EncryptedFile::open(file, crypto(), path.to_path_buf()).expect("wrap")
+}
+
+/// A file holding `content`.
+fn make(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .expect("create");
+    let file = EncryptedFile::create(file, crypto(), path.clone()).expect("wrap");
+    file.write_at(0, content).expect("write");
+    path
+}
+
+fn content(blocks: usize, extra: usize) -> Vec<u8> {
+    (0..blocks * BLOCK + extra)
+        .map(|i| (i / BLOCK) as u8 + 1)
+        .collect()
+}
+
+fn read_all(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    open(path).read_to_end(&mut out).expect("read after repair");
+    out
+}
+
+fn verify_clean(path: &Path) {
+    let mut bad = Vec::new();
+    open(path)
+        .verify_each(|e| bad.push(e.to_string()))
+        .expect("verify");
+    assert_eq!(bad, Vec::<String>::new());
+}
+
+fn repaired(outcome: TailRepair) -> u64 {
+    match outcome {
+        TailRepair::Repaired { size, .. } => size,
+        other => panic!("expected a repair, got {other:?}"),
+    }
+}
+
+// Protects: the crash shapes at the end of a file are repaired, keeping
+// every block before the damage: a short last write (a partial block, or a
+// fragment of up to 40 bytes), an extension stopped at a block boundary,
+// and a shrink stopped before its cut.
+#[test]
+fn crash_shapes_are_repaired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = content(3, 1000);
+
+    let short = make(dir.path(), "short", &data);
+    let len = fs::metadata(&short).expect("stat").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&short)
+        .expect("open")
+        .set_len(len - 300)
+        .expect("cut");
+    assert_eq!(
+        repaired(open(&short).repair_tail().expect("repair")),
+        3 * BLOCK as u64
+    );
+    assert_eq!(read_all(&short), data[..3 * BLOCK]);
+    verify_clean(&short);
+
+    let fragment = make(dir.path(), "fragment", &data);
+    let raw = fs::read(&fragment).expect("raw");
+    fs::write(&fragment, &raw[..block_offset(3) as usize + 20]).expect("cut");
+    assert_eq!(
+        repaired(open(&fragment).repair_tail().expect("repair")),
+        3 * BLOCK as u64
+    );
+    assert_eq!(read_all(&fragment), data[..3 * BLOCK]);
+
+    let boundary = make(dir.path(), "boundary", &data);
+    let raw = fs::read(&boundary).expect("raw");
+    fs::write(&boundary, &raw[..block_offset(2) as usize]).expect("cut");
+    assert_eq!(
+        repaired(open(&boundary).repair_tail().expect("repair")),
+        2 * BLOCK as u64
+    );
+    assert_eq!(read_all(&boundary), data[..2 * BLOCK]);
+    verify_clean(&boundary);
+
+    // A shrink to 2.5 blocks that wrote its new last block but did not cut.
+    let shrink = make(dir.path(), "shrink", &data);
+    let before = fs::read(&shrink).expect("raw");
+    open(&shrink)
+        .set_len(2 * BLOCK as u64 + 2048)
+        .expect("shrink");
+    let after = fs::read(&shrink).expect("raw");
+    let mut crashed = before.clone();
+    crashed[block_offset(2) as usize..after.len()]
+        .copy_from_slice(&after[block_offset(2) as usize..]);
+    fs::write(&shrink, &crashed).expect("crash state");
+    assert_eq!(
+        repaired(open(&shrink).repair_tail().expect("repair")),
+        2 * BLOCK as u64 + 2048
+    );
+    assert_eq!(read_all(&shrink), data[..2 * BLOCK + 2048]);
+    verify_clean(&shrink);
+}
+
+// Protects: header-level crash shapes: a file created but never given its
+// header (zero bytes), and a first write that reached the header only.
+#[test]
+fn header_crash_shapes_are_repaired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zero = dir.path().join("zero");
+    fs::write(&zero, b"").expect("zero-byte file");
+    assert_eq!(repaired(open(&zero).repair_tail().expect("repair")), 0);
+    assert_eq!(fs::metadata(&zero).expect("stat").len(), HEADER_LEN as u64);
+
+    let header_only = make(dir.path(), "h", &content(1, 0));
+    let raw = fs::read(&header_only).expect("raw");
+    fs::write(&header_only, &raw[..HEADER_LEN]).expect("cut to header");
+    assert_eq!(
+        repaired(open(&header_only).repair_tail().expect("repair")),
+        0
+    );
+    assert_eq!(read_all(&header_only), Vec::<u8>::new());
+    assert!(open(&header_only).damage().is_none());
+}
+
+// Protects: damage a crash does not leave is reported and nothing is
+// changed: a flipped bit in a full last block, in a middle block, and a
+// forged header. A clean file is left alone.
+#[test]
+fn other_damage_is_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = content(4, 0);
+    for (name, at) in [
+        ("last", block_offset(3) as usize + 100),
+        ("middle", block_offset(1) as usize + 100),
+        ("header", 10),
+    ] {
+        let path = make(dir.path(), name, &data);
+        let mut raw = fs::read(&path).expect("raw");
+        raw[at] ^= 1;
+        fs::write(&path, &raw).expect("tamper");
+        let outcome = open(&path).repair_tail().expect("repair");
+        assert!(
+            matches!(outcome, TailRepair::NotACrash { .. }),
+            "{name}: {outcome:?}"
+        );
+        assert_eq!(
+            fs::read(&path).expect("raw"),
+            raw,
+            "{name}: nothing changed"
+        );
+    }
+    let clean = make(dir.path(), "clean", &data);
+    let raw = fs::read(&clean).expect("raw");
+    assert_eq!(
+        open(&clean).repair_tail().expect("repair"),
+        TailRepair::Clean
+    );
+    assert_eq!(fs::read(&clean).expect("raw"), raw);
+    assert_eq!(raw.len() as u64, block_offset(4));
+}

@@ -1,0 +1,369 @@
+//! Format version 2's promises, tried through a real mount as an attacker
+//! who can write BACKING would: cuts, appended and zeroed blocks and copied
+//! attribute values give EIO and a log line; sparse files cost nothing;
+//! a second file system inside BACKING is kept apart; the mount process
+//! does not give its key away.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chronicle_mount::layout::{block_offset, CIPHER_BLOCK_SIZE, HEADER_LEN};
+
+use crate::util::*;
+
+/// Drops the kernel's cached pages and attributes, so that reads reach the
+/// mount and see what is in BACKING now.
+fn drop_caches() {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut raw = fs::read(path).expect("raw");
+    f(&mut raw);
+    fs::write(path, raw).expect("tamper");
+}
+
+/// Reads the whole file through the mount the way `cat` does.
+fn read_through(path: &Path) -> std::io::Result<Vec<u8>> {
+    fs::read(path)
+}
+
+fn assert_eio(result: std::io::Result<Vec<u8>>, what: &str) {
+    match result {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
+        Ok(bytes) => panic!("{what}: read {} bytes, expected EIO", bytes.len()),
+    }
+}
+
+// Protects: every change to a file's length made behind the mount's back
+// is an error for the program that reads to it, with the log line: a cut
+// leaving 1 to 40 bytes of a block, a cut at a block boundary, a cut back
+// to the header, blocks appended; and a zeroed block in a file without
+// holes.
+#[test]
+fn changed_lengths_and_zeroed_blocks_are_eio() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let content = vec![5u8; 2 * 4096 + 100];
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        (
+            "small cut",
+            Box::new(|raw: &mut Vec<u8>| raw.truncate(block_offset(2) as usize + 10)),
+        ),
+        (
+            "cut at a block boundary",
+            Box::new(|raw: &mut Vec<u8>| raw.truncate(block_offset(2) as usize)),
+        ),
+        (
+            "cut to the header",
+            Box::new(|raw: &mut Vec<u8>| raw.truncate(HEADER_LEN)),
+        ),
+        (
+            "appended block",
+            Box::new(|raw: &mut Vec<u8>| {
+                let copy = raw[block_offset(0) as usize..block_offset(1) as usize].to_vec();
+                raw.extend_from_slice(&copy);
+            }),
+        ),
+        (
+            "zeroed block",
+            Box::new(|raw: &mut Vec<u8>| {
+                let at = block_offset(1) as usize;
+                raw[at..at + CIPHER_BLOCK_SIZE as usize].fill(0);
+            }),
+        ),
+    ];
+    for (i, (what, damage)) in cases.iter().enumerate() {
+        let name = format!("victim{i}");
+        fs::write(m.path(&name), &content).expect("write");
+        assert_eq!(read_through(&m.path(&name)).expect("intact"), content);
+        drop_caches();
+        edit(&m.backing(&name), damage);
+        drop_caches();
+        assert_eio(read_through(&m.path(&name)), what);
+    }
+    let log = m.log_text();
+    assert!(
+        log.matches("authentication failed").count() >= cases.len(),
+        "one log line per case:\n{log}"
+    );
+}
+
+// Protects: an attribute value copied from one file onto another fails
+// authentication: values are bound to the file id (format version 1 bound
+// them to the name only).
+#[test]
+fn copied_xattr_is_eio() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let name = std::ffi::CString::new("user.tag").expect("name");
+    for (file, value) in [("a", &b"secret of a"[..]), ("b", &b"secret of b"[..])] {
+        fs::write(m.path(file), file).expect("write");
+        assert_eq!(
+            setxattr(&cstr(&m.path(file)), &name, value),
+            0,
+            "errno {}",
+            errno()
+        );
+    }
+    let mut raw_a = vec![0u8; 256];
+    let n = getxattr(&cstr(&m.backing("a")), &name, &mut raw_a);
+    assert!(n > 0, "errno {}", errno());
+    raw_a.truncate(n as usize);
+    assert_eq!(setxattr(&cstr(&m.backing("b")), &name, &raw_a), 0);
+    drop_caches();
+    let mut buf = vec![0u8; 256];
+    let n = getxattr(&cstr(&m.path("b")), &name, &mut buf);
+    assert_eq!(
+        (n, errno()),
+        (-1, libc::EIO),
+        "a copied value must not read"
+    );
+    let n = getxattr(&cstr(&m.path("a")), &name, &mut buf);
+    assert_eq!(&buf[..n as usize], b"secret of a");
+    assert!(m
+        .log_text()
+        .contains("authentication failed: extended attribute"));
+}
+
+/// A size-limited tmpfs, unmounted (and its directory removed) on drop,
+/// even when the test fails.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: PathBuf, size: &str) -> Tmpfs {
+        fs::create_dir_all(&path).expect("mkdir tmpfs");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount tmpfs");
+        assert!(status.success(), "mount -t tmpfs {}", path.display());
+        Tmpfs { path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+// Protects: growing a file costs neither space nor time in proportion to
+// the hole: `truncate -s 1P` on a volume whose BACKING is a 64 MiB tmpfs
+// succeeds, the hole reads as zeros, SEEK_HOLE/SEEK_DATA report it, the
+// backing file stays small, and fsck accepts it.
+#[test]
+fn petabyte_sparse_file() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Tmpfs::mount(dir.path().join("store"), "64m");
+    let backing = store.path.join("backing");
+    let out = run(&["init", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fixture = Fixture {
+        dir,
+        backing: backing.clone(),
+    };
+    let m = Mounted::with_fixture(fixture, &[]);
+    let path = m.path("huge");
+    const PIB: u64 = 1 << 50;
+    let out = Command::new("truncate")
+        .args(["-s", "1P"])
+        .arg(&path)
+        .output()
+        .expect("truncate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    assert_eq!(f.metadata().expect("stat").len(), PIB);
+    let mut buf = vec![1u8; 4096];
+    f.read_exact_at(&mut buf, PIB / 2).expect("read the middle");
+    assert!(buf.iter().all(|&b| b == 0));
+    f.read_exact_at(&mut buf, PIB - 4096).expect("read the end");
+    assert!(buf.iter().all(|&b| b == 0));
+    f.write_all_at(b"start", 0).expect("write at 0");
+    f.sync_all().expect("fsync");
+    use rustix::fs::{seek, SeekFrom};
+    let hole = seek(&f, SeekFrom::Hole(0)).expect("SEEK_HOLE");
+    // Blocks are not aligned to the backing file's pages: the block that
+    // shares a page with data counts as data.
+    assert!(
+        (4096..=8192).contains(&hole),
+        "the first hole follows the first block or two: {hole}"
+    );
+    let data = seek(&f, SeekFrom::Data(hole)).expect("SEEK_DATA");
+    assert!(
+        (PIB - 8192..=PIB - 4096).contains(&data),
+        "the next data is at the last block or the one before: {data}"
+    );
+    let raw = fs::metadata(m.backing("huge")).expect("raw stat");
+    assert!(
+        raw.blocks() * 512 < 1 << 20,
+        "{} bytes allocated for a 1 PiB sparse file",
+        raw.blocks() * 512
+    );
+    drop(f);
+    let out = run(&["fsck", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+// Protects: BACKING spanning two file systems (a tmpfs mounted inside it):
+// inode numbers repeat across them, yet every file keeps its own identity
+// through the mount (its own inode number and its own contents).
+#[test]
+fn second_file_system_inside_backing_is_kept_apart() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    fs::create_dir(m.path("sub")).expect("mkdir");
+    let inner = Tmpfs::mount(m.backing("sub"), "16m");
+    let outer = Tmpfs::mount(m.backing("outer"), "16m");
+    // Two tmpfs instances number their inodes alike: the same backing
+    // numbers appear on both sides.
+    drop_caches();
+    for i in 0..20 {
+        fs::write(m.path(&format!("sub/f{i}")), format!("inner {i}")).expect("write inner");
+        fs::write(m.path(&format!("outer/f{i}")), format!("outer {i}")).expect("write outer");
+    }
+    let backing_inos: Vec<(u64, u64)> = (0..20)
+        .map(|i| {
+            let a = fs::metadata(inner.path.join(format!("f{i}"))).expect("raw");
+            let b = fs::metadata(outer.path.join(format!("f{i}"))).expect("raw");
+            (a.ino(), b.ino())
+        })
+        .collect();
+    assert!(
+        backing_inos.iter().any(|(a, b)| a == b),
+        "the test needs colliding backing inode numbers: {backing_inos:?}"
+    );
+    drop_caches();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        for side in ["sub", "outer"] {
+            let path = m.path(&format!("{side}/f{i}"));
+            let expected = format!("{} {i}", if side == "sub" { "inner" } else { "outer" });
+            assert_eq!(fs::read_to_string(&path).expect("read"), expected);
+            assert!(
+                seen.insert(fs::metadata(&path).expect("stat").ino()),
+                "{side}/f{i}"
+            );
+        }
+    }
+    fs::hard_link(m.path("sub/f0"), m.path("sub/link")).expect("link inside the tmpfs");
+    assert_eq!(
+        fs::metadata(m.path("sub/link")).expect("stat").ino(),
+        fs::metadata(m.path("sub/f0")).expect("stat").ino()
+    );
+    drop(outer);
+    drop(inner);
+}
+
+/// The pid of the background mount process serving `mnt`.
+fn mount_pid(mnt: &Path) -> u32 {
+    let wanted = path_str(mnt).to_string();
+    for entry in fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == wanted.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no mount process for {}", mnt.display());
+}
+
+// Protects: the long-running mount process keeps its key to itself: the
+// key variable's bytes are gone from /proc/PID/environ, core dumps are
+// off, and its memory is locked (root may lock).
+#[test]
+fn mount_process_keeps_the_key_to_itself() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let pid = mount_pid(&m.mnt);
+    let environ = fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        !environ.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+        "the key is still in /proc/{pid}/environ"
+    );
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core limit line");
+    assert!(
+        core.split_whitespace().nth(4) == Some("0") && core.split_whitespace().nth(5) == Some("0"),
+        "{core}"
+    );
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let locked: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmLck");
+    assert!(locked > 0, "no memory locked:\n{status}");
+}
+
+// Protects: opening an existing, open file with O_CREAT|O_TRUNC empties it
+// through the same file object, so later writes land in a consistent file
+// (format version 1 could keep a stale header here).
+#[test]
+fn create_with_truncate_over_an_open_file() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let path = m.path("f");
+    let first = fs::File::create(&path).expect("create");
+    first.write_all_at(&vec![1u8; 10_000], 0).expect("write");
+    first.sync_all().expect("fsync");
+    let second = fs::File::create(&path).expect("create again (O_TRUNC)");
+    second.write_all_at(b"fresh", 0).expect("write");
+    second.sync_all().expect("fsync");
+    drop((first, second));
+    drop_caches();
+    assert_eq!(fs::read(&path).expect("read"), b"fresh");
+    let out = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+// Protects: truncating a set-user-id file as an ordinary user drops the
+// bit, as a local file system does.
+#[test]
+fn unprivileged_truncate_drops_setuid() {
+    let Some(m) = mount_or_skip(&["--allow-other"]) else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(m.fixture.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = m.path("prog");
+    fs::write(&path, b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o4777)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "truncate",
+            "-s",
+            "3",
+        ])
+        .arg(&path)
+        .output()
+        .expect("setpriv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = fs::metadata(&path).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o7777, 0o777, "mode {mode:o}");
+}
