@@ -32,6 +32,8 @@ pub enum Outcome {
     Done { copied: Copied, rolled_back: bool },
     /// An earlier run had swapped the volumes; this one finished it.
     Finished,
+    /// An earlier run had done everything: the volume opens with the new key.
+    AlreadyDone,
 }
 
 /// Where the new volume is built: a sibling of `backing`.
@@ -69,7 +71,15 @@ pub fn reencrypt(
         fs::remove_dir_all(&staging)
             .context(|| format!("removing the unfinished copy {}", staging.display()))?;
     }
-    let old = Volume::open(&backing, old_key)?;
+    let old = match Volume::open(&backing, old_key) {
+        // A run that was stopped after it finished: nothing left to do.
+        Err(VolumeError::KeyMismatch)
+            if !rolled_back && Volume::open(&backing, new_key).is_ok() =>
+        {
+            return Ok(Outcome::AlreadyDone);
+        }
+        other => other?,
+    };
     let new = Volume::init(&staging, new_key, kdf)?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     mark(&staging)?;

@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 use chronicle_mount::tree::{self, Root, Visit, Visitor};
 use rustix::fs::{FileType, OFlags};
 
+/// A change made to the tree from inside the walk.
+type Swap = Box<dyn FnOnce(&Path)>;
+
 /// Records what it read; runs `swap` once, when it reaches `trigger`.
 struct Racer {
     root: PathBuf,
     trigger: &'static str,
-    swap: Option<Box<dyn FnOnce(&Path)>>,
+    swap: Option<Swap>,
     read: Vec<(PathBuf, Vec<u8>)>,
 }
 

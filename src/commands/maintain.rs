@@ -128,6 +128,10 @@ fn reencrypt_volume(
             "Finished an interrupted re-encryption of {}: it opens with the new key only.",
             backing.display()
         ),
+        Outcome::AlreadyDone => println!(
+            "{} is already re-encrypted: it opens with the new key; nothing to do.",
+            backing.display()
+        ),
         Outcome::Done {
             copied,
             rolled_back,

@@ -6,4 +6,5 @@ mod mount_hardening;
 mod mount_integrity;
 mod mount_model;
 mod mount_ops;
+mod reencrypt;
 mod util;

@@ -46,7 +46,8 @@ fn assert_eio(result: std::io::Result<Vec<u8>>, what: &str) {
 fn changed_lengths_and_zeroed_blocks_are_eio() {
     let Some(m) = mount_or_skip(&[]) else { return };
     let content = vec![5u8; 2 * 4096 + 100];
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Damage)> = vec![
         (
             "small cut",
             Box::new(|raw: &mut Vec<u8>| raw.truncate(block_offset(2) as usize + 10)),
@@ -277,7 +278,7 @@ fn mount_pid(mnt: &Path) -> u32 {
         };
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == wanted.as_bytes()) {
+        if args.contains(&&b"mount"[..]) && args.contains(&wanted.as_bytes()) {
             return pid;
         }
     }
