@@ -47,7 +47,8 @@ if [ ! -f "$TAR" ]; then
   echo "building $TAR from $src ..." >&2
   tmp=$(mktemp -d /var/tmp/linux.XXXXXX)
   tar -xJf "$src" -C "$tmp" linux-source-6.1/drivers linux-source-6.1/fs
-  (cd "$tmp" && find linux-source-6.1 -type f | sort | head -10000 > list && tar -cf "$TAR" -T list)
+  # (head would end the pipeline early, which pipefail counts as a failure)
+  (cd "$tmp" && find linux-source-6.1 -type f | sort > all && head -10000 all > list && tar -cf "$TAR" -T list)
   rm -rf "$tmp"
 fi
 

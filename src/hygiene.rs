@@ -69,12 +69,30 @@ pub fn harden_process() -> std::io::Result<Hardening> {
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: mlockall takes flags only. MCL_ONFAULT locks pages as they
-    // are first touched, so reserved but unused memory (thread stacks)
-    // is not made resident.
-    let locked =
-        unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } == 0;
+    // Under a finite RLIMIT_MEMLOCK, MCL_FUTURE would make every later
+    // allocation count against the limit and fail once it is reached,
+    // killing the mount: lock only where the limit cannot be reached.
+    let locked = memlock_unbounded() && {
+        // SAFETY: mlockall takes flags only. MCL_ONFAULT locks pages as
+        // they are first touched, so reserved but unused memory (thread
+        // stacks) is not made resident.
+        unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) == 0 }
+    };
     Ok(Hardening {
         memory_locked: locked,
     })
+}
+
+/// Whether this process may lock any amount of memory: an unlimited
+/// RLIMIT_MEMLOCK, or root (which holds CAP_IPC_LOCK).
+fn memlock_unbounded() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || (ok && limit.rlim_cur == libc::RLIM_INFINITY)
 }

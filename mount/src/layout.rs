@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! [header: magic "CHRF" | version u16 LE | flags u16 LE | file id 16
-//!          | content id 16 | header tag 16]
+//!          | content id 16 | pending size u64 LE | header tag 16]
 //! [block 0: key id 12 | nonce 12 | ciphertext 1..=4096 | tag 16]
 //! [block 1: ...]
 //! ```
@@ -44,7 +44,8 @@ pub const VERSION_OFFSET: usize = MAGIC_OFFSET + FILE_MAGIC.len();
 pub const FLAGS_OFFSET: usize = VERSION_OFFSET + 2;
 pub const FILE_ID_OFFSET: usize = FLAGS_OFFSET + 2;
 pub const CONTENT_ID_OFFSET: usize = FILE_ID_OFFSET + FILE_ID_LEN;
-pub const HEADER_TAG_OFFSET: usize = CONTENT_ID_OFFSET + FILE_ID_LEN;
+pub const PENDING_SIZE_OFFSET: usize = CONTENT_ID_OFFSET + FILE_ID_LEN;
+pub const HEADER_TAG_OFFSET: usize = PENDING_SIZE_OFFSET + 8;
 /// Total header length.
 pub const HEADER_LEN: usize = HEADER_TAG_OFFSET + HEADER_TAG_LEN;
 
@@ -144,6 +145,10 @@ pub struct FileHeader {
     pub file_id: [u8; FILE_ID_LEN],
     /// Keys and binds the blocks; new whenever the file gets its first block.
     pub content_id: [u8; FILE_ID_LEN],
+    /// While a shrink is under way, the size it cuts to; 0 otherwise. Lets
+    /// `fsck --repair` tell a shrink cut short by a crash from a block
+    /// planted to look like one.
+    pub pending_size: u64,
 }
 
 /// Why a header cannot be used.
@@ -185,7 +190,9 @@ impl FileHeader {
         out[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&FILE_VERSION.to_le_bytes());
         out[FLAGS_OFFSET..FILE_ID_OFFSET].copy_from_slice(&self.flags.to_le_bytes());
         out[FILE_ID_OFFSET..CONTENT_ID_OFFSET].copy_from_slice(&self.file_id);
-        out[CONTENT_ID_OFFSET..HEADER_TAG_OFFSET].copy_from_slice(&self.content_id);
+        out[CONTENT_ID_OFFSET..PENDING_SIZE_OFFSET].copy_from_slice(&self.content_id);
+        out[PENDING_SIZE_OFFSET..HEADER_TAG_OFFSET]
+            .copy_from_slice(&self.pending_size.to_le_bytes());
         out
     }
 
@@ -212,17 +219,20 @@ impl FileHeader {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(HeaderError::UnknownFlags(flags));
         }
+        let mut pending = [0u8; 8];
+        pending.copy_from_slice(field(PENDING_SIZE_OFFSET, HEADER_TAG_OFFSET));
         let mut header = FileHeader {
             flags,
             file_id: [0; FILE_ID_LEN],
             content_id: [0; FILE_ID_LEN],
+            pending_size: u64::from_le_bytes(pending),
         };
         header
             .file_id
             .copy_from_slice(field(FILE_ID_OFFSET, CONTENT_ID_OFFSET));
         header
             .content_id
-            .copy_from_slice(field(CONTENT_ID_OFFSET, HEADER_TAG_OFFSET));
+            .copy_from_slice(field(CONTENT_ID_OFFSET, PENDING_SIZE_OFFSET));
         let mut tag = [0u8; HEADER_TAG_LEN];
         tag.copy_from_slice(field(HEADER_TAG_OFFSET, HEADER_LEN));
         Ok((header, tag))
@@ -236,16 +246,16 @@ mod tests {
     // Protects: the worked sizes printed in docs/FORMAT.md.
     #[test]
     fn worked_sizes_match_format_doc() {
-        assert_eq!(HEADER_LEN, 56);
+        assert_eq!(HEADER_LEN, 64);
         assert_eq!(BLOCK_OVERHEAD, 40);
         assert_eq!(CIPHER_BLOCK_SIZE, 4136);
         assert_eq!(AAD_LEN, 27);
         for (plain, cipher) in [
-            (0, 56),
-            (1, 97),
-            (4096, 4192),
-            (4097, 4233),
-            (1 << 20, 1_058_872),
+            (0, 64),
+            (1, 105),
+            (4096, 4200),
+            (4097, 4241),
+            (1 << 20, 1_058_880),
         ] {
             assert_eq!(ciphertext_size(plain), cipher, "plaintext {plain}");
             assert_eq!(plaintext_size(cipher), Ok(plain), "ciphertext {cipher}");
@@ -297,6 +307,7 @@ mod tests {
             flags: FLAG_SPARSE,
             file_id: [5; 16],
             content_id: [6; 16],
+            pending_size: 12345,
         };
         let mut bytes = header.encode(&[7; HEADER_TAG_LEN]);
         assert_eq!(&bytes[..4], b"CHRF");

@@ -62,6 +62,7 @@ pub fn reencrypt(
         .canonicalize()
         .context(|| format!("finding {}", backing.display()))?;
     let staging = staging_path(&backing)?;
+    refuse_unswappable(&backing)?;
     if backing.join(MARK_NAME).exists() {
         finish(&backing, &staging, new_key)?;
         return Ok(Outcome::Finished);
@@ -89,6 +90,56 @@ pub fn reencrypt(
         copied,
         rolled_back,
     })
+}
+
+/// The swap is a rename beside BACKING: it cannot cross file systems, so
+/// BACKING must not be a mount point; and keeping every owner needs root.
+/// Both are checked before hours of copying, not after.
+fn refuse_unswappable(backing: &Path) -> Result<()> {
+    let refuse =
+        |why: String| VolumeError::io(why, std::io::Error::from(std::io::ErrorKind::Unsupported));
+    let here = rustix::fs::stat(backing)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
+    if let Some(parent) = backing.parent() {
+        let above = rustix::fs::stat(parent)
+            .map_err(|e| VolumeError::io(format!("examining {}", parent.display()), e.into()))?;
+        if above.st_dev != here.st_dev {
+            return Err(refuse(format!(
+                "{} is a mount point: re-encryption builds the new volume beside it and swaps the two with a rename, which cannot cross file systems; keep the volume in a directory inside the mounted file system, or `chronicle encrypt` a plaintext copy into a new volume",
+                backing.display()
+            )));
+        }
+    }
+    if !rustix::process::geteuid().is_root() {
+        let (_, others) = owners(backing)?;
+        if others > 0 {
+            return Err(refuse(format!(
+                "{others} entries in {} belong to other users, whose ownership only root can keep; run as root",
+                backing.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Entries under `backing`, and how many belong to someone other than the
+/// caller.
+fn owners(backing: &Path) -> Result<(u64, u64)> {
+    use crate::tree::{Root, Visit, Visitor};
+    struct Count(u64, u64, u32);
+    impl Visitor for Count {
+        fn entry(&mut self, visit: &Visit) -> std::io::Result<()> {
+            self.0 += 1;
+            if visit.stat.st_uid != self.2 {
+                self.1 += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut count = Count(0, 0, rustix::process::geteuid().as_raw());
+    crate::tree::walk(backing, Root::Volume, &mut count)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e))?;
+    Ok((count.0, count.1))
 }
 
 /// Marks the new volume complete, durably.
@@ -128,6 +179,11 @@ fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<()> {
     Volume::open(backing, new_key)?;
     if old.exists() {
         fs::remove_dir_all(old).context(|| format!("removing the old volume {}", old.display()))?;
+    }
+    // The old volume's removal is durable before the mark goes: a power cut
+    // must not bring the old volume back beside an unmarked new one.
+    if let Some(parent) = backing.parent() {
+        sync_dir(parent)?;
     }
     let mark = backing.join(MARK_NAME);
     fs::remove_file(&mark).context(|| format!("removing {}", mark.display()))?;

@@ -36,6 +36,8 @@ pub enum Source<'a> {
 pub struct Copied {
     pub files: u64,
     pub bytes: u64,
+    /// Entries whose owner could not be kept (not running as root).
+    pub owners_not_kept: u64,
 }
 
 /// Bytes read and written per step.
@@ -77,6 +79,7 @@ pub fn copy_tree(
         dest_root,
         links: HashMap::new(),
         as_root: rustix::process::geteuid().is_root(),
+        owners_not_kept: std::cell::Cell::new(0),
         buf: vec![0u8; CHUNK],
         copied: Copied::default(),
         progress,
@@ -98,7 +101,10 @@ pub fn copy_tree(
             .context(|| format!("keeping the metadata of {}", source_root.display()))?;
     }
     rustix::fs::fsync(&root).map_err(|e| VolumeError::io("syncing the new volume", e.into()))?;
-    Ok(copier.copied)
+    Ok(Copied {
+        owners_not_kept: copier.owners_not_kept.get(),
+        ..copier.copied
+    })
 }
 
 struct Copier<'a, 'p> {
@@ -114,6 +120,7 @@ struct Copier<'a, 'p> {
     /// copy went, relative to the destination root.
     links: HashMap<(u64, u64), PathBuf>,
     as_root: bool,
+    owners_not_kept: std::cell::Cell<u64>,
     buf: Vec<u8>,
     copied: Copied,
     progress: &'p mut dyn FnMut(u64),
@@ -216,9 +223,9 @@ impl Copier<'_, '_> {
         };
         let dest_owner = Owner::File(to.file_id()?);
         self.copy_xattrs(&from, to.backing(), source_owner, dest_owner)?;
-        to.sync(false)?;
         self.finish_node(to.backing(), None, visit.stat)
             .context(|| "keeping owner, mode and times".to_string())?;
+        to.sync(false)?;
         if visit.stat.st_nlink > 1 {
             self.links.insert(key, visit.relative.to_path_buf());
         }
@@ -323,6 +330,15 @@ impl Copier<'_, '_> {
     /// Owner (as root), mode and times of a copied node: `fd` itself, or
     /// the entry `name` in directory `fd` for a symlink or special file.
     fn finish_node(&self, fd: &impl AsFd, name: Option<&OsStr>, stat: &Stat) -> io::Result<()> {
+        if !self.as_root
+            && (stat.st_uid, stat.st_gid)
+                != (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                )
+        {
+            self.owners_not_kept.set(self.owners_not_kept.get() + 1);
+        }
         let times = Timestamps {
             last_access: Timespec {
                 tv_sec: stat.st_atime,

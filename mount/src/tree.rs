@@ -97,6 +97,10 @@ pub fn total_bytes(root: &Path, kind: Root) -> io::Result<(u64, u64)> {
     Ok((sum.0, sum.1))
 }
 
+/// Deepest directory nesting walked: each level holds a descriptor and a
+/// stack frame.
+pub const MAX_DEPTH: usize = 1024;
+
 fn walk_dir(
     dir: &OwnedFd,
     relative: PathBuf,
@@ -104,6 +108,12 @@ fn walk_dir(
     visitor: &mut dyn Visitor,
 ) -> io::Result<()> {
     let in_root = relative.as_os_str().is_empty();
+    if relative.components().count() > MAX_DEPTH {
+        return Err(io::Error::other(format!(
+            "{}: directories nested deeper than {MAX_DEPTH} levels",
+            relative.display()
+        )));
+    }
     for name in sorted_names(dir, &relative)? {
         if in_root && kind == Root::Volume && name.as_bytes().starts_with(CONFIG_NAME.as_bytes()) {
             continue;

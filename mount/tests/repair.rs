@@ -123,6 +123,8 @@ fn crash_shapes_are_repaired() {
     let mut crashed = before.clone();
     crashed[block_offset(2) as usize..after.len()]
         .copy_from_slice(&after[block_offset(2) as usize..]);
+    // The header as the shrink left it: the size it cuts to recorded.
+    crashed[..HEADER_LEN].copy_from_slice(&header_with_pending(&after, 2 * BLOCK as u64 + 2048));
     fs::write(&shrink, &crashed).expect("crash state");
     assert_eq!(
         repaired(open(&shrink).repair_tail().expect("repair")),
@@ -130,6 +132,82 @@ fn crash_shapes_are_repaired() {
     );
     assert_eq!(read_all(&shrink), data[..2 * BLOCK + 2048]);
     verify_clean(&shrink);
+
+    // The same shrink stopped before it wrote anything but its record: the
+    // old contents stay, whole.
+    let early = make(dir.path(), "early", &data);
+    let mut raw = fs::read(&early).expect("raw");
+    let header = header_with_pending(&raw, 100);
+    raw[..HEADER_LEN].copy_from_slice(&header);
+    fs::write(&early, &raw).expect("crash state");
+    assert_eq!(
+        repaired(open(&early).repair_tail().expect("repair")),
+        data.len() as u64
+    );
+    assert_eq!(read_all(&early), data);
+    verify_clean(&early);
+}
+
+/// `raw`'s header with its pending size set, tagged as docs/FORMAT.md says
+/// (computed here independently of the library).
+fn header_with_pending(raw: &[u8], pending: u64) -> Vec<u8> {
+    use chronicle_mount::layout::{HEADER_TAG_OFFSET, PENDING_SIZE_OFFSET};
+    let mut header = raw[..HEADER_LEN].to_vec();
+    header[PENDING_SIZE_OFFSET..HEADER_TAG_OFFSET].copy_from_slice(&pending.to_le_bytes());
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, &[8; 32]);
+    let mut tag = [0u8; 32];
+    hk.expand_multi_info(
+        &[b"chronicle header v2", &header[..HEADER_TAG_OFFSET]],
+        &mut tag,
+    )
+    .expect("hkdf");
+    header[HEADER_TAG_OFFSET..].copy_from_slice(&tag[..16]);
+    header
+}
+
+// Protects: what only looks like a crash is left alone: an old block of the
+// same file planted in the middle (sealed as the end of an older, shorter
+// version) with the current blocks intact behind it; a cut fragment behind
+// zeroed blocks of a sparse file (which must not be sealed as a forged end).
+#[test]
+fn planted_crash_shapes_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = make(dir.path(), "f", &content(2, 100));
+    let old_end = fs::read(&path).expect("raw")[block_offset(2) as usize..].to_vec();
+    let file = open(&path);
+    file.write_at(2 * BLOCK as u64, &content(4, 0)[..2 * BLOCK + 500])
+        .expect("grow");
+    drop(file);
+    let mut raw = fs::read(&path).expect("raw");
+    let at = block_offset(2) as usize;
+    raw[at..at + old_end.len()].copy_from_slice(&old_end);
+    fs::write(&path, &raw).expect("plant");
+    let outcome = open(&path).repair_tail().expect("repair");
+    assert!(
+        matches!(outcome, TailRepair::NotACrash { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(fs::read(&path).expect("raw"), raw, "nothing cut");
+
+    let sparse = make(dir.path(), "sparse", &content(3, 0));
+    open(&sparse).punch_hole(0, BLOCK as u64).expect("punch");
+    let mut raw = fs::read(&sparse).expect("raw");
+    let at = block_offset(2) as usize;
+    raw[at..].fill(0);
+    raw.extend_from_slice(&vec![0u8; 2 * 4136]);
+    raw.push(1);
+    fs::write(&sparse, &raw).expect("forge");
+    let mut buf = vec![0u8; BLOCK];
+    assert!(
+        open(&sparse).read_at(2 * BLOCK as u64, &mut buf).is_err(),
+        "zeroed blocks behind a cut are not holes"
+    );
+    let outcome = open(&sparse).repair_tail().expect("repair");
+    assert!(
+        matches!(outcome, TailRepair::NotACrash { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(fs::read(&sparse).expect("raw"), raw, "nothing sealed");
 }
 
 // Protects: header-level crash shapes: a file created but never given its

@@ -391,7 +391,7 @@ fn hkdf(info: &[&[u8]]) -> [u8; 32] {
 
 // Protects: the on-disk format. The library reads a file written by an
 // earlier build, and an independent check following docs/FORMAT.md agrees:
-// header tag = HKDF(master, "chronicle header v2" ‖ header[0..40])[0..16];
+// header tag = HKDF(master, "chronicle header v2" ‖ header[0..48])[0..16];
 // block key = HKDF(master, "chronicle content v2" ‖ content id ‖ key id);
 // AAD = version ‖ content id ‖ index ‖ last.
 #[test]
@@ -418,8 +418,9 @@ fn known_answer_block() {
         b"CHRF\x02\x00\x02\x00",
         "magic, version 2, flags: has blocks"
     );
-    let tag = hkdf(&[b"chronicle header v2", &raw[..40]]);
-    assert_eq!(&raw[40..56], &tag[..16], "header tag");
+    assert_eq!(&raw[40..48], &[0u8; 8], "no shrink pending");
+    let tag = hkdf(&[b"chronicle header v2", &raw[..48]]);
+    assert_eq!(&raw[48..64], &tag[..16], "header tag");
     let content_id = &raw[24..40];
     let block = &raw[HEADER_LEN..];
     let (key_id, rest) = block.split_at(12);

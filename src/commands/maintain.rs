@@ -175,5 +175,11 @@ pub fn encrypt(plain_dir: &Path, backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -
         plain_dir.display(),
         backing.display()
     );
+    if copied.owners_not_kept > 0 {
+        println!(
+            "{} entries now belong to you: only root can keep other users' ownership.",
+            copied.owners_not_kept
+        );
+    }
     Ok(())
 }

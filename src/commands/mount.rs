@@ -134,7 +134,7 @@ fn serve(
     );
     if !hardening.memory_locked {
         log::warn!(
-            "memory not locked (RLIMIT_MEMLOCK too low, no CAP_IPC_LOCK): keys may reach swap; core dumps are off"
+            "memory not locked (RLIMIT_MEMLOCK is limited and this is not root): keys may reach swap; core dumps are off"
         );
     }
     mounted.serve(volume).context("serving the file system")?;

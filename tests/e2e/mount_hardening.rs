@@ -220,6 +220,92 @@ fn petabyte_sparse_file() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }
 
+// Protects: a full backing store never costs a byte written before: an
+// append that runs out of space fails with ENOSPC (not EIO) and leaves the
+// file as it was, its old last block put back; after space is freed the
+// same file takes writes again.
+#[test]
+fn full_backing_store_keeps_old_data() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Tmpfs::mount(dir.path().join("store"), "4m");
+    let backing = store.path.join("backing");
+    let out = run(&["init", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fixture = Fixture {
+        dir,
+        backing: backing.clone(),
+    };
+    // Without write-back caching each write reaches the mount at once, so
+    // the error belongs to the write that caused it.
+    let m = Mounted::with_fixture(fixture, &["--no-writeback-cache"]);
+    let path = m.path("log");
+    let synced: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    f.write_all_at(&synced, 0).expect("write");
+    f.sync_all().expect("fsync");
+    // Fill the store.
+    let filler = m.path("filler");
+    let chunk = vec![9u8; 64 << 10];
+    let mut g = fs::File::create(&filler).expect("filler");
+    loop {
+        match std::io::Write::write_all(&mut g, &chunk) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    drop(g);
+    // An append far larger than what is left.
+    let big = vec![1u8; 1 << 20];
+    let err = f
+        .write_all_at(&big, synced.len() as u64)
+        .expect_err("the store is full");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop_caches();
+    // The kernel may have sent part of the append in a request that
+    // succeeded; the rest was undone, and every byte reads as written.
+    let now = fs::read(&path).expect("the file reads whole");
+    assert!(now.len() >= synced.len() && now.len() < synced.len() + big.len());
+    assert_eq!(&now[..synced.len()], &synced[..]);
+    assert!(now[synced.len()..].iter().all(|&b| b == 1));
+    let out = run(&["fsck", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "clean after ENOSPC: {}", stdout(&out));
+    // Space again: the same file takes writes and reads back whole. The
+    // mount holds a descriptor on each inode the kernel remembers, so the
+    // filler's space returns once the kernel forgets it.
+    fs::remove_file(&filler).expect("free space");
+    for _ in 0..100 {
+        drop_caches();
+        let free = rustix::fs::statvfs(&store.path).expect("statvfs");
+        if free.f_bavail * free.f_frsize > 1 << 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    f.write_all_at(&big[..100_000], synced.len() as u64)
+        .expect("write after freeing space");
+    f.sync_all().expect("fsync");
+    drop(f);
+    drop_caches();
+    let all = fs::read(&path).expect("read");
+    assert_eq!(&all[..synced.len()], &synced[..]);
+    assert_eq!(all.len(), synced.len() + 100_000);
+    assert!(all[synced.len()..].iter().all(|&b| b == 1));
+    let out = run(&["fsck", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
 // Protects: BACKING spanning two file systems (a tmpfs mounted inside it):
 // inode numbers repeat across them, yet every file keeps its own identity
 // through the mount (its own inode number and its own contents).

@@ -76,7 +76,9 @@ impl EncryptedFile {
                 let to = (end - block_start).min(BLOCK_SIZE) as usize;
                 let target = &mut buf[copied..copied + (to - from)];
                 let is_last = index == final_block;
-                match self.open_block(keys, header.sparse(), index, is_last, chunk)? {
+                // Behind a cut fragment no block may read as a hole.
+                let sparse = header.sparse() && cut.is_none();
+                match self.open_block(keys, sparse, index, is_last, chunk)? {
                     Opened::Plain(plain) => target.copy_from_slice(&plain[from..to]),
                     Opened::Hole => target.fill(0),
                 }

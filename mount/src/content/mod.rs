@@ -145,6 +145,35 @@ impl EncryptedFile {
         self.rewrite(&mut state, offset, len, write::Fill::Zeros)
     }
 
+    /// Overwrites [offset, offset+len) with zeros; with `keep_size`, only
+    /// the part inside the file as it is under the lock (fallocate's
+    /// ZERO_RANGE with KEEP_SIZE), so a concurrent extension is never cut.
+    pub fn zero_range(&self, offset: u64, len: u64, keep_size: bool) -> Result<()> {
+        let mut state = self.state_mut();
+        let end = offset.saturating_add(len);
+        let end = if keep_size {
+            end.min(self.checked_size(&state)?)
+        } else {
+            end
+        };
+        if offset >= end {
+            return Ok(());
+        }
+        self.rewrite(&mut state, offset, end - offset, write::Fill::Zeros)
+    }
+
+    /// Grows the file to `size` if it is smaller, never shrinking it: the
+    /// size is compared under the lock, so a write that lands meanwhile is
+    /// kept (fallocate without KEEP_SIZE).
+    pub fn grow_to(&self, size: u64) -> Result<()> {
+        let mut state = self.state_mut();
+        let current = self.checked_size(&state)?;
+        if size <= current {
+            return Ok(());
+        }
+        self.rewrite(&mut state, current, size - current, write::Fill::Zeros)
+    }
+
     /// Sets the plaintext length. Shrinking re-seals the new last block;
     /// growing re-seals the old last block and seals a new one, leaving a
     /// large gap as a hole (no space, no time in proportion to it).
@@ -258,6 +287,7 @@ impl EncryptedFile {
             flags: 0,
             file_id,
             content_id: [0; FILE_ID_LEN],
+            pending_size: 0,
         };
         // The header first: a crash before the cut leaves blocks behind a
         // header that holds none, which reads fail on and `fsck --repair`
@@ -278,6 +308,7 @@ impl EncryptedFile {
                 flags: old.flags | FLAG_HAS_BLOCKS,
                 file_id: old.file_id,
                 content_id: crate::random::bytes(),
+                pending_size: 0,
             };
             self.store_header(state, header)?;
             state.keys = Some(ContentKeys::new(header.content_id));

@@ -3,12 +3,18 @@
 //!
 //! The crash model: the mount writes each file's blocks in ascending order,
 //! header first when it changes, and cuts the backing file only after the
-//! new last block is sealed. A crash (of the mount, or of the machine with
-//! writes reaching the disk in that order) therefore damages only the end:
-//! the last write may be short, an extension may stop after the old last
-//! block was re-sealed, and a shrink may stop before the cut. Damage with
-//! authentic blocks after it is not explained by a crash; repair leaves it
-//! alone and reports it.
+//! new last block is sealed, with the size it cuts to recorded in the header
+//! while it does. A crash (of the mount, or of the machine with writes
+//! reaching the disk in that order, or with a file's new size reaching it
+//! before its data) therefore damages only the end: the last write may be
+//! short, trailing blocks may be all zeros, an extension may stop after the
+//! old last block was re-sealed, a shrink may stop before its cut. No single
+//! operation writes more than `TAIL_WINDOW` blocks past the old end, so
+//! repair looks at that many and no further. Damage with authentic blocks
+//! after it, damage longer than the window, a whole block that fails with
+//! data in it, or an end sealed early with authentic blocks behind it and no
+//! shrink recorded: none of these is what a crash leaves, and repair reports
+//! them and changes nothing.
 
 use std::os::unix::fs::FileExt;
 
@@ -16,8 +22,14 @@ use super::blocks::{is_zero, try_open};
 use super::{EncryptedFile, Header, State};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::layout::{
-    self, block_offset, Malformed, BLOCK_OVERHEAD, BLOCK_SIZE, CIPHER_BLOCK_SIZE, HEADER_LEN,
+    self, block_offset, FileHeader, Malformed, BLOCK_OVERHEAD, BLOCK_SIZE, CIPHER_BLOCK_SIZE,
+    HEADER_LEN,
 };
+
+/// Blocks at the end of a file that repair examines: more than any one
+/// operation writes past the old end (a 1 MiB write, a 1 MiB gap filled
+/// with zeros, the old and new last blocks).
+const TAIL_WINDOW: u64 = 1024;
 
 /// What `repair_tail` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +47,10 @@ pub enum TailRepair {
 enum Slot {
     Hole,
     NotLast,
-    /// Opens as the file's last block with this many plaintext bytes.
-    Last(u64),
+    /// Opens as the file's last block, at its stored length.
+    Last,
+    /// All zeros where no hole is allowed: written size, unwritten data.
+    Zeros,
     Bad,
 }
 
@@ -87,7 +101,10 @@ impl EncryptedFile {
                 .context(|| format!("reading {}", self.backing_path().display()))?;
             // With a cut fragment behind them, no whole block is the end.
             let is_last = index == blocks - 1 && cut.is_none();
-            if let Err(e) = self.open_block(keys, header.sparse(), index, is_last, slot) {
+            // Behind a cut fragment no block may read as a hole: the cut
+            // could otherwise turn zeroed blocks into plausible holes.
+            let sparse = header.sparse() && cut.is_none();
+            if let Err(e) = self.open_block(keys, sparse, index, is_last, slot) {
                 bad(e);
             }
             checked += 1;
@@ -115,11 +132,12 @@ impl EncryptedFile {
                 return Ok(repaired("the header was torn; now empty", 0));
             }
             Header::Damaged(reason) => {
-                return Ok(TailRepair::NotACrash {
-                    reason: reason.clone(),
-                })
+                return Ok(not_a_crash(reason.clone()));
             }
         };
+        if header.pending_size != 0 {
+            return self.finish_shrink(&mut state, header, cipher_len);
+        }
         if !header.has_blocks() || cipher_len == HEADER_LEN as u64 {
             if cipher_len == HEADER_LEN as u64 && !header.has_blocks() {
                 return Ok(TailRepair::Clean);
@@ -130,31 +148,38 @@ impl EncryptedFile {
                 0,
             ));
         }
-        let mut slots = self.classify_slots(&state, header.sparse(), cipher_len)?;
-        if let Some(first_bad) = slots.iter().position(|s| *s == Slot::Bad) {
-            if let Some(plain) = self.last_block_inside(&state, first_bad as u64)? {
-                slots[first_bad] = Slot::Last(plain);
-            }
-        }
-        self.repair_slots(&mut state, &slots, cipher_len)
+        let count = (cipher_len - HEADER_LEN as u64).div_ceil(CIPHER_BLOCK_SIZE);
+        let first = count.saturating_sub(TAIL_WINDOW);
+        let slots = self.classify_slots(&state, header.sparse(), cipher_len, first..count)?;
+        self.repair_window(&mut state, first, &slots, cipher_len)
     }
 
-    /// How each stored block opens, in order.
-    fn classify_slots(&self, state: &State, sparse: bool, cipher_len: u64) -> Result<Vec<Slot>> {
+    /// How each stored block of `range` opens, in order.
+    fn classify_slots(
+        &self,
+        state: &State,
+        sparse: bool,
+        cipher_len: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<Slot>> {
         let Some(keys) = state.keys.as_ref() else {
             return Ok(Vec::new());
         };
-        let count = (cipher_len - HEADER_LEN as u64).div_ceil(CIPHER_BLOCK_SIZE);
-        let mut slots = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let last = range.end.saturating_sub(1);
+        let mut slots = Vec::with_capacity((range.end - range.start) as usize);
         let mut stored = vec![0u8; CIPHER_BLOCK_SIZE as usize];
-        for index in 0..count {
+        for index in range {
             let buf = self.read_slot(index, cipher_len, &mut stored)?;
-            let slot = if index + 1 < count && sparse && is_zero(buf) {
-                Slot::Hole
+            let slot = if is_zero(buf) {
+                if index < last && sparse {
+                    Slot::Hole
+                } else {
+                    Slot::Zeros
+                }
             } else if try_open(&self.crypto, keys, index, false, &mut buf.to_vec()).is_some() {
                 Slot::NotLast
             } else if try_open(&self.crypto, keys, index, true, buf).is_some() {
-                Slot::Last(buf.len() as u64 - BLOCK_OVERHEAD)
+                Slot::Last
             } else {
                 Slot::Bad
             };
@@ -170,7 +195,8 @@ impl EncryptedFile {
         cipher_len: u64,
         buf: &'b mut [u8],
     ) -> Result<&'b mut [u8]> {
-        let len = (cipher_len.min(block_offset(index + 1)) - block_offset(index)) as usize;
+        let end = cipher_len.min(block_offset(index + 1));
+        let len = end.saturating_sub(block_offset(index)) as usize;
         let slot = &mut buf[..len];
         self.file
             .read_exact_at(slot, block_offset(index))
@@ -178,78 +204,117 @@ impl EncryptedFile {
         Ok(slot)
     }
 
-    /// A shrink that stopped before its cut leaves the new last block at
-    /// the front of a longer slot: its plaintext length, found by trying
-    /// each one (only for the one slot where the damage starts).
-    fn last_block_inside(&self, state: &State, index: u64) -> Result<Option<u64>> {
-        let Some(keys) = state.keys.as_ref() else {
-            return Ok(None);
-        };
-        let mut stored = vec![0u8; CIPHER_BLOCK_SIZE as usize];
-        let buf = self.read_slot(index, self.cipher_len()?, &mut stored)?;
-        let longest = (buf.len() as u64).saturating_sub(BLOCK_OVERHEAD);
-        Ok((1..=longest).rev().find(|&plain| {
-            let mut copy = buf[..(plain + BLOCK_OVERHEAD) as usize].to_vec();
-            try_open(&self.crypto, keys, index, true, &mut copy).is_some()
-        }))
-    }
-
-    fn repair_slots(
+    /// Decides on the last `slots` of the file (the first of them is block
+    /// `first`).
+    fn repair_window(
         &self,
         state: &mut State,
+        first: u64,
         slots: &[Slot],
         cipher_len: u64,
     ) -> Result<TailRepair> {
-        let end = slots
-            .iter()
-            .position(|s| matches!(s, Slot::Last(_) | Slot::Bad));
-        let Some(end) = end else {
+        let count = first + slots.len() as u64;
+        let at = |index: u64| slots[(index - first) as usize];
+        let authentic_after =
+            |index: u64| (index + 1..count).any(|i| matches!(at(i), Slot::NotLast | Slot::Last));
+        let Some(end) =
+            (first..count).find(|&i| matches!(at(i), Slot::Last | Slot::Bad | Slot::Zeros))
+        else {
             // Every block authentic and none the last: an extension stopped
             // at a block boundary. The last one becomes the end again.
-            return self.reseal_as_last(state, slots.len() as u64, "an interrupted extension");
+            return self.reseal_as_last(state, count, "an interrupted extension");
         };
-        match slots[end] {
-            Slot::Last(plain) => {
-                let cut = block_offset(end as u64) + plain + BLOCK_OVERHEAD;
-                if cut == self.cipher_len()? {
-                    return Ok(TailRepair::Clean);
-                }
-                self.truncate_backing(cut)?;
-                self.sync(false)?;
-                let size = end as u64 * BLOCK_SIZE + plain;
-                Ok(repaired(
-                    "stale blocks behind the last block (an interrupted shrink)",
-                    size,
-                ))
+        if at(end) == Slot::Last {
+            if end + 1 == count {
+                return Ok(TailRepair::Clean);
             }
-            _ => {
-                let later_authentic = slots[end + 1..]
-                    .iter()
-                    .any(|s| matches!(s, Slot::NotLast | Slot::Last(_)));
-                if later_authentic {
-                    return Ok(TailRepair::NotACrash {
-                        reason: format!(
-                            "block {end} fails authentication but later blocks are intact"
-                        ),
-                    });
-                }
-                // A write cut short leaves its last block short; a whole
-                // block that fails was changed, not torn by a short write.
-                let is_final_slot = end + 1 == slots.len();
-                let stored = cipher_len.saturating_sub(block_offset(end as u64));
-                if !is_final_slot || stored >= CIPHER_BLOCK_SIZE {
-                    return Ok(TailRepair::NotACrash {
-                        reason: format!(
-                            "block {end} fails authentication at its full length, which a short write does not leave"
-                        ),
-                    });
-                }
-                if end == 0 {
-                    self.reset_to_empty(state)?;
-                    return Ok(repaired("the first block was torn; now empty", 0));
-                }
-                self.reseal_as_last(state, end as u64, "a torn write at the end")
+            if authentic_after(end) {
+                return Ok(not_a_crash(format!(
+                    "block {end} is sealed as the end but authentic blocks follow it, and no shrink was under way"
+                )));
             }
+            // The old end, with an extension's unfinished blocks behind it.
+            let cut =
+                block_offset(end) + (cipher_len.min(block_offset(end + 1)) - block_offset(end));
+            self.truncate_backing(cut)?;
+            self.sync(false)?;
+            let size = layout::plaintext_size_lossy(cut);
+            return Ok(repaired("an interrupted extension", size));
+        }
+        if end == first && first > 0 {
+            return Ok(not_a_crash(format!(
+                "damage from block {end} on is longer than any one write"
+            )));
+        }
+        if authentic_after(end) {
+            return Ok(not_a_crash(format!(
+                "block {end} fails authentication but later blocks are intact"
+            )));
+        }
+        // A short write leaves a short last block; a size that reached the
+        // disk before its data leaves zeros. A whole block with data that
+        // fails was changed, not cut short.
+        let short_or_zero = (end..count).all(|i| {
+            let stored = cipher_len.min(block_offset(i + 1)) - block_offset(i);
+            at(i) == Slot::Zeros || (i + 1 == count && stored < CIPHER_BLOCK_SIZE)
+        });
+        if !short_or_zero {
+            return Ok(not_a_crash(format!(
+                "block {end} fails authentication at its full length, which a short write does not leave"
+            )));
+        }
+        if end == 0 {
+            self.reset_to_empty(state)?;
+            return Ok(repaired("the first block was torn; now empty", 0));
+        }
+        if at(end - 1) != Slot::NotLast {
+            return Ok(not_a_crash(format!(
+                "block {} before the damage is not a block that can end the file",
+                end - 1
+            )));
+        }
+        self.reseal_as_last(state, end, "a torn write at the end")
+    }
+
+    /// A shrink was under way: complete it if its new last block was
+    /// written, or drop it if not; either way the size is one the program
+    /// could have seen.
+    fn finish_shrink(
+        &self,
+        state: &mut State,
+        mut header: FileHeader,
+        cipher_len: u64,
+    ) -> Result<TailRepair> {
+        let target = header.pending_size;
+        let index = (target - 1) / BLOCK_SIZE;
+        let keep = target - index * BLOCK_SIZE;
+        let written = match state.keys.as_ref() {
+            Some(keys) if block_offset(index) + keep + BLOCK_OVERHEAD <= cipher_len => {
+                let mut stored = vec![0u8; (keep + BLOCK_OVERHEAD) as usize];
+                self.file
+                    .read_exact_at(&mut stored, block_offset(index))
+                    .context(|| format!("reading {}", self.backing_path().display()))?;
+                try_open(&self.crypto, keys, index, true, &mut stored).is_some()
+            }
+            _ => false,
+        };
+        header.pending_size = 0;
+        if written {
+            self.truncate_backing(layout::ciphertext_size(target))?;
+            self.store_header(state, header)?;
+            self.sync(false)?;
+            return Ok(repaired("an interrupted shrink, completed", target));
+        }
+        self.store_header(state, header)?;
+        self.sync(false)?;
+        match layout::plaintext_size(cipher_len) {
+            Ok(size) => Ok(repaired(
+                "an interrupted shrink that had not begun; dropped",
+                size,
+            )),
+            Err(_) => Ok(not_a_crash(
+                "the block an interrupted shrink was rewriting is torn".to_string(),
+            )),
         }
     }
 
@@ -259,8 +324,18 @@ impl EncryptedFile {
         let sparse = self.valid_header(state)?.sparse();
         let index = blocks - 1;
         let keys = self.keys_for_writing(state)?;
+        let mut stored = vec![0u8; CIPHER_BLOCK_SIZE as usize];
+        self.file
+            .read_exact_at(&mut stored, block_offset(index))
+            .context(|| format!("reading {}", self.backing_path().display()))?;
+        // A hole must never become the end: the end is always sealed data.
+        if sparse && is_zero(&stored) {
+            return Ok(not_a_crash(format!(
+                "block {index} would end the file but is a hole"
+            )));
+        }
         let mut plain = [0u8; BLOCK_SIZE as usize];
-        self.read_block(keys, sparse, index, BLOCK_SIZE, false, &mut plain)?;
+        self.read_block(keys, false, index, BLOCK_SIZE, false, &mut plain)?;
         let mut sealed = Vec::with_capacity(CIPHER_BLOCK_SIZE as usize);
         self.seal_block(keys, index, true, &plain, &mut sealed);
         self.file
@@ -277,4 +352,8 @@ fn repaired(what: &str, size: u64) -> TailRepair {
         what: what.to_string(),
         size,
     }
+}
+
+fn not_a_crash(reason: String) -> TailRepair {
+    TailRepair::NotACrash { reason }
 }

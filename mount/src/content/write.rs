@@ -9,11 +9,11 @@
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
-use super::blocks::SCRATCH;
+use super::blocks::{Opened, SCRATCH};
 use super::keys::ContentKeys;
 use super::{block_len, EncryptedFile, State};
 use crate::error::{IoContext, Result, VolumeError};
-use crate::layout::{self, block_count, block_offset, BLOCK_SIZE, FLAG_SPARSE};
+use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD, BLOCK_SIZE, FLAG_SPARSE};
 
 /// Blocks sealed per `pwrite` when writing long ranges (1 MiB of plaintext):
 /// bounds memory while keeping system calls large.
@@ -126,6 +126,9 @@ struct Change<'a> {
     end: u64,
     fill: Fill<'a>,
     sparse: bool,
+    /// When the change grows the file: the old last block as stored, read
+    /// once, both to re-seal it and to put it back if a later write fails.
+    old_last: Option<Vec<u8>>,
 }
 
 impl EncryptedFile {
@@ -146,19 +149,58 @@ impl EncryptedFile {
         if plan.holes {
             self.mark_sparse(state)?;
         }
+        let new_size = size.max(end);
+        let old_last = match block_count(size).checked_sub(1) {
+            Some(index) if new_size > size => Some(self.read_stored(index, size)?),
+            _ => None,
+        };
         let change = Change {
             size,
-            new_size: size.max(end),
+            new_size,
             offset,
             end,
             fill,
             sparse: self.valid_header(state)?.sparse(),
+            old_last,
         };
         let keys = self.keys_for_writing(state)?;
         for run in plan.runs {
-            self.seal_run(keys, &change, run)?;
+            if let Err(e) = self.seal_run(keys, &change, run) {
+                self.undo_growth(&change);
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// Block `index` of a file of `size` bytes, as stored.
+    fn read_stored(&self, index: u64, size: u64) -> Result<Vec<u8>> {
+        let mut stored = vec![0u8; (block_len(size, index) + BLOCK_OVERHEAD) as usize];
+        self.file
+            .read_exact_at(&mut stored, block_offset(index))
+            .context(|| format!("reading {}", self.backing_path().display()))?;
+        Ok(stored)
+    }
+
+    /// A growing write failed part way (the backing store full, say): puts
+    /// the old last block back as it was and cuts what was added, so that
+    /// no byte the file held before is lost. Best effort: the failure that
+    /// got us here is what the caller reports.
+    fn undo_growth(&self, change: &Change) {
+        let Some(stored) = &change.old_last else {
+            return;
+        };
+        let index = block_count(change.size) - 1;
+        let restored = self
+            .file
+            .write_all_at(stored, block_offset(index))
+            .and_then(|()| self.file.set_len(layout::ciphertext_size(change.size)));
+        if let Err(e) = restored {
+            log::error!(
+                "{}: could not undo a failed write that grew the file: {e}",
+                self.backing_path().display()
+            );
+        }
     }
 
     /// Seals and writes the blocks of `run`, in batches.
@@ -180,7 +222,29 @@ impl EncryptedFile {
                         change.offset <= block_start && change.end >= block_start + old_len;
                     if old_len > 0 && !covered {
                         let was_last = Some(index) == last_old;
-                        self.read_block(keys, change.sparse, index, old_len, was_last, plain)?;
+                        match (&change.old_last, was_last) {
+                            (Some(stored), true) => {
+                                let mut copy = stored.clone();
+                                match self.open_block(
+                                    keys,
+                                    change.sparse,
+                                    index,
+                                    true,
+                                    &mut copy,
+                                )? {
+                                    Opened::Plain(old) => plain[..old.len()].copy_from_slice(old),
+                                    Opened::Hole => plain.fill(0),
+                                }
+                            }
+                            _ => self.read_block(
+                                keys,
+                                change.sparse,
+                                index,
+                                old_len,
+                                was_last,
+                                plain,
+                            )?,
+                        }
                         plain[old_len as usize..].fill(0);
                     } else {
                         plain.fill(0);
@@ -197,10 +261,15 @@ impl EncryptedFile {
         })
     }
 
-    /// Cuts the file from `size` to `new_size` (both above zero): re-seals
-    /// the new last block as last, then cuts the backing file after it.
+    /// Cuts the file from `size` to `new_size` (both above zero): records
+    /// the new size in the header, re-seals the new last block as last, cuts
+    /// the backing file after it, and clears the record. A crash in between
+    /// leaves a state `fsck --repair` completes or drops (see `verify`).
     pub(super) fn shrink(&self, state: &mut State, size: u64, new_size: u64) -> Result<()> {
-        let sparse = self.valid_header(state)?.sparse();
+        let mut header = self.valid_header(state)?;
+        let sparse = header.sparse();
+        header.pending_size = new_size;
+        self.store_header(state, header)?;
         let keys = self.keys_for_writing(state)?;
         let index = (new_size - 1) / BLOCK_SIZE;
         let old_len = block_len(size, index);
@@ -210,12 +279,12 @@ impl EncryptedFile {
         let keep = block_len(new_size, index) as usize;
         let mut sealed = Vec::with_capacity(layout::CIPHER_BLOCK_SIZE as usize);
         self.seal_block(keys, index, true, &plain[..keep], &mut sealed);
-        // The new end first: a crash before the cut leaves a sealed last
-        // block with stale blocks behind it, which `fsck --repair` cuts.
         self.file
             .write_all_at(&sealed, block_offset(index))
             .context(|| format!("writing {}", self.backing_path().display()))?;
-        self.truncate_backing(layout::ciphertext_size(new_size))
+        self.truncate_backing(layout::ciphertext_size(new_size))?;
+        header.pending_size = 0;
+        self.store_header(state, header)
     }
 
     /// Turns [offset, offset+len) into zeros without changing the size;

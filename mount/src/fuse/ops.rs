@@ -204,19 +204,42 @@ impl Ops {
         self.stat_attr(&node)
     }
 
-    /// Gives a new entry to its creator when we run as root.
-    fn chown_new(&self, caller: Caller, parent: &Node, backing: &OsStr) -> Result<(), Errno> {
+    /// Gives a new node to its creator when we run as root: through the
+    /// node's own descriptor, so a name swapped in BACKING meanwhile cannot
+    /// make us give away another file.
+    fn chown_new(&self, caller: Caller, node: &Node) -> Result<(), Errno> {
         if !self.as_root || (caller.uid == 0 && caller.gid == 0) {
             return Ok(());
         }
         rustix::fs::chownat(
-            &parent.fd,
-            backing,
+            &node.fd,
+            "",
             Some(rustix::fs::Uid::from_raw(caller.uid)),
             Some(rustix::fs::Gid::from_raw(caller.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
+            AtFlags::EMPTY_PATH,
         )
         .map_err(sys)
+    }
+
+    /// Looks up a node the mount just created by name and gives it to its
+    /// creator; the node is what the lookup found, so the owner, the
+    /// reply's attributes and the inode all name one file.
+    fn created(&self, caller: Caller, parent: &Node, backing: &OsStr) -> Result<FileAttr, Errno> {
+        let (node, _) = self.lookup_backing(parent, backing)?;
+        self.chown_new(caller, &node)?;
+        self.stat_attr(&node)
+    }
+
+    /// The node of a file the mount just opened, from the descriptor itself
+    /// (not its name, which someone writing BACKING could swap meanwhile),
+    /// counting one kernel lookup.
+    fn node_of_opened(&self, file: &File) -> Result<Arc<Node>, Errno> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let fd = rustix::fs::open(path.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(sys)?;
+        let stat = rustix::fs::fstat(&fd).map_err(sys)?;
+        self.nodes.remember(fd, &stat)
     }
 
     // ---- the plaintext contents of regular files -------------------------
@@ -330,10 +353,16 @@ impl Ops {
             Err(e) => return Err(sys(e)),
         };
         let created = matches!(opened, Opened::Created(_));
-        if created {
-            self.chown_new(caller, &parent, &backing)?;
+        let node = match &opened {
+            Opened::Created(file) | Opened::Existing(file) => self.node_of_opened(file)?,
+        };
+        if node.kind != RawType::RegularFile {
+            self.nodes.forget(node.ino, 1);
+            return Err(Errno::EISDIR);
         }
-        let (node, _) = self.lookup_backing(&parent, &backing)?;
+        if created {
+            self.chown_new(caller, &node)?;
+        }
         let content = self.content_with(&node, Some(opened))?;
         if !created && flags & libc::O_TRUNC != 0 {
             content.set_len(0).map_err(volume_errno)?;
@@ -383,7 +412,6 @@ impl Ops {
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
         let content = self.file_handle(fh)?;
-        let size = content.len().map_err(volume_errno)?;
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
@@ -392,23 +420,17 @@ impl Ops {
                 // out of it), then grow the size unless asked not to; the
                 // new range reads as zeros and takes no time to make.
                 content.reserve(end).map_err(volume_errno)?;
-                if !keep_size && end > size {
-                    content.set_len(end).map_err(volume_errno)?;
+                if !keep_size {
+                    content.grow_to(end).map_err(volume_errno)?;
                 }
                 Ok(())
             }
             libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
                 content.punch_hole(offset, len).map_err(volume_errno)
             }
-            libc::FALLOC_FL_ZERO_RANGE => {
-                let zero_end = if keep_size { end.min(size) } else { end };
-                if offset < zero_end {
-                    content
-                        .write_zeros(offset, zero_end - offset)
-                        .map_err(volume_errno)?;
-                }
-                Ok(())
-            }
+            libc::FALLOC_FL_ZERO_RANGE => content
+                .zero_range(offset, len, keep_size)
+                .map_err(volume_errno),
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
@@ -506,8 +528,7 @@ impl Ops {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
         rustix::fs::mkdirat(&parent.fd, &backing, Mode::from_raw_mode(mode)).map_err(sys)?;
-        self.chown_new(caller, &parent, &backing)?;
-        self.lookup_backing(&parent, &backing).map(|(_, a)| a)
+        self.created(caller, &parent, &backing)
     }
 
     pub fn mknod(
@@ -531,9 +552,12 @@ impl Ops {
                 Mode::from_raw_mode(mode),
             )
             .map_err(sys)?;
+            let file = File::from(fd);
+            let node = self.node_of_opened(&file)?;
             let label = std::path::PathBuf::from(name);
-            EncryptedFile::create(File::from(fd), Arc::clone(&self.crypto), label)
-                .map_err(volume_errno)?;
+            EncryptedFile::create(file, Arc::clone(&self.crypto), label).map_err(volume_errno)?;
+            self.chown_new(caller, &node)?;
+            return self.stat_attr(&node);
         } else {
             rustix::fs::mknodat(
                 &parent.fd,
@@ -544,8 +568,7 @@ impl Ops {
             )
             .map_err(sys)?;
         }
-        self.chown_new(caller, &parent, &backing)?;
-        self.lookup_backing(&parent, &backing).map(|(_, a)| a)
+        self.created(caller, &parent, &backing)
     }
 
     pub fn symlink(
@@ -559,8 +582,7 @@ impl Ops {
         let backing = self.backing_name(&parent, name)?;
         let stored = self.names.target_to_backing(target);
         rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?;
-        self.chown_new(caller, &parent, &backing)?;
-        self.lookup_backing(&parent, &backing).map(|(_, a)| a)
+        self.created(caller, &parent, &backing)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
