@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::cipher::{Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::cipher::{self, Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
 use crate::layout::BLOCK_SIZE;
@@ -138,13 +138,21 @@ impl VolumeConfig {
     fn wrap(&mut self, master: &SecretKey, user: &UserKey) -> Result<()> {
         let kek = self.key_encryption_key(user)?;
         self.key_check = key_check(&kek, &self.volume_id);
-        crate::random::fill(&mut self.wrap_nonce);
         let wrap_key = wrap_key(&kek, &self.volume_id);
         let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
-        let mut wrapped = *master.as_bytes();
-        let aad = self.authenticated_prefix();
-        self.wrap_tag = aead.seal(&self.wrap_nonce, &aad, &mut wrapped);
-        self.wrapped_key = wrapped;
+        // The wrap's three fields are one framed value (nonce ‖ ciphertext
+        // ‖ tag), sealed by the volume's one sealing routine.
+        let mut framed =
+            zeroize::Zeroizing::new(Vec::with_capacity(WRAP_TAG_AT + TAG_LEN - WRAP_NONCE_AT));
+        cipher::seal_framed(
+            &*aead,
+            &self.authenticated_prefix(),
+            master.as_bytes(),
+            &mut framed,
+        );
+        self.wrap_nonce = array(&framed[..NONCE_LEN]);
+        self.wrapped_key = array(&framed[NONCE_LEN..NONCE_LEN + KEY_LEN]);
+        self.wrap_tag = array(&framed[NONCE_LEN + KEY_LEN..]);
         Ok(())
     }
 
@@ -158,17 +166,16 @@ impl VolumeConfig {
         }
         let wrap_key = wrap_key(&kek, &self.volume_id);
         let aead = Backend::RustCrypto.new_key(wrap_key.as_bytes());
-        let mut master = zeroize::Zeroizing::new(self.wrapped_key);
-        aead.open(
-            &self.wrap_nonce,
-            &self.authenticated_prefix(),
-            &mut *master,
-            &self.wrap_tag,
-        )
-        .map_err(|_| VolumeError::ConfigTampered {
-            path: path.to_path_buf(),
-        })?;
-        Ok(SecretKey::from_bytes(*master))
+        let mut framed =
+            zeroize::Zeroizing::new(Vec::with_capacity(WRAP_TAG_AT + TAG_LEN - WRAP_NONCE_AT));
+        framed.extend_from_slice(&self.wrap_nonce);
+        framed.extend_from_slice(&self.wrapped_key);
+        framed.extend_from_slice(&self.wrap_tag);
+        let master = cipher::open_framed(&*aead, &self.authenticated_prefix(), &mut framed)
+            .map_err(|_| VolumeError::ConfigTampered {
+                path: path.to_path_buf(),
+            })?;
+        Ok(SecretKey::from_bytes(array(master)))
     }
 
     fn key_encryption_key(&self, user: &UserKey) -> Result<SecretKey> {

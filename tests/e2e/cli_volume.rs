@@ -10,6 +10,9 @@ fn init_and_info() {
     let meta = std::fs::metadata(f.backing.join("chronicle.volume")).expect("config");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+    // Only the owner may list BACKING: names and sizes show there.
+    let dir = std::fs::metadata(&f.backing).expect("backing");
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700);
     let out = run(&["info", f.b()], None);
     assert!(out.status.success());
     let text = stdout(&out);

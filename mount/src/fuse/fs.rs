@@ -44,6 +44,11 @@ impl fuser::Filesystem for ChronicleFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
+            // O_TRUNC reaches `open`, which empties the file through its
+            // shared EncryptedFile (repairing a damaged one) in the same
+            // request, instead of an open that the damage refuses followed
+            // by a SETATTR.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
             // We clear set-user-id and set-group-id bits ourselves (see
             // `Ops::write`); in exchange the kernel stops asking for
             // security.capability before every write.
