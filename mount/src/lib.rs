@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod keys;
 pub mod layout;
 pub mod mountinfo;
+pub mod name_cipher;
 pub mod names;
 pub mod random;
 pub mod reencrypt;
