@@ -22,6 +22,7 @@ pub struct MountRequest {
 }
 
 pub fn mount(req: MountRequest) -> Result<()> {
+    clear_dead_mount(&req.mountpoint)?;
     let backing = existing_dir(&req.backing, "backing directory")?;
     let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
     if chronicle_mount::mountinfo::is_mount_point(&mountpoint) {
@@ -169,6 +170,41 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
             mountpoint.display()
         ),
         Err(e) => Err(e).with_context(|| format!("cannot unmount {}", mountpoint.display())),
+    }
+}
+
+/// A chronicle mount whose process died (killed, crashed) leaves its mount
+/// point answering "Transport endpoint is not connected" to everyone. It
+/// holds nothing (every write the process acknowledged already reached the
+/// backing directory), so mounting again clears it, and says so.
+fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
+    let Err(e) = std::fs::metadata(mountpoint) else {
+        return Ok(());
+    };
+    if e.raw_os_error() != Some(libc::ENOTCONN) {
+        return Ok(());
+    }
+    let shown = mountpoint.display();
+    let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let entry = chronicle_mount::mountinfo::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == absolute);
+    match entry {
+        Some(m) if m.source.starts_with("chronicle:") => {
+            fuse::unmount(&absolute).or_else(|_| {
+                rustix::mount::unmount(&absolute, rustix::mount::UnmountFlags::DETACH)
+                    .map_err(std::io::Error::from)
+            })
+            .with_context(|| format!("cannot clear the dead mount at {shown}; run: umount -l {shown}"))?;
+            eprintln!(
+                "note: the mount process for {shown} had died ({e}); cleared the dead mount (fsck the volume if a program was writing)"
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "{shown} is a dead mount of another file system ({e}); unmount it first (umount -l {shown})"
+        ),
     }
 }
 
