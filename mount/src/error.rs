@@ -38,6 +38,8 @@ pub enum VolumeError {
     NotEmpty { path: PathBuf },
     /// The directory holds no volume configuration.
     NotAVolume { path: PathBuf },
+    /// Another process (a mount, a repair, a re-encryption) holds the volume.
+    Busy { path: PathBuf },
 }
 
 impl VolumeError {
@@ -119,6 +121,11 @@ impl fmt::Display for VolumeError {
             VolumeError::NotAVolume { path } => write!(
                 f,
                 "{} is not a chronicle volume (no chronicle.volume); create one with `chronicle init`",
+                path.display()
+            ),
+            VolumeError::Busy { path } => write!(
+                f,
+                "{} is in use by another chronicle process (a mount, fsck --repair or a re-encryption); unmount it or wait for it to finish",
                 path.display()
             ),
         }

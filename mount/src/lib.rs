@@ -11,6 +11,7 @@ pub mod error;
 pub mod fuse;
 pub mod keys;
 pub mod layout;
+pub mod lock;
 pub mod mountinfo;
 pub mod name_cipher;
 pub mod names;

@@ -63,6 +63,7 @@ pub fn reencrypt(
         .context(|| format!("finding {}", backing.display()))?;
     let staging = staging_path(&backing)?;
     refuse_unswappable(&backing)?;
+    let _lock = crate::lock::VolumeLock::acquire(&backing)?;
     if backing.join(MARK_NAME).exists() {
         finish(&backing, &staging, new_key)?;
         return Ok(Outcome::Finished);

@@ -49,6 +49,10 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
     }
     let user = keysource::resolve(key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let volume = Volume::open(backing, &user)?;
+    let _lock = match repair {
+        true => Some(chronicle_mount::lock::VolumeLock::acquire(backing)?),
+        false => None,
+    };
     let (_, total) = tree::total_bytes(backing, Root::Volume)?;
     let bar = progress(total, "checking");
     let summary = check::check_volume(&volume, repair, &mut |event| {

@@ -51,6 +51,8 @@ pub fn mount(req: MountRequest) -> Result<()> {
     let user_key = keysource::resolve(&req.key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let volume = Volume::open(&backing, &user_key)?;
     drop(user_key);
+    // Held for the life of the mount (a background mount inherits it).
+    let _lock = chronicle_mount::lock::VolumeLock::acquire(&backing)?;
     // This process lives as long as the mount: its environment and memory
     // must not give the key away.
     let key_env = req

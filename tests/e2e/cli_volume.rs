@@ -466,3 +466,129 @@ fn rotate_key_both_ways() {
         );
     }
 }
+
+/// Every file under `dir` with its bytes and mode, and every directory.
+fn tree_state(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            let bytes = if meta.is_file() {
+                std::fs::read(&p).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            out.push((p.clone(), meta.permissions().mode(), bytes));
+            if meta.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// Protects: bad input to every command that takes a volume: a missing,
+// empty, garbled, truncated or future configuration; a directory that is
+// no volume; a key of the wrong length or alphabet; the wrong key; a mount
+// point that is missing, a file or not empty. Each gets one line on
+// standard error, the documented exit code, and nothing on disk changes.
+#[test]
+fn bad_input_to_every_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let good = Fixture::new();
+    let config = std::fs::read(good.backing.join("chronicle.volume")).expect("config");
+    let volume = |name: &str, bytes: Option<&[u8]>| {
+        let b = root.join(name);
+        std::fs::create_dir_all(&b).expect("mkdir");
+        if let Some(bytes) = bytes {
+            std::fs::write(b.join("chronicle.volume"), bytes).expect("write config");
+        }
+        b
+    };
+    let mut future = config.clone();
+    future[8] = 9;
+    let mut garbled = config.clone();
+    garbled[20] ^= 0xff;
+    let volumes = [
+        ("missing", root.join("no-such-dir")),
+        ("not a volume", volume("empty", None)),
+        ("empty config", volume("zero", Some(b""))),
+        ("garbled config", volume("garbled", Some(&garbled))),
+        ("truncated config", volume("short", Some(&config[..60]))),
+        ("future config", volume("future", Some(&future))),
+    ];
+    let mnt = root.join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let before = tree_state(root);
+    let good_before = tree_state(&good.backing);
+    let check = |what: &str, args: &[&str], key: Option<&str>, code: i32| {
+        let out = run(args, key);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{what}: {args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert!(err.starts_with("error: "), "{what}: {err}");
+    };
+    for (what, b) in &volumes {
+        let b = path_str(b);
+        check(what, &["info", b], None, 1);
+        check(what, &["fsck", b], Some(KEY), 1);
+        check(what, &["fsck", b, "--repair"], Some(KEY), 1);
+        check(what, &["inspect", b], None, 1);
+        check(what, &["mount", b, path_str(&mnt)], Some(KEY), 1);
+        check(
+            what,
+            &["rotate-key", b, "--new-key-env", "CHRONICLE_ENCRYPTION_KEY"],
+            Some(KEY),
+            1,
+        );
+    }
+    for (what, key) in [
+        ("short key", "00112233"),
+        ("not hex", &"zz".repeat(32)[..]),
+        ("long key", &"00".repeat(33)[..]),
+    ] {
+        check(what, &["fsck", good.b()], Some(key), 1);
+        check(what, &["mount", good.b(), path_str(&mnt)], Some(key), 1);
+    }
+    check("wrong key", &["fsck", good.b()], Some(WRONG_KEY), 12);
+    check(
+        "wrong key",
+        &["mount", good.b(), path_str(&mnt)],
+        Some(WRONG_KEY),
+        12,
+    );
+    let file = root.join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let full = root.join("full");
+    std::fs::create_dir(&full).expect("mkdir");
+    std::fs::write(full.join("data"), b"x").expect("write");
+    let before_points = tree_state(root);
+    for (what, point) in [
+        ("missing mount point", root.join("nowhere")),
+        ("mount point is a file", file.clone()),
+        ("mount point not empty", full.clone()),
+    ] {
+        check(what, &["mount", good.b(), path_str(&point)], Some(KEY), 1);
+    }
+    assert_eq!(tree_state(root), before_points, "mount points untouched");
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::remove_dir_all(&full).expect("rm");
+    assert_eq!(tree_state(root), before, "nothing changed on disk");
+    let good_after: Vec<_> = tree_state(&good.backing)
+        .into_iter()
+        .filter(|(p, _, _)| !p.ends_with("chronicle.volume.lock"))
+        .collect();
+    let good_before: Vec<_> = good_before
+        .into_iter()
+        .filter(|(p, _, _)| !p.ends_with("chronicle.volume.lock"))
+        .collect();
+    assert_eq!(good_after, good_before, "the good volume untouched");
+}

@@ -524,3 +524,22 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
         synced
     );
 }
+
+// Protects: one BACKING is mounted once: a second mount of it (at another
+// mount point) is refused with one line, and nothing is mounted; two mount
+// processes would each keep their own view of every file's end.
+#[test]
+fn a_volume_mounts_once() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let second = m.fixture.dir.path().join("second");
+    fs::create_dir(&second).expect("mkdir");
+    let out = run(&["mount", m.fixture.b(), path_str(&second)], Some(KEY));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by another chronicle process"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(!is_mounted(&second));
+}

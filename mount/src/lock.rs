@@ -1,0 +1,74 @@
+//! One writer of a volume at a time. A mount, a repair and a re-encryption
+//! each take an exclusive `flock` on `BACKING/chronicle.volume.lock` for as
+//! long as they run; a second one is refused at once instead of racing the
+//! first (two mounts of one BACKING would each keep their own idea of every
+//! file's last block and header). The lock lives on the open file, so a
+//! background mount keeps it across its fork, and the kernel drops it when
+//! the holder dies: there is never a stale lock to clear.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+
+use crate::error::{IoContext, Result, VolumeError};
+
+/// File name of the lock inside the backing directory (hidden, like every
+/// name that begins with `chronicle.volume`).
+pub const LOCK_NAME: &str = "chronicle.volume.lock";
+
+/// Held while the volume is being written by this process.
+#[derive(Debug)]
+pub struct VolumeLock {
+    _file: File,
+}
+
+impl VolumeLock {
+    /// Takes the volume in `backing`, or says who may hold it.
+    pub fn acquire(backing: &Path) -> Result<VolumeLock> {
+        let path = lock_path(backing);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .context(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(VolumeLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(VolumeError::Busy {
+                path: backing.to_path_buf(),
+            }),
+            Err(e) => Err(VolumeError::io(
+                format!("locking {}", path.display()),
+                e.into(),
+            )),
+        }
+    }
+}
+
+pub fn lock_path(backing: &Path) -> PathBuf {
+    backing.join(LOCK_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Protects: a second writer is refused while the first holds the lock,
+    // and admitted once it is gone.
+    #[test]
+    fn one_writer_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = VolumeLock::acquire(dir.path()).expect("first");
+        assert!(matches!(
+            VolumeLock::acquire(dir.path()),
+            Err(VolumeError::Busy { .. })
+        ));
+        drop(first);
+        VolumeLock::acquire(dir.path()).expect("after the first is gone");
+    }
+}
