@@ -92,11 +92,21 @@ fn names(dir: &Path, crypto: &Arc<ContentCrypto>) -> Result<(), Box<dyn std::err
 fn config(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     fs::create_dir_all(dir)?;
     let master = SecretKey::from_bytes([3; 32]);
-    let raw = VolumeConfig::create(&master, &UserKey::Raw(SecretKey::from_bytes([1; 32])), None)?;
+    let raw = VolumeConfig::create(
+        &master,
+        &UserKey::Raw(SecretKey::from_bytes([1; 32])),
+        None,
+        chronicle_mount::names::NameMode::Encrypted,
+    )?;
     fs::write(dir.join("raw-key"), raw.encode())?;
     let params = chronicle_mount::KdfParams::with_cost(8, 1)?;
     let pass = UserKey::Passphrase(zeroize::Zeroizing::new("fuzz".into()));
-    let pass = VolumeConfig::create(&master, &pass, Some(params))?;
+    let pass = VolumeConfig::create(
+        &master,
+        &pass,
+        Some(params),
+        chronicle_mount::names::NameMode::Plaintext,
+    )?;
     fs::write(dir.join("passphrase"), pass.encode())?;
     Ok(())
 }

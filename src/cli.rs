@@ -113,6 +113,10 @@ pub enum Command {
         key: KeyArgs,
         #[command(flatten)]
         kdf: KdfArgs,
+        /// Store file names and symlink targets as given (they are encrypted
+        /// by default); anyone who can list BACKING then reads the tree
+        #[arg(long)]
+        plaintext_names: bool,
     },
     /// Mount the volume in BACKING at MOUNTPOINT; returns once it is serving
     #[command(after_help = KEY_HELP)]
@@ -190,6 +194,23 @@ pub enum Command {
         key: KeyArgs,
         #[command(flatten)]
         kdf: KdfArgs,
+        /// Store file names and symlink targets as given (encrypted by default)
+        #[arg(long)]
+        plaintext_names: bool,
+    },
+    /// Map a path inside the mount to its path in BACKING (encrypted names),
+    /// or back with --to-plain; needs the key
+    #[command(after_help = KEY_HELP)]
+    Path {
+        backing: PathBuf,
+        /// A path relative to the mount's root (or, with --to-plain,
+        /// relative to BACKING)
+        path: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Map a backing path to the plaintext path it stands for
+        #[arg(long)]
+        to_plain: bool,
     },
     /// Measure AES-256-GCM throughput of each implementation on this machine
     Speed,

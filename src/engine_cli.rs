@@ -287,21 +287,17 @@ pub fn write_lines(engine: &Engine, mut input: Box<dyn BufRead>) -> Result<u64> 
 }
 
 /// Bytes the database's files take in the backing directory (ciphertext),
-/// when `dir` is on a chronicle mount.
-fn ciphertext_bytes(dir: &Path, point: &Path, backing: &Path) -> Option<u64> {
-    let relative = dir
-        .canonicalize()
-        .ok()?
-        .strip_prefix(point)
-        .ok()?
-        .to_path_buf();
-    let entries = std::fs::read_dir(backing.join(relative)).ok()?;
+/// when `dir` is on a chronicle mount: the encrypted size of each file
+/// follows from its plaintext size, so the backing directory (whose names
+/// may be encrypted) need not be read.
+fn ciphertext_bytes(dir: &Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
     Some(
         entries
             .flatten()
             .filter_map(|e| e.metadata().ok())
             .filter(|m| m.is_file())
-            .map(|m| m.len())
+            .map(|m| chronicle_mount::layout::ciphertext_size(m.len()))
             .sum(),
     )
 }
@@ -310,9 +306,7 @@ fn info(dir: &Path, as_json: bool) -> Result<()> {
     let engine = open_existing(dir)?;
     let stats = engine.stats()?;
     let mount = chronicle_mount::mountinfo::chronicle_volume_of(dir);
-    let ciphertext = mount
-        .as_ref()
-        .and_then(|(point, backing)| ciphertext_bytes(dir, point, backing));
+    let ciphertext = mount.as_ref().and_then(|_| ciphertext_bytes(dir));
     if as_json {
         let mut doc = serde_json::to_value(&stats)?;
         if let Some(obj) = doc.as_object_mut() {

@@ -63,7 +63,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init { backing, key, kdf } => volume::init(&backing, &key, &kdf),
+        Command::Init {
+            backing,
+            key,
+            kdf,
+            plaintext_names,
+        } => volume::init(&backing, &key, &kdf, plaintext_names),
         Command::Mount {
             backing,
             mountpoint,
@@ -110,7 +115,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             backing,
             key,
             kdf,
-        } => maintain::encrypt(&plain_dir, &backing, &key, &kdf),
+            plaintext_names,
+        } => maintain::encrypt(&plain_dir, &backing, &key, &kdf, plaintext_names),
+        Command::Path {
+            backing,
+            path,
+            key,
+            to_plain,
+        } => volume::map_path(&backing, &path, &key, to_plain),
         Command::Speed => volume::speed(),
         Command::Engine { command } => engine_cli::run(command),
         Command::Demo { workdir, points } => commands::demo::demo(workdir, points),

@@ -52,8 +52,12 @@ pub fn check_volume(
         report,
         summary: Summary::default(),
     };
-    tree::walk(volume.backing(), Root::Volume, &mut checker)
-        .map_err(|e| VolumeError::io(format!("checking {}", volume.backing().display()), e))?;
+    tree::walk(
+        volume.backing(),
+        Root::Volume(volume.names().mode()),
+        &mut checker,
+    )
+    .map_err(|e| VolumeError::io(format!("checking {}", volume.backing().display()), e))?;
     Ok(checker.summary)
 }
 

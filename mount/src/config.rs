@@ -13,6 +13,7 @@ use crate::cipher::{self, Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
 use crate::layout::BLOCK_SIZE;
+use crate::names::NameMode;
 
 /// File name of the configuration inside the backing directory.
 pub const CONFIG_NAME: &str = "chronicle.volume";
@@ -22,10 +23,12 @@ pub const CONFIG_MAGIC: [u8; 8] = *b"CHRONVOL";
 pub const CONFIG_VERSION: u16 = 2;
 /// Algorithm identifier for AES-256-GCM.
 pub const ALGORITHM_AES_256_GCM: u16 = 1;
-/// Feature flags this build understands. None are defined yet: file names
-/// are stored as given. A later build that encrypts names sets a flag, which
-/// this build then refuses instead of misreading the volume.
-pub const KNOWN_FEATURES: u64 = 0;
+/// Feature flag: file names and symlink targets are encrypted (the default;
+/// `init --plaintext-names` leaves it clear).
+pub const FEATURE_ENCRYPTED_NAMES: u64 = 1;
+/// Feature flags this build understands; any other is refused rather than
+/// misread.
+pub const KNOWN_FEATURES: u64 = FEATURE_ENCRYPTED_NAMES;
 
 /// Field offsets, each derived from the one before.
 pub const MAGIC_AT: usize = 0;
@@ -92,7 +95,12 @@ pub struct VolumeConfig {
 
 impl VolumeConfig {
     /// A new configuration wrapping `master` under `user`.
-    pub fn create(master: &SecretKey, user: &UserKey, kdf: Option<KdfParams>) -> Result<Self> {
+    pub fn create(
+        master: &SecretKey,
+        user: &UserKey,
+        kdf: Option<KdfParams>,
+        names: NameMode,
+    ) -> Result<Self> {
         let key_source = match user {
             UserKey::Raw(_) => KeySource::RawKey,
             UserKey::Passphrase(_) => KeySource::Passphrase(match kdf {
@@ -106,7 +114,10 @@ impl VolumeConfig {
             format_version: CONFIG_VERSION,
             algorithm: ALGORITHM_AES_256_GCM,
             block_size: BLOCK_SIZE as u32,
-            features: KNOWN_FEATURES,
+            features: match names {
+                NameMode::Encrypted => FEATURE_ENCRYPTED_NAMES,
+                NameMode::Plaintext => 0,
+            },
             volume_id,
             key_source,
             key_check: [0; 16],
@@ -126,7 +137,7 @@ impl VolumeConfig {
         user: &UserKey,
         kdf: Option<KdfParams>,
     ) -> Result<Self> {
-        let fresh = Self::create(master, user, kdf)?;
+        let fresh = Self::create(master, user, kdf, self.name_mode())?;
         let mut config = VolumeConfig {
             key_source: fresh.key_source,
             ..self.clone()
@@ -154,6 +165,15 @@ impl VolumeConfig {
         self.wrapped_key = array(&framed[NONCE_LEN..NONCE_LEN + KEY_LEN]);
         self.wrap_tag = array(&framed[NONCE_LEN + KEY_LEN..]);
         Ok(())
+    }
+
+    /// How the volume stores names.
+    pub fn name_mode(&self) -> NameMode {
+        if self.features & FEATURE_ENCRYPTED_NAMES != 0 {
+            NameMode::Encrypted
+        } else {
+            NameMode::Plaintext
+        }
     }
 
     /// Recovers the master key. A key that fails the key check is
@@ -418,7 +438,8 @@ mod tests {
     #[test]
     fn wrap_unwrap_and_mismatch() {
         let master = SecretKey::from_bytes([9; 32]);
-        let config = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        let config =
+            VolumeConfig::create(&master, &raw(1), None, NameMode::Encrypted).expect("create");
         let back = VolumeConfig::decode(&config.encode(), Path::new("c")).expect("decode");
         assert_eq!(back, config);
         let unwrapped = back.unwrap(&raw(1), Path::new("c")).expect("unwrap");
@@ -434,7 +455,8 @@ mod tests {
     #[test]
     fn every_edited_byte_is_refused() {
         let master = SecretKey::from_bytes([9; 32]);
-        let config = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        let config =
+            VolumeConfig::create(&master, &raw(1), None, NameMode::Encrypted).expect("create");
         let bytes = config.encode();
         for i in 0..CONFIG_LEN {
             let mut edited = bytes;
@@ -463,8 +485,8 @@ mod tests {
     #[test]
     fn key_check_differs_across_volumes() {
         let master = SecretKey::from_bytes([9; 32]);
-        let a = VolumeConfig::create(&master, &raw(1), None).expect("create");
-        let b = VolumeConfig::create(&master, &raw(1), None).expect("create");
+        let a = VolumeConfig::create(&master, &raw(1), None, NameMode::Encrypted).expect("create");
+        let b = VolumeConfig::create(&master, &raw(1), None, NameMode::Encrypted).expect("create");
         assert_ne!(
             a.encode()[KEY_CHECK_AT..WRAP_NONCE_AT],
             b.encode()[KEY_CHECK_AT..WRAP_NONCE_AT]
@@ -481,6 +503,7 @@ mod tests {
             &SecretKey::from_bytes([9; 32]),
             &UserKey::Passphrase(zeroize::Zeroizing::new("pw".into())),
             Some(params),
+            NameMode::Plaintext,
         )
         .expect("create");
         for (at, value) in [
@@ -505,8 +528,13 @@ mod tests {
     // Protects: unknown versions and feature flags are refused, not guessed at.
     #[test]
     fn unknown_version_and_features_refused() {
-        let config =
-            VolumeConfig::create(&SecretKey::from_bytes([9; 32]), &raw(1), None).expect("create");
+        let config = VolumeConfig::create(
+            &SecretKey::from_bytes([9; 32]),
+            &raw(1),
+            None,
+            NameMode::Encrypted,
+        )
+        .expect("create");
         let mut bytes = config.encode();
         bytes[VERSION_AT] = 3;
         assert!(matches!(
@@ -527,6 +555,7 @@ mod tests {
             VolumeConfig::decode(&bytes, Path::new("c")),
             Err(VolumeError::UnsupportedFeatures { flags: 0x10, .. })
         ));
+        assert_eq!(config.name_mode(), NameMode::Encrypted);
         assert!(matches!(
             VolumeConfig::decode(&bytes[..100], Path::new("c")),
             Err(VolumeError::BadConfig { .. }) | Err(VolumeError::UnsupportedFeatures { .. })
@@ -544,8 +573,13 @@ mod tests {
         let master = SecretKey::from_bytes([4; 32]);
         let pass = |s: &str| UserKey::Passphrase(zeroize::Zeroizing::new(s.to_string()));
         let kdf = KdfParams::with_cost(256, 1).expect("kdf");
-        let config =
-            VolumeConfig::create(&master, &pass("correct horse"), Some(kdf)).expect("create");
+        let config = VolumeConfig::create(
+            &master,
+            &pass("correct horse"),
+            Some(kdf),
+            NameMode::Encrypted,
+        )
+        .expect("create");
         let back = VolumeConfig::decode(&config.encode(), Path::new("c")).expect("decode");
         assert!(matches!(back.key_source, KeySource::Passphrase(p) if p == kdf));
         let got = back

@@ -40,6 +40,9 @@ pub enum VolumeError {
     NotAVolume { path: PathBuf },
     /// Another process (a mount, a repair, a re-encryption) holds the volume.
     Busy { path: PathBuf },
+    /// A backing name, long name file, directory id or symlink target that
+    /// does not authenticate.
+    BadName { dir: PathBuf, what: String },
 }
 
 impl VolumeError {
@@ -122,6 +125,11 @@ impl fmt::Display for VolumeError {
                 f,
                 "{} is not a chronicle volume (no chronicle.volume); create one with `chronicle init`",
                 path.display()
+            ),
+            VolumeError::BadName { dir, what } => write!(
+                f,
+                "authentication failed: {} (a name, directory id or symlink target: {what})",
+                dir.display()
             ),
             VolumeError::Busy { path } => write!(
                 f,

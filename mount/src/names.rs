@@ -1,63 +1,419 @@
 //! The one place where plaintext names become backing names and back.
 //!
-//! Every directory operation of the FUSE front end goes through a
-//! `NameCodec`, so that encrypting file names and symlink targets means
-//! adding a codec, not touching each operation. Today's codec stores names
-//! as given and hides the volume's own files.
+//! Every directory operation of the FUSE front end and every tree tool goes
+//! through `Names`. A volume stores names either encrypted (the default:
+//! `name_cipher`, each directory holding an id record that the names in it
+//! are bound to) or as given (`init --plaintext-names`). The volume's own
+//! files are hidden either way: `chronicle.volume*` in the root, and, with
+//! encrypted names, the id records, long names' files and the temporary
+//! directories of an unfinished `mkdir` in every directory (base64url
+//! never produces a `.`, so no encrypted name can begin `chronicle.`).
 
 use std::ffi::{OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::config::CONFIG_NAME;
+use crate::content::ContentCrypto;
+use crate::name_cipher::{
+    BackingName, Forged, NameCipher, DIR_ID_LEN, DIR_ID_NAME, DIR_ID_RECORD_LEN, LONG_NAME_SUFFIX,
+    LONG_PREFIX,
+};
+
+/// Prefix of a directory being made (encrypted names): it gets its id
+/// record under this name and is then renamed into place.
+pub const MKDIR_PREFIX: &str = "chronicle.mkdir.";
+
+/// How a volume stores names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameMode {
+    Encrypted,
+    Plaintext,
+}
 
 /// Why a name cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum NameError {
     /// The name is reserved for the volume's own files.
     Reserved,
+    /// A backing name, long name file or id record that does not
+    /// authenticate.
+    Forged(Forged),
+    /// A symlink target longer than a backing symlink can hold sealed.
+    TooLong,
+    Io(io::Error),
 }
 
-/// Translates names between the plaintext view and the backing directory.
-pub trait NameCodec: Send + Sync {
-    /// The backing name for plaintext `name` in a directory (`in_root` when
-    /// the directory is the volume's root).
-    fn name_to_backing(&self, name: &OsStr, in_root: bool) -> Result<OsString, NameError>;
-    /// The plaintext name for a backing entry, or `None` to hide it.
-    fn name_from_backing(&self, name: &OsStr, in_root: bool) -> Option<OsString>;
-    /// The backing form of a symlink target.
-    fn target_to_backing(&self, target: &OsStr) -> OsString;
-    /// The plaintext form of a stored symlink target.
-    fn target_from_backing(&self, stored: &OsStr) -> OsString;
+impl From<io::Error> for NameError {
+    fn from(e: io::Error) -> Self {
+        NameError::Io(e)
+    }
 }
 
-/// Names stored as given; the configuration and its temporary file are
-/// hidden and cannot be created from inside the mount.
-pub struct PlainNames;
-
-fn is_reserved(name: &OsStr) -> bool {
-    let bytes = name.as_encoded_bytes();
-    bytes.starts_with(CONFIG_NAME.as_bytes())
+impl From<rustix::io::Errno> for NameError {
+    fn from(e: rustix::io::Errno) -> Self {
+        NameError::Io(e.into())
+    }
 }
 
-impl NameCodec for PlainNames {
-    fn name_to_backing(&self, name: &OsStr, in_root: bool) -> Result<OsString, NameError> {
-        if in_root && is_reserved(name) {
-            return Err(NameError::Reserved);
+/// The longest symlink target a backing symlink holds (PATH_MAX less its NUL).
+const SYMLINK_MAX: usize = 4095;
+
+/// What names in one directory are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirKey {
+    Plain,
+    Id([u8; DIR_ID_LEN]),
+}
+
+/// The name translation of one volume.
+pub struct Names {
+    cipher: Option<NameCipher>,
+}
+
+impl Names {
+    pub fn new(mode: NameMode, crypto: &ContentCrypto) -> Names {
+        Names {
+            cipher: match mode {
+                NameMode::Encrypted => Some(NameCipher::new(crypto)),
+                NameMode::Plaintext => None,
+            },
         }
-        Ok(name.to_os_string())
     }
 
-    fn name_from_backing(&self, name: &OsStr, in_root: bool) -> Option<OsString> {
-        if in_root && is_reserved(name) {
+    pub fn mode(&self) -> NameMode {
+        match self.cipher {
+            Some(_) => NameMode::Encrypted,
+            None => NameMode::Plaintext,
+        }
+    }
+
+    /// Whether a backing entry is one of the volume's own (never shown).
+    pub fn is_internal(&self, backing: &OsStr, in_root: bool) -> bool {
+        is_internal(self.mode(), backing, in_root)
+    }
+
+    /// The key of the directory open as `dir` (any descriptor, `O_PATH`
+    /// included). A directory without its record is damaged, unless it is
+    /// empty: then a crash came between removing the record and the
+    /// directory (`rmdir`), and it gets a new one.
+    pub fn dir_key(&self, dir: BorrowedFd) -> Result<DirKey, NameError> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(DirKey::Plain);
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let record = match rustix::fs::openat(dir, DIR_ID_NAME, flags, Mode::empty()) {
+            Ok(fd) => {
+                let mut bytes = Vec::with_capacity(DIR_ID_RECORD_LEN);
+                std::fs::File::from(fd)
+                    .take(DIR_ID_RECORD_LEN as u64 + 1)
+                    .read_to_end(&mut bytes)?;
+                bytes
+            }
+            Err(rustix::io::Errno::NOENT) if self.is_empty_dir(dir)? => {
+                return self.init_dir(dir);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        cipher
+            .open_dir_id(&record)
+            .map(DirKey::Id)
+            .map_err(NameError::Forged)
+    }
+
+    /// Gives a new, empty directory its id record, durably; returns its key.
+    pub fn init_dir(&self, dir: BorrowedFd) -> Result<DirKey, NameError> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(DirKey::Plain);
+        };
+        let (id, record) = cipher.new_dir_id();
+        write_durably(dir, OsStr::new(DIR_ID_NAME), &record)?;
+        Ok(DirKey::Id(id))
+    }
+
+    fn is_empty_dir(&self, dir: BorrowedFd) -> Result<bool, NameError> {
+        // `dir` may be an O_PATH descriptor, which cannot be listed.
+        let readable = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut listing = rustix::fs::Dir::read_from(&readable)?;
+        while let Some(entry) = listing.read() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." && !self.is_internal(OsStr::from_bytes(name), false) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The backing entry name of `name` in a directory with `key`.
+    pub fn entry(&self, key: &DirKey, name: &OsStr, in_root: bool) -> Result<OsString, NameError> {
+        match self.stored(key, name, in_root)? {
+            BackingName::Short(entry) => Ok(entry),
+            BackingName::Long { digest_name, .. } => Ok(digest_name),
+        }
+    }
+
+    fn stored(&self, key: &DirKey, name: &OsStr, in_root: bool) -> Result<BackingName, NameError> {
+        match (&self.cipher, key) {
+            (Some(cipher), DirKey::Id(id)) => Ok(cipher.encrypt_name(id, name)),
+            _ => {
+                if in_root && name.as_bytes().starts_with(CONFIG_NAME.as_bytes()) {
+                    return Err(NameError::Reserved);
+                }
+                Ok(BackingName::Short(name.to_os_string()))
+            }
+        }
+    }
+
+    /// Like `entry`, for an entry about to be made: a long name's file is
+    /// written (durably) first, so that a crash never leaves an entry whose
+    /// name cannot be read.
+    pub fn create_entry(
+        &self,
+        dir: BorrowedFd,
+        key: &DirKey,
+        name: &OsStr,
+        in_root: bool,
+    ) -> Result<OsString, NameError> {
+        match self.stored(key, name, in_root)? {
+            BackingName::Short(entry) => Ok(entry),
+            BackingName::Long {
+                digest_name,
+                encoded,
+            } => {
+                let mut file = digest_name.clone();
+                file.push(LONG_NAME_SUFFIX);
+                write_durably(dir, &file, &encoded)?;
+                Ok(digest_name)
+            }
+        }
+    }
+
+    /// After the entry `name` is gone from `dir`: removes a long name's file.
+    pub fn remove_entry(&self, dir: BorrowedFd, key: &DirKey, name: &OsStr) {
+        if let Ok(BackingName::Long {
+            mut digest_name, ..
+        }) = self.stored(key, name, false)
+        {
+            digest_name.push(LONG_NAME_SUFFIX);
+            // A leftover file is hidden and harmless; nothing to report.
+            let _ = rustix::fs::unlinkat(dir, &digest_name, AtFlags::empty());
+        }
+    }
+
+    /// The plaintext name of the backing entry `backing` in `dir`: `None`
+    /// for the volume's own files, an error for a name that does not
+    /// authenticate.
+    pub fn decode(
+        &self,
+        dir: BorrowedFd,
+        key: &DirKey,
+        backing: &OsStr,
+        in_root: bool,
+    ) -> Option<Result<OsString, NameError>> {
+        if self.is_internal(backing, in_root) {
             return None;
         }
-        Some(name.to_os_string())
+        let (Some(cipher), DirKey::Id(id)) = (&self.cipher, key) else {
+            return Some(Ok(backing.to_os_string()));
+        };
+        if !backing.as_bytes().starts_with(LONG_PREFIX.as_bytes()) {
+            return Some(cipher.decrypt_name(id, backing).map_err(NameError::Forged));
+        }
+        let mut file = backing.to_os_string();
+        file.push(LONG_NAME_SUFFIX);
+        let encoded = match read_small(dir, &file, 4096) {
+            Ok(encoded) => encoded,
+            Err(e) => return Some(Err(e.into())),
+        };
+        Some(
+            cipher
+                .decrypt_long_name(id, backing, &encoded)
+                .map_err(NameError::Forged),
+        )
     }
 
-    fn target_to_backing(&self, target: &OsStr) -> OsString {
-        target.to_os_string()
+    /// What a symlink stores for `target`.
+    pub fn seal_target(&self, target: &OsStr) -> Result<OsString, NameError> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(target.to_os_string());
+        };
+        let stored = cipher.seal_target(target);
+        if stored.len() > SYMLINK_MAX {
+            return Err(NameError::TooLong);
+        }
+        Ok(stored)
     }
 
-    fn target_from_backing(&self, stored: &OsStr) -> OsString {
-        stored.to_os_string()
+    /// The target a symlink's stored target stands for.
+    pub fn open_target(&self, stored: &OsStr) -> Result<OsString, NameError> {
+        match &self.cipher {
+            Some(cipher) => cipher.open_target(stored).map_err(NameError::Forged),
+            None => Ok(stored.to_os_string()),
+        }
+    }
+}
+
+/// Whether a backing entry of a volume whose names are stored as `mode` is
+/// one of the volume's own (no key needed to tell).
+pub fn is_internal(mode: NameMode, backing: &OsStr, in_root: bool) -> bool {
+    let bytes = backing.as_bytes();
+    if in_root && bytes.starts_with(CONFIG_NAME.as_bytes()) {
+        return true;
+    }
+    // Every `chronicle.` name is the volume's own, except a long name's
+    // entry itself (its file, `.name`, is internal).
+    let long_entry = bytes.starts_with(LONG_PREFIX.as_bytes())
+        && !bytes.ends_with(LONG_NAME_SUFFIX.as_bytes());
+    mode == NameMode::Encrypted && bytes.starts_with(b"chronicle.") && !long_entry
+}
+
+/// Puts a directory's id record back (after a failed removal).
+pub fn restore_record(dir: BorrowedFd, record: &[u8]) -> io::Result<()> {
+    write_durably(dir, OsStr::new(DIR_ID_NAME), record)
+}
+
+/// Writes a small file of the volume's own, durably: a temporary name,
+/// fsync, then rename into place (a crash leaves the old file or the new).
+fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = OsString::from("chronicle.tmp.");
+    tmp.push(OsString::from_vec(
+        crate::random::bytes::<6>()
+            .iter()
+            .map(|b| b"abcdefghijklmnop"[usize::from(b & 15)])
+            .collect(),
+    ));
+    let fd = rustix::fs::openat(
+        dir,
+        &tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o400),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+        return Err(e);
+    }
+    rustix::fs::renameat(dir, &tmp, dir, name)?;
+    Ok(())
+}
+
+fn read_small(dir: BorrowedFd, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(limit)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::cipher::Backend;
+    use crate::keys::SecretKey;
+
+    fn names(mode: NameMode) -> Names {
+        Names::new(
+            mode,
+            &ContentCrypto::new(SecretKey::from_bytes([4; 32]), Backend::Ring),
+        )
+    }
+
+    fn open_dir(path: &std::path::Path) -> std::os::fd::OwnedFd {
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).expect("open")
+    }
+
+    // Protects: a directory's id record is made durably and read back; an
+    // empty directory that lost it (a crash in rmdir) gets a new one; a
+    // forged record is refused.
+    #[test]
+    fn dir_keys() {
+        let n = names(NameMode::Encrypted);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = open_dir(tmp.path());
+        let key = n.init_dir(dir.as_fd()).expect("init");
+        assert_eq!(n.dir_key(dir.as_fd()).expect("read"), key);
+        std::fs::remove_file(tmp.path().join(DIR_ID_NAME)).expect("rm");
+        let fresh = n
+            .dir_key(dir.as_fd())
+            .expect("an empty directory is repaired");
+        assert_ne!(fresh, key);
+        std::fs::write(tmp.path().join("entry"), b"").expect("write");
+        std::fs::remove_file(tmp.path().join(DIR_ID_NAME)).expect("rm");
+        assert!(matches!(n.dir_key(dir.as_fd()), Err(NameError::Io(_))));
+        std::fs::write(tmp.path().join(DIR_ID_NAME), [0u8; DIR_ID_RECORD_LEN]).expect("forge");
+        assert!(matches!(
+            n.dir_key(dir.as_fd()),
+            Err(NameError::Forged(Forged::DirId))
+        ));
+        assert_eq!(
+            names(NameMode::Plaintext)
+                .dir_key(dir.as_fd())
+                .expect("plain"),
+            DirKey::Plain
+        );
+    }
+
+    // Protects: long names get their file before the entry exists and lose
+    // it after; decoding reads it; internal names are hidden in both modes.
+    #[test]
+    fn long_names_and_internal_entries() {
+        let n = names(NameMode::Encrypted);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = open_dir(tmp.path());
+        let key = n.init_dir(dir.as_fd()).expect("init");
+        let long = OsString::from("n".repeat(255));
+        let entry = n
+            .create_entry(dir.as_fd(), &key, &long, false)
+            .expect("create");
+        assert!(entry.as_bytes().starts_with(LONG_PREFIX.as_bytes()));
+        assert!(
+            !n.is_internal(&entry, false),
+            "a long name's entry is shown"
+        );
+        let decoded = n.decode(dir.as_fd(), &key, &entry, false).expect("shown");
+        assert_eq!(decoded.expect("decodes"), long);
+        let mut file = entry.clone();
+        file.push(LONG_NAME_SUFFIX);
+        assert!(n.is_internal(&file, false));
+        assert!(n.is_internal(OsStr::new(DIR_ID_NAME), false));
+        n.remove_entry(dir.as_fd(), &key, &long);
+        assert!(!tmp.path().join(&file).exists());
+        let plain = names(NameMode::Plaintext);
+        assert!(!plain.is_internal(OsStr::new("chronicle.notes"), false));
+        assert!(plain.is_internal(OsStr::new("chronicle.volume"), true));
+        assert!(matches!(
+            plain.entry(&DirKey::Plain, OsStr::new("chronicle.volume"), true),
+            Err(NameError::Reserved)
+        ));
+    }
+
+    // Protects: targets too long to store sealed are refused, not cut.
+    #[test]
+    fn symlink_target_limits() {
+        let n = names(NameMode::Encrypted);
+        let ok = OsString::from("t".repeat(3043));
+        let stored = n.seal_target(&ok).expect("fits");
+        assert_eq!(n.open_target(&stored).expect("opens"), ok);
+        assert!(matches!(
+            n.seal_target(&OsString::from("t".repeat(3044))),
+            Err(NameError::TooLong)
+        ));
+        let plain = names(NameMode::Plaintext);
+        let long = OsString::from("t".repeat(4095));
+        assert_eq!(plain.seal_target(&long).expect("plain"), long);
     }
 }

@@ -82,7 +82,7 @@ pub fn reencrypt(
         }
         other => other?,
     };
-    let new = Volume::init(&staging, new_key, kdf)?;
+    let new = Volume::init(&staging, new_key, kdf, old.config().name_mode())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     mark(&staging)?;
     swap(&backing, &staging)?;
@@ -138,7 +138,8 @@ fn owners(backing: &Path) -> Result<(u64, u64)> {
         }
     }
     let mut count = Count(0, 0, rustix::process::geteuid().as_raw());
-    crate::tree::walk(backing, Root::Volume, &mut count)
+    let mode = crate::config::VolumeConfig::load(backing)?.name_mode();
+    crate::tree::walk(backing, Root::Volume(mode), &mut count)
         .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e))?;
     Ok((count.0, count.1))
 }

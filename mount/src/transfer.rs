@@ -9,17 +9,20 @@
 //! directory descriptors the copy itself created.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 
 use crate::content::EncryptedFile;
 use crate::error::{IoContext, Result, VolumeError};
+use crate::names::{DirKey, Names};
 use crate::tree::{self, Root, Visit, Visitor};
+use crate::volume::name_error;
 use crate::volume::Volume;
 use crate::xattrs::{self, Owner, XattrSealer};
 
@@ -63,19 +66,36 @@ pub fn copy_tree(
         .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
     };
     let dest_root = open_dir(dest.backing())?;
-    let root_kind = match source {
-        Source::Plain => Root::Plain,
-        Source::Volume(_) => Root::Volume,
+    let source_dir = open_dir(source_root)?;
+    let (root_kind, source_names, source_key) = match &source {
+        Source::Plain => (Root::Plain, None, DirKey::Plain),
+        Source::Volume(v) => {
+            let names = Arc::clone(v.names());
+            let key = names
+                .dir_key(source_dir.as_fd())
+                .map_err(|e| name_error(e, source_root))?;
+            (Root::Volume(names.mode()), Some(names), key)
+        }
     };
+    let dest_key = dest
+        .names()
+        .dir_key(dest_root.as_fd())
+        .map_err(|e| name_error(e, dest.backing()))?;
     let mut copier = Copier {
         source_sealer: match &source {
             Source::Plain => None,
             Source::Volume(v) => Some(XattrSealer::new(v.crypto())),
         },
         source,
+        source_names,
         dest,
         dest_sealer: XattrSealer::new(dest.crypto()),
-        dirs: vec![open_dir(dest.backing())?],
+        dirs: vec![Level {
+            fd: open_dir(dest.backing())?,
+            source_key,
+            dest_key,
+            dest_path: PathBuf::new(),
+        }],
         dest_root,
         links: HashMap::new(),
         as_root: rustix::process::geteuid().is_root(),
@@ -92,29 +112,42 @@ pub fn copy_tree(
             io::Error::other("invariant: the root stays on the stack"),
         )
     })?;
+    copier.copy_xattrs(&source_dir, &root.fd, Owner::Other, Owner::Other)?;
     if keep_root {
         let stat = rustix::fs::stat(source_root).map_err(|e| {
             VolumeError::io(format!("examining {}", source_root.display()), e.into())
         })?;
         copier
-            .finish_node(&root, None, &stat)
+            .finish_node(&root.fd, None, &stat)
             .context(|| format!("keeping the metadata of {}", source_root.display()))?;
     }
-    rustix::fs::fsync(&root).map_err(|e| VolumeError::io("syncing the new volume", e.into()))?;
+    rustix::fs::fsync(&root.fd).map_err(|e| VolumeError::io("syncing the new volume", e.into()))?;
     Ok(Copied {
         owners_not_kept: copier.owners_not_kept.get(),
         ..copier.copied
     })
 }
 
+/// One destination directory on the current path.
+struct Level {
+    fd: OwnedFd,
+    /// Key of the source directory's names (to read them).
+    source_key: DirKey,
+    /// Key of this directory's names (to write them).
+    dest_key: DirKey,
+    /// This directory, relative to the destination root, in backing names.
+    dest_path: PathBuf,
+}
+
 struct Copier<'a, 'p> {
     source: Source<'a>,
+    source_names: Option<Arc<Names>>,
     source_sealer: Option<XattrSealer>,
     dest: &'a Volume,
     dest_sealer: XattrSealer,
     /// The destination directories on the current path; the last is where
     /// the current entry goes.
-    dirs: Vec<OwnedFd>,
+    dirs: Vec<Level>,
     dest_root: OwnedFd,
     /// Source (device, inode) of multiply linked files → where the first
     /// copy went, relative to the destination root.
@@ -138,9 +171,11 @@ impl Visitor for Copier<'_, '_> {
     }
 
     fn leave_dir(&mut self, visit: &Visit) -> io::Result<()> {
-        let dir = self.dirs.pop().ok_or_else(|| {
-            io::Error::other("invariant: every entered directory is on the stack")
-        })?;
+        let dir = self
+            .dirs
+            .pop()
+            .ok_or_else(|| io::Error::other("invariant: every entered directory is on the stack"))?
+            .fd;
         let source = visit.open(OFlags::RDONLY | OFlags::DIRECTORY)?;
         self.copy_xattrs(&source, &dir, Owner::Other, Owner::Other)
             .map_err(io::Error::other)?;
@@ -151,51 +186,106 @@ impl Visitor for Copier<'_, '_> {
 }
 
 impl Copier<'_, '_> {
+    fn level(&self) -> Result<&Level> {
+        self.dirs.last().ok_or_else(|| {
+            VolumeError::io(
+                "copying",
+                io::Error::other("invariant: the root stays on the stack"),
+            )
+        })
+    }
+
     fn here(&self) -> io::Result<&OwnedFd> {
         self.dirs
             .last()
+            .map(|level| &level.fd)
             .ok_or_else(|| io::Error::other("invariant: the root stays on the stack"))
     }
 
+    /// The plaintext name of `visit` (read through the source's names) and
+    /// the entry it gets in the destination directory (a long name's file
+    /// written first).
+    fn dest_entry(&self, visit: &Visit) -> Result<(OsString, OsString)> {
+        let level = self.level()?;
+        let in_root = self.dirs.len() == 1;
+        let plain = match &self.source_names {
+            None => visit.name.to_os_string(),
+            Some(names) => match names.decode(visit.dir, &level.source_key, visit.name, in_root) {
+                Some(decoded) => decoded.map_err(|e| name_error(e, visit.relative))?,
+                None => {
+                    return Err(VolumeError::io(
+                        "copying",
+                        io::Error::other("invariant: the walk hides the volume's own files"),
+                    ))
+                }
+            },
+        };
+        let entry = self
+            .dest
+            .names()
+            .create_entry(level.fd.as_fd(), &level.dest_key, &plain, in_root)
+            .map_err(|e| name_error(e, visit.relative))?;
+        Ok((plain, entry))
+    }
+
     fn enter_dir(&mut self, visit: &Visit) -> Result<()> {
-        let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
-        rustix::fs::mkdirat(here, visit.name, Mode::from_raw_mode(0o700))
+        let (_, entry) = self.dest_entry(visit)?;
+        let level = self.level()?;
+        rustix::fs::mkdirat(&level.fd, &entry, Mode::from_raw_mode(0o700))
             .map_err(|e| VolumeError::io("creating a directory", e.into()))?;
         let dir = rustix::fs::openat(
-            here,
-            visit.name,
+            &level.fd,
+            &entry,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| VolumeError::io("opening a new directory", e.into()))?;
-        self.dirs.push(dir);
+        let dest_key = self
+            .dest
+            .names()
+            .init_dir(dir.as_fd())
+            .map_err(|e| name_error(e, visit.relative))?;
+        let source_key = match &self.source_names {
+            None => DirKey::Plain,
+            Some(names) => {
+                let source = visit
+                    .open(OFlags::RDONLY | OFlags::DIRECTORY)
+                    .map_err(|e| VolumeError::io("opening the source", e))?;
+                names
+                    .dir_key(source.as_fd())
+                    .map_err(|e| name_error(e, visit.relative))?
+            }
+        };
+        let dest_path = level.dest_path.join(&entry);
+        self.dirs.push(Level {
+            fd: dir,
+            source_key,
+            dest_key,
+            dest_path,
+        });
         Ok(())
     }
 
     fn copy_file(&mut self, visit: &Visit) -> Result<()> {
         let key = (visit.stat.st_dev, visit.stat.st_ino);
+        let (_, entry) = self.dest_entry(visit)?;
+        let level = self.level()?;
+        let dest_path = level.dest_path.join(&entry);
+        let here = &level.fd;
         if visit.stat.st_nlink > 1 {
             if let Some(first) = self.links.get(&key) {
-                let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
-                return rustix::fs::linkat(
-                    &self.dest_root,
-                    first,
-                    here,
-                    visit.name,
-                    AtFlags::empty(),
-                )
-                .map_err(|e| VolumeError::io("linking", e.into()));
+                return rustix::fs::linkat(&self.dest_root, first, here, &entry, AtFlags::empty())
+                    .map_err(|e| VolumeError::io("linking", e.into()));
             }
         }
-        let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
         let created = rustix::fs::openat(
             here,
-            visit.name,
+            &entry,
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| VolumeError::io("creating a file", e.into()))?;
-        let label = self.dest.backing().join(visit.relative);
+        let label = self.dest.backing().join(&dest_path);
         let to = EncryptedFile::create(
             File::from(created),
             std::sync::Arc::clone(self.dest.crypto()),
@@ -227,7 +317,7 @@ impl Copier<'_, '_> {
             .context(|| "keeping owner, mode and times".to_string())?;
         to.sync(false)?;
         if visit.stat.st_nlink > 1 {
-            self.links.insert(key, visit.relative.to_path_buf());
+            self.links.insert(key, dest_path);
         }
         self.copied.files += 1;
         Ok(())
@@ -377,27 +467,40 @@ impl Copier<'_, '_> {
     }
 
     fn copy_symlink(&mut self, visit: &Visit) -> Result<()> {
-        let target = visit
+        let stored = visit
             .read_link()
             .map_err(|e| VolumeError::io("reading a symlink", e))?;
+        let target = match &self.source_names {
+            None => stored,
+            Some(names) => names
+                .open_target(&stored)
+                .map_err(|e| name_error(e, visit.relative))?,
+        };
+        let sealed = self
+            .dest
+            .names()
+            .seal_target(&target)
+            .map_err(|e| name_error(e, visit.relative))?;
+        let (_, entry) = self.dest_entry(visit)?;
         let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
-        rustix::fs::symlinkat(target.as_os_str(), here, visit.name)
+        rustix::fs::symlinkat(sealed.as_os_str(), here, &entry)
             .map_err(|e| VolumeError::io("creating a symlink", e.into()))?;
-        self.finish_node(here, Some(visit.name), visit.stat)
+        self.finish_node(here, Some(&entry), visit.stat)
             .context(|| "keeping the symlink's owner and times".to_string())
     }
 
     fn copy_special(&mut self, visit: &Visit) -> Result<()> {
+        let (_, entry) = self.dest_entry(visit)?;
         let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
         rustix::fs::mknodat(
             here,
-            visit.name,
+            &entry,
             visit.kind(),
             Mode::from_raw_mode(visit.stat.st_mode & 0o7777),
             visit.stat.st_rdev,
         )
         .map_err(|e| VolumeError::io("creating a special file", e.into()))?;
-        self.finish_node(here, Some(visit.name), visit.stat)
+        self.finish_node(here, Some(&entry), visit.stat)
             .context(|| "keeping the special file's owner, mode and times".to_string())
     }
 }

@@ -14,12 +14,12 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
-use crate::config::CONFIG_NAME;
+use crate::names::NameMode;
 
 /// One entry of the walk.
 pub struct Visit<'a> {
@@ -61,12 +61,13 @@ pub trait Visitor {
     }
 }
 
-/// Which entries of the root a walk leaves out.
+/// Which entries a walk leaves out.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Root {
-    /// A volume's backing directory: its own files (`chronicle.volume*`)
-    /// are not part of the tree.
-    Volume,
+    /// A volume's backing directory, its names stored as given: the
+    /// volume's own files (`crate::names::is_internal`) are not part of
+    /// the tree.
+    Volume(NameMode),
     /// Any other directory: everything.
     Plain,
 }
@@ -115,8 +116,10 @@ fn walk_dir(
         )));
     }
     for name in sorted_names(dir, &relative)? {
-        if in_root && kind == Root::Volume && name.as_bytes().starts_with(CONFIG_NAME.as_bytes()) {
-            continue;
+        if let Root::Volume(mode) = kind {
+            if crate::names::is_internal(mode, &name, in_root) {
+                continue;
+            }
         }
         let path = relative.join(&name);
         let stat = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)

@@ -2,6 +2,7 @@
 //! with the right key, the content crypto that reads and writes its files.
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,19 +11,26 @@ use crate::config::{config_path, VolumeConfig};
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
+use crate::names::{NameError, NameMode, Names};
 
 /// An opened volume.
 pub struct Volume {
     backing: PathBuf,
     config: VolumeConfig,
     crypto: Arc<ContentCrypto>,
+    names: Arc<Names>,
 }
 
 impl Volume {
     /// Creates a volume in `backing` (created if missing): a fresh random
     /// master key wrapped under `user`. Refuses a directory that already has
     /// a configuration.
-    pub fn init(backing: &Path, user: &UserKey, kdf: Option<KdfParams>) -> Result<Volume> {
+    pub fn init(
+        backing: &Path,
+        user: &UserKey,
+        kdf: Option<KdfParams>,
+        names: NameMode,
+    ) -> Result<Volume> {
         // Only the owner may list it: names and sizes are visible there.
         if !backing.exists() {
             use std::os::unix::fs::DirBuilderExt;
@@ -47,9 +55,17 @@ impl Volume {
             });
         }
         let master = SecretKey::random()?;
-        let config = VolumeConfig::create(&master, user, kdf)?;
+        let config = VolumeConfig::create(&master, user, kdf, names)?;
         config.store(backing)?;
-        Ok(Self::assemble(backing, config, master))
+        let volume = Self::assemble(backing, config, master);
+        // The root's id record (encrypted names). A crash before it leaves
+        // an empty root, which gets one when it is first read.
+        let root = open_dir(backing)?;
+        volume
+            .names
+            .init_dir(root.as_fd())
+            .map_err(|e| name_error(e, backing))?;
+        Ok(volume)
     }
 
     /// Opens an existing volume. A key that does not open it is `KeyMismatch`.
@@ -60,11 +76,82 @@ impl Volume {
     }
 
     fn assemble(backing: &Path, config: VolumeConfig, master: SecretKey) -> Volume {
+        let crypto = Arc::new(ContentCrypto::new(master, cipher::fastest()));
+        let names = Arc::new(Names::new(config.name_mode(), &crypto));
         Volume {
             backing: backing.to_path_buf(),
             config,
-            crypto: Arc::new(ContentCrypto::new(master, cipher::fastest())),
+            crypto,
+            names,
         }
+    }
+
+    /// How this volume's names are stored and translated.
+    pub fn names(&self) -> &Arc<Names> {
+        &self.names
+    }
+
+    /// The backing path (relative to BACKING) of the plaintext path
+    /// `plain` (relative to the mount's root), one component at a time
+    /// through each directory's key, never through a symlink.
+    pub fn backing_path(&self, plain: &Path) -> Result<PathBuf> {
+        let mut dir = open_dir(&self.backing)?;
+        let mut out = PathBuf::new();
+        let parts: Vec<_> = plain.components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            let name = part.as_os_str();
+            let key = self
+                .names
+                .dir_key(dir.as_fd())
+                .map_err(|e| name_error(e, &out))?;
+            let entry = self
+                .names
+                .entry(&key, name, i == 0)
+                .map_err(|e| name_error(e, &out))?;
+            if i + 1 < parts.len() {
+                dir = rustix::fs::openat(&dir, &entry, dir_flags(), rustix::fs::Mode::empty())
+                    .map_err(|e| {
+                        VolumeError::io(format!("opening {}", out.join(&entry).display()), e.into())
+                    })?;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// The plaintext path of the backing path `backing` (relative to
+    /// BACKING): the inverse of `backing_path`.
+    pub fn plain_path(&self, backing: &Path) -> Result<PathBuf> {
+        let mut dir = open_dir(&self.backing)?;
+        let mut out = PathBuf::new();
+        let parts: Vec<_> = backing.components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            let entry = part.as_os_str();
+            let key = self
+                .names
+                .dir_key(dir.as_fd())
+                .map_err(|e| name_error(e, &out))?;
+            let name = match self.names.decode(dir.as_fd(), &key, entry, i == 0) {
+                Some(decoded) => decoded.map_err(|e| name_error(e, Path::new(entry)))?,
+                None => {
+                    return Err(VolumeError::io(
+                        format!(
+                            "{} is one of the volume's own files",
+                            entry.to_string_lossy()
+                        ),
+                        std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    ))
+                }
+            };
+            if i + 1 < parts.len() {
+                dir = rustix::fs::openat(&dir, entry, dir_flags(), rustix::fs::Mode::empty())
+                    .map_err(|e| {
+                        VolumeError::io(format!("opening {}", backing.display()), e.into())
+                    })?;
+            }
+            out.push(name);
+        }
+        Ok(out)
     }
 
     /// Re-wraps the master key under a new user key. The file contents are
@@ -94,9 +181,9 @@ impl Volume {
         self.crypto.backend()
     }
 
-    /// Opens a backing file for plaintext access.
+    /// Opens the file at plaintext path `relative` for plaintext access.
     pub fn open_file(&self, relative: &Path, writable: bool) -> Result<EncryptedFile> {
-        let path = self.backing.join(relative);
+        let path = self.backing.join(self.backing_path(relative)?);
         let file = fs::OpenOptions::new()
             .read(true)
             .write(writable)
@@ -104,18 +191,45 @@ impl Volume {
             .context(|| format!("opening {}", path.display()))?;
         EncryptedFile::open(file, Arc::clone(&self.crypto), path)
     }
+}
 
-    /// Creates a new backing file (refusing an existing one) with its
-    /// header, for plaintext access.
-    pub fn create_file(&self, relative: &Path) -> Result<EncryptedFile> {
-        let path = self.backing.join(relative);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .context(|| format!("creating {}", path.display()))?;
-        EncryptedFile::create(file, Arc::clone(&self.crypto), path)
+fn dir_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn open_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::OFlags;
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
+}
+
+/// A name that cannot be translated, as the volume's error.
+pub fn name_error(e: NameError, at: &Path) -> VolumeError {
+    match e {
+        NameError::Io(e) => VolumeError::io(format!("reading names in {}", at.display()), e),
+        NameError::Reserved => VolumeError::io(
+            format!(
+                "{}: the name is reserved for the volume's own files",
+                at.display()
+            ),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        ),
+        NameError::TooLong => VolumeError::io(
+            format!(
+                "{}: symlink target too long to store encrypted",
+                at.display()
+            ),
+            std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+        ),
+        NameError::Forged(what) => VolumeError::BadName {
+            dir: at.to_path_buf(),
+            what: format!("{what:?}"),
+        },
     }
 }
 
@@ -149,6 +263,9 @@ pub fn usage(backing: &Path) -> std::io::Result<Usage> {
         }
     }
     let mut count = Count(Usage::default());
-    crate::tree::walk(backing, Root::Volume, &mut count)?;
+    let mode = VolumeConfig::load(backing)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .name_mode();
+    crate::tree::walk(backing, Root::Volume(mode), &mut count)?;
     Ok(count.0)
 }

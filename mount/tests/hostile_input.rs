@@ -25,7 +25,12 @@ fn rng() -> (u64, rand::rngs::StdRng) {
 fn configs_never_panic() {
     let (seed, mut rng) = rng();
     let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
-    let good = VolumeConfig::create(&SecretKey::from_bytes([2; 32]), &user, None)
+    let good = VolumeConfig::create(
+        &SecretKey::from_bytes([2; 32]),
+        &user,
+        None,
+        chronicle_mount::names::NameMode::Encrypted,
+    )
         .expect("create")
         .encode();
     for round in 0..20_000 {

@@ -81,7 +81,12 @@ pub fn demo(workdir: Option<PathBuf>, points: u64) -> Result<()> {
         "Create an encrypted volume with a fresh random 256-bit key",
     );
     let key = UserKey::Raw(SecretKey::random()?);
-    let volume = Volume::init(&backing, &key, None)?;
+    let volume = Volume::init(
+        &backing,
+        &key,
+        None,
+        chronicle_mount::names::NameMode::Encrypted,
+    )?;
     println!("    backing directory (ciphertext): {}", backing.display());
     println!(
         "    AES-256-GCM implementation: {}",
@@ -154,7 +159,7 @@ pub fn demo(workdir: Option<PathBuf>, points: u64) -> Result<()> {
     }
 
     step(5, "Forge one byte of a segment in the backing directory");
-    let forged = forge_and_read(&backing, &db)?;
+    let forged = forge_and_read(&volume, &mnt, &db)?;
     println!("    {forged}");
 
     step(6, "Unmount; try a wrong key; remount with the right one");
@@ -229,7 +234,8 @@ fn raw_files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
         }
     }
     let mut collect = Collect(dir, Vec::new());
-    tree::walk(dir, Root::Volume, &mut collect).context("reading the raw files")?;
+    let mode = chronicle_mount::VolumeConfig::load(dir)?.name_mode();
+    tree::walk(dir, Root::Volume(mode), &mut collect).context("reading the raw files")?;
     Ok(collect.1)
 }
 
@@ -246,21 +252,18 @@ fn entropy<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> f64 {
 
 /// Flips a byte inside the first block of a segment's ciphertext, reads the
 /// file through the mount (bypassing the page cache), restores the byte.
-fn forge_and_read(backing: &Path, db: &Path) -> Result<String> {
-    let relative = db
-        .file_name()
-        .map(PathBuf::from)
-        .context("database directory name")?;
-    let seg_dir = backing.join(&relative);
-    let segment = fs::read_dir(&seg_dir)?
+fn forge_and_read(volume: &Volume, mnt: &Path, db: &Path) -> Result<String> {
+    let segment = fs::read_dir(db)?
         .flatten()
         .map(|e| e.file_name())
         .find(|n| n.to_string_lossy().ends_with(".seg"))
         .context("no segment to forge")?;
-    let raw_path = seg_dir.join(&segment);
+    // Its name in BACKING, through the volume's (encrypted) names.
+    let plain = db.strip_prefix(mnt)?.join(&segment);
+    let raw_path = volume.backing().join(volume.backing_path(&plain)?);
     let original = fs::read(&raw_path)?;
     let mut forged = original.clone();
-    let at = 24 + 100;
+    let at = chronicle_mount::layout::HEADER_LEN + 100;
     forged[at] ^= 0x01;
     fs::write(&raw_path, &forged)?;
     // Make the next read come from the volume, not from cached pages.

@@ -197,7 +197,7 @@ impl Visitor for Inspector<'_> {
 }
 
 pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
-    chronicle_mount::VolumeConfig::load(backing)?;
+    let mode = chronicle_mount::VolumeConfig::load(backing)?.name_mode();
     println!(
         "{:<10} {:>12} {:>12}  file",
         "header", "raw bytes", "plaintext"
@@ -210,7 +210,7 @@ pub fn inspect(backing: &Path, needles: &[String]) -> Result<()> {
         bad_headers: 0,
         found: vec![0; needles.len()],
     };
-    tree::walk(backing, Root::Volume, &mut inspector)?;
+    tree::walk(backing, Root::Volume(mode), &mut inspector)?;
     let h = entropy(&inspector.counts);
     println!();
     println!("Files: {}", inspector.files);

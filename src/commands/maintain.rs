@@ -53,7 +53,7 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
         true => Some(chronicle_mount::lock::VolumeLock::acquire(backing)?),
         false => None,
     };
-    let (_, total) = tree::total_bytes(backing, Root::Volume)?;
+    let (_, total) = tree::total_bytes(backing, Root::Volume(volume.names().mode()))?;
     let bar = progress(total, "checking");
     let summary = check::check_volume(&volume, repair, &mut |event| {
         match event {
@@ -123,7 +123,8 @@ fn reencrypt_volume(
     new: &chronicle_mount::UserKey,
     params: Option<chronicle_mount::KdfParams>,
 ) -> Result<()> {
-    let (_, total) = tree::total_bytes(backing, Root::Volume)?;
+    let mode = chronicle_mount::VolumeConfig::load(backing)?.name_mode();
+    let (_, total) = tree::total_bytes(backing, Root::Volume(mode))?;
     let bar = progress(total, "re-encrypting");
     let outcome = reencrypt::reencrypt(backing, old, new, params, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
@@ -154,7 +155,13 @@ fn reencrypt_volume(
     Ok(())
 }
 
-pub fn encrypt(plain_dir: &Path, backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -> Result<()> {
+pub fn encrypt(
+    plain_dir: &Path,
+    backing: &Path,
+    key: &KeyArgs,
+    kdf: &KdfArgs,
+    plaintext_names: bool,
+) -> Result<()> {
     if !plain_dir.is_dir() {
         bail!("{} is not a directory", plain_dir.display());
     }
@@ -166,7 +173,12 @@ pub fn encrypt(plain_dir: &Path, backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -
     }
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(backing, &user, params)?;
+    let volume = Volume::init(
+        backing,
+        &user,
+        params,
+        crate::commands::volume::name_mode(plaintext_names),
+    )?;
     let (_, total) = tree::total_bytes(plain_dir, Root::Plain)?;
     let bar = progress(total, "encrypting");
     let copied = transfer::copy_tree(plain_dir, Source::Plain, &volume, false, &mut |n| {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use chronicle_mount::cipher::{self, Backend};
 use chronicle_mount::config::{config_path, KeySource};
+use chronicle_mount::names::NameMode;
 use chronicle_mount::{KdfParams, UserKey, Volume, VolumeConfig};
 use serde_json::json;
 
@@ -22,10 +23,19 @@ pub fn kdf_params(user: &UserKey, kdf: &KdfArgs) -> Result<Option<KdfParams>> {
     })
 }
 
-pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs) -> Result<()> {
+/// `--plaintext-names` as the library's name mode.
+pub fn name_mode(plaintext_names: bool) -> NameMode {
+    if plaintext_names {
+        NameMode::Plaintext
+    } else {
+        NameMode::Encrypted
+    }
+}
+
+pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs, plaintext_names: bool) -> Result<()> {
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(backing, &user, params)?;
+    let volume = Volume::init(backing, &user, params, name_mode(plaintext_names))?;
     println!(
         "Created an encrypted volume in {} ({}).",
         backing.display(),
@@ -66,7 +76,7 @@ pub fn info(backing: &Path, as_json: bool) -> Result<()> {
             "kdf": kdf_json,
             "volume_id": volume_id,
             "feature_flags": config.features,
-            "file_names": "plaintext",
+            "file_names": names_word(&config),
             "config_path": config_path(backing),
             "files": acc.files,
             "directories": acc.directories,
@@ -83,7 +93,7 @@ pub fn info(backing: &Path, as_json: bool) -> Result<()> {
     println!("Key source: {}", config.key_source.describe());
     println!("Volume ID: {volume_id}");
     println!("Feature flags: {:#x}", config.features);
-    println!("File names: plaintext");
+    println!("Names: {}", names_word(&config));
     println!("Files: {}", acc.files);
     println!("Directories: {}", acc.directories);
     println!("Plaintext bytes: {}", acc.plaintext_bytes);
@@ -91,6 +101,27 @@ pub fn info(backing: &Path, as_json: bool) -> Result<()> {
         "Ciphertext bytes: {} ({overhead:.1}% overhead)",
         acc.ciphertext_bytes
     );
+    Ok(())
+}
+
+fn names_word(config: &VolumeConfig) -> &'static str {
+    match config.name_mode() {
+        NameMode::Encrypted => "encrypted",
+        NameMode::Plaintext => "plaintext",
+    }
+}
+
+/// `chronicle path`: a plaintext path to its backing path, or back.
+pub fn map_path(backing: &Path, path: &Path, key: &KeyArgs, to_plain: bool) -> Result<()> {
+    let user = keysource::resolve(key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
+    let volume = Volume::open(backing, &user)?;
+    let relative = path.strip_prefix(backing).unwrap_or(path);
+    let relative = relative.strip_prefix("/").unwrap_or(relative);
+    if to_plain {
+        println!("{}", volume.plain_path(relative)?.display());
+    } else {
+        println!("{}", backing.join(volume.backing_path(relative)?).display());
+    }
     Ok(())
 }
 

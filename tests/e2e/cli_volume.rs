@@ -303,14 +303,29 @@ fn encrypt_then_inspect_and_fsck() {
     let plain = dir.path().join("plain");
     write_plain_tree(&plain);
     let b = dir.path().join("enc");
-    let out = run(&["encrypt", path_str(&plain), path_str(&b)], Some(KEY));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_link(b.join("sub/link"))
-            .expect("link")
-            .to_str(),
-        Some("../a.txt")
+    let out = run(
+        &[
+            &["encrypt", path_str(&plain), path_str(&b)][..],
+            names_flag(),
+        ]
+        .concat(),
+        Some(KEY),
     );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = std::fs::read_link(backing_path(&b, "sub/link")).expect("link");
+    if crate::PLAINTEXT_NAMES {
+        assert_eq!(stored.to_str(), Some("../a.txt"));
+    } else {
+        // Sealed in BACKING; the volume opens it back to the target.
+        assert!(!stored.to_string_lossy().contains("a.txt"), "{stored:?}");
+        let key = chronicle_mount::UserKey::from_hex(KEY, "test").expect("key");
+        let volume = chronicle_mount::Volume::open(&b, &key).expect("open");
+        let target = volume
+            .names()
+            .open_target(stored.as_os_str())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(target.to_str(), Some("../a.txt"));
+    }
     let out = run(&["inspect", path_str(&b), "--grep", "cpu_usage"], None);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
@@ -349,16 +364,23 @@ fn fsck_reports_and_repairs() {
     std::fs::write(plain.join("data"), vec![1u8; 5 * 4096]).expect("write");
     std::fs::write(plain.join("tail"), vec![2u8; 3 * 4096 + 100]).expect("write");
     let b = dir.path().join("enc");
-    assert!(run(&["encrypt", path_str(&plain), path_str(&b)], Some(KEY))
-        .status
-        .success());
-    let data = b.join("data");
+    assert!(run(
+        &[
+            &["encrypt", path_str(&plain), path_str(&b)][..],
+            names_flag()
+        ]
+        .concat(),
+        Some(KEY)
+    )
+    .status
+    .success());
+    let data = backing_path(&b, "data");
     let mut raw = std::fs::read(&data).expect("raw");
     use chronicle_mount::layout::block_offset;
     raw[block_offset(1) as usize + 50] ^= 1;
     raw[block_offset(3) as usize + 50] ^= 1;
     std::fs::write(&data, &raw).expect("write");
-    let tail = b.join("tail");
+    let tail = backing_path(&b, "tail");
     let raw = std::fs::read(&tail).expect("raw");
     std::fs::write(&tail, &raw[..raw.len() - 60]).expect("cut"); // torn last block
     let out = run(&["fsck", path_str(&b)], Some(KEY));
@@ -406,10 +428,17 @@ fn rotate_key_both_ways() {
     let plain = dir.path().join("plain");
     write_plain_tree(&plain);
     let b = dir.path().join("enc");
-    assert!(run(&["encrypt", path_str(&plain), path_str(&b)], Some(KEY))
-        .status
-        .success());
-    let raw_before = std::fs::read(b.join("a.txt")).expect("raw");
+    assert!(run(
+        &[
+            &["encrypt", path_str(&plain), path_str(&b)][..],
+            names_flag()
+        ]
+        .concat(),
+        Some(KEY)
+    )
+    .status
+    .success());
+    let raw_before = std::fs::read(backing_path(&b, "a.txt")).expect("raw");
     let out = bin()
         .args(["rotate-key", path_str(&b), "--new-key-env", "NEWK"])
         .env("CHRONICLE_ENCRYPTION_KEY", KEY)
@@ -418,7 +447,7 @@ fn rotate_key_both_ways() {
         .expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        std::fs::read(b.join("a.txt")).expect("raw"),
+        std::fs::read(backing_path_with(&b, "a.txt", WRONG_KEY)).expect("raw"),
         raw_before,
         "re-wrap leaves contents"
     );
@@ -444,7 +473,7 @@ fn rotate_key_both_ways() {
         .expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_ne!(
-        std::fs::read(b.join("a.txt")).expect("raw"),
+        std::fs::read(backing_path(&b, "a.txt")).expect("raw"),
         raw_before,
         "re-encrypted"
     );

@@ -1,4 +1,9 @@
-//! End-to-end tests of the `chronicle` binary, built as one test binary.
+//! End-to-end tests of the `chronicle` binary, built as one test binary, on
+//! volumes with encrypted names (the default). `tests/e2e_plaintext` runs
+//! the same suite on volumes made with `--plaintext-names`.
+
+/// Whether this binary's volumes store names as given.
+pub const PLAINTEXT_NAMES: bool = false;
 
 mod cli_volume;
 mod engine_cli;

@@ -320,6 +320,7 @@ fn full_backing_store_keeps_old_data() {
 fn second_file_system_inside_backing_is_kept_apart() {
     let Some(m) = mount_or_skip(&[]) else { return };
     fs::create_dir(m.path("sub")).expect("mkdir");
+    fs::create_dir(m.path("outer")).expect("mkdir");
     let inner = Tmpfs::mount(m.backing("sub"), "16m");
     let outer = Tmpfs::mount(m.backing("outer"), "16m");
     // Two tmpfs instances number their inodes alike: the same backing
@@ -331,8 +332,8 @@ fn second_file_system_inside_backing_is_kept_apart() {
     }
     let backing_inos: Vec<(u64, u64)> = (0..20)
         .map(|i| {
-            let a = fs::metadata(inner.path.join(format!("f{i}"))).expect("raw");
-            let b = fs::metadata(outer.path.join(format!("f{i}"))).expect("raw");
+            let a = fs::metadata(m.backing(&format!("sub/f{i}"))).expect("raw");
+            let b = fs::metadata(m.backing(&format!("outer/f{i}"))).expect("raw");
             (a.ino(), b.ino())
         })
         .collect();

@@ -134,10 +134,22 @@ fn namespace_operations() {
         !root.iter().any(|n| n == "chronicle.volume"),
         "the configuration is hidden"
     );
-    assert!(
-        fs::write(m.path("chronicle.volume"), b"x").is_err(),
-        "and cannot be created"
-    );
+    if crate::PLAINTEXT_NAMES {
+        assert!(
+            fs::write(m.path("chronicle.volume"), b"x").is_err(),
+            "and cannot be created"
+        );
+    } else {
+        // Encrypted, the name is stored as ciphertext: no clash with the
+        // configuration, which stays as it was.
+        let config = fs::read(m.fixture.backing.join("chronicle.volume")).expect("config");
+        fs::write(m.path("chronicle.volume"), b"x").expect("an ordinary name");
+        assert_eq!(fs::read(m.path("chronicle.volume")).expect("read"), b"x");
+        assert_eq!(
+            fs::read(m.fixture.backing.join("chronicle.volume")).expect("config"),
+            config
+        );
+    }
 
     fs::rename(m.path("d/e/f"), m.path("f2")).expect("rename");
     assert_eq!(fs::read(m.path("f2")).expect("read"), b"one");

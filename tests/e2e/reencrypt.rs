@@ -107,11 +107,15 @@ fn encrypt_and_reencrypt_keep_everything() {
     rich_tree(&plain);
     let backing = dir.path().join("backing");
     let out = run(
-        &["encrypt", path_str(&plain), path_str(&backing)],
+        &[
+            &["encrypt", path_str(&plain), path_str(&backing)][..],
+            names_flag(),
+        ]
+        .concat(),
         Some(KEY),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let sparse = fs::metadata(backing.join("sparse")).expect("raw");
+    let sparse = fs::metadata(backing_path(&backing, "sparse")).expect("raw");
     assert!(sparse.blocks() * 512 < 1 << 20, "holes stay holes");
     {
         let fixture = Fixture {
@@ -199,7 +203,11 @@ fn killed_reencryption_resumes_or_rolls_back() {
     }
     let backing = dir.path().join("backing");
     assert!(run(
-        &["encrypt", path_str(&plain), path_str(&backing)],
+        &[
+            &["encrypt", path_str(&plain), path_str(&backing)][..],
+            names_flag()
+        ]
+        .concat(),
         Some(KEY)
     )
     .status

@@ -45,11 +45,36 @@ pub struct Fixture {
     pub backing: PathBuf,
 }
 
+/// `--plaintext-names` when this test binary runs the suite on volumes
+/// that store names as given (`tests/e2e_plaintext`), else nothing.
+pub fn names_flag() -> &'static [&'static str] {
+    if crate::PLAINTEXT_NAMES {
+        &["--plaintext-names"]
+    } else {
+        &[]
+    }
+}
+
+/// The backing path of plaintext path `plain` in the volume in `backing`
+/// (which opens with `key`), through the volume's names.
+pub fn backing_path_with(backing: &Path, plain: &str, key: &str) -> PathBuf {
+    let key = chronicle_mount::UserKey::from_hex(key, "test").expect("key");
+    let volume = chronicle_mount::Volume::open(backing, &key).expect("open the volume");
+    backing.join(volume.backing_path(Path::new(plain)).expect("map the path"))
+}
+
+/// `backing_path_with` for a volume under the test key.
+pub fn backing_path(backing: &Path, plain: &str) -> PathBuf {
+    backing_path_with(backing, plain, KEY)
+}
+
 impl Fixture {
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let backing = dir.path().join("backing");
-        let out = run(&["init", path_str(&backing)], Some(KEY));
+        let mut args = vec!["init", path_str(&backing)];
+        args.extend_from_slice(names_flag());
+        let out = run(&args, Some(KEY));
         assert!(out.status.success(), "init failed: {}", stderr(&out));
         Fixture { dir, backing }
     }
@@ -171,8 +196,9 @@ impl Mounted {
         self.mnt.join(name)
     }
 
+    /// The backing path of `name` (a path inside the mount).
     pub fn backing(&self, name: &str) -> PathBuf {
-        self.fixture.backing.join(name)
+        backing_path(&self.fixture.backing, name)
     }
 
     pub fn log_text(&self) -> String {

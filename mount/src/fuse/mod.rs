@@ -14,7 +14,6 @@ use std::path::Path;
 use fuser::{Config, MountOption, SessionACL};
 use rustix::fs::{Mode, OFlags};
 
-use crate::names::PlainNames;
 use crate::volume::Volume;
 
 /// How to mount.
@@ -100,7 +99,7 @@ impl Mounted {
         let ops = ops::Ops::new(
             root,
             std::sync::Arc::clone(volume.crypto()),
-            Box::new(PlainNames),
+            std::sync::Arc::clone(volume.names()),
             options.read_only,
         )?;
         let filesystem = fs::ChronicleFs {

@@ -16,12 +16,13 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
 use crate::content::EncryptedFile;
+use crate::names::DirKey;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -39,6 +40,9 @@ pub struct Node {
     /// The plaintext view of a regular file, shared by every open handle so
     /// that one lock orders all writers (see `content`).
     pub content: Mutex<Weak<EncryptedFile>>,
+    /// A directory's name key, read from its id record on first use (it
+    /// moves with the directory, so it never changes).
+    pub dir_key: OnceLock<DirKey>,
 }
 
 impl Node {
@@ -79,6 +83,7 @@ impl NodeTable {
             kind: FileType::Directory,
             fd: root_fd,
             content: Mutex::new(Weak::new()),
+            dir_key: OnceLock::new(),
         });
         let mut table = Table::default();
         // The root is never forgotten: one lookup that no forget undoes.
@@ -163,6 +168,7 @@ impl NodeTable {
                 kind: FileType::from_raw_mode(stat.st_mode),
                 fd,
                 content: Mutex::new(Weak::new()),
+                dir_key: OnceLock::new(),
             }),
             lookups: 0,
             foreign,

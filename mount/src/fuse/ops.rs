@@ -21,7 +21,7 @@ use super::errno::{io, sys, volume_errno};
 use super::nodes::{Node, NodeTable, ROOT_INO};
 use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
-use crate::names::{NameCodec, NameError};
+use crate::names::{DirKey, NameError, Names, MKDIR_PREFIX};
 use crate::xattrs::Owner;
 
 pub type XattrReply = Vec<u8>;
@@ -61,6 +61,8 @@ pub struct AttrChange {
 
 struct DirItem {
     name: OsString,
+    /// Its name in the backing directory.
+    backing: OsString,
     ino: u64,
     kind: FileType,
 }
@@ -78,7 +80,7 @@ enum Handle {
 pub struct Ops {
     nodes: NodeTable,
     crypto: Arc<ContentCrypto>,
-    names: Box<dyn NameCodec>,
+    names: Arc<Names>,
     xattrs: XattrCipher,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
@@ -105,6 +107,10 @@ fn kill_suidgid(file: &File) -> Result<(), Errno> {
         rustix::fs::fchmod(file, Mode::from_raw_mode(cleared)).map_err(sys)?;
     }
     Ok(())
+}
+
+fn hex_id(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn timespec(t: TimeOrNow) -> Timespec {
@@ -135,7 +141,7 @@ impl Ops {
     pub fn new(
         root: OwnedFd,
         crypto: Arc<ContentCrypto>,
-        names: Box<dyn NameCodec>,
+        names: Arc<Names>,
         read_only: bool,
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
@@ -157,10 +163,59 @@ impl Ops {
         self.nodes.get(ino)
     }
 
+    /// The name key of directory `dir`, read once.
+    fn dir_key(&self, dir: &Node) -> Result<DirKey, Errno> {
+        if let Some(key) = dir.dir_key.get() {
+            return Ok(*key);
+        }
+        let key = self
+            .names
+            .dir_key(dir.fd.as_fd())
+            .map_err(|e| self.name_errno(e, dir))?;
+        Ok(*dir.dir_key.get_or_init(|| key))
+    }
+
+    /// A name that cannot be translated, as the errno the program sees;
+    /// a forged one is logged, like a forged block.
+    fn name_errno(&self, e: NameError, dir: &Node) -> Errno {
+        match e {
+            NameError::Reserved => Errno::EPERM,
+            NameError::TooLong => Errno::ENAMETOOLONG,
+            NameError::Io(e) => io(e),
+            NameError::Forged(what) => {
+                log::error!(
+                    "authentication failed: a name in {} ({what:?})",
+                    std::fs::read_link(dir.proc_path())
+                        .unwrap_or_default()
+                        .display()
+                );
+                Errno::EIO
+            }
+        }
+    }
+
+    /// The backing entry of `name` in `parent` (for lookups).
     fn backing_name(&self, parent: &Node, name: &OsStr) -> Result<OsString, Errno> {
+        let key = self.dir_key(parent)?;
         self.names
-            .name_to_backing(name, parent.ino == ROOT_INO)
-            .map_err(|NameError::Reserved| Errno::EPERM)
+            .entry(&key, name, parent.ino == ROOT_INO)
+            .map_err(|e| self.name_errno(e, parent))
+    }
+
+    /// The backing entry of `name` in `parent`, for an entry about to be
+    /// made (a long name's file is written first).
+    fn new_backing_name(&self, parent: &Node, name: &OsStr) -> Result<OsString, Errno> {
+        let key = self.dir_key(parent)?;
+        self.names
+            .create_entry(parent.fd.as_fd(), &key, name, parent.ino == ROOT_INO)
+            .map_err(|e| self.name_errno(e, parent))
+    }
+
+    /// After the entry `name` left `parent`: its long name's file goes too.
+    fn forget_backing_name(&self, parent: &Node, name: &OsStr) {
+        if let Ok(key) = self.dir_key(parent) {
+            self.names.remove_entry(parent.fd.as_fd(), &key, name);
+        }
     }
 
     fn stat_attr(&self, node: &Node) -> Result<FileAttr, Errno> {
@@ -188,10 +243,10 @@ impl Ops {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let backing = self
-            .names
-            .name_to_backing(name, parent.ino == ROOT_INO)
-            .map_err(|NameError::Reserved| Errno::ENOENT)?;
+        let backing = match self.backing_name(&parent, name) {
+            Err(e) if e == Errno::EPERM => return Err(Errno::ENOENT),
+            other => other?,
+        };
         self.lookup_backing(&parent, &backing).map(|(_, attr)| attr)
     }
 
@@ -337,7 +392,7 @@ impl Ops {
         flags: i32,
     ) -> Result<(FileAttr, u64), Errno> {
         let parent = self.node(parent)?;
-        let backing = self.backing_name(&parent, name)?;
+        let backing = self.new_backing_name(&parent, name)?;
         let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let mode = Mode::from_raw_mode(mode);
         let exclusive = base | OFlags::CREATE | OFlags::EXCL;
@@ -526,9 +581,103 @@ impl Ops {
         mode: u32,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let backing = self.backing_name(&parent, name)?;
-        rustix::fs::mkdirat(&parent.fd, &backing, Mode::from_raw_mode(mode)).map_err(sys)?;
+        let backing = self.new_backing_name(&parent, name)?;
+        let mode = Mode::from_raw_mode(mode);
+        if self.names.mode() == crate::names::NameMode::Plaintext {
+            rustix::fs::mkdirat(&parent.fd, &backing, mode).map_err(sys)?;
+            return self.created(caller, &parent, &backing);
+        }
+        // Made under a temporary name, given its id record, then renamed
+        // into place: no crash leaves a directory without its record.
+        let tmp = format!("{MKDIR_PREFIX}{}", hex_id(&crate::random::bytes::<8>()));
+        rustix::fs::mkdirat(&parent.fd, tmp.as_str(), Mode::from_raw_mode(0o700)).map_err(sys)?;
+        let made = self.make_dir_record(&parent, &tmp, mode).and_then(|()| {
+            rustix::fs::renameat_with(
+                &parent.fd,
+                tmp.as_str(),
+                &parent.fd,
+                &backing,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(sys)
+        });
+        if let Err(e) = made {
+            self.remove_dir_record(&parent, OsStr::new(&tmp));
+            let _ = rustix::fs::unlinkat(&parent.fd, tmp.as_str(), AtFlags::REMOVEDIR);
+            return Err(e);
+        }
         self.created(caller, &parent, &backing)
+    }
+
+    /// Writes the id record into the new directory `tmp` and gives it its mode.
+    fn make_dir_record(&self, parent: &Node, tmp: &str, mode: Mode) -> Result<(), Errno> {
+        let dir = rustix::fs::openat(
+            &parent.fd,
+            tmp,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        self.names
+            .init_dir(dir.as_fd())
+            .map_err(|e| self.name_errno(e, parent))?;
+        rustix::fs::fchmod(&dir, mode).map_err(sys)
+    }
+
+    /// Deletes the volume's own entries in directory `backing` of `parent`
+    /// (its id record, leftovers of interrupted operations), returning the
+    /// record's bytes so a failed removal can put it back. `ENOTEMPTY` if
+    /// it holds anything else.
+    fn empty_dir_of_records(&self, parent: &Node, backing: &OsStr) -> Result<Vec<u8>, Errno> {
+        let dir = rustix::fs::openat(
+            &parent.fd,
+            backing,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        let mut internal = Vec::new();
+        let mut listing = rustix::fs::Dir::read_from(&dir).map_err(sys)?;
+        while let Some(entry) = listing.read() {
+            let entry = entry.map_err(sys)?;
+            let raw = OsStr::from_bytes(entry.file_name().to_bytes());
+            if raw == "." || raw == ".." {
+                continue;
+            }
+            if !self.names.is_internal(raw, false) {
+                return Err(Errno::ENOTEMPTY);
+            }
+            internal.push((raw.to_os_string(), entry.file_type() == RawType::Directory));
+        }
+        let record = std::fs::read(format!(
+            "/proc/self/fd/{}/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            crate::name_cipher::DIR_ID_NAME
+        ))
+        .unwrap_or_default();
+        for (name, is_dir) in internal {
+            if is_dir {
+                // An interrupted mkdir's temporary directory: its record only.
+                let _ = rustix::fs::unlinkat(
+                    &dir,
+                    std::path::Path::new(&name).join(crate::name_cipher::DIR_ID_NAME),
+                    AtFlags::empty(),
+                );
+                let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::REMOVEDIR);
+            } else {
+                rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).map_err(sys)?;
+            }
+        }
+        Ok(record)
+    }
+
+    /// Best effort, after a failed mkdir: the temporary directory's record.
+    fn remove_dir_record(&self, parent: &Node, tmp: &OsStr) {
+        let _ = rustix::fs::unlinkat(
+            &parent.fd,
+            std::path::Path::new(tmp).join(crate::name_cipher::DIR_ID_NAME),
+            AtFlags::empty(),
+        );
     }
 
     pub fn mknod(
@@ -540,7 +689,7 @@ impl Ops {
         rdev: u32,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let backing = self.backing_name(&parent, name)?;
+        let backing = self.new_backing_name(&parent, name)?;
         let kind = RawType::from_raw_mode(mode);
         if kind == RawType::RegularFile {
             // A regular file made by mknod is an empty encrypted file,
@@ -579,8 +728,11 @@ impl Ops {
         target: &OsStr,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let backing = self.backing_name(&parent, name)?;
-        let stored = self.names.target_to_backing(target);
+        let stored = self
+            .names
+            .seal_target(target)
+            .map_err(|e| self.name_errno(e, &parent))?;
+        let backing = self.new_backing_name(&parent, name)?;
         rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?;
         self.created(caller, &parent, &backing)
     }
@@ -589,13 +741,15 @@ impl Ops {
         let node = self.node(ino)?;
         let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new()).map_err(sys)?;
         let stored = OsString::from(OsStr::from_bytes(stored.as_bytes()));
-        Ok(self.names.target_from_backing(&stored))
+        self.names
+            .open_target(&stored)
+            .map_err(|e| self.name_errno(e, &node))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         let parent = self.node(newparent)?;
-        let backing = self.backing_name(&parent, newname)?;
+        let backing = self.new_backing_name(&parent, newname)?;
         rustix::fs::linkat(
             CWD,
             node.proc_path(),
@@ -611,12 +765,30 @@ impl Ops {
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
-        let flags = if dir {
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
-        };
-        rustix::fs::unlinkat(&parent.fd, &backing, flags).map_err(sys)
+        if !dir {
+            rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::empty()).map_err(sys)?;
+            self.forget_backing_name(&parent, name);
+            return Ok(());
+        }
+        if self.names.mode() == crate::names::NameMode::Plaintext {
+            return rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR).map_err(sys);
+        }
+        // The directory holds its id record: remove it first, and put it
+        // back if the directory turns out not to be removable.
+        let record = self.empty_dir_of_records(&parent, &backing)?;
+        if let Err(e) = rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR) {
+            if let Ok(dir) = rustix::fs::openat(
+                &parent.fd,
+                &backing,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                let _ = crate::names::restore_record(dir.as_fd(), &record);
+            }
+            return Err(sys(e));
+        }
+        self.forget_backing_name(&parent, name);
+        Ok(())
     }
 
     pub fn rename(
@@ -629,13 +801,21 @@ impl Ops {
     ) -> Result<(), Errno> {
         let from_dir = self.node(parent)?;
         let to_dir = self.node(newparent)?;
-        let from = self.backing_name(&from_dir, name)?;
-        let to = self.backing_name(&to_dir, newname)?;
         let flags = rustix::fs::RenameFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
         if flags.contains(rustix::fs::RenameFlags::WHITEOUT) {
             return Err(Errno::EINVAL);
         }
-        rustix::fs::renameat_with(&from_dir.fd, &from, &to_dir.fd, &to, flags).map_err(sys)
+        let from = self.backing_name(&from_dir, name)?;
+        // The new name's file (a long name) before the entry takes it; the
+        // old name's after it is gone, unless both names still stand
+        // (an exchange, or a rename onto itself).
+        let to = self.new_backing_name(&to_dir, newname)?;
+        rustix::fs::renameat_with(&from_dir.fd, &from, &to_dir.fd, &to, flags).map_err(sys)?;
+        let same = from_dir.ino == to_dir.ino && name == newname;
+        if !flags.contains(rustix::fs::RenameFlags::EXCHANGE) && !same {
+            self.forget_backing_name(&from_dir, name);
+        }
+        Ok(())
     }
 
     // ---- directories --------------------------------------------------------
@@ -651,7 +831,8 @@ impl Ops {
             Mode::empty(),
         )
         .map_err(sys)?;
-        let mut dir = rustix::fs::Dir::new(dir_fd).map_err(sys)?;
+        let key = self.dir_key(&node)?;
+        let mut dir = rustix::fs::Dir::read_from(&dir_fd).map_err(sys)?;
         let mut entries = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(sys)?;
@@ -659,13 +840,22 @@ impl Ops {
             let name = if raw == "." || raw == ".." {
                 raw.to_os_string()
             } else {
-                match self.names.name_from_backing(raw, node.ino == ROOT_INO) {
-                    Some(name) => name,
+                match self
+                    .names
+                    .decode(dir_fd.as_fd(), &key, raw, node.ino == ROOT_INO)
+                {
+                    Some(Ok(name)) => name,
                     None => continue,
+                    Some(Err(e)) => {
+                        // Shown to nobody: logged, like a forged block.
+                        let _ = self.name_errno(e, &node);
+                        continue;
+                    }
                 }
             };
             entries.push(DirItem {
                 name,
+                backing: raw.to_os_string(),
                 ino: self.nodes.entry_ino(&node, entry.ino()),
                 kind: attr::file_type(entry.file_type()),
             });
@@ -720,11 +910,7 @@ impl Ops {
                 }
                 continue;
             }
-            let backing = match self.names.name_to_backing(&item.name, dir.ino == ROOT_INO) {
-                Ok(b) => b,
-                Err(_) => continue,
-            };
-            let (node, attr) = match self.lookup_backing(&dir, &backing) {
+            let (node, attr) = match self.lookup_backing(&dir, &item.backing) {
                 Ok(found) => found,
                 // Removed since the snapshot: skip it.
                 Err(e) if e == Errno::ENOENT => continue,
