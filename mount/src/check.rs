@@ -16,8 +16,12 @@ use crate::volume::Volume;
 
 /// What the check reports as it goes.
 pub enum Event<'a> {
-    /// A block, header or tail that fails authentication.
-    Bad(&'a VolumeError),
+    /// A block, header or tail that fails authentication, in the file whose
+    /// plaintext path (inside the mount) is `plain`, where names decrypt.
+    Bad {
+        error: &'a VolumeError,
+        plain: Option<&'a Path>,
+    },
     /// A crash's damage at the end of `file` was repaired.
     Repaired {
         file: &'a Path,
@@ -107,12 +111,18 @@ impl Checker<'_, '_> {
                 }),
             }
         }
-        let report = &mut *self.report;
-        let failures = &mut self.summary.failures;
-        self.summary.blocks += file.verify_each(|bad| {
-            *failures += 1;
-            report(Event::Bad(&bad));
-        })?;
+        let mut bad = Vec::new();
+        self.summary.blocks += file.verify_each(|e| bad.push(e))?;
+        if !bad.is_empty() {
+            self.summary.failures += bad.len() as u64;
+            let plain = self.volume.plain_path(visit.relative).ok();
+            for error in &bad {
+                (self.report)(Event::Bad {
+                    error,
+                    plain: plain.as_deref(),
+                });
+            }
+        }
         (self.report)(Event::Progress(
             u64::try_from(visit.stat.st_size).unwrap_or(0),
         ));

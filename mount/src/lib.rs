@@ -17,6 +17,7 @@ pub mod name_cipher;
 pub mod names;
 pub mod random;
 pub mod reencrypt;
+pub mod symlink_file;
 pub mod transfer;
 pub mod tree;
 pub mod volume;

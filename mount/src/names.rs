@@ -253,6 +253,16 @@ impl Names {
         Ok(stored)
     }
 
+    /// The length of the target a symlink whose stored target is
+    /// `stored_len` bytes stands for (`st_size` of a symlink).
+    pub fn target_len(&self, stored_len: u64) -> u64 {
+        match self.cipher {
+            // Unpadded base64: 4 characters per 3 bytes.
+            Some(_) => (stored_len * 3 / 4).saturating_sub(crate::cipher::FRAME_OVERHEAD as u64),
+            None => stored_len,
+        }
+    }
+
     /// The target a symlink's stored target stands for.
     pub fn open_target(&self, stored: &OsStr) -> Result<OsString, NameError> {
         match &self.cipher {
@@ -271,8 +281,8 @@ pub fn is_internal(mode: NameMode, backing: &OsStr, in_root: bool) -> bool {
     }
     // Every `chronicle.` name is the volume's own, except a long name's
     // entry itself (its file, `.name`, is internal).
-    let long_entry = bytes.starts_with(LONG_PREFIX.as_bytes())
-        && !bytes.ends_with(LONG_NAME_SUFFIX.as_bytes());
+    let long_entry =
+        bytes.starts_with(LONG_PREFIX.as_bytes()) && !bytes.ends_with(LONG_NAME_SUFFIX.as_bytes());
     mode == NameMode::Encrypted && bytes.starts_with(b"chronicle.") && !long_entry
 }
 
@@ -408,6 +418,11 @@ mod tests {
         let ok = OsString::from("t".repeat(3043));
         let stored = n.seal_target(&ok).expect("fits");
         assert_eq!(n.open_target(&stored).expect("opens"), ok);
+        for len in [1usize, 2, 3, 17, 100, 3043] {
+            let target = OsString::from("x".repeat(len));
+            let stored = n.seal_target(&target).expect("fits");
+            assert_eq!(n.target_len(stored.len() as u64), len as u64, "{len}");
+        }
         assert!(matches!(
             n.seal_target(&OsString::from("t".repeat(3044))),
             Err(NameError::TooLong)

@@ -313,7 +313,17 @@ impl Copier<'_, '_> {
         };
         let dest_owner = Owner::File(to.file_id()?);
         self.copy_xattrs(&from, to.backing(), source_owner, dest_owner)?;
-        self.finish_node(to.backing(), None, visit.stat)
+        // Set-sticky on a regular file marks a file-form symlink: kept only
+        // where it means that in the source.
+        let source_mode = match &self.source_names {
+            Some(names) => names.mode(),
+            None => crate::names::NameMode::Plaintext,
+        };
+        let mut stat = *visit.stat;
+        if !crate::symlink_file::is_file_form(source_mode, &stat) {
+            stat.st_mode &= !libc::S_ISVTX;
+        }
+        self.finish_node(to.backing(), None, &stat)
             .context(|| "keeping owner, mode and times".to_string())?;
         to.sync(false)?;
         if visit.stat.st_nlink > 1 {
@@ -476,15 +486,38 @@ impl Copier<'_, '_> {
                 .open_target(&stored)
                 .map_err(|e| name_error(e, visit.relative))?,
         };
-        let sealed = self
-            .dest
-            .names()
-            .seal_target(&target)
-            .map_err(|e| name_error(e, visit.relative))?;
+        let sealed = match self.dest.names().seal_target(&target) {
+            Ok(sealed) => Some(sealed),
+            Err(crate::names::NameError::TooLong) => None,
+            Err(e) => return Err(name_error(e, visit.relative)),
+        };
         let (_, entry) = self.dest_entry(visit)?;
         let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
-        rustix::fs::symlinkat(sealed.as_os_str(), here, &entry)
-            .map_err(|e| VolumeError::io("creating a symlink", e.into()))?;
+        match sealed {
+            Some(sealed) => rustix::fs::symlinkat(sealed.as_os_str(), here, &entry)
+                .map_err(|e| VolumeError::io("creating a symlink", e.into()))?,
+            None => {
+                let file = crate::symlink_file::create(
+                    here.as_fd(),
+                    &entry,
+                    std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()),
+                    self.dest.crypto(),
+                )?;
+                if self.as_root {
+                    rustix::fs::fchown(
+                        &file,
+                        Some(rustix::fs::Uid::from_raw(visit.stat.st_uid)),
+                        Some(rustix::fs::Gid::from_raw(visit.stat.st_gid)),
+                    )
+                    .map_err(|e| VolumeError::io("keeping a symlink's owner", e.into()))?;
+                }
+                let mut stat = *visit.stat;
+                stat.st_mode = libc::S_IFREG | crate::symlink_file::FILE_FORM_MODE;
+                return self
+                    .finish_node(&file, None, &stat)
+                    .context(|| "keeping the symlink's times".to_string());
+            }
+        }
         self.finish_node(here, Some(&entry), visit.stat)
             .context(|| "keeping the symlink's owner and times".to_string())
     }

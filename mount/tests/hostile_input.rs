@@ -31,8 +31,8 @@ fn configs_never_panic() {
         None,
         chronicle_mount::names::NameMode::Encrypted,
     )
-        .expect("create")
-        .encode();
+    .expect("create")
+    .encode();
     for round in 0..20_000 {
         let mut bytes = good.to_vec();
         match rng.random_range(0..3) {

@@ -57,7 +57,10 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
     let bar = progress(total, "checking");
     let summary = check::check_volume(&volume, repair, &mut |event| {
         match event {
-        Event::Bad(e) => bar.suspend(|| println!("{e}")),
+        Event::Bad { error, plain } => bar.suspend(|| match plain {
+            Some(plain) => println!("{error} (in the mount: {})", plain.display()),
+            None => println!("{error}"),
+        }),
         Event::Repaired { file, what, size } => bar.suspend(|| {
             println!("repaired: {}: {what}; {size} plaintext bytes remain", file.display())
         }),

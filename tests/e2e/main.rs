@@ -11,5 +11,6 @@ mod mount_hardening;
 mod mount_integrity;
 mod mount_model;
 mod mount_ops;
+mod names;
 mod reencrypt;
 mod util;

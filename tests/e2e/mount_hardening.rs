@@ -363,22 +363,6 @@ fn second_file_system_inside_backing_is_kept_apart() {
     drop(inner);
 }
 
-/// The pid of the background mount process serving `mnt`.
-fn mount_pid(mnt: &Path) -> u32 {
-    let wanted = path_str(mnt).to_string();
-    for entry in fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.contains(&&b"mount"[..]) && args.contains(&wanted.as_bytes()) {
-            return pid;
-        }
-    }
-    panic!("no mount process for {}", mnt.display());
-}
-
 // Protects: the long-running mount process keeps its key to itself: the
 // key variable's bytes are gone from /proc/PID/environ, core dumps are
 // off, and its memory is locked (root may lock).

@@ -20,6 +20,7 @@ fn rich_tree(root: &Path) {
     fs::write(root.join("empty"), b"").expect("write");
     fs::hard_link(root.join("dir/data"), root.join("link_to_data")).expect("link");
     std::os::unix::fs::symlink("dir/data", root.join("symlink")).expect("symlink");
+    std::os::unix::fs::symlink("x/".repeat(2000), root.join("longlink")).expect("symlink");
     let out = std::process::Command::new("mkfifo")
         .arg(root.join("fifo"))
         .status()

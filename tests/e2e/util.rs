@@ -261,3 +261,19 @@ pub fn setxattr(path: &std::ffi::CString, name: &std::ffi::CString, value: &[u8]
         )
     }
 }
+
+/// The pid of the background mount process serving `mnt`.
+pub fn mount_pid(mnt: &Path) -> u32 {
+    let wanted = path_str(mnt).to_string();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.contains(&&b"mount"[..]) && args.contains(&wanted.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no mount process for {}", mnt.display());
+}

@@ -16,6 +16,8 @@ mod mount_integrity;
 mod mount_model;
 #[path = "../e2e/mount_ops.rs"]
 mod mount_ops;
+#[path = "../e2e/names.rs"]
+mod names;
 #[path = "../e2e/reencrypt.rs"]
 mod reencrypt;
 #[path = "../e2e/util.rs"]

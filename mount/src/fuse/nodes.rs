@@ -137,7 +137,8 @@ impl NodeTable {
 
     /// Records one kernel lookup of the backing file open as `fd` (whose
     /// status is `stat`), reusing the existing entry for that file if any.
-    pub fn remember(&self, fd: OwnedFd, stat: &Stat) -> Result<Arc<Node>, Errno> {
+    /// `kind` is what the program sees (a file-form symlink is a symlink).
+    pub fn remember(&self, fd: OwnedFd, stat: &Stat, kind: FileType) -> Result<Arc<Node>, Errno> {
         let mut table = self.lock();
         let (ino, foreign) = if stat.st_dev == self.root_dev {
             if stat.st_ino & FOREIGN_BIT != 0 {
@@ -165,7 +166,7 @@ impl NodeTable {
             node: Arc::new(Node {
                 ino,
                 dev: stat.st_dev,
-                kind: FileType::from_raw_mode(stat.st_mode),
+                kind,
                 fd,
                 content: Mutex::new(Weak::new()),
                 dir_key: OnceLock::new(),

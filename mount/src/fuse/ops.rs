@@ -21,7 +21,8 @@ use super::errno::{io, sys, volume_errno};
 use super::nodes::{Node, NodeTable, ROOT_INO};
 use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
-use crate::names::{DirKey, NameError, Names, MKDIR_PREFIX};
+use crate::names::{DirKey, NameError, NameMode, Names, MKDIR_PREFIX};
+use crate::symlink_file;
 use crate::xattrs::Owner;
 
 pub type XattrReply = Vec<u8>;
@@ -107,6 +108,16 @@ fn kill_suidgid(file: &File) -> Result<(), Errno> {
         rustix::fs::fchmod(file, Mode::from_raw_mode(cleared)).map_err(sys)?;
     }
     Ok(())
+}
+
+/// The mode a regular file may have: never set-sticky, which marks a
+/// file-form symlink (and which Linux ignores on regular files anyway).
+fn file_mode(kind: RawType, mode: u32) -> u32 {
+    if kind == RawType::RegularFile {
+        mode & !libc::S_ISVTX
+    } else {
+        mode
+    }
 }
 
 fn hex_id(bytes: &[u8]) -> String {
@@ -220,7 +231,29 @@ impl Ops {
 
     fn stat_attr(&self, node: &Node) -> Result<FileAttr, Errno> {
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
-        Ok(attr::from_stat(node.ino, &stat))
+        Ok(self.attr_of(node.ino, &stat))
+    }
+
+    /// The kind a program sees: a file-form symlink is a symlink.
+    fn kind_of(&self, stat: &rustix::fs::Stat) -> RawType {
+        if symlink_file::is_file_form(self.names.mode(), stat) {
+            RawType::Symlink
+        } else {
+            RawType::from_raw_mode(stat.st_mode)
+        }
+    }
+
+    /// What the program sees of a backing file: plaintext sizes (a file's
+    /// contents, a symlink's target).
+    fn attr_of(&self, ino: u64, stat: &rustix::fs::Stat) -> FileAttr {
+        let mut attr = attr::from_stat(ino, stat);
+        if symlink_file::is_file_form(self.names.mode(), stat) {
+            attr.kind = FileType::Symlink;
+            attr.perm = 0o777;
+        } else if attr.kind == FileType::Symlink {
+            attr.size = self.names.target_len(attr.size);
+        }
+        attr
     }
 
     /// Looks up `backing` in `parent`, counting one kernel lookup.
@@ -237,8 +270,8 @@ impl Ops {
         )
         .map_err(sys)?;
         let stat = rustix::fs::fstat(&fd).map_err(sys)?;
-        let node = self.nodes.remember(fd, &stat)?;
-        Ok((Arc::clone(&node), attr::from_stat(node.ino, &stat)))
+        let node = self.nodes.remember(fd, &stat, self.kind_of(&stat))?;
+        Ok((Arc::clone(&node), self.attr_of(node.ino, &stat)))
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
@@ -294,7 +327,7 @@ impl Ops {
         let fd = rustix::fs::open(path.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
             .map_err(sys)?;
         let stat = rustix::fs::fstat(&fd).map_err(sys)?;
-        self.nodes.remember(fd, &stat)
+        self.nodes.remember(fd, &stat, self.kind_of(&stat))
     }
 
     // ---- the plaintext contents of regular files -------------------------
@@ -394,7 +427,7 @@ impl Ops {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let mode = Mode::from_raw_mode(mode);
+        let mode = Mode::from_raw_mode(file_mode(RawType::RegularFile, mode));
         let exclusive = base | OFlags::CREATE | OFlags::EXCL;
         // Knowing whether this call made the file tells whether it needs a
         // header; an existing file is opened as it is and truncated through
@@ -535,7 +568,7 @@ impl Ops {
             rustix::fs::chmodat(
                 CWD,
                 node.proc_path(),
-                Mode::from_raw_mode(mode),
+                Mode::from_raw_mode(file_mode(node.kind, mode)),
                 AtFlags::empty(),
             )
             .map_err(sys)?;
@@ -583,7 +616,7 @@ impl Ops {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let mode = Mode::from_raw_mode(mode);
-        if self.names.mode() == crate::names::NameMode::Plaintext {
+        if self.names.mode() == NameMode::Plaintext {
             rustix::fs::mkdirat(&parent.fd, &backing, mode).map_err(sys)?;
             return self.created(caller, &parent, &backing);
         }
@@ -698,7 +731,7 @@ impl Ops {
                 &parent.fd,
                 &backing,
                 OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-                Mode::from_raw_mode(mode),
+                Mode::from_raw_mode(file_mode(kind, mode)),
             )
             .map_err(sys)?;
             let file = File::from(fd);
@@ -728,17 +761,31 @@ impl Ops {
         target: &OsStr,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let stored = self
-            .names
-            .seal_target(target)
-            .map_err(|e| self.name_errno(e, &parent))?;
+        let stored = match self.names.seal_target(target) {
+            Ok(stored) => Some(stored),
+            Err(NameError::TooLong) if target.len() < 4096 => None,
+            Err(e) => return Err(self.name_errno(e, &parent)),
+        };
         let backing = self.new_backing_name(&parent, name)?;
-        rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?;
+        match stored {
+            Some(stored) => rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?,
+            // Too long to seal into a backing symlink: the file form.
+            None => drop(
+                symlink_file::create(parent.fd.as_fd(), &backing, target.as_bytes(), &self.crypto)
+                    .map_err(volume_errno)?,
+            ),
+        }
         self.created(caller, &parent, &backing)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
         let node = self.node(ino)?;
+        let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
+        if symlink_file::is_file_form(self.names.mode(), &stat) {
+            let target =
+                symlink_file::read_at(node.fd.as_fd(), &self.crypto).map_err(volume_errno)?;
+            return Ok(std::os::unix::ffi::OsStringExt::from_vec(target));
+        }
         let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new()).map_err(sys)?;
         let stored = OsString::from(OsStr::from_bytes(stored.as_bytes()));
         self.names
@@ -770,7 +817,7 @@ impl Ops {
             self.forget_backing_name(&parent, name);
             return Ok(());
         }
-        if self.names.mode() == crate::names::NameMode::Plaintext {
+        if self.names.mode() == NameMode::Plaintext {
             return rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR).map_err(sys);
         }
         // The directory holds its id record: remove it first, and put it
@@ -853,11 +900,20 @@ impl Ops {
                     }
                 }
             };
+            let mut kind = attr::file_type(entry.file_type());
+            // A file-form symlink shows as one in listings too.
+            if kind == FileType::RegularFile && self.names.mode() == NameMode::Encrypted {
+                if let Ok(stat) = rustix::fs::statat(&dir_fd, raw, AtFlags::SYMLINK_NOFOLLOW) {
+                    if symlink_file::is_file_form(NameMode::Encrypted, &stat) {
+                        kind = FileType::Symlink;
+                    }
+                }
+            }
             entries.push(DirItem {
                 name,
                 backing: raw.to_os_string(),
                 ino: self.nodes.entry_ino(&node, entry.ino()),
-                kind: attr::file_type(entry.file_type()),
+                kind,
             });
         }
         Ok(self.add_handle(Handle::Dir {

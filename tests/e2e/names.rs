@@ -1,0 +1,323 @@
+//! Names through a real mount, in both name modes (this file runs in the
+//! `e2e` and `e2e_plaintext` binaries): every length and byte a Linux name
+//! can hold, renames and links across directories, long names, listing at
+//! scale, forged names, crashes in the middle of renames.
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::util::*;
+
+fn listing(dir: &Path) -> BTreeSet<OsString> {
+    fs::read_dir(dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect()
+}
+
+/// Entries of the backing directory for `dir` (inside the mount), the
+/// volume's own files aside.
+fn backing_entries(m: &Mounted, dir: &str) -> Vec<OsString> {
+    let path = if dir.is_empty() {
+        m.fixture.backing.clone()
+    } else {
+        m.backing(dir)
+    };
+    fs::read_dir(path)
+        .expect("readdir backing")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| !n.as_bytes().starts_with(b"chronicle.volume"))
+        .collect()
+}
+
+// Protects: names of every length from 1 to 255 bytes, and names that are
+// not UTF-8, are created, listed exactly, looked up and read; with
+// encrypted names none of them shows in BACKING.
+#[test]
+fn every_name_length_and_byte() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    fs::create_dir(m.path("d")).expect("mkdir");
+    let mut names = BTreeSet::new();
+    for len in 1..=255usize {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| [b'a', 0xe9, b' ', 0xff, b'-'][i % 5])
+            .collect();
+        names.insert(OsString::from_vec(bytes));
+    }
+    names.insert(OsString::from("plain-looking-name.txt"));
+    for name in &names {
+        fs::write(m.path("d").join(name), name.as_bytes()).expect("create");
+    }
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    assert_eq!(listing(&m.path("d")), names);
+    for name in names.iter().step_by(17) {
+        assert_eq!(
+            fs::read(m.path("d").join(name)).expect("read"),
+            name.as_bytes()
+        );
+    }
+    let stored = backing_entries(&m, "d");
+    if crate::PLAINTEXT_NAMES {
+        assert!(stored.iter().any(|n| n == "plain-looking-name.txt"));
+    } else {
+        assert!(stored.iter().all(|n| n.len() <= 255));
+        assert!(!stored
+            .iter()
+            .any(|n| n.as_bytes().windows(5).any(|w| w == b"plain")));
+    }
+    let out = run(&["inspect", m.fixture.b(), "--grep", "plain-looking"], None);
+    let expected = if crate::PLAINTEXT_NAMES { 3 } else { 0 };
+    assert_eq!(out.status.code(), Some(expected), "{}", stdout(&out));
+}
+
+// Protects: renames and hard links across directories, with short and
+// long names, and RENAME_EXCHANGE; a long name's file follows its name and
+// nothing is left behind.
+#[test]
+fn renames_and_links_across_directories() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    for d in ["a", "b", "a/deep"] {
+        fs::create_dir(m.path(d)).expect("mkdir");
+    }
+    let long = "L".repeat(240);
+    let other = "M".repeat(230);
+    fs::write(m.path("a").join(&long), b"long").expect("write");
+    fs::write(m.path("a/short"), b"short").expect("write");
+    fs::rename(m.path("a").join(&long), m.path("b").join(&other)).expect("rename long");
+    fs::rename(m.path("a/short"), m.path("b").join(&long)).expect("rename to long");
+    fs::hard_link(m.path("b").join(&other), m.path("a/deep/link")).expect("link");
+    assert_eq!(fs::read(m.path("a/deep/link")).expect("read"), b"long");
+    assert_eq!(
+        fs::metadata(m.path("a/deep/link")).expect("stat").ino(),
+        fs::metadata(m.path("b").join(&other)).expect("stat").ino()
+    );
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        m.path("b").join(&other),
+        rustix::fs::CWD,
+        m.path("b").join(&long),
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .expect("RENAME_EXCHANGE");
+    assert_eq!(fs::read(m.path("b").join(&other)).expect("read"), b"short");
+    assert_eq!(fs::read(m.path("b").join(&long)).expect("read"), b"long");
+    fs::rename(m.path("a/deep"), m.path("b/moved")).expect("rename a directory");
+    assert_eq!(fs::read(m.path("b/moved/link")).expect("read"), b"long");
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    assert_eq!(
+        listing(&m.path("b")),
+        [long.clone(), other.clone(), "moved".into()]
+            .into_iter()
+            .map(OsString::from)
+            .collect()
+    );
+    assert!(listing(&m.path("a")).is_empty());
+    fs::remove_file(m.path("b").join(&long)).expect("unlink");
+    fs::remove_file(m.path("b").join(&other)).expect("unlink");
+    fs::remove_file(m.path("b/moved/link")).expect("unlink");
+    fs::remove_dir(m.path("b/moved")).expect("rmdir");
+    fs::remove_dir(m.path("b")).expect("rmdir");
+    fs::remove_dir(m.path("a")).expect("rmdir");
+    let left = backing_entries(&m, "");
+    let expected: Vec<OsString> = if crate::PLAINTEXT_NAMES {
+        Vec::new()
+    } else {
+        vec!["chronicle.dirid".into()]
+    };
+    assert_eq!(left, expected, "nothing left behind");
+    let out = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+// Protects: a backing name edited, or moved into another directory, is
+// refused (hidden from listings and logged), never shown as some other
+// name; with plaintext names there is nothing to check.
+#[test]
+fn forged_and_moved_names_are_refused() {
+    if crate::PLAINTEXT_NAMES {
+        return;
+    }
+    let Some(m) = mount_or_skip(&[]) else { return };
+    fs::create_dir(m.path("x")).expect("mkdir");
+    fs::create_dir(m.path("y")).expect("mkdir");
+    fs::write(m.path("x/victim"), b"v").expect("write");
+    fs::write(m.path("x/edited"), b"e").expect("write");
+    let victim = m.backing("x/victim");
+    fs::rename(
+        &victim,
+        m.backing("y").join(victim.file_name().expect("name")),
+    )
+    .expect("move");
+    let edited = m.backing("x/edited");
+    let mut name = edited.file_name().expect("name").as_bytes().to_vec();
+    name[4] = if name[4] == b'A' { b'B' } else { b'A' };
+    fs::rename(&edited, edited.with_file_name(OsStr::from_bytes(&name))).expect("edit");
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    assert!(
+        listing(&m.path("x")).is_empty(),
+        "{:?}",
+        listing(&m.path("x"))
+    );
+    assert!(
+        listing(&m.path("y")).is_empty(),
+        "{:?}",
+        listing(&m.path("y"))
+    );
+    assert!(
+        m.log_text().contains("authentication failed: a name"),
+        "{}",
+        m.log_text()
+    );
+}
+
+// Protects: symlink targets of every size up to the POSIX limit (4095
+// bytes) round-trip, with their own length as st_size, both those sealed
+// into a backing symlink and longer ones (stored as marked encrypted
+// files); a regular file cannot be made to look like one (chmod +t).
+#[test]
+fn symlink_targets() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    for len in [1usize, 100, 3043, 3044, 4000, 4095] {
+        let target = "t".repeat(len);
+        let link = m.path(&format!("link{len}"));
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert_eq!(fs::read_link(&link).expect("readlink"), Path::new(&target));
+        assert_eq!(
+            fs::symlink_metadata(&link).expect("lstat").len(),
+            len as u64
+        );
+    }
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let link = m.path("link4095");
+    assert!(fs::symlink_metadata(&link)
+        .expect("lstat")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs::read_link(&link).expect("readlink").as_os_str().len(),
+        4095
+    );
+    let kinds: Vec<bool> = fs::read_dir(&m.mnt)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_type().expect("type").is_symlink())
+        .collect();
+    assert!(kinds.iter().all(|&k| k), "every entry lists as a symlink");
+    let err = std::os::unix::fs::symlink("t".repeat(4096), m.path("too-long")).expect_err("4096");
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    // chmod +t on a regular file keeps it a regular file.
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(m.path("plain"), b"data").expect("write");
+    fs::set_permissions(m.path("plain"), fs::Permissions::from_mode(0o1644)).expect("chmod");
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let meta = fs::symlink_metadata(m.path("plain")).expect("lstat");
+    assert!(meta.is_file());
+    assert_eq!(fs::read(m.path("plain")).expect("read"), b"data");
+    let out = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+// Protects: a directory of many entries is listed whole and each entry
+// looked up, and `chronicle path` maps names both ways.
+#[test]
+fn a_large_directory_and_path_mapping() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("many");
+    fs::create_dir(&dir).expect("mkdir");
+    let count = 20_000;
+    for i in 0..count {
+        fs::File::create(dir.join(format!("entry-{i:06}"))).expect("create");
+    }
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let listed = listing(&dir);
+    assert_eq!(listed.len(), count);
+    for i in (0..count).step_by(997) {
+        assert!(fs::metadata(dir.join(format!("entry-{i:06}"))).is_ok());
+    }
+    let out = run(&["path", m.fixture.b(), "many/entry-000042"], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mapped = stdout(&out).trim().to_string();
+    assert!(Path::new(&mapped).exists(), "{mapped}");
+    let relative = Path::new(&mapped)
+        .strip_prefix(&m.fixture.backing)
+        .expect("inside BACKING")
+        .to_path_buf();
+    let out = run(
+        &["path", m.fixture.b(), path_str(&relative), "--to-plain"],
+        Some(KEY),
+    );
+    assert_eq!(stdout(&out).trim(), "many/entry-000042");
+}
+
+// Protects: killing the mount process while it renames files with long
+// names leaves a consistent tree: after a remount every entry lists, each
+// file is under exactly one of its two names, and fsck is clean.
+#[test]
+fn killed_during_long_renames() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("r");
+    fs::create_dir(&dir).expect("mkdir");
+    let files = 50;
+    for i in 0..files {
+        fs::write(
+            dir.join(format!("{i:03}{}", "a".repeat(200))),
+            i.to_string(),
+        )
+        .expect("write");
+    }
+    let worker_dir = dir.clone();
+    let worker = std::thread::spawn(move || {
+        for round in 0.. {
+            for i in 0..files {
+                let (from, to) = if round % 2 == 0 {
+                    ("a", "b")
+                } else {
+                    ("b", "a")
+                };
+                let old = worker_dir.join(format!("{i:03}{}", from.repeat(200)));
+                let new = worker_dir.join(format!("{i:03}{}", to.repeat(200)));
+                if fs::rename(old, new).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let pid = mount_pid(&m.mnt);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    worker.join().expect("worker");
+    let out = run(
+        &[
+            "mount",
+            m.fixture.b(),
+            path_str(&m.mnt),
+            "--log-file",
+            path_str(&m.log),
+        ],
+        Some(KEY),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names = listing(&dir);
+    assert_eq!(names.len(), files, "{names:?}");
+    for i in 0..files {
+        let a = dir.join(format!("{i:03}{}", "a".repeat(200)));
+        let b = dir.join(format!("{i:03}{}", "b".repeat(200)));
+        let there: Vec<_> = [a, b].into_iter().filter(|p| p.exists()).collect();
+        assert_eq!(there.len(), 1, "file {i}");
+        assert_eq!(fs::read_to_string(&there[0]).expect("read"), i.to_string());
+    }
+    assert!(
+        !m.log_text().contains("authentication failed"),
+        "{}",
+        m.log_text()
+    );
+    let out = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
