@@ -42,7 +42,8 @@ pub enum NameError {
     /// A backing name, long name file or id record that does not
     /// authenticate.
     Forged(Forged),
-    /// A symlink target longer than a backing symlink can hold sealed.
+    /// A name longer than 255 bytes, or a symlink target longer than a
+    /// backing symlink can hold sealed.
     TooLong,
     Io(io::Error),
 }
@@ -162,6 +163,11 @@ impl Names {
     }
 
     fn stored(&self, key: &DirKey, name: &OsStr, in_root: bool) -> Result<BackingName, NameError> {
+        // The limit of every Linux file system, kept whatever the encoding
+        // (a long encrypted name would otherwise take a longer one).
+        if name.len() > crate::name_cipher::NAME_MAX {
+            return Err(NameError::TooLong);
+        }
         match (&self.cipher, key) {
             (Some(cipher), DirKey::Id(id)) => Ok(cipher.encrypt_name(id, name)),
             _ => {

@@ -69,6 +69,8 @@ fn every_name_length_and_byte() {
             .iter()
             .any(|n| n.as_bytes().windows(5).any(|w| w == b"plain")));
     }
+    let err = fs::write(m.path("d").join("n".repeat(256)), b"x").expect_err("256 bytes");
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
     let out = run(&["inspect", m.fixture.b(), "--grep", "plain-looking"], None);
     let expected = if crate::PLAINTEXT_NAMES { 3 } else { 0 };
     assert_eq!(out.status.code(), Some(expected), "{}", stdout(&out));
