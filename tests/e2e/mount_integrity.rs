@@ -35,6 +35,7 @@ fn tampered_block_is_eio_and_logged() {
         log.contains(&expected) && log.contains("ERROR"),
         "log lacks {expected:?}:\n{log}"
     );
+    assert!(log.contains("(in the mount: victim)"), "{log}");
 }
 
 // Protects: a wrong key exits 12 with the contract's message and mounts nothing.

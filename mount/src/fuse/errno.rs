@@ -15,12 +15,15 @@ pub fn io(e: std::io::Error) -> Errno {
 }
 
 /// Maps a volume error to an errno; integrity failures are logged, since
-/// the program only sees `EIO`.
-pub fn volume_errno(e: VolumeError) -> Errno {
+/// the program only sees `EIO`, naming the file's path inside the mount
+/// (`plain`) beside its backing path where it is known.
+pub fn volume_errno_at(e: VolumeError, plain: Option<&std::path::Path>) -> Errno {
     match &e {
-        VolumeError::AuthenticationFailed { .. } | VolumeError::BadFileHeader { .. } => {
-            log::error!("{e}");
-        }
+        VolumeError::AuthenticationFailed { .. } | VolumeError::BadFileHeader { .. } => match plain
+        {
+            Some(plain) => log::error!("{e} (in the mount: {})", plain.display()),
+            None => log::error!("{e}"),
+        },
         VolumeError::Io { .. } => log::debug!("{e}"),
         _ => log::warn!("{e}"),
     }

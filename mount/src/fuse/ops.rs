@@ -17,10 +17,11 @@ use fuser::{Errno, FileAttr, FileType, TimeOrNow};
 use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamps, CWD};
 
 use super::attr;
-use super::errno::{io, sys, volume_errno};
+use super::errno::{io, sys, volume_errno_at};
 use super::nodes::{Node, NodeTable, ROOT_INO};
 use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
+use crate::error::VolumeError;
 use crate::names::{DirKey, NameError, NameMode, Names, MKDIR_PREFIX};
 use crate::symlink_file;
 use crate::xattrs::Owner;
@@ -172,6 +173,48 @@ impl Ops {
 
     fn node(&self, ino: u64) -> Result<Arc<Node>, Errno> {
         self.nodes.get(ino)
+    }
+
+    /// A volume error as an errno, logged (integrity failures) with the
+    /// file's path inside the mount beside its backing path.
+    fn errno_of(&self, e: VolumeError) -> Errno {
+        let plain = match &e {
+            VolumeError::AuthenticationFailed { file, .. }
+            | VolumeError::BadFileHeader { file, .. } => self.plain_of(file),
+            _ => None,
+        };
+        volume_errno_at(e, plain.as_deref())
+    }
+
+    /// The path inside the mount of the backing file at `backing` (for
+    /// messages), decoding each name through its directory's key.
+    fn plain_of(&self, backing: &std::path::Path) -> Option<std::path::PathBuf> {
+        let root = self.node(ROOT_INO).ok()?;
+        let root_path = std::fs::read_link(root.proc_path()).ok()?;
+        let relative = backing.strip_prefix(&root_path).ok()?;
+        let parts: Vec<_> = relative.components().collect();
+        let mut dir: Option<OwnedFd> = None;
+        let mut out = std::path::PathBuf::new();
+        for (i, part) in parts.iter().enumerate() {
+            let at = dir.as_ref().map_or(root.fd.as_fd(), |d| d.as_fd());
+            let key = self.names.dir_key(at).ok()?;
+            let name = self
+                .names
+                .decode(at, &key, part.as_os_str(), i == 0)?
+                .ok()?;
+            if i + 1 < parts.len() {
+                let next = rustix::fs::openat(
+                    at,
+                    part.as_os_str(),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()?;
+                dir = Some(next);
+            }
+            out.push(name);
+        }
+        Some(out)
     }
 
     /// The name key of directory `dir`, read once.
@@ -378,7 +421,7 @@ impl Ops {
         } else {
             EncryptedFile::open(file, crypto, path.into())
         };
-        let content = Arc::new(content.map_err(volume_errno)?);
+        let content = Arc::new(content.map_err(|e| self.errno_of(e))?);
         *slot = Arc::downgrade(&content);
         Ok(content)
     }
@@ -409,9 +452,9 @@ impl Ops {
         let content = self.content(&node)?;
         if flags & libc::O_TRUNC != 0 && !self.read_only {
             // Truncating to zero also repairs a damaged header.
-            content.set_len(0).map_err(volume_errno)?;
+            content.set_len(0).map_err(|e| self.errno_of(e))?;
         } else if let Some(damage) = content.damage() {
-            return Err(volume_errno(damage));
+            return Err(self.errno_of(damage));
         }
         Ok(self.add_handle(Handle::File { content }))
     }
@@ -453,7 +496,7 @@ impl Ops {
         }
         let content = self.content_with(&node, Some(opened))?;
         if !created && flags & libc::O_TRUNC != 0 {
-            content.set_len(0).map_err(volume_errno)?;
+            content.set_len(0).map_err(|e| self.errno_of(e))?;
         }
         let attr = self.stat_attr(&node)?;
         Ok((attr, self.add_handle(Handle::File { content })))
@@ -468,7 +511,7 @@ impl Ops {
             buf.resize(size as usize, 0);
             match content.read_at(offset, buf) {
                 Ok(n) => reply(Ok(&buf[..n])),
-                Err(e) => reply(Err(volume_errno(e))),
+                Err(e) => reply(Err(self.errno_of(e))),
             }
         });
     }
@@ -483,7 +526,9 @@ impl Ops {
         kill_suidgid: bool,
     ) -> Result<(), Errno> {
         let content = self.file_handle(fh)?;
-        content.write_at(offset, data).map_err(volume_errno)?;
+        content
+            .write_at(offset, data)
+            .map_err(|e| self.errno_of(e))?;
         if kill_suidgid {
             self::kill_suidgid(content.backing())?;
         }
@@ -495,7 +540,9 @@ impl Ops {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
-        self.file_handle(fh)?.sync(datasync).map_err(volume_errno)
+        self.file_handle(fh)?
+            .sync(datasync)
+            .map_err(|e| self.errno_of(e))
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
@@ -507,25 +554,25 @@ impl Ops {
                 // Reserve the ciphertext space (so later writes cannot run
                 // out of it), then grow the size unless asked not to; the
                 // new range reads as zeros and takes no time to make.
-                content.reserve(end).map_err(volume_errno)?;
+                content.reserve(end).map_err(|e| self.errno_of(e))?;
                 if !keep_size {
-                    content.grow_to(end).map_err(volume_errno)?;
+                    content.grow_to(end).map_err(|e| self.errno_of(e))?;
                 }
                 Ok(())
             }
-            libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
-                content.punch_hole(offset, len).map_err(volume_errno)
-            }
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => content
+                .punch_hole(offset, len)
+                .map_err(|e| self.errno_of(e)),
             libc::FALLOC_FL_ZERO_RANGE => content
                 .zero_range(offset, len, keep_size)
-                .map_err(volume_errno),
+                .map_err(|e| self.errno_of(e)),
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
         let content = self.file_handle(fh)?;
-        let size = content.len().map_err(volume_errno)?;
+        let size = content.len().map_err(|e| self.errno_of(e))?;
         let at = |found: Option<u64>| {
             found
                 .and_then(|at| i64::try_from(at).ok())
@@ -533,8 +580,8 @@ impl Ops {
         };
         let from = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
         match whence {
-            libc::SEEK_DATA => at(content.seek_data(from).map_err(volume_errno)?),
-            libc::SEEK_HOLE => at(content.seek_hole(from).map_err(volume_errno)?),
+            libc::SEEK_DATA => at(content.seek_data(from).map_err(|e| self.errno_of(e))?),
+            libc::SEEK_HOLE => at(content.seek_hole(from).map_err(|e| self.errno_of(e))?),
             libc::SEEK_SET => Ok(offset),
             libc::SEEK_END => i64::try_from(size)
                 .ok()
@@ -553,7 +600,7 @@ impl Ops {
                 Some(fh) => self.file_handle(fh)?,
                 None => self.content(&node)?,
             };
-            content.set_len(size).map_err(volume_errno)?;
+            content.set_len(size).map_err(|e| self.errno_of(e))?;
             // As on a local file system, a truncate by anyone but root
             // drops the set-user-id bit (and set-group-id on a group-
             // executable file), unless this same call sets the mode.
@@ -737,7 +784,8 @@ impl Ops {
             let file = File::from(fd);
             let node = self.node_of_opened(&file)?;
             let label = std::path::PathBuf::from(name);
-            EncryptedFile::create(file, Arc::clone(&self.crypto), label).map_err(volume_errno)?;
+            EncryptedFile::create(file, Arc::clone(&self.crypto), label)
+                .map_err(|e| self.errno_of(e))?;
             self.chown_new(caller, &node)?;
             return self.stat_attr(&node);
         } else {
@@ -772,7 +820,7 @@ impl Ops {
             // Too long to seal into a backing symlink: the file form.
             None => drop(
                 symlink_file::create(parent.fd.as_fd(), &backing, target.as_bytes(), &self.crypto)
-                    .map_err(volume_errno)?,
+                    .map_err(|e| self.errno_of(e))?,
             ),
         }
         self.created(caller, &parent, &backing)
@@ -782,8 +830,8 @@ impl Ops {
         let node = self.node(ino)?;
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
         if symlink_file::is_file_form(self.names.mode(), &stat) {
-            let target =
-                symlink_file::read_at(node.fd.as_fd(), &self.crypto).map_err(volume_errno)?;
+            let target = symlink_file::read_at(node.fd.as_fd(), &self.crypto)
+                .map_err(|e| self.errno_of(e))?;
             return Ok(std::os::unix::ffi::OsStringExt::from_vec(target));
         }
         let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new()).map_err(sys)?;
@@ -1016,7 +1064,10 @@ impl Ops {
         if node.kind != RawType::RegularFile {
             return Ok(Owner::Other);
         }
-        let id = self.content(node)?.file_id().map_err(volume_errno)?;
+        let id = self
+            .content(node)?
+            .file_id()
+            .map_err(|e| self.errno_of(e))?;
         Ok(Owner::File(id))
     }
 
