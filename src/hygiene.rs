@@ -96,3 +96,35 @@ fn memlock_unbounded() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     root || (ok && limit.rlim_cur == libc::RLIM_INFINITY)
 }
+
+/// Raises this process's open-file limit as far as it may go: to the hard
+/// limit, and as root to the kernel's ceiling (`fs.nr_open`). The mount
+/// holds a descriptor for each inode the kernel remembers, so this limit
+/// bounds how many files a program can have in use at once. Returns the
+/// limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(limit.rlim_max);
+    for wanted in [ceiling.max(limit.rlim_max), limit.rlim_max] {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted.max(limit.rlim_max),
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the hard
+        // limit fails harmlessly (EPERM) without CAP_SYS_RESOURCE.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return wanted;
+        }
+    }
+    limit.rlim_cur
+}

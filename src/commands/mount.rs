@@ -61,13 +61,21 @@ pub fn mount(req: MountRequest) -> Result<()> {
         .as_deref()
         .unwrap_or(keysource::DEFAULT_KEY_ENV);
     hygiene::scrub_environment(&[key_env, "CHRONICLE_PASSPHRASE"]);
+    let open_files = hygiene::raise_open_file_limit();
 
     if req.foreground {
         logging::init_foreground();
         let hardening = hygiene::harden_process().context("cannot disable core dumps")?;
         let mounted = Mounted::new(&volume, &mountpoint, &req.options)
             .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
-        return serve(mounted, &volume, &backing, &mountpoint, &hardening);
+        return serve(
+            mounted,
+            &volume,
+            &backing,
+            &mountpoint,
+            &hardening,
+            open_files,
+        );
     }
 
     match daemon::fork().context("cannot start the background mount process")? {
@@ -92,7 +100,14 @@ pub fn mount(req: MountRequest) -> Result<()> {
             match Mounted::new(&volume, &mountpoint, &req.options) {
                 Ok(mounted) => {
                     daemon::report(writer, &Verdict::Ready);
-                    if let Err(e) = serve(mounted, &volume, &backing, &mountpoint, &hardening) {
+                    if let Err(e) = serve(
+                        mounted,
+                        &volume,
+                        &backing,
+                        &mountpoint,
+                        &hardening,
+                        open_files,
+                    ) {
                         log::error!("{e:#}");
                         std::process::exit(1);
                     }
@@ -115,6 +130,7 @@ fn serve(
     backing: &Path,
     mountpoint: &Path,
     hardening: &hygiene::Hardening,
+    open_files: u64,
 ) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -135,6 +151,7 @@ fn serve(
         mountpoint.display(),
         volume.backend().name()
     );
+    log::info!("open-file limit {open_files}: files in use at once are bounded by it");
     if !hardening.memory_locked {
         log::warn!(
             "memory not locked (RLIMIT_MEMLOCK is limited and this is not root): keys may reach swap; core dumps are off"
