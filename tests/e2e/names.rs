@@ -230,7 +230,7 @@ fn a_large_directory_and_path_mapping() {
     let dir = m.path("many");
     fs::create_dir(&dir).expect("mkdir");
     // Below the open-file limit: the mount holds a descriptor per inode the
-    // kernel remembers (bounding them is the reliability iss's work).
+    // kernel remembers (bounding them is the reliability issue's work).
     let count = 10_000;
     for i in 0..count {
         fs::File::create(dir.join(format!("entry-{i:06}"))).expect("create");
