@@ -256,9 +256,10 @@ fn a_large_directory_and_path_mapping() {
     assert_eq!(stdout(&out).trim(), "many/entry-000042");
 }
 
-// Protects: killing the mount process while it renames files with long
-// names leaves a consistent tree: after a remount every entry lists, each
-// file is under exactly one of its two names, and fsck is clean.
+// Protects: killing the mount process while it renames and creates files
+// with long names leaves a consistent tree: after a remount every entry
+// lists (no name fails to decode), each renamed file is under exactly one
+// of its two names, and fsck is clean.
 #[test]
 fn killed_during_long_renames() {
     let Some(m) = mount_or_skip(&[]) else { return };
@@ -289,6 +290,16 @@ fn killed_during_long_renames() {
             }
         }
     });
+    let made = m.path("made");
+    fs::create_dir(&made).expect("mkdir");
+    let creator = std::thread::spawn(move || {
+        for i in 0.. {
+            let name = format!("{i:06}{}", "c".repeat(220));
+            if fs::write(made.join(name), b"x").is_err() {
+                return;
+            }
+        }
+    });
     std::thread::sleep(std::time::Duration::from_millis(150));
     let pid = mount_pid(&m.mnt);
     let killed = std::process::Command::new("kill")
@@ -297,6 +308,7 @@ fn killed_during_long_renames() {
         .expect("kill");
     assert!(killed.success());
     worker.join().expect("worker");
+    creator.join().expect("creator");
     let out = run(
         &[
             "mount",
@@ -310,6 +322,9 @@ fn killed_during_long_renames() {
     assert!(out.status.success(), "{}", stderr(&out));
     let names = listing(&dir);
     assert_eq!(names.len(), files, "{names:?}");
+    for name in listing(&m.path("made")) {
+        assert_eq!(name.len(), 226, "{name:?}");
+    }
     for i in 0..files {
         let a = dir.join(format!("{i:03}{}", "a".repeat(200)));
         let b = dir.join(format!("{i:03}{}", "b".repeat(200)));
