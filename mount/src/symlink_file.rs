@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustix::fs::{FileType, Mode, OFlags, Stat};
+use rustix::fs::{FileType, Mode, Stat};
 
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
@@ -31,29 +31,35 @@ pub fn is_file_form(mode: NameMode, stat: &Stat) -> bool {
         && stat.st_mode & libc::S_ISVTX != 0
 }
 
-/// Creates the file-form symlink `entry` in `dir` holding `target`.
+/// Creates the file-form symlink `entry` in `dir` holding `target`; it
+/// appears whole (see `crate::create`).
 pub fn create(
     dir: BorrowedFd,
     entry: &std::ffi::OsStr,
     target: &[u8],
     crypto: &Arc<ContentCrypto>,
 ) -> Result<File> {
-    let fd = rustix::fs::openat(
+    let made = crate::create::create_whole(
         dir,
         entry,
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| VolumeError::io("creating a symlink", e.into()))?;
-    let file = File::from(fd);
-    let contents = EncryptedFile::create(
-        file.try_clone()
-            .context(|| "duplicating a descriptor".to_string())?,
-        Arc::clone(crypto),
-        PathBuf::from(entry),
-    )?;
-    contents.write_at(0, target)?;
-    contents.sync(false)?;
+        Mode::from_raw_mode(FILE_FORM_MODE),
+        crypto,
+        |contents| {
+            contents.write_at(0, target)?;
+            contents.sync(false)
+        },
+    );
+    let file = match made {
+        Ok(file) => file,
+        Err(crate::create::CreateError::Exists) => {
+            return Err(VolumeError::io(
+                "creating a symlink",
+                std::io::Error::from_raw_os_error(libc::EEXIST),
+            ))
+        }
+        Err(crate::create::CreateError::Volume(e)) => return Err(e),
+    };
+    // The mode again: creation masks it with the umask.
     rustix::fs::fchmod(&file, Mode::from_raw_mode(FILE_FORM_MODE))
         .map_err(|e| VolumeError::io("marking a symlink", e.into()))?;
     Ok(file)

@@ -340,3 +340,55 @@ fn killed_during_long_renames() {
     let out = run(&["fsck", m.fixture.b()], Some(KEY));
     assert!(out.status.success(), "{}", stdout(&out));
 }
+
+// Protects: the number of files in use is not bounded by the mount's
+// open-file limit: under a limit of 1,024 descriptors (the usual default),
+// 5,000 files are created in one directory, listed, looked up, read and
+// removed (the mount closes the descriptors of files not in use and reopens
+// them by handle).
+#[test]
+fn many_files_under_a_small_open_file_limit() {
+    if !fuse_available() {
+        return;
+    }
+    let fixture = Fixture::new();
+    let mnt = fixture.dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let log = fixture.dir.path().join("mount.log");
+    let out = std::process::Command::new("prlimit")
+        .arg("--nofile=1024:1024")
+        .arg(env!("CARGO_BIN_EXE_chronicle"))
+        .args([
+            "mount",
+            fixture.b(),
+            path_str(&mnt),
+            "--log-file",
+            path_str(&log),
+        ])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("prlimit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted { fixture, mnt, log };
+    let dir = m.path("many");
+    fs::create_dir(&dir).expect("mkdir");
+    let count = 5_000;
+    for i in 0..count {
+        fs::write(dir.join(format!("f{i:05}")), i.to_string()).expect("create");
+    }
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    assert_eq!(listing(&dir).len(), count);
+    for i in (0..count).step_by(7) {
+        assert_eq!(
+            fs::read_to_string(dir.join(format!("f{i:05}"))).expect("read"),
+            i.to_string()
+        );
+    }
+    fs::remove_dir_all(&dir).expect("remove");
+    assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
+}

@@ -3,6 +3,7 @@
 mod attr;
 mod errno;
 mod fs;
+mod handles;
 mod nodes;
 mod ops;
 mod xattr;

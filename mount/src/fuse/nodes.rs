@@ -1,8 +1,16 @@
-//! The inode table: one entry per inode the kernel knows about, each holding
-//! an `O_PATH` descriptor of its backing file. Operations address backing
+//! The inode table: one entry per inode the kernel knows about, each with an
+//! `O_PATH` descriptor of its backing file. Operations address backing
 //! files through these descriptors (`*at` system calls relative to the
 //! parent's descriptor), never through stored paths, so renames anywhere in
 //! the tree cannot make an entry point at the wrong file.
+//!
+//! Descriptors are bounded: where the backing file system gives file
+//! handles and the mount may open them (root), an entry keeps its file's
+//! handle, and the descriptors of entries not in use are closed, oldest
+//! first, once more than `budget` are open; a later use reopens the file by
+//! its handle, which, like the descriptor, follows the file through any
+//! rename. A tree of any size then needs descriptors only for the files in
+//! use at once. Elsewhere every entry keeps its descriptor, as before.
 //!
 //! A backing file is identified by (device, inode), never by inode number
 //! alone: BACKING may span file systems (a btrfs subvolume, a bind mount,
@@ -14,13 +22,15 @@
 //! for the life of the mount and shared by hard links; a backing file
 //! cannot be reused while its entry holds a descriptor on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Deref;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
+use super::handles::{self, FileHandle};
 use crate::content::EncryptedFile;
 use crate::names::DirKey;
 
@@ -35,8 +45,11 @@ pub struct Node {
     /// The backing device: the key of the inode, with the backing inode.
     pub dev: u64,
     pub kind: FileType,
-    /// `O_PATH | O_NOFOLLOW` descriptor of the backing file.
-    pub fd: OwnedFd,
+    /// `O_PATH` descriptor of the backing file, while open (see the module
+    /// comment); use it through `NodeTable::pin`.
+    slot: Mutex<Option<Arc<OwnedFd>>>,
+    /// The file's handle, to reopen it; `None` where descriptors are kept.
+    handle: Option<FileHandle>,
     /// The plaintext view of a regular file, shared by every open handle so
     /// that one lock orders all writers (see `content`).
     pub content: Mutex<Weak<EncryptedFile>>,
@@ -46,10 +59,48 @@ pub struct Node {
 }
 
 impl Node {
+    fn new(ino: u64, dev: u64, kind: FileType, fd: OwnedFd, handle: Option<FileHandle>) -> Node {
+        Node {
+            ino,
+            dev,
+            kind,
+            slot: Mutex::new(Some(Arc::new(fd))),
+            handle,
+            content: Mutex::new(Weak::new()),
+            dir_key: OnceLock::new(),
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Arc<OwnedFd>>> {
+        // A slot holds a descriptor or nothing; a panic cannot leave it
+        // half-updated, so poisoning is ignored.
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A node with its backing descriptor held open while this lives.
+#[derive(Clone)]
+pub struct Pinned {
+    node: Arc<Node>,
+    pub fd: Arc<OwnedFd>,
+}
+
+impl Deref for Pinned {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Pinned {
     /// `/proc/self/fd/N`: reopens the backing file with real access modes.
     pub fn proc_path(&self) -> String {
         use std::os::fd::AsRawFd;
         format!("/proc/self/fd/{}", self.fd.as_fd().as_raw_fd())
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 }
 
@@ -72,19 +123,47 @@ pub struct NodeTable {
     table: Mutex<Table>,
     root_backing_ino: u64,
     root_dev: u64,
+    /// A (readable, not `O_PATH`) descriptor of BACKING's root, for opening
+    /// handles on its file system.
+    mount_fd: OwnedFd,
+    /// Whether entries keep handles (and may close their descriptors).
+    handles: bool,
+    /// Entries with an open descriptor that may be closed, oldest first.
+    open: Mutex<VecDeque<Weak<Node>>>,
+    /// Most such descriptors open at once.
+    budget: usize,
 }
 
 impl NodeTable {
-    pub fn new(root_fd: OwnedFd) -> std::io::Result<Self> {
+    /// `budget`: how many descriptors of entries may stay open at once
+    /// where handles let them be reopened.
+    pub fn new(root_fd: OwnedFd, budget: usize) -> std::io::Result<Self> {
         let stat = rustix::fs::fstat(&root_fd)?;
-        let root = Arc::new(Node {
-            ino: ROOT_INO,
-            dev: stat.st_dev,
-            kind: FileType::Directory,
-            fd: root_fd,
-            content: Mutex::new(Weak::new()),
-            dir_key: OnceLock::new(),
-        });
+        // Handles are used only where they work here: the file system gives
+        // them and this process may open them.
+        let mount_fd = rustix::fs::openat(
+            &root_fd,
+            ".",
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let handles = handles::handle_of(root_fd.as_fd())
+            .and_then(|h| handles::open_handle(mount_fd.as_fd(), &h))
+            .is_ok();
+        if !handles {
+            log::info!(
+                "no file handles here: the mount keeps a descriptor per file the kernel remembers"
+            );
+        }
+        let root = Arc::new(Node::new(
+            ROOT_INO,
+            stat.st_dev,
+            FileType::Directory,
+            root_fd,
+            None,
+        ));
         let mut table = Table::default();
         // The root is never forgotten: one lookup that no forget undoes.
         table.entries.insert(
@@ -99,13 +178,72 @@ impl NodeTable {
             table: Mutex::new(table),
             root_backing_ino: stat.st_ino,
             root_dev: stat.st_dev,
+            mount_fd,
+            handles,
+            open: Mutex::new(VecDeque::new()),
+            budget: budget.max(16),
         })
+    }
+
+    /// Holds `node`'s descriptor open, reopening it by its handle if it was
+    /// closed.
+    pub fn pin(&self, node: &Arc<Node>) -> Result<Pinned, Errno> {
+        let mut slot = node.slot();
+        if let Some(fd) = slot.as_ref() {
+            return Ok(Pinned {
+                node: Arc::clone(node),
+                fd: Arc::clone(fd),
+            });
+        }
+        let handle = node.handle.as_ref().ok_or(Errno::ESTALE)?;
+        let fd = Arc::new(
+            handles::open_handle(self.mount_fd.as_fd(), handle)
+                .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::ESTALE)))?,
+        );
+        *slot = Some(Arc::clone(&fd));
+        drop(slot);
+        self.opened(node);
+        Ok(Pinned {
+            node: Arc::clone(node),
+            fd,
+        })
+    }
+
+    /// Counts a descriptor that may be closed, and closes the oldest unused
+    /// ones while more than the budget are open.
+    fn opened(&self, node: &Arc<Node>) {
+        if node.handle.is_none() {
+            return;
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.push_back(Arc::downgrade(node));
+        let mut scanned = 0;
+        while open.len() > self.budget && scanned < open.len() {
+            scanned += 1;
+            let Some(oldest) = open.pop_front() else {
+                break;
+            };
+            let Some(oldest) = oldest.upgrade() else {
+                continue;
+            };
+            let mut slot = oldest.slot();
+            match slot.as_ref() {
+                // In use (a request holds it): keep, look further.
+                Some(fd) if Arc::strong_count(fd) > 1 => {
+                    drop(slot);
+                    open.push_back(Arc::downgrade(&oldest));
+                }
+                Some(_) => *slot = None,
+                None => {}
+            }
+        }
     }
 
     /// The inode number a directory entry reports (`readdir`): exact on
     /// BACKING's device; for a directory on another device, the number of
     /// an entry already known, or a hint the later lookup replaces.
     pub fn entry_ino(&self, dir: &Node, backing_ino: u64) -> u64 {
+        // (`dir` may be a `Pinned`: it dereferences to its node.)
         if dir.dev == self.root_dev {
             return self.fuse_ino(backing_ino);
         }
@@ -127,18 +265,28 @@ impl NodeTable {
         }
     }
 
-    pub fn get(&self, ino: u64) -> Result<Arc<Node>, Errno> {
-        self.lock()
+    pub fn get(&self, ino: u64) -> Result<Pinned, Errno> {
+        let node = self
+            .lock()
             .entries
             .get(&ino)
             .map(|e| Arc::clone(&e.node))
-            .ok_or(Errno::ESTALE)
+            .ok_or(Errno::ESTALE)?;
+        self.pin(&node)
     }
 
     /// Records one kernel lookup of the backing file open as `fd` (whose
     /// status is `stat`), reusing the existing entry for that file if any.
     /// `kind` is what the program sees (a file-form symlink is a symlink).
-    pub fn remember(&self, fd: OwnedFd, stat: &Stat, kind: FileType) -> Result<Arc<Node>, Errno> {
+    pub fn remember(&self, fd: OwnedFd, stat: &Stat, kind: FileType) -> Result<Pinned, Errno> {
+        // The handle of a file on BACKING's own device (others keep their
+        // descriptors: their handles would need a descriptor on their own
+        // file system to open).
+        let handle = if self.handles && stat.st_dev == self.root_dev {
+            handles::handle_of(fd.as_fd()).ok()
+        } else {
+            None
+        };
         let mut table = self.lock();
         let (ino, foreign) = if stat.st_dev == self.root_dev {
             if stat.st_ino & FOREIGN_BIT != 0 {
@@ -162,20 +310,24 @@ impl NodeTable {
             };
             (ino, Some(key))
         };
-        let entry = table.entries.entry(ino).or_insert_with(|| Entry {
-            node: Arc::new(Node {
-                ino,
-                dev: stat.st_dev,
-                kind,
-                fd,
-                content: Mutex::new(Weak::new()),
-                dir_key: OnceLock::new(),
-            }),
-            lookups: 0,
-            foreign,
+        let mut fresh = None;
+        let entry = table.entries.entry(ino).or_insert_with(|| {
+            let node = Arc::new(Node::new(ino, stat.st_dev, kind, fd, handle));
+            fresh = Some(Arc::clone(&node));
+            Entry {
+                node,
+                lookups: 0,
+                foreign,
+            }
         });
         entry.lookups += 1;
-        Ok(Arc::clone(&entry.node))
+        let node = Arc::clone(&entry.node);
+        drop(table);
+        let pinned = self.pin(&node)?;
+        if let Some(fresh) = fresh {
+            self.opened(&fresh);
+        }
+        Ok(pinned)
     }
 
     /// Adds a lookup to an entry the caller already holds (hard links).

@@ -18,9 +18,10 @@ use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamp
 
 use super::attr;
 use super::errno::{io, sys, volume_errno_at};
-use super::nodes::{Node, NodeTable, ROOT_INO};
+use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
 use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
+use crate::create::{self, CreateError};
 use crate::error::VolumeError;
 use crate::names::{DirKey, NameError, NameMode, Names, MKDIR_PREFIX};
 use crate::symlink_file;
@@ -42,12 +43,6 @@ impl From<&fuser::Request> for Caller {
             gid: req.gid(),
         }
     }
-}
-
-/// A descriptor `create` just opened, and whether it made the file.
-enum Opened {
-    Created(File),
-    Existing(File),
 }
 
 /// The attribute changes of one `setattr`.
@@ -121,6 +116,14 @@ fn file_mode(kind: RawType, mode: u32) -> u32 {
     }
 }
 
+/// How many backing descriptors the inode table may keep open: a quarter
+/// of the open-file limit, the rest left to open files and listings.
+fn descriptor_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let soft = limit.current.unwrap_or(1 << 20);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX)
+}
+
 fn hex_id(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -158,7 +161,7 @@ impl Ops {
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
         Ok(Ops {
-            nodes: NodeTable::new(root)?,
+            nodes: NodeTable::new(root, descriptor_budget())?,
             crypto,
             names,
             xattrs,
@@ -171,7 +174,7 @@ impl Ops {
 
     // ---- names and nodes -------------------------------------------------
 
-    fn node(&self, ino: u64) -> Result<Arc<Node>, Errno> {
+    fn node(&self, ino: u64) -> Result<Pinned, Errno> {
         self.nodes.get(ino)
     }
 
@@ -218,7 +221,7 @@ impl Ops {
     }
 
     /// The name key of directory `dir`, read once.
-    fn dir_key(&self, dir: &Node) -> Result<DirKey, Errno> {
+    fn dir_key(&self, dir: &Pinned) -> Result<DirKey, Errno> {
         if let Some(key) = dir.dir_key.get() {
             return Ok(*key);
         }
@@ -231,7 +234,7 @@ impl Ops {
 
     /// A name that cannot be translated, as the errno the program sees;
     /// a forged one is logged, like a forged block.
-    fn name_errno(&self, e: NameError, dir: &Node) -> Errno {
+    fn name_errno(&self, e: NameError, dir: &Pinned) -> Errno {
         match e {
             NameError::Reserved => Errno::EPERM,
             NameError::TooLong => Errno::ENAMETOOLONG,
@@ -249,7 +252,7 @@ impl Ops {
     }
 
     /// The backing entry of `name` in `parent` (for lookups).
-    fn backing_name(&self, parent: &Node, name: &OsStr) -> Result<OsString, Errno> {
+    fn backing_name(&self, parent: &Pinned, name: &OsStr) -> Result<OsString, Errno> {
         let key = self.dir_key(parent)?;
         self.names
             .entry(&key, name, parent.ino == ROOT_INO)
@@ -258,7 +261,7 @@ impl Ops {
 
     /// The backing entry of `name` in `parent`, for an entry about to be
     /// made (a long name's file is written first).
-    fn new_backing_name(&self, parent: &Node, name: &OsStr) -> Result<OsString, Errno> {
+    fn new_backing_name(&self, parent: &Pinned, name: &OsStr) -> Result<OsString, Errno> {
         let key = self.dir_key(parent)?;
         self.names
             .create_entry(parent.fd.as_fd(), &key, name, parent.ino == ROOT_INO)
@@ -266,13 +269,13 @@ impl Ops {
     }
 
     /// After the entry `name` left `parent`: its long name's file goes too.
-    fn forget_backing_name(&self, parent: &Node, name: &OsStr) {
+    fn forget_backing_name(&self, parent: &Pinned, name: &OsStr) {
         if let Ok(key) = self.dir_key(parent) {
             self.names.remove_entry(parent.fd.as_fd(), &key, name);
         }
     }
 
-    fn stat_attr(&self, node: &Node) -> Result<FileAttr, Errno> {
+    fn stat_attr(&self, node: &Pinned) -> Result<FileAttr, Errno> {
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
         Ok(self.attr_of(node.ino, &stat))
     }
@@ -302,9 +305,9 @@ impl Ops {
     /// Looks up `backing` in `parent`, counting one kernel lookup.
     fn lookup_backing(
         &self,
-        parent: &Node,
+        parent: &Pinned,
         backing: &OsStr,
-    ) -> Result<(Arc<Node>, FileAttr), Errno> {
+    ) -> Result<(Pinned, FileAttr), Errno> {
         let fd = rustix::fs::openat(
             &parent.fd,
             backing,
@@ -314,7 +317,8 @@ impl Ops {
         .map_err(sys)?;
         let stat = rustix::fs::fstat(&fd).map_err(sys)?;
         let node = self.nodes.remember(fd, &stat, self.kind_of(&stat))?;
-        Ok((Arc::clone(&node), self.attr_of(node.ino, &stat)))
+        let attr = self.attr_of(node.ino, &stat);
+        Ok((node, attr))
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
@@ -338,7 +342,7 @@ impl Ops {
     /// Gives a new node to its creator when we run as root: through the
     /// node's own descriptor, so a name swapped in BACKING meanwhile cannot
     /// make us give away another file.
-    fn chown_new(&self, caller: Caller, node: &Node) -> Result<(), Errno> {
+    fn chown_new(&self, caller: Caller, node: &Pinned) -> Result<(), Errno> {
         if !self.as_root || (caller.uid == 0 && caller.gid == 0) {
             return Ok(());
         }
@@ -355,7 +359,7 @@ impl Ops {
     /// Looks up a node the mount just created by name and gives it to its
     /// creator; the node is what the lookup found, so the owner, the
     /// reply's attributes and the inode all name one file.
-    fn created(&self, caller: Caller, parent: &Node, backing: &OsStr) -> Result<FileAttr, Errno> {
+    fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<FileAttr, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
         self.chown_new(caller, &node)?;
         self.stat_attr(&node)
@@ -364,7 +368,7 @@ impl Ops {
     /// The node of a file the mount just opened, from the descriptor itself
     /// (not its name, which someone writing BACKING could swap meanwhile),
     /// counting one kernel lookup.
-    fn node_of_opened(&self, file: &File) -> Result<Arc<Node>, Errno> {
+    fn node_of_opened(&self, file: &File) -> Result<Pinned, Errno> {
         use std::os::fd::AsRawFd;
         let path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let fd = rustix::fs::open(path.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
@@ -376,17 +380,16 @@ impl Ops {
     // ---- the plaintext contents of regular files -------------------------
 
     /// The shared `EncryptedFile` of a regular file, opened on first use.
-    fn content(&self, node: &Node) -> Result<Arc<EncryptedFile>, Errno> {
+    fn content(&self, node: &Pinned) -> Result<Arc<EncryptedFile>, Errno> {
         self.content_with(node, None)
     }
 
     /// Like `content`, reusing a read-write descriptor of the same file
-    /// that the caller just opened (as `create` does) instead of reopening;
-    /// a file the caller just created gets its header.
+    /// that the caller just opened (as `create` does) instead of reopening.
     fn content_with(
         &self,
-        node: &Node,
-        opened: Option<Opened>,
+        node: &Pinned,
+        opened: Option<File>,
     ) -> Result<Arc<EncryptedFile>, Errno> {
         if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
@@ -396,31 +399,22 @@ impl Ops {
             return Ok(existing);
         }
         let path = node.proc_path();
-        let (file, created) = match opened {
-            Some(Opened::Created(file)) => (file, true),
-            Some(Opened::Existing(file)) => (file, false),
+        let file = match opened {
+            Some(file) => file,
             // Read-write even for read-only opens: with writeback caching
             // the kernel writes through any handle, and a partial block is
             // always read before it is rewritten.
-            None if self.read_only => (File::open(&path).map_err(io)?, false),
-            None => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .or_else(|_| File::open(&path))
-                    .map_err(io)?;
-                (file, false)
-            }
+            None if self.read_only => File::open(&path).map_err(io)?,
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .or_else(|_| File::open(&path))
+                .map_err(io)?,
         };
         // The label is only a fallback for messages: `EncryptedFile` names
         // the file by its current path when it reports an error.
-        let crypto = Arc::clone(&self.crypto);
-        let content = if created {
-            EncryptedFile::create(file, crypto, path.into())
-        } else {
-            EncryptedFile::open(file, crypto, path.into())
-        };
+        let content = EncryptedFile::open(file, Arc::clone(&self.crypto), path.into());
         let content = Arc::new(content.map_err(|e| self.errno_of(e))?);
         *slot = Arc::downgrade(&content);
         Ok(content)
@@ -471,22 +465,21 @@ impl Ops {
         let backing = self.new_backing_name(&parent, name)?;
         let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let mode = Mode::from_raw_mode(file_mode(RawType::RegularFile, mode));
-        let exclusive = base | OFlags::CREATE | OFlags::EXCL;
-        // Knowing whether this call made the file tells whether it needs a
-        // header; an existing file is opened as it is and truncated through
-        // its shared `EncryptedFile`, never behind its back.
-        let opened = match rustix::fs::openat(&parent.fd, &backing, exclusive, mode) {
-            Ok(fd) => Opened::Created(File::from(fd)),
-            Err(rustix::io::Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+        // A new file appears with its header (`crate::create`); an existing
+        // one is opened as it is and truncated through its shared
+        // `EncryptedFile`, never behind its back.
+        let made =
+            create::create_whole(parent.fd.as_fd(), &backing, mode, &self.crypto, |_| Ok(()));
+        let (opened, created) = match made {
+            Ok(file) => (file, true),
+            Err(CreateError::Exists) if flags & libc::O_EXCL == 0 => {
                 let fd = rustix::fs::openat(&parent.fd, &backing, base, mode).map_err(sys)?;
-                Opened::Existing(File::from(fd))
+                (File::from(fd), false)
             }
-            Err(e) => return Err(sys(e)),
+            Err(CreateError::Exists) => return Err(Errno::EEXIST),
+            Err(CreateError::Volume(e)) => return Err(self.errno_of(e)),
         };
-        let created = matches!(opened, Opened::Created(_));
-        let node = match &opened {
-            Opened::Created(file) | Opened::Existing(file) => self.node_of_opened(file)?,
-        };
+        let node = self.node_of_opened(&opened)?;
         if node.kind != RawType::RegularFile {
             self.nodes.forget(node.ino, 1);
             return Err(Errno::EISDIR);
@@ -690,7 +683,7 @@ impl Ops {
     }
 
     /// Writes the id record into the new directory `tmp` and gives it its mode.
-    fn make_dir_record(&self, parent: &Node, tmp: &str, mode: Mode) -> Result<(), Errno> {
+    fn make_dir_record(&self, parent: &Pinned, tmp: &str, mode: Mode) -> Result<(), Errno> {
         let dir = rustix::fs::openat(
             &parent.fd,
             tmp,
@@ -708,7 +701,7 @@ impl Ops {
     /// (its id record, leftovers of interrupted operations), returning the
     /// record's bytes so a failed removal can put it back. `ENOTEMPTY` if
     /// it holds anything else.
-    fn empty_dir_of_records(&self, parent: &Node, backing: &OsStr) -> Result<Vec<u8>, Errno> {
+    fn empty_dir_of_records(&self, parent: &Pinned, backing: &OsStr) -> Result<Vec<u8>, Errno> {
         let dir = rustix::fs::openat(
             &parent.fd,
             backing,
@@ -752,7 +745,7 @@ impl Ops {
     }
 
     /// Best effort, after a failed mkdir: the temporary directory's record.
-    fn remove_dir_record(&self, parent: &Node, tmp: &OsStr) {
+    fn remove_dir_record(&self, parent: &Pinned, tmp: &OsStr) {
         let _ = rustix::fs::unlinkat(
             &parent.fd,
             std::path::Path::new(tmp).join(crate::name_cipher::DIR_ID_NAME),
@@ -965,14 +958,14 @@ impl Ops {
             });
         }
         Ok(self.add_handle(Handle::Dir {
-            node,
+            node: Arc::clone(node.node()),
             entries: Arc::new(entries),
         }))
     }
 
-    fn dir_entries(&self, fh: u64) -> Result<(Arc<Node>, Arc<Vec<DirItem>>), Errno> {
+    fn dir_entries(&self, fh: u64) -> Result<(Pinned, Arc<Vec<DirItem>>), Errno> {
         match &*self.handle(fh)? {
-            Handle::Dir { node, entries } => Ok((Arc::clone(node), Arc::clone(entries))),
+            Handle::Dir { node, entries } => Ok((self.nodes.pin(node)?, Arc::clone(entries))),
             Handle::File { .. } => Err(Errno::ENOTDIR),
         }
     }
@@ -1060,7 +1053,7 @@ impl Ops {
     // ---- extended attributes ----------------------------------------------
 
     /// What a node's attribute values are bound to: a regular file's id.
-    fn xattr_owner(&self, node: &Node) -> Result<Owner, Errno> {
+    fn xattr_owner(&self, node: &Pinned) -> Result<Owner, Errno> {
         if node.kind != RawType::RegularFile {
             return Ok(Owner::Other);
         }

@@ -7,7 +7,7 @@ use fuser::Errno;
 use rustix::fs::{FileType as RawType, XattrFlags};
 
 use super::errno::sys;
-use super::nodes::Node;
+use super::nodes::Pinned;
 use crate::content::ContentCrypto;
 use crate::xattrs::{is_user, Owner, XattrSealer, USER_PREFIX};
 
@@ -31,7 +31,7 @@ impl XattrCipher {
     }
 
     /// Symlinks cannot carry `user.` attributes on Linux.
-    fn target(node: &Node) -> Result<String, Errno> {
+    fn target(node: &Pinned) -> Result<String, Errno> {
         if node.kind == RawType::Symlink {
             return Err(Errno::EPERM);
         }
@@ -40,7 +40,7 @@ impl XattrCipher {
 
     pub fn set(
         &self,
-        node: &Node,
+        node: &Pinned,
         owner: Owner,
         name: &OsStr,
         value: &[u8],
@@ -52,7 +52,7 @@ impl XattrCipher {
         rustix::fs::setxattr(Self::target(node)?, name, &sealed, flags).map_err(sys)
     }
 
-    pub fn get(&self, node: &Node, owner: Owner, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub fn get(&self, node: &Pinned, owner: Owner, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let name = user_name(name).map_err(|_| Errno::NO_XATTR)?;
         let path = Self::target(node).map_err(|_| Errno::NO_XATTR)?;
         let len = rustix::fs::getxattr_query(&path, name).map_err(sys)?;
@@ -66,7 +66,7 @@ impl XattrCipher {
     }
 
     /// The `user.` names, NUL-terminated, as `listxattr` returns them.
-    pub fn list(&self, node: &Node) -> Result<Vec<u8>, Errno> {
+    pub fn list(&self, node: &Pinned) -> Result<Vec<u8>, Errno> {
         let Ok(path) = Self::target(node) else {
             return Ok(Vec::new());
         };
@@ -81,7 +81,7 @@ impl XattrCipher {
             .collect())
     }
 
-    pub fn remove(&self, node: &Node, name: &OsStr) -> Result<(), Errno> {
+    pub fn remove(&self, node: &Pinned, name: &OsStr) -> Result<(), Errno> {
         let name = user_name(name)?;
         rustix::fs::removexattr(Self::target(node)?, name).map_err(sys)
     }
