@@ -105,16 +105,9 @@ impl Names {
         let Some(cipher) = &self.cipher else {
             return Ok(DirKey::Plain);
         };
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let record = match rustix::fs::openat(dir, DIR_ID_NAME, flags, Mode::empty()) {
-            Ok(fd) => {
-                let mut bytes = Vec::with_capacity(DIR_ID_RECORD_LEN);
-                std::fs::File::from(fd)
-                    .take(DIR_ID_RECORD_LEN as u64 + 1)
-                    .read_to_end(&mut bytes)?;
-                bytes
-            }
-            Err(rustix::io::Errno::NOENT) if self.is_empty_dir(dir)? => {
+        let record = match read_small(dir, OsStr::new(DIR_ID_NAME), DIR_ID_RECORD_LEN as u64 + 1) {
+            Ok(bytes) => bytes,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.is_empty_dir(dir)? => {
                 return self.init_dir(dir);
             }
             Err(e) => return Err(e.into()),
@@ -126,13 +119,32 @@ impl Names {
     }
 
     /// Gives a new, empty directory its id record, durably; returns its key.
+    /// Never replaces a record: if another thread or process gave the
+    /// directory one meanwhile, that one is read and used.
     pub fn init_dir(&self, dir: BorrowedFd) -> Result<DirKey, NameError> {
         let Some(cipher) = &self.cipher else {
             return Ok(DirKey::Plain);
         };
         let (id, record) = cipher.new_dir_id();
-        write_durably(dir, OsStr::new(DIR_ID_NAME), &record)?;
-        Ok(DirKey::Id(id))
+        match write_durably(dir, OsStr::new(DIR_ID_NAME), &record) {
+            Ok(()) => Ok(DirKey::Id(id)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let winner =
+                    read_small(dir, OsStr::new(DIR_ID_NAME), DIR_ID_RECORD_LEN as u64 + 1)?;
+                cipher
+                    .open_dir_id(&winner)
+                    .map(DirKey::Id)
+                    .map_err(NameError::Forged)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `record` is a directory id record of this volume.
+    pub fn valid_record(&self, record: &[u8]) -> bool {
+        self.cipher
+            .as_ref()
+            .is_some_and(|c| c.open_dir_id(record).is_ok())
     }
 
     fn is_empty_dir(&self, dir: BorrowedFd) -> Result<bool, NameError> {
@@ -197,7 +209,12 @@ impl Names {
             } => {
                 let mut file = digest_name.clone();
                 file.push(LONG_NAME_SUFFIX);
-                write_durably(dir, &file, &encoded)?;
+                match write_durably(dir, &file, &encoded) {
+                    // The name's file is there already (the entry exists,
+                    // or a crash left it): the encoding is deterministic.
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    other => other?,
+                }
                 Ok(digest_name)
             }
         }
@@ -259,12 +276,22 @@ impl Names {
         Ok(stored)
     }
 
+    /// The sealed form of `target` whatever its length (a file-form
+    /// symlink holds it as its contents).
+    pub fn seal_target_any(&self, target: &OsStr) -> OsString {
+        match &self.cipher {
+            Some(cipher) => cipher.seal_target(target),
+            None => target.to_os_string(),
+        }
+    }
+
     /// The length of the target a symlink whose stored target is
     /// `stored_len` bytes stands for (`st_size` of a symlink).
     pub fn target_len(&self, stored_len: u64) -> u64 {
         match self.cipher {
             // Unpadded base64: 4 characters per 3 bytes.
-            Some(_) => (stored_len * 3 / 4).saturating_sub(crate::cipher::FRAME_OVERHEAD as u64),
+            Some(_) => (stored_len.saturating_mul(3) / 4)
+                .saturating_sub(crate::cipher::FRAME_OVERHEAD as u64),
             None => stored_len,
         }
     }
@@ -314,18 +341,31 @@ fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> 
         Mode::from_raw_mode(0o400),
     )?;
     let mut file = std::fs::File::from(fd);
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            // Never over an existing file: a concurrent writer's stands.
+            rustix::fs::renameat_with(dir, &tmp, dir, name, rustix::fs::RenameFlags::NOREPLACE)
+                .map_err(io::Error::from)
+        });
     if let Err(e) = written {
         let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
         return Err(e);
     }
-    rustix::fs::renameat(dir, &tmp, dir, name)?;
     Ok(())
 }
 
-fn read_small(dir: BorrowedFd, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+/// Reads at most `limit` bytes of the volume's own small file `name`:
+/// never through a symlink, never blocking on a fifo planted in its place,
+/// and only from a regular file.
+pub fn read_small(dir: BorrowedFd, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut bytes = Vec::new();
     std::fs::File::from(fd)
         .take(limit)

@@ -3,10 +3,11 @@
 //! Such a symlink is stored as an encrypted file holding the target, marked
 //! by the set-sticky bit on a regular file (which Linux otherwise ignores,
 //! and which the mount never lets a program set on a regular file). The
-//! mark says "symlink" cheaply, from `stat`; the target inside is sealed
-//! and authenticated like any file's contents, so flipping the mark on
-//! another file shows that file's contents as a target at worst, which the
-//! attacker could have written into a real symlink anyway.
+//! mark says "symlink" cheaply, from `stat`; the contents are the target's
+//! sealed form (as a backing symlink would hold it, under the symlink-target
+//! key), inside the file's own encryption. The mark is not authenticated,
+//! but flipping it onto another file gains nothing: that file's contents do
+//! not open as a sealed target, so `readlink` fails.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -31,12 +32,16 @@ pub fn is_file_form(mode: NameMode, stat: &Stat) -> bool {
         && stat.st_mode & libc::S_ISVTX != 0
 }
 
-/// Creates the file-form symlink `entry` in `dir` holding `target`; it
-/// appears whole (see `crate::create`).
+/// The longest contents a file-form symlink may have: the sealed form of a
+/// 4095-byte target is 5,498 bytes.
+pub const MAX_CONTENTS: u64 = 8192;
+
+/// Creates the file-form symlink `entry` in `dir` holding `sealed` (the
+/// target's sealed form); it appears whole (see `crate::create`).
 pub fn create(
     dir: BorrowedFd,
     entry: &std::ffi::OsStr,
-    target: &[u8],
+    sealed: &[u8],
     crypto: &Arc<ContentCrypto>,
 ) -> Result<File> {
     let made = crate::create::create_whole(
@@ -45,7 +50,7 @@ pub fn create(
         Mode::from_raw_mode(FILE_FORM_MODE),
         crypto,
         |contents| {
-            contents.write_at(0, target)?;
+            contents.write_at(0, sealed)?;
             contents.sync(false)
         },
     );
@@ -65,16 +70,23 @@ pub fn create(
     Ok(file)
 }
 
-/// The target a file-form symlink holds (`file` opened for reading).
+/// The sealed target a file-form symlink holds (`file` opened for reading);
+/// refuses contents longer than any sealed target.
 pub fn read(file: File, crypto: &Arc<ContentCrypto>, label: PathBuf) -> Result<Vec<u8>> {
     let contents = EncryptedFile::open(file, Arc::clone(crypto), label)?;
-    let mut target = Vec::new();
-    contents.read_to_end(&mut target)?;
-    Ok(target)
+    if contents.len()? > MAX_CONTENTS {
+        return Err(VolumeError::BadName {
+            dir: contents.backing_path(),
+            what: "a symlink longer than any sealed target".into(),
+        });
+    }
+    let mut sealed = Vec::new();
+    contents.read_to_end(&mut sealed)?;
+    Ok(sealed)
 }
 
-/// Reads the target of the file-form symlink open as `fd` (any descriptor,
-/// `O_PATH` included).
+/// Reads the sealed target of the file-form symlink open as `fd` (any
+/// descriptor, `O_PATH` included).
 pub fn read_at(fd: BorrowedFd, crypto: &Arc<ContentCrypto>) -> Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());

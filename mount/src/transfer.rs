@@ -163,6 +163,7 @@ impl Visitor for Copier<'_, '_> {
     fn entry(&mut self, visit: &Visit) -> io::Result<()> {
         let result = match visit.kind() {
             FileType::Directory => self.enter_dir(visit),
+            FileType::RegularFile if self.source_file_form(visit) => self.copy_symlink(visit),
             FileType::RegularFile => self.copy_file(visit),
             FileType::Symlink => self.copy_symlink(visit),
             _ => self.copy_special(visit),
@@ -476,10 +477,27 @@ impl Copier<'_, '_> {
         Ok(())
     }
 
+    /// Whether `visit` is a symlink stored as a file in the source volume.
+    fn source_file_form(&self, visit: &Visit) -> bool {
+        self.source_names
+            .as_ref()
+            .is_some_and(|names| crate::symlink_file::is_file_form(names.mode(), visit.stat))
+    }
+
     fn copy_symlink(&mut self, visit: &Visit) -> Result<()> {
-        let stored = visit
-            .read_link()
-            .map_err(|e| VolumeError::io("reading a symlink", e))?;
+        let stored = match (&self.source, self.source_file_form(visit)) {
+            (Source::Volume(volume), true) => {
+                let file = visit
+                    .open(OFlags::RDONLY)
+                    .map_err(|e| VolumeError::io("opening a symlink", e))?;
+                let label = volume.backing().join(visit.relative);
+                let sealed = crate::symlink_file::read(file, volume.crypto(), label)?;
+                std::os::unix::ffi::OsStringExt::from_vec(sealed)
+            }
+            _ => visit
+                .read_link()
+                .map_err(|e| VolumeError::io("reading a symlink", e))?,
+        };
         let target = match &self.source_names {
             None => stored,
             Some(names) => names
@@ -497,10 +515,11 @@ impl Copier<'_, '_> {
             Some(sealed) => rustix::fs::symlinkat(sealed.as_os_str(), here, &entry)
                 .map_err(|e| VolumeError::io("creating a symlink", e.into()))?,
             None => {
+                let sealed = self.dest.names().seal_target_any(&target);
                 let file = crate::symlink_file::create(
                     here.as_fd(),
                     &entry,
-                    std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()),
+                    std::os::unix::ffi::OsStrExt::as_bytes(sealed.as_os_str()),
                     self.dest.crypto(),
                 )?;
                 if self.as_root {
@@ -518,7 +537,10 @@ impl Copier<'_, '_> {
                     .context(|| "keeping the symlink's times".to_string());
             }
         }
-        self.finish_node(here, Some(&entry), visit.stat)
+        // A symlink's status (the source may hold it as a file).
+        let mut stat = *visit.stat;
+        stat.st_mode = libc::S_IFLNK | 0o777;
+        self.finish_node(here, Some(&entry), &stat)
             .context(|| "keeping the symlink's owner and times".to_string())
     }
 

@@ -52,7 +52,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
     let volume = Volume::open(&backing, &user_key)?;
     drop(user_key);
     // Held for the life of the mount (a background mount inherits it).
-    let _lock = chronicle_mount::lock::VolumeLock::acquire(&backing)?;
+    let lock = chronicle_mount::lock::VolumeLock::acquire(&backing)?;
     // This process lives as long as the mount: its environment and memory
     // must not give the key away.
     let key_env = req
@@ -75,6 +75,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
             &mountpoint,
             &hardening,
             open_files,
+            lock,
         );
     }
 
@@ -107,6 +108,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
                         &mountpoint,
                         &hardening,
                         open_files,
+                        lock,
                     ) {
                         log::error!("{e:#}");
                         std::process::exit(1);
@@ -131,6 +133,7 @@ fn serve(
     mountpoint: &Path,
     hardening: &hygiene::Hardening,
     open_files: u64,
+    lock: chronicle_mount::lock::VolumeLock,
 ) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -157,7 +160,11 @@ fn serve(
             "memory not locked (RLIMIT_MEMLOCK is limited and this is not root): keys may reach swap; core dumps are off"
         );
     }
-    mounted.serve(volume).context("serving the file system")?;
+    // The volume is free for the next writer as soon as the session ends,
+    // before the flush of the backing file system, which may take a while.
+    mounted
+        .serve(volume, || drop(lock))
+        .context("serving the file system")?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
 }

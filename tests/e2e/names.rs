@@ -107,7 +107,18 @@ fn renames_and_links_across_directories() {
     .expect("RENAME_EXCHANGE");
     assert_eq!(fs::read(m.path("b").join(&other)).expect("read"), b"short");
     assert_eq!(fs::read(m.path("b").join(&long)).expect("read"), b"long");
-    fs::rename(m.path("a/deep"), m.path("b/moved")).expect("rename a directory");
+    // Onto an existing empty directory, as POSIX allows; not onto a full one.
+    fs::create_dir(m.path("b/moved")).expect("mkdir");
+    fs::rename(m.path("a/deep"), m.path("b/moved")).expect("rename onto an empty directory");
+    fs::create_dir(m.path("a/full")).expect("mkdir");
+    fs::write(m.path("a/full/x"), b"x").expect("write");
+    fs::create_dir(m.path("a/other")).expect("mkdir");
+    let err = fs::rename(m.path("a/other"), m.path("a/full")).expect_err("not empty");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(fs::read(m.path("a/full/x")).expect("kept"), b"x");
+    fs::remove_file(m.path("a/full/x")).expect("rm");
+    fs::remove_dir(m.path("a/full")).expect("rmdir");
+    fs::remove_dir(m.path("a/other")).expect("rmdir");
     assert_eq!(fs::read(m.path("b/moved/link")).expect("read"), b"long");
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
     assert_eq!(
@@ -210,6 +221,17 @@ fn symlink_targets() {
     assert!(kinds.iter().all(|&k| k), "every entry lists as a symlink");
     let err = std::os::unix::fs::symlink("t".repeat(4096), m.path("too-long")).expect_err("4096");
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    // The mark of a stored-as-file symlink set on a regular file from
+    // BACKING: its contents are no sealed target, so readlink fails.
+    if !crate::PLAINTEXT_NAMES {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(m.path("victim"), b"../../etc/passwd").expect("write");
+        let raw = m.backing("victim");
+        fs::set_permissions(&raw, fs::Permissions::from_mode(0o1600)).expect("mark");
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        let err = fs::read_link(m.path("victim")).expect_err("not a sealed target");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
     // chmod +t on a regular file keeps it a regular file.
     use std::os::unix::fs::PermissionsExt;
     fs::write(m.path("plain"), b"data").expect("write");

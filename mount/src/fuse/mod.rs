@@ -134,10 +134,13 @@ impl Mounted {
         Unmounter(self.session.unmount_callable())
     }
 
-    /// Serves requests until the file system is unmounted, then flushes the
-    /// backing file system so that everything written is on disk.
-    pub fn serve(self, volume: &Volume) -> io::Result<()> {
+    /// Serves requests until the file system is unmounted, then runs
+    /// `after` (the caller lets go of the volume there: nothing is written
+    /// through the mount any more) and flushes the backing file system so
+    /// that everything written is on disk.
+    pub fn serve(self, volume: &Volume, after: impl FnOnce()) -> io::Result<()> {
         let served = self.session.run();
+        after();
         let synced = std::fs::File::open(volume.backing())
             .and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from));
         served.and(synced)

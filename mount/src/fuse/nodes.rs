@@ -19,8 +19,10 @@
 //! is 1 and trades places with a backing inode numbered 1, if any); files
 //! on any other device get numbers of their own from the upper half of the
 //! range, which no backing file system here hands out. Numbers are stable
-//! for the life of the mount and shared by hard links; a backing file
-//! cannot be reused while its entry holds a descriptor on it.
+//! for the life of the mount and shared by hard links. A backing inode
+//! cannot be reused while its entry holds a descriptor on it; once an
+//! entry's descriptor is closed, a reused number is told apart by the
+//! file's handle (which carries a generation) and the entry is renewed.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
@@ -311,6 +313,26 @@ impl NodeTable {
             (ino, Some(key))
         };
         let mut fresh = None;
+        // An entry whose descriptor was closed no longer pins its inode: the
+        // file may be gone and its number reused by another. Handles differ
+        // then (they carry a generation), and the entry is renewed.
+        if let Some(entry) = table.entries.get_mut(&ino) {
+            let reused =
+                matches!((&entry.node.handle, &handle), (Some(old), Some(new)) if old != new);
+            if reused {
+                let node = Arc::new(Node::new(ino, stat.st_dev, kind, fd, handle));
+                fresh = Some(Arc::clone(&node));
+                entry.node = node;
+                entry.lookups += 1;
+                let node = Arc::clone(&entry.node);
+                drop(table);
+                let pinned = self.pin(&node)?;
+                if let Some(fresh) = fresh {
+                    self.opened(&fresh);
+                }
+                return Ok(pinned);
+            }
+        }
         let entry = table.entries.entry(ino).or_insert_with(|| {
             let node = Arc::new(Node::new(ino, stat.st_dev, kind, fd, handle));
             fresh = Some(Arc::clone(&node));

@@ -294,8 +294,10 @@ impl Ops {
     fn attr_of(&self, ino: u64, stat: &rustix::fs::Stat) -> FileAttr {
         let mut attr = attr::from_stat(ino, stat);
         if symlink_file::is_file_form(self.names.mode(), stat) {
+            // Its contents are the sealed target, as a symlink would hold it.
             attr.kind = FileType::Symlink;
             attr.perm = 0o777;
+            attr.size = self.names.target_len(attr.size);
         } else if attr.kind == FileType::Symlink {
             attr.size = self.names.target_len(attr.size);
         }
@@ -722,26 +724,45 @@ impl Ops {
             }
             internal.push((raw.to_os_string(), entry.file_type() == RawType::Directory));
         }
-        let record = std::fs::read(format!(
-            "/proc/self/fd/{}/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&dir),
-            crate::name_cipher::DIR_ID_NAME
-        ))
+        let record = crate::names::read_small(
+            dir.as_fd(),
+            OsStr::new(crate::name_cipher::DIR_ID_NAME),
+            crate::name_cipher::DIR_ID_RECORD_LEN as u64 + 1,
+        )
         .unwrap_or_default();
-        for (name, is_dir) in internal {
+        for (name, _) in internal {
+            let is_dir = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| RawType::from_raw_mode(st.st_mode) == RawType::Directory);
             if is_dir {
-                // An interrupted mkdir's temporary directory: its record only.
-                let _ = rustix::fs::unlinkat(
-                    &dir,
-                    std::path::Path::new(&name).join(crate::name_cipher::DIR_ID_NAME),
-                    AtFlags::empty(),
+                // An interrupted mkdir's temporary directory: only the
+                // volume's own files are in it.
+                let path = format!(
+                    "/proc/self/fd/{}/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&dir),
+                    name.to_string_lossy()
                 );
-                let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::REMOVEDIR);
+                let _ = std::fs::remove_dir_all(path);
             } else {
                 rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).map_err(sys)?;
             }
         }
         Ok(record)
+    }
+
+    /// After a failed removal or replacement of directory `backing` in
+    /// `parent`: its id record back, if it was one (never over a new one).
+    fn put_record_back(&self, parent: &Pinned, backing: &OsStr, record: &[u8]) {
+        if !self.names.valid_record(record) {
+            return;
+        }
+        if let Ok(dir) = rustix::fs::openat(
+            &parent.fd,
+            backing,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = crate::names::restore_record(dir.as_fd(), record);
+        }
     }
 
     /// Best effort, after a failed mkdir: the temporary directory's record.
@@ -811,10 +832,18 @@ impl Ops {
         match stored {
             Some(stored) => rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?,
             // Too long to seal into a backing symlink: the file form.
-            None => drop(
-                symlink_file::create(parent.fd.as_fd(), &backing, target.as_bytes(), &self.crypto)
+            None => {
+                let sealed = self.names.seal_target_any(target);
+                drop(
+                    symlink_file::create(
+                        parent.fd.as_fd(),
+                        &backing,
+                        sealed.as_bytes(),
+                        &self.crypto,
+                    )
                     .map_err(|e| self.errno_of(e))?,
-            ),
+                )
+            }
         }
         self.created(caller, &parent, &backing)
     }
@@ -823,9 +852,13 @@ impl Ops {
         let node = self.node(ino)?;
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
         if symlink_file::is_file_form(self.names.mode(), &stat) {
-            let target = symlink_file::read_at(node.fd.as_fd(), &self.crypto)
+            let sealed = symlink_file::read_at(node.fd.as_fd(), &self.crypto)
                 .map_err(|e| self.errno_of(e))?;
-            return Ok(std::os::unix::ffi::OsStringExt::from_vec(target));
+            let sealed: OsString = std::os::unix::ffi::OsStringExt::from_vec(sealed);
+            return self
+                .names
+                .open_target(&sealed)
+                .map_err(|e| self.name_errno(e, &node));
         }
         let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new()).map_err(sys)?;
         let stored = OsString::from(OsStr::from_bytes(stored.as_bytes()));
@@ -865,14 +898,7 @@ impl Ops {
         // back if the directory turns out not to be removable.
         let record = self.empty_dir_of_records(&parent, &backing)?;
         if let Err(e) = rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR) {
-            if let Ok(dir) = rustix::fs::openat(
-                &parent.fd,
-                &backing,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                let _ = crate::names::restore_record(dir.as_fd(), &record);
-            }
+            self.put_record_back(&parent, &backing, &record);
             return Err(sys(e));
         }
         self.forget_backing_name(&parent, name);
@@ -898,7 +924,25 @@ impl Ops {
         // old name's after it is gone, unless both names still stand
         // (an exchange, or a rename onto itself).
         let to = self.new_backing_name(&to_dir, newname)?;
-        rustix::fs::renameat_with(&from_dir.fd, &from, &to_dir.fd, &to, flags).map_err(sys)?;
+        // Onto an existing directory (encrypted names): its id record would
+        // make it look non-empty to the backing file system; removed first
+        // (the rename may then replace it), put back if the rename fails.
+        let mut replaced_record = None;
+        if self.names.mode() == NameMode::Encrypted
+            && !flags.contains(rustix::fs::RenameFlags::EXCHANGE)
+            && !flags.contains(rustix::fs::RenameFlags::NOREPLACE)
+        {
+            let target = rustix::fs::statat(&to_dir.fd, &to, AtFlags::SYMLINK_NOFOLLOW);
+            if target.is_ok_and(|st| RawType::from_raw_mode(st.st_mode) == RawType::Directory) {
+                replaced_record = Some(self.empty_dir_of_records(&to_dir, &to)?);
+            }
+        }
+        if let Err(e) = rustix::fs::renameat_with(&from_dir.fd, &from, &to_dir.fd, &to, flags) {
+            if let Some(record) = replaced_record {
+                self.put_record_back(&to_dir, &to, &record);
+            }
+            return Err(sys(e));
+        }
         let same = from_dir.ino == to_dir.ino && name == newname;
         if !flags.contains(rustix::fs::RenameFlags::EXCHANGE) && !same {
             self.forget_backing_name(&from_dir, name);
