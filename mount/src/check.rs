@@ -3,7 +3,10 @@
 //! repaired. Files are reached through `tree`, so a symlink or a swapped
 //! name in BACKING can never make the check read or cut a file elsewhere.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,8 +14,10 @@ use rustix::fs::{FileType, OFlags};
 
 use crate::content::{EncryptedFile, TailRepair};
 use crate::error::{Result, VolumeError};
+use crate::names::DirKey;
+use crate::symlink_file;
 use crate::tree::{self, Root, Visit, Visitor};
-use crate::volume::Volume;
+use crate::volume::{name_error, Volume};
 
 /// What the check reports as it goes.
 pub enum Event<'a> {
@@ -55,6 +60,7 @@ pub fn check_volume(
         repair,
         report,
         summary: Summary::default(),
+        keys: HashMap::new(),
     };
     tree::walk(
         volume.backing(),
@@ -70,18 +76,90 @@ struct Checker<'a, 'r> {
     repair: bool,
     report: &'r mut dyn FnMut(Event),
     summary: Summary,
+    /// Name keys of the directories on the current path (by backing path).
+    keys: HashMap<PathBuf, Option<DirKey>>,
 }
 
 impl Visitor for Checker<'_, '_> {
     fn entry(&mut self, visit: &Visit) -> io::Result<()> {
-        if visit.kind() != FileType::RegularFile {
+        self.check_name(visit);
+        let file_form = symlink_file::is_file_form(self.volume.names().mode(), visit.stat);
+        if visit.kind() != FileType::RegularFile || file_form {
             return Ok(());
         }
         self.check_file(visit).map_err(io::Error::other)
     }
+
+    fn leave_dir(&mut self, visit: &Visit) -> io::Result<()> {
+        self.keys.remove(visit.relative);
+        Ok(())
+    }
 }
 
 impl Checker<'_, '_> {
+    /// Every name, directory id record and symlink target authenticates
+    /// (with encrypted names); a failure counts as one bad item.
+    fn check_name(&mut self, visit: &Visit) {
+        let names = Arc::clone(self.volume.names());
+        let parent = visit
+            .relative
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        let key = match self.keys.get(&parent) {
+            Some(key) => *key,
+            None => {
+                let key = match names.dir_key(visit.dir) {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        self.bad(name_error(e, &self.volume.backing().join(&parent)));
+                        None
+                    }
+                };
+                self.keys.insert(parent.clone(), key);
+                key
+            }
+        };
+        let Some(key) = key else {
+            return;
+        };
+        let in_root = parent.as_os_str().is_empty();
+        if let Some(Err(e)) = names.decode(visit.dir, &key, visit.name, in_root) {
+            self.bad(name_error(e, &self.volume.backing().join(visit.relative)));
+            return;
+        }
+        let shown = self.volume.backing().join(visit.relative);
+        let target = if symlink_file::is_file_form(names.mode(), visit.stat) {
+            visit
+                .open(OFlags::RDONLY)
+                .map_err(|e| VolumeError::io("opening a symlink", e))
+                .and_then(|f| symlink_file::read(f, self.volume.crypto(), shown.clone()))
+                .map(OsString::from_vec)
+        } else if visit.kind() == FileType::Symlink {
+            visit
+                .read_link()
+                .map_err(|e| VolumeError::io("reading a symlink", e))
+        } else {
+            return;
+        };
+        match target {
+            Ok(stored) => {
+                if let Err(e) = names.open_target(&stored) {
+                    self.bad(name_error(e, &shown));
+                }
+            }
+            Err(e) => self.bad(e),
+        }
+    }
+
+    fn bad(&mut self, error: VolumeError) {
+        self.summary.failures += 1;
+        (self.report)(Event::Bad {
+            error: &error,
+            plain: None,
+        });
+    }
+
     fn check_file(&mut self, visit: &Visit) -> Result<()> {
         self.summary.files += 1;
         let flags = if self.repair {

@@ -82,7 +82,28 @@ pub fn create_whole(
         rustix::io::Errno::EXIST => CreateError::Exists,
         e => io("linking a new file", e),
     })?;
-    Ok(file)
+    Ok(reopen_by_name(dir, entry, file))
+}
+
+/// A descriptor from `O_TMPFILE` keeps its anonymous name in
+/// `/proc/self/fd` even after `linkat`, and that name is what logs and
+/// error messages show. Reopening through the new entry gives a descriptor
+/// that names the file; if the entry is no longer this file (someone
+/// replaced it in between), the anonymous descriptor is kept.
+fn reopen_by_name(dir: BorrowedFd, entry: &OsStr, file: File) -> File {
+    let named = rustix::fs::openat(
+        dir,
+        entry,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    let (Ok(named), Ok(ours)) = (named, rustix::fs::fstat(&file)) else {
+        return file;
+    };
+    match rustix::fs::fstat(&named) {
+        Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => File::from(named),
+        _ => file,
+    }
 }
 
 fn fill_file(

@@ -231,6 +231,14 @@ fn symlink_targets() {
         let _ = fs::write("/proc/sys/vm/drop_caches", "3");
         let err = fs::read_link(m.path("victim")).expect_err("not a sealed target");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        let out = run(&["fsck", m.fixture.b()], Some(KEY));
+        assert_eq!(
+            out.status.code(),
+            Some(26),
+            "fsck sees it: {}",
+            stdout(&out)
+        );
+        fs::set_permissions(&raw, fs::Permissions::from_mode(0o600)).expect("unmark");
     }
     // chmod +t on a regular file keeps it a regular file.
     use std::os::unix::fs::PermissionsExt;
@@ -275,7 +283,12 @@ fn a_large_directory_and_path_mapping() {
         &["path", m.fixture.b(), path_str(&relative), "--to-plain"],
         Some(KEY),
     );
-    assert_eq!(stdout(&out).trim(), "many/entry-000042");
+    assert_eq!(
+        stdout(&out).trim(),
+        "many/entry-000042",
+        "{relative:?}: {}",
+        stderr(&out)
+    );
 }
 
 // Protects: killing the mount process while it renames and creates files
