@@ -316,29 +316,22 @@ impl NodeTable {
         // An entry whose descriptor was closed no longer pins its inode: the
         // file may be gone and its number reused by another. Handles differ
         // then (they carry a generation), and the entry is renewed.
-        if let Some(entry) = table.entries.get_mut(&ino) {
-            let reused =
-                matches!((&entry.node.handle, &handle), (Some(old), Some(new)) if old != new);
-            if reused {
-                let node = Arc::new(Node::new(ino, stat.st_dev, kind, fd, handle));
-                fresh = Some(Arc::clone(&node));
-                entry.node = node;
-                entry.lookups += 1;
-                let node = Arc::clone(&entry.node);
-                drop(table);
-                let pinned = self.pin(&node)?;
-                if let Some(fresh) = fresh {
-                    self.opened(&fresh);
-                }
-                return Ok(pinned);
-            }
-        }
+        let reused = matches!(
+            (table.entries.get(&ino).map(|e| &e.node.handle), &handle),
+            (Some(Some(old)), Some(new)) if old != new
+        );
+        // The kernel's lookups of the number carry over to the new entry.
+        let carried = if reused {
+            table.entries.remove(&ino).map_or(0, |e| e.lookups)
+        } else {
+            0
+        };
         let entry = table.entries.entry(ino).or_insert_with(|| {
             let node = Arc::new(Node::new(ino, stat.st_dev, kind, fd, handle));
             fresh = Some(Arc::clone(&node));
             Entry {
                 node,
-                lookups: 0,
+                lookups: carried,
                 foreign,
             }
         });
