@@ -431,3 +431,40 @@ fn many_files_under_a_small_open_file_limit() {
     fs::remove_dir_all(&dir).expect("remove");
     assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
 }
+
+// Protects: removing an empty directory succeeds while other processes
+// list it: a listing that gives the emptied directory a new id record
+// between the two steps of rmdir does not make rmdir fail with ENOTEMPTY.
+#[test]
+fn rmdir_while_the_directory_is_listed() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("busy");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let (dir, stop) = (dir.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(entries) = fs::read_dir(&dir) {
+                    entries.for_each(drop);
+                }
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    for _ in 0..2_000 {
+        fs::create_dir(&dir).expect("mkdir");
+        if let Err(e) = fs::remove_dir(&dir) {
+            failures.push(e.to_string());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    lister.join().expect("lister");
+    assert!(
+        failures.is_empty(),
+        "{} rmdirs failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}

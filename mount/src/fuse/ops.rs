@@ -743,7 +743,11 @@ impl Ops {
                 );
                 let _ = std::fs::remove_dir_all(path);
             } else {
-                rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).map_err(sys)?;
+                match rustix::fs::unlinkat(&dir, &name, AtFlags::empty()) {
+                    // Renamed or removed meanwhile by a racing record write.
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(sys(e)),
+                }
             }
         }
         Ok(record)
@@ -897,9 +901,23 @@ impl Ops {
         // The directory holds its id record: remove it first, and put it
         // back if the directory turns out not to be removable.
         let record = self.empty_dir_of_records(&parent, &backing)?;
-        if let Err(e) = rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR) {
-            self.put_record_back(&parent, &backing, &record);
-            return Err(sys(e));
+        // A listing racing this rmdir gives the emptied directory a new
+        // record (an empty directory without one gets one): empty it again
+        // and retry, unless something else has appeared in it.
+        let mut retries = 0;
+        loop {
+            match rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::NOTEMPTY)
+                    if retries < 8 && self.empty_dir_of_records(&parent, &backing).is_ok() =>
+                {
+                    retries += 1;
+                }
+                Err(e) => {
+                    self.put_record_back(&parent, &backing, &record);
+                    return Err(sys(e));
+                }
+            }
         }
         self.forget_backing_name(&parent, name);
         Ok(())
