@@ -528,3 +528,87 @@ fn a_volume_mounts_once() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(!is_mounted(&second));
 }
+
+// Protects: the bundled engine on a mount whose backing store fills up
+// reports the error and loses no acknowledged point: writes with
+// `sync=always` until the store is full, then, after space is freed, the
+// reopened engine returns every point it acknowledged.
+#[test]
+fn engine_on_a_full_backing_store_keeps_acknowledged_points() {
+    use chronicle_engine::{Engine, Options, SyncPolicy};
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Tmpfs::mount(dir.path().join("store"), "16m");
+    let backing = store.path.join("backing");
+    let out = run(&["init", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fixture = Fixture {
+        dir,
+        backing: backing.clone(),
+    };
+    let m = Mounted::with_fixture(fixture, &[]);
+    // Leave about 1 MiB free so the engine fills it quickly.
+    let filler = store.path.join("filler");
+    let free = rustix::fs::statvfs(&store.path).expect("statvfs");
+    let room = free.f_bavail * free.f_frsize;
+    fs::write(&filler, vec![0u8; (room - (1 << 20)) as usize]).expect("filler");
+    let options = || Options {
+        sync: SyncPolicy::Always,
+        memtable_points: 5_000,
+        retention: None,
+    };
+    let db = m.path("db");
+    let engine = Engine::open(&db, options()).expect("open");
+    let mut acknowledged = 0u64;
+    let mut failure = None;
+    for batch in 0..10_000u64 {
+        let mut text = String::new();
+        for i in 0..100 {
+            let n = batch * 100 + i;
+            text.push_str(&format!(
+                "cpu,host=h{} value={n} {}\n",
+                n % 97,
+                1_000_000_000 + n
+            ));
+        }
+        match engine.write_lines(text.as_bytes(), batch * 100 + 1) {
+            Ok(_) => acknowledged += 100,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("the store fills up");
+    assert!(
+        failure.contains("No space left") || failure.contains("ENOSPC"),
+        "the error says the disk is full: {failure}"
+    );
+    drop(engine);
+    fs::remove_file(&filler).expect("free space");
+    let engine = Engine::open(&db, options()).expect("reopen after space is freed");
+    let mut exported = Vec::new();
+    engine.export_json(&mut exported).expect("export");
+    let text = String::from_utf8(exported).expect("utf-8");
+    let kept: std::collections::HashSet<u64> = text
+        .lines()
+        .filter_map(|l| l.split("\"timestamp\":").nth(1))
+        .filter_map(|rest| rest.split([',', '}']).next()?.parse().ok())
+        .collect();
+    let lost = (0..acknowledged)
+        .filter(|n| !kept.contains(&(1_000_000_000 + n)))
+        .count();
+    assert_eq!(lost, 0, "of {acknowledged} acknowledged points ({failure})");
+    assert!(
+        acknowledged >= 10_000,
+        "{acknowledged} points before the store filled"
+    );
+    engine.close().expect("close");
+    assert!(
+        !m.log_text().contains("authentication failed"),
+        "{}",
+        m.log_text()
+    );
+}
