@@ -588,7 +588,18 @@ fn engine_on_a_full_backing_store_keeps_acknowledged_points() {
     );
     drop(engine);
     fs::remove_file(&filler).expect("free space");
-    let engine = Engine::open(&db, options()).expect("reopen after space is freed");
+    // Other tests of this process spawn programs: a child between fork and
+    // exec briefly shares the old engine's locked descriptor.
+    let mut tries = 0;
+    let engine = loop {
+        match Engine::open(&db, options()) {
+            Err(chronicle_engine::EngineError::Locked { .. }) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            opened => break opened.expect("reopen after space is freed"),
+        }
+    };
     let mut exported = Vec::new();
     engine.export_json(&mut exported).expect("export");
     let text = String::from_utf8(exported).expect("utf-8");
