@@ -159,6 +159,18 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A volume whose BACKING is on a fresh tmpfs of `size`, mounted with
+/// `extra`. The mount comes first so it is unmounted before the tmpfs.
+fn mounted_on_tmpfs(size: &str, extra: &[&str]) -> (Mounted, Tmpfs) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Tmpfs::mount(dir.path().join("store"), size);
+    let backing = store.path.join("backing");
+    let out = run(&["init", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = Mounted::with_fixture(Fixture { dir, backing }, extra);
+    (m, store)
+}
+
 // Protects: growing a file costs neither space nor time in proportion to
 // the hole: `truncate -s 1P` on a volume whose BACKING is a 64 MiB tmpfs
 // succeeds, the hole reads as zeros, SEEK_HOLE/SEEK_DATA report it, the
@@ -168,16 +180,8 @@ fn petabyte_sparse_file() {
     if !fuse_available() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Tmpfs::mount(dir.path().join("store"), "64m");
-    let backing = store.path.join("backing");
-    let out = run(&["init", path_str(&backing)], Some(KEY));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let fixture = Fixture {
-        dir,
-        backing: backing.clone(),
-    };
-    let m = Mounted::with_fixture(fixture, &[]);
+    let (m, _store) = mounted_on_tmpfs("64m", &[]);
+    let backing = m.fixture.backing.clone();
     let path = m.path("huge");
     const PIB: u64 = 1 << 50;
     let out = Command::new("truncate")
@@ -236,18 +240,10 @@ fn full_backing_store_keeps_old_data() {
     if !fuse_available() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Tmpfs::mount(dir.path().join("store"), "4m");
-    let backing = store.path.join("backing");
-    let out = run(&["init", path_str(&backing)], Some(KEY));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let fixture = Fixture {
-        dir,
-        backing: backing.clone(),
-    };
     // Without write-back caching each write reaches the mount at once, so
     // the error belongs to the write that caused it.
-    let m = Mounted::with_fixture(fixture, &["--no-writeback-cache"]);
+    let (m, store) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
+    let backing = m.fixture.backing.clone();
     let path = m.path("log");
     let synced: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
     let f = fs::OpenOptions::new()
@@ -539,16 +535,7 @@ fn engine_on_a_full_backing_store_keeps_acknowledged_points() {
     if !fuse_available() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Tmpfs::mount(dir.path().join("store"), "16m");
-    let backing = store.path.join("backing");
-    let out = run(&["init", path_str(&backing)], Some(KEY));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let fixture = Fixture {
-        dir,
-        backing: backing.clone(),
-    };
-    let m = Mounted::with_fixture(fixture, &[]);
+    let (m, store) = mounted_on_tmpfs("16m", &[]);
     // Leave about 1 MiB free so the engine fills it quickly.
     let filler = store.path.join("filler");
     let free = rustix::fs::statvfs(&store.path).expect("statvfs");
