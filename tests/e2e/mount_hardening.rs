@@ -484,16 +484,7 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
     );
     let dead = fs::metadata(m.path("synced")).expect_err("the mount is dead");
     assert_eq!(dead.raw_os_error(), Some(libc::ENOTCONN));
-    let out = run(
-        &[
-            "mount",
-            m.fixture.b(),
-            path_str(&m.mnt),
-            "--log-file",
-            path_str(&m.log),
-        ],
-        Some(KEY),
-    );
+    let out = m.remount();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("cleared the dead mount"),

@@ -348,16 +348,7 @@ fn killed_during_long_renames() {
     assert!(killed.success());
     worker.join().expect("worker");
     creator.join().expect("creator");
-    let out = run(
-        &[
-            "mount",
-            m.fixture.b(),
-            path_str(&m.mnt),
-            "--log-file",
-            path_str(&m.log),
-        ],
-        Some(KEY),
-    );
+    let out = m.remount();
     assert!(out.status.success(), "{}", stderr(&out));
     let names = listing(&dir);
     assert_eq!(names.len(), files, "{names:?}");

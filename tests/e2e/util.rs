@@ -192,6 +192,19 @@ impl Mounted {
         Mounted { fixture, mnt, log }
     }
 
+    /// Mounts the volume again at the same place, logging to the same file
+    /// (after the mount process was killed).
+    pub fn remount(&self) -> Output {
+        let args = [
+            "mount",
+            self.fixture.b(),
+            path_str(&self.mnt),
+            "--log-file",
+            path_str(&self.log),
+        ];
+        run(&args, Some(KEY))
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.mnt.join(name)
     }
