@@ -14,6 +14,7 @@ use rustix::fs::{FileType, OFlags};
 
 use crate::content::{EncryptedFile, TailRepair};
 use crate::error::{Result, VolumeError};
+use crate::journal::Journal;
 use crate::names::DirKey;
 use crate::symlink_file;
 use crate::tree::{self, Root, Visit, Visitor};
@@ -55,9 +56,15 @@ pub fn check_volume(
     repair: bool,
     report: &mut dyn FnMut(Event),
 ) -> Result<Summary> {
+    // Repair puts back, first, the blocks a crash tore while the journal
+    // held copies of them; a check alone changes nothing, journal included.
+    let journal = match repair {
+        true => Some(Journal::open(volume.backing())?),
+        false => None,
+    };
     let mut checker = Checker {
         volume,
-        repair,
+        journal: journal.as_ref(),
         report,
         summary: Summary::default(),
         keys: HashMap::new(),
@@ -68,12 +75,18 @@ pub fn check_volume(
         &mut checker,
     )
     .map_err(|e| VolumeError::io(format!("checking {}", volume.backing().display()), e))?;
+    // Every file was visited: copies nobody claimed belong to files that
+    // are gone or were never torn.
+    if let Some(journal) = &journal {
+        journal.forget_carried();
+    }
     Ok(checker.summary)
 }
 
 struct Checker<'a, 'r> {
     volume: &'a Volume,
-    repair: bool,
+    /// Set when repairing.
+    journal: Option<&'a Journal>,
     report: &'r mut dyn FnMut(Event),
     summary: Summary,
     /// Name keys of the directories on the current path (by backing path).
@@ -162,7 +175,7 @@ impl Checker<'_, '_> {
 
     fn check_file(&mut self, visit: &Visit) -> Result<()> {
         self.summary.files += 1;
-        let flags = if self.repair {
+        let flags = if self.journal.is_some() {
             OFlags::RDWR
         } else {
             OFlags::RDONLY
@@ -172,8 +185,13 @@ impl Checker<'_, '_> {
             .open(flags)
             .map_err(|e| VolumeError::io(format!("opening {}", label.display()), e))?;
         let file = EncryptedFile::open(opened, Arc::clone(self.volume.crypto()), label.clone())?;
-        if self.repair {
-            match file.repair_tail()? {
+        if let Some(journal) = self.journal {
+            let recovered = file.recover_from(journal)?;
+            let outcome = match recovered {
+                Some(outcome) => outcome,
+                None => file.repair_tail()?,
+            };
+            match outcome {
                 TailRepair::Clean => {}
                 TailRepair::Repaired { what, size } => {
                     self.summary.repaired += 1;

@@ -10,6 +10,7 @@ pub mod content;
 pub mod create;
 pub mod error;
 pub mod fuse;
+pub mod journal;
 pub mod keys;
 pub mod layout;
 pub mod lock;

@@ -16,6 +16,7 @@
 //! hold holes (without that flag, a zeroed block is a forgery).
 
 mod blocks;
+mod guard;
 mod holes;
 mod keys;
 mod verify;
@@ -25,7 +26,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use keys::{ContentCrypto, MAX_SEALS_PER_KEY};
 pub use verify::TailRepair;
@@ -59,6 +60,10 @@ pub struct EncryptedFile {
     file: File,
     crypto: Arc<ContentCrypto>,
     state: RwLock<State>,
+    /// The journal that keeps durable blocks through torn rewrites, once
+    /// `guarded_by` gives it one (the mount does; offline tools that write
+    /// new files need none).
+    guard: Mutex<Option<guard::Guard>>,
     /// Shown in errors when the file's current path cannot be found.
     label: PathBuf,
 }
@@ -75,6 +80,7 @@ impl EncryptedFile {
                 header: Header::Missing,
                 keys: None,
             }),
+            guard: Mutex::new(None),
             label,
         };
         let loaded = this.load_state()?;
@@ -193,7 +199,16 @@ impl EncryptedFile {
     }
 
     /// `fsync` (or `fdatasync` when `data_only`) of the backing file.
+    /// Writers wait meanwhile, so that everything the journal holds copies
+    /// for is covered by the sync and the copies can go.
     pub fn sync(&self, data_only: bool) -> Result<()> {
+        let _no_writers = self.state();
+        self.sync_backing(data_only)?;
+        self.synced()
+    }
+
+    /// The backing file's `fsync` alone.
+    fn sync_backing(&self, data_only: bool) -> Result<()> {
         let result = if data_only {
             self.file.sync_data()
         } else {
@@ -294,6 +309,7 @@ impl EncryptedFile {
         // cuts; the other order could make a cut file look whole.
         self.store_header(state, header)?;
         state.keys = None;
+        self.emptied();
         self.truncate_backing(HEADER_LEN as u64)
     }
 

@@ -120,15 +120,19 @@ impl EncryptedFile {
     /// module comment) and nothing else.
     pub fn repair_tail(&self) -> Result<TailRepair> {
         let mut state = self.state_mut();
+        self.repair_tail_locked(&mut state)
+    }
+
+    pub(super) fn repair_tail_locked(&self, state: &mut State) -> Result<TailRepair> {
         let cipher_len = self.cipher_len()?;
         let header = match &state.header {
             Header::Valid(header) => *header,
             Header::Missing => {
-                self.reset_to_empty(&mut state)?;
+                self.reset_to_empty(state)?;
                 return Ok(repaired("the header was never written; now empty", 0));
             }
             Header::Damaged(_) if cipher_len < HEADER_LEN as u64 => {
-                self.reset_to_empty(&mut state)?;
+                self.reset_to_empty(state)?;
                 return Ok(repaired("the header was torn; now empty", 0));
             }
             Header::Damaged(reason) => {
@@ -136,13 +140,13 @@ impl EncryptedFile {
             }
         };
         if header.pending_size != 0 {
-            return self.finish_shrink(&mut state, header, cipher_len);
+            return self.finish_shrink(state, header, cipher_len);
         }
         if !header.has_blocks() || cipher_len == HEADER_LEN as u64 {
             if cipher_len == HEADER_LEN as u64 && !header.has_blocks() {
                 return Ok(TailRepair::Clean);
             }
-            self.reset_to_empty(&mut state)?;
+            self.reset_to_empty(state)?;
             return Ok(repaired(
                 "an interrupted emptying or first write; now empty",
                 0,
@@ -150,8 +154,8 @@ impl EncryptedFile {
         }
         let count = (cipher_len - HEADER_LEN as u64).div_ceil(CIPHER_BLOCK_SIZE);
         let first = count.saturating_sub(TAIL_WINDOW);
-        let slots = self.classify_slots(&state, header.sparse(), cipher_len, first..count)?;
-        self.repair_window(&mut state, first, &slots, cipher_len)
+        let slots = self.classify_slots(state, header.sparse(), cipher_len, first..count)?;
+        self.repair_window(state, first, &slots, cipher_len)
     }
 
     /// How each stored block of `range` opens, in order.
@@ -237,7 +241,7 @@ impl EncryptedFile {
             let cut =
                 block_offset(end) + (cipher_len.min(block_offset(end + 1)) - block_offset(end));
             self.truncate_backing(cut)?;
-            self.sync(false)?;
+            self.sync_backing(false)?;
             let size = layout::plaintext_size_lossy(cut);
             return Ok(repaired("an interrupted extension", size));
         }
@@ -302,11 +306,11 @@ impl EncryptedFile {
         if written {
             self.truncate_backing(layout::ciphertext_size(target))?;
             self.store_header(state, header)?;
-            self.sync(false)?;
+            self.sync_backing(false)?;
             return Ok(repaired("an interrupted shrink, completed", target));
         }
         self.store_header(state, header)?;
-        self.sync(false)?;
+        self.sync_backing(false)?;
         match layout::plaintext_size(cipher_len) {
             Ok(size) => Ok(repaired(
                 "an interrupted shrink that had not begun; dropped",
@@ -342,7 +346,7 @@ impl EncryptedFile {
             .write_all_at(&sealed, block_offset(index))
             .context(|| format!("writing {}", self.backing_path().display()))?;
         self.truncate_backing(block_offset(blocks))?;
-        self.sync(false)?;
+        self.sync_backing(false)?;
         Ok(repaired(what, blocks * BLOCK_SIZE))
     }
 }

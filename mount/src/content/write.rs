@@ -252,6 +252,12 @@ impl EncryptedFile {
                     overlay(plain, block_start, change.offset, change.end, change.fill);
                     self.seal_block(keys, index, index == last_new, plain, out);
                 }
+                self.save_originals(
+                    &keys.content_id,
+                    change.size,
+                    change.old_last.as_deref(),
+                    batch_start..batch_end,
+                )?;
                 self.file
                     .write_all_at(out, block_offset(batch_start))
                     .context(|| format!("writing {}", self.backing_path().display()))?;
@@ -279,12 +285,29 @@ impl EncryptedFile {
         let keep = block_len(new_size, index) as usize;
         let mut sealed = Vec::with_capacity(layout::CIPHER_BLOCK_SIZE as usize);
         self.seal_block(keys, index, true, &plain[..keep], &mut sealed);
+        let content_id = keys.content_id;
+        self.save_originals(&content_id, size, None, index..index + 1)?;
         self.file
             .write_all_at(&sealed, block_offset(index))
             .context(|| format!("writing {}", self.backing_path().display()))?;
+        // When durable blocks are cut: the re-sealed block is made durable
+        // before the cut (a cut that survives a crash must not leave it
+        // torn, with its copy no longer the file's end), and the cut is made
+        // durable before the next write (a block cut away here and written
+        // anew would otherwise have no copy of what the cut removed, should
+        // the cut not survive).
+        let cuts_durable = self.durable_beyond(block_count(new_size));
+        if cuts_durable {
+            self.sync_backing(true)?;
+        }
         self.truncate_backing(layout::ciphertext_size(new_size))?;
         header.pending_size = 0;
-        self.store_header(state, header)
+        self.store_header(state, header)?;
+        if cuts_durable {
+            self.sync_backing(true)?;
+            self.synced()?;
+        }
+        Ok(())
     }
 
     /// Turns [offset, offset+len) into zeros without changing the size;
@@ -365,7 +388,7 @@ impl EncryptedFile {
         }
         header.flags |= FLAG_SPARSE;
         self.store_header(state, header)?;
-        self.sync(true)
+        self.sync_backing(true)
     }
 }
 

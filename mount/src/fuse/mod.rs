@@ -15,6 +15,7 @@ use std::path::Path;
 use fuser::{Config, MountOption, SessionACL};
 use rustix::fs::{Mode, OFlags};
 
+use crate::journal::Journal;
 use crate::volume::Volume;
 
 /// How to mount.
@@ -97,11 +98,15 @@ impl Mounted {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let journal = match options.read_only {
+            true => None,
+            false => Some(std::sync::Arc::new(open_journal(volume)?)),
+        };
         let ops = ops::Ops::new(
             root,
             std::sync::Arc::clone(volume.crypto()),
             std::sync::Arc::clone(volume.names()),
-            options.read_only,
+            journal,
         )?;
         let filesystem = fs::ChronicleFs {
             ops,
@@ -152,6 +157,21 @@ impl Mounted {
             session: Some(self.session.spawn()?),
         })
     }
+}
+
+/// The volume's double-write journal; copies an interrupted session left in
+/// it are put back as their files are opened.
+fn open_journal(volume: &Volume) -> io::Result<Journal> {
+    let journal = Journal::open(volume.backing()).map_err(io::Error::other)?;
+    let waiting = journal.carried_files();
+    if waiting > 0 {
+        log::warn!(
+            "the last session ended before {waiting} files were synced; \
+             blocks a crash tore in them are put back from the journal when each is opened \
+             (or by `chronicle fsck --repair`)"
+        );
+    }
+    Ok(journal)
 }
 
 /// Readahead the kernel will do for this mount, in KiB.

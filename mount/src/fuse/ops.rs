@@ -23,6 +23,7 @@ use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::create::{self, CreateError};
 use crate::error::VolumeError;
+use crate::journal::Journal;
 use crate::names::{DirKey, NameError, NameMode, Names, MKDIR_PREFIX};
 use crate::symlink_file;
 use crate::xattrs::Owner;
@@ -77,6 +78,8 @@ enum Handle {
 pub struct Ops {
     nodes: NodeTable,
     crypto: Arc<ContentCrypto>,
+    /// Keeps durable blocks through torn rewrites; `None` when read-only.
+    journal: Option<Arc<Journal>>,
     names: Arc<Names>,
     xattrs: XattrCipher,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -157,17 +160,18 @@ impl Ops {
         root: OwnedFd,
         crypto: Arc<ContentCrypto>,
         names: Arc<Names>,
-        read_only: bool,
+        journal: Option<Arc<Journal>>,
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
         Ok(Ops {
             nodes: NodeTable::new(root, descriptor_budget())?,
+            read_only: journal.is_none(),
+            journal,
             crypto,
             names,
             xattrs,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
-            read_only,
             as_root: rustix::process::geteuid().is_root(),
         })
     }
@@ -417,6 +421,10 @@ impl Ops {
         // The label is only a fallback for messages: `EncryptedFile` names
         // the file by its current path when it reports an error.
         let content = EncryptedFile::open(file, Arc::clone(&self.crypto), path.into());
+        let content = match &self.journal {
+            Some(journal) => content.and_then(|c| c.guarded_by(journal)),
+            None => content,
+        };
         let content = Arc::new(content.map_err(|e| self.errno_of(e))?);
         *slot = Arc::downgrade(&content);
         Ok(content)

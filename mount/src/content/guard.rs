@@ -1,0 +1,274 @@
+//! Keeping durable blocks through torn rewrites: the file's side of the
+//! double-write journal (`crate::journal` says why).
+//!
+//! A file guarded by a journal copies each block that was durable at its
+//! last sync into the journal before the block's first rewrite since then,
+//! and releases the copies when it is synced again. Blocks written since
+//! the last sync hold nothing a program was promised, so rewriting them
+//! needs no copy: an append loop copies the partial last block once per
+//! `fsync`, not once per write.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, MutexGuard};
+
+use super::blocks::{is_zero, try_open};
+use super::{block_len, EncryptedFile, Header, State, TailRepair};
+use crate::error::{IoContext, Result};
+use crate::journal::{Carried, ContentId, Journal, Original};
+use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD};
+
+/// Copies one file may hold before it is synced instead (which makes what
+/// it wrote durable and frees them): bounds the journal under a program that
+/// rewrites a large file and never syncs it.
+const MAX_COPIES_PER_FILE: usize = 1024;
+
+pub(super) struct Guard {
+    journal: Arc<Journal>,
+    /// Blocks `0..durable_blocks` held their contents at the file's last
+    /// sync (or when it was opened): tearing one could lose durable bytes.
+    durable_blocks: u64,
+    /// Durable blocks copied since the last sync.
+    saved: HashSet<u64>,
+    /// The journal slots holding those copies.
+    slots: Vec<u64>,
+}
+
+impl EncryptedFile {
+    /// Guards this file's durable blocks with `journal`, after recovering
+    /// what a crash left (`recover_from`).
+    pub fn guarded_by(self, journal: &Arc<Journal>) -> Result<Self> {
+        if let Some(outcome) = self.recover_from(journal)? {
+            log::info!(
+                "{}: recovered from an interrupted session: {outcome:?}",
+                self.backing_path().display()
+            );
+        }
+        let durable_blocks = self.current_blocks()?;
+        *self.guard() = Some(Guard {
+            journal: Arc::clone(journal),
+            durable_blocks,
+            saved: HashSet::new(),
+            slots: Vec::new(),
+        });
+        Ok(self)
+    }
+
+    /// When an earlier session left copies of this file's blocks in
+    /// `journal`: puts back every block a crash tore, then repairs what the
+    /// crash left at the end (see `repair_tail`), and releases the copies.
+    /// `None` when there were none.
+    pub fn recover_from(&self, journal: &Journal) -> Result<Option<TailRepair>> {
+        let mut state = self.state_mut();
+        let carried = match &state.header {
+            Header::Valid(header) if header.has_blocks() => {
+                journal.take_carried(&header.content_id)
+            }
+            _ => return Ok(None),
+        };
+        if carried.is_empty() {
+            return Ok(None);
+        }
+        let put_back = self.put_back(&mut state, &carried)?;
+        let outcome = match self.repair_tail_locked(&mut state)? {
+            TailRepair::Clean if put_back > 0 => TailRepair::Repaired {
+                what: format!("{put_back} torn blocks put back from the journal"),
+                size: layout::plaintext_size_lossy(self.cipher_len()?),
+            },
+            TailRepair::Repaired { what, size } if put_back > 0 => TailRepair::Repaired {
+                what: format!("{put_back} torn blocks put back from the journal; {what}"),
+                size,
+            },
+            other => other,
+        };
+        let slots: Vec<u64> = carried.iter().map(|c| c.slot).collect();
+        journal.release(&slots);
+        Ok(Some(outcome))
+    }
+
+    /// Before blocks `blocks` of a file of `size` bytes are rewritten in
+    /// place: copies those that hold durable data and have no copy yet.
+    /// `old_last` is the old last block as stored, when the caller has it.
+    pub(super) fn save_originals(
+        &self,
+        content_id: &ContentId,
+        size: u64,
+        old_last: Option<&[u8]>,
+        blocks: Range<u64>,
+    ) -> Result<()> {
+        let mut guard = self.guard();
+        let Some(g) = guard.as_mut() else {
+            return Ok(());
+        };
+        let old_blocks = block_count(size);
+        let at_risk = |g: &Guard| -> Vec<u64> {
+            blocks
+                .clone()
+                .filter(|&i| i < g.durable_blocks.min(old_blocks) && !g.saved.contains(&i))
+                .collect()
+        };
+        let mut indices = at_risk(g);
+        if indices.is_empty() {
+            return Ok(());
+        }
+        if g.slots.len() + indices.len() > MAX_COPIES_PER_FILE {
+            self.sync_backing(true)?;
+            self.end_cycle(g)?;
+            indices = at_risk(g);
+        }
+        let mut stored = Vec::with_capacity(indices.len());
+        for &index in &indices {
+            match old_last {
+                Some(bytes) if index + 1 == old_blocks => stored.push(bytes.to_vec()),
+                _ => {
+                    let mut bytes = vec![0u8; (block_len(size, index) + BLOCK_OVERHEAD) as usize];
+                    self.file
+                        .read_exact_at(&mut bytes, block_offset(index))
+                        .context(|| format!("reading {}", self.backing_path().display()))?;
+                    stored.push(bytes);
+                }
+            }
+        }
+        let originals: Vec<Original> = indices
+            .iter()
+            .zip(&stored)
+            .map(|(&index, stored)| Original { index, stored })
+            .collect();
+        let slots = g.journal.save(content_id, &originals)?;
+        g.slots.extend(slots);
+        g.saved.extend(indices);
+        Ok(())
+    }
+
+    /// The file was synced: everything in it is durable, its copies are no
+    /// longer needed. The caller keeps writers out between the sync and
+    /// this.
+    pub(super) fn synced(&self) -> Result<()> {
+        match self.guard().as_mut() {
+            Some(g) => self.end_cycle(g),
+            None => Ok(()),
+        }
+    }
+
+    /// The file was emptied: its next blocks are new contents with nothing
+    /// durable in them. The old contents' copies stay until the next sync,
+    /// in case the emptying does not survive a crash.
+    pub(super) fn emptied(&self) {
+        if let Some(g) = self.guard().as_mut() {
+            g.durable_blocks = 0;
+            g.saved.clear();
+        }
+    }
+
+    fn end_cycle(&self, g: &mut Guard) -> Result<()> {
+        g.durable_blocks = self.current_blocks()?;
+        g.saved.clear();
+        g.journal.release(&std::mem::take(&mut g.slots));
+        Ok(())
+    }
+
+    /// Whether blocks from `blocks` on held durable data at the last sync
+    /// (a shrink below them must then be made durable before they can be
+    /// written anew without a copy).
+    pub(super) fn durable_beyond(&self, blocks: u64) -> bool {
+        self.guard()
+            .as_ref()
+            .is_some_and(|g| g.durable_blocks > blocks)
+    }
+
+    /// Copies still held (they are released by the next sync).
+    pub(super) fn held_copies(&self) -> usize {
+        self.guard().as_ref().map_or(0, |g| g.slots.len())
+    }
+
+    /// Releases the copies after a final sync, when the file is closed.
+    pub(super) fn close_guard(&mut self) {
+        let held = self.held_copies();
+        if held == 0 {
+            return;
+        }
+        match self.sync_backing(true) {
+            Ok(()) => {
+                if let Err(e) = self.synced() {
+                    log::warn!("{e}");
+                }
+            }
+            // Kept live: the next mount finds them and puts back what a
+            // crash tears.
+            Err(e) => log::warn!("{e}; keeping {held} journal copies"),
+        }
+    }
+
+    /// Puts back each block whose newest copy is in `carried` and which no
+    /// longer authenticates; a copy of the old last block also cuts what
+    /// was appended after it (none of it had been synced).
+    fn put_back(&self, state: &mut State, carried: &[Carried]) -> Result<u64> {
+        let Some(keys) = state.keys.as_ref() else {
+            return Ok(0);
+        };
+        let mut put_back = 0;
+        let sparse = matches!(&state.header, Header::Valid(h) if h.sparse());
+        let mut newest: BTreeMap<u64, &Carried> = BTreeMap::new();
+        for copy in carried {
+            newest.insert(copy.index, copy);
+        }
+        let mut buf = vec![0u8; layout::CIPHER_BLOCK_SIZE as usize];
+        for (&index, copy) in &newest {
+            let cipher_len = self.cipher_len()?;
+            if block_offset(index) >= cipher_len {
+                break;
+            }
+            let end = cipher_len.min(block_offset(index + 1));
+            let current = &mut buf[..(end - block_offset(index)) as usize];
+            self.file
+                .read_exact_at(current, block_offset(index))
+                .context(|| format!("reading {}", self.backing_path().display()))?;
+            let authentic = (sparse && is_zero(current))
+                || try_open(&self.crypto, keys, index, false, &mut current.to_vec()).is_some()
+                || try_open(&self.crypto, keys, index, true, current).is_some();
+            if authentic {
+                continue;
+            }
+            let as_last =
+                try_open(&self.crypto, keys, index, true, &mut copy.stored.clone()).is_some();
+            let valid = (sparse && is_zero(&copy.stored))
+                || as_last
+                || try_open(&self.crypto, keys, index, false, &mut copy.stored.clone()).is_some();
+            if !valid {
+                log::warn!(
+                    "{}: the journal's copy of block {index} does not authenticate; not used",
+                    self.backing_path().display()
+                );
+                continue;
+            }
+            self.file
+                .write_all_at(&copy.stored, block_offset(index))
+                .context(|| format!("writing {}", self.backing_path().display()))?;
+            put_back += 1;
+            if as_last {
+                self.truncate_backing(block_offset(index) + copy.stored.len() as u64)?;
+                break;
+            }
+        }
+        self.sync_backing(false)?;
+        Ok(put_back)
+    }
+
+    fn current_blocks(&self) -> Result<u64> {
+        Ok(block_count(layout::plaintext_size_lossy(
+            self.cipher_len()?,
+        )))
+    }
+
+    fn guard(&self) -> MutexGuard<'_, Option<Guard>> {
+        // Updated in whole steps under the file's own lock.
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for EncryptedFile {
+    fn drop(&mut self) {
+        self.close_guard();
+    }
+}

@@ -1,0 +1,444 @@
+//! The double-write journal: a durable copy of every block that holds
+//! durable data, taken before the block is rewritten in place.
+//!
+//! Why: a block is 4136 bytes on disk, so it straddles sectors, and a power
+//! cut during its rewrite can leave part old and part new: it then fails
+//! authentication and every byte in it is lost, including bytes an earlier
+//! `fsync` made durable (an append rewrites the partial last block; growing
+//! a file re-seals its old last block as not last). So before a block that
+//! was durable at the file's last sync is first rewritten, its stored bytes
+//! go here, and the journal is synced before the rewrite starts. After a
+//! crash, a block that fails authentication and has a copy here is put back
+//! as it was (by the mount when it first opens the file, or by
+//! `fsck --repair`). Once the file is synced again its copies are released.
+//!
+//! The file, `chronicle.volume.journal` in the backing root, is an array of
+//! fixed slots (docs/FORMAT.md): a record header with a checksum, then the
+//! stored block (empty for a hole). The copies are ciphertext authenticated
+//! by their own block's associated data, so a forged record cannot be put
+//! back; an attacker can at most offer an older authentic version of a
+//! block, which rolling the main file back already allows. Slots are reused;
+//! a released slot's magic is cleared, and when no slot is live the file is
+//! cut to nothing.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::{IoContext, Result};
+use crate::layout::{CIPHER_BLOCK_SIZE, FILE_ID_LEN};
+
+/// The journal's name in the backing root (`chronicle.volume*` is the
+/// volume's own in both name modes, so no plaintext name can collide).
+pub const JOURNAL_NAME: &str = "chronicle.volume.journal";
+/// Opens every live record.
+pub const RECORD_MAGIC: [u8; 4] = *b"CHRJ";
+/// Record header field offsets, each derived from the one before.
+pub const SEQ_AT: usize = RECORD_MAGIC.len();
+pub const CONTENT_ID_AT: usize = SEQ_AT + 8;
+pub const INDEX_AT: usize = CONTENT_ID_AT + FILE_ID_LEN;
+pub const STORED_LEN_AT: usize = INDEX_AT + 8;
+pub const CRC_AT: usize = STORED_LEN_AT + 4;
+/// Record header length (the checksum covers everything before it, and the
+/// stored bytes after it).
+pub const RECORD_HEADER_LEN: usize = CRC_AT + 4;
+/// One slot: a header and room for a whole stored block.
+pub const SLOT_LEN: u64 = RECORD_HEADER_LEN as u64 + CIPHER_BLOCK_SIZE;
+
+/// A content id: which file contents (and keys) a copy belongs to.
+pub type ContentId = [u8; FILE_ID_LEN];
+
+/// One block to copy: its index and its bytes as stored (all zeros for a
+/// hole, which is recorded without them).
+pub struct Original<'a> {
+    pub index: u64,
+    pub stored: &'a [u8],
+}
+
+/// A copy found in the journal when the volume was opened: left by a
+/// session that ended before the file was synced again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub slot: u64,
+    pub seq: u64,
+    pub index: u64,
+    /// The stored block; all zeros of the block's stored length for a hole.
+    pub stored: Vec<u8>,
+}
+
+struct Slots {
+    /// Slots `0..end` exist in the file.
+    end: u64,
+    free: Vec<u64>,
+    live: u64,
+    next_seq: u64,
+    carried: HashMap<ContentId, Vec<Carried>>,
+}
+
+/// The volume's journal, shared by every open file of a mount.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    slots: Mutex<Slots>,
+    /// Crash tests: released copies stay on disk, as they do when a crash
+    /// comes before their clearing reaches it.
+    keep_released: bool,
+}
+
+impl Journal {
+    /// Opens (creating if missing) the journal of the volume at `backing`
+    /// and reads the copies an earlier session left in it.
+    pub fn open(backing: &Path) -> Result<Journal> {
+        let path = backing.join(JOURNAL_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .context(|| format!("opening {}", path.display()))?;
+        let (carried, end) = read_records(&file, &path)?;
+        let mut free = Vec::new();
+        let mut live = 0;
+        let mut next_seq = 1;
+        let taken: std::collections::HashSet<u64> = carried
+            .values()
+            .flatten()
+            .map(|c| {
+                next_seq = next_seq.max(c.seq + 1);
+                live += 1;
+                c.slot
+            })
+            .collect();
+        for slot in (0..end).rev() {
+            if !taken.contains(&slot) {
+                free.push(slot);
+            }
+        }
+        let journal = Journal {
+            file,
+            path,
+            slots: Mutex::new(Slots {
+                end,
+                free,
+                live,
+                next_seq,
+                carried,
+            }),
+            keep_released: false,
+        };
+        journal.shrink_if_idle(&mut journal.slots())?;
+        Ok(journal)
+    }
+
+    /// For crash tests: released copies are neither cleared nor cut away,
+    /// which is what the disk holds when a crash comes before the clearing.
+    #[doc(hidden)]
+    pub fn keeping_released(mut self) -> Self {
+        self.keep_released = true;
+        self
+    }
+
+    /// Copies `originals` of the contents `content_id` into free slots and
+    /// syncs the journal; returns the slots, to be released once the file's
+    /// rewrite is durable.
+    pub fn save(&self, content_id: &ContentId, originals: &[Original]) -> Result<Vec<u64>> {
+        let mut slots = self.slots();
+        let mut taken = Vec::with_capacity(originals.len());
+        let mut record = Vec::with_capacity(SLOT_LEN as usize);
+        for original in originals {
+            let slot = slots.free.pop().unwrap_or_else(|| {
+                slots.end += 1;
+                slots.end - 1
+            });
+            let seq = slots.next_seq;
+            slots.next_seq += 1;
+            encode(&mut record, seq, content_id, original);
+            if let Err(e) = self.file.write_all_at(&record, slot * SLOT_LEN) {
+                slots.free.push(slot);
+                slots.free.extend(taken.iter().copied());
+                return Err(e).context(|| format!("writing {}", self.path.display()));
+            }
+            taken.push(slot);
+        }
+        slots.live += taken.len() as u64;
+        // Held across the sync: a slot must not be reused before its copy
+        // is durable (group commit is left to the callers' batching).
+        if let Err(e) = self.file.sync_data() {
+            drop(slots);
+            self.release(&taken);
+            return Err(e).context(|| format!("syncing {}", self.path.display()));
+        }
+        Ok(taken)
+    }
+
+    /// Gives slots back: the rewrites they guarded are durable. Clearing a
+    /// slot's magic keeps a stale copy from ever being put back; it needs no
+    /// sync, since an uncleared one is only used for a block that fails
+    /// authentication and has no newer copy.
+    pub fn release(&self, released: &[u64]) {
+        if released.is_empty() {
+            return;
+        }
+        let mut slots = self.slots();
+        if self.keep_released {
+            slots.live -= released.len() as u64;
+            return;
+        }
+        for &slot in released {
+            if let Err(e) = self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
+                log::warn!("{}: could not clear slot {slot}: {e}", self.path.display());
+            }
+            slots.free.push(slot);
+        }
+        slots.live -= released.len() as u64;
+        if let Err(e) = self.shrink_if_idle(&mut slots) {
+            log::warn!("{e}");
+        }
+    }
+
+    /// The copies an earlier session left for `content_id`, oldest first,
+    /// handed over once: the caller puts back what the crash destroyed and
+    /// then releases their slots.
+    pub fn take_carried(&self, content_id: &ContentId) -> Vec<Carried> {
+        let mut carried = self.slots().carried.remove(content_id).unwrap_or_default();
+        carried.sort_by_key(|c| c.seq);
+        carried
+    }
+
+    /// Whether copies from an earlier session are still waiting for their
+    /// files.
+    pub fn carried_files(&self) -> usize {
+        self.slots().carried.len()
+    }
+
+    /// Drops every copy an earlier session left (after `fsck --repair` has
+    /// visited every file, nothing can claim them any more).
+    pub fn forget_carried(&self) {
+        let slots: Vec<u64> = {
+            let mut inner = self.slots();
+            let carried = std::mem::take(&mut inner.carried);
+            carried.values().flatten().map(|c| c.slot).collect()
+        };
+        self.release(&slots);
+    }
+
+    /// Live slots (copies not yet released), for tests and metrics.
+    pub fn live(&self) -> u64 {
+        self.slots().live
+    }
+
+    fn shrink_if_idle(&self, slots: &mut Slots) -> Result<()> {
+        if slots.live > 0 || slots.end == 0 {
+            return Ok(());
+        }
+        self.file
+            .set_len(0)
+            .context(|| format!("truncating {}", self.path.display()))?;
+        slots.end = 0;
+        slots.free.clear();
+        Ok(())
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        // The slot table is updated in whole steps; a panic elsewhere
+        // leaves it consistent.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The record for `original` into `out` (cleared first).
+fn encode(out: &mut Vec<u8>, seq: u64, content_id: &ContentId, original: &Original) {
+    let hole = original.stored.iter().all(|&b| b == 0);
+    let payload: &[u8] = if hole { &[] } else { original.stored };
+    // A hole records its stored length with no bytes: the top bit says so.
+    let stored_len = original.stored.len() as u32 | if hole { HOLE_BIT } else { 0 };
+    out.clear();
+    out.extend_from_slice(&RECORD_MAGIC);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(content_id);
+    out.extend_from_slice(&original.index.to_le_bytes());
+    out.extend_from_slice(&stored_len.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..CRC_AT]);
+    crc.update(payload);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Set in a record's stored length when the block was a hole.
+pub const HOLE_BIT: u32 = 1 << 31;
+
+/// Decodes one slot's bytes; `None` for a free, torn or foreign slot.
+pub fn decode(slot: u64, bytes: &[u8]) -> Option<(ContentId, Carried)> {
+    let header = bytes.get(..RECORD_HEADER_LEN)?;
+    if header[..SEQ_AT] != RECORD_MAGIC {
+        return None;
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let raw_len = u32_at(STORED_LEN_AT);
+    let hole = raw_len & HOLE_BIT != 0;
+    let stored_len = (raw_len & !HOLE_BIT) as usize;
+    if stored_len as u64 > CIPHER_BLOCK_SIZE || stored_len == 0 {
+        return None;
+    }
+    let payload_len = if hole { 0 } else { stored_len };
+    let payload = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[..CRC_AT]);
+    crc.update(payload);
+    if crc.finalize() != u32_at(CRC_AT) {
+        return None;
+    }
+    let content_id: ContentId = header[CONTENT_ID_AT..INDEX_AT]
+        .try_into()
+        .expect("16 bytes");
+    let stored = if hole {
+        vec![0u8; stored_len]
+    } else {
+        payload.to_vec()
+    };
+    Some((
+        content_id,
+        Carried {
+            slot,
+            seq: u64_at(SEQ_AT),
+            index: u64_at(INDEX_AT),
+            stored,
+        },
+    ))
+}
+
+/// Every live record in the file, by content id, and the slot count.
+fn read_records(file: &File, path: &Path) -> Result<(HashMap<ContentId, Vec<Carried>>, u64)> {
+    let len = file
+        .metadata()
+        .context(|| format!("examining {}", path.display()))?
+        .len();
+    let end = len.div_ceil(SLOT_LEN);
+    let mut carried: HashMap<ContentId, Vec<Carried>> = HashMap::new();
+    let mut buf = vec![0u8; SLOT_LEN as usize];
+    for slot in 0..end {
+        let at = slot * SLOT_LEN;
+        let n = (len - at).min(SLOT_LEN) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .context(|| format!("reading {}", path.display()))?;
+        if let Some((content_id, record)) = decode(slot, &buf[..n]) {
+            carried.entry(content_id).or_default().push(record);
+        }
+    }
+    Ok((carried, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Protects: the record layout docs/FORMAT.md draws.
+    #[test]
+    fn record_layout() {
+        assert_eq!(RECORD_HEADER_LEN, 44);
+        assert_eq!(SLOT_LEN, 4180);
+    }
+
+    // Protects: a record reads back as written, a hole costs no bytes, and
+    // a torn or flipped record is not a record.
+    #[test]
+    fn records_round_trip_and_torn_ones_are_ignored() {
+        let id = [7u8; FILE_ID_LEN];
+        let stored: Vec<u8> = (0..200u32).map(|i| i as u8 | 1).collect();
+        let mut out = Vec::new();
+        encode(
+            &mut out,
+            9,
+            &id,
+            &Original {
+                index: 3,
+                stored: &stored,
+            },
+        );
+        let (got_id, record) = decode(0, &out).expect("decodes");
+        assert_eq!(got_id, id);
+        assert_eq!((record.seq, record.index), (9, 3));
+        assert_eq!(record.stored, stored);
+        for cut in [0, 10, RECORD_HEADER_LEN, out.len() - 1] {
+            assert!(decode(0, &out[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut flipped = out.clone();
+        flipped[RECORD_HEADER_LEN + 5] ^= 1;
+        assert!(decode(0, &flipped).is_none());
+
+        let zeros = vec![0u8; CIPHER_BLOCK_SIZE as usize];
+        encode(
+            &mut out,
+            10,
+            &id,
+            &Original {
+                index: 4,
+                stored: &zeros,
+            },
+        );
+        assert_eq!(out.len(), RECORD_HEADER_LEN);
+        assert_eq!(decode(1, &out).expect("hole").1.stored, zeros);
+    }
+
+    // Protects: copies survive a reopen (a crash) until released, slots are
+    // reused, and an idle journal is cut to nothing.
+    #[test]
+    fn copies_survive_reopen_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = [1u8; FILE_ID_LEN];
+        let block = vec![5u8; 100];
+        let journal = Journal::open(dir.path()).expect("open");
+        let first = journal
+            .save(
+                &id,
+                &[Original {
+                    index: 0,
+                    stored: &block,
+                }],
+            )
+            .expect("save");
+        let second = journal
+            .save(
+                &id,
+                &[Original {
+                    index: 1,
+                    stored: &block,
+                }],
+            )
+            .expect("save");
+        journal.release(&first);
+        drop(journal);
+
+        let reopened = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.live(), 1);
+        let carried = reopened.take_carried(&id);
+        assert_eq!(carried.len(), 1);
+        assert_eq!((carried[0].slot, carried[0].index), (second[0], 1));
+        assert!(reopened.take_carried(&id).is_empty(), "handed over once");
+        // The next copy reuses the released slot, and numbers go on.
+        let third = reopened
+            .save(
+                &[2u8; FILE_ID_LEN],
+                &[Original {
+                    index: 0,
+                    stored: &block,
+                }],
+            )
+            .expect("save");
+        assert_eq!(third, first);
+        reopened.release(&third);
+        reopened.release(&[carried[0].slot]);
+        assert_eq!(reopened.live(), 0);
+        let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
+            .expect("stat")
+            .len();
+        assert_eq!(len, 0, "an idle journal is empty");
+    }
+}
