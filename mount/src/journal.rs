@@ -92,6 +92,7 @@ impl Journal {
     /// and reads the copies an earlier session left in it.
     pub fn open(backing: &Path) -> Result<Journal> {
         let path = backing.join(JOURNAL_NAME);
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -101,6 +102,12 @@ impl Journal {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .context(|| format!("opening {}", path.display()))?;
+        // Its name must be durable before any copy in it is relied on.
+        if !existed {
+            File::open(backing)
+                .and_then(|dir| dir.sync_all())
+                .context(|| format!("syncing {}", backing.display()))?;
+        }
         let (carried, end) = read_records(&file, &path)?;
         let mut free = Vec::new();
         let mut live = 0;

@@ -135,6 +135,14 @@ impl EncryptedFile {
                 self.reset_to_empty(state)?;
                 return Ok(repaired("the header was torn; now empty", 0));
             }
+            // A new file whose size reached the disk before its header did:
+            // nothing in it was ever synced (a sync writes the header
+            // first), and a header is only ever rewritten whole in its
+            // first sector, never zeroed.
+            Header::Damaged(_) if self.header_is_zeros()? => {
+                self.reset_to_empty(state)?;
+                return Ok(repaired("the header never reached the disk; now empty", 0));
+            }
             Header::Damaged(reason) => {
                 return Ok(not_a_crash(reason.clone()));
             }
@@ -156,6 +164,14 @@ impl EncryptedFile {
         let first = count.saturating_sub(TAIL_WINDOW);
         let slots = self.classify_slots(state, header.sparse(), cipher_len, first..count)?;
         self.repair_window(state, first, &slots, cipher_len)
+    }
+
+    fn header_is_zeros(&self) -> Result<bool> {
+        let mut bytes = [0u8; HEADER_LEN];
+        self.file
+            .read_exact_at(&mut bytes, 0)
+            .context(|| format!("reading {}", self.backing_path().display()))?;
+        Ok(is_zero(&bytes))
     }
 
     /// How each stored block of `range` opens, in order.
