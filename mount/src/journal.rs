@@ -13,8 +13,9 @@
 //! `fsck --repair`). Once the file is synced again its copies are released.
 //!
 //! The file, `chronicle.volume.journal` in the backing root, is an array of
-//! fixed slots (docs/FORMAT.md): a record header with a checksum, then the
-//! stored block (empty for a hole). The copies are ciphertext authenticated
+//! fixed slots (docs/FORMAT.md): a record header with a checksum of its own
+//! (telling records from free or torn slots), then the stored block (empty
+//! for a hole), which authenticates itself when it is put back. The copies are ciphertext authenticated
 //! by their own block's associated data, so a forged record cannot be put
 //! back; an attacker can at most offer an older authentic version of a
 //! block, which rolling the main file back already allows. Slots are reused;
@@ -41,8 +42,8 @@ pub const CONTENT_ID_AT: usize = SEQ_AT + 8;
 pub const INDEX_AT: usize = CONTENT_ID_AT + FILE_ID_LEN;
 pub const STORED_LEN_AT: usize = INDEX_AT + 8;
 pub const CRC_AT: usize = STORED_LEN_AT + 4;
-/// Record header length (the checksum covers everything before it, and the
-/// stored bytes after it).
+/// Record header length (the checksum covers everything before it; the
+/// stored bytes after it are authenticated as the block they are).
 pub const RECORD_HEADER_LEN: usize = CRC_AT + 4;
 /// One slot: a header and room for a whole stored block.
 pub const SLOT_LEN: u64 = RECORD_HEADER_LEN as u64 + CIPHER_BLOCK_SIZE;
@@ -155,30 +156,48 @@ impl Journal {
     /// rewrite is durable.
     pub fn save(&self, content_id: &ContentId, originals: &[Original]) -> Result<Vec<u64>> {
         let mut slots = self.slots();
-        let mut taken = Vec::with_capacity(originals.len());
-        let mut record = Vec::with_capacity(SLOT_LEN as usize);
-        for original in originals {
-            let slot = slots.free.pop().unwrap_or_else(|| {
-                slots.end += 1;
-                slots.end - 1
-            });
+        // Many copies at once (an overwrite of a long range) take fresh
+        // slots at the end, so that they go out in one write.
+        let fresh = originals.len() > slots.free.len();
+        let taken: Vec<u64> = (0..originals.len())
+            .map(|_| match slots.free.pop() {
+                Some(slot) if !fresh => slot,
+                other => {
+                    if let Some(slot) = other {
+                        slots.free.push(slot);
+                    }
+                    slots.end += 1;
+                    slots.end - 1
+                }
+            })
+            .collect();
+        let mut buf = Vec::with_capacity(originals.len() * SLOT_LEN as usize);
+        let mut run_start = 0;
+        let mut written = Ok(());
+        for (i, original) in originals.iter().enumerate() {
             let seq = slots.next_seq;
             slots.next_seq += 1;
-            encode(&mut record, seq, content_id, original);
-            if let Err(e) = self.file.write_all_at(&record, slot * SLOT_LEN) {
-                slots.free.push(slot);
-                slots.free.extend(taken.iter().copied());
-                return Err(e).context(|| format!("writing {}", self.path.display()));
+            let at = buf.len();
+            encode_into(&mut buf, seq, content_id, original);
+            buf.resize(at + SLOT_LEN as usize, 0);
+            let run_ends = i + 1 == originals.len() || taken[i + 1] != taken[i] + 1;
+            if run_ends {
+                written = written
+                    .and_then(|()| self.file.write_all_at(&buf, taken[run_start] * SLOT_LEN));
+                buf.clear();
+                run_start = i + 1;
             }
-            taken.push(slot);
         }
         slots.live += taken.len() as u64;
         // Held across the sync: a slot must not be reused before its copy
-        // is durable (group commit is left to the callers' batching).
-        if let Err(e) = self.file.sync_data() {
+        // is durable.
+        let result = written
+            .and_then(|()| self.file.sync_data())
+            .context(|| format!("writing {}", self.path.display()));
+        if let Err(e) = result {
             drop(slots);
             self.release(&taken);
-            return Err(e).context(|| format!("syncing {}", self.path.display()));
+            return Err(e);
         }
         Ok(taken)
     }
@@ -192,8 +211,15 @@ impl Journal {
             return;
         }
         let mut slots = self.slots();
+        slots.live -= released.len() as u64;
         if self.keep_released {
-            slots.live -= released.len() as u64;
+            return;
+        }
+        // Going idle: the whole file is cut, no slot needs clearing.
+        if slots.live == 0 && slots.carried.is_empty() {
+            if let Err(e) = self.shrink_if_idle(&mut slots) {
+                log::warn!("{e}");
+            }
             return;
         }
         for &slot in released {
@@ -201,10 +227,6 @@ impl Journal {
                 log::warn!("{}: could not clear slot {slot}: {e}", self.path.display());
             }
             slots.free.push(slot);
-        }
-        slots.live -= released.len() as u64;
-        if let Err(e) = self.shrink_if_idle(&mut slots) {
-            log::warn!("{e}");
         }
     }
 
@@ -258,22 +280,20 @@ impl Journal {
     }
 }
 
-/// The record for `original` into `out` (cleared first).
-fn encode(out: &mut Vec<u8>, seq: u64, content_id: &ContentId, original: &Original) {
+/// Appends the record for `original` to `out`.
+fn encode_into(out: &mut Vec<u8>, seq: u64, content_id: &ContentId, original: &Original) {
     let hole = original.stored.iter().all(|&b| b == 0);
     let payload: &[u8] = if hole { &[] } else { original.stored };
     // A hole records its stored length with no bytes: the top bit says so.
     let stored_len = original.stored.len() as u32 | if hole { HOLE_BIT } else { 0 };
-    out.clear();
+    let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(content_id);
     out.extend_from_slice(&original.index.to_le_bytes());
     out.extend_from_slice(&stored_len.to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[..CRC_AT]);
-    crc.update(payload);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    let crc = crc32fast::hash(&out[start..start + CRC_AT]);
+    out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -296,10 +316,7 @@ pub fn decode(slot: u64, bytes: &[u8]) -> Option<(ContentId, Carried)> {
     }
     let payload_len = if hole { 0 } else { stored_len };
     let payload = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header[..CRC_AT]);
-    crc.update(payload);
-    if crc.finalize() != u32_at(CRC_AT) {
+    if crc32fast::hash(&header[..CRC_AT]) != u32_at(CRC_AT) {
         return None;
     }
     let content_id: ContentId = header[CONTENT_ID_AT..INDEX_AT]
@@ -360,7 +377,7 @@ mod tests {
         let id = [7u8; FILE_ID_LEN];
         let stored: Vec<u8> = (0..200u32).map(|i| i as u8 | 1).collect();
         let mut out = Vec::new();
-        encode(
+        encode_into(
             &mut out,
             9,
             &id,
@@ -377,11 +394,12 @@ mod tests {
             assert!(decode(0, &out[..cut]).is_none(), "cut at {cut}");
         }
         let mut flipped = out.clone();
-        flipped[RECORD_HEADER_LEN + 5] ^= 1;
-        assert!(decode(0, &flipped).is_none());
+        flipped[SEQ_AT + 2] ^= 1;
+        assert!(decode(0, &flipped).is_none(), "a flipped header bit");
 
         let zeros = vec![0u8; CIPHER_BLOCK_SIZE as usize];
-        encode(
+        out.clear();
+        encode_into(
             &mut out,
             10,
             &id,

@@ -11,6 +11,7 @@ mod mount_hardening;
 mod mount_integrity;
 mod mount_model;
 mod mount_ops;
+mod mount_soak;
 mod names;
 mod reencrypt;
 mod util;

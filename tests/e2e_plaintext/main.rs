@@ -16,6 +16,8 @@ mod mount_integrity;
 mod mount_model;
 #[path = "../e2e/mount_ops.rs"]
 mod mount_ops;
+#[path = "../e2e/mount_soak.rs"]
+mod mount_soak;
 #[path = "../e2e/names.rs"]
 mod names;
 #[path = "../e2e/reencrypt.rs"]

@@ -351,10 +351,12 @@ fn verify_appends(mnt: &Path, acked: u64) -> Result<(), String> {
     let mut got = Vec::new();
     match std::fs::File::open(mnt.join("records")) {
         Ok(mut f) => f.read_to_end(&mut got).map_err(|e| format!("read: {e}"))?,
-        Err(e) if acked == 0 => return {
-            let _: () = drop(e);
-            Ok(())
-        },
+        Err(e) if acked == 0 => {
+            return {
+                let _: () = drop(e);
+                Ok(())
+            }
+        }
         Err(e) => return Err(format!("open: {e}")),
     };
     if (got.len() as u64) < acked * RECORD as u64 {

@@ -699,8 +699,7 @@ impl fuser::Filesystem for Fs {
         }
         let fs = self.inner();
         let result = fs.child(parent.0, name).and_then(|rel| {
-            rustix::fs::mkdir(fs.full(&rel), rustix::fs::Mode::from_raw_mode(mode))
-                .map_err(sys)?;
+            rustix::fs::mkdir(fs.full(&rel), rustix::fs::Mode::from_raw_mode(mode)).map_err(sys)?;
             fs.created(&rel, true);
             fs.attr(&rel)
         });

@@ -22,7 +22,7 @@ use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD};
 /// Copies one file may hold before it is synced instead (which makes what
 /// it wrote durable and frees them): bounds the journal under a program that
 /// rewrites a large file and never syncs it.
-const MAX_COPIES_PER_FILE: usize = 1024;
+const MAX_COPIES_PER_FILE: usize = 4096;
 
 pub(super) struct Guard {
     journal: Arc<Journal>,
@@ -117,23 +117,30 @@ impl EncryptedFile {
             self.end_cycle(g)?;
             indices = at_risk(g);
         }
-        let mut stored = Vec::with_capacity(indices.len());
-        for &index in &indices {
-            match old_last {
-                Some(bytes) if index + 1 == old_blocks => stored.push(bytes.to_vec()),
-                _ => {
-                    let mut bytes = vec![0u8; (block_len(size, index) + BLOCK_OVERHEAD) as usize];
-                    self.file
-                        .read_exact_at(&mut bytes, block_offset(index))
-                        .context(|| format!("reading {}", self.backing_path().display()))?;
-                    stored.push(bytes);
-                }
+        // The originals as stored, read in one go (they are one run unless
+        // some were copied already); the old last block the caller has.
+        let first = indices[0];
+        let end = indices[indices.len() - 1] + 1;
+        let stored_end = block_offset(end - 1) + block_len(size, end - 1) + BLOCK_OVERHEAD;
+        let mut stored = vec![0u8; (stored_end - block_offset(first)) as usize];
+        match old_last {
+            Some(bytes) if end == old_blocks => {
+                let at = (block_offset(end - 1) - block_offset(first)) as usize;
+                stored[at..].copy_from_slice(bytes);
+                self.read_stored_range(&mut stored[..at], first)?;
             }
+            _ => self.read_stored_range(&mut stored, first)?,
         }
         let originals: Vec<Original> = indices
             .iter()
-            .zip(&stored)
-            .map(|(&index, stored)| Original { index, stored })
+            .map(|&index| {
+                let at = (block_offset(index) - block_offset(first)) as usize;
+                let len = (block_len(size, index) + BLOCK_OVERHEAD) as usize;
+                Original {
+                    index,
+                    stored: &stored[at..at + len],
+                }
+            })
             .collect();
         let slots = g.journal.save(content_id, &originals)?;
         g.slots.extend(slots);
@@ -253,6 +260,12 @@ impl EncryptedFile {
         }
         self.sync_backing(false)?;
         Ok(put_back)
+    }
+
+    fn read_stored_range(&self, buf: &mut [u8], first: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, block_offset(first))
+            .context(|| format!("reading {}", self.backing_path().display()))
     }
 
     fn current_blocks(&self) -> Result<u64> {
