@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -59,15 +59,24 @@ pub struct Original<'a> {
 }
 
 /// A copy found in the journal when the volume was opened: left by a
-/// session that ended before the file was synced again.
+/// session that ended before the file was synced again. Its bytes stay on
+/// disk until they are put back (`Journal::read_copy`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Carried {
     pub slot: u64,
     pub seq: u64,
     pub index: u64,
-    /// The stored block; all zeros of the block's stored length for a hole.
-    pub stored: Vec<u8>,
+    /// The block's stored length.
+    pub stored_len: usize,
+    /// A hole: the block was all zeros and no bytes were recorded.
+    pub hole: bool,
 }
+
+/// The largest journal a mount reads: far more than a session leaves
+/// (4096 copies per open file), and a bound on what a planted file costs.
+pub const MAX_JOURNAL_LEN: u64 = 16 << 30;
+/// Block indices a file can have (see `content::write::MAX_PLAINTEXT_SIZE`).
+const MAX_INDEX: u64 = (i64::MAX as u64 - 64) / CIPHER_BLOCK_SIZE;
 
 struct Slots {
     /// Slots `0..end` exist in the file.
@@ -103,6 +112,22 @@ impl Journal {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .context(|| format!("opening {}", path.display()))?;
+        // Anything else planted under the name (a FIFO, a link to another
+        // file) is refused rather than written through.
+        let meta = file
+            .metadata()
+            .context(|| format!("examining {}", path.display()))?;
+        if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() > MAX_JOURNAL_LEN {
+            return Err(crate::error::VolumeError::io(
+                format!(
+                    "{} is not a journal this build wrote (not a regular file, linked elsewhere, or over {} GiB); \
+                     if no crash needs it, remove it",
+                    path.display(),
+                    MAX_JOURNAL_LEN >> 30
+                ),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
         // Its name must be durable before any copy in it is relied on.
         if !existed {
             File::open(backing)
@@ -117,7 +142,7 @@ impl Journal {
             .values()
             .flatten()
             .map(|c| {
-                next_seq = next_seq.max(c.seq + 1);
+                next_seq = next_seq.max(c.seq.saturating_add(1));
                 live += 1;
                 c.slot
             })
@@ -230,6 +255,18 @@ impl Journal {
         }
     }
 
+    /// The stored bytes of a copy an earlier session left (all zeros for a
+    /// hole).
+    pub fn read_copy(&self, copy: &Carried) -> Result<Vec<u8>> {
+        let mut stored = vec![0u8; copy.stored_len];
+        if !copy.hole {
+            self.file
+                .read_exact_at(&mut stored, copy.slot * SLOT_LEN + RECORD_HEADER_LEN as u64)
+                .context(|| format!("reading {}", self.path.display()))?;
+        }
+        Ok(stored)
+    }
+
     /// The copies an earlier session left for `content_id`, oldest first,
     /// handed over once: the caller puts back what the crash destroyed and
     /// then releases their slots.
@@ -300,45 +337,42 @@ fn encode_into(out: &mut Vec<u8>, seq: u64, content_id: &ContentId, original: &O
 /// Set in a record's stored length when the block was a hole.
 pub const HOLE_BIT: u32 = 1 << 31;
 
-/// Decodes one slot's bytes; `None` for a free, torn or foreign slot.
-pub fn decode(slot: u64, bytes: &[u8]) -> Option<(ContentId, Carried)> {
-    let header = bytes.get(..RECORD_HEADER_LEN)?;
+/// Decodes one slot's record header; `None` for a free, torn or foreign
+/// slot, or one that names a block no file can have.
+pub fn decode(slot: u64, header: &[u8]) -> Option<(ContentId, Carried)> {
+    let header = header.get(..RECORD_HEADER_LEN)?;
     if header[..SEQ_AT] != RECORD_MAGIC {
         return None;
     }
     let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
     let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
-    let raw_len = u32_at(STORED_LEN_AT);
-    let hole = raw_len & HOLE_BIT != 0;
-    let stored_len = (raw_len & !HOLE_BIT) as usize;
-    if stored_len as u64 > CIPHER_BLOCK_SIZE || stored_len == 0 {
+    if crc32fast::hash(&header[..CRC_AT]) != u32_at(CRC_AT) {
         return None;
     }
-    let payload_len = if hole { 0 } else { stored_len };
-    let payload = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len)?;
-    if crc32fast::hash(&header[..CRC_AT]) != u32_at(CRC_AT) {
+    let raw_len = u32_at(STORED_LEN_AT);
+    let stored_len = (raw_len & !HOLE_BIT) as usize;
+    let index = u64_at(INDEX_AT);
+    if stored_len as u64 > CIPHER_BLOCK_SIZE || stored_len == 0 || index > MAX_INDEX {
         return None;
     }
     let content_id: ContentId = header[CONTENT_ID_AT..INDEX_AT]
         .try_into()
         .expect("16 bytes");
-    let stored = if hole {
-        vec![0u8; stored_len]
-    } else {
-        payload.to_vec()
-    };
     Some((
         content_id,
         Carried {
             slot,
             seq: u64_at(SEQ_AT),
-            index: u64_at(INDEX_AT),
-            stored,
+            index,
+            stored_len,
+            hole: raw_len & HOLE_BIT != 0,
         },
     ))
 }
 
-/// Every live record in the file, by content id, and the slot count.
+/// Every live record in the file, by content id, and the slot count. Reads
+/// the record headers only (a copy's bytes are read when it is put back),
+/// skipping the file's holes.
 fn read_records(file: &File, path: &Path) -> Result<(HashMap<ContentId, Vec<Carried>>, u64)> {
     let len = file
         .metadata()
@@ -346,15 +380,27 @@ fn read_records(file: &File, path: &Path) -> Result<(HashMap<ContentId, Vec<Carr
         .len();
     let end = len.div_ceil(SLOT_LEN);
     let mut carried: HashMap<ContentId, Vec<Carried>> = HashMap::new();
-    let mut buf = vec![0u8; SLOT_LEN as usize];
-    for slot in 0..end {
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    let mut slot = 0;
+    while slot < end {
         let at = slot * SLOT_LEN;
-        let n = (len - at).min(SLOT_LEN) as usize;
-        file.read_exact_at(&mut buf[..n], at)
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            // A slot whose header begins in a hole holds no record: the
+            // next candidate is the first slot starting at or after the data.
+            Ok(data) if data > at => {
+                slot = data.div_ceil(SLOT_LEN);
+                continue;
+            }
+            Err(rustix::io::Errno::NXIO) => break,
+            _ => {}
+        }
+        let n = (len - at).min(RECORD_HEADER_LEN as u64) as usize;
+        file.read_exact_at(&mut header[..n], at)
             .context(|| format!("reading {}", path.display()))?;
-        if let Some((content_id, record)) = decode(slot, &buf[..n]) {
+        if let Some((content_id, record)) = decode(slot, &header[..n]) {
             carried.entry(content_id).or_default().push(record);
         }
+        slot += 1;
     }
     Ok((carried, end))
 }
@@ -389,8 +435,9 @@ mod tests {
         let (got_id, record) = decode(0, &out).expect("decodes");
         assert_eq!(got_id, id);
         assert_eq!((record.seq, record.index), (9, 3));
-        assert_eq!(record.stored, stored);
-        for cut in [0, 10, RECORD_HEADER_LEN, out.len() - 1] {
+        assert_eq!((record.stored_len, record.hole), (stored.len(), false));
+        assert_eq!(&out[RECORD_HEADER_LEN..], &stored[..]);
+        for cut in [0, 10, RECORD_HEADER_LEN - 1] {
             assert!(decode(0, &out[..cut]).is_none(), "cut at {cut}");
         }
         let mut flipped = out.clone();
@@ -409,7 +456,21 @@ mod tests {
             },
         );
         assert_eq!(out.len(), RECORD_HEADER_LEN);
-        assert_eq!(decode(1, &out).expect("hole").1.stored, zeros);
+        let hole = decode(1, &out).expect("hole").1;
+        assert_eq!((hole.stored_len, hole.hole), (zeros.len(), true));
+
+        // A record naming a block no file can have is not a record.
+        out.clear();
+        encode_into(
+            &mut out,
+            11,
+            &id,
+            &Original {
+                index: u64::MAX / 2,
+                stored: &stored,
+            },
+        );
+        assert!(decode(2, &out).is_none());
     }
 
     // Protects: copies survive a reopen (a crash) until released, slots are

@@ -70,7 +70,15 @@ impl EncryptedFile {
         if carried.is_empty() {
             return Ok(None);
         }
-        let put_back = self.put_back(&mut state, &carried)?;
+        let put_back = self.put_back(&mut state, &carried, journal)?;
+        let slots: Vec<u64> = carried.iter().map(|c| c.slot).collect();
+        // Nothing torn that a copy mends: the file is left as it is (its
+        // tail is `fsck --repair`'s to judge), so that a planted record
+        // cannot make the mount cut a file on its own.
+        if put_back == 0 {
+            journal.release(&slots);
+            return Ok(None);
+        }
         let outcome = match self.repair_tail_locked(&mut state)? {
             TailRepair::Clean if put_back > 0 => TailRepair::Repaired {
                 what: format!("{put_back} torn blocks put back from the journal"),
@@ -82,7 +90,6 @@ impl EncryptedFile {
             },
             other => other,
         };
-        let slots: Vec<u64> = carried.iter().map(|c| c.slot).collect();
         journal.release(&slots);
         Ok(Some(outcome))
     }
@@ -158,14 +165,15 @@ impl EncryptedFile {
         }
     }
 
-    /// The file was emptied: its next blocks are new contents with nothing
-    /// durable in them. The old contents' copies stay until the next sync,
-    /// in case the emptying does not survive a crash.
-    pub(super) fn emptied(&self) {
-        if let Some(g) = self.guard().as_mut() {
-            g.durable_blocks = 0;
-            g.saved.clear();
+    /// The file was emptied. When it held durable blocks the emptying is
+    /// made durable at once: new contents written over the old blocks'
+    /// places need no copies only if the old blocks can never come back.
+    pub(super) fn emptied(&self) -> Result<()> {
+        if !self.durable_beyond(0) {
+            return Ok(());
         }
+        self.sync_backing(true)?;
+        self.synced()
     }
 
     fn end_cycle(&self, g: &mut Guard) -> Result<()> {
@@ -210,7 +218,7 @@ impl EncryptedFile {
     /// Puts back each block whose newest copy is in `carried` and which no
     /// longer authenticates; a copy of the old last block also cuts what
     /// was appended after it (none of it had been synced).
-    fn put_back(&self, state: &mut State, carried: &[Carried]) -> Result<u64> {
+    fn put_back(&self, state: &mut State, carried: &[Carried], journal: &Journal) -> Result<u64> {
         let Some(keys) = state.keys.as_ref() else {
             return Ok(0);
         };
@@ -231,17 +239,21 @@ impl EncryptedFile {
             self.file
                 .read_exact_at(current, block_offset(index))
                 .context(|| format!("reading {}", self.backing_path().display()))?;
-            let authentic = (sparse && is_zero(current))
-                || try_open(&self.crypto, keys, index, false, &mut current.to_vec()).is_some()
-                || try_open(&self.crypto, keys, index, true, current).is_some();
+            // Authentic as what its place makes it: the last block sealed
+            // as last, any other sealed as not last or a hole. (An old last
+            // block whose re-seal was lost, with an extension behind it,
+            // opens as last but is not the end, and must go back.)
+            let at_end = block_offset(index + 1) >= cipher_len;
+            let authentic = (!at_end && sparse && is_zero(current))
+                || try_open(&self.crypto, keys, index, at_end, current).is_some();
             if authentic {
                 continue;
             }
-            let as_last =
-                try_open(&self.crypto, keys, index, true, &mut copy.stored.clone()).is_some();
-            let valid = (sparse && is_zero(&copy.stored))
+            let stored = journal.read_copy(copy)?;
+            let as_last = try_open(&self.crypto, keys, index, true, &mut stored.clone()).is_some();
+            let valid = (sparse && is_zero(&stored))
                 || as_last
-                || try_open(&self.crypto, keys, index, false, &mut copy.stored.clone()).is_some();
+                || try_open(&self.crypto, keys, index, false, &mut stored.clone()).is_some();
             if !valid {
                 log::warn!(
                     "{}: the journal's copy of block {index} does not authenticate; not used",
@@ -250,16 +262,54 @@ impl EncryptedFile {
                 continue;
             }
             self.file
-                .write_all_at(&copy.stored, block_offset(index))
+                .write_all_at(&stored, block_offset(index))
                 .context(|| format!("writing {}", self.backing_path().display()))?;
             put_back += 1;
             if as_last {
-                self.truncate_backing(block_offset(index) + copy.stored.len() as u64)?;
+                self.truncate_backing(block_offset(index) + stored.len() as u64)?;
+                break;
+            }
+        }
+        // No torn block, but a torn end (a growth whose new end did not
+        // land while the old end's re-seal did): the newest copy sealed as
+        // the end is the durable end; it goes back, and what follows it was
+        // never synced.
+        if put_back == 0 && self.end_is_damaged(keys)? {
+            for copy in carried.iter().rev() {
+                let stored = journal.read_copy(copy)?;
+                let end = block_offset(copy.index) + stored.len() as u64;
+                if end > self.cipher_len()?
+                    || try_open(&self.crypto, keys, copy.index, true, &mut stored.clone()).is_none()
+                {
+                    continue;
+                }
+                self.file
+                    .write_all_at(&stored, block_offset(copy.index))
+                    .context(|| format!("writing {}", self.backing_path().display()))?;
+                self.truncate_backing(end)?;
+                put_back = 1;
                 break;
             }
         }
         self.sync_backing(false)?;
         Ok(put_back)
+    }
+
+    /// Whether the file's end fails: a cut block, or a last block that
+    /// does not open as the end.
+    fn end_is_damaged(&self, keys: &super::keys::ContentKeys) -> Result<bool> {
+        let cipher_len = self.cipher_len()?;
+        let size = match layout::plaintext_size(cipher_len) {
+            Ok(0) => return Ok(false),
+            Ok(size) => size,
+            Err(_) => return Ok(true),
+        };
+        let last = block_count(size) - 1;
+        let mut stored = vec![0u8; (cipher_len - block_offset(last)) as usize];
+        self.file
+            .read_exact_at(&mut stored, block_offset(last))
+            .context(|| format!("reading {}", self.backing_path().display()))?;
+        Ok(try_open(&self.crypto, keys, last, true, &mut stored).is_none())
     }
 
     fn read_stored_range(&self, buf: &mut [u8], first: u64) -> Result<()> {

@@ -309,8 +309,8 @@ impl EncryptedFile {
         // cuts; the other order could make a cut file look whole.
         self.store_header(state, header)?;
         state.keys = None;
-        self.emptied();
-        self.truncate_backing(HEADER_LEN as u64)
+        self.truncate_backing(HEADER_LEN as u64)?;
+        self.emptied()
     }
 
     /// Keys for sealing: those of the current contents, or, for a file that

@@ -19,6 +19,10 @@ use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD, BLOCK_SIZE,
 /// bounds memory while keeping system calls large.
 const BLOCKS_PER_BATCH: u64 = 256;
 
+/// Blocks punched per step: each step's synced blocks are copied to the
+/// journal before they are zeroed.
+const PUNCH_RUN_BLOCKS: u64 = 1024;
+
 /// A gap of up to this many blocks between the old end of the file and a
 /// write past it is sealed as zeros; a longer one is left as a hole. Small
 /// gaps come from write-back that reaches the mount out of order and are
@@ -191,6 +195,17 @@ impl EncryptedFile {
             return;
         };
         let index = block_count(change.size) - 1;
+        // A sync during the change (too many journal copies) made the
+        // growth so far durable; rewriting the old last block now would
+        // need a copy of its own. The grown file stays, its end repaired
+        // by `fsck --repair` if a crash follows.
+        if self.durable_beyond(index + 1) {
+            log::warn!(
+                "{}: a failed write that grew the file is kept (already synced)",
+                self.backing_path().display()
+            );
+            return;
+        }
         let restored = self
             .file
             .write_all_at(stored, block_offset(index))
@@ -327,7 +342,16 @@ impl EncryptedFile {
             return self.rewrite(&mut state, offset, end - offset, Fill::Zeros);
         }
         self.mark_sparse(&mut state)?;
-        self.zero_backing(block_offset(first_whole), block_offset(end_whole))?;
+        // Zeroing in place can tear like any rewrite: synced blocks are
+        // copied first, a bounded run at a time.
+        let content_id = self.keys_for_writing(&mut state)?.content_id;
+        let mut at = first_whole;
+        while at < end_whole {
+            let to = end_whole.min(at + PUNCH_RUN_BLOCKS);
+            self.save_originals(&content_id, size, None, at..to)?;
+            self.zero_backing(block_offset(at), block_offset(to))?;
+            at = to;
+        }
         let head_end = first_whole * BLOCK_SIZE;
         if offset < head_end {
             self.rewrite(&mut state, offset, head_end - offset, Fill::Zeros)?;
