@@ -40,17 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-TAR=${BENCH_TAR:-/var/tmp/chronicle-bench-linux-10k.tar}
-if [ ! -f "$TAR" ]; then
-  src=/usr/src/linux-source-6.1.tar.xz
-  [ -f "$src" ] || { echo "no $TAR and no $src (apt-get install linux-source-6.1)"; exit 2; }
-  echo "building $TAR from $src ..." >&2
-  tmp=$(mktemp -d /var/tmp/linux.XXXXXX)
-  tar -xJf "$src" -C "$tmp" linux-source-6.1/drivers linux-source-6.1/fs
-  # (head would end the pipeline early, which pipefail counts as a failure)
-  (cd "$tmp" && find linux-source-6.1 -type f | sort > all && head -10000 all > list && tar -cf "$TAR" -T list)
-  rm -rf "$tmp"
-fi
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+TAR=$(bench_tarball)
 
 export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PASS=benchmark-password

@@ -297,6 +297,23 @@ fn series_point(series: usize, i: i64) -> Point {
     }
 }
 
+/// Opens `dir`, retrying while its lock is still held: another test in this
+/// binary may be forking a child (the SIGKILL test) at the moment an engine
+/// closes, and the child briefly holds the closed engine's lock descriptor
+/// until it execs.
+fn open_retrying(dir: &std::path::Path, options: Options) -> chronicle_engine::Result<Engine> {
+    let mut tries = 0;
+    loop {
+        match Engine::open(dir, options.clone()) {
+            Err(chronicle_engine::EngineError::Locked { .. }) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Copies every file of `from` (flat) into a new directory.
 fn copy_dir(from: &std::path::Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().expect("tempdir");
@@ -332,12 +349,12 @@ fn series_log_cut_during_a_flush_recovers_from_the_wal() {
     for cut in (log_before.len()..=log_after.len()).step_by(7) {
         let state = copy_dir(crashed.path());
         std::fs::write(state.path().join("series.log"), &log_after[..cut]).expect("cut log");
-        let e = Engine::open(state.path(), no_flush())
+        let e = open_retrying(state.path(), no_flush())
             .unwrap_or_else(|err| panic!("log cut at {cut}: {err}"));
         assert_eq!(count(&e, "cpu"), 60, "log cut at {cut}");
         e.flush().expect("flush after recovery");
         e.close().expect("close");
-        let e = Engine::open(state.path(), no_flush()).expect("reopen");
+        let e = open_retrying(state.path(), no_flush()).expect("reopen");
         assert_eq!(count(&e, "cpu"), 60, "log cut at {cut}, reopened");
         e.close().expect("close");
         tried += 1;

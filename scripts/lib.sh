@@ -1,0 +1,63 @@
+# lib.sh: what the benchmark scripts share. Source it; needs root for the
+# mounts. Defines:
+#   bench_tarball          prints the path of the 10,000-file source tree
+#                          tarball, building it once from linux-source-6.1
+#   tmpfs_dir SIZE         a new directory on its own size-limited tmpfs
+#   drop_tmpfs DIR         unmounts and removes it
+#   fs_mount FS CIPHER MNT mounts plain|chronicle|gocryptfs|securefs with
+#                          its backing store in CIPHER at MNT (plain: MNT is
+#                          used as is); CHRONICLE_BIN is the chronicle binary
+#   fs_unmount FS MNT
+
+BENCH_PASS=benchmark-password
+
+bench_tarball() {
+  local tar=${BENCH_TAR:-/var/tmp/chronicle-bench-linux-10k.tar}
+  if [ ! -f "$tar" ]; then
+    local src=/usr/src/linux-source-6.1.tar.xz tmp
+    [ -f "$src" ] || { echo "no $tar and no $src (apt-get install linux-source-6.1)" >&2; return 2; }
+    echo "building $tar from $src ..." >&2
+    tmp=$(mktemp -d /var/tmp/linux.XXXXXX)
+    tar -xJf "$src" -C "$tmp" linux-source-6.1/drivers linux-source-6.1/fs
+    # (head would end the pipeline early, which pipefail counts as a failure)
+    (cd "$tmp" && find linux-source-6.1 -type f | sort > all && head -10000 all > list && tar -cf "$tar" -T list)
+    rm -rf "$tmp"
+  fi
+  echo "$tar"
+}
+
+tmpfs_dir() {
+  local dir
+  dir=$(mktemp -d /var/tmp/chronicle-tmpfs.XXXXXX)
+  mount -t tmpfs -o "size=$1" tmpfs "$dir"
+  echo "$dir"
+}
+
+drop_tmpfs() {
+  umount "$1" 2>/dev/null || umount -l "$1"
+  rmdir "$1"
+}
+
+fs_mount() {
+  local fs=$1 cipher=$2 mnt=$3
+  mkdir -p "$cipher" "$mnt"
+  case $fs in
+    plain) ;;
+    chronicle)
+      "$CHRONICLE_BIN" init "$cipher" >/dev/null && "$CHRONICLE_BIN" mount "$cipher" "$mnt" ;;
+    gocryptfs)
+      gocryptfs -q -init -extpass "echo $BENCH_PASS" -scryptn 10 "$cipher" >/dev/null &&
+        gocryptfs -q -extpass "echo $BENCH_PASS" "$cipher" "$mnt" ;;
+    securefs)
+      securefs create --pass "$BENCH_PASS" --rounds 1 "$cipher" >/dev/null &&
+        securefs mount -b --pass "$BENCH_PASS" "$cipher" "$mnt" >/dev/null 2>&1 &&
+        for _ in $(seq 50); do mountpoint -q "$mnt" && break; sleep 0.1; done ;;
+    *) echo "unknown file system $fs" >&2; return 2 ;;
+  esac
+}
+
+fs_unmount() {
+  [ "$1" = plain ] && return 0
+  umount "$2" 2>/dev/null || umount -l "$2"
+  sleep 0.5
+}
