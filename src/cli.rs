@@ -117,6 +117,12 @@ pub enum Command {
         /// by default); anyone who can list BACKING then reads the tree
         #[arg(long)]
         plaintext_names: bool,
+        /// Store user.* extended attributes (sealed). Off by default: a
+        /// volume without them answers every extended-attribute request
+        /// "not supported" and the kernel stops asking, which makes `ls -l`
+        /// and file managers much faster; databases do not use them
+        #[arg(long)]
+        xattrs: bool,
     },
     /// Mount the volume in BACKING at MOUNTPOINT; returns once it is serving
     #[command(after_help = KEY_HELP)]
@@ -197,6 +203,10 @@ pub enum Command {
         /// Store file names and symlink targets as given (encrypted by default)
         #[arg(long)]
         plaintext_names: bool,
+        /// Store user.* extended attributes (needed when PLAIN_DIR's files
+        /// carry any; without it such a file is refused)
+        #[arg(long)]
+        xattrs: bool,
     },
     /// Map a path inside the mount to its path in BACKING (encrypted names),
     /// or back with --to-plain; needs the key

@@ -19,6 +19,7 @@ use chronicle_mount::VolumeError;
 use clap::Parser;
 
 use cli::{Cli, Command};
+use commands::volume::features;
 use commands::{inspect, maintain, mount, volume};
 
 /// Exit code for `encryption key mismatch`.
@@ -68,7 +69,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             key,
             kdf,
             plaintext_names,
-        } => volume::init(&backing, &key, &kdf, plaintext_names),
+            xattrs,
+        } => volume::init(&backing, &key, &kdf, features(plaintext_names, xattrs)),
         Command::Mount {
             backing,
             mountpoint,
@@ -116,7 +118,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             key,
             kdf,
             plaintext_names,
-        } => maintain::encrypt(&plain_dir, &backing, &key, &kdf, plaintext_names),
+            xattrs,
+        } => maintain::encrypt(
+            &plain_dir,
+            &backing,
+            &key,
+            &kdf,
+            features(plaintext_names, xattrs),
+        ),
         Command::Path {
             backing,
             path,

@@ -26,9 +26,32 @@ pub const ALGORITHM_AES_256_GCM: u16 = 1;
 /// Feature flag: file names and symlink targets are encrypted (the default;
 /// `init --plaintext-names` leaves it clear).
 pub const FEATURE_ENCRYPTED_NAMES: u64 = 1;
+/// Feature flag: the volume stores `user.*` extended attributes
+/// (`init --xattrs`). Without it the mount answers every extended-attribute
+/// request with "not supported" once, and the kernel stops asking: `ls -l`
+/// asks every file for its security label and ACL.
+pub const FEATURE_XATTRS: u64 = 2;
 /// Feature flags this build understands; any other is refused rather than
 /// misread.
-pub const KNOWN_FEATURES: u64 = FEATURE_ENCRYPTED_NAMES;
+pub const KNOWN_FEATURES: u64 = FEATURE_ENCRYPTED_NAMES | FEATURE_XATTRS;
+
+/// The choices a volume is made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeFeatures {
+    pub names: NameMode,
+    /// `user.*` extended attributes are stored (sealed).
+    pub xattrs: bool,
+}
+
+/// A name mode alone: no extended attributes (the default).
+impl From<NameMode> for VolumeFeatures {
+    fn from(names: NameMode) -> Self {
+        VolumeFeatures {
+            names,
+            xattrs: false,
+        }
+    }
+}
 
 /// Field offsets, each derived from the one before.
 pub const MAGIC_AT: usize = 0;
@@ -99,8 +122,9 @@ impl VolumeConfig {
         master: &SecretKey,
         user: &UserKey,
         kdf: Option<KdfParams>,
-        names: NameMode,
+        features: impl Into<VolumeFeatures>,
     ) -> Result<Self> {
+        let features = features.into();
         let key_source = match user {
             UserKey::Raw(_) => KeySource::RawKey,
             UserKey::Passphrase(_) => KeySource::Passphrase(match kdf {
@@ -114,10 +138,10 @@ impl VolumeConfig {
             format_version: CONFIG_VERSION,
             algorithm: ALGORITHM_AES_256_GCM,
             block_size: BLOCK_SIZE as u32,
-            features: match names {
+            features: match features.names {
                 NameMode::Encrypted => FEATURE_ENCRYPTED_NAMES,
                 NameMode::Plaintext => 0,
-            },
+            } | if features.xattrs { FEATURE_XATTRS } else { 0 },
             volume_id,
             key_source,
             key_check: [0; 16],
@@ -165,6 +189,19 @@ impl VolumeConfig {
         self.wrapped_key = array(&framed[NONCE_LEN..NONCE_LEN + KEY_LEN]);
         self.wrap_tag = array(&framed[NONCE_LEN + KEY_LEN..]);
         Ok(())
+    }
+
+    /// Whether the volume stores `user.*` extended attributes.
+    pub fn xattrs(&self) -> bool {
+        self.features & FEATURE_XATTRS != 0
+    }
+
+    /// The choices the volume was made with.
+    pub fn features(&self) -> VolumeFeatures {
+        VolumeFeatures {
+            names: self.name_mode(),
+            xattrs: self.xattrs(),
+        }
     }
 
     /// How the volume stores names.
@@ -558,6 +595,20 @@ mod tests {
             Err(VolumeError::UnsupportedFeatures { flags: 0x10, .. })
         ));
         assert_eq!(config.name_mode(), NameMode::Encrypted);
+        assert!(!config.xattrs(), "no extended attributes unless asked");
+        let with = VolumeConfig::create(
+            &SecretKey::from_bytes([9; 32]),
+            &raw(1),
+            None,
+            VolumeFeatures {
+                names: NameMode::Plaintext,
+                xattrs: true,
+            },
+        )
+        .expect("create");
+        let back = VolumeConfig::decode(&with.encode(), Path::new("c")).expect("decode");
+        assert!(back.xattrs());
+        assert_eq!(back.name_mode(), NameMode::Plaintext);
         assert!(matches!(
             VolumeConfig::decode(&bytes[..100], Path::new("c")),
             Err(VolumeError::BadConfig { .. }) | Err(VolumeError::UnsupportedFeatures { .. })

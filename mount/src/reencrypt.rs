@@ -82,7 +82,7 @@ pub fn reencrypt(
         }
         other => other?,
     };
-    let new = Volume::init(&staging, new_key, kdf, old.config().name_mode())?;
+    let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     mark(&staging)?;
     swap(&backing, &staging)?;

@@ -410,6 +410,16 @@ impl Copier<'_, '_> {
             Err(e) => return Err(VolumeError::io("listing extended attributes", e)),
         };
         for name in names.iter().filter(|n| xattrs::is_user(n)) {
+            // Never dropped silently: a volume made without them refuses.
+            if !self.dest.config().xattrs() {
+                return Err(VolumeError::io(
+                    format!(
+                        "extended attribute {name:?}: the volume does not store extended attributes \
+                         (make it with --xattrs)"
+                    ),
+                    io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                ));
+            }
             let stored = get_xattr(from, name)
                 .map_err(|e| VolumeError::io("reading an extended attribute", e))?;
             let value = match &self.source_sealer {

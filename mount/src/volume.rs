@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cipher::{self, Backend};
-use crate::config::{config_path, VolumeConfig};
+use crate::config::{config_path, VolumeConfig, VolumeFeatures};
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
-use crate::names::{NameError, NameMode, Names};
+use crate::names::{NameError, Names};
 
 /// An opened volume.
 pub struct Volume {
@@ -29,7 +29,7 @@ impl Volume {
         backing: &Path,
         user: &UserKey,
         kdf: Option<KdfParams>,
-        names: NameMode,
+        features: impl Into<VolumeFeatures>,
     ) -> Result<Volume> {
         // Only the owner may list it: names and sizes are visible there.
         if !backing.exists() {
@@ -55,7 +55,7 @@ impl Volume {
             });
         }
         let master = SecretKey::random()?;
-        let config = VolumeConfig::create(&master, user, kdf, names)?;
+        let config = VolumeConfig::create(&master, user, kdf, features)?;
         config.store(backing)?;
         let volume = Self::assemble(backing, config, master);
         // The root's id record (encrypted names). A crash before it leaves

@@ -163,7 +163,7 @@ pub fn encrypt(
     backing: &Path,
     key: &KeyArgs,
     kdf: &KdfArgs,
-    plaintext_names: bool,
+    features: chronicle_mount::config::VolumeFeatures,
 ) -> Result<()> {
     if !plain_dir.is_dir() {
         bail!("{} is not a directory", plain_dir.display());
@@ -176,12 +176,7 @@ pub fn encrypt(
     }
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(
-        backing,
-        &user,
-        params,
-        crate::commands::volume::name_mode(plaintext_names),
-    )?;
+    let volume = Volume::init(backing, &user, params, features)?;
     let (_, total) = tree::total_bytes(plain_dir, Root::Plain)?;
     let bar = progress(total, "encrypting");
     let copied = transfer::copy_tree(plain_dir, Source::Plain, &volume, false, &mut |n| {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chronicle_mount::cipher::{self, Backend};
+use chronicle_mount::config::VolumeFeatures;
 use chronicle_mount::config::{config_path, KeySource};
 use chronicle_mount::names::NameMode;
 use chronicle_mount::{KdfParams, UserKey, Volume, VolumeConfig};
@@ -23,19 +24,22 @@ pub fn kdf_params(user: &UserKey, kdf: &KdfArgs) -> Result<Option<KdfParams>> {
     })
 }
 
-/// `--plaintext-names` as the library's name mode.
-pub fn name_mode(plaintext_names: bool) -> NameMode {
-    if plaintext_names {
-        NameMode::Plaintext
-    } else {
-        NameMode::Encrypted
+/// `--plaintext-names` and `--xattrs` as the library's volume features.
+pub fn features(plaintext_names: bool, xattrs: bool) -> VolumeFeatures {
+    VolumeFeatures {
+        names: if plaintext_names {
+            NameMode::Plaintext
+        } else {
+            NameMode::Encrypted
+        },
+        xattrs,
     }
 }
 
-pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs, plaintext_names: bool) -> Result<()> {
+pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs, features: VolumeFeatures) -> Result<()> {
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(backing, &user, params, name_mode(plaintext_names))?;
+    let volume = Volume::init(backing, &user, params, features)?;
     println!(
         "Created an encrypted volume in {} ({}).",
         backing.display(),
@@ -77,6 +81,7 @@ pub fn info(backing: &Path, as_json: bool) -> Result<()> {
             "volume_id": volume_id,
             "feature_flags": config.features,
             "file_names": names_word(&config),
+            "extended_attributes": config.xattrs(),
             "config_path": config_path(backing),
             "files": acc.files,
             "directories": acc.directories,
@@ -94,6 +99,14 @@ pub fn info(backing: &Path, as_json: bool) -> Result<()> {
     println!("Volume ID: {volume_id}");
     println!("Feature flags: {:#x}", config.features);
     println!("Names: {}", names_word(&config));
+    println!(
+        "Extended attributes: {}",
+        if config.xattrs() {
+            "user.* stored, sealed"
+        } else {
+            "not stored (init --xattrs)"
+        }
+    );
     println!("Files: {}", acc.files);
     println!("Directories: {}", acc.directories);
     println!("Plaintext bytes: {}", acc.plaintext_bytes);

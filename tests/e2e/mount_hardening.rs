@@ -103,7 +103,9 @@ fn changed_lengths_and_zeroed_blocks_are_eio() {
 // them to the name only).
 #[test]
 fn copied_xattr_is_eio() {
-    let Some(m) = mount_or_skip(&[]) else { return };
+    let Some(m) = mount_xattrs_or_skip() else {
+        return;
+    };
     let name = std::ffi::CString::new("user.tag").expect("name");
     for (file, value) in [("a", &b"secret of a"[..]), ("b", &b"secret of b"[..])] {
         fs::write(m.path(file), file).expect("write");

@@ -265,11 +265,47 @@ fn attributes_and_special_files() {
     assert!(st.f_blocks > 0);
 }
 
+// Protects: a volume made without --xattrs (the default) refuses every
+// extended-attribute call with EOPNOTSUPP (the kernel then stops asking, so
+// `ls -l` costs no request per file for labels and ACLs), and stores none.
+#[test]
+fn extended_attributes_off_by_default() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let p = m.path("x");
+    fs::write(&p, b"x").expect("write");
+    let c = cstr(&p);
+    let name = CString::new("user.secret").expect("name");
+    for _ in 0..2 {
+        // SAFETY: valid path, name and value buffers.
+        let rc = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+        assert_eq!((rc, errno()), (-1, libc::EOPNOTSUPP));
+        let mut buf = [0u8; 16];
+        assert_eq!(getxattr(&c, &name, &mut buf), -1);
+        assert_eq!(errno(), libc::EOPNOTSUPP);
+    }
+    let raw = cstr(&m.backing("x"));
+    let mut list = [0u8; 256];
+    // SAFETY: valid path and buffer.
+    let n = unsafe { libc::listxattr(raw.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+    assert!(
+        n <= 0 || !list[..n as usize].starts_with(b"user."),
+        "nothing stored"
+    );
+    let out = run(&["info", m.fixture.b()], None);
+    assert!(
+        stdout(&out).contains("Extended attributes: not stored"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 // Protects: user.* extended attributes round-trip and are stored encrypted;
 // other namespaces are refused.
 #[test]
 fn extended_attributes() {
-    let Some(m) = mount_or_skip(&[]) else { return };
+    let Some(m) = mount_xattrs_or_skip() else {
+        return;
+    };
     let p = m.path("x");
     fs::write(&p, b"x").expect("write");
     let c = cstr(&p);

@@ -107,9 +107,25 @@ fn encrypt_and_reencrypt_keep_everything() {
     let plain = dir.path().join("plain");
     rich_tree(&plain);
     let backing = dir.path().join("backing");
+    // Without --xattrs the tree's extended attributes are refused, never
+    // dropped.
+    let refused = dir.path().join("refused");
     let out = run(
         &[
-            &["encrypt", path_str(&plain), path_str(&backing)][..],
+            &["encrypt", path_str(&plain), path_str(&refused)][..],
+            names_flag(),
+        ]
+        .concat(),
+        Some(KEY),
+    );
+    assert!(
+        !out.status.success(),
+        "a tree with xattrs went into a volume without them"
+    );
+    assert!(stderr(&out).contains("--xattrs"), "{}", stderr(&out));
+    let out = run(
+        &[
+            &["encrypt", path_str(&plain), path_str(&backing), "--xattrs"][..],
             names_flag(),
         ]
         .concat(),

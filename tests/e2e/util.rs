@@ -70,10 +70,16 @@ pub fn backing_path(backing: &Path, plain: &str) -> PathBuf {
 
 impl Fixture {
     pub fn new() -> Fixture {
+        Self::with_init_flags(&[])
+    }
+
+    /// A fresh volume made with `init` and `extra` flags (e.g. `--xattrs`).
+    pub fn with_init_flags(extra: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let backing = dir.path().join("backing");
         let mut args = vec!["init", path_str(&backing)];
         args.extend_from_slice(names_flag());
+        args.extend_from_slice(extra);
         let out = run(&args, Some(KEY));
         assert!(out.status.success(), "init failed: {}", stderr(&out));
         Fixture { dir, backing }
@@ -131,6 +137,11 @@ fn running_as_root() -> bool {
 /// impossible and not required.
 pub fn mount_or_skip(extra: &[&str]) -> Option<Mounted> {
     fuse_available().then(|| Mounted::new(extra))
+}
+
+/// `mount_or_skip` for a volume that stores extended attributes.
+pub fn mount_xattrs_or_skip() -> Option<Mounted> {
+    fuse_available().then(|| Mounted::with_fixture(Fixture::with_init_flags(&["--xattrs"]), &[]))
 }
 
 /// Runs the binary with `input` on its standard input.

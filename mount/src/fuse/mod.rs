@@ -107,6 +107,7 @@ impl Mounted {
             std::sync::Arc::clone(volume.crypto()),
             std::sync::Arc::clone(volume.names()),
             journal,
+            volume.config().xattrs(),
         )?;
         let filesystem = fs::ChronicleFs {
             ops,

@@ -82,6 +82,8 @@ pub struct Ops {
     journal: Option<Arc<Journal>>,
     names: Arc<Names>,
     xattrs: XattrCipher,
+    /// The volume stores `user.*` attributes (`init --xattrs`).
+    xattrs_enabled: bool,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     read_only: bool,
@@ -161,6 +163,7 @@ impl Ops {
         crypto: Arc<ContentCrypto>,
         names: Arc<Names>,
         journal: Option<Arc<Journal>>,
+        xattrs_enabled: bool,
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
         Ok(Ops {
@@ -170,6 +173,7 @@ impl Ops {
             crypto,
             names,
             xattrs,
+            xattrs_enabled,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             as_root: rustix::process::geteuid().is_root(),
@@ -1134,24 +1138,38 @@ impl Ops {
         Ok(Owner::File(id))
     }
 
+    /// On a volume without extended attributes every request is ENOSYS,
+    /// which the kernel remembers for the mount: it sends no more of them
+    /// (`ls -l` would otherwise ask every file for two attributes).
+    fn xattrs_stored(&self) -> Result<(), Errno> {
+        match self.xattrs_enabled {
+            true => Ok(()),
+            false => Err(Errno::ENOSYS),
+        }
+    }
+
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        self.xattrs_stored()?;
         let node = self.node(ino)?;
         let owner = self.xattr_owner(&node)?;
         self.xattrs.set(&node, owner, name, value, flags)
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        self.xattrs_stored()?;
         let node = self.node(ino)?;
         let owner = self.xattr_owner(&node)?;
         self.xattrs.get(&node, owner, name)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.xattrs_stored()?;
         let node = self.node(ino)?;
         self.xattrs.list(&node)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        self.xattrs_stored()?;
         let node = self.node(ino)?;
         self.xattrs.remove(&node, name)
     }
