@@ -278,8 +278,10 @@ impl fuser::Filesystem for ChronicleFs {
         reply: ReplyEmpty,
     ) {
         // Writes reach the backing file before they are acknowledged; there
-        // is nothing buffered here to flush.
-        reply.ok();
+        // is nothing buffered here to flush. ENOSYS tells the kernel so for
+        // the whole mount: it stops sending a FLUSH at every close (it still
+        // writes cached pages back first, and close reports their errors).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
