@@ -6,7 +6,8 @@
 #   drop_tmpfs DIR         unmounts and removes it
 #   fs_mount FS CIPHER MNT mounts plain|chronicle|gocryptfs|securefs with
 #                          its backing store in CIPHER at MNT (plain: MNT is
-#                          used as is); CHRONICLE_BIN is the chronicle binary
+#                          used as is); CHRONICLE_BIN is the chronicle binary,
+#                          CHRONICLE_MOUNT_ARGS extra `chronicle mount` flags
 #   fs_unmount FS MNT
 
 BENCH_PASS=benchmark-password
@@ -44,7 +45,9 @@ fs_mount() {
   case $fs in
     plain) ;;
     chronicle)
-      "$CHRONICLE_BIN" init "$cipher" >/dev/null && "$CHRONICLE_BIN" mount "$cipher" "$mnt" ;;
+      # shellcheck disable=SC2086 # flags split on purpose
+      "$CHRONICLE_BIN" init "$cipher" >/dev/null &&
+        "$CHRONICLE_BIN" mount "$cipher" "$mnt" ${CHRONICLE_MOUNT_ARGS:-} ;;
     gocryptfs)
       gocryptfs -q -init -extpass "echo $BENCH_PASS" -scryptn 10 "$cipher" >/dev/null &&
         gocryptfs -q -extpass "echo $BENCH_PASS" "$cipher" "$mnt" ;;
