@@ -17,8 +17,17 @@ if [ ! -x "$FSX" ]; then
   FSX=$HOME/.cargo/bin/fsx
 fi
 SEED=${FSX_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+# fsx 0.3.2 never unmaps the mapping of a mapped read (domapread), so a long
+# run reaches vm.max_map_count (65,530 by default) and its next mmap fails
+# with ENOMEM (seen at about 370,000 operations). Raise the limit for the
+# run, with room for every mapped read, and put it back afterwards.
+OLD_MAPS=$(cat /proc/sys/vm/max_map_count)
+WANT_MAPS=$((OPS / 4 + 65536))
+if [ "$OLD_MAPS" -lt "$WANT_MAPS" ] && [ -w /proc/sys/vm/max_map_count ]; then
+  echo "$WANT_MAPS" > /proc/sys/vm/max_map_count
+fi
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK"; [ -z "${OLD_MAPS:-}" ] || echo "$OLD_MAPS" > /proc/sys/vm/max_map_count' EXIT
 # fsx-rs weights; mapread/mapwrite on (they are what the engine's mmap uses).
 cat > "$WORK/fsx.toml" <<TOML
 flen = 262144

@@ -10,6 +10,8 @@ use chronicle_engine::{Aggregate, Engine, Options, Query, SyncPolicy, TagFilter}
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
+use crate::query_output::{self, Format};
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Sync {
     /// fsync before each write is acknowledged
@@ -18,13 +20,6 @@ pub enum Sync {
     Interval,
     /// leave it to the operating system
     Never,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-    Csv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -197,7 +192,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
             q.group_by = group_by;
             let engine = open_existing(&data_dir)?;
             let result = engine.query(&q)?;
-            crate::query_output::print(&q, window.as_deref(), agg.as_deref(), &result, format)
+            query_output::print(&q, window.as_deref(), agg.as_deref(), &result, format)
         }
         EngineCommand::Export {
             data_dir, output, ..

@@ -10,7 +10,13 @@ use chronicle_engine::timefmt::format_time;
 use chronicle_engine::{Query, QueryResult};
 use serde_json::json;
 
-use crate::engine_cli::Format;
+/// How results are printed (`--format`).
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
 
 fn number(v: f64) -> serde_json::Value {
     if v.is_finite() {
