@@ -23,8 +23,8 @@
 //! cut to nothing.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -103,15 +103,7 @@ impl Journal {
     pub fn open(backing: &Path) -> Result<Journal> {
         let path = backing.join(JOURNAL_NAME);
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .context(|| format!("opening {}", path.display()))?;
+        let file = crate::lock::open_volume_file(&path)?;
         // Anything else planted under the name (a FIFO, a link to another
         // file) is refused rather than written through.
         let meta = file

@@ -18,6 +18,20 @@ use crate::error::{IoContext, Result, VolumeError};
 /// name that begins with `chronicle.volume`).
 pub const LOCK_NAME: &str = "chronicle.volume.lock";
 
+/// Opens (creating if missing, mode 0600) one of the volume's own files in
+/// the backing root for reading and writing, never through a symlink.
+pub(crate) fn open_volume_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .context(|| format!("opening {}", path.display()))
+}
+
 /// Held while the volume is being written by this process.
 #[derive(Debug)]
 pub struct VolumeLock {
@@ -28,15 +42,7 @@ impl VolumeLock {
     /// Takes the volume in `backing`, or says who may hold it.
     pub fn acquire(backing: &Path) -> Result<VolumeLock> {
         let path = lock_path(backing);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .context(|| format!("opening {}", path.display()))?;
+        let file = open_volume_file(&path)?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(VolumeLock { _file: file }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(VolumeError::Busy {

@@ -80,11 +80,11 @@ impl EncryptedFile {
             return Ok(None);
         }
         let outcome = match self.repair_tail_locked(&mut state)? {
-            TailRepair::Clean if put_back > 0 => TailRepair::Repaired {
+            TailRepair::Clean => TailRepair::Repaired {
                 what: format!("{put_back} torn blocks put back from the journal"),
                 size: layout::plaintext_size_lossy(self.cipher_len()?),
             },
-            TailRepair::Repaired { what, size } if put_back > 0 => TailRepair::Repaired {
+            TailRepair::Repaired { what, size } => TailRepair::Repaired {
                 what: format!("{put_back} torn blocks put back from the journal; {what}"),
                 size,
             },
@@ -234,11 +234,7 @@ impl EncryptedFile {
             if block_offset(index) >= cipher_len {
                 break;
             }
-            let end = cipher_len.min(block_offset(index + 1));
-            let current = &mut buf[..(end - block_offset(index)) as usize];
-            self.file
-                .read_exact_at(current, block_offset(index))
-                .context(|| format!("reading {}", self.backing_path().display()))?;
+            let current = self.read_slot(index, cipher_len, &mut buf)?;
             // Authentic as what its place makes it: the last block sealed
             // as last, any other sealed as not last or a hole. (An old last
             // block whose re-seal was lost, with an extension behind it,
@@ -261,12 +257,9 @@ impl EncryptedFile {
                 );
                 continue;
             }
-            self.file
-                .write_all_at(&stored, block_offset(index))
-                .context(|| format!("writing {}", self.backing_path().display()))?;
+            self.write_back(index, &stored, as_last)?;
             put_back += 1;
             if as_last {
-                self.truncate_backing(block_offset(index) + stored.len() as u64)?;
                 break;
             }
         }
@@ -283,10 +276,7 @@ impl EncryptedFile {
                 {
                     continue;
                 }
-                self.file
-                    .write_all_at(&stored, block_offset(copy.index))
-                    .context(|| format!("writing {}", self.backing_path().display()))?;
-                self.truncate_backing(end)?;
+                self.write_back(copy.index, &stored, true)?;
                 put_back = 1;
                 break;
             }
@@ -305,11 +295,21 @@ impl EncryptedFile {
             Err(_) => return Ok(true),
         };
         let last = block_count(size) - 1;
-        let mut stored = vec![0u8; (cipher_len - block_offset(last)) as usize];
+        let mut buf = vec![0u8; layout::CIPHER_BLOCK_SIZE as usize];
+        let stored = self.read_slot(last, cipher_len, &mut buf)?;
+        Ok(try_open(&self.crypto, keys, last, true, stored).is_none())
+    }
+
+    /// Writes a copy back as block `index`; a copy of the file's end also
+    /// cuts everything after it.
+    fn write_back(&self, index: u64, stored: &[u8], is_end: bool) -> Result<()> {
         self.file
-            .read_exact_at(&mut stored, block_offset(last))
-            .context(|| format!("reading {}", self.backing_path().display()))?;
-        Ok(try_open(&self.crypto, keys, last, true, &mut stored).is_none())
+            .write_all_at(stored, block_offset(index))
+            .context(|| format!("writing {}", self.backing_path().display()))?;
+        if is_end {
+            self.truncate_backing(block_offset(index) + stored.len() as u64)?;
+        }
+        Ok(())
     }
 
     fn read_stored_range(&self, buf: &mut [u8], first: u64) -> Result<()> {

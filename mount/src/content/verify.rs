@@ -209,7 +209,7 @@ impl EncryptedFile {
     }
 
     /// Stored block `index` (shorter at the end of the file) into `buf`.
-    fn read_slot<'b>(
+    pub(super) fn read_slot<'b>(
         &self,
         index: u64,
         cipher_len: u64,
