@@ -89,6 +89,14 @@ fn umount(path: &Path) {
     let _ = Command::new("umount").arg("-l").arg(path).status();
 }
 
+/// Unmounts the simulator at `at` and waits for its threads. The unmount
+/// is retried while busy: another test in this process may be forking a
+/// child that holds a descriptor on the simulator until it execs.
+fn stop_simulator(session: fuser::BackgroundSession, at: &Path) -> std::io::Result<()> {
+    umount(at);
+    session.join()
+}
+
 /// One crash run's directories; unmounts everything when dropped.
 struct Rig {
     dir: tempfile::TempDir,
@@ -188,7 +196,7 @@ impl Rig {
         }
         umount(&self.mnt());
         if let Some(session) = self.session.take() {
-            session.umount_and_join().expect("unmount simulator");
+            stop_simulator(session, &self.sim()).expect("unmount simulator");
         }
         let report = pc.cut(rng).expect("power cut");
         self.start_sim();
@@ -216,7 +224,7 @@ impl Drop for Rig {
     fn drop(&mut self) {
         umount(&self.mnt());
         if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
+            let _ = stop_simulator(session, &self.sim());
         }
         umount(&self.sim());
     }
@@ -653,7 +661,7 @@ fn simulator_drops_what_was_not_synced() {
         assert_eq!(pc.held_writes(), 1);
         std::fs::File::create(sim.join("b")).expect("uncommitted name");
         drop(f);
-        session.umount_and_join().expect("unmount");
+        stop_simulator(session, &sim).expect("unmount");
         let tree = under.join("tree");
         assert_eq!(
             std::fs::read(tree.join("a")).expect("a"),
