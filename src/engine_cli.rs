@@ -5,22 +5,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use chronicle_engine::timefmt::{format_time, parse_duration, parse_time};
-use chronicle_engine::{Aggregate, Engine, Options, Query, SyncPolicy, TagFilter};
+use chronicle_engine::timefmt::{format_time, parse_duration};
+use chronicle_engine::{Engine, Options, SyncPolicy};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
+use crate::engine_args::{QueryArgs, SyncArg};
 use crate::query_output::{self, Format};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Sync {
-    /// fsync before each write is acknowledged
-    Always,
-    /// fsync at most a second after a write (default)
-    Interval,
-    /// leave it to the operating system
-    Never,
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum DataFormat {
@@ -35,36 +26,15 @@ pub enum EngineCommand {
         data_dir: PathBuf,
         file: Option<PathBuf>,
         /// When the write-ahead log is fsynced
-        #[arg(long, value_enum, default_value_t = Sync::Interval)]
-        sync: Sync,
+        #[arg(long, value_enum, default_value_t = SyncArg::Interval)]
+        sync: SyncArg,
     },
     /// Query raw points or windowed aggregates
     Query {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
-        #[arg(long, value_name = "M")]
-        metric: String,
-        /// Keep series whose tag KEY equals VALUE (KEY!=VALUE: differs); repeatable
-        #[arg(long = "tag", value_name = "KEY=VALUE")]
-        tags: Vec<String>,
-        /// Keep series whose tag KEY matches the regular expression RE (whole value); repeatable
-        #[arg(long = "tag-regex", value_name = "KEY=RE")]
-        tag_regexes: Vec<String>,
-        /// Start time, inclusive: RFC 3339 or nanoseconds
-        #[arg(long, value_name = "T")]
-        start: Option<String>,
-        /// End time, exclusive: RFC 3339 or nanoseconds
-        #[arg(long, value_name = "T")]
-        end: Option<String>,
-        /// Window length (10s, 5m, 1h, 7d), aligned to the epoch; needs --agg
-        #[arg(long, value_name = "DUR", requires = "agg")]
-        window: Option<String>,
-        /// count, sum, mean, min, max, first, last or stddev; needs --window
-        #[arg(long, value_name = "FN", requires = "window")]
-        agg: Option<String>,
-        /// One result per value of this tag (with --window)
-        #[arg(long, value_name = "TAG", requires = "window")]
-        group_by: Option<String>,
+        #[command(flatten)]
+        query: QueryArgs,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -107,6 +77,9 @@ pub enum EngineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the database over HTTP: InfluxDB line-protocol writes, queries, export, metrics
+    #[command(long_about = crate::server::LONG_ABOUT)]
+    Serve(crate::server::ServeArgs),
 }
 
 /// Opens the database for writing, creating it if it does not exist.
@@ -150,12 +123,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
             file,
             sync,
         } => {
-            let policy = match sync {
-                Sync::Always => SyncPolicy::Always,
-                Sync::Interval => SyncPolicy::default(),
-                Sync::Never => SyncPolicy::Never,
-            };
-            let engine = open(&data_dir, policy)?;
+            let engine = open(&data_dir, sync.policy())?;
             let points = write_lines(&engine, input(file.as_deref())?)?;
             engine.close()?;
             eprintln!("wrote {points} points to {}", data_dir.display());
@@ -163,36 +131,13 @@ pub fn run(command: EngineCommand) -> Result<()> {
         }
         EngineCommand::Query {
             data_dir,
-            metric,
-            tags,
-            tag_regexes,
-            start,
-            end,
-            window,
-            agg,
-            group_by,
+            query,
             format,
         } => {
-            let mut q = Query::new(metric);
-            for t in &tags {
-                q.filters.push(TagFilter::parse(t)?);
-            }
-            for t in &tag_regexes {
-                q.filters.push(TagFilter::parse_regex(t)?);
-            }
-            if let Some(s) = start {
-                q.start = parse_time(&s)?;
-            }
-            if let Some(e) = end {
-                q.end = parse_time(&e)?;
-            }
-            if let (Some(w), Some(a)) = (&window, &agg) {
-                q.window = Some((parse_duration(w)?, Aggregate::parse(a)?));
-            }
-            q.group_by = group_by;
+            let q = query.to_query()?;
             let engine = open_existing(&data_dir)?;
             let result = engine.query(&q)?;
-            query_output::print(&q, window.as_deref(), agg.as_deref(), &result, format)
+            query_output::print(&query, &q, &result, format)
         }
         EngineCommand::Export {
             data_dir, output, ..
@@ -253,6 +198,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
             Ok(())
         }
         EngineCommand::Info { data_dir, json } => info(&data_dir, json),
+        EngineCommand::Serve(args) => crate::server::run(args),
     }
 }
 

@@ -5,11 +5,13 @@
 mod cli;
 mod commands;
 mod daemon;
+mod engine_args;
 mod engine_cli;
 mod hygiene;
 mod keysource;
 mod logging;
 mod query_output;
+mod server;
 mod syslog;
 
 use std::process::ExitCode;

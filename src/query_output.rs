@@ -8,6 +8,8 @@ use anyhow::Result;
 use chronicle_engine::query::{GroupWindows, SeriesPoints};
 use chronicle_engine::timefmt::format_time;
 use chronicle_engine::{Query, QueryResult};
+
+use crate::engine_args::QueryArgs;
 use serde_json::json;
 
 /// How results are printed (`--format`).
@@ -26,18 +28,13 @@ fn number(v: f64) -> serde_json::Value {
     }
 }
 
-pub fn print(
-    q: &Query,
-    window: Option<&str>,
-    agg: Option<&str>,
-    result: &QueryResult,
-    format: Format,
-) -> Result<()> {
+pub fn print(args: &QueryArgs, q: &Query, result: &QueryResult, format: Format) -> Result<()> {
     let out = &mut std::io::stdout().lock();
+    let agg = args.agg.as_deref();
     match (result, format) {
-        (QueryResult::Raw(series), Format::Json) => raw_json(out, q, series),
-        (QueryResult::Aggregated(groups), Format::Json) => {
-            windows_json(out, q, window, agg, groups)
+        (_, Format::Json) => {
+            writeln!(out, "{}", json_document(args, q, result))?;
+            Ok(())
         }
         (QueryResult::Raw(series), _) => raw_rows(out, series, format == Format::Csv),
         (QueryResult::Aggregated(groups), _) => {
@@ -46,26 +43,34 @@ pub fn print(
     }
 }
 
-fn raw_json(out: &mut dyn Write, q: &Query, series: &[SeriesPoints]) -> Result<()> {
-    let doc = json!({
+/// The result as one JSON document: what `--format json` prints and what
+/// `engine serve` answers on `/api/v1/query`.
+pub fn json_document(args: &QueryArgs, q: &Query, result: &QueryResult) -> serde_json::Value {
+    match result {
+        QueryResult::Raw(series) => raw_json(q, series),
+        QueryResult::Aggregated(groups) => {
+            windows_json(q, args.window.as_deref(), args.agg.as_deref(), groups)
+        }
+    }
+}
+
+fn raw_json(q: &Query, series: &[SeriesPoints]) -> serde_json::Value {
+    json!({
         "metric": q.metric,
         "series": series.iter().map(|s| json!({
             "tags": s.tags,
             "points": s.points.iter().map(|&(t, v)| json!([t, number(v)])).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-    });
-    writeln!(out, "{doc}")?;
-    Ok(())
+    })
 }
 
 fn windows_json(
-    out: &mut dyn Write,
     q: &Query,
     window: Option<&str>,
     agg: Option<&str>,
     groups: &[GroupWindows],
-) -> Result<()> {
-    let doc = json!({
+) -> serde_json::Value {
+    json!({
         "metric": q.metric,
         "window": window,
         "aggregate": agg,
@@ -76,9 +81,7 @@ fn windows_json(
                 "start": w.start, "time": format_time(w.start), "value": number(w.value), "count": w.count,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-    });
-    writeln!(out, "{doc}")?;
-    Ok(())
+    })
 }
 
 /// `metric,tag=value,...`, as line protocol writes a series.

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use crate::counters::{Activity, Counters};
 use crate::error::{EngineError, IoContext, Result};
-use crate::lineproto;
+use crate::lineproto::{self, Precision};
 use crate::lock::DirLock;
 use crate::manifest::{segment_name, Manifest, SegmentEntry};
 use crate::memtable::{sort_last_wins, Memtable};
@@ -87,6 +88,7 @@ pub struct Engine {
     sync_gate: Mutex<()>,
     stop: Arc<AtomicBool>,
     syncer: Option<std::thread::JoinHandle<()>>,
+    counters: Arc<Counters>,
     _lock: DirLock,
 }
 
@@ -99,6 +101,14 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic mid-update leaves the memtable possibly partial, but every
     // acknowledged write is in the WAL, which is what reopening trusts.
     state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Drops the series a failed write resolved, so that nothing of it stays.
+fn abandon_unwritten(st: &mut State) {
+    if st.series.forget_unwritten() > 0 {
+        // The cache may name the forgotten ids.
+        st.line_cache.clear();
+    }
 }
 
 fn now_nanos() -> i64 {
@@ -114,10 +124,14 @@ impl Engine {
         let lock_guard = DirLock::acquire(dir)?;
         let state = Arc::new(Mutex::new(recover(dir)?));
         let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
         let syncer = match options.sync {
-            SyncPolicy::IntervalMs(ms) => {
-                Some(spawn_syncer(Arc::downgrade(&state), Arc::clone(&stop), ms))
-            }
+            SyncPolicy::IntervalMs(ms) => Some(spawn_syncer(
+                Arc::downgrade(&state),
+                Arc::clone(&stop),
+                Arc::clone(&counters),
+                ms,
+            )),
             _ => None,
         };
         let engine = Engine {
@@ -127,6 +141,7 @@ impl Engine {
             sync_gate: Mutex::new(()),
             stop,
             syncer,
+            counters,
             _lock: lock_guard,
         };
         if let Some(keep) = engine.options.retention {
@@ -153,8 +168,21 @@ impl Engine {
         self.after_write(lsn)
     }
 
-    /// Writes line protocol; returns the number of points written.
+    /// Writes line protocol with nanosecond timestamps; returns the number
+    /// of points written.
     pub fn write_lines(&self, text: &[u8], first_line: u64) -> Result<u64> {
+        self.write_lines_in(text, first_line, Precision::Nanoseconds)
+    }
+
+    /// Writes line protocol whose timestamps are in `precision` units. All
+    /// or nothing: a malformed line fails the call with its number and
+    /// nothing of `text` is written (not even a new series).
+    pub fn write_lines_in(
+        &self,
+        text: &[u8],
+        first_line: u64,
+        precision: Precision,
+    ) -> Result<u64> {
         let now = now_nanos();
         let lsn = {
             let mut guard = lock(&self.state);
@@ -163,7 +191,7 @@ impl Engine {
             let mut key = Vec::with_capacity(128);
             for (i, line) in text.split(|&b| b == b'\n').enumerate() {
                 let mut failed = None;
-                lineproto::parse_line(line, first_line + i as u64, now, |f| {
+                lineproto::parse_line_in(line, first_line + i as u64, now, precision, |f| {
                     key.clear();
                     key.extend_from_slice(f.series);
                     key.push(0);
@@ -181,6 +209,7 @@ impl Engine {
                 .map_err(|e| failed = Some(e))
                 .ok();
                 if let Some(e) = failed {
+                    abandon_unwritten(st);
                     return Err(e);
                 }
             }
@@ -202,7 +231,13 @@ impl Engine {
         let new_series = st.series.take_unwritten();
         let mut framed = Vec::with_capacity(batch.len() * 20 + 16);
         wal::encode_batch(&new_series, batch, &mut framed);
-        st.wal.append(&framed)?;
+        if let Err(e) = st.wal.append(&framed) {
+            // Series are durable only inside a batch: without this, a later
+            // batch would use an id that no WAL record defines.
+            st.series.untake(new_series.len());
+            abandon_unwritten(st);
+            return Err(e);
+        }
         for &(id, ts, v) in batch {
             st.memtable.insert(id, ts, v);
         }
@@ -235,6 +270,7 @@ impl Engine {
         };
         file.sync_data()
             .context(|| format!("syncing the WAL in {}", self.dir.display()))?;
+        self.counters.wal_synced();
         let mut st = lock(&self.state);
         st.synced = st.synced.max(target);
         Ok(())
@@ -295,6 +331,7 @@ impl Engine {
         st.manifest = manifest;
         st.segments.extend(opened);
         st.wal.remove_before(next_wal)?;
+        self.counters.flushed();
         Ok(())
     }
 
@@ -357,6 +394,7 @@ impl Engine {
         manifest.store(&self.dir)?;
         st.manifest = manifest;
         st.segments = segments;
+        self.counters.compacted();
         for file in retired {
             let path = self.dir.join(&file);
             std::fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
@@ -597,6 +635,11 @@ impl Engine {
         manifest.store(dest)
     }
 
+    /// WAL syncs, flushes and compactions since the engine was opened.
+    pub fn activity(&self) -> Activity {
+        self.counters.read()
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         let st = lock(&self.state);
         let bytes_on_disk = std::fs::read_dir(&self.dir)
@@ -814,6 +857,7 @@ fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<()> {
 fn spawn_syncer(
     state: Weak<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
     interval_ms: u64,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -830,7 +874,10 @@ fn spawn_syncer(
             let mut st = lock(&state);
             if st.synced < st.appended {
                 match st.wal.sync() {
-                    Ok(()) => st.synced = st.appended,
+                    Ok(()) => {
+                        st.synced = st.appended;
+                        counters.wal_synced();
+                    }
                     Err(e) => log::error!("periodic WAL sync: {e}"),
                 }
             }

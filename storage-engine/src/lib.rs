@@ -7,6 +7,7 @@
 //! plain directory and on a chronicle mount.
 
 mod bits;
+mod counters;
 pub mod engine;
 pub mod error;
 mod framing;
@@ -24,6 +25,7 @@ mod series;
 pub mod timefmt;
 pub mod wal;
 
+pub use counters::Activity;
 pub use engine::{CompactStats, Engine, Options, Stats};
 pub use error::{EngineError, Result};
 pub use model::{Point, SeriesKey};

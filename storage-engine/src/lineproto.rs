@@ -89,12 +89,64 @@ fn parse_value(raw: &[u8]) -> Option<Option<f64>> {
     text.parse::<f64>().ok().map(Some)
 }
 
+/// The unit of the timestamps in a request (`precision` in the InfluxDB
+/// write APIs); the engine stores nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+    Minutes,
+    Hours,
+}
+
+impl Precision {
+    /// The names the InfluxDB 1.x (`n`, `u`, `ms`, `s`, `m`, `h`) and 2.x
+    /// (`ns`, `us`, `ms`, `s`) clients send.
+    pub fn parse(name: &str) -> Option<Precision> {
+        Some(match name {
+            "n" | "ns" => Precision::Nanoseconds,
+            "u" | "us" | "\u{b5}" => Precision::Microseconds,
+            "ms" => Precision::Milliseconds,
+            "s" => Precision::Seconds,
+            "m" => Precision::Minutes,
+            "h" => Precision::Hours,
+            _ => return None,
+        })
+    }
+
+    pub fn nanos_per_unit(self) -> i64 {
+        match self {
+            Precision::Nanoseconds => 1,
+            Precision::Microseconds => 1_000,
+            Precision::Milliseconds => 1_000_000,
+            Precision::Seconds => 1_000_000_000,
+            Precision::Minutes => 60_000_000_000,
+            Precision::Hours => 3_600_000_000_000,
+        }
+    }
+}
+
 /// Parses one line (without its newline), calling `emit` per numeric field.
-/// Blank lines and `#` comments yield nothing.
+/// Blank lines and `#` comments yield nothing. Timestamps are nanoseconds.
 pub fn parse_line<'a>(
     line: &'a [u8],
     line_no: u64,
     now: i64,
+    emit: impl FnMut(Field<'a>),
+) -> Result<()> {
+    parse_line_in(line, line_no, now, Precision::Nanoseconds, emit)
+}
+
+/// `parse_line` for timestamps in `precision` units; they are emitted in
+/// nanoseconds (a timestamp that overflows is a malformed line).
+pub fn parse_line_in<'a>(
+    line: &'a [u8],
+    line_no: u64,
+    now: i64,
+    precision: Precision,
     mut emit: impl FnMut(Field<'a>),
 ) -> Result<()> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -134,7 +186,9 @@ pub fn parse_line<'a>(
     } else {
         ts_text
             .parse::<i64>()
-            .map_err(|_| bad("timestamp is not an integer (nanoseconds)"))?
+            .map_err(|_| bad("timestamp is not an integer"))?
+            .checked_mul(precision.nanos_per_unit())
+            .ok_or_else(|| bad("timestamp out of range for its precision"))?
     };
     if fields.is_empty() {
         return Err(bad("no fields"));
@@ -246,6 +300,31 @@ mod tests {
         );
         assert!(parse("").expect("blank").is_empty());
         assert!(parse("# a comment").expect("comment").is_empty());
+    }
+
+    // Protects: a precision scales timestamps to nanoseconds, leaves "now"
+    // alone, and an overflowing timestamp is a malformed line, not a wrap.
+    #[test]
+    fn precision_scales_timestamps() {
+        let ts = |line: &str, p: &str| {
+            let mut got = Vec::new();
+            let precision = Precision::parse(p).expect("known precision");
+            parse_line_in(line.as_bytes(), 1, 99, precision, |f| got.push(f.timestamp))
+                .map(|()| got)
+        };
+        assert_eq!(
+            ts("m value=1 1700000000", "s").expect("s"),
+            [1_700_000_000_000_000_000]
+        );
+        assert_eq!(
+            ts("m value=1 1700000000000", "ms").expect("ms"),
+            [1_700_000_000_000_000_000]
+        );
+        assert_eq!(ts("m value=1 17", "u").expect("u"), [17_000]);
+        assert_eq!(ts("m value=1 2", "h").expect("h"), [7_200_000_000_000]);
+        assert_eq!(ts("m value=1", "s").expect("now"), [99]);
+        assert!(ts("m value=1 9223372036854775", "s").is_err());
+        assert!(Precision::parse("weeks").is_none());
     }
 
     // Protects: malformed lines are refused with their line number.

@@ -149,6 +149,29 @@ impl SeriesIndex {
         out
     }
 
+    /// Takes back the last `n` definitions `take_unwritten` handed out,
+    /// when the batch that carried them could not be appended.
+    pub fn untake(&mut self, n: usize) {
+        self.in_wal = self.in_wal.saturating_sub(n).max(self.logged);
+    }
+
+    /// Forgets the series resolved since the last batch was written: a
+    /// request that failed part-way must leave no series behind. Returns
+    /// how many were forgotten.
+    pub fn forget_unwritten(&mut self) -> usize {
+        let forgotten = self.keys.len() - self.in_wal;
+        for key in self.keys.drain(self.in_wal..) {
+            self.ids.remove(&key);
+            if let Some(ids) = self.by_metric.get_mut(&key.metric) {
+                ids.retain(|&id| (id as usize) < self.in_wal);
+                if ids.is_empty() {
+                    self.by_metric.remove(&key.metric);
+                }
+            }
+        }
+        forgotten
+    }
+
     /// A series definition found while replaying the WAL: new ones are
     /// added; known ones must agree.
     pub fn define(&mut self, record: &[u8], source: &Path) -> Result<()> {

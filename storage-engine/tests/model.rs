@@ -297,3 +297,38 @@ fn concurrent_writers_with_group_commit() {
         assert_eq!(s.points, expected, "writer {t}");
     }
 }
+
+// Protects: a malformed line rejects its whole request: none of its points
+// and none of the series it introduced are stored, before or after a
+// reopen, and the next request's series get ids the WAL defines.
+#[test]
+fn a_malformed_line_writes_nothing_of_its_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), options()).expect("open");
+    engine
+        .write_lines(b"kept,host=a value=1 10\n", 1)
+        .expect("first request");
+    let bad = b"kept,host=a value=2 20\nghost,host=b value=3 30\nghost,host=c value=oops 40\n";
+    let err = engine.write_lines(bad, 1).expect_err("malformed line");
+    assert!(err.to_string().starts_with("line 3:"), "{err}");
+    engine
+        .write_lines(b"later,host=d value=4 50\n", 1)
+        .expect("later request");
+    let check = |engine: &Engine| {
+        let raw = |metric: &str| match engine.query(&Query::new(metric)).expect("query") {
+            QueryResult::Raw(series) => series
+                .into_iter()
+                .map(|s| (s.tags["host"].clone(), s.points))
+                .collect::<Vec<_>>(),
+            QueryResult::Aggregated(_) => panic!("raw expected"),
+        };
+        assert_eq!(raw("kept"), [("a".to_string(), vec![(10, 1.0)])]);
+        assert!(raw("ghost").is_empty());
+        assert_eq!(raw("later"), [("d".to_string(), vec![(50, 4.0)])]);
+        assert_eq!(engine.stats().expect("stats").series, 2);
+    };
+    check(&engine);
+    drop(engine);
+    let engine = Engine::open(dir.path(), options()).expect("reopen");
+    check(&engine);
+}

@@ -7,6 +7,7 @@ pub const PLAINTEXT_NAMES: bool = false;
 
 mod cli_volume;
 mod engine_cli;
+mod engine_serve;
 mod mount_hardening;
 mod mount_integrity;
 mod mount_model;

@@ -1,0 +1,196 @@
+//! The server's own figures, rendered in the Prometheus text format for
+//! `GET /metrics` together with the engine's.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chronicle_engine::{Activity, Stats};
+
+/// Upper bounds (seconds) of the write-latency histogram's buckets: from a
+/// write that needs no fsync to one that waits behind a slow disk.
+const LATENCY_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    points_written: AtomicU64,
+    /// Per bucket of LATENCY_BUCKETS, then +Inf: acknowledged writes.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_micros: AtomicU64,
+    /// (route, status) → responses. Routes are the fixed set `route_label`
+    /// returns, so a scanner cannot grow this map.
+    responses: Mutex<BTreeMap<(&'static str, u16), u64>>,
+}
+
+/// The label for a request path: a known route, or `other`.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/write" => "/write",
+        "/api/v2/write" => "/api/v2/write",
+        "/api/v1/query" => "/api/v1/query",
+        "/api/v1/export" => "/api/v1/export",
+        "/health" => "/health",
+        "/ping" => "/ping",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    /// An acknowledged write of `points` that took `elapsed`.
+    pub fn write_acknowledged(&self, points: u64, elapsed: Duration) {
+        self.points_written.fetch_add(points, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn responded(&self, route: &'static str, status: u16) {
+        let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        *responses.entry((route, status)).or_default() += 1;
+    }
+
+    pub fn points_written(&self) -> u64 {
+        self.points_written.load(Ordering::Relaxed)
+    }
+
+    /// Every figure, in the Prometheus text exposition format.
+    pub fn render(&self, stats: &Stats, activity: &Activity) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "chronicle_points_written_total",
+            "counter",
+            "Points acknowledged to HTTP clients.",
+            self.points_written(),
+        );
+        metric(
+            "chronicle_wal_syncs_total",
+            "counter",
+            "fsyncs of the write-ahead log (one covers every writer waiting on it).",
+            activity.wal_syncs,
+        );
+        metric(
+            "chronicle_flushes_total",
+            "counter",
+            "Memtables written out as segments.",
+            activity.flushes,
+        );
+        metric(
+            "chronicle_compactions_total",
+            "counter",
+            "Compactions that merged segments.",
+            activity.compactions,
+        );
+        metric(
+            "chronicle_segments",
+            "gauge",
+            "Segments in the manifest.",
+            stats.segments,
+        );
+        metric("chronicle_series", "gauge", "Series known.", stats.series);
+        metric(
+            "chronicle_points",
+            "gauge",
+            "Points stored, in segments and in memory.",
+            stats.points,
+        );
+        metric(
+            "chronicle_points_in_memory",
+            "gauge",
+            "Points in the memtable (durable in the WAL).",
+            stats.points_in_memory,
+        );
+        metric(
+            "chronicle_disk_bytes",
+            "gauge",
+            "Bytes of the database's files (plaintext sizes; on a mount the ciphertext is larger).",
+            stats.bytes_on_disk,
+        );
+        self.render_latency(&mut out);
+        self.render_responses(&mut out);
+        out
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        let name = "chronicle_write_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a write request's arrival to its acknowledgement.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.latency_buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+
+    fn render_responses(&self, out: &mut String) {
+        let name = "chronicle_http_responses_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP responses by route and status.\n# TYPE {name} counter"
+        );
+        let responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        for ((route, status), n) in responses.iter() {
+            let _ = writeln!(out, "{name}{{route=\"{route}\",code=\"{status}\"}} {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Protects: the histogram is cumulative and its count matches the
+    // writes; every family has HELP and TYPE lines.
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.write_acknowledged(10, Duration::from_micros(300));
+        m.write_acknowledged(5, Duration::from_millis(20));
+        m.write_acknowledged(1, Duration::from_secs(9));
+        m.responded(route_label("/write"), 204);
+        m.responded(route_label("/wp-admin"), 404);
+        let text = m.render(&Stats::default(), &Activity::default());
+        assert!(
+            text.contains("chronicle_points_written_total 16\n"),
+            "{text}"
+        );
+        assert!(text.contains("chronicle_write_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("chronicle_write_duration_seconds_bucket{le=\"0.025\"} 2\n"));
+        assert!(text.contains("chronicle_write_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("chronicle_write_duration_seconds_count 3\n"));
+        assert!(text.contains("chronicle_http_responses_total{route=\"other\",code=\"404\"} 1\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let family = line.split(['{', ' ']).next().expect("name");
+            let family = family
+                .strip_suffix("_bucket")
+                .or_else(|| family.strip_suffix("_sum"))
+                .or_else(|| family.strip_suffix("_count"))
+                .unwrap_or(family);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "no TYPE for {line}"
+            );
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `chronicle engine serve`: the engine behind an HTTP server, so that
+//! InfluxDB clients and collectors can write to it and dashboards can read
+//! from it while it runs (on a plain directory or on a chronicle mount).
+//!
+//! One process owns the data directory (the engine's lock refuses a second
+//! one). Requests are served by a small tokio runtime; engine calls run on
+//! its blocking pool. Compaction and retention run on a schedule. SIGTERM or
+//! SIGINT stops accepting, lets requests in flight finish, and closes the
+//! engine, which flushes everything to segments.
+
+mod body;
+mod metrics;
+mod routes;
+mod write;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chronicle_engine::timefmt::parse_duration;
+use chronicle_engine::{Engine, Options};
+use clap::Args;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+
+use crate::engine_args::SyncArg;
+use metrics::Metrics;
+
+pub const LONG_ABOUT: &str = "\
+Serve the database in DIR over HTTP until SIGTERM or Ctrl-C.
+
+  POST /write, POST /api/v2/write   InfluxDB line protocol, as the 1.x and 2.x
+                                    clients send it (precision=ns|us|ms|s,
+                                    gzip bodies); 204 once durable, 400 naming
+                                    the malformed line (nothing of the request
+                                    is written), 413 over --max-body-size
+  GET  /api/v1/query                the parameters of `engine query` (metric,
+                                    tag, tag_regex, start, end, window, agg,
+                                    group_by); its --format json document
+  GET  /api/v1/export               every point as JSON Lines
+  GET  /health, /ping               liveness (InfluxDB clients ping)
+  GET  /metrics                     Prometheus text format
+
+The database and retention policy named by clients (db, bucket, org) are
+ignored: the server has one database. It has no authentication: it listens on
+the loopback address unless told otherwise.
+
+Example, on an encrypted mount:
+  chronicle mount /srv/metrics.enc /srv/metrics
+  chronicle engine serve --data-dir /srv/metrics/db &
+  curl -XPOST 'http://127.0.0.1:8086/write?precision=s' --data-binary 'cpu,host=a value=0.5 1700000000'
+  curl 'http://127.0.0.1:8086/api/v1/query?metric=cpu&tag=host=a'";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8086")]
+    listen: SocketAddr,
+    /// When a write is acknowledged: after an fsync shared by the writers
+    /// waiting for it (always), or before it (interval: up to a second of
+    /// acknowledged writes may be lost in a power cut; never)
+    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+    sync: SyncArg,
+    /// Largest request body, compressed or not, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    max_body_size: usize,
+    /// How often each hour's segments are merged (and --retention applied)
+    #[arg(long, value_name = "DUR", default_value = "10m")]
+    compact_every: String,
+    /// Drop hours older than DUR (e.g. 30d); kept forever when absent
+    #[arg(long, value_name = "DUR")]
+    retention: Option<String>,
+}
+
+/// Write requests whose bodies may be in memory at once. With the default
+/// body limit this bounds them to 4 × 2 × 16 MiB (compressed and
+/// decompressed): the server's memory stays bounded whatever the number of
+/// clients.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// How long requests in flight may take to finish once a stop is asked.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every request handler shares.
+pub struct App {
+    engine: Arc<Engine>,
+    metrics: Metrics,
+    max_body_bytes: usize,
+    write_permits: Semaphore,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let compact_every = nanos_to_duration(parse_duration(&args.compact_every)?);
+    let retention = args.retention.as_deref().map(parse_duration).transpose()?;
+    let engine = Engine::open(
+        &args.data_dir,
+        Options {
+            sync: args.sync.policy(),
+            retention,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    // The address actually bound (the port, when asked for port 0).
+    let bound = listener.local_addr()?;
+    if !args.listen.ip().is_loopback() {
+        log::warn!(
+            "listening on {} without authentication: anyone who can reach it can read and write",
+            args.listen
+        );
+    }
+    let app = Arc::new(App {
+        engine: Arc::new(engine),
+        metrics: Metrics::default(),
+        max_body_bytes: args.max_body_size,
+        write_permits: Semaphore::new(WRITES_IN_FLIGHT),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    eprintln!(
+        "serving {} on http://{bound} (sync {:?}); SIGTERM or Ctrl-C stops",
+        args.data_dir.display(),
+        args.sync
+    );
+    let served = runtime.block_on(serve(listener, Arc::clone(&app), compact_every, retention));
+    // Blocking tasks (a write, an export) finish before the engine closes.
+    runtime.shutdown_timeout(DRAIN_TIMEOUT);
+    let points = app.metrics.points_written();
+    close(app)?;
+    served?;
+    eprintln!("stopped: {points} points written, all flushed to segments");
+    Ok(())
+}
+
+fn nanos_to_duration(nanos: i64) -> Duration {
+    Duration::from_nanos(nanos.max(1) as u64)
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    compact_every: Duration,
+    retention: Option<i64>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let maintenance = tokio::spawn(maintain(Arc::clone(&app), compact_every, retention));
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, usually: wait rather than spin.
+                        log::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let app = Arc::clone(&app);
+                let service = service_fn(move |request| {
+                    let app = Arc::clone(&app);
+                    async move { Ok::<_, Infallible>(routes::handle(app, request).await) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        log::debug!("connection: {e}");
+                    }
+                });
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    eprintln!("stopping: finishing requests in flight");
+    drop(listener);
+    maintenance.abort();
+    app.write_permits.close();
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            log::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
+    }
+    Ok(())
+}
+
+/// Compaction and retention, every `every`.
+async fn maintain(app: Arc<App>, every: Duration, retention: Option<i64>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate; the engine just opened
+    loop {
+        tick.tick().await;
+        let engine = Arc::clone(&app.engine);
+        let done = tokio::task::spawn_blocking(move || {
+            let dropped = match retention {
+                Some(keep) => engine.apply_retention(keep)?,
+                None => 0,
+            };
+            engine.compact().map(|c| (dropped, c))
+        })
+        .await;
+        match done {
+            Ok(Ok((dropped, compacted))) => log::info!(
+                "maintenance: {dropped} partition(s) past retention dropped, {} merged from {} segment(s)",
+                compacted.partitions,
+                compacted.segments_merged
+            ),
+            Ok(Err(e)) => log::error!("maintenance: {e}"),
+            Err(e) => log::error!("maintenance task: {e}"),
+        }
+    }
+}
+
+/// Closes the engine: everything in memory goes to segments.
+fn close(app: Arc<App>) -> Result<()> {
+    let app = Arc::try_unwrap(app).map_err(|_| anyhow::anyhow!("a request outlived the server"));
+    let engine = app.and_then(|app| {
+        Arc::try_unwrap(app.engine).map_err(|_| anyhow::anyhow!("a request outlived the server"))
+    });
+    match engine {
+        Ok(engine) => engine.close().context("closing the database"),
+        Err(e) => {
+            Err(e.context("the database was not closed cleanly; its WAL replays on the next start"))
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Which handler answers which request, and the read-side handlers:
+//! queries, export, health and metrics. Engine calls block (they read
+//! files, possibly on a FUSE mount), so they run on the blocking pool.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::body::{self, Body};
+use super::metrics::route_label;
+use super::{write, App};
+use crate::engine_args::QueryArgs;
+use crate::query_output;
+
+/// The version InfluxDB 1.x clients read from `/ping`.
+const VERSION_HEADER: &str = concat!("chronicle-", env!("CARGO_PKG_VERSION"));
+
+pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let route = route_label(request.uri().path());
+    let response = match (request.method(), route) {
+        (&Method::POST, "/write" | "/api/v2/write") => {
+            write::write(Arc::clone(&app), request).await
+        }
+        (&Method::GET, "/api/v1/query") => query(&app, request.uri().query()).await,
+        (&Method::GET, "/api/v1/export") => export(&app),
+        (&Method::GET | &Method::HEAD, "/health") => {
+            body::json(StatusCode::OK, &serde_json::json!({ "status": "pass" }))
+        }
+        (&Method::GET | &Method::HEAD, "/ping") => ping(),
+        (&Method::GET, "/metrics") => metrics(&app).await,
+        (_, "other") => body::error(StatusCode::NOT_FOUND, "no such endpoint", None),
+        _ => body::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed here",
+            None,
+        ),
+    };
+    app.metrics.responded(route, response.status().as_u16());
+    response
+}
+
+/// What an InfluxDB 1.x client checks before it writes.
+fn ping() -> Response<Body> {
+    let mut response = body::empty(StatusCode::NO_CONTENT);
+    response.headers_mut().insert(
+        "X-Influxdb-Version",
+        HeaderValue::from_static(VERSION_HEADER),
+    );
+    response
+}
+
+async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(url_query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let args = match QueryArgs::from_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(args) => args,
+        Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
+    };
+    let q = match args.to_query() {
+        Ok(q) => q,
+        Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
+    };
+    let engine = Arc::clone(&app.engine);
+    let answered = tokio::task::spawn_blocking(move || {
+        engine
+            .query(&q)
+            .map(|result| query_output::json_document(&args, &q, &result))
+    })
+    .await;
+    match answered {
+        Ok(Ok(doc)) => body::json(StatusCode::OK, &doc),
+        Ok(Err(e @ chronicle_engine::EngineError::BadQuery(_))) => {
+            body::error(StatusCode::BAD_REQUEST, &e.to_string(), None)
+        }
+        Ok(Err(e)) => {
+            log::error!("query failed: {e}");
+            body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None)
+        }
+        Err(e) => {
+            log::error!("query task failed: {e}");
+            body::error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed", None)
+        }
+    }
+}
+
+/// Every point as JSON Lines, streamed as the engine reads it.
+fn export(app: &Arc<App>) -> Response<Body> {
+    let (writer, stream) = body::channel();
+    let engine = Arc::clone(&app.engine);
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, writer);
+        let result = engine.export_json(&mut out);
+        match (result, out.into_inner()) {
+            (Ok(_), Ok(_)) => {}
+            (Err(e), Ok(writer)) => {
+                log::error!("export failed: {e}");
+                writer.fail(std::io::Error::other(e.to_string()));
+            }
+            // The client went away: nothing to tell it.
+            (_, Err(_)) => {}
+        }
+    });
+    let mut response = Response::new(stream);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+async fn metrics(app: &Arc<App>) -> Response<Body> {
+    let engine = Arc::clone(&app.engine);
+    let stats =
+        tokio::task::spawn_blocking(move || engine.stats().map(|s| (s, engine.activity()))).await;
+    match stats {
+        Ok(Ok((stats, activity))) => body::bytes(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            app.metrics.render(&stats, &activity),
+        ),
+        Ok(Err(e)) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+        Err(e) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
+    }
+}
