@@ -97,10 +97,11 @@ fn open(dir: &Path, sync: SyncPolicy) -> Result<Engine> {
 /// Opens an existing database: a mistyped directory is an error, not a new
 /// empty database.
 fn open_existing(dir: &Path) -> Result<Engine> {
-    if !dir.join("MANIFEST").is_file() {
+    if !chronicle_engine::manifest::is_database(dir) {
         bail!(
-            "no database in {} (it has no MANIFEST); `chronicle engine write` creates one",
-            dir.display()
+            "no database in {} (it has no {}); `chronicle engine write` creates one",
+            dir.display(),
+            chronicle_engine::manifest::MANIFEST
         );
     }
     open(dir, SyncPolicy::Never)

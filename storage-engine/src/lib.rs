@@ -15,7 +15,7 @@ pub mod gorilla;
 pub mod jsonl;
 pub mod lineproto;
 mod lock;
-mod manifest;
+pub mod manifest;
 mod memtable;
 mod mmap;
 pub mod model;

@@ -12,6 +12,8 @@ use crate::error::{EngineError, IoContext, Result};
 use crate::framing::sync_dir;
 
 pub const MANIFEST: &str = "MANIFEST";
+/// The next manifest while it is written; renamed over `MANIFEST`.
+pub const MANIFEST_TMP: &str = "MANIFEST.tmp";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +52,19 @@ pub fn segment_name(number: u64) -> String {
     format!("seg-{number:06}.seg")
 }
 
+/// Whether `name` is what `segment_name` makes.
+pub fn is_segment_file(name: &str) -> bool {
+    name.strip_prefix("seg-")
+        .and_then(|rest| rest.strip_suffix(".seg"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `dir` holds a database (it has a manifest), so that reading
+/// commands can refuse a mistyped directory instead of creating one.
+pub fn is_database(dir: &Path) -> bool {
+    dir.join(MANIFEST).is_file()
+}
+
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Option<Manifest>> {
         let path = dir.join(MANIFEST);
@@ -70,7 +85,7 @@ impl Manifest {
     }
 
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join("MANIFEST.tmp");
+        let tmp = dir.join(MANIFEST_TMP);
         let path = dir.join(MANIFEST);
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| EngineError::io("encoding the manifest", std::io::Error::other(e)))?;
@@ -83,10 +98,26 @@ impl Manifest {
             .context(|| format!("renaming {} into place", tmp.display()))?;
         sync_dir(dir)
     }
+}
 
-    pub fn take_file_number(&mut self) -> u64 {
-        let n = self.next_file;
-        self.next_file += 1;
-        n
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Protects: orphan removal recognises exactly the segment names this
+    // build makes, never another file someone put in the directory.
+    #[test]
+    fn segment_names_round_trip() {
+        assert!(is_segment_file(&segment_name(1)));
+        assert!(is_segment_file(&segment_name(1_234_567)));
+        for other in [
+            "seg-.seg",
+            "seg-12a.seg",
+            "seg-000001.seg.bak",
+            "wal-000001.log",
+            "MANIFEST",
+        ] {
+            assert!(!is_segment_file(other), "{other}");
+        }
     }
 }

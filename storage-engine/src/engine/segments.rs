@@ -1,0 +1,91 @@
+//! The segments that make up the database, each as the manifest records it
+//! and as an open file, in one list (oldest first) so that the two can
+//! never disagree. Changed by building a new set, storing its manifest, and
+//! only then swapping it in: a failure leaves the old set in force.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::manifest::{segment_name, Manifest, SegmentEntry};
+use crate::segment::Segment;
+
+#[derive(Clone)]
+pub(super) struct LiveSegment {
+    pub entry: SegmentEntry,
+    pub segment: Arc<Segment>,
+}
+
+#[derive(Clone)]
+pub(super) struct SegmentSet {
+    next_file: u64,
+    /// WAL files numbered below this are covered by the segments.
+    pub wal_checkpoint: u64,
+    live: Vec<LiveSegment>,
+}
+
+impl SegmentSet {
+    /// Opens every segment the manifest names.
+    pub fn open(dir: &Path, manifest: Manifest) -> Result<SegmentSet> {
+        let live = manifest
+            .segments
+            .into_iter()
+            .map(|entry| {
+                let segment = Arc::new(Segment::open(&dir.join(&entry.file))?);
+                Ok(LiveSegment { entry, segment })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SegmentSet {
+            next_file: manifest.next_file,
+            wal_checkpoint: manifest.wal_checkpoint,
+            live,
+        })
+    }
+
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            next_file: self.next_file,
+            wal_checkpoint: self.wal_checkpoint,
+            segments: self.live.iter().map(|l| l.entry.clone()).collect(),
+            ..Manifest::default()
+        }
+    }
+
+    /// Makes this set the durable one (atomically, see manifest.rs).
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        self.manifest().store(dir)
+    }
+
+    /// The file name for a new segment.
+    pub fn new_file_name(&mut self) -> String {
+        let name = segment_name(self.next_file);
+        self.next_file += 1;
+        name
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, LiveSegment> {
+        self.live.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Adds a segment as the newest.
+    pub fn push(&mut self, live: LiveSegment) {
+        self.live.push(live);
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&LiveSegment) -> bool) {
+        self.live.retain(keep);
+    }
+
+    /// The open segments overlapping [start, end), oldest first.
+    pub fn overlapping(&self, start: i64, end: i64) -> Vec<Arc<Segment>> {
+        self.live
+            .iter()
+            .filter(|l| l.entry.max_ts >= start && l.entry.min_ts < end)
+            .map(|l| Arc::clone(&l.segment))
+            .collect()
+    }
+}

@@ -1,0 +1,190 @@
+//! Flush, compaction, retention and snapshots: the work that turns the WAL
+//! and memtable into segments and keeps the set of segments small.
+//!
+//! Each builds a new `SegmentSet`, writes and syncs its new files, stores
+//! the manifest (atomically), and only then swaps the set in and removes
+//! retired files: a crash at any point leaves the old set or the new one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::read::read_merged;
+use super::segments::LiveSegment;
+use super::{lock, now_nanos, CompactStats, Engine, State};
+use crate::error::{EngineError, IoContext, Result};
+use crate::manifest::SegmentEntry;
+use crate::model::{partition_of, SeriesId, PARTITION_NANOS};
+use crate::segment::{self, Segment};
+use crate::series::SERIES_LOG;
+
+impl Engine {
+    /// Writes the memtable out as segments and moves the WAL checkpoint.
+    pub fn flush(&self) -> Result<()> {
+        let mut st = lock(&self.state);
+        self.flush_locked(&mut st)
+    }
+
+    fn flush_locked(&self, st: &mut State) -> Result<()> {
+        if st.memtable.is_empty() {
+            return Ok(());
+        }
+        st.series.persist()?;
+        let data = st.memtable.take();
+        let mut partitions: BTreeMap<i64, BTreeMap<SeriesId, Vec<(i64, f64)>>> = BTreeMap::new();
+        for (id, points) in data {
+            let mut start = 0;
+            while start < points.len() {
+                let p = partition_of(points[start].0);
+                let end = start + points[start..].partition_point(|x| partition_of(x.0) == p);
+                partitions
+                    .entry(p)
+                    .or_default()
+                    .insert(id, points[start..end].to_vec());
+                start = end;
+            }
+        }
+        let mut next = st.segments.clone();
+        for (partition, series) in &partitions {
+            let file = next.new_file_name();
+            next.push(self.write_segment(file, *partition, series)?);
+        }
+        let next_wal = st.wal.rotate()?;
+        st.wal_file = Arc::new(st.wal.handle()?);
+        st.synced = st.appended;
+        next.wal_checkpoint = next_wal;
+        next.store(&self.dir)?;
+        st.segments = next;
+        st.wal.remove_before(next_wal)?;
+        self.counters.flushed();
+        Ok(())
+    }
+
+    /// Writes (and syncs) one segment file and opens it.
+    fn write_segment(
+        &self,
+        file: String,
+        partition: i64,
+        series: &BTreeMap<SeriesId, Vec<(i64, f64)>>,
+    ) -> Result<LiveSegment> {
+        let path = self.dir.join(&file);
+        let written = segment::write(&path, series)?;
+        Ok(LiveSegment {
+            entry: SegmentEntry {
+                file,
+                partition,
+                min_ts: written.min_ts,
+                max_ts: written.max_ts,
+                points: written.points,
+                bytes: written.bytes,
+            },
+            segment: Arc::new(Segment::open(&path)?),
+        })
+    }
+
+    /// Merges each partition's segments into one. Crash-safe: the new
+    /// segment is written and synced first, the manifest swapped atomically,
+    /// and only then are the old files removed.
+    pub fn compact(&self) -> Result<CompactStats> {
+        let mut st = lock(&self.state);
+        self.flush_locked(&mut st)?;
+        let mut by_partition: BTreeMap<i64, Vec<LiveSegment>> = BTreeMap::new();
+        for live in st.segments.iter() {
+            by_partition
+                .entry(live.entry.partition)
+                .or_default()
+                .push(live.clone());
+        }
+        let mut stats = CompactStats::default();
+        let mut next = st.segments.clone();
+        let mut retired: Vec<String> = Vec::new();
+        for (partition, members) in by_partition.into_iter().filter(|(_, m)| m.len() > 1) {
+            let sources: Vec<Arc<Segment>> =
+                members.iter().map(|l| Arc::clone(&l.segment)).collect();
+            let ids: BTreeSet<SeriesId> = sources.iter().flat_map(|s| s.series()).collect();
+            let mut merged = BTreeMap::new();
+            for id in ids {
+                merged.insert(id, read_merged(&sources, &[], id, i64::MIN, i64::MAX)?);
+            }
+            let file = next.new_file_name();
+            let compacted = self.write_segment(file, partition, &merged)?;
+            let old: Vec<&str> = members.iter().map(|l| l.entry.file.as_str()).collect();
+            next.retain(|l| !old.contains(&l.entry.file.as_str()));
+            next.push(compacted);
+            stats.partitions += 1;
+            stats.segments_merged += members.len() as u64;
+            retired.extend(old.iter().map(|f| f.to_string()));
+        }
+        if stats.partitions == 0 {
+            return Ok(stats);
+        }
+        next.store(&self.dir)?;
+        st.segments = next;
+        self.counters.compacted();
+        self.remove_files(&retired)?;
+        Ok(stats)
+    }
+
+    /// Drops whole partitions that ended more than `keep` nanoseconds ago.
+    /// Returns the partitions dropped.
+    pub fn apply_retention(&self, keep: i64) -> Result<u64> {
+        let cutoff = now_nanos().saturating_sub(keep);
+        let expired = |e: &SegmentEntry| e.partition.saturating_add(PARTITION_NANOS) <= cutoff;
+        let mut st = lock(&self.state);
+        let (dropped, partitions): (Vec<String>, BTreeSet<i64>) = st
+            .segments
+            .iter()
+            .filter(|l| expired(&l.entry))
+            .map(|l| (l.entry.file.clone(), l.entry.partition))
+            .unzip();
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        let mut next = st.segments.clone();
+        next.retain(|l| !expired(&l.entry));
+        next.store(&self.dir)?;
+        st.segments = next;
+        self.remove_files(&dropped)?;
+        Ok(partitions.len() as u64)
+    }
+
+    fn remove_files(&self, files: &[String]) -> Result<()> {
+        for file in files {
+            let path = self.dir.join(file);
+            std::fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A consistent copy in `dest` that opens as a database.
+    pub fn snapshot(&self, dest: &Path) -> Result<()> {
+        let mut st = lock(&self.state);
+        self.flush_locked(&mut st)?;
+        st.series.persist()?;
+        if dest.exists()
+            && std::fs::read_dir(dest)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(EngineError::io(
+                format!("snapshot destination {}", dest.display()),
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not empty"),
+            ));
+        }
+        std::fs::create_dir_all(dest).context(|| format!("creating {}", dest.display()))?;
+        let mut files: Vec<String> = st.segments.iter().map(|l| l.entry.file.clone()).collect();
+        files.push(SERIES_LOG.to_string());
+        for file in &files {
+            let (from, to) = (self.dir.join(file), dest.join(file));
+            std::fs::copy(&from, &to)
+                .context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            File::open(&to)
+                .and_then(|f| f.sync_all())
+                .context(|| format!("syncing {}", to.display()))?;
+        }
+        let mut manifest = st.segments.manifest();
+        manifest.wal_checkpoint = st.wal.number();
+        manifest.store(dest)
+    }
+}
