@@ -1,39 +1,98 @@
-//! Engine throughput on a plain directory, one writer thread, default
-//! settings: line-protocol ingest, bytes per point for a regular 10-second
-//! gauge workload, aggregating scan speed, and peak memory.
+//! The engine on a metrics workload, one writer thread, default settings:
+//! line-protocol ingest, bytes per point after compaction, aggregating scan
+//! speed and peak memory; then the same for full-precision random-walk
+//! floats, next to what format version 1 (Gorilla, uncompressed) would
+//! have stored for them.
+//!
+//! The metrics workload (deterministic): 100 hosts × 3 series at a
+//! 10-second interval: a CPU gauge with one decimal that moves in steps of
+//! 0.5, a memory gauge that changes by multiples of 4096 in 5 % of the
+//! samples, and a monotonic request counter; then a late batch rewrites 1 %
+//! of the CPU points (last write wins).
 //!
 //! Run: cargo bench -p chronicle-engine --bench engine [-- POINTS]
 //! (POINTS defaults to 10,000,000; DATA_DIR=path runs on that directory,
 //! e.g. a chronicle mount, instead of a temporary one.)
 
+use std::io::Write;
 use std::time::Instant;
 
-use chronicle_engine::{Aggregate, Engine, Options, Query};
+use chronicle_engine::{gorilla, Aggregate, Engine, Options, Query};
 
 const HOSTS: usize = 100;
+const SERIES_PER_HOST: u64 = 3;
 const STEP: i64 = 10_000_000_000;
 const START: i64 = 1_764_403_200_000_000_000;
+/// One sample in this many of each CPU series is rewritten late.
+const REWRITE_EVERY: u64 = 100;
 
-/// One sample of every series at step `i`: CPU in tenths of a percent
-/// moving smoothly, memory in whole MiB creeping upwards, as collectors
-/// report them.
-fn sample(i: u64, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let ts = START + i as i64 * STEP;
-    for h in 0..HOSTS {
-        let phase = (i as f64 / 360.0 + h as f64).sin();
-        let cpu = ((20.0 + (h % 7) as f64 * 5.0 + 15.0 * phase) * 10.0).round() / 10.0;
-        let mem = (4096.0 + (h % 5) as f64 * 512.0 + (i / 30) as f64).round();
-        let _ = writeln!(
-            out,
-            "cpu_usage,host=host-{h:03},dc=dc-{} value={cpu} {ts}",
-            h % 3
-        );
-        let _ = writeln!(
-            out,
-            "mem_used,host=host-{h:03},dc=dc-{} value={mem} {ts}",
-            h % 3
-        );
+/// splitmix64: a fixed, well-mixed sequence, the same on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `percent` / 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// Each host's gauges and counter as a collector would report them.
+struct Host {
+    cpu_tenths: i64,
+    mem_bytes: i64,
+    requests: u64,
+}
+
+struct Workload {
+    rng: Rng,
+    hosts: Vec<Host>,
+}
+
+impl Workload {
+    fn new() -> Workload {
+        Workload {
+            rng: Rng(20261130),
+            hosts: (0..HOSTS as i64)
+                .map(|h| Host {
+                    cpu_tenths: 200 + (h % 7) * 50,
+                    mem_bytes: (4 << 30) + h * (64 << 20),
+                    requests: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Every series' sample at step `i`, as line protocol.
+    fn sample(&mut self, i: u64, out: &mut Vec<u8>) {
+        let ts = START + i as i64 * STEP;
+        for (h, host) in self.hosts.iter_mut().enumerate() {
+            if self.rng.chance(30) {
+                let step = if self.rng.chance(50) { 5 } else { -5 };
+                host.cpu_tenths = (host.cpu_tenths + step).clamp(0, 1000);
+            }
+            if self.rng.chance(5) {
+                let pages = (self.rng.next() % 129) as i64 - 64;
+                host.mem_bytes += pages * 4096;
+            }
+            host.requests += self.rng.next() % 200;
+            let tags = format!("host=host-{h:03},dc=dc-{}", h % 3);
+            let cpu = host.cpu_tenths as f64 / 10.0;
+            let _ = writeln!(out, "cpu_usage,{tags} value={cpu:.1} {ts}");
+            let _ = writeln!(out, "mem_used,{tags} value={} {ts}", host.mem_bytes);
+            let _ = writeln!(
+                out,
+                "http_requests_total,{tags} value={} {ts}",
+                host.requests
+            );
+        }
     }
 }
 
@@ -49,47 +108,76 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn main() {
-    let points: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(10_000_000);
-    let temp = tempfile::tempdir().expect("tempdir");
-    let dir = std::env::var_os("DATA_DIR")
-        .map_or_else(|| temp.path().join("db"), std::path::PathBuf::from);
-    let engine = Engine::open(&dir, Options::default()).expect("open");
-    let per_sample = 2 * HOSTS as u64;
-    let samples = points / per_sample;
-    // Batches of 50 samples (10,000 lines), generated up front per batch
-    // but timed only inside the engine.
+/// Writes `batch` and returns (points, seconds inside the engine).
+fn timed_write(engine: &Engine, batch: &[u8]) -> (u64, f64) {
+    let t = Instant::now();
+    let n = engine.write_lines(batch, 1).expect("write");
+    (n, t.elapsed().as_secs_f64())
+}
+
+fn metrics_workload(engine: &Engine, points: u64) {
+    let samples = points / (HOSTS as u64 * SERIES_PER_HOST);
+    let mut workload = Workload::new();
+    // Batches of 50 samples (15,000 lines), generated outside the timing.
     let mut batch = Vec::with_capacity(1 << 20);
-    let mut engine_secs = 0.0;
-    let mut written = 0u64;
+    let (mut engine_secs, mut written) = (0.0, 0u64);
     let mut i = 0;
     while i < samples {
         batch.clear();
         for s in i..(i + 50).min(samples) {
-            sample(s, &mut batch);
+            workload.sample(s, &mut batch);
         }
-        let t = Instant::now();
-        written += engine.write_lines(&batch, 1).expect("write");
-        engine_secs += t.elapsed().as_secs_f64();
+        let (n, secs) = timed_write(engine, &batch);
+        written += n;
+        engine_secs += secs;
         i += 50;
     }
     let t = Instant::now();
     engine.flush().expect("flush");
     let flush_secs = t.elapsed().as_secs_f64();
-    println!("ingest: {written} points in {engine_secs:.2} s (+{flush_secs:.2} s final flush): {:.0} points/s",
-        written as f64 / (engine_secs + flush_secs));
+    println!(
+        "ingest: {written} points in {engine_secs:.2} s (+{flush_secs:.2} s final flush): {:.0} points/s",
+        written as f64 / (engine_secs + flush_secs)
+    );
     println!("peak RSS after ingest: {} MiB", peak_rss_kib() / 1024);
+    // The late corrections: new values for old timestamps.
+    batch.clear();
+    let mut rewritten = 0u64;
+    for s in (0..samples).step_by(REWRITE_EVERY as usize) {
+        let ts = START + s as i64 * STEP;
+        for h in 0..HOSTS {
+            let _ = writeln!(
+                batch,
+                "cpu_usage,host=host-{h:03},dc=dc-{} value=100.0 {ts}",
+                h % 3
+            );
+            rewritten += 1;
+        }
+    }
+    timed_write(engine, &batch);
     let t = Instant::now();
     engine.compact().expect("compact");
-    println!("compaction: {:.2} s", t.elapsed().as_secs_f64());
-    let stats = engine.stats().expect("stats");
     println!(
-        "on disk: {} bytes for {} points: {:.3} bytes per point ({} segments)",
+        "compaction (after {rewritten} rewrites): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let stats = engine.stats().expect("stats");
+    assert_eq!(stats.points, written, "a rewrite replaces, it does not add");
+    println!(
+        "metrics workload on disk: {} bytes for {} points: {:.3} bytes per point ({} segments)",
         stats.bytes_on_disk, stats.points, stats.bytes_per_point, stats.segments
     );
+    let mut q = Query::new("cpu_usage");
+    q.window = Some((3_600_000_000_000, Aggregate::Max));
+    let rewritten_seen = match engine.query(&q).expect("query") {
+        chronicle_engine::QueryResult::Aggregated(groups) => groups[0]
+            .windows
+            .iter()
+            .filter(|w| w.value == 100.0)
+            .count(),
+        chronicle_engine::QueryResult::Raw(_) => 0,
+    };
+    assert!(rewritten_seen > 0, "the rewrites are read back");
     for (name, agg, group) in [
         ("mean per hour, all series", Aggregate::Mean, None),
         ("max per hour by host", Aggregate::Max, Some("host")),
@@ -106,6 +194,78 @@ fn main() {
             n as f64 / secs
         );
     }
+}
+
+/// Full-precision random walks: what decimals cannot represent. Returns
+/// the bytes format version 1 would have stored (Gorilla timestamps and
+/// values, 32-byte block header, 4-byte checksum, 32-byte index entry).
+fn random_walk_workload(engine: &Engine, points: u64) -> u64 {
+    const SERIES: u64 = 100;
+    let mut rng = Rng(7);
+    let mut walks = vec![100.0f64; SERIES as usize];
+    let samples = points / SERIES;
+    let mut per_series: Vec<Vec<(i64, f64)>> = vec![Vec::new(); SERIES as usize];
+    let mut batch = Vec::with_capacity(1 << 20);
+    for i in 0..samples {
+        let ts = START + i as i64 * STEP;
+        for (s, x) in walks.iter_mut().enumerate() {
+            *x += (rng.next() as f64 / u64::MAX as f64 - 0.5) * 0.37;
+            // `{x:?}` prints the shortest text that parses back exactly.
+            let _ = writeln!(batch, "walk,series=s{s} value={x:?} {ts}");
+            per_series[s].push((ts, *x));
+        }
+        if batch.len() > 1 << 20 {
+            engine.write_lines(&batch, 1).expect("write");
+            batch.clear();
+        }
+    }
+    engine.write_lines(&batch, 1).expect("write");
+    engine.compact().expect("compact");
+    // Format 1: per hour partition and series, blocks of up to 1,000.
+    let per_hour = (3_600_000_000_000 / STEP) as usize;
+    let mut v1 = 0u64;
+    for points in &per_series {
+        for block in points.chunks(per_hour) {
+            let (ts, vals): (Vec<i64>, Vec<f64>) = block.iter().copied().unzip();
+            v1 += (gorilla::encode_timestamps(&ts).len()
+                + gorilla::encode_values(&vals).len()
+                + 32
+                + 4
+                + 32) as u64;
+        }
+    }
+    v1
+}
+
+fn main() {
+    let points: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
+    let temp = tempfile::tempdir().expect("tempdir");
+    let base = std::env::var_os("DATA_DIR")
+        .map_or_else(|| temp.path().to_path_buf(), std::path::PathBuf::from);
+    let engine = Engine::open(&base.join("metrics"), Options::default()).expect("open");
+    metrics_workload(&engine, points);
     println!("peak RSS at the end: {} MiB", peak_rss_kib() / 1024);
+    engine.close().expect("close");
+
+    let walk_points = (points / 10).max(100_000);
+    let engine = Engine::open(&base.join("walk"), Options::default()).expect("open");
+    let v1_bytes = random_walk_workload(&engine, walk_points);
+    let stats = engine.stats().expect("stats");
+    let segment_bytes: u64 = std::fs::read_dir(base.join("walk"))
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "random walk: {} points, segments {:.3} bytes per point (format 1 would store {:.3})",
+        stats.points,
+        segment_bytes as f64 / stats.points as f64,
+        v1_bytes as f64 / stats.points as f64
+    );
     engine.close().expect("close");
 }

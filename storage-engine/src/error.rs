@@ -52,7 +52,8 @@ impl fmt::Display for EngineError {
             EngineError::BadQuery(detail) => write!(f, "bad query: {detail}"),
             EngineError::UnsupportedVersion { file, found } => write!(
                 f,
-                "{} has format version {found}, which this build cannot read",
+                "{} has format version {found}, which this build cannot read \
+                 (export the database with the chronicle that wrote it, then import it with this one)",
                 file.display()
             ),
         }

@@ -7,11 +7,13 @@
 //! plain directory and on a chronicle mount.
 
 mod bits;
+mod codec;
 mod counters;
 pub mod engine;
 pub mod error;
 mod framing;
 pub mod gorilla;
+mod intpack;
 pub mod jsonl;
 pub mod lineproto;
 mod lock;

@@ -111,7 +111,8 @@ fn flipped_segment_byte_names_the_file() {
         .find(|p| p.extension().is_some_and(|x| x == "seg"))
         .expect("segment");
     let mut bytes = std::fs::read(&seg).expect("read");
-    bytes[100] ^= 0x01;
+    // Inside the first block, past its header.
+    bytes[chronicle_engine::segment::HEADER_LEN + 3] ^= 0x01;
     std::fs::write(&seg, &bytes).expect("write");
     let e = Engine::open(dir.path(), no_flush()).expect("open (the index is intact)");
     let err = e
@@ -360,4 +361,35 @@ fn series_log_cut_during_a_flush_recovers_from_the_wal() {
         tried += 1;
     }
     assert!(tried > 50, "{tried} cuts");
+}
+
+// Protects: a segment of format version 1 (before decimal values and
+// zstd) is refused with a message that names the file, the version and
+// what to do, instead of being misread.
+#[test]
+fn a_version_1_segment_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&(0..100).map(point).collect::<Vec<_>>())
+        .expect("write");
+    e.close().expect("close");
+    let seg = std::fs::read_dir(dir.path())
+        .expect("list")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&seg, &bytes).expect("write");
+    let err = Engine::open(dir.path(), no_flush())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(&seg.display().to_string())
+            && err.contains("format version 1")
+            && err.contains("export"),
+        "{err}"
+    );
 }

@@ -547,9 +547,12 @@ fn engine_on_a_full_backing_store_keeps_acknowledged_points() {
         let mut text = String::new();
         for i in 0..100 {
             let n = batch * 100 + i;
+            // Full-precision values: decimals would compress so well
+            // that the store would not fill.
             text.push_str(&format!(
-                "cpu,host=h{} value={n} {}\n",
+                "cpu,host=h{} value={:?} {}\n",
                 n % 97,
+                n as f64 / 7.0,
                 1_000_000_000 + n
             ));
         }
