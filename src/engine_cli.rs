@@ -77,6 +77,15 @@ pub enum EngineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The same workload on a plain directory and on a fresh encrypted mount: what encryption costs
+    Bench {
+        /// Points to write (300 series, 10-second samples)
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        points: u64,
+        /// Where to put the two databases and the volume (a new temporary directory by default)
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<PathBuf>,
+    },
     /// Serve the database over HTTP: InfluxDB line-protocol writes, queries, export, metrics
     #[command(long_about = crate::server::LONG_ABOUT)]
     Serve(crate::server::ServeArgs),
@@ -200,6 +209,7 @@ pub fn run(command: EngineCommand) -> Result<()> {
         }
         EngineCommand::Info { data_dir, json } => info(&data_dir, json),
         EngineCommand::Serve(args) => crate::server::run(args),
+        EngineCommand::Bench { points, workdir } => crate::engine_bench::run(points, workdir),
     }
 }
 

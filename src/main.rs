@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod engine_args;
+mod engine_bench;
 mod engine_cli;
 mod hygiene;
 mod keysource;

@@ -4,5 +4,5 @@ pub mod demo;
 pub mod inspect;
 pub mod maintain;
 pub mod mount;
-mod progress;
+pub mod progress;
 pub mod volume;

@@ -4,11 +4,9 @@
 //! floats, next to what format version 1 (Gorilla, uncompressed) would
 //! have stored for them.
 //!
-//! The metrics workload (deterministic): 100 hosts × 3 series at a
-//! 10-second interval: a CPU gauge with one decimal that moves in steps of
-//! 0.5, a memory gauge that changes by multiples of 4096 in 5 % of the
-//! samples, and a monotonic request counter; then a late batch rewrites 1 %
-//! of the CPU points (last write wins).
+//! The metrics workload is chronicle_engine::workload's (deterministic):
+//! 300 series at a 10-second interval, CPU, memory and a request counter,
+//! then a late batch that rewrites 1 % of the CPU points (last write wins).
 //!
 //! Run: cargo bench -p chronicle-engine --bench engine [-- POINTS]
 //! (POINTS defaults to 10,000,000; DATA_DIR=path runs on that directory,
@@ -17,16 +15,13 @@
 use std::io::Write;
 use std::time::Instant;
 
+use chronicle_engine::workload::{Workload, HOSTS, START, STEP};
 use chronicle_engine::{gorilla, Aggregate, Engine, Options, Query};
 
-const HOSTS: usize = 100;
-const SERIES_PER_HOST: u64 = 3;
-const STEP: i64 = 10_000_000_000;
-const START: i64 = 1_764_403_200_000_000_000;
-/// One sample in this many of each CPU series is rewritten late.
-const REWRITE_EVERY: u64 = 100;
+/// One sample's points: three series per host.
+const PER_SAMPLE: u64 = HOSTS as u64 * 3;
 
-/// splitmix64: a fixed, well-mixed sequence, the same on every machine.
+/// splitmix64, for the random walks.
 struct Rng(u64);
 
 impl Rng {
@@ -36,63 +31,6 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
-    }
-
-    /// True with probability `percent` / 100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
-/// Each host's gauges and counter as a collector would report them.
-struct Host {
-    cpu_tenths: i64,
-    mem_bytes: i64,
-    requests: u64,
-}
-
-struct Workload {
-    rng: Rng,
-    hosts: Vec<Host>,
-}
-
-impl Workload {
-    fn new() -> Workload {
-        Workload {
-            rng: Rng(20261130),
-            hosts: (0..HOSTS as i64)
-                .map(|h| Host {
-                    cpu_tenths: 200 + (h % 7) * 50,
-                    mem_bytes: (4 << 30) + h * (64 << 20),
-                    requests: 0,
-                })
-                .collect(),
-        }
-    }
-
-    /// Every series' sample at step `i`, as line protocol.
-    fn sample(&mut self, i: u64, out: &mut Vec<u8>) {
-        let ts = START + i as i64 * STEP;
-        for (h, host) in self.hosts.iter_mut().enumerate() {
-            if self.rng.chance(30) {
-                let step = if self.rng.chance(50) { 5 } else { -5 };
-                host.cpu_tenths = (host.cpu_tenths + step).clamp(0, 1000);
-            }
-            if self.rng.chance(5) {
-                let pages = (self.rng.next() % 129) as i64 - 64;
-                host.mem_bytes += pages * 4096;
-            }
-            host.requests += self.rng.next() % 200;
-            let tags = format!("host=host-{h:03},dc=dc-{}", h % 3);
-            let cpu = host.cpu_tenths as f64 / 10.0;
-            let _ = writeln!(out, "cpu_usage,{tags} value={cpu:.1} {ts}");
-            let _ = writeln!(out, "mem_used,{tags} value={} {ts}", host.mem_bytes);
-            let _ = writeln!(
-                out,
-                "http_requests_total,{tags} value={} {ts}",
-                host.requests
-            );
-        }
     }
 }
 
@@ -116,7 +54,7 @@ fn timed_write(engine: &Engine, batch: &[u8]) -> (u64, f64) {
 }
 
 fn metrics_workload(engine: &Engine, points: u64) {
-    let samples = points / (HOSTS as u64 * SERIES_PER_HOST);
+    let samples = points / PER_SAMPLE;
     let mut workload = Workload::new();
     // Batches of 50 samples (15,000 lines), generated outside the timing.
     let mut batch = Vec::with_capacity(1 << 20);
@@ -124,9 +62,7 @@ fn metrics_workload(engine: &Engine, points: u64) {
     let mut i = 0;
     while i < samples {
         batch.clear();
-        for s in i..(i + 50).min(samples) {
-            workload.sample(s, &mut batch);
-        }
+        workload.next_lines(50.min(samples - i), &mut batch);
         let (n, secs) = timed_write(engine, &batch);
         written += n;
         engine_secs += secs;
@@ -142,18 +78,7 @@ fn metrics_workload(engine: &Engine, points: u64) {
     println!("peak RSS after ingest: {} MiB", peak_rss_kib() / 1024);
     // The late corrections: new values for old timestamps.
     batch.clear();
-    let mut rewritten = 0u64;
-    for s in (0..samples).step_by(REWRITE_EVERY as usize) {
-        let ts = START + s as i64 * STEP;
-        for h in 0..HOSTS {
-            let _ = writeln!(
-                batch,
-                "cpu_usage,host=host-{h:03},dc=dc-{} value=100.0 {ts}",
-                h % 3
-            );
-            rewritten += 1;
-        }
-    }
+    let rewritten = workload.rewrites(&mut batch);
     timed_write(engine, &batch);
     let t = Instant::now();
     engine.compact().expect("compact");
@@ -173,7 +98,7 @@ fn metrics_workload(engine: &Engine, points: u64) {
         chronicle_engine::QueryResult::Aggregated(groups) => groups[0]
             .windows
             .iter()
-            .filter(|w| w.value == 100.0)
+            .filter(|w| w.value == chronicle_engine::workload::REWRITTEN_VALUE)
             .count(),
         chronicle_engine::QueryResult::Raw(_) => 0,
     };

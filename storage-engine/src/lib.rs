@@ -26,6 +26,7 @@ pub mod segment;
 mod series;
 pub mod timefmt;
 pub mod wal;
+pub mod workload;
 
 pub use counters::Activity;
 pub use engine::{CompactStats, Engine, Options, Stats};

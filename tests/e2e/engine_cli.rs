@@ -232,3 +232,39 @@ fn reading_a_missing_database_is_an_error() {
         assert!(!missing.exists(), "{args:?} created the directory");
     }
 }
+
+// Protects: `engine bench` runs the workload on a plain directory and on a
+// fresh mount and prints the guide's table from what it measured; it
+// refuses a workload too small to hold one sample.
+#[test]
+fn engine_bench_prints_the_overhead_table() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        &[
+            "engine",
+            "bench",
+            "--points",
+            "30000",
+            "--workdir",
+            path_str(dir.path()),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for row in ["| Write ", "| Read ", "| Compaction "] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row in {text}"));
+        assert!(line.ends_with(" % |"), "{line}");
+    }
+    assert!(text.contains("30000 points"), "{text}");
+    assert!(!is_mounted(&dir.path().join("mnt")), "the bench unmounts");
+    let out = run(&["engine", "bench", "--points", "10"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("at least 300"), "{}", stderr(&out));
+}
