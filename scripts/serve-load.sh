@@ -22,7 +22,7 @@ cleanup() {
   [ -z "${SPID:-}" ] || kill -9 "$SPID" 2>/dev/null || true
   "$BIN" umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
   drop_tmpfs "$STORE"
-  rm -rf "$MNT" "$WORK"
+  rm -rf "$MNT"; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 export CHRONICLE_ENCRYPTION_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
@@ -38,8 +38,9 @@ serve
 writer() {
   local w=$1 n=0 end=$((SECONDS + SECS))
   while [ $SECONDS -lt $end ]; do
-    # 1,000 points of series load,w=W,b=N: one request.
-    awk -v w="$w" -v b="$n" 'BEGIN { for (i = 0; i < 1000; i++) printf "load,w=%d,b=%d value=%d.5 %d\n", w, b, i, 1700000000000000000 + i * 1000000000 }' > "$WORK/body.$w"
+    # 1,000 points of series load,w=W,b=N: one request. (awk counts in
+    # doubles, and mawk's %d in 32 bits: the timestamps are built as text.)
+    awk -v w="$w" -v b="$n" 'BEGIN { for (i = 0; i < 1000; i++) printf "load,w=%d,b=%d value=%d.5 1700000%012.0f\n", w, b, i, i * 1000000000 }' > "$WORK/body.$w"
     if [ "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "http://127.0.0.1:$PORT/write" --data-binary @"$WORK/body.$w")" = 204 ]; then
       echo "$w $n" >> "$WORK/acked.$w"
     fi
