@@ -5,6 +5,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -56,12 +57,21 @@ pub fn error(status: StatusCode, message: &str, line: Option<u64>) -> Response<B
 /// Chunks handed from a blocking producer to the response, a few at a time.
 const CHANNEL_CHUNKS: usize = 4;
 
-/// A streaming body and the writer that feeds it. Dropping the writer ends
-/// the body; `ChannelWriter::fail` ends it with an error, which aborts the
-/// response (the client sees a truncated chunked body, not a complete one).
+/// A streaming body and the writer that feeds it. `ChannelWriter::finish`
+/// ends the body; if the writer is dropped without it (an error, a client
+/// that stopped reading), the body ends with an error, which aborts the
+/// response: the client sees a truncated chunked body, never one that
+/// looks complete.
 pub fn channel() -> (ChannelWriter, Body) {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    (ChannelWriter { tx }, ChannelBody { rx }.boxed())
+    (
+        ChannelWriter { tx },
+        ChannelBody {
+            rx,
+            finished: false,
+        }
+        .boxed(),
+    )
 }
 
 pub struct ChannelWriter {
@@ -69,18 +79,53 @@ pub struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    pub fn fail(&self, error: io::Error) {
-        let _ = self.tx.blocking_send(Err(error));
+    /// Ends the body: everything was written.
+    pub fn finish(self) -> io::Result<()> {
+        // The end marker: `write` never sends an empty chunk.
+        self.send(Ok(Bytes::new()))
+    }
+
+    /// Sends one item, waiting while the client is behind (the channel is
+    /// full) for at most `STALLED_CLIENT`.
+    fn send(&self, item: io::Result<Bytes>) -> io::Result<()> {
+        let mut item = item;
+        let deadline = std::time::Instant::now() + STALLED_CLIENT;
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the client went away",
+                    ))
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client stopped reading",
+                        ));
+                    }
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
     }
 }
 
+/// How long a client may leave a streamed answer unread before the
+/// producer gives up (and frees its thread).
+const STALLED_CLIENT: Duration = Duration::from_secs(60);
+
 impl io::Write for ChannelWriter {
-    /// Blocks while the client is behind (the channel is full); fails once
-    /// the client has gone away.
+    /// Waits while the client is behind (the channel is full), for at most
+    /// `STALLED_CLIENT`; fails once the client has gone away.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.send(Ok(Bytes::copy_from_slice(buf)))?;
         Ok(buf.len())
     }
 
@@ -91,6 +136,7 @@ impl io::Write for ChannelWriter {
 
 struct ChannelBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
+    finished: bool,
 }
 
 impl HttpBody for ChannelBody {
@@ -101,8 +147,16 @@ impl HttpBody for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|result| result.map(Frame::data)))
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|chunk| match chunk {
+            Some(Ok(data)) if data.is_empty() => {
+                self.finished = true;
+                None
+            }
+            Some(result) => Some(result.map(Frame::data)),
+            None => Some(Err(io::Error::other("the answer ended early"))),
+        })
     }
 }

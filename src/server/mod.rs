@@ -87,6 +87,10 @@ pub struct ServeArgs {
 /// clients.
 const WRITES_IN_FLIGHT: usize = 4;
 
+/// Queries and exports running at once: each may hold a large result or
+/// a blocking thread while its client reads.
+const READS_IN_FLIGHT: usize = 4;
+
 /// How long requests in flight may take to finish once a stop is asked.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -96,6 +100,7 @@ pub struct App {
     metrics: Metrics,
     max_body_bytes: usize,
     write_permits: Semaphore,
+    read_permits: Arc<Semaphore>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -126,10 +131,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         metrics: Metrics::default(),
         max_body_bytes: args.max_body_size,
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
+        read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
     });
+    // Blocking threads: the write and read slots' worth, and room for
+    // maintenance and metrics.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(16)
+        .max_blocking_threads(WRITES_IN_FLIGHT + READS_IN_FLIGHT + 8)
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
@@ -199,6 +207,7 @@ async fn serve(
     drop(listener);
     maintenance.abort();
     app.write_permits.close();
+    app.read_permits.close();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => {

@@ -14,6 +14,9 @@ use super::{write, App};
 use crate::engine_args::QueryArgs;
 use crate::query_output;
 
+/// The most points a query answers with (as JSON, about 40 bytes each).
+const MAX_QUERY_POINTS: u64 = 5_000_000;
+
 /// The version InfluxDB 1.x clients read from `/ping`.
 const VERSION_HEADER: &str = concat!("chronicle-", env!("CARGO_PKG_VERSION"));
 
@@ -24,7 +27,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body>
             write::write(Arc::clone(&app), request).await
         }
         (&Method::GET, "/api/v1/query") => query(&app, request.uri().query()).await,
-        (&Method::GET, "/api/v1/export") => export(&app),
+        (&Method::GET, "/api/v1/export") => export(&app).await,
         (&Method::GET | &Method::HEAD, "/health") => {
             body::json(StatusCode::OK, &serde_json::json!({ "status": "pass" }))
         }
@@ -63,15 +66,31 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
         Ok(q) => q,
         Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
+    let Ok(_permit) = app.read_permits.acquire().await else {
+        return body::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping",
+            None,
+        );
+    };
     let engine = Arc::clone(&app.engine);
     let answered = tokio::task::spawn_blocking(move || {
-        engine
-            .query(&q)
-            .map(|result| query_output::json_document(&args, &q, &result))
+        engine.query(&q).map(|result| {
+            (result.points() <= MAX_QUERY_POINTS)
+                .then(|| query_output::json_document(&args, &q, &result))
+        })
     })
     .await;
     match answered {
-        Ok(Ok(doc)) => body::json(StatusCode::OK, &doc),
+        Ok(Ok(Some(doc))) => body::json(StatusCode::OK, &doc),
+        Ok(Ok(None)) => body::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the answer holds over {MAX_QUERY_POINTS} points: narrow the time range, \
+                 aggregate with window and agg, or use /api/v1/export"
+            ),
+            None,
+        ),
         Ok(Err(e @ chronicle_engine::EngineError::BadQuery(_))) => {
             body::error(StatusCode::BAD_REQUEST, &e.to_string(), None)
         }
@@ -87,20 +106,30 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
 }
 
 /// Every point as JSON Lines, streamed as the engine reads it.
-fn export(app: &Arc<App>) -> Response<Body> {
+async fn export(app: &Arc<App>) -> Response<Body> {
+    let Ok(permit) = Arc::clone(&app.read_permits).acquire_owned().await else {
+        return body::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping",
+            None,
+        );
+    };
     let (writer, stream) = body::channel();
     let engine = Arc::clone(&app.engine);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut out = std::io::BufWriter::with_capacity(64 << 10, writer);
         let result = engine.export_json(&mut out);
+        // On success the body is finished; otherwise the writer is just
+        // dropped, which aborts the response (see body::channel).
         match (result, out.into_inner()) {
-            (Ok(_), Ok(_)) => {}
-            (Err(e), Ok(writer)) => {
-                log::error!("export failed: {e}");
-                writer.fail(std::io::Error::other(e.to_string()));
+            (Ok(_), Ok(writer)) => {
+                if let Err(e) = writer.finish() {
+                    log::warn!("export: {e}");
+                }
             }
-            // The client went away: nothing to tell it.
-            (_, Err(_)) => {}
+            (Err(e), _) => log::error!("export failed: {e}"),
+            (Ok(_), Err(e)) => log::warn!("export: {}", e.error()),
         }
     });
     let mut response = Response::new(stream);

@@ -23,6 +23,15 @@ use hyper::{Request, Response, StatusCode};
 use super::body::{self, Body};
 use super::App;
 
+/// Points one request may carry: InfluxDB clients send batches of a few
+/// thousand lines; this bounds the memory one request takes while it is
+/// parsed (about 50 bytes a point) whatever --max-body-size is.
+pub const MAX_POINTS_PER_REQUEST: usize = 1_000_000;
+
+/// How long a request body may take to arrive, so that slow clients cannot
+/// hold the write slots (`App::write_permits`) for ever.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn write(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let precision = match precision(request.uri().query()) {
@@ -59,45 +68,58 @@ pub async fn write(app: Arc<App>, request: Request<Incoming>) -> Response<Body> 
             None,
         );
     };
-    let received = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return too_large(limit),
-        Err(e) => {
+    let collect = Limited::new(request.into_body(), limit).collect();
+    let received = match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_large(limit),
+        Ok(Err(e)) => {
             // Usually the client went away: it will not see this answer,
             // and nothing of its request was written.
             let message = format!("the request body was not received whole: {e}");
             return body::error(StatusCode::BAD_REQUEST, &message, None);
         }
-    };
-    let text = if gzip {
-        match gunzip(&received, limit) {
-            Ok(text) => text,
-            Err(GunzipError::TooLarge) => return too_large(limit),
-            Err(GunzipError::Invalid(e)) => {
-                return body::error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("the gzip body does not decompress: {e}"),
-                    None,
-                )
-            }
+        Err(_) => {
+            let message = format!("the request body took over {BODY_TIMEOUT:?} to arrive");
+            return body::error(StatusCode::REQUEST_TIMEOUT, &message, None);
         }
-    } else {
-        received
     };
     let engine = Arc::clone(&app.engine);
-    let written =
-        tokio::task::spawn_blocking(move || engine.write_lines_in(&text, 1, precision)).await;
+    // Decompression and parsing take CPU: off the async workers.
+    let written = tokio::task::spawn_blocking(move || {
+        let text = if gzip {
+            gunzip(&received, limit)?
+        } else {
+            received
+        };
+        engine
+            .write_lines_in(&text, 1, precision, MAX_POINTS_PER_REQUEST)
+            .map_err(Refused::Engine)
+    })
+    .await;
     match written {
         Ok(Ok(points)) => {
             app.metrics.write_acknowledged(points, started.elapsed());
             body::empty(StatusCode::NO_CONTENT)
         }
-        Ok(Err(EngineError::BadInput { line, detail })) => body::error(
+        Ok(Err(Refused::TooLarge)) => too_large(limit),
+        Ok(Err(Refused::Gzip(e))) => body::error(
+            StatusCode::BAD_REQUEST,
+            &format!("the gzip body does not decompress: {e}"),
+            None,
+        ),
+        Ok(Err(Refused::Engine(EngineError::BadInput { line, detail }))) => body::error(
             StatusCode::BAD_REQUEST,
             &format!("line {line}: {detail}"),
             Some(line),
         ),
-        Ok(Err(e)) => {
+        Ok(Err(Refused::Engine(e @ EngineError::TooLarge(_)))) => {
+            body::error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
+        }
+        Ok(Err(Refused::Engine(e @ EngineError::Broken(_)))) => {
+            log::error!("write refused: {e}");
+            body::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), None)
+        }
+        Ok(Err(Refused::Engine(e))) => {
             log::error!("write failed: {e}");
             body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None)
         }
@@ -106,6 +128,13 @@ pub async fn write(app: Arc<App>, request: Request<Incoming>) -> Response<Body> 
             body::error(StatusCode::INTERNAL_SERVER_ERROR, "the write failed", None)
         }
     }
+}
+
+/// Why a received body was not written.
+enum Refused {
+    TooLarge,
+    Gzip(std::io::Error),
+    Engine(EngineError),
 }
 
 fn too_large(limit: usize) -> Response<Body> {
@@ -129,21 +158,16 @@ fn precision(query: Option<&str>) -> Result<Precision, String> {
     }
 }
 
-enum GunzipError {
-    TooLarge,
-    Invalid(std::io::Error),
-}
-
 /// Decompresses a gzip body, refusing one that expands past `limit`
 /// without ever holding more than `limit + 1` bytes of it.
-fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
+fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Refused> {
     let mut text = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
     flate2::read::MultiGzDecoder::new(compressed)
         .take(limit as u64 + 1)
         .read_to_end(&mut text)
-        .map_err(GunzipError::Invalid)?;
+        .map_err(Refused::Gzip)?;
     if text.len() > limit {
-        return Err(GunzipError::TooLarge);
+        return Err(Refused::TooLarge);
     }
     Ok(text.into())
 }
@@ -165,12 +189,9 @@ mod tests {
     #[test]
     fn gunzip_enforces_the_limit() {
         let zeros = gzip(&vec![b'0'; 1 << 20]);
-        assert!(matches!(gunzip(&zeros, 1000), Err(GunzipError::TooLarge)));
+        assert!(matches!(gunzip(&zeros, 1000), Err(Refused::TooLarge)));
         assert_eq!(gunzip(&zeros, 1 << 20).map(|b| b.len()).ok(), Some(1 << 20));
-        assert!(matches!(
-            gunzip(b"not gzip", 1000),
-            Err(GunzipError::Invalid(_))
-        ));
+        assert!(matches!(gunzip(b"not gzip", 1000), Err(Refused::Gzip(_))));
     }
 
     #[test]

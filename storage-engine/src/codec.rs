@@ -191,6 +191,11 @@ fn decode_values(
         }
         _ => return Err(Undecodable),
     };
+    // Decimal values end exactly where the block does (Gorilla bits, above,
+    // take the rest, padded to a byte).
+    if !r.rest().is_empty() {
+        return Err(Undecodable);
+    }
     let mut ms = Vec::with_capacity(count);
     running_sums(first, &deltas, &mut ms);
     values.extend(ms.into_iter().map(|m| m as f64 / scale));

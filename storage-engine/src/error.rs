@@ -16,6 +16,10 @@ pub enum EngineError {
     BadInput { line: u64, detail: String },
     /// A query that cannot run (unknown function, bad regex...).
     BadQuery(String),
+    /// Writes are refused until the database is reopened (an fsync failed).
+    Broken(String),
+    /// A write larger than one WAL record can hold.
+    TooLarge(String),
     /// A format version this build cannot read.
     UnsupportedVersion { file: PathBuf, found: u32 },
 }
@@ -50,6 +54,11 @@ impl fmt::Display for EngineError {
             ),
             EngineError::BadInput { line, detail } => write!(f, "line {line}: {detail}"),
             EngineError::BadQuery(detail) => write!(f, "bad query: {detail}"),
+            EngineError::Broken(why) => write!(
+                f,
+                "the database refuses writes until it is reopened: {why}"
+            ),
+            EngineError::TooLarge(what) => write!(f, "{what}"),
             EngineError::UnsupportedVersion { file, found } => write!(
                 f,
                 "{} has format version {found}, which this build cannot read \

@@ -358,7 +358,8 @@ fn take_bits(r: &mut Reader<'_>, count: usize, width: u32) -> Result<Vec<u64>, U
     if width > 64 {
         return Err(Undecodable);
     }
-    let bytes = r.take((count * width as usize).div_ceil(8))?;
+    let bits = count.checked_mul(width as usize).ok_or(Undecodable)?;
+    let bytes = r.take(bits.div_ceil(8))?;
     let mask = if width == 64 {
         u64::MAX
     } else {

@@ -66,8 +66,15 @@ pub fn decode_point(text: &str, line: u64) -> Result<Point> {
             }
         },
     };
+    let series = SeriesKey::new(parsed.metric, parsed.tags.into_iter().collect());
+    if !series.fits_record() {
+        return Err(EngineError::BadInput {
+            line,
+            detail: "a name or tag over 65,535 bytes, or over 65,535 tags".into(),
+        });
+    }
     Ok(Point {
-        series: SeriesKey::new(parsed.metric, parsed.tags.into_iter().collect()),
+        series,
         timestamp: parsed.timestamp,
         value,
     })

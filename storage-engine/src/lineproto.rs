@@ -200,6 +200,11 @@ pub fn parse_line_in<'a>(
         if key.is_empty() || value.is_empty() {
             return Err(bad("malformed field (expected key=value)"));
         }
+        // The metric is `measurement_field`; tags are shorter than the
+        // series text: this bounds every part of the series record.
+        if series.len() + 1 + key.len() > crate::model::MAX_KEY_PART {
+            return Err(bad("measurement, tags and field name over 65,535 bytes"));
+        }
         match parse_value(value) {
             Some(Some(value)) => emit(Field {
                 series,

@@ -50,6 +50,15 @@ impl Memtable {
         all
     }
 
+    /// Puts back what `take` returned, when writing it out failed (nothing
+    /// was inserted since: the engine holds its lock throughout).
+    pub fn restore(&mut self, data: BTreeMap<SeriesId, Vec<(i64, f64)>>) {
+        for (id, points) in data {
+            self.points += points.len();
+            self.series.entry(id).or_default().extend(points);
+        }
+    }
+
     /// The points of one series in [start, end), sorted, last write winning.
     pub fn range(&self, id: SeriesId, start: i64, end: i64) -> Vec<(i64, f64)> {
         let Some(points) = self.series.get(&id) else {

@@ -10,7 +10,21 @@ pub struct SeriesKey {
     pub tags: Vec<(String, String)>,
 }
 
+/// The longest name, tag key or tag value, and the most tags, a series
+/// record can hold (their lengths and count are stored in 16 bits).
+pub const MAX_KEY_PART: usize = u16::MAX as usize;
+
 impl SeriesKey {
+    /// Whether every part fits a series record (`MAX_KEY_PART`).
+    pub fn fits_record(&self) -> bool {
+        self.metric.len() <= MAX_KEY_PART
+            && self.tags.len() <= MAX_KEY_PART
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| k.len() <= MAX_KEY_PART && v.len() <= MAX_KEY_PART)
+    }
+
     pub fn new(metric: impl Into<String>, mut tags: Vec<(String, String)>) -> Self {
         tags.sort();
         tags.dedup_by(|a, b| a.0 == b.0);
@@ -56,5 +70,7 @@ pub const PARTITION_NANOS: i64 = 3600 * NANOS_PER_SECOND;
 
 /// The partition (its start time) a timestamp falls in.
 pub fn partition_of(ts: i64) -> i64 {
-    ts.div_euclid(PARTITION_NANOS) * PARTITION_NANOS
+    // Saturating: the hour of a timestamp near i64::MIN starts before it.
+    ts.div_euclid(PARTITION_NANOS)
+        .saturating_mul(PARTITION_NANOS)
 }

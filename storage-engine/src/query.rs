@@ -176,7 +176,7 @@ impl Windows {
     pub fn add_all(&mut self, width: i64, ts: &[i64], vals: &[f64]) {
         let mut current: Option<(i64, Accumulator)> = None;
         for (&t, &v) in ts.iter().zip(vals) {
-            let start = t.div_euclid(width) * width;
+            let start = t.div_euclid(width).saturating_mul(width);
             match &mut current {
                 Some((s, acc)) if *s == start => acc.add(t, v),
                 _ => {

@@ -279,7 +279,14 @@ impl Segment {
             codec::decode(encoded, count, entry.min_ts, ts, vals)
                 .map_err(|_| bad("points undecodable"))
         })?;
-        if ts.len() - from != count || ts.last() != Some(&entry.max_ts) {
+        // The checksum vouches for the bytes, not for a writer's sense:
+        // points outside the block's range or out of order would be
+        // returned by queries that did not ask for them.
+        let decoded = &ts[from..];
+        if decoded.len() != count
+            || decoded.last() != Some(&entry.max_ts)
+            || decoded.windows(2).any(|w| w[0] >= w[1])
+        {
             return Err(bad("points disagree with the index"));
         }
         Ok(())
@@ -415,8 +422,16 @@ fn parse_index(bytes: &[u8], path: &Path) -> Result<Vec<IndexEntry>> {
     let columns = match compression {
         RAW => stored,
         ZSTD => {
+            // The frame says how large it is (the writer always records
+            // it); no more than that, nor than the columns can be, is
+            // allocated, whatever a damaged file claims.
             let limit = 256 + blocks * INDEX_MAX_LEN_PER_BLOCK;
-            decompressed = zstd::bulk::decompress(stored, limit)
+            let size = zstd::zstd_safe::get_frame_content_size(stored)
+                .ok()
+                .flatten()
+                .filter(|&n| n <= limit as u64)
+                .ok_or_else(|| bad("index size unknown or out of range"))?;
+            decompressed = zstd::bulk::decompress(stored, size as usize)
                 .map_err(|_| bad("index does not decompress"))?;
             &decompressed
         }

@@ -47,7 +47,13 @@ pub fn parse_name(name: &str) -> Option<u64> {
 /// ```text
 /// new_series u32 | (len u32 | definition)* | (series u32 | ts i64 | value f64 bits)*
 /// ```
-pub fn encode_batch(new_series: &[Vec<u8>], points: &[(SeriesId, i64, f64)], out: &mut Vec<u8>) {
+/// Frames one batch into `out`; refuses one larger than a record may be
+/// (`framing::MAX_PAYLOAD`), which replay would take for damage.
+pub fn encode_batch(
+    new_series: &[Vec<u8>],
+    points: &[(SeriesId, i64, f64)],
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let mut payload = Vec::with_capacity(4 + points.len() * POINT_LEN);
     payload.extend_from_slice(&(new_series.len() as u32).to_le_bytes());
     for def in new_series {
@@ -59,7 +65,15 @@ pub fn encode_batch(new_series: &[Vec<u8>], points: &[(SeriesId, i64, f64)], out
         payload.extend_from_slice(&ts.to_le_bytes());
         payload.extend_from_slice(&v.to_bits().to_le_bytes());
     }
+    if payload.len() > framing::MAX_PAYLOAD {
+        return Err(EngineError::TooLarge(format!(
+            "a write of {} bytes in the WAL; at most {} fit one record: send smaller batches",
+            payload.len(),
+            framing::MAX_PAYLOAD
+        )));
+    }
     framing::frame(&payload, out);
+    Ok(())
 }
 
 /// One decoded batch.

@@ -332,3 +332,34 @@ fn a_malformed_line_writes_nothing_of_its_request() {
     let engine = Engine::open(dir.path(), options()).expect("reopen");
     check(&engine);
 }
+
+// Protects: a request over its point limit, or with a series key too long
+// for a series record, is refused whole, before anything is written.
+#[test]
+fn oversized_requests_write_nothing() {
+    use chronicle_engine::lineproto::Precision;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), options()).expect("open");
+    let err = engine
+        .write_lines_in(
+            b"a value=1 1\nb value=2 2\nc value=3 3\n",
+            1,
+            Precision::Nanoseconds,
+            2,
+        )
+        .expect_err("over the limit");
+    assert!(err.to_string().contains("more than 2 points"), "{err}");
+    let long = format!("{} value=1 1\n", "m".repeat(70_000));
+    let err = engine
+        .write_lines(long.as_bytes(), 1)
+        .expect_err("key too long");
+    assert!(err.to_string().contains("65,535"), "{err}");
+    let huge_tag = Point {
+        series: SeriesKey::new("m", vec![("t".into(), "v".repeat(70_000))]),
+        timestamp: 1,
+        value: 1.0,
+    };
+    assert!(engine.write(&[huge_tag]).is_err());
+    assert_eq!(engine.stats().expect("stats").series, 0);
+    assert_eq!(engine.stats().expect("stats").points, 0);
+}

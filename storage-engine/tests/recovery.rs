@@ -393,3 +393,24 @@ fn a_version_1_segment_is_refused_clearly() {
         "{err}"
     );
 }
+
+// Protects: a flush that fails (here: its segment's name is taken) keeps
+// every point in memory and in the WAL, and the next flush, under a new
+// name, writes them all: nothing acknowledged is dropped.
+#[test]
+fn a_failed_flush_keeps_its_points() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&(0..500).map(point).collect::<Vec<_>>())
+        .expect("write");
+    let obstacle = dir.path().join("seg-000001.seg");
+    std::fs::create_dir(&obstacle).expect("take the first segment's name");
+    assert!(e.flush().is_err(), "the flush cannot create its segment");
+    assert_eq!(count(&e, "load"), 500, "the points are still served");
+    e.flush().expect("the next flush takes the next name");
+    assert_eq!(count(&e, "load"), 500);
+    e.close().expect("close");
+    std::fs::remove_dir(&obstacle).expect("remove the obstacle");
+    let e = Engine::open(dir.path(), no_flush()).expect("reopen");
+    assert_eq!(count(&e, "load"), 500);
+}

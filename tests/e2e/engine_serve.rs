@@ -330,6 +330,15 @@ fn a_malformed_line_rejects_the_request() {
         get(&server.url("/api/v1/query?metric=cpu&window=1m")).0,
         400
     );
+    // Over the points one request may carry (a small body can hold many).
+    let mut many = b"cpu,host=z a=1".to_vec();
+    for _ in 0..1_000_000 {
+        many.extend_from_slice(b",a=1");
+    }
+    many.extend_from_slice(b" 5\n");
+    let (code, body) = post(&server.url("/write"), &many);
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("more than 1000000 points"), "{body}");
     assert_eq!(get(&server.url("/nowhere")).0, 404);
     assert_eq!(answer(ureq::delete(&server.url("/write")).call()).0, 405);
     assert!(hosts(&server, "cpu").is_empty());

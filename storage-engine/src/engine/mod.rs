@@ -60,6 +60,11 @@ struct State {
     synced: u64,
     /// Raw line-protocol series+field → id, so repeated lines allocate nothing.
     line_cache: HashMap<Box<[u8]>, SeriesId>,
+    /// Why writes are refused until the database is reopened: an fsync of
+    /// the WAL failed, and the kernel may have dropped the pages it could
+    /// not write, so nothing written since the last good sync can be
+    /// acknowledged by a later sync that succeeds.
+    broken: Option<String>,
 }
 
 /// Figures for `engine info`.

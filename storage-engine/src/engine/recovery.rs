@@ -58,6 +58,7 @@ pub(super) fn recover(dir: &Path) -> Result<State> {
         appended: 0,
         synced: 0,
         line_cache: HashMap::new(),
+        broken: None,
     })
 }
 

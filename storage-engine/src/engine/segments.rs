@@ -63,6 +63,11 @@ impl SegmentSet {
         name
     }
 
+    /// Never hands out again a name `other` (a copy that was given up) gave.
+    pub fn reserve_file_names(&mut self, other: &SegmentSet) {
+        self.next_file = self.next_file.max(other.next_file);
+    }
+
     pub fn iter(&self) -> std::slice::Iter<'_, LiveSegment> {
         self.live.iter()
     }

@@ -33,7 +33,7 @@ impl Engine {
         st.series.persist()?;
         let data = st.memtable.take();
         let mut partitions: BTreeMap<i64, BTreeMap<SeriesId, Vec<(i64, f64)>>> = BTreeMap::new();
-        for (id, points) in data {
+        for (id, points) in &data {
             let mut start = 0;
             while start < points.len() {
                 let p = partition_of(points[start].0);
@@ -41,20 +41,50 @@ impl Engine {
                 partitions
                     .entry(p)
                     .or_default()
-                    .insert(id, points[start..end].to_vec());
+                    .insert(*id, points[start..end].to_vec());
                 start = end;
             }
         }
         let mut next = st.segments.clone();
-        for (partition, series) in &partitions {
-            let file = next.new_file_name();
-            next.push(self.write_segment(file, *partition, series)?);
+        let mut written = Vec::new();
+        let wal_before = st.wal.number();
+        let outcome = (|| -> Result<u64> {
+            for (partition, series) in &partitions {
+                let file = next.new_file_name();
+                written.push(file.clone());
+                next.push(self.write_segment(file, *partition, series)?);
+            }
+            // Only once every point is in a synced segment may the WAL
+            // that holds them stop being replayed.
+            let next_wal = st.wal.rotate()?;
+            next.wal_checkpoint = next_wal;
+            next.store(&self.dir)?;
+            Ok(next_wal)
+        })();
+        if st.wal.number() != wal_before {
+            // Rotated (which synced the old file): writes now go to the new
+            // file, and group commit must sync that one.
+            match st.wal.handle() {
+                Ok(handle) => {
+                    st.wal_file = Arc::new(handle);
+                    st.synced = st.appended;
+                }
+                Err(e) => st.broken = Some(format!("cannot sync the new WAL: {e}")),
+            }
         }
-        let next_wal = st.wal.rotate()?;
-        st.wal_file = Arc::new(st.wal.handle()?);
-        st.synced = st.appended;
-        next.wal_checkpoint = next_wal;
-        next.store(&self.dir)?;
+        let next_wal = match outcome {
+            Ok(n) => n,
+            Err(e) => {
+                // The points stay in memory (and in the WAL); the files of
+                // this attempt go, so the next attempt can use their names.
+                st.memtable.restore(data);
+                st.segments.reserve_file_names(&next);
+                for file in &written {
+                    let _ = std::fs::remove_file(self.dir.join(file));
+                }
+                return Err(e);
+            }
+        };
         st.segments = next;
         st.wal.remove_before(next_wal)?;
         self.counters.flushed();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{lock, now_nanos, Engine, State};
 use crate::counters::Counters;
-use crate::error::{IoContext, Result};
+use crate::error::{EngineError, Result};
 use crate::lineproto::{self, Precision};
 use crate::model::{Point, SeriesId};
 use crate::wal::{self, SyncPolicy};
@@ -18,6 +18,12 @@ impl Engine {
     /// Writes points; returns once they are in the WAL (and fsynced, with
     /// `SyncPolicy::Always`).
     pub fn write(&self, points: &[Point]) -> Result<()> {
+        if let Some(p) = points.iter().find(|p| !p.series.fits_record()) {
+            return Err(EngineError::TooLarge(format!(
+                "series {:.64}...: a name or tag over 65,535 bytes, or over 65,535 tags",
+                p.series.metric
+            )));
+        }
         let lsn = {
             let mut st = lock(&self.state);
             let batch: Vec<(SeriesId, i64, f64)> = points
@@ -32,17 +38,19 @@ impl Engine {
     /// Writes line protocol with nanosecond timestamps; returns the number
     /// of points written.
     pub fn write_lines(&self, text: &[u8], first_line: u64) -> Result<u64> {
-        self.write_lines_in(text, first_line, Precision::Nanoseconds)
+        self.write_lines_in(text, first_line, Precision::Nanoseconds, usize::MAX)
     }
 
     /// Writes line protocol whose timestamps are in `precision` units. All
-    /// or nothing: a malformed line fails the call with its number and
-    /// nothing of `text` is written (not even a new series).
+    /// or nothing: a malformed line fails the call with its number, and
+    /// more than `max_points` points fail it with `TooLarge`; then nothing
+    /// of `text` is written (not even a new series).
     pub fn write_lines_in(
         &self,
         text: &[u8],
         first_line: u64,
         precision: Precision,
+        max_points: usize,
     ) -> Result<u64> {
         let now = now_nanos();
         let (lsn, points) = {
@@ -71,6 +79,12 @@ impl Engine {
                     abandon_unwritten(st);
                     return Err(e);
                 }
+                if batch.len() > max_points {
+                    abandon_unwritten(st);
+                    return Err(EngineError::TooLarge(format!(
+                        "more than {max_points} points in one request: send smaller batches"
+                    )));
+                }
             }
             if st.line_cache.len() > 1_000_000 {
                 st.line_cache.clear();
@@ -82,14 +96,20 @@ impl Engine {
     }
 
     fn append_locked(&self, st: &mut State, batch: &[(SeriesId, i64, f64)]) -> Result<u64> {
+        if let Some(why) = &st.broken {
+            let e = EngineError::Broken(why.clone());
+            abandon_unwritten(st);
+            return Err(e);
+        }
         if batch.is_empty() {
             return Ok(st.appended);
         }
         // New series travel in the same WAL record as their first points.
         let new_series = st.series.take_unwritten();
         let mut framed = Vec::with_capacity(batch.len() * 20 + 16);
-        wal::encode_batch(&new_series, batch, &mut framed);
-        if let Err(e) = st.wal.append(&framed) {
+        let appended = wal::encode_batch(&new_series, batch, &mut framed)
+            .and_then(|()| st.wal.append(&framed));
+        if let Err(e) = appended {
             // Series are durable only inside a batch: without this, a later
             // batch would use an id that no WAL record defines.
             st.series.untake(new_series.len());
@@ -126,8 +146,11 @@ impl Engine {
             }
             (st.appended, Arc::clone(&st.wal_file))
         };
-        file.sync_data()
-            .context(|| format!("syncing the WAL in {}", self.dir.display()))?;
+        if let Err(e) = file.sync_data() {
+            let e = EngineError::io(format!("syncing the WAL in {}", self.dir.display()), e);
+            lock(&self.state).broken = Some(e.to_string());
+            return Err(e);
+        }
         self.counters.wal_synced();
         let mut st = lock(&self.state);
         st.synced = st.synced.max(target);
@@ -175,7 +198,10 @@ pub(super) fn spawn_syncer(
                         st.synced = st.appended;
                         counters.wal_synced();
                     }
-                    Err(e) => log::error!("periodic WAL sync: {e}"),
+                    Err(e) => {
+                        log::error!("periodic WAL sync: {e}; writes are refused until reopened");
+                        st.broken = Some(format!("a periodic WAL sync failed: {e}"));
+                    }
                 }
             }
         }
