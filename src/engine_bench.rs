@@ -17,10 +17,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use chronicle_engine::workload::Workload;
 use chronicle_engine::{Aggregate, Engine, Options, Query};
-use chronicle_mount::fuse::{BackgroundMount, MountOptions, Mounted};
 use chronicle_mount::names::NameMode;
 use chronicle_mount::{SecretKey, UserKey, Volume};
 
+use crate::commands::demo::mount;
 use crate::commands::progress;
 
 /// Samples per write call (15,000 lines).
@@ -85,17 +85,6 @@ pub fn run(points: u64, workdir: Option<PathBuf>) -> Result<()> {
     let ciphertext = dir_bytes(&backing);
     print_table(&plain, &encrypted, ciphertext);
     Ok(())
-}
-
-fn mount(volume: &Volume, at: &Path) -> Result<BackgroundMount> {
-    Mounted::new(volume, at, &MountOptions::default())
-        .and_then(Mounted::spawn)
-        .with_context(|| {
-            format!(
-                "cannot mount at {} (this needs root and /dev/fuse)",
-                at.display()
-            )
-        })
 }
 
 /// Writes, compacts and reads the workload in `dir`; `between` runs after

@@ -18,12 +18,14 @@ const HOSTS: [&str; 4] = ["web-1", "web-2", "db-1", "db-2"];
 const START: i64 = 1_764_403_200_000_000_000; // 2025-11-29T08:00:00Z
 const STEP: i64 = 10_000_000_000; // 10 s
 
-fn mount(volume: &Volume, at: &Path) -> Result<BackgroundMount> {
+/// Mounts `volume` at `at` in this process, for a job that runs on it
+/// (the demo, `engine bench`); unmounts when the result is dropped.
+pub fn mount(volume: &Volume, at: &Path) -> Result<BackgroundMount> {
     Mounted::new(volume, at, &MountOptions::default())
         .and_then(Mounted::spawn)
         .with_context(|| {
             format!(
-                "cannot mount at {} (the demo needs root and /dev/fuse)",
+                "cannot mount at {} (this needs root and /dev/fuse)",
                 at.display()
             )
         })

@@ -15,24 +15,11 @@
 use std::io::Write;
 use std::time::Instant;
 
-use chronicle_engine::workload::{Workload, HOSTS, START, STEP};
+use chronicle_engine::workload::{Rng, Workload, HOSTS, START, STEP};
 use chronicle_engine::{gorilla, Aggregate, Engine, Options, Query};
 
 /// One sample's points: three series per host.
 const PER_SAMPLE: u64 = HOSTS as u64 * 3;
-
-/// splitmix64, for the random walks.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -134,7 +121,7 @@ fn random_walk_workload(engine: &Engine, points: u64) -> u64 {
     for i in 0..samples {
         let ts = START + i as i64 * STEP;
         for (s, x) in walks.iter_mut().enumerate() {
-            *x += (rng.next() as f64 / u64::MAX as f64 - 0.5) * 0.37;
+            *x += (rng.next_u64() as f64 / u64::MAX as f64 - 0.5) * 0.37;
             // `{x:?}` prints the shortest text that parses back exactly.
             let _ = writeln!(batch, "walk,series=s{s} value={x:?} {ts}");
             per_series[s].push((ts, *x));

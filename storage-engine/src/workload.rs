@@ -19,11 +19,11 @@ pub const REWRITTEN_VALUE: f64 = 100.0;
 /// One sample in this many of each CPU series is rewritten.
 const REWRITE_EVERY: u64 = 100;
 
-/// splitmix64: a fixed, well-mixed sequence.
-struct Rng(u64);
+/// splitmix64: a fixed, well-mixed sequence, the same on every machine.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -33,7 +33,7 @@ impl Rng {
 
     /// True with probability `percent` / 100.
     fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
 }
 
@@ -92,10 +92,10 @@ impl Workload {
                 host.cpu_tenths = (host.cpu_tenths + step).clamp(0, 1000);
             }
             if self.rng.chance(5) {
-                let pages = (self.rng.next() % 129) as i64 - 64;
+                let pages = (self.rng.next_u64() % 129) as i64 - 64;
                 host.mem_bytes += pages * 4096;
             }
-            host.requests += self.rng.next() % 200;
+            host.requests += self.rng.next_u64() % 200;
             let cpu = host.cpu_tenths as f64 / 10.0;
             let dc = h % 3;
             let _ = writeln!(

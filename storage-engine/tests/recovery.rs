@@ -96,20 +96,26 @@ fn corrupt_wal_middle_is_an_error() {
     );
 }
 
-// Protects: a flipped byte in a segment is an error naming the file.
-#[test]
-fn flipped_segment_byte_names_the_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = Engine::open(dir.path(), no_flush()).expect("open");
-    e.write(&(0..5000).map(point).collect::<Vec<_>>())
+/// Writes `points` points to a new database in `dir`, closes it, and
+/// returns its one segment file.
+fn one_segment(dir: &std::path::Path, points: i64) -> std::path::PathBuf {
+    let e = Engine::open(dir, no_flush()).expect("open");
+    e.write(&(0..points).map(point).collect::<Vec<_>>())
         .expect("write");
     e.close().expect("close");
-    let seg = std::fs::read_dir(dir.path())
+    std::fs::read_dir(dir)
         .expect("list")
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .expect("segment");
+        .expect("segment")
+}
+
+// Protects: a flipped byte in a segment is an error naming the file.
+#[test]
+fn flipped_segment_byte_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = one_segment(dir.path(), 5000);
     let mut bytes = std::fs::read(&seg).expect("read");
     // Inside the first block, past its header.
     bytes[chronicle_engine::segment::HEADER_LEN + 3] ^= 0x01;
@@ -369,16 +375,7 @@ fn series_log_cut_during_a_flush_recovers_from_the_wal() {
 #[test]
 fn a_version_1_segment_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = Engine::open(dir.path(), no_flush()).expect("open");
-    e.write(&(0..100).map(point).collect::<Vec<_>>())
-        .expect("write");
-    e.close().expect("close");
-    let seg = std::fs::read_dir(dir.path())
-        .expect("list")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .expect("segment");
+    let seg = one_segment(dir.path(), 100);
     let mut bytes = std::fs::read(&seg).expect("read");
     bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
     std::fs::write(&seg, &bytes).expect("write");
