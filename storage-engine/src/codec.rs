@@ -118,6 +118,17 @@ fn mantissa(v: f64, e: usize) -> Option<i64> {
     ((m as f64 / POW10[e]).to_bits() == v.to_bits()).then_some(m)
 }
 
+/// `v` as `(m, e)` with `m / 10^e == v` bit for bit and `e <= max_e`,
+/// the fewest decimals that do, if any do (the WAL's point values).
+pub fn decimal(v: f64, max_e: usize) -> Option<(i64, usize)> {
+    (0..=max_e.min(MAX_DECIMALS)).find_map(|e| mantissa(v, e).map(|m| (m, e)))
+}
+
+/// The value `decimal` took apart.
+pub fn from_decimal(m: i64, e: usize) -> Option<f64> {
+    POW10.get(e).map(|scale| m as f64 / scale)
+}
+
 /// The fewest decimals that represent every value exactly, if any do.
 fn common_exponent(values: &[f64]) -> Option<usize> {
     let mut e = 0;

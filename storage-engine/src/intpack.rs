@@ -67,7 +67,7 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Undecodable> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], Undecodable> {
         let end = self.at.checked_add(n).ok_or(Undecodable)?;
         let taken = self.bytes.get(self.at..end).ok_or(Undecodable)?;
         self.at = end;
