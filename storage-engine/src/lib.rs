@@ -1,9 +1,9 @@
 //! Chronicle's embedded time-series engine.
 //!
 //! Durable writes through a checksummed WAL, compressed immutable segments
-//! (delta-of-delta timestamps, Gorilla XOR values) read through mmap,
-//! aggregating queries, compaction, retention, snapshots and JSON Lines
-//! export/import. It uses only ordinary files, so it runs the same on a
+//! (decimal values as packed integers, else Gorilla XOR; zstd) read
+//! through mmap, aggregating queries, compaction, retention, snapshots and
+//! JSON Lines export/import. It uses only ordinary files, so it runs the same on a
 //! plain directory and on a chronicle mount.
 
 mod bits;
