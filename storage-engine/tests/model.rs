@@ -360,6 +360,10 @@ fn oversized_requests_write_nothing() {
         value: 1.0,
     };
     assert!(engine.write(&[huge_tag]).is_err());
+    let err = engine
+        .write_lines(b"ok value=1 1\nbad,host=\xff\xfe value=1 1\n", 1)
+        .expect_err("not UTF-8");
+    assert!(err.to_string().starts_with("line 2:"), "{err}");
     assert_eq!(engine.stats().expect("stats").series, 0);
     assert_eq!(engine.stats().expect("stats").points, 0);
 }

@@ -60,6 +60,7 @@ impl Engine {
             let mut key = Vec::with_capacity(128);
             for (i, line) in text.split(|&b| b == b'\n').enumerate() {
                 let line_no = first_line + i as u64;
+                let mut not_utf8 = false;
                 let parsed = lineproto::parse_line_in(line, line_no, now, precision, |f| {
                     key.clear();
                     key.extend_from_slice(f.series);
@@ -68,6 +69,14 @@ impl Engine {
                     let id = match st.line_cache.get(key.as_slice()) {
                         Some(&id) => id,
                         None => {
+                            // Checked once per new raw key: the cache holds
+                            // only keys that passed.
+                            if std::str::from_utf8(f.series).is_err()
+                                || std::str::from_utf8(f.field).is_err()
+                            {
+                                not_utf8 = true;
+                                return;
+                            }
                             let id = st.series.resolve(&lineproto::series_key(f.series, f.field));
                             st.line_cache.insert(key.clone().into_boxed_slice(), id);
                             id
@@ -78,6 +87,13 @@ impl Engine {
                 if let Err(e) = parsed {
                     abandon_unwritten(st);
                     return Err(e);
+                }
+                if not_utf8 {
+                    abandon_unwritten(st);
+                    return Err(EngineError::BadInput {
+                        line: line_no,
+                        detail: "a measurement, tag or field name that is not UTF-8".into(),
+                    });
                 }
                 if batch.len() > max_points {
                     abandon_unwritten(st);
