@@ -144,8 +144,7 @@ fn packing(values: &[i64]) -> (i64, u64, u32) {
     (min, factor, 64 - max.leading_zeros())
 }
 
-fn packed_len(values: &[i64]) -> usize {
-    let (min, factor, width) = packing(values);
+fn packed_len(values: &[i64], (min, factor, width): (i64, u64, u32)) -> usize {
     1 + varint_len(min)
         + varint_len(factor as i64)
         + 1
@@ -190,40 +189,53 @@ fn patching(values: &[i64]) -> (u64, u32, usize) {
     (factor, width as u32, len_at(width))
 }
 
-/// The non-zero values' form: packed or patched.
-fn encode_dense(values: &[i64], out: &mut Vec<u8>) {
-    if patching(values).2 < packed_len(values) {
-        encode_patched(values, out);
+/// A sequence's dense form, chosen once with its parameters.
+enum Dense {
+    Packed(i64, u64, u32),
+    Patched(u64, u32),
+}
+
+/// The shorter of the packed and patched forms, and its length.
+fn dense(values: &[i64]) -> (Dense, usize) {
+    let (factor, width, patched_len) = patching(values);
+    let packed = packing(values);
+    let packed_len = packed_len(values, packed);
+    if patched_len < packed_len {
+        (Dense::Patched(factor, width), patched_len)
     } else {
-        encode_packed(values, out);
+        (Dense::Packed(packed.0, packed.1, packed.2), packed_len)
     }
 }
 
-fn dense_len(values: &[i64]) -> usize {
-    patching(values).2.min(packed_len(values))
+fn encode_dense(values: &[i64], form: Dense, out: &mut Vec<u8>) {
+    match form {
+        Dense::Packed(min, factor, width) => encode_packed(values, (min, factor, width), out),
+        Dense::Patched(factor, width) => encode_patched(values, factor, width, out),
+    }
 }
 
 /// Appends `values` in whichever form is shorter.
 pub fn encode(values: &[i64], out: &mut Vec<u8>) {
+    let (form, len) = dense(values);
     let zeros = values.iter().filter(|&&v| v == 0).count();
     if zeros * 2 > values.len() {
         let non_zero: Vec<i64> = values.iter().copied().filter(|&v| v != 0).collect();
-        if 1 + values.len().div_ceil(8) + dense_len(&non_zero) < dense_len(values) {
+        let (sparse_form, sparse_len) = dense(&non_zero);
+        if 1 + values.len().div_ceil(8) + sparse_len < len {
             out.push(SPARSE);
             let mut bitmap = vec![0u8; values.len().div_ceil(8)];
             for (i, _) in values.iter().enumerate().filter(|(_, &v)| v != 0) {
                 bitmap[i / 8] |= 1 << (i % 8);
             }
             out.extend_from_slice(&bitmap);
-            encode_dense(&non_zero, out);
+            encode_dense(&non_zero, sparse_form, out);
             return;
         }
     }
-    encode_dense(values, out);
+    encode_dense(values, form, out);
 }
 
-fn encode_patched(values: &[i64], out: &mut Vec<u8>) {
-    let (factor, width, _) = patching(values);
+fn encode_patched(values: &[i64], factor: u64, width: u32, out: &mut Vec<u8>) {
     let mask = if width == 64 {
         u64::MAX
     } else {
@@ -266,8 +278,7 @@ fn put_bits(values: impl Iterator<Item = u64>, width: u32, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_packed(values: &[i64], out: &mut Vec<u8>) {
-    let (min, factor, width) = packing(values);
+fn encode_packed(values: &[i64], (min, factor, width): (i64, u64, u32), out: &mut Vec<u8>) {
     out.push(PACKED);
     put_varint(out, min);
     put_varint(out, factor as i64);
