@@ -213,6 +213,18 @@ fn decode_values(
     Ok(())
 }
 
+/// Values no decimal represents, which every encoding must keep bit for
+/// bit (the segment and WAL tests share them).
+#[cfg(test)]
+pub(crate) const SPECIAL_VALUES: [f64; 6] = [
+    f64::NAN,
+    f64::from_bits(0x7ff8_dead_beef_0001),
+    -0.0,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    f64::MIN_POSITIVE / 3.0,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,15 +262,7 @@ mod tests {
         let ts = regular(6);
         let tenths = [23.5, 24.0, 23.5, 0.1, 99.9, 100.0];
         assert!(round_trip(&ts, &tenths) < 24, "decimals stay small");
-        let specials = [
-            f64::NAN,
-            f64::from_bits(0x7ff8_dead_beef_0001),
-            -0.0,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::MIN_POSITIVE / 3.0,
-        ];
-        for special in specials {
+        for special in SPECIAL_VALUES {
             round_trip(&ts, &[1.5, 2.0, special, 3.0, 4.25, 5.0]);
         }
         round_trip(

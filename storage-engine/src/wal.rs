@@ -277,21 +277,9 @@ mod tests {
     // included; collector-like points take a few bytes, not 20.
     #[test]
     fn batches_round_trip_bit_for_bit() {
-        let values = [
-            23.5,
-            0.1,
-            4_294_967_296.0,
-            -7.25,
-            f64::NAN,
-            f64::from_bits(0x7ff8_dead_beef_0001),
-            -0.0,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::MIN_POSITIVE / 3.0,
-            0.1 + 0.2,
-            f64::MAX,
-            9_007_199_254_740_993.0,
-        ];
+        let mut values = vec![23.5, 0.1, 4_294_967_296.0, -7.25];
+        values.extend(codec::SPECIAL_VALUES);
+        values.extend([0.1 + 0.2, f64::MAX, 9_007_199_254_740_993.0]);
         let points: Vec<(SeriesId, i64, f64)> = values
             .iter()
             .enumerate()
