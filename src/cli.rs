@@ -146,6 +146,11 @@ pub enum Command {
         /// Threads serving requests (default: twice the cores, 4 to 16)
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Files and directories the mount remembers before it asks the kernel to
+        /// forget the least recently used (bounds its memory, about 300 bytes each;
+        /// default 65536, at least 64)
+        #[arg(long, value_name = "N")]
+        max_inodes: Option<usize>,
         /// Append the log of a background mount to PATH (default: the system log,
         /// as "chronicle[PID]")
         #[arg(long, value_name = "PATH")]
@@ -215,6 +220,9 @@ pub enum Command {
         backing: PathBuf,
         /// A path relative to the mount's root (or, with --to-plain,
         /// relative to BACKING)
+        // An encrypted name may begin with '-' (base64url), as may any
+        // plaintext name: it is still the path.
+        #[arg(allow_hyphen_values = true)]
         path: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -238,4 +246,24 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 100_000)]
         points: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn a_path_may_begin_with_a_hyphen() {
+        let cli = Cli::try_parse_from(["chronicle", "path", "B", "-vDQ/x", "--to-plain"])
+            .expect("parses");
+        match cli.command {
+            Command::Path { path, to_plain, .. } => {
+                assert_eq!(path, PathBuf::from("-vDQ/x"));
+                assert!(to_plain);
+            }
+            _ => panic!("not the path command"),
+        }
+    }
 }

@@ -83,6 +83,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             allow_other,
             no_writeback_cache,
             threads,
+            max_inodes,
             log_file,
         } => {
             let defaults = MountOptions::default();
@@ -96,6 +97,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     allow_other,
                     writeback_cache: !no_writeback_cache,
                     threads: threads.unwrap_or(defaults.threads),
+                    max_inodes: max_inodes.unwrap_or(defaults.max_inodes),
                 },
                 log_file,
             })

@@ -378,33 +378,32 @@ fn killed_during_long_renames() {
 // them by handle).
 #[test]
 fn many_files_under_a_small_open_file_limit() {
+    many_files_under_a_small_limit(Handles::Used);
+}
+
+// Protects: the same, where the mount cannot reopen files by handle (here:
+// root without CAP_DAC_READ_SEARCH, as a mount without root would be): then
+// every remembered file keeps its descriptor, and the mount asks the kernel
+// to forget files past a quarter of the limit instead of failing with
+// EMFILE.
+#[test]
+fn many_files_under_a_small_open_file_limit_without_handles() {
+    many_files_under_a_small_limit(Handles::Unavailable);
+}
+
+fn many_files_under_a_small_limit(handles: Handles) {
     if !fuse_available() {
         return;
     }
-    let fixture = Fixture::new();
-    let mnt = fixture.dir.path().join("mnt");
-    fs::create_dir(&mnt).expect("mkdir");
-    let log = fixture.dir.path().join("mount.log");
-    let out = std::process::Command::new("prlimit")
-        .arg("--nofile=1024:1024")
-        .arg(env!("CARGO_BIN_EXE_chronicle"))
-        .args([
-            "mount",
-            fixture.b(),
-            path_str(&mnt),
-            "--log-file",
-            path_str(&log),
-        ])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("prlimit");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted { fixture, mnt, log };
+    let m = mount_limited(1024, handles);
+    if handles == Handles::Unavailable {
+        let log = m.log_text();
+        assert!(log.contains("no file handles here"), "{log}");
+        if log.contains("cannot be asked to forget") {
+            eprintln!("skipped: this kernel has no FUSE_NOTIFY_PRUNE (Linux 6.18)");
+            return;
+        }
+    }
     let dir = m.path("many");
     fs::create_dir(&dir).expect("mkdir");
     let count = 5_000;
@@ -421,6 +420,97 @@ fn many_files_under_a_small_open_file_limit() {
     }
     fs::remove_dir_all(&dir).expect("remove");
     assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
+}
+
+// Protects: the mount's memory stays bounded however many files the kernel
+// would remember. Past `--max-inodes` the mount asks the kernel to forget
+// the inodes used least lately, so after a few thousand files are created
+// and stat'ed it keeps about the limit of entries (seen as backing
+// descriptors: one per entry while they fit in a quarter of the open-file
+// limit), where a mount with the default limit keeps them all; every file
+// still reads back.
+#[test]
+fn remembered_inodes_are_bounded() {
+    if !fuse_available() {
+        return;
+    }
+    // The mount raises its open-file limit to the hard limit and keeps a
+    // quarter of it for entries' descriptors: stay well inside that.
+    let hard: usize = fs::read_to_string("/proc/self/limits")
+        .expect("limits")
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4)?.parse().ok())
+        .unwrap_or(1024);
+    let dirs = (hard / 4).saturating_sub(500) / 1_000;
+    if dirs < 2 {
+        eprintln!("skipped: an open-file limit of {hard} is too small to tell");
+        return;
+    }
+    let dirs = dirs.min(4);
+    let files = dirs * 1_000;
+    let bound = 600;
+    let descriptors = |extra: &[&str]| -> (usize, Mounted) {
+        let m = Mounted::new(extra);
+        let pid = mount_pid(&m.mnt);
+        for d in 0..dirs {
+            let dir = m.path(&format!("d{d}"));
+            fs::create_dir(&dir).expect("mkdir");
+            for i in 0..1_000 {
+                fs::write(dir.join(format!("f{i}")), format!("{d}/{i}")).expect("create");
+            }
+        }
+        for d in 0..dirs {
+            for entry in fs::read_dir(m.path(&format!("d{d}"))).expect("list") {
+                entry.expect("entry").metadata().expect("stat");
+            }
+        }
+        let count = || {
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("fds")
+                .count()
+        };
+        let mut open = count();
+        // Pruning is asynchronous: give the kernel's FORGETs a moment.
+        for _ in 0..50 {
+            if open < bound || extra.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            open = count();
+        }
+        for d in 0..dirs {
+            for i in (0..1_000).step_by(13) {
+                let path = m.path(&format!("d{d}/f{i}"));
+                assert_eq!(fs::read_to_string(path).expect("read"), format!("{d}/{i}"));
+            }
+        }
+        (open, m)
+    };
+    let (bounded, m) = descriptors(&["--max-inodes", "256"]);
+    if m.log_text().contains("cannot be asked to forget") {
+        eprintln!("skipped: this kernel has no FUSE_NOTIFY_PRUNE (Linux 6.18)");
+        return;
+    }
+    assert!(
+        m.log_text()
+            .contains("the kernel forgets inodes on request"),
+        "{}",
+        m.log_text()
+    );
+    assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
+    drop(m);
+    let (unbounded, m) = descriptors(&[]);
+    drop(m);
+    assert!(
+        unbounded > files,
+        "the default limit kept only {unbounded} descriptors for {files} files: \
+         the test no longer sees what it measures"
+    );
+    assert!(
+        bounded < bound,
+        "{bounded} descriptors open with --max-inodes 256"
+    );
 }
 
 // Protects: removing an empty directory succeeds while other processes
@@ -458,4 +548,50 @@ fn rmdir_while_the_directory_is_listed() {
         failures.len(),
         failures.first()
     );
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Handles {
+    Used,
+    /// The mount runs without CAP_DAC_READ_SEARCH, which
+    /// `open_by_handle_at` needs.
+    Unavailable,
+}
+
+/// A mount whose open-file limit is `nofile` (soft and hard, so it cannot
+/// raise it).
+fn mount_limited(nofile: u32, handles: Handles) -> Mounted {
+    let fixture = Fixture::new();
+    let mnt = fixture.dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let log = fixture.dir.path().join("mount.log");
+    let mut command = std::process::Command::new("prlimit");
+    command.arg(format!("--nofile={nofile}:{nofile}"));
+    if handles == Handles::Unavailable {
+        command.args([
+            "setpriv",
+            "--inh-caps=-dac_read_search",
+            "--bounding-set=-dac_read_search",
+            "--",
+        ]);
+    }
+    let out = command
+        .arg(env!("CARGO_BIN_EXE_chronicle"))
+        .args([
+            "mount",
+            fixture.b(),
+            path_str(&mnt),
+            "--log-file",
+            path_str(&log),
+        ])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("prlimit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted { fixture, mnt, log }
 }

@@ -40,9 +40,7 @@ pub struct ChronicleFs {
 
 impl fuser::Filesystem for ChronicleFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
             // O_TRUNC reaches `open`, which empties the file through its
             // shared EncryptedFile (repairing a damaged one) in the same
@@ -55,6 +53,13 @@ impl fuser::Filesystem for ChronicleFs {
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        // A listing with attributes makes the kernel remember every entry
+        // at once. Where each remembered file costs the mount a descriptor
+        // (no file handles), listings stay plain and the kernel looks up
+        // only the files a program goes on to use.
+        if self.ops.reopens_by_handle() {
+            wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {

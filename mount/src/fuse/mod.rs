@@ -6,6 +6,7 @@ mod fs;
 mod handles;
 mod nodes;
 mod ops;
+mod prune;
 mod xattr;
 
 use std::io;
@@ -18,6 +19,10 @@ use rustix::fs::{Mode, OFlags};
 use crate::journal::Journal;
 use crate::volume::Volume;
 
+/// Inodes remembered by default: about 20 MiB of the mount's memory, and
+/// more than the files most databases keep.
+pub const DEFAULT_MAX_INODES: usize = 65_536;
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -29,6 +34,9 @@ pub struct MountOptions {
     pub writeback_cache: bool,
     /// Threads serving requests.
     pub threads: usize,
+    /// Inodes the mount remembers before it asks the kernel to forget the
+    /// least recently used (its memory: a few hundred bytes each).
+    pub max_inodes: usize,
 }
 
 impl Default for MountOptions {
@@ -39,6 +47,7 @@ impl Default for MountOptions {
             allow_other: false,
             writeback_cache: true,
             threads: (2 * cores).clamp(4, 16),
+            max_inodes: DEFAULT_MAX_INODES,
         }
     }
 }
@@ -102,13 +111,17 @@ impl Mounted {
             true => None,
             false => Some(std::sync::Arc::new(open_journal(volume)?)),
         };
+        let prune = std::sync::Arc::new(prune::PruneSignal::new());
         let ops = ops::Ops::new(
             root,
             std::sync::Arc::clone(volume.crypto()),
             std::sync::Arc::clone(volume.names()),
             journal,
             volume.config().xattrs(),
+            options.max_inodes,
+            std::sync::Arc::clone(&prune),
         )?;
+        let picker = ops.picker();
         let filesystem = fs::ChronicleFs {
             ops,
             writeback_cache: options.writeback_cache && !options.read_only,
@@ -132,6 +145,10 @@ impl Mounted {
         config.n_threads = Some(options.threads.max(1));
         config.clone_fd = true;
         let session = fuser::Session::new(filesystem, mountpoint, &config)?;
+        // Prune notifications go to the session's device from a thread of
+        // their own (see `prune`); it ends when the session drops the table.
+        use std::os::fd::AsFd;
+        prune::spawn(prune, session.as_fd().try_clone_to_owned()?, picker)?;
         raise_readahead(mountpoint);
         Ok(Mounted { session })
     }

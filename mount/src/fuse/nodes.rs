@@ -10,7 +10,12 @@
 //! first, once more than `budget` are open; a later use reopens the file by
 //! its handle, which, like the descriptor, follows the file through any
 //! rename. A tree of any size then needs descriptors only for the files in
-//! use at once. Elsewhere every entry keeps its descriptor, as before.
+//! use at once. Elsewhere every entry keeps its descriptor, and the table
+//! keeps no more entries than the budget (see below).
+//!
+//! The number of entries is bounded too: past `limit`, the table picks
+//! entries no request has used since its last pick (a clock) and asks the
+//! kernel to forget them (`prune`); the kernel's FORGET then removes them.
 //!
 //! A backing file is identified by (device, inode), never by inode number
 //! alone: BACKING may span file systems (a btrfs subvolume, a bind mount,
@@ -27,12 +32,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use fuser::Errno;
 use rustix::fs::{FileType, Stat};
 
 use super::handles::{self, FileHandle};
+use super::prune::PruneSignal;
 use crate::content::EncryptedFile;
 use crate::names::DirKey;
 
@@ -46,7 +53,12 @@ pub struct Node {
     pub ino: u64,
     /// The backing device: the key of the inode, with the backing inode.
     pub dev: u64,
+    backing_ino: u64,
     pub kind: FileType,
+    /// Kernel lookups not yet forgotten; changed under the table's lock.
+    lookups: AtomicU64,
+    /// The table's pruning round in which a request last used the entry.
+    used: AtomicU32,
     /// `O_PATH` descriptor of the backing file, while open (see the module
     /// comment); use it through `NodeTable::pin`.
     slot: Mutex<Option<Arc<OwnedFd>>>,
@@ -61,11 +73,14 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(ino: u64, dev: u64, kind: FileType, fd: OwnedFd, handle: Option<FileHandle>) -> Node {
+    fn new(ino: u64, stat: &Stat, kind: FileType, fd: OwnedFd, handle: Option<FileHandle>) -> Node {
         Node {
             ino,
-            dev,
+            dev: stat.st_dev,
+            backing_ino: stat.st_ino,
             kind,
+            lookups: AtomicU64::new(0),
+            used: AtomicU32::new(0),
             slot: Mutex::new(Some(Arc::new(fd))),
             handle,
             content: Mutex::new(Weak::new()),
@@ -106,23 +121,19 @@ impl Pinned {
     }
 }
 
-struct Entry {
-    node: Arc<Node>,
-    lookups: u64,
-    /// (device, backing inode) of a file on another device.
-    foreign: Option<(u64, u64)>,
-}
-
 #[derive(Default)]
 struct Table {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Arc<Node>>,
     /// (device, backing inode) → inode number, for other devices.
     foreign: HashMap<(u64, u64), u64>,
     next_foreign: u64,
+    /// The table's size at which it next picks entries to prune.
+    next_prune_at: usize,
 }
 
 pub struct NodeTable {
-    table: Mutex<Table>,
+    /// Shared with the pruning thread's `Picker`.
+    table: Arc<Mutex<Table>>,
     root_backing_ino: u64,
     root_dev: u64,
     /// A (readable, not `O_PATH`) descriptor of BACKING's root, for opening
@@ -134,12 +145,23 @@ pub struct NodeTable {
     open: Mutex<VecDeque<Weak<Node>>>,
     /// Most such descriptors open at once.
     budget: usize,
+    /// Most entries kept before asking the kernel to forget some.
+    limit: usize,
+    /// The current pruning round (see `Node::used`).
+    round: Arc<AtomicU32>,
+    prune: Arc<PruneSignal>,
 }
 
 impl NodeTable {
     /// `budget`: how many descriptors of entries may stay open at once
-    /// where handles let them be reopened.
-    pub fn new(root_fd: OwnedFd, budget: usize) -> std::io::Result<Self> {
+    /// where handles let them be reopened; `limit`: how many entries to
+    /// keep before asking the kernel, through `prune`, to forget some.
+    pub fn new(
+        root_fd: OwnedFd,
+        budget: usize,
+        limit: usize,
+        prune: Arc<PruneSignal>,
+    ) -> std::io::Result<Self> {
         let stat = rustix::fs::fstat(&root_fd)?;
         // Handles are used only where they work here: the file system gives
         // them and this process may open them.
@@ -154,42 +176,54 @@ impl NodeTable {
         let handles = handles::handle_of(root_fd.as_fd())
             .and_then(|h| handles::open_handle(mount_fd.as_fd(), &h))
             .is_ok();
+        let budget = budget.max(16);
+        // Without handles every entry keeps its descriptor, so the entries
+        // themselves must stay within the descriptors' budget, with room
+        // for those the kernel is slow to forget.
+        let limit = match handles {
+            true => limit,
+            false => limit.min(budget / 2),
+        }
+        .max(64);
         if !handles {
             log::info!(
-                "no file handles here: the mount keeps a descriptor per file the kernel remembers"
+                "no file handles here: the mount keeps a descriptor per file the kernel \
+                 remembers, and asks the kernel to forget files past {limit}"
             );
         }
         let root = Arc::new(Node::new(
             ROOT_INO,
-            stat.st_dev,
+            &stat,
             FileType::Directory,
             root_fd,
             None,
         ));
-        let mut table = Table::default();
         // The root is never forgotten: one lookup that no forget undoes.
-        table.entries.insert(
-            ROOT_INO,
-            Entry {
-                node: root,
-                lookups: 1,
-                foreign: None,
-            },
-        );
+        root.lookups.store(1, Ordering::Relaxed);
+        let mut table = Table {
+            next_prune_at: limit,
+            ..Table::default()
+        };
+        table.entries.insert(ROOT_INO, root);
         Ok(NodeTable {
-            table: Mutex::new(table),
+            table: Arc::new(Mutex::new(table)),
             root_backing_ino: stat.st_ino,
             root_dev: stat.st_dev,
             mount_fd,
             handles,
             open: Mutex::new(VecDeque::new()),
-            budget: budget.max(16),
+            budget,
+            limit,
+            round: Arc::new(AtomicU32::new(1)),
+            prune,
         })
     }
 
     /// Holds `node`'s descriptor open, reopening it by its handle if it was
     /// closed.
     pub fn pin(&self, node: &Arc<Node>) -> Result<Pinned, Errno> {
+        node.used
+            .store(self.round.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut slot = node.slot();
         if let Some(fd) = slot.as_ref() {
             return Ok(Pinned {
@@ -272,7 +306,7 @@ impl NodeTable {
             .lock()
             .entries
             .get(&ino)
-            .map(|e| Arc::clone(&e.node))
+            .map(Arc::clone)
             .ok_or(Errno::ESTALE)?;
         self.pin(&node)
     }
@@ -281,6 +315,9 @@ impl NodeTable {
     /// status is `stat`), reusing the existing entry for that file if any.
     /// `kind` is what the program sees (a file-form symlink is a symlink).
     pub fn remember(&self, fd: OwnedFd, stat: &Stat, kind: FileType) -> Result<Pinned, Errno> {
+        if !self.handles {
+            self.make_room();
+        }
         // The handle of a file on BACKING's own device (others keep their
         // descriptors: their handles would need a descriptor on their own
         // file system to open).
@@ -290,7 +327,7 @@ impl NodeTable {
             None
         };
         let mut table = self.lock();
-        let (ino, foreign) = if stat.st_dev == self.root_dev {
+        let ino = if stat.st_dev == self.root_dev {
             if stat.st_ino & FOREIGN_BIT != 0 {
                 log::error!(
                     "backing inode number {} is too large to pass through; refusing it",
@@ -298,10 +335,10 @@ impl NodeTable {
                 );
                 return Err(Errno::EOVERFLOW);
             }
-            (self.fuse_ino(stat.st_ino), None)
+            self.fuse_ino(stat.st_ino)
         } else {
             let key = (stat.st_dev, stat.st_ino);
-            let ino = match table.foreign.get(&key) {
+            match table.foreign.get(&key) {
                 Some(&ino) => ino,
                 None => {
                     table.next_foreign += 1;
@@ -309,34 +346,36 @@ impl NodeTable {
                     table.foreign.insert(key, ino);
                     ino
                 }
-            };
-            (ino, Some(key))
+            }
         };
         let mut fresh = None;
         // An entry whose descriptor was closed no longer pins its inode: the
         // file may be gone and its number reused by another. Handles differ
         // then (they carry a generation), and the entry is renewed.
         let reused = matches!(
-            (table.entries.get(&ino).map(|e| &e.node.handle), &handle),
+            (table.entries.get(&ino).map(|node| &node.handle), &handle),
             (Some(Some(old)), Some(new)) if old != new
         );
         // The kernel's lookups of the number carry over to the new entry.
         let carried = if reused {
-            table.entries.remove(&ino).map_or(0, |e| e.lookups)
+            table
+                .entries
+                .remove(&ino)
+                .map_or(0, |old| old.lookups.load(Ordering::Relaxed))
         } else {
             0
         };
-        let entry = table.entries.entry(ino).or_insert_with(|| {
-            let node = Arc::new(Node::new(ino, stat.st_dev, kind, fd, handle));
+        let node = table.entries.entry(ino).or_insert_with(|| {
+            let node = Arc::new(Node::new(ino, stat, kind, fd, handle));
+            node.lookups.store(carried, Ordering::Relaxed);
             fresh = Some(Arc::clone(&node));
-            Entry {
-                node,
-                lookups: carried,
-                foreign,
-            }
+            node
         });
-        entry.lookups += 1;
-        let node = Arc::clone(&entry.node);
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        let node = Arc::clone(node);
+        if fresh.is_some() && table.entries.len() > table.next_prune_at {
+            self.prune.wake();
+        }
         drop(table);
         let pinned = self.pin(&node)?;
         if let Some(fresh) = fresh {
@@ -345,10 +384,23 @@ impl NodeTable {
         Ok(pinned)
     }
 
+    /// Without handles every entry holds a descriptor: past the budget,
+    /// waits a little for the kernel to forget some (other serving threads
+    /// take its FORGETs) rather than let the next open fail with EMFILE.
+    fn make_room(&self) {
+        for _ in 0..40 {
+            if self.lock().entries.len() < self.budget || !self.prune.supported() {
+                return;
+            }
+            self.prune.wake();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Adds a lookup to an entry the caller already holds (hard links).
     pub fn add_lookup(&self, ino: u64) {
-        if let Some(entry) = self.lock().entries.get_mut(&ino) {
-            entry.lookups += 1;
+        if let Some(node) = self.lock().entries.get(&ino) {
+            node.lookups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -358,20 +410,102 @@ impl NodeTable {
             return;
         }
         let mut table = self.lock();
-        if let Some(entry) = table.entries.get_mut(&ino) {
-            entry.lookups = entry.lookups.saturating_sub(count);
-            if entry.lookups == 0 {
-                if let Some(key) = entry.foreign {
-                    table.foreign.remove(&key);
-                }
-                table.entries.remove(&ino);
+        let Some(node) = table.entries.get(&ino) else {
+            return;
+        };
+        let left = node.lookups.load(Ordering::Relaxed).saturating_sub(count);
+        node.lookups.store(left, Ordering::Relaxed);
+        if left == 0 {
+            if node.dev != self.root_dev {
+                let key = (node.dev, node.backing_ino);
+                table.foreign.remove(&key);
             }
+            table.entries.remove(&ino);
+            let len = table.entries.len();
+            table.next_prune_at = table
+                .next_prune_at
+                .min(len.max(self.limit) + self.limit / 10);
+        }
+    }
+
+    /// Whether entries keep handles and may close their descriptors.
+    pub fn reopens_by_handle(&self) -> bool {
+        self.handles
+    }
+
+    /// What the pruning thread picks entries with.
+    pub fn picker(&self) -> Picker {
+        Picker {
+            table: Arc::downgrade(&self.table),
+            round: Arc::clone(&self.round),
+            limit: self.limit,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        // The table stays consistent across a panic in another thread
-        // (no update spans a point that can panic), so poisoning is ignored.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.table)
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    // The table stays consistent across a panic in another thread (no
+    // update spans a point that can panic), so poisoning is ignored.
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Picks entries of a `NodeTable` for the kernel to forget (see `prune`).
+pub struct Picker {
+    table: Weak<Mutex<Table>>,
+    round: Arc<AtomicU32>,
+    limit: usize,
+}
+
+impl Picker {
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The table's size and the entries to ask the kernel to forget, enough
+    /// to bring it back to nine tenths of its limit: those no request has
+    /// used since the last pick and that nothing holds now (no open handle,
+    /// listing or request). Starts a new round. `None` once the table is
+    /// gone.
+    ///
+    /// The table wakes the pruning thread again only once it is a tenth of
+    /// the limit past the larger of the limit and its smallest size since
+    /// this pick, so that entries the kernel keeps (in use there) cost one
+    /// scan per tenth, not one per lookup.
+    pub fn pick(&self) -> Option<(usize, Vec<u64>)> {
+        let table = self.table.upgrade()?;
+        let mut table = lock(&table);
+        let len = table.entries.len();
+        table.next_prune_at = len.max(self.limit) + self.limit / 10;
+        if len <= self.limit {
+            return Some((len, Vec::new()));
+        }
+        let round = self.round.fetch_add(1, Ordering::Relaxed);
+        let picked: Vec<u64> = table
+            .entries
+            .iter()
+            .filter(|(&ino, node)| {
+                ino != ROOT_INO
+                    && node.used.load(Ordering::Relaxed) != round
+                    && Arc::strong_count(node) == 1
+            })
+            .map(|(&ino, _)| ino)
+            .take(len - self.limit * 9 / 10)
+            .collect();
+        log::debug!(
+            "{len} inodes remembered (limit {}): asking the kernel to forget {}",
+            self.limit,
+            picked.len()
+        );
+        Some((len, picked))
+    }
+}
+
+impl Drop for NodeTable {
+    fn drop(&mut self) {
+        self.prune.close();
     }
 }

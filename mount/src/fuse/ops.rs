@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, TimeOrNow};
@@ -19,6 +19,7 @@ use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamp
 use super::attr;
 use super::errno::{io, sys, volume_errno_at};
 use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
+use super::prune::PruneSignal;
 use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::create::{self, CreateError};
@@ -68,6 +69,8 @@ struct DirItem {
 enum Handle {
     File {
         content: Arc<EncryptedFile>,
+        /// The file's node, whose `content` slot this handle keeps filled.
+        node: Arc<Node>,
     },
     Dir {
         node: Arc<Node>,
@@ -164,10 +167,12 @@ impl Ops {
         names: Arc<Names>,
         journal: Option<Arc<Journal>>,
         xattrs_enabled: bool,
+        max_inodes: usize,
+        prune: Arc<PruneSignal>,
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
         Ok(Ops {
-            nodes: NodeTable::new(root, descriptor_budget())?,
+            nodes: NodeTable::new(root, descriptor_budget(), max_inodes, prune)?,
             read_only: journal.is_none(),
             journal,
             crypto,
@@ -181,6 +186,17 @@ impl Ops {
     }
 
     // ---- names and nodes -------------------------------------------------
+
+    /// Whether remembered files cost no descriptor while unused (see
+    /// `nodes`).
+    pub fn reopens_by_handle(&self) -> bool {
+        self.nodes.reopens_by_handle()
+    }
+
+    /// What the pruning thread picks the inode table's entries with.
+    pub fn picker(&self) -> super::nodes::Picker {
+        self.nodes.picker()
+    }
 
     fn node(&self, ino: u64) -> Result<Pinned, Errno> {
         self.nodes.get(ino)
@@ -371,8 +387,10 @@ impl Ops {
     /// reply's attributes and the inode all name one file.
     fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<FileAttr, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
-        self.chown_new(caller, &node)?;
-        self.stat_attr(&node)
+        self.or_uncounted(&node, || {
+            self.chown_new(caller, &node)?;
+            self.stat_attr(&node)
+        })
     }
 
     /// The node of a file the mount just opened, from the descriptor itself
@@ -464,7 +482,10 @@ impl Ops {
         } else if let Some(damage) = content.damage() {
             return Err(self.errno_of(damage));
         }
-        Ok(self.add_handle(Handle::File { content }))
+        Ok(self.add_handle(Handle::File {
+            content,
+            node: Arc::clone(node.node()),
+        }))
     }
 
     pub fn create(
@@ -494,19 +515,49 @@ impl Ops {
             Err(CreateError::Volume(e)) => return Err(self.errno_of(e)),
         };
         let node = self.node_of_opened(&opened)?;
-        if node.kind != RawType::RegularFile {
+        self.or_uncounted(&node, || {
+            self.open_created(caller, &node, opened, created, flags)
+        })
+    }
+
+    /// Runs the rest of a request that counted a lookup of `node`. The
+    /// lookup reaches the kernel only with a reply that succeeds; on any
+    /// failure it is taken back, or the entry would wait for a FORGET that
+    /// never comes.
+    fn or_uncounted<T>(
+        &self,
+        node: &Pinned,
+        rest: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let done = rest();
+        if done.is_err() {
             self.nodes.forget(node.ino, 1);
+        }
+        done
+    }
+
+    /// `create`'s work after the node is known.
+    fn open_created(
+        &self,
+        caller: Caller,
+        node: &Pinned,
+        opened: File,
+        created: bool,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
         }
         if created {
-            self.chown_new(caller, &node)?;
+            self.chown_new(caller, node)?;
         }
-        let content = self.content_with(&node, Some(opened))?;
+        let content = self.content_with(node, Some(opened))?;
         if !created && flags & libc::O_TRUNC != 0 {
             content.set_len(0).map_err(|e| self.errno_of(e))?;
         }
-        let attr = self.stat_attr(&node)?;
-        Ok((attr, self.add_handle(Handle::File { content })))
+        let attr = self.stat_attr(node)?;
+        let node = Arc::clone(node.node());
+        Ok((attr, self.add_handle(Handle::File { content, node })))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
@@ -543,7 +594,19 @@ impl Ops {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles().remove(&fh);
+        let Some(handle) = self.handles().remove(&fh) else {
+            return;
+        };
+        if let Handle::File { node, .. } = &*handle {
+            let node = Arc::clone(node);
+            drop(handle);
+            // An `EncryptedFile` no handle uses any more is gone, but its
+            // memory stays while a `Weak` points at it: empty the slot.
+            let mut slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.strong_count() == 0 {
+                *slot = Weak::new();
+            }
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
@@ -813,11 +876,13 @@ impl Ops {
             .map_err(sys)?;
             let file = File::from(fd);
             let node = self.node_of_opened(&file)?;
-            let label = std::path::PathBuf::from(name);
-            EncryptedFile::create(file, Arc::clone(&self.crypto), label)
-                .map_err(|e| self.errno_of(e))?;
-            self.chown_new(caller, &node)?;
-            return self.stat_attr(&node);
+            return self.or_uncounted(&node, || {
+                let label = std::path::PathBuf::from(name);
+                EncryptedFile::create(file, Arc::clone(&self.crypto), label)
+                    .map_err(|e| self.errno_of(e))?;
+                self.chown_new(caller, &node)?;
+                self.stat_attr(&node)
+            });
         } else {
             rustix::fs::mknodat(
                 &parent.fd,
@@ -896,7 +961,7 @@ impl Ops {
         )
         .map_err(sys)?;
         self.nodes.add_lookup(node.ino);
-        self.stat_attr(&node)
+        self.or_uncounted(&node, || self.stat_attr(&node))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
