@@ -204,7 +204,10 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
 /// holds nothing (every write the process acknowledged already reached the
 /// backing directory), so mounting again clears it, and says so.
 fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
-    let Err(e) = std::fs::metadata(mountpoint) else {
+    // statfs always asks the file system; a stat may be answered from
+    // attributes the kernel still caches for a moment after the process
+    // died, and the next look then finds no directory there.
+    let Err(e) = rustix::fs::statfs(mountpoint).map_err(std::io::Error::from) else {
         return Ok(());
     };
     if e.raw_os_error() != Some(libc::ENOTCONN) {

@@ -14,6 +14,11 @@ pub struct Mapped {
 impl Mapped {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).context(|| format!("opening {}", path.display()))?;
+        Self::of(&file, path)
+    }
+
+    /// Maps `file` (open for reading), which is the segment at `path`.
+    pub fn of(file: &File, path: &Path) -> Result<Self> {
         let len = file
             .metadata()
             .context(|| format!("examining {}", path.display()))?
@@ -27,7 +32,7 @@ impl Mapped {
         // processes out. A file removed while mapped stays mapped until
         // dropped. Another program truncating it would be a SIGBUS; that is
         // outside what the lock can prevent and is documented.
-        let map = unsafe { memmap2::Mmap::map(&file) }
+        let map = unsafe { memmap2::Mmap::map(file) }
             .context(|| format!("mapping {}", path.display()))?;
         Ok(Mapped { map: Some(map) })
     }

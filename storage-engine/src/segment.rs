@@ -80,6 +80,15 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 /// Writes sorted, deduplicated points per series to a new segment file and
 /// fsyncs it. The caller records it in the manifest.
 pub fn write(path: &Path, data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<SegmentStats> {
+    write_open(path, data).map(|(stats, _)| stats)
+}
+
+/// Like `write`, and opens the new segment from the descriptor that wrote
+/// it (on a FUSE mount, reopening by path is an OPEN and a RELEASE more).
+pub fn write_open(
+    path: &Path,
+    data: &BTreeMap<SeriesId, Vec<(i64, f64)>>,
+) -> Result<(SegmentStats, Segment)> {
     let mut out = Vec::with_capacity(HEADER_LEN + 4096);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -152,6 +161,7 @@ pub fn write(path: &Path, data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<
     out.extend_from_slice(&index_crc.to_le_bytes());
     out.extend_from_slice(&INDEX_MAGIC);
     let mut file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(path)
@@ -160,7 +170,8 @@ pub fn write(path: &Path, data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<
         .and_then(|()| file.sync_all())
         .context(|| format!("writing {}", path.display()))?;
     stats.bytes = out.len() as u64;
-    Ok(stats)
+    let segment = Segment::of(&file, path)?;
+    Ok((stats, segment))
 }
 
 /// An open segment: its mapping and parsed index.
@@ -172,7 +183,15 @@ pub struct Segment {
 
 impl Segment {
     pub fn open(path: &Path) -> Result<Segment> {
-        let map = Mapped::open(path)?;
+        Self::from_map(Mapped::open(path)?, path)
+    }
+
+    /// The segment at `path`, open as `file`.
+    fn of(file: &std::fs::File, path: &Path) -> Result<Segment> {
+        Self::from_map(Mapped::of(file, path)?, path)
+    }
+
+    fn from_map(map: Mapped, path: &Path) -> Result<Segment> {
         let index = parse_index(map.bytes(), path)?;
         Ok(Segment {
             path: path.to_path_buf(),

@@ -74,7 +74,10 @@ enum Handle {
     },
     Dir {
         node: Arc<Node>,
-        entries: Arc<Vec<DirItem>>,
+        /// The listing, read at the first READDIR: a program that opens a
+        /// directory only to fsync it (as databases do after a rename)
+        /// never pays for reading and decrypting every name.
+        entries: Mutex<Option<Arc<Vec<DirItem>>>>,
     },
 }
 
@@ -1051,6 +1054,17 @@ impl Ops {
     /// stay meaningful while the directory changes underneath.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let node = self.node(ino)?;
+        if node.kind != RawType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(self.add_handle(Handle::Dir {
+            node: Arc::clone(node.node()),
+            entries: Mutex::new(None),
+        }))
+    }
+
+    /// The names in directory `node` now, decrypted.
+    fn list(&self, node: &Pinned) -> Result<Vec<DirItem>, Errno> {
         let dir_fd = rustix::fs::openat(
             &node.fd,
             ".",
@@ -1058,7 +1072,7 @@ impl Ops {
             Mode::empty(),
         )
         .map_err(sys)?;
-        let key = self.dir_key(&node)?;
+        let key = self.dir_key(node)?;
         let mut dir = rustix::fs::Dir::read_from(&dir_fd).map_err(sys)?;
         let mut entries = Vec::new();
         while let Some(entry) = dir.read() {
@@ -1075,7 +1089,7 @@ impl Ops {
                     None => continue,
                     Some(Err(e)) => {
                         // Shown to nobody: logged, like a forged block.
-                        let _ = self.name_errno(e, &node);
+                        let _ = self.name_errno(e, node);
                         continue;
                     }
                 }
@@ -1092,19 +1106,24 @@ impl Ops {
             entries.push(DirItem {
                 name,
                 backing: raw.to_os_string(),
-                ino: self.nodes.entry_ino(&node, entry.ino()),
+                ino: self.nodes.entry_ino(node, entry.ino()),
                 kind,
             });
         }
-        Ok(self.add_handle(Handle::Dir {
-            node: Arc::clone(node.node()),
-            entries: Arc::new(entries),
-        }))
+        Ok(entries)
     }
 
     fn dir_entries(&self, fh: u64) -> Result<(Pinned, Arc<Vec<DirItem>>), Errno> {
         match &*self.handle(fh)? {
-            Handle::Dir { node, entries } => Ok((self.nodes.pin(node)?, Arc::clone(entries))),
+            Handle::Dir { node, entries } => {
+                let node = self.nodes.pin(node)?;
+                let mut entries = entries.lock().unwrap_or_else(|p| p.into_inner());
+                let entries = match &*entries {
+                    Some(listed) => Arc::clone(listed),
+                    None => entries.insert(Arc::new(self.list(&node)?)).clone(),
+                };
+                Ok((node, entries))
+            }
             Handle::File { .. } => Err(Errno::ENOTDIR),
         }
     }

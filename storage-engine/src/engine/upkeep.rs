@@ -99,7 +99,7 @@ impl Engine {
         series: &BTreeMap<SeriesId, Vec<(i64, f64)>>,
     ) -> Result<LiveSegment> {
         let path = self.dir.join(&file);
-        let written = segment::write(&path, series)?;
+        let (written, segment) = segment::write_open(&path, series)?;
         Ok(LiveSegment {
             entry: SegmentEntry {
                 file,
@@ -109,7 +109,7 @@ impl Engine {
                 points: written.points,
                 bytes: written.bytes,
             },
-            segment: Arc::new(Segment::open(&path)?),
+            segment: Arc::new(segment),
         })
     }
 
@@ -152,6 +152,9 @@ impl Engine {
         next.store(&self.dir)?;
         st.segments = next;
         self.counters.compacted();
+        // The manifest no longer names them and file names are never handed
+        // out again: writers need not wait for the removals.
+        drop(st);
         self.remove_files(&retired)?;
         Ok(stats)
     }
@@ -175,6 +178,7 @@ impl Engine {
         next.retain(|l| !expired(&l.entry));
         next.store(&self.dir)?;
         st.segments = next;
+        drop(st);
         self.remove_files(&dropped)?;
         Ok(partitions.len() as u64)
     }
