@@ -129,7 +129,12 @@ impl Engine {
         let mut stats = CompactStats::default();
         let mut next = st.segments.clone();
         let mut retired: Vec<String> = Vec::new();
-        for (partition, members) in by_partition.into_iter().filter(|(_, m)| m.len() > 1) {
+        let jobs: Vec<(i64, Vec<LiveSegment>, String)> = by_partition
+            .into_iter()
+            .filter(|(_, m)| m.len() > 1)
+            .map(|(partition, members)| (partition, members, next.new_file_name()))
+            .collect();
+        let written = in_parallel(&jobs, |(partition, members, file)| {
             let sources: Vec<Arc<Segment>> =
                 members.iter().map(|l| Arc::clone(&l.segment)).collect();
             let ids: BTreeSet<SeriesId> = sources.iter().flat_map(|s| s.series()).collect();
@@ -137,8 +142,10 @@ impl Engine {
             for id in ids {
                 merged.insert(id, read_merged(&sources, &[], id, i64::MIN, i64::MAX)?);
             }
-            let file = next.new_file_name();
-            let compacted = self.write_segment(file, partition, &merged)?;
+            self.write_segment(file.clone(), *partition, &merged)
+        });
+        for ((_, members, _), compacted) in jobs.iter().zip(written) {
+            let compacted = compacted?;
             let old: Vec<&str> = members.iter().map(|l| l.entry.file.as_str()).collect();
             next.retain(|l| !old.contains(&l.entry.file.as_str()));
             next.push(compacted);
@@ -220,5 +227,54 @@ impl Engine {
         let mut manifest = st.segments.manifest();
         manifest.wal_checkpoint = st.wal.number();
         manifest.store(dest)
+    }
+}
+
+/// `work` applied to every job, on up to as many threads as cores (at
+/// most 4), results in the jobs' order. Compaction's partitions are
+/// independent; on a FUSE mount each new segment waits on several round
+/// trips, which another thread's merging can overlap.
+fn in_parallel<J: Sync, R: Send>(jobs: &[J], work: impl Fn(&J) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(jobs.len());
+    if threads <= 1 {
+        return jobs.iter().map(work).collect();
+    }
+    let work = &work;
+    let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..jobs.len())
+                        .step_by(threads)
+                        .map(|i| (i, work(&jobs[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut all: Vec<(usize, R)> = parts.drain(..).flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_parallel;
+
+    #[test]
+    fn parallel_results_keep_the_jobs_order() {
+        let jobs: Vec<u32> = (0..37).collect();
+        assert_eq!(
+            in_parallel(&jobs, |j| j * 2),
+            jobs.iter().map(|j| j * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(in_parallel(&[] as &[u32], |j| *j), Vec::<u32>::new());
     }
 }
