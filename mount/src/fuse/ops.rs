@@ -479,11 +479,18 @@ impl Ops {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
         let node = self.node(ino)?;
         let content = self.content(&node)?;
-        if flags & libc::O_TRUNC != 0 && !self.read_only {
+        let usable = if flags & libc::O_TRUNC != 0 && !self.read_only {
             // Truncating to zero also repairs a damaged header.
-            content.set_len(0).map_err(|e| self.errno_of(e))?;
-        } else if let Some(damage) = content.damage() {
-            return Err(self.errno_of(damage));
+            content.set_len(0).map_err(|e| self.errno_of(e))
+        } else {
+            content
+                .damage()
+                .map_or(Ok(()), |damage| Err(self.errno_of(damage)))
+        };
+        if let Err(e) = usable {
+            drop(content);
+            Self::let_go(&node);
+            return Err(e);
         }
         Ok(self.add_handle(Handle::File {
             content,
@@ -603,12 +610,17 @@ impl Ops {
         if let Handle::File { node, .. } = &*handle {
             let node = Arc::clone(node);
             drop(handle);
-            // An `EncryptedFile` no handle uses any more is gone, but its
-            // memory stays while a `Weak` points at it: empty the slot.
-            let mut slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.strong_count() == 0 {
-                *slot = Weak::new();
-            }
+            Self::let_go(&node);
+        }
+    }
+
+    /// After a user of `node`'s `EncryptedFile` dropped it: once nobody
+    /// uses the file, it is gone, but its memory stays while the node's
+    /// `Weak` points at it, so the slot is emptied.
+    fn let_go(node: &Node) {
+        let mut slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.strong_count() == 0 {
+            *slot = Weak::new();
         }
     }
 
@@ -673,13 +685,18 @@ impl Ops {
                 Some(fh) => self.file_handle(fh)?,
                 None => self.content(&node)?,
             };
-            content.set_len(size).map_err(|e| self.errno_of(e))?;
+            let truncated = content.set_len(size).map_err(|e| self.errno_of(e));
             // As on a local file system, a truncate by anyone but root
             // drops the set-user-id bit (and set-group-id on a group-
             // executable file), unless this same call sets the mode.
-            if caller.uid != 0 && change.mode.is_none() {
-                kill_suidgid(content.backing())?;
-            }
+            let truncated =
+                truncated.and_then(|()| match caller.uid != 0 && change.mode.is_none() {
+                    true => kill_suidgid(content.backing()),
+                    false => Ok(()),
+                });
+            drop(content);
+            Self::let_go(&node);
+            truncated?;
         }
         if let Some(mode) = change.mode {
             if node.kind == RawType::Symlink {
@@ -1215,11 +1232,11 @@ impl Ops {
         if node.kind != RawType::RegularFile {
             return Ok(Owner::Other);
         }
-        let id = self
-            .content(node)?
-            .file_id()
-            .map_err(|e| self.errno_of(e))?;
-        Ok(Owner::File(id))
+        let content = self.content(node)?;
+        let id = content.file_id().map_err(|e| self.errno_of(e));
+        drop(content);
+        Self::let_go(node);
+        Ok(Owner::File(id?))
     }
 
     /// On a volume without extended attributes every request is ENOSYS,
