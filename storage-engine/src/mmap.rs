@@ -26,8 +26,11 @@ impl Mapped {
         if len == 0 {
             return Ok(Mapped { map: None });
         }
-        // SAFETY: segment files are immutable once their manifest entry is
-        // written: the engine never writes or truncates them afterwards, and
+        // SAFETY: segment files are immutable once written and synced, which
+        // is before they are mapped (a new segment is mapped through the
+        // descriptor that wrote it, after `sync_all`; the mapping is
+        // read-only whatever the descriptor allows): the engine never
+        // writes or truncates them afterwards, and
         // the data directory's exclusive lock keeps other chronicle
         // processes out. A file removed while mapped stays mapped until
         // dropped. Another program truncating it would be a SIGBUS; that is

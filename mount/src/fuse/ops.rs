@@ -1067,13 +1067,16 @@ impl Ops {
 
     // ---- directories --------------------------------------------------------
 
-    /// Opens a directory and takes a snapshot of its entries, so that offsets
-    /// stay meaningful while the directory changes underneath.
+    /// Opens a directory. Its entries are read at the first READDIR, once:
+    /// offsets then stay meaningful while the directory changes underneath.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let node = self.node(ino)?;
         if node.kind != RawType::Directory {
             return Err(Errno::ENOTDIR);
         }
+        // A damaged or forged id record fails the open, as before, rather
+        // than a READDIR that many programs would take for the end.
+        self.dir_key(&node)?;
         Ok(self.add_handle(Handle::Dir {
             node: Arc::clone(node.node()),
             entries: Mutex::new(None),

@@ -134,6 +134,9 @@ impl Engine {
             .filter(|(_, m)| m.len() > 1)
             .map(|(partition, members)| (partition, members, next.new_file_name()))
             .collect();
+        // The names handed to the jobs are never handed out again, whatever
+        // becomes of them (a failed job's file may exist).
+        st.segments.reserve_file_names(&next);
         let written = in_parallel(&jobs, |(partition, members, file)| {
             let sources: Vec<Arc<Segment>> =
                 members.iter().map(|l| Arc::clone(&l.segment)).collect();
@@ -144,8 +147,24 @@ impl Engine {
             }
             self.write_segment(file.clone(), *partition, &merged)
         });
-        for ((_, members, _), compacted) in jobs.iter().zip(written) {
-            let compacted = compacted?;
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut failure = None;
+        for result in written {
+            match result {
+                Ok(segment) => done.push(segment),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            // Nothing names the segments the other jobs wrote: remove them
+            // (best effort; the next open removes what is left).
+            let orphans: Vec<String> = done.iter().map(|l| l.entry.file.clone()).collect();
+            let _ = self.remove_files(&orphans);
+            return Err(e);
+        }
+        for ((_, members, _), compacted) in jobs.iter().zip(done) {
             let old: Vec<&str> = members.iter().map(|l| l.entry.file.as_str()).collect();
             next.retain(|l| !old.contains(&l.entry.file.as_str()));
             next.push(compacted);
@@ -230,14 +249,19 @@ impl Engine {
     }
 }
 
-/// `work` applied to every job, on up to as many threads as cores (at
-/// most 4), results in the jobs' order. Compaction's partitions are
-/// independent; on a FUSE mount each new segment waits on several round
-/// trips, which another thread's merging can overlap.
+/// Compaction threads at most: each holds a whole partition's merged
+/// points at once, so memory grows with them; two already overlap one
+/// partition's round trips on a mount with another's merging.
+const MAX_THREADS: usize = 2;
+
+/// `work` applied to every job, on up to `MAX_THREADS` threads (no more
+/// than the cores), results in the jobs' order. Compaction's partitions
+/// are independent; on a FUSE mount each new segment waits on several
+/// round trips, which another thread's merging can overlap.
 fn in_parallel<J: Sync, R: Send>(jobs: &[J], work: impl Fn(&J) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, 4)
+        .clamp(1, MAX_THREADS)
         .min(jobs.len());
     if threads <= 1 {
         return jobs.iter().map(work).collect();
