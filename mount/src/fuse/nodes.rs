@@ -10,8 +10,9 @@
 //! first, once more than `budget` are open; a later use reopens the file by
 //! its handle, which, like the descriptor, follows the file through any
 //! rename. A tree of any size then needs descriptors only for the files in
-//! use at once. Elsewhere every entry keeps its descriptor, and the table
-//! keeps no more entries than the budget (see below).
+//! use at once. Elsewhere every entry keeps its descriptor, so the table's
+//! limit (below) is half the budget, and a lookup past the budget waits
+//! briefly for the kernel to forget some.
 //!
 //! The number of entries is bounded too: past `limit`, the table picks
 //! entries no request has used since its last pick (a clock) and asks the
