@@ -210,7 +210,12 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
     let Err(e) = rustix::fs::statfs(mountpoint).map_err(std::io::Error::from) else {
         return Ok(());
     };
-    if e.raw_os_error() != Some(libc::ENOTCONN) {
+    // ECONNABORTED: a request the kernel had queued while the dying
+    // process's descriptors were being closed.
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    ) {
         return Ok(());
     }
     let shown = mountpoint.display();
