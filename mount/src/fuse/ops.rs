@@ -488,8 +488,7 @@ impl Ops {
                 .map_or(Ok(()), |damage| Err(self.errno_of(damage)))
         };
         if let Err(e) = usable {
-            drop(content);
-            Self::let_go(&node);
+            Self::let_go(&node, content);
             return Err(e);
         }
         Ok(self.add_handle(Handle::File {
@@ -607,17 +606,18 @@ impl Ops {
         let Some(handle) = self.handles().remove(&fh) else {
             return;
         };
-        if let Handle::File { node, .. } = &*handle {
-            let node = Arc::clone(node);
+        if let Handle::File { node, content } = &*handle {
+            let (node, content) = (Arc::clone(node), Arc::clone(content));
             drop(handle);
-            Self::let_go(&node);
+            Self::let_go(&node, content);
         }
     }
 
-    /// After a user of `node`'s `EncryptedFile` dropped it: once nobody
-    /// uses the file, it is gone, but its memory stays while the node's
-    /// `Weak` points at it, so the slot is emptied.
-    fn let_go(node: &Node) {
+    /// Drops one user's `content` of `node`'s file. Once nobody uses the
+    /// file it is gone, but its memory stays while the node's `Weak` points
+    /// at it, so the slot is emptied.
+    fn let_go(node: &Node, content: Arc<EncryptedFile>) {
+        drop(content);
         let mut slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
         if slot.strong_count() == 0 {
             *slot = Weak::new();
@@ -694,8 +694,7 @@ impl Ops {
                     true => kill_suidgid(content.backing()),
                     false => Ok(()),
                 });
-            drop(content);
-            Self::let_go(&node);
+            Self::let_go(&node, content);
             truncated?;
         }
         if let Some(mode) = change.mode {
@@ -1237,8 +1236,7 @@ impl Ops {
         }
         let content = self.content(node)?;
         let id = content.file_id().map_err(|e| self.errno_of(e));
-        drop(content);
-        Self::let_go(node);
+        Self::let_go(node, content);
         Ok(Owner::File(id?))
     }
 

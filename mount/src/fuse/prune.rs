@@ -64,7 +64,7 @@ impl PruneSignal {
 
     /// The table has grown past where it should be pruned.
     pub fn wake(&self) {
-        if self.supported.load(Ordering::Relaxed) {
+        if self.supported() {
             self.lock().woken = true;
             self.wake.notify_one();
         }
@@ -83,21 +83,19 @@ impl PruneSignal {
 
     /// Waits to be woken, or for `timeout` if given; `false` once closed.
     fn wait(&self, timeout: Option<Duration>) -> bool {
-        let mut signal = self.lock();
-        if !signal.woken && !signal.closed {
-            signal = match timeout {
-                Some(timeout) => {
-                    self.wake
-                        .wait_timeout_while(signal, timeout, |s| !s.woken && !s.closed)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-                None => self
-                    .wake
-                    .wait_while(signal, |s| !s.woken && !s.closed)
-                    .unwrap_or_else(|p| p.into_inner()),
-            };
-        }
+        let asleep = |s: &mut Signal| !s.woken && !s.closed;
+        let mut signal = match timeout {
+            Some(timeout) => {
+                self.wake
+                    .wait_timeout_while(self.lock(), timeout, asleep)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self
+                .wake
+                .wait_while(self.lock(), asleep)
+                .unwrap_or_else(|p| p.into_inner()),
+        };
         signal.woken = false;
         !signal.closed
     }

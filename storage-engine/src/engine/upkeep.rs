@@ -79,9 +79,7 @@ impl Engine {
                 // this attempt go, so the next attempt can use their names.
                 st.memtable.restore(data);
                 st.segments.reserve_file_names(&next);
-                for file in &written {
-                    let _ = std::fs::remove_file(self.dir.join(file));
-                }
+                self.discard(&written);
                 return Err(e);
             }
         };
@@ -158,10 +156,9 @@ impl Engine {
             }
         }
         if let Some(e) = failure {
-            // Nothing names the segments the other jobs wrote: remove them
-            // (best effort; the next open removes what is left).
+            // Nothing names the segments the other jobs wrote.
             let orphans: Vec<String> = done.iter().map(|l| l.entry.file.clone()).collect();
-            let _ = self.remove_files(&orphans);
+            self.discard(&orphans);
             return Err(e);
         }
         for ((_, members, _), compacted) in jobs.iter().zip(done) {
@@ -207,6 +204,15 @@ impl Engine {
         drop(st);
         self.remove_files(&dropped)?;
         Ok(partitions.len() as u64)
+    }
+
+    /// Removes the files of an attempt that failed, which no manifest
+    /// names: best effort, each one tried (the next open removes what is
+    /// left).
+    fn discard(&self, files: &[String]) {
+        for file in files {
+            let _ = std::fs::remove_file(self.dir.join(file));
+        }
     }
 
     fn remove_files(&self, files: &[String]) -> Result<()> {
@@ -267,7 +273,7 @@ fn in_parallel<J: Sync, R: Send>(jobs: &[J], work: impl Fn(&J) -> R + Sync) -> V
         return jobs.iter().map(work).collect();
     }
     let work = &work;
-    let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
+    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
@@ -283,7 +289,7 @@ fn in_parallel<J: Sync, R: Send>(jobs: &[J], work: impl Fn(&J) -> R + Sync) -> V
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    let mut all: Vec<(usize, R)> = parts.drain(..).flatten().collect();
+    let mut all: Vec<(usize, R)> = parts.into_iter().flatten().collect();
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, r)| r).collect()
 }
