@@ -411,3 +411,45 @@ fn a_failed_flush_keeps_its_points() {
     let e = Engine::open(dir.path(), no_flush()).expect("reopen");
     assert_eq!(count(&e, "load"), 500);
 }
+
+// Protects: a compaction that fails in one partition (here: its new
+// segment's name is taken) leaves no file of the others behind and hands
+// none of its names out again, so the next flush and compaction succeed
+// and every point is still there.
+#[test]
+fn a_failed_compaction_leaves_nothing_in_the_way() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    // Two hour partitions (point 2800 starts the second), two flushes:
+    // seg-000001..seg-000004, two segments in each partition.
+    for range in [0..1000, 3000..4000] {
+        e.write(&range.map(point).collect::<Vec<_>>())
+            .expect("write");
+    }
+    e.flush().expect("first flush");
+    for range in [1000..2000, 4000..5000] {
+        e.write(&range.map(point).collect::<Vec<_>>())
+            .expect("write");
+    }
+    e.flush().expect("second flush");
+    let obstacle = dir.path().join("seg-000005.seg");
+    std::fs::create_dir(&obstacle).expect("take the first partition's new name");
+    assert!(
+        e.compact().is_err(),
+        "the first partition cannot be written"
+    );
+    assert!(
+        !dir.path().join("seg-000006.seg").exists(),
+        "the second partition's new segment is removed"
+    );
+    assert_eq!(count(&e, "load"), 4000);
+    e.write(&(5000..5100).map(point).collect::<Vec<_>>())
+        .expect("write");
+    e.flush().expect("the next flush takes a name no job had");
+    std::fs::remove_dir(&obstacle).expect("remove the obstacle");
+    e.compact().expect("compaction succeeds");
+    assert_eq!(count(&e, "load"), 4100);
+    e.close().expect("close");
+    let e = Engine::open(dir.path(), no_flush()).expect("reopen");
+    assert_eq!(count(&e, "load"), 4100);
+}
