@@ -19,13 +19,14 @@
 //! by their own block's associated data, so a forged record cannot be put
 //! back; an attacker can at most offer an older authentic version of a
 //! block, which rolling the main file back already allows. Slots are reused;
-//! a released slot's magic is cleared, and when no slot is live the file is
-//! cut to nothing.
+//! a released slot's magic is cleared, and when no slot is live a journal
+//! past `IDLE_SLOTS_KEPT` slots is cut to nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{IoContext, Result};
@@ -75,6 +76,11 @@ pub struct Carried {
 /// The largest journal a mount reads: far more than a session leaves
 /// (4096 copies per open file), and a bound on what a planted file costs.
 pub const MAX_JOURNAL_LEN: u64 = 16 << 30;
+/// Rewritten blocks the files of a volume hold back in memory before the
+/// file that adds one writes its own (8 MiB).
+const MAX_HELD_IN_VOLUME: usize = 2048;
+/// Slots an idle journal keeps rather than being cut to nothing (1 MiB).
+const IDLE_SLOTS_KEPT: u64 = 256;
 /// Block indices a file can have (see `content::write::MAX_PLAINTEXT_SIZE`).
 const MAX_INDEX: u64 = (i64::MAX as u64 - 64) / CIPHER_BLOCK_SIZE;
 
@@ -95,6 +101,11 @@ pub struct Journal {
     /// Crash tests: released copies stay on disk, as they do when a crash
     /// comes before their clearing reaches it.
     keep_released: bool,
+    /// Rewritten blocks that files hold back in memory, volume-wide
+    /// (`count_held`).
+    held_blocks: AtomicUsize,
+    /// Syncs of the journal file (`syncs`).
+    syncs: AtomicU64,
 }
 
 impl Journal {
@@ -155,6 +166,8 @@ impl Journal {
                 carried,
             }),
             keep_released: false,
+            held_blocks: AtomicUsize::new(0),
+            syncs: AtomicU64::new(0),
         };
         journal.shrink_if_idle(&mut journal.slots())?;
         Ok(journal)
@@ -172,6 +185,43 @@ impl Journal {
     /// syncs the journal; returns the slots, to be released once the file's
     /// rewrite is durable.
     pub fn save(&self, content_id: &ContentId, originals: &[Original]) -> Result<Vec<u64>> {
+        self.copy(content_id, originals, true)
+    }
+
+    /// `save` without the sync: the caller must `sync` before any block
+    /// these copies guard is rewritten in place (a file holding its
+    /// rewrites back shares one sync among many).
+    pub fn save_unsynced(
+        &self,
+        content_id: &ContentId,
+        originals: &[Original],
+    ) -> Result<Vec<u64>> {
+        self.copy(content_id, originals, false)
+    }
+
+    /// Makes every copy written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.file
+            .sync_data()
+            .context(|| format!("syncing {}", self.path.display()))
+    }
+
+    /// Syncs so far (by `save` and `sync`), for tests and metrics.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Counts blocks held back in memory across the volume (`delta` more or
+    /// fewer); returns whether the volume now holds more than its budget.
+    pub fn count_held(&self, delta: isize) -> bool {
+        let before = self
+            .held_blocks
+            .fetch_add(delta as usize, Ordering::Relaxed);
+        before.wrapping_add(delta as usize) > MAX_HELD_IN_VOLUME
+    }
+
+    fn copy(&self, content_id: &ContentId, originals: &[Original], sync: bool) -> Result<Vec<u64>> {
         let mut slots = self.slots();
         // Many copies at once (an overwrite of a long range) take fresh
         // slots at the end, so that they go out in one write.
@@ -209,7 +259,13 @@ impl Journal {
         // Held across the sync: a slot must not be reused before its copy
         // is durable.
         let result = written
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| match sync {
+                true => {
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.file.sync_data()
+                }
+                false => Ok(()),
+            })
             .context(|| format!("writing {}", self.path.display()));
         if let Err(e) = result {
             drop(slots);
@@ -232,8 +288,11 @@ impl Journal {
         if self.keep_released {
             return;
         }
-        // Going idle: the whole file is cut, no slot needs clearing.
-        if slots.live == 0 && slots.carried.is_empty() {
+        // Going idle after a burst: the whole file is cut, no slot needs
+        // clearing. A small journal keeps its length instead, so that the
+        // next cycle's sync writes data only and changes no size (on ext4 a
+        // size change costs the sync a metadata commit, and the cut its own).
+        if slots.live == 0 && slots.carried.is_empty() && slots.end > IDLE_SLOTS_KEPT {
             if let Err(e) = self.shrink_if_idle(&mut slots) {
                 log::warn!("{e}");
             }
@@ -466,7 +525,8 @@ mod tests {
     }
 
     // Protects: copies survive a reopen (a crash) until released, slots are
-    // reused, and an idle journal is cut to nothing.
+    // reused and cleared, a small idle journal keeps its length and a large
+    // one is cut to nothing.
     #[test]
     fn copies_survive_reopen_until_released() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -517,6 +577,23 @@ mod tests {
         let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
             .expect("stat")
             .len();
-        assert_eq!(len, 0, "an idle journal is empty");
+        assert_eq!(len, 2 * SLOT_LEN, "a small idle journal keeps its slots");
+        drop(reopened);
+        let cleared = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(cleared.live(), 0, "released slots are cleared");
+
+        // A burst past the kept slots is cut away once idle.
+        let burst: Vec<Original> = (0..IDLE_SLOTS_KEPT + 1)
+            .map(|index| Original {
+                index,
+                stored: &block,
+            })
+            .collect();
+        let taken = cleared.save(&id, &burst).expect("save burst");
+        cleared.release(&taken);
+        let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
+            .expect("stat")
+            .len();
+        assert_eq!(len, 0, "an idle journal past its kept slots is cut");
     }
 }

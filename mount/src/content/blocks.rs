@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::os::unix::fs::FileExt;
 
 use super::keys::ContentKeys;
-use super::{EncryptedFile, Header, State};
+use super::{EncryptedFile, Header};
 use crate::cipher;
 use crate::error::{IoContext, Result};
 use crate::layout::{
@@ -29,7 +29,7 @@ impl EncryptedFile {
     /// is less than `buf.len()` only at end of file. A block that fails
     /// authentication is an error, never data.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<usize> {
-        let state = self.state();
+        let state = self.state()?;
         let header = self.valid_header(&state)?;
         let cipher_len = self.cipher_len()?;
         // A cut fragment behind the last whole block: the whole blocks read
@@ -164,7 +164,7 @@ impl EncryptedFile {
     /// Whether the file is unusable as a whole (its header missing, damaged,
     /// or contradicted by its length), so that opening it can fail at once.
     pub fn damage(&self) -> Option<crate::VolumeError> {
-        let state: std::sync::RwLockReadGuard<'_, State> = self.state();
+        let state = self.state_keeping_held();
         self.checked_size(&state).err()
     }
 }

@@ -24,6 +24,10 @@ use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD};
 /// rewrites a large file and never syncs it.
 const MAX_COPIES_PER_FILE: usize = 4096;
 
+/// Rewritten blocks one file holds back in memory (2 MiB) before writing
+/// them: they share one journal sync (`hold`).
+const MAX_HELD_PER_FILE: usize = 512;
+
 pub(super) struct Guard {
     journal: Arc<Journal>,
     /// Blocks `0..durable_blocks` held their contents at the file's last
@@ -33,6 +37,8 @@ pub(super) struct Guard {
     saved: HashSet<u64>,
     /// The journal slots holding those copies.
     slots: Vec<u64>,
+    /// Rewritten blocks held back (`hold`), as stored, by index.
+    held: BTreeMap<u64, Box<[u8]>>,
 }
 
 impl EncryptedFile {
@@ -51,6 +57,7 @@ impl EncryptedFile {
             durable_blocks,
             saved: HashSet::new(),
             slots: Vec::new(),
+            held: BTreeMap::new(),
         });
         Ok(self)
     }
@@ -60,7 +67,7 @@ impl EncryptedFile {
     /// crash left at the end (see `repair_tail`), and releases the copies.
     /// `None` when there were none.
     pub fn recover_from(&self, journal: &Journal) -> Result<Option<TailRepair>> {
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         let carried = match &state.header {
             Header::Valid(header) if header.has_blocks() => {
                 journal.take_carried(&header.content_id)
@@ -108,6 +115,21 @@ impl EncryptedFile {
         let Some(g) = guard.as_mut() else {
             return Ok(());
         };
+        self.copy_originals(g, content_id, size, old_last, blocks, true)
+            .map(drop)
+    }
+
+    /// Copies the durable originals of `blocks` that have none yet, synced
+    /// or not; returns how many it copied.
+    fn copy_originals(
+        &self,
+        g: &mut Guard,
+        content_id: &ContentId,
+        size: u64,
+        old_last: Option<&[u8]>,
+        blocks: Range<u64>,
+        sync: bool,
+    ) -> Result<usize> {
         let old_blocks = block_count(size);
         let at_risk = |g: &Guard| -> Vec<u64> {
             blocks
@@ -117,9 +139,10 @@ impl EncryptedFile {
         };
         let mut indices = at_risk(g);
         if indices.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if g.slots.len() + indices.len() > MAX_COPIES_PER_FILE {
+            self.write_held(g)?;
             self.sync_backing(true)?;
             self.end_cycle(g)?;
             indices = at_risk(g);
@@ -149,10 +172,126 @@ impl EncryptedFile {
                 }
             })
             .collect();
-        let slots = g.journal.save(content_id, &originals)?;
+        let slots = match sync {
+            true => g.journal.save(content_id, &originals)?,
+            false => g.journal.save_unsynced(content_id, &originals)?,
+        };
         g.slots.extend(slots);
-        g.saved.extend(indices);
+        g.saved.extend(&indices);
+        Ok(indices.len())
+    }
+
+    /// Whether a rewrite from `size` to `new_size` bytes of `blocks` may
+    /// be held back (`hold`): the file is guarded, keeps its size, and the
+    /// rewrite stays clear of the last block, whose rewrites move the end
+    /// recovery judges.
+    pub(super) fn may_hold(&self, size: u64, new_size: u64, blocks: &Range<u64>) -> bool {
+        new_size == size && blocks.end < block_count(size) && self.guard().is_some()
+    }
+
+    /// Before a rewrite of `blocks` reads and writes them: the held blocks
+    /// among them are written first, except those the rewrite replaces
+    /// `whole` while being held itself (`holding`).
+    pub(super) fn settle_held(
+        &self,
+        blocks: Range<u64>,
+        whole: Range<u64>,
+        holding: bool,
+    ) -> Result<()> {
+        let mut guard = self.guard();
+        let Some(g) = guard.as_mut() else {
+            return Ok(());
+        };
+        let in_the_way = g
+            .held
+            .range(blocks)
+            .any(|(index, _)| !holding || !whole.contains(index));
+        if in_the_way {
+            self.write_held(g)?;
+        }
         Ok(())
+    }
+
+    /// Holds back the sealed whole blocks `stored` of `blocks` instead of
+    /// writing them in place: the durable originals they replace are
+    /// copied to the journal without a sync, and one journal sync later
+    /// covers every block held (`write_held`). So a run of random
+    /// overwrites pays one flush per batch rather than one per block. Held
+    /// blocks are written when the file holds `MAX_HELD_PER_FILE`, the
+    /// volume its budget, or when anything else touches the file (`state`
+    /// writes them first); a crash of the mount loses them as it loses the
+    /// kernel's dirty pages: they were never synced.
+    pub(super) fn hold(
+        &self,
+        content_id: &ContentId,
+        size: u64,
+        blocks: Range<u64>,
+        stored: &[u8],
+    ) -> Result<()> {
+        let mut guard = self.guard();
+        let Some(g) = guard.as_mut() else {
+            return self.write_stored(blocks.start, stored);
+        };
+        let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
+        // Nothing durable replaced and nothing held to replace: plain write.
+        if copied == 0 && g.held.range(blocks.clone()).next().is_none() {
+            return self.write_stored(blocks.start, stored);
+        }
+        let whole = layout::CIPHER_BLOCK_SIZE as usize;
+        let mut added = 0;
+        for (index, bytes) in blocks.zip(stored.chunks(whole)) {
+            if g.held.insert(index, bytes.into()).is_none() {
+                added += 1;
+            }
+        }
+        let over_budget = g.journal.count_held(added);
+        if g.held.len() >= MAX_HELD_PER_FILE || over_budget {
+            self.write_held(g)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the held blocks in place, after syncing the journal that
+    /// holds the originals they replace. On failure they stay held (and
+    /// the error goes to whoever asked: `fsync`, a read, a close).
+    fn write_held(&self, g: &mut Guard) -> Result<()> {
+        if g.held.is_empty() {
+            return Ok(());
+        }
+        g.journal.sync()?;
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0;
+        let mut next = None;
+        for (&index, bytes) in &g.held {
+            if next != Some(index) && !run.is_empty() {
+                self.write_stored(run_start, &run)?;
+                run.clear();
+            }
+            if run.is_empty() {
+                run_start = index;
+            }
+            run.extend_from_slice(bytes);
+            next = Some(index + 1);
+        }
+        self.write_stored(run_start, &run)?;
+        g.journal.count_held(-(g.held.len() as isize));
+        g.held.clear();
+        Ok(())
+    }
+
+    /// Writes whatever is held, so that the backing file holds the file's
+    /// contents: before anything but a held rewrite looks at it.
+    pub(super) fn write_all_held(&self) -> Result<()> {
+        match self.guard().as_mut() {
+            Some(g) => self.write_held(g),
+            None => Ok(()),
+        }
+    }
+
+    fn write_stored(&self, first: u64, stored: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(stored, block_offset(first))
+            .context(|| format!("writing {}", self.backing_path().display()))
     }
 
     /// The file was synced: everything in it is durable, its copies are no
@@ -177,6 +316,9 @@ impl EncryptedFile {
     }
 
     fn end_cycle(&self, g: &mut Guard) -> Result<()> {
+        // Held blocks are written before the sync that ends a cycle: their
+        // copies must outlive their writing.
+        debug_assert!(g.held.is_empty(), "a cycle ended with blocks held");
         g.durable_blocks = self.current_blocks()?;
         g.saved.clear();
         g.journal.release(&std::mem::take(&mut g.slots));
@@ -197,13 +339,14 @@ impl EncryptedFile {
         self.guard().as_ref().map_or(0, |g| g.slots.len())
     }
 
-    /// Releases the copies after a final sync, when the file is closed.
+    /// Writes what is held and releases the copies after a final sync,
+    /// when the file is closed.
     pub(super) fn close_guard(&mut self) {
         let held = self.held_copies();
         if held == 0 {
             return;
         }
-        match self.sync_backing(true) {
+        match self.write_all_held().and_then(|()| self.sync_backing(true)) {
             Ok(()) => {
                 if let Err(e) = self.synced() {
                     log::warn!("{e}");

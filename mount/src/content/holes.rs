@@ -14,7 +14,7 @@ impl EncryptedFile {
     /// The first offset at or after `offset` that holds data, or `None`
     /// past the end (ENXIO).
     pub fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
-        let state = self.state();
+        let state = self.state()?;
         let size = self.checked_size(&state)?;
         if offset >= size {
             return Ok(None);
@@ -36,7 +36,7 @@ impl EncryptedFile {
     /// The first offset at or after `offset` that starts a hole (the end of
     /// the file counts as one), or `None` past the end (ENXIO).
     pub fn seek_hole(&self, offset: u64) -> Result<Option<u64>> {
-        let state = self.state();
+        let state = self.state()?;
         let size = self.checked_size(&state)?;
         if offset >= size {
             return Ok(None);

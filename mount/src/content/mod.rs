@@ -84,7 +84,7 @@ impl EncryptedFile {
             label,
         };
         let loaded = this.load_state()?;
-        *this.state_mut() = loaded;
+        *this.state_mut_keeping_held() = loaded;
         Ok(this)
     }
 
@@ -93,7 +93,7 @@ impl EncryptedFile {
     pub fn create(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Result<Self> {
         let this = Self::open(file, crypto, label)?;
         {
-            let mut state = this.state_mut();
+            let mut state = this.state_mut()?;
             this.reset_to_empty(&mut state)?;
         }
         Ok(this)
@@ -112,7 +112,7 @@ impl EncryptedFile {
 
     /// Plaintext length, from the ciphertext length alone.
     pub fn len(&self) -> Result<u64> {
-        let _shared = self.state();
+        let _shared = self.state_keeping_held();
         Ok(layout::plaintext_size_lossy(self.cipher_len()?))
     }
 
@@ -122,7 +122,7 @@ impl EncryptedFile {
 
     /// The id that binds this file's extended attributes to it.
     pub fn file_id(&self) -> Result<[u8; FILE_ID_LEN]> {
-        Ok(self.valid_header(&self.state())?.file_id)
+        Ok(self.valid_header(&self.state_keeping_held())?.file_id)
     }
 
     /// Writes `data` at `offset`, extending the file when needed (a gap
@@ -132,7 +132,7 @@ impl EncryptedFile {
         if data.is_empty() {
             return Ok(());
         }
-        let mut state = self.state_mut();
+        let mut state = self.state_mut_keeping_held();
         self.rewrite(
             &mut state,
             offset,
@@ -147,7 +147,7 @@ impl EncryptedFile {
         if len == 0 {
             return Ok(());
         }
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         self.rewrite(&mut state, offset, len, write::Fill::Zeros)
     }
 
@@ -155,7 +155,7 @@ impl EncryptedFile {
     /// the part inside the file as it is under the lock (fallocate's
     /// ZERO_RANGE with KEEP_SIZE), so a concurrent extension is never cut.
     pub fn zero_range(&self, offset: u64, len: u64, keep_size: bool) -> Result<()> {
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         let end = offset.saturating_add(len);
         let end = if keep_size {
             end.min(self.checked_size(&state)?)
@@ -172,7 +172,7 @@ impl EncryptedFile {
     /// size is compared under the lock, so a write that lands meanwhile is
     /// kept (fallocate without KEEP_SIZE).
     pub fn grow_to(&self, size: u64) -> Result<()> {
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         let current = self.checked_size(&state)?;
         if size <= current {
             return Ok(());
@@ -184,7 +184,7 @@ impl EncryptedFile {
     /// growing re-seals the old last block and seals a new one, leaving a
     /// large gap as a hole (no space, no time in proportion to it).
     pub fn set_len(&self, new_size: u64) -> Result<()> {
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         if new_size == 0 {
             return self.reset_to_empty(&mut state);
         }
@@ -202,7 +202,7 @@ impl EncryptedFile {
     /// Writers wait meanwhile, so that everything the journal holds copies
     /// for is covered by the sync and the copies can go.
     pub fn sync(&self, data_only: bool) -> Result<()> {
-        let _no_writers = self.state();
+        let _no_writers = self.state()?;
         self.sync_backing(data_only)?;
         self.synced()
     }
@@ -236,7 +236,7 @@ impl EncryptedFile {
     /// Seals counted against the key this file currently seals with.
     #[doc(hidden)]
     pub fn seals_under_current_key(&self) -> u64 {
-        self.state()
+        self.state_keeping_held()
             .keys
             .as_ref()
             .map_or(0, ContentKeys::current_seals)
@@ -379,13 +379,33 @@ impl EncryptedFile {
         }
     }
 
-    fn state(&self) -> RwLockReadGuard<'_, State> {
+    /// The state, shared, with every held rewrite written (`guard::hold`):
+    /// whatever reads the backing file then finds the file's contents.
+    /// Writers are out while it is held, so none can be held anew.
+    fn state(&self) -> Result<RwLockReadGuard<'_, State>> {
+        let state = self.state_keeping_held();
+        self.write_all_held()?;
+        Ok(state)
+    }
+
+    /// The state, exclusive, with every held rewrite written.
+    fn state_mut(&self) -> Result<RwLockWriteGuard<'_, State>> {
+        let state = self.state_mut_keeping_held();
+        self.write_all_held()?;
+        Ok(state)
+    }
+
+    /// The state, shared, for what needs neither blocks nor holes (sizes,
+    /// the header): held rewrites change neither.
+    fn state_keeping_held(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock leaves the file's bytes as they
         // were on disk; the cached header is still valid, so poisoning is ignored.
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+    /// The state, exclusive, for a write: it settles the held blocks it
+    /// touches itself (`guard::settle_held`).
+    fn state_mut_keeping_held(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -60,7 +60,7 @@ impl EncryptedFile {
     /// checked. Holes in a sparse file are skipped without reading them.
     /// Other errors (I/O) stop the check.
     pub fn verify_each(&self, mut bad: impl FnMut(VolumeError)) -> Result<u64> {
-        let state = self.state();
+        let state = self.state()?;
         let header = match &state.header {
             Header::Valid(header) => *header,
             other => {
@@ -119,7 +119,7 @@ impl EncryptedFile {
     /// Repairs the damage a crash leaves at the end of a file (see the
     /// module comment) and nothing else.
     pub fn repair_tail(&self) -> Result<TailRepair> {
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         self.repair_tail_locked(&mut state)
     }
 

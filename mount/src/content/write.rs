@@ -133,6 +133,8 @@ struct Change<'a> {
     /// When the change grows the file: the old last block as stored, read
     /// once, both to re-seal it and to put it back if a later write fails.
     old_last: Option<Vec<u8>>,
+    /// The sealed blocks are held back rather than written (`hold`).
+    hold: bool,
 }
 
 impl EncryptedFile {
@@ -150,10 +152,17 @@ impl EncryptedFile {
             .filter(|&end| end <= MAX_PLAINTEXT_SIZE)
             .ok_or_else(too_big)?;
         let plan = plan(size, offset, end, matches!(fill, Fill::Zeros));
+        let new_size = size.max(end);
+        let touched = match (plan.runs.first(), plan.runs.last()) {
+            (Some(first), Some(last)) => first.start..last.end,
+            _ => 0..0,
+        };
+        let hold = self.may_hold(size, new_size, &touched);
+        let whole = offset.div_ceil(BLOCK_SIZE)..end / BLOCK_SIZE;
+        self.settle_held(touched, whole, hold)?;
         if plan.holes {
             self.mark_sparse(state)?;
         }
-        let new_size = size.max(end);
         let old_last = match block_count(size).checked_sub(1) {
             Some(index) if new_size > size => Some(self.read_stored(index, size)?),
             _ => None,
@@ -166,6 +175,7 @@ impl EncryptedFile {
             fill,
             sparse: self.valid_header(state)?.sparse(),
             old_last,
+            hold,
         };
         let keys = self.keys_for_writing(state)?;
         for run in plan.runs {
@@ -267,15 +277,19 @@ impl EncryptedFile {
                     overlay(plain, block_start, change.offset, change.end, change.fill);
                     self.seal_block(keys, index, index == last_new, plain, out);
                 }
-                self.save_originals(
-                    &keys.content_id,
-                    change.size,
-                    change.old_last.as_deref(),
-                    batch_start..batch_end,
-                )?;
-                self.file
-                    .write_all_at(out, block_offset(batch_start))
-                    .context(|| format!("writing {}", self.backing_path().display()))?;
+                if change.hold {
+                    self.hold(&keys.content_id, change.size, batch_start..batch_end, out)?;
+                } else {
+                    self.save_originals(
+                        &keys.content_id,
+                        change.size,
+                        change.old_last.as_deref(),
+                        batch_start..batch_end,
+                    )?;
+                    self.file
+                        .write_all_at(out, block_offset(batch_start))
+                        .context(|| format!("writing {}", self.backing_path().display()))?;
+                }
                 batch_start = batch_end;
             }
             Ok(())
@@ -329,7 +343,7 @@ impl EncryptedFile {
     /// whole blocks become holes in the backing file (no space), the edges
     /// and the last block are sealed zeros.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
-        let mut state = self.state_mut();
+        let mut state = self.state_mut()?;
         let size = self.checked_size(&state)?;
         let end = offset.saturating_add(len).min(size);
         if offset >= end {
@@ -367,7 +381,7 @@ impl EncryptedFile {
     /// changing the file (fallocate with KEEP_SIZE), where the backing file
     /// system can.
     pub fn reserve(&self, end: u64) -> Result<()> {
-        let _exclusive = self.state_mut();
+        let _exclusive = self.state_mut()?;
         let from = self.cipher_len()?;
         let to = layout::ciphertext_size(end.min(MAX_PLAINTEXT_SIZE));
         if to <= from {
