@@ -19,17 +19,17 @@
 //! by their own block's associated data, so a forged record cannot be put
 //! back; an attacker can at most offer an older authentic version of a
 //! block, which rolling the main file back already allows. Slots are reused;
-//! a released slot's magic is cleared, and when no slot is live a journal
+//! a released slot is zeroed, and when no slot is live a journal
 //! past `IDLE_SLOTS_KEPT` slots is cut to nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, VolumeError};
 use crate::layout::{CIPHER_BLOCK_SIZE, FILE_ID_LEN};
 
 /// The journal's name in the backing root (`chronicle.volume*` is the
@@ -106,6 +106,8 @@ pub struct Journal {
     held_blocks: AtomicUsize,
     /// Syncs of the journal file (`syncs`).
     syncs: AtomicU64,
+    /// A sync failed: no later one is trusted (`sync`).
+    sync_failed: AtomicBool,
 }
 
 impl Journal {
@@ -168,6 +170,7 @@ impl Journal {
             keep_released: false,
             held_blocks: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
+            sync_failed: AtomicBool::new(false),
         };
         journal.shrink_if_idle(&mut journal.slots())?;
         Ok(journal)
@@ -199,12 +202,28 @@ impl Journal {
         self.copy(content_id, originals, false)
     }
 
-    /// Makes every copy written so far durable.
+    /// Makes every copy written so far durable. A journal whose sync
+    /// failed once is not trusted again: Linux reports a write-back error
+    /// once and then calls the lost pages clean, so a second sync could
+    /// "succeed" with copies missing; every later sync fails until the
+    /// volume is mounted again.
     pub fn sync(&self) -> Result<()> {
+        if self.sync_failed.load(Ordering::Relaxed) {
+            return Err(VolumeError::io(
+                format!(
+                    "{}: an earlier sync failed, so its copies cannot be trusted; \
+                     rewrites of synced data are refused until the volume is mounted again",
+                    self.path.display()
+                ),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.file
-            .sync_data()
-            .context(|| format!("syncing {}", self.path.display()))
+        let synced = self.file.sync_data();
+        if synced.is_err() {
+            self.sync_failed.store(true, Ordering::Relaxed);
+        }
+        synced.context(|| format!("syncing {}", self.path.display()))
     }
 
     /// Syncs so far (by `save` and `sync`), for tests and metrics.
@@ -213,12 +232,20 @@ impl Journal {
     }
 
     /// Counts blocks held back in memory across the volume (`delta` more or
-    /// fewer); returns whether the volume now holds more than its budget.
-    pub fn count_held(&self, delta: isize) -> bool {
-        let before = self
-            .held_blocks
+    /// fewer).
+    pub fn count_held(&self, delta: isize) {
+        self.held_blocks
             .fetch_add(delta as usize, Ordering::Relaxed);
-        before.wrapping_add(delta as usize) > MAX_HELD_IN_VOLUME
+    }
+
+    /// Whether the volume's files may hold `more` blocks within its budget.
+    pub fn may_hold(&self, more: usize) -> bool {
+        self.held_blocks() + more <= MAX_HELD_IN_VOLUME
+    }
+
+    /// Blocks the volume's files hold back now, for tests and metrics.
+    pub fn held_blocks(&self) -> usize {
+        self.held_blocks.load(Ordering::Relaxed)
     }
 
     fn copy(&self, content_id: &ContentId, originals: &[Original], sync: bool) -> Result<Vec<u64>> {
@@ -259,14 +286,8 @@ impl Journal {
         // Held across the sync: a slot must not be reused before its copy
         // is durable.
         let result = written
-            .and_then(|()| match sync {
-                true => {
-                    self.syncs.fetch_add(1, Ordering::Relaxed);
-                    self.file.sync_data()
-                }
-                false => Ok(()),
-            })
-            .context(|| format!("writing {}", self.path.display()));
+            .context(|| format!("writing {}", self.path.display()))
+            .and_then(|()| if sync { self.sync() } else { Ok(()) });
         if let Err(e) = result {
             drop(slots);
             self.release(&taken);
@@ -276,7 +297,7 @@ impl Journal {
     }
 
     /// Gives slots back: the rewrites they guarded are durable. Clearing a
-    /// slot's magic keeps a stale copy from ever being put back; it needs no
+    /// slot keeps a stale copy from ever being put back; it needs no
     /// sync, since an uncleared one is only used for a block that fails
     /// authentication and has no newer copy.
     pub fn release(&self, released: &[u64]) {
@@ -298,8 +319,11 @@ impl Journal {
             }
             return;
         }
+        // The whole slot, not just its magic: a kept slot must not keep an
+        // old version of a block for whoever reads the backing store later.
+        let zeros = [0u8; SLOT_LEN as usize];
         for &slot in released {
-            if let Err(e) = self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
+            if let Err(e) = self.file.write_all_at(&zeros, slot * SLOT_LEN) {
                 log::warn!("{}: could not clear slot {slot}: {e}", self.path.display());
             }
             slots.free.push(slot);

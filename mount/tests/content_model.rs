@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chronicle_mount::cipher::Backend;
 use chronicle_mount::content::{ContentCrypto, EncryptedFile};
+use chronicle_mount::journal::Journal;
 use chronicle_mount::SecretKey;
 use rand::{Rng, SeedableRng};
 
@@ -42,8 +43,23 @@ fn random_operations_match_a_model() {
     let seed = seed();
     println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
     for backend in Backend::ALL {
-        let _ = run_model(seed, backend, 40_000, 2500);
+        let _ = run_model(seed, backend, 40_000, 2500, None);
     }
+}
+
+// Protects: the same through the double-write journal, with syncs, so that
+// rewrites of synced blocks are held back in memory (content::guard):
+// reads, partial writes over held blocks, truncates, zeroing, punching,
+// seeks and reopening all see what was held.
+#[test]
+fn guarded_operations_match_a_model() {
+    let seed = seed();
+    println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
+    let dir = tempfile::tempdir().expect("journal dir");
+    let journal = Arc::new(Journal::open(dir.path()).expect("journal"));
+    let (_, held) = run_model(seed, Backend::Ring, 80_000, 6000, Some(&journal));
+    assert!(held > 200, "seed {seed}: only {held} writes were held back");
+    assert_eq!(journal.held_blocks(), 0, "everything held was written");
 }
 
 // Protects: the same with files large enough that growing leaves holes
@@ -54,19 +70,33 @@ fn random_operations_match_a_model() {
 fn sparse_operations_match_a_model() {
     let seed = seed();
     println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
-    let sparse_files = run_model(seed, Backend::Ring, 6 << 20, 600);
+    let (sparse_files, _) = run_model(seed, Backend::Ring, 6 << 20, 600, None);
     assert!(sparse_files > 0, "seed {seed}: the run made no holes");
 }
 
-/// Runs `steps` random operations on four files; returns how many of them
-/// ended with the sparse flag in their header.
-fn run_model(seed: u64, backend: Backend, max: u64, steps: usize) -> usize {
+/// Runs `steps` random operations on four files, guarded by `journal` if
+/// given; returns how many of them ended with the sparse flag in their
+/// header, and after how many writes the volume held blocks back.
+fn run_model(
+    seed: u64,
+    backend: Backend,
+    max: u64,
+    steps: usize,
+    journal: Option<&Arc<Journal>>,
+) -> (usize, usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let crypto = Arc::new(ContentCrypto::new(SecretKey::from_bytes([3; 32]), backend));
     let names = ["a", "b", "c", "d"];
-    let mut files: Vec<EncryptedFile> =
-        names.iter().map(|n| open(dir.path(), n, &crypto)).collect();
+    let open = |name: &str| {
+        let file = open(dir.path(), name, &crypto);
+        match journal {
+            Some(journal) => file.guarded_by(journal).expect("guard"),
+            None => file,
+        }
+    };
+    let mut files: Vec<EncryptedFile> = names.iter().map(|n| open(n)).collect();
+    let mut held = 0;
     let mut models: Vec<Vec<u8>> = vec![Vec::new(); names.len()];
     for step in 0..steps {
         let i = rng.random_range(0..names.len());
@@ -83,6 +113,9 @@ fn run_model(seed: u64, backend: Backend, max: u64, steps: usize) -> usize {
                     model.resize(end, 0);
                 }
                 model[offset as usize..end].copy_from_slice(&data);
+                if journal.is_some_and(|j| j.held_blocks() > 0) {
+                    held += 1;
+                }
             }
             40..=64 => {
                 let offset = pick_offset(&mut rng, model.len() as u64, max);
@@ -108,6 +141,8 @@ fn run_model(seed: u64, backend: Backend, max: u64, steps: usize) -> usize {
                 }
                 model[offset as usize..end].fill(0);
             }
+            // Fewer punches when guarded: a sparse file holds nothing back.
+            83..=86 if journal.is_some() => file.sync(rng.random()).expect("sync"),
             80..=86 => {
                 let offset = pick_offset(&mut rng, model.len() as u64, max);
                 let len = if rng.random_bool(0.5) {
@@ -127,9 +162,15 @@ fn run_model(seed: u64, backend: Backend, max: u64, steps: usize) -> usize {
                 pick_offset(&mut rng, model.len() as u64, max),
                 &at,
             ),
+            94..=96 if journal.is_some() => file.sync(rng.random()).expect("sync"),
+            // Emptied, a file is dense again and may hold rewrites back.
+            97 if journal.is_some() => {
+                file.set_len(0).expect("empty");
+                model.clear();
+            }
             _ => {
                 // Reopen: nothing may live only in memory.
-                files[i] = open(dir.path(), names[i], &crypto);
+                files[i] = open(names[i]);
             }
         }
         assert_eq!(files[i].len().expect("len"), models[i].len() as u64, "{at}");
@@ -143,14 +184,16 @@ fn run_model(seed: u64, backend: Backend, max: u64, steps: usize) -> usize {
             .expect("verify");
         assert_eq!(bad, Vec::<String>::new(), "seed {seed}");
     }
+    drop(files);
     let flags_at = chronicle_mount::layout::FLAGS_OFFSET;
-    names
+    let sparse = names
         .iter()
         .filter(|n| {
             let raw = std::fs::read(dir.path().join(n)).expect("raw");
             raw.len() > flags_at && raw[flags_at] & chronicle_mount::layout::FLAG_SPARSE as u8 != 0
         })
-        .count()
+        .count();
+    (sparse, held)
 }
 
 /// SEEK_DATA never skips data and SEEK_HOLE never reports a hole where the

@@ -39,6 +39,21 @@ pub(super) struct Guard {
     slots: Vec<u64>,
     /// Rewritten blocks held back (`hold`), as stored, by index.
     held: BTreeMap<u64, Box<[u8]>>,
+    /// The backing file is open for writing (a read-only descriptor must
+    /// fail a write at once, not when held blocks are written).
+    writable: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            log::error!(
+                "{} rewritten blocks were never written (an error was logged when writing them)",
+                self.held.len()
+            );
+            self.journal.count_held(-(self.held.len() as isize));
+        }
+    }
 }
 
 impl EncryptedFile {
@@ -52,12 +67,16 @@ impl EncryptedFile {
             );
         }
         let durable_blocks = self.current_blocks()?;
+        let writable = rustix::fs::fcntl_getfl(&self.file).is_ok_and(|flags| {
+            flags.contains(rustix::fs::OFlags::RDWR) || flags.contains(rustix::fs::OFlags::WRONLY)
+        });
         *self.guard() = Some(Guard {
             journal: Arc::clone(journal),
             durable_blocks,
             saved: HashSet::new(),
             slots: Vec::new(),
             held: BTreeMap::new(),
+            writable,
         });
         Ok(self)
     }
@@ -182,11 +201,22 @@ impl EncryptedFile {
     }
 
     /// Whether a rewrite from `size` to `new_size` bytes of `blocks` may
-    /// be held back (`hold`): the file is guarded, keeps its size, and the
+    /// be held back (`hold`): the file is guarded and open for writing,
+    /// keeps its size, has no holes (an overwrite in place then needs no
+    /// new space, so writing it later cannot fail for want of it), and the
     /// rewrite stays clear of the last block, whose rewrites move the end
     /// recovery judges.
-    pub(super) fn may_hold(&self, size: u64, new_size: u64, blocks: &Range<u64>) -> bool {
-        new_size == size && blocks.end < block_count(size) && self.guard().is_some()
+    pub(super) fn may_hold(
+        &self,
+        size: u64,
+        new_size: u64,
+        sparse: bool,
+        blocks: &Range<u64>,
+    ) -> bool {
+        new_size == size
+            && !sparse
+            && blocks.end < block_count(size)
+            && self.guard().as_ref().is_some_and(|g| g.writable)
     }
 
     /// Before a rewrite of `blocks` reads and writes them: the held blocks
@@ -218,9 +248,10 @@ impl EncryptedFile {
     /// covers every block held (`write_held`). So a run of random
     /// overwrites pays one flush per batch rather than one per block. Held
     /// blocks are written when the file holds `MAX_HELD_PER_FILE`, the
-    /// volume its budget, or when anything else touches the file (`state`
-    /// writes them first); a crash of the mount loses them as it loses the
-    /// kernel's dirty pages: they were never synced.
+    /// volume its budget, when anything else touches the file (`state`
+    /// writes them first), or by `write_held_back` (the mount calls it
+    /// within a second: `fuse::held`); a crash of the mount loses them as
+    /// a power cut loses the kernel's dirty pages: they were never synced.
     pub(super) fn hold(
         &self,
         content_id: &ContentId,
@@ -232,6 +263,11 @@ impl EncryptedFile {
         let Some(g) = guard.as_mut() else {
             return self.write_stored(blocks.start, stored);
         };
+        // Room first, so that a write that fails leaves nothing held.
+        let new = blocks.clone().filter(|i| !g.held.contains_key(i)).count();
+        if g.held.len() + new > MAX_HELD_PER_FILE || !g.journal.may_hold(new) {
+            self.write_held(g)?;
+        }
         let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
         // Nothing durable replaced and nothing held to replace: plain write.
         if copied == 0 && g.held.range(blocks.clone()).next().is_none() {
@@ -244,10 +280,7 @@ impl EncryptedFile {
                 added += 1;
             }
         }
-        let over_budget = g.journal.count_held(added);
-        if g.held.len() >= MAX_HELD_PER_FILE || over_budget {
-            self.write_held(g)?;
-        }
+        g.journal.count_held(added);
         Ok(())
     }
 
@@ -332,6 +365,12 @@ impl EncryptedFile {
         self.guard()
             .as_ref()
             .is_some_and(|g| g.durable_blocks > blocks)
+    }
+
+    /// Whether rewrites are held back in memory (`hold`), to be written by
+    /// the next sync, read, other change, close or `write_held_back`.
+    pub fn holds_back(&self) -> bool {
+        self.guard().as_ref().is_some_and(|g| !g.held.is_empty())
     }
 
     /// Copies still held (they are released by the next sync).

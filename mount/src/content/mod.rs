@@ -198,6 +198,12 @@ impl EncryptedFile {
         Ok(())
     }
 
+    /// Writes the rewrites held back (after one sync of the journal), so
+    /// that the backing file holds everything acknowledged.
+    pub fn write_held_back(&self) -> Result<()> {
+        self.state().map(drop)
+    }
+
     /// `fsync` (or `fdatasync` when `data_only`) of the backing file.
     /// Writers wait meanwhile, so that everything the journal holds copies
     /// for is covered by the sync and the copies can go.

@@ -157,7 +157,8 @@ impl EncryptedFile {
             (Some(first), Some(last)) => first.start..last.end,
             _ => 0..0,
         };
-        let hold = self.may_hold(size, new_size, &touched);
+        let sparse = self.valid_header(state)?.sparse();
+        let hold = self.may_hold(size, new_size, sparse, &touched);
         let whole = offset.div_ceil(BLOCK_SIZE)..end / BLOCK_SIZE;
         self.settle_held(touched, whole, hold)?;
         if plan.holes {

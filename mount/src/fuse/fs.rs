@@ -285,9 +285,9 @@ impl fuser::Filesystem for ChronicleFs {
         // Nothing needs a FLUSH at every close: writes reach the backing
         // file before they are acknowledged, but for rewrites a file holds
         // back to share one journal sync (content::guard), which its next
-        // fsync, read or last close writes (an error then goes to that
-        // fsync or read; at the last close it is logged, the journal's
-        // copies kept). ENOSYS tells the kernel so for the whole mount: it
+        // fsync, read or last close writes, or `held` within a second (an
+        // error then goes to that fsync or read; otherwise it is logged and
+        // the journal's copies are kept). ENOSYS tells the kernel so for the whole mount: it
         // stops sending a FLUSH at every close (it still writes cached
         // pages back first, and close reports their errors).
         reply.error(Errno::ENOSYS);

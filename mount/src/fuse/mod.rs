@@ -4,6 +4,7 @@ mod attr;
 mod errno;
 mod fs;
 mod handles;
+mod held;
 mod nodes;
 mod ops;
 mod prune;

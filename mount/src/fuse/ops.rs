@@ -18,6 +18,7 @@ use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamp
 
 use super::attr;
 use super::errno::{io, sys, volume_errno_at};
+use super::held::HeldFiles;
 use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
 use super::prune::PruneSignal;
 use super::xattr::XattrCipher;
@@ -95,6 +96,8 @@ pub struct Ops {
     read_only: bool,
     /// Running as root: new files are chowned to their creator.
     as_root: bool,
+    /// Files holding rewrites back, written within a second (`held`).
+    held: Arc<HeldFiles>,
 }
 
 thread_local! {
@@ -174,6 +177,8 @@ impl Ops {
         prune: Arc<PruneSignal>,
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
+        let held = Arc::new(HeldFiles::default());
+        super::held::spawn(&held)?;
         Ok(Ops {
             nodes: NodeTable::new(root, descriptor_budget(), max_inodes, prune)?,
             read_only: journal.is_none(),
@@ -185,6 +190,7 @@ impl Ops {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             as_root: rustix::process::geteuid().is_root(),
+            held,
         })
     }
 
@@ -592,10 +598,16 @@ impl Ops {
         data: &[u8],
         kill_suidgid: bool,
     ) -> Result<(), Errno> {
-        let content = self.file_handle(fh)?;
+        let handle = self.handle(fh)?;
+        let Handle::File { content, node } = &*handle else {
+            return Err(Errno::EISDIR);
+        };
         content
             .write_at(offset, data)
             .map_err(|e| self.errno_of(e))?;
+        if content.holds_back() {
+            self.held.note(node);
+        }
         if kill_suidgid {
             self::kill_suidgid(content.backing())?;
         }
@@ -615,10 +627,23 @@ impl Ops {
 
     /// Drops one user's `content` of `node`'s file. Once nobody uses the
     /// file it is gone, but its memory stays while the node's `Weak` points
-    /// at it, so the slot is emptied.
+    /// at it, so the slot is emptied. The last user's drop writes what the
+    /// file held back and syncs it; it runs under the slot's lock, so that
+    /// an open meanwhile waits for it instead of opening the backing file a
+    /// second time beside a closing one.
     fn let_go(node: &Node, content: Arc<EncryptedFile>) {
+        Self::let_go_locked(
+            node.content.lock().unwrap_or_else(|p| p.into_inner()),
+            content,
+        );
+    }
+
+    /// `let_go` with the node's content slot already locked.
+    pub(super) fn let_go_locked(
+        mut slot: MutexGuard<'_, Weak<EncryptedFile>>,
+        content: Arc<EncryptedFile>,
+    ) {
         drop(content);
-        let mut slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
         if slot.strong_count() == 0 {
             *slot = Weak::new();
         }
