@@ -202,19 +202,10 @@ impl EncryptedFile {
 
     /// Whether a rewrite from `size` to `new_size` bytes of `blocks` may
     /// be held back (`hold`): the file is guarded and open for writing,
-    /// keeps its size, has no holes (an overwrite in place then needs no
-    /// new space, so writing it later cannot fail for want of it), and the
-    /// rewrite stays clear of the last block, whose rewrites move the end
-    /// recovery judges.
-    pub(super) fn may_hold(
-        &self,
-        size: u64,
-        new_size: u64,
-        sparse: bool,
-        blocks: &Range<u64>,
-    ) -> bool {
+    /// keeps its size, and the rewrite stays clear of the last block, whose
+    /// rewrites move the end recovery judges.
+    pub(super) fn may_hold(&self, size: u64, new_size: u64, blocks: &Range<u64>) -> bool {
         new_size == size
-            && !sparse
             && blocks.end < block_count(size)
             && self.guard().as_ref().is_some_and(|g| g.writable)
     }
@@ -256,6 +247,7 @@ impl EncryptedFile {
         &self,
         content_id: &ContentId,
         size: u64,
+        sparse: bool,
         blocks: Range<u64>,
         stored: &[u8],
     ) -> Result<()> {
@@ -263,6 +255,12 @@ impl EncryptedFile {
         let Some(g) = guard.as_mut() else {
             return self.write_stored(blocks.start, stored);
         };
+        // Holes among the blocks get their space now: a write that cannot
+        // have it fails here, not when held blocks are written later.
+        if sparse {
+            let from = block_offset(blocks.start);
+            self.reserve_backing(from, from + stored.len() as u64)?;
+        }
         // Room first, so that a write that fails leaves nothing held.
         let new = blocks.clone().filter(|i| !g.held.contains_key(i)).count();
         if g.held.len() + new > MAX_HELD_PER_FILE || !g.journal.may_hold(new) {

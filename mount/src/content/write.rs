@@ -157,8 +157,7 @@ impl EncryptedFile {
             (Some(first), Some(last)) => first.start..last.end,
             _ => 0..0,
         };
-        let sparse = self.valid_header(state)?.sparse();
-        let hold = self.may_hold(size, new_size, sparse, &touched);
+        let hold = self.may_hold(size, new_size, &touched);
         let whole = offset.div_ceil(BLOCK_SIZE)..end / BLOCK_SIZE;
         self.settle_held(touched, whole, hold)?;
         if plan.holes {
@@ -279,7 +278,8 @@ impl EncryptedFile {
                     self.seal_block(keys, index, index == last_new, plain, out);
                 }
                 if change.hold {
-                    self.hold(&keys.content_id, change.size, batch_start..batch_end, out)?;
+                    let blocks = batch_start..batch_end;
+                    self.hold(&keys.content_id, change.size, change.sparse, blocks, out)?;
                 } else {
                     self.save_originals(
                         &keys.content_id,
@@ -388,6 +388,12 @@ impl EncryptedFile {
         if to <= from {
             return Ok(());
         }
+        self.reserve_backing(from, to)
+    }
+
+    /// Allocates backing bytes [from, to) that are not yet (fallocate with
+    /// KEEP_SIZE), where the backing file system can.
+    pub(super) fn reserve_backing(&self, from: u64, to: u64) -> Result<()> {
         let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
         match rustix::fs::fallocate(&self.file, flags, from, to - from) {
             Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
