@@ -37,6 +37,20 @@ pub(super) enum Fill<'a> {
     Zeros,
 }
 
+impl<'a> Fill<'a> {
+    /// The bytes for `len` bytes at `at`, when the fill is bytes written
+    /// at `offset` that cover them all.
+    fn whole(self, offset: u64, at: u64, len: usize) -> Option<&'a [u8]> {
+        match self {
+            Fill::Bytes(data) => {
+                let from = usize::try_from(at.checked_sub(offset)?).ok()?;
+                data.get(from..from.checked_add(len)?)
+            }
+            Fill::Zeros => None,
+        }
+    }
+}
+
 /// The blocks a change seals, in order, and whether it leaves holes.
 #[derive(Debug, PartialEq, Eq)]
 struct Plan {
@@ -242,6 +256,12 @@ impl EncryptedFile {
                     let block_start = index * BLOCK_SIZE;
                     let new_len = block_len(change.new_size, index) as usize;
                     let old_len = block_len(change.size, index);
+                    // A block the bytes written fill whole is sealed from
+                    // them as they are, without a copy.
+                    if let Some(bytes) = change.fill.whole(change.offset, block_start, new_len) {
+                        self.seal_block(keys, index, index == last_new, bytes, out);
+                        continue;
+                    }
                     let plain = &mut plain[..new_len];
                     let covered =
                         change.offset <= block_start && change.end >= block_start + old_len;
