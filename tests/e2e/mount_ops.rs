@@ -585,3 +585,45 @@ fn symlink_times() {
         1_600_000_000
     );
 }
+
+/// The names `readdir` returns from the open directory stream `dir` until
+/// its end.
+fn names_until_end(dir: *mut libc::DIR) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: `dir` is an open stream from `opendir`; the entry it
+        // returns stays valid until the next call on the stream.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            return names;
+        }
+        // SAFETY: `d_name` is NUL-terminated within the entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        names.push(name.to_string_lossy().into_owned());
+    }
+}
+
+// Protects: `rewinddir` sees entries made and removed since the directory
+// was opened (the mount reads a handle's listing at its first READDIR, and
+// again at every READDIR from offset 0).
+#[test]
+fn rewinddir_sees_changes() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    fs::create_dir(m.path("d")).expect("mkdir");
+    fs::write(m.path("d/old"), b"1").expect("write");
+    let path = cstr(&m.path("d"));
+    // SAFETY: a valid NUL-terminated path.
+    let dir = unsafe { libc::opendir(path.as_ptr()) };
+    assert!(!dir.is_null(), "opendir");
+    let first = names_until_end(dir);
+    fs::write(m.path("d/new"), b"2").expect("write");
+    fs::remove_file(m.path("d/old")).expect("remove");
+    // SAFETY: `dir` is open; it is closed once, below.
+    unsafe { libc::rewinddir(dir) };
+    let second = names_until_end(dir);
+    // SAFETY: as above.
+    unsafe { libc::closedir(dir) };
+    assert!(first.contains(&"old".to_string()), "{first:?}");
+    assert!(second.contains(&"new".to_string()), "{second:?}");
+    assert!(!second.contains(&"old".to_string()), "{second:?}");
+}

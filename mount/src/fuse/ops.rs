@@ -1157,14 +1157,17 @@ impl Ops {
         Ok(entries)
     }
 
-    fn dir_entries(&self, fh: u64) -> Result<(Pinned, Arc<Vec<DirItem>>), Errno> {
+    /// The listing of directory handle `fh`, read at its first READDIR and
+    /// read again whenever one starts from `offset` 0 (`rewinddir` must see
+    /// entries made or removed since).
+    fn dir_entries(&self, fh: u64, offset: u64) -> Result<(Pinned, Arc<Vec<DirItem>>), Errno> {
         match &*self.handle(fh)? {
             Handle::Dir { node, entries } => {
                 let node = self.nodes.pin(node)?;
                 let mut entries = entries.lock().unwrap_or_else(|p| p.into_inner());
                 let entries = match &*entries {
-                    Some(listed) => Arc::clone(listed),
-                    None => entries.insert(Arc::new(self.list(&node)?)).clone(),
+                    Some(listed) if offset > 0 => Arc::clone(listed),
+                    _ => entries.insert(Arc::new(self.list(&node)?)).clone(),
                 };
                 Ok((node, entries))
             }
@@ -1179,7 +1182,7 @@ impl Ops {
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<(), Errno> {
-        let (_, entries) = self.dir_entries(fh)?;
+        let (_, entries) = self.dir_entries(fh, offset)?;
         for (i, item) in entries.iter().enumerate().skip(offset as usize) {
             if add(item.ino, i as u64 + 1, item.kind, &item.name) {
                 break;
@@ -1195,7 +1198,7 @@ impl Ops {
         offset: u64,
         mut add: impl FnMut(u64, &OsStr, &FileAttr) -> bool,
     ) -> Result<(), Errno> {
-        let (dir, entries) = self.dir_entries(fh)?;
+        let (dir, entries) = self.dir_entries(fh, offset)?;
         for (i, item) in entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if item.name == "." || item.name == ".." {
