@@ -81,6 +81,17 @@ fn capture(durable: &[u8], change: impl FnOnce(&EncryptedFile)) -> Captured {
     }
 }
 
+/// A new guarded file at `path`, with a journal beside it.
+fn guarded_new_file(path: &Path) -> (Arc<Journal>, EncryptedFile) {
+    let dir = path.parent().expect("a directory");
+    let journal = Arc::new(Journal::open(dir).expect("journal"));
+    let file = EncryptedFile::create(open_rw(path, true), crypto(), path.to_path_buf())
+        .expect("create")
+        .guarded_by(&journal)
+        .expect("guard");
+    (journal, file)
+}
+
 /// Every state a power cut can leave: some of the changed sectors written,
 /// at the old or the new size.
 fn crash_states(c: &Captured, seed: u64, sizes: &[usize]) -> Vec<Vec<u8>> {
@@ -263,11 +274,7 @@ fn torn_held_rewrites_read_old_or_new() {
 fn rewrites_are_held_until_read_or_synced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
-    let journal = Arc::new(Journal::open(dir.path()).expect("journal"));
-    let file = EncryptedFile::create(open_rw(&path, true), crypto(), path.clone())
-        .expect("create")
-        .guarded_by(&journal)
-        .expect("guard");
+    let (journal, file) = guarded_new_file(&path);
     let old = record(1, 8 * 4096);
     file.write_at(0, &old).expect("write");
     file.sync(true).expect("sync");
@@ -345,11 +352,7 @@ fn without_the_journal_the_same_tears_lose_data() {
 fn copies_are_released_by_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
-    let journal = Arc::new(Journal::open(dir.path()).expect("journal"));
-    let file = EncryptedFile::create(open_rw(&path, true), crypto(), path.clone())
-        .expect("create")
-        .guarded_by(&journal)
-        .expect("guard");
+    let (journal, file) = guarded_new_file(&path);
     file.write_at(0, &record(1, 100)).expect("write");
     assert_eq!(journal.live(), 0, "a new file has nothing durable");
     file.sync(true).expect("sync");

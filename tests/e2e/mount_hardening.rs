@@ -470,12 +470,7 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
         }
     });
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let pid = mount_pid(&m.mnt);
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill_mount(&m.mnt);
     let err = writer.join().expect("writer thread");
     assert!(
         matches!(
@@ -535,12 +530,7 @@ fn held_rewrites_are_written_without_a_sync() {
         expected[block * 4096..(block + 1) * 4096].copy_from_slice(&new);
     }
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let pid = mount_pid(&m.mnt);
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill_mount(&m.mnt);
     drop(f);
     for _ in 0..100 {
         if fs::metadata(m.path("f")).is_err() {

@@ -340,12 +340,7 @@ fn killed_during_long_renames() {
         }
     });
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let pid = mount_pid(&m.mnt);
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill_mount(&m.mnt);
     worker.join().expect("worker");
     creator.join().expect("creator");
     let out = m.remount();

@@ -287,6 +287,15 @@ pub fn setxattr(path: &std::ffi::CString, name: &std::ffi::CString, value: &[u8]
 }
 
 /// The pid of the background mount process serving `mnt`.
+/// Kills the mount process serving `mnt` with SIGKILL (a crash).
+pub fn kill_mount(mnt: &Path) {
+    let killed = Command::new("kill")
+        .args(["-KILL", &mount_pid(mnt).to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill the mount process");
+}
+
 pub fn mount_pid(mnt: &Path) -> u32 {
     let wanted = path_str(mnt).to_string();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
