@@ -19,8 +19,8 @@
 //! by their own block's associated data, so a forged record cannot be put
 //! back; an attacker can at most offer an older authentic version of a
 //! block, which rolling the main file back already allows. Slots are reused;
-//! a released slot is zeroed, and when no slot is live a journal
-//! past `IDLE_SLOTS_KEPT` slots is cut to nothing.
+//! a released slot's magic is cleared, and when no slot is live the file is
+//! cut to nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -79,8 +79,6 @@ pub const MAX_JOURNAL_LEN: u64 = 16 << 30;
 /// Rewritten blocks the files of a volume hold back in memory before the
 /// file that adds one writes its own (8 MiB).
 const MAX_HELD_IN_VOLUME: usize = 2048;
-/// Slots an idle journal keeps rather than being cut to nothing (1 MiB).
-const IDLE_SLOTS_KEPT: u64 = 256;
 /// Block indices a file can have (see `content::write::MAX_PLAINTEXT_SIZE`).
 const MAX_INDEX: u64 = (i64::MAX as u64 - 64) / CIPHER_BLOCK_SIZE;
 
@@ -102,12 +100,15 @@ pub struct Journal {
     /// comes before their clearing reaches it.
     keep_released: bool,
     /// Rewritten blocks that files hold back in memory, volume-wide
-    /// (`count_held`).
+    /// (`add_held`): the journal is what every guarded file of a volume
+    /// shares, so it keeps their memory budget too.
     held_blocks: AtomicUsize,
     /// Syncs of the journal file (`syncs`).
     syncs: AtomicU64,
     /// A sync failed: no later one is trusted (`sync`).
     sync_failed: AtomicBool,
+    /// Held across each sync and its check (`sync`).
+    syncing: Mutex<()>,
 }
 
 impl Journal {
@@ -171,6 +172,7 @@ impl Journal {
             held_blocks: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
+            syncing: Mutex::new(()),
         };
         journal.shrink_if_idle(&mut journal.slots())?;
         Ok(journal)
@@ -181,6 +183,13 @@ impl Journal {
     #[doc(hidden)]
     pub fn keeping_released(mut self) -> Self {
         self.keep_released = true;
+        self
+    }
+
+    /// For tests: the journal as after a sync that failed (`sync`).
+    #[doc(hidden)]
+    pub fn as_if_a_sync_failed(self) -> Self {
+        self.sync_failed.store(true, Ordering::Relaxed);
         self
     }
 
@@ -208,16 +217,9 @@ impl Journal {
     /// "succeed" with copies missing; every later sync fails until the
     /// volume is mounted again.
     pub fn sync(&self) -> Result<()> {
-        if self.sync_failed.load(Ordering::Relaxed) {
-            return Err(VolumeError::io(
-                format!(
-                    "{}: an earlier sync failed, so its copies cannot be trusted; \
-                     rewrites of synced data are refused until the volume is mounted again",
-                    self.path.display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EIO),
-            ));
-        }
+        // One sync at a time: of two at once, only one would see the error.
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        self.refuse_after_failure()?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let synced = self.file.sync_data();
         if synced.is_err() {
@@ -226,20 +228,38 @@ impl Journal {
         synced.context(|| format!("syncing {}", self.path.display()))
     }
 
+    fn refuse_after_failure(&self) -> Result<()> {
+        if !self.sync_failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Err(VolumeError::io(
+            format!(
+                "{}: an earlier sync failed, so its copies cannot be trusted; \
+                 rewrites of synced data are refused until the volume is mounted again",
+                self.path.display()
+            ),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ))
+    }
+
     /// Syncs so far (by `save` and `sync`), for tests and metrics.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Counts blocks held back in memory across the volume (`delta` more or
-    /// fewer).
-    pub fn count_held(&self, delta: isize) {
-        self.held_blocks
-            .fetch_add(delta as usize, Ordering::Relaxed);
+    /// `n` more blocks are held back in memory by the volume's files.
+    pub fn add_held(&self, n: usize) {
+        self.held_blocks.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Whether the volume's files may hold `more` blocks within its budget.
-    pub fn may_hold(&self, more: usize) -> bool {
+    /// `n` held blocks were written (or dropped).
+    pub fn remove_held(&self, n: usize) {
+        self.held_blocks.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Whether the volume's files may hold `more` blocks within the
+    /// volume's budget.
+    pub fn held_budget_allows(&self, more: usize) -> bool {
         self.held_blocks() + more <= MAX_HELD_IN_VOLUME
     }
 
@@ -249,6 +269,7 @@ impl Journal {
     }
 
     fn copy(&self, content_id: &ContentId, originals: &[Original], sync: bool) -> Result<Vec<u64>> {
+        self.refuse_after_failure()?;
         let mut slots = self.slots();
         // Many copies at once (an overwrite of a long range) take fresh
         // slots at the end, so that they go out in one write.
@@ -297,7 +318,7 @@ impl Journal {
     }
 
     /// Gives slots back: the rewrites they guarded are durable. Clearing a
-    /// slot keeps a stale copy from ever being put back; it needs no
+    /// slot's magic keeps a stale copy from ever being put back; it needs no
     /// sync, since an uncleared one is only used for a block that fails
     /// authentication and has no newer copy.
     pub fn release(&self, released: &[u64]) {
@@ -309,21 +330,15 @@ impl Journal {
         if self.keep_released {
             return;
         }
-        // Going idle after a burst: the whole file is cut, no slot needs
-        // clearing. A small journal keeps its length instead, so that the
-        // next cycle's sync writes data only and changes no size (on ext4 a
-        // size change costs the sync a metadata commit, and the cut its own).
-        if slots.live == 0 && slots.carried.is_empty() && slots.end > IDLE_SLOTS_KEPT {
+        // Going idle: the whole file is cut, no slot needs clearing.
+        if slots.live == 0 && slots.carried.is_empty() {
             if let Err(e) = self.shrink_if_idle(&mut slots) {
                 log::warn!("{e}");
             }
             return;
         }
-        // The whole slot, not just its magic: a kept slot must not keep an
-        // old version of a block for whoever reads the backing store later.
-        let zeros = [0u8; SLOT_LEN as usize];
         for &slot in released {
-            if let Err(e) = self.file.write_all_at(&zeros, slot * SLOT_LEN) {
+            if let Err(e) = self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
                 log::warn!("{}: could not clear slot {slot}: {e}", self.path.display());
             }
             slots.free.push(slot);
@@ -549,8 +564,7 @@ mod tests {
     }
 
     // Protects: copies survive a reopen (a crash) until released, slots are
-    // reused and cleared, a small idle journal keeps its length and a large
-    // one is cut to nothing.
+    // reused, and an idle journal is cut to nothing.
     #[test]
     fn copies_survive_reopen_until_released() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -601,23 +615,6 @@ mod tests {
         let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
             .expect("stat")
             .len();
-        assert_eq!(len, 2 * SLOT_LEN, "a small idle journal keeps its slots");
-        drop(reopened);
-        let cleared = Journal::open(dir.path()).expect("reopen");
-        assert_eq!(cleared.live(), 0, "released slots are cleared");
-
-        // A burst past the kept slots is cut away once idle.
-        let burst: Vec<Original> = (0..IDLE_SLOTS_KEPT + 1)
-            .map(|index| Original {
-                index,
-                stored: &block,
-            })
-            .collect();
-        let taken = cleared.save(&id, &burst).expect("save burst");
-        cleared.release(&taken);
-        let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
-            .expect("stat")
-            .len();
-        assert_eq!(len, 0, "an idle journal past its kept slots is cut");
+        assert_eq!(len, 0, "an idle journal is empty");
     }
 }

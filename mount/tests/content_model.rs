@@ -141,7 +141,7 @@ fn run_model(
                 }
                 model[offset as usize..end].fill(0);
             }
-            // Fewer punches when guarded: a sparse file holds nothing back.
+            // Fewer punches when guarded, to leave more of the run to writes.
             83..=86 if journal.is_some() => file.sync(rng.random()).expect("sync"),
             80..=86 => {
                 let offset = pick_offset(&mut rng, model.len() as u64, max);

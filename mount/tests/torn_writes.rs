@@ -317,6 +317,39 @@ fn rewrites_are_held_until_read_or_synced() {
     assert_eq!(journal.live(), 0);
 }
 
+// Protects: after a sync of the journal failed, nothing is copied or held
+// through it: a rewrite of a synced block fails at once and leaves the file
+// as it was (Linux reports a lost write-back once, so a later sync could
+// succeed with copies missing).
+#[test]
+fn a_failed_journal_sync_refuses_rewrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    let journal = Arc::new(
+        Journal::open(dir.path())
+            .expect("journal")
+            .as_if_a_sync_failed(),
+    );
+    let file = EncryptedFile::create(open_rw(&path, true), crypto(), path.clone())
+        .expect("create")
+        .guarded_by(&journal)
+        .expect("guard");
+    let old = record(1, 3 * 4096);
+    file.write_at(0, &old).expect("a new file needs no copies");
+    file.sync(true).expect("sync");
+    let refused = file
+        .write_at(4096, &record(2, 4096))
+        .expect_err("a rewrite of a synced block");
+    assert!(
+        refused.to_string().contains("an earlier sync failed"),
+        "{refused}"
+    );
+    let mut all = Vec::new();
+    file.read_to_end(&mut all).expect("read");
+    assert_eq!(all, old);
+    assert_eq!(journal.held_blocks(), 0);
+}
+
 // Protects: a shrink re-seals its new last block in place; torn, the file
 // is the old one or the shrunk one.
 #[test]

@@ -51,7 +51,7 @@ impl Drop for Guard {
                 "{} rewritten blocks were never written (an error was logged when writing them)",
                 self.held.len()
             );
-            self.journal.count_held(-(self.held.len() as isize));
+            self.journal.remove_held(self.held.len());
         }
     }
 }
@@ -261,10 +261,20 @@ impl EncryptedFile {
             let from = block_offset(blocks.start);
             self.reserve_backing(from, from + stored.len() as u64)?;
         }
-        // Room first, so that a write that fails leaves nothing held.
+        // Room first, so that a write that fails leaves nothing held: this
+        // file's held blocks are written when they would pass its share or
+        // the volume's budget; if other files hold the budget, the rewrite
+        // is written as it comes, its copies synced.
         let new = blocks.clone().filter(|i| !g.held.contains_key(i)).count();
-        if g.held.len() + new > MAX_HELD_PER_FILE || !g.journal.may_hold(new) {
+        if g.held.len() + new > MAX_HELD_PER_FILE || !g.journal.held_budget_allows(new) {
             self.write_held(g)?;
+            if !g
+                .journal
+                .held_budget_allows(stored.len() / layout::CIPHER_BLOCK_SIZE as usize)
+            {
+                self.copy_originals(g, content_id, size, None, blocks.clone(), true)?;
+                return self.write_stored(blocks.start, stored);
+            }
         }
         let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
         // Nothing durable replaced and nothing held to replace: plain write.
@@ -278,7 +288,7 @@ impl EncryptedFile {
                 added += 1;
             }
         }
-        g.journal.count_held(added);
+        g.journal.add_held(added);
         Ok(())
     }
 
@@ -305,7 +315,7 @@ impl EncryptedFile {
             next = Some(index + 1);
         }
         self.write_stored(run_start, &run)?;
-        g.journal.count_held(-(g.held.len() as isize));
+        g.journal.remove_held(g.held.len());
         g.held.clear();
         Ok(())
     }
@@ -348,8 +358,17 @@ impl EncryptedFile {
 
     fn end_cycle(&self, g: &mut Guard) -> Result<()> {
         // Held blocks are written before the sync that ends a cycle: their
-        // copies must outlive their writing.
-        debug_assert!(g.held.is_empty(), "a cycle ended with blocks held");
+        // copies must outlive their writing. Every caller sees to it; were
+        // one not to, the copies are kept rather than lost.
+        if !g.held.is_empty() {
+            return Err(crate::error::VolumeError::io(
+                format!(
+                    "{}: a sync ended with rewrites still held (a bug); their copies are kept",
+                    self.backing_path().display()
+                ),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         g.durable_blocks = self.current_blocks()?;
         g.saved.clear();
         g.journal.release(&std::mem::take(&mut g.slots));

@@ -26,6 +26,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use keys::{ContentCrypto, MAX_SEALS_PER_KEY};
@@ -66,6 +67,8 @@ pub struct EncryptedFile {
     guard: Mutex<Option<guard::Guard>>,
     /// Shown in errors when the file's current path cannot be found.
     label: PathBuf,
+    /// A sync of the backing file failed (`sync_backing`).
+    sync_failed: AtomicBool,
 }
 
 impl EncryptedFile {
@@ -82,6 +85,7 @@ impl EncryptedFile {
             }),
             guard: Mutex::new(None),
             label,
+            sync_failed: AtomicBool::new(false),
         };
         let loaded = this.load_state()?;
         *this.state_mut_keeping_held() = loaded;
@@ -213,14 +217,27 @@ impl EncryptedFile {
         self.synced()
     }
 
-    /// The backing file's `fsync` alone.
+    /// The backing file's `fsync` alone. Once one has failed, every later
+    /// one does: Linux reports a lost write-back once and then calls the
+    /// pages clean, so a second `fsync` could succeed with data missing,
+    /// and the journal's copies must not be released on its word.
     fn sync_backing(&self, data_only: bool) -> Result<()> {
+        let context = || format!("syncing {}", self.backing_path().display());
+        if self.sync_failed.load(Ordering::Relaxed) {
+            return Err(VolumeError::io(
+                format!("{}: an earlier sync failed, so a later one cannot vouch for the data; close the file everywhere and open it again", context()),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         let result = if data_only {
             self.file.sync_data()
         } else {
             self.file.sync_all()
         };
-        result.context(|| format!("syncing {}", self.backing_path().display()))
+        if result.is_err() {
+            self.sync_failed.store(true, Ordering::Relaxed);
+        }
+        result.context(context)
     }
 
     /// Plaintext of the whole file into `out` (for re-encryption and tests).

@@ -18,7 +18,7 @@ use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamp
 
 use super::attr;
 use super::errno::{io, sys, volume_errno_at};
-use super::held::HeldFiles;
+use super::held::HeldWriter;
 use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
 use super::prune::PruneSignal;
 use super::xattr::XattrCipher;
@@ -97,7 +97,7 @@ pub struct Ops {
     /// Running as root: new files are chowned to their creator.
     as_root: bool,
     /// Files holding rewrites back, written within a second (`held`).
-    held: Arc<HeldFiles>,
+    held: HeldWriter,
 }
 
 thread_local! {
@@ -177,8 +177,7 @@ impl Ops {
         prune: Arc<PruneSignal>,
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
-        let held = Arc::new(HeldFiles::default());
-        super::held::spawn(&held)?;
+        let held = HeldWriter::start()?;
         Ok(Ops {
             nodes: NodeTable::new(root, descriptor_budget(), max_inodes, prune)?,
             read_only: journal.is_none(),
@@ -582,7 +581,12 @@ impl Ops {
         };
         READ_BUF.with_borrow_mut(|buf| {
             buf.resize(size as usize, 0);
-            match content.read_at(offset, buf) {
+            let read = content.read_at(offset, buf);
+            // Let go before the reply: once it is sent, the file may be
+            // closed, and the last drop of its contents must be a
+            // RELEASE's, under the node's lock (`let_go`).
+            drop(content);
+            match read {
                 Ok(n) => reply(Ok(&buf[..n])),
                 Err(e) => reply(Err(self.errno_of(e))),
             }
@@ -602,12 +606,10 @@ impl Ops {
         let Handle::File { content, node } = &*handle else {
             return Err(Errno::EISDIR);
         };
-        content
-            .write_at(offset, data)
-            .map_err(|e| self.errno_of(e))?;
-        if content.holds_back() {
-            self.held.note(node);
-        }
+        let written = content.write_at(offset, data);
+        // Even after a failure: earlier batches of the write may be held.
+        self.held.note_if_holding(node, content);
+        written.map_err(|e| self.errno_of(e))?;
         if kill_suidgid {
             self::kill_suidgid(content.backing())?;
         }
@@ -656,7 +658,23 @@ impl Ops {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
-        let content = self.file_handle(fh)?;
+        let handle = self.handle(fh)?;
+        let Handle::File { content, node } = &*handle else {
+            return Err(Errno::EISDIR);
+        };
+        // Zeroing inside the file rewrites blocks, which may be held.
+        let changed = self.change_space(content, offset, len, mode);
+        self.held.note_if_holding(node, content);
+        changed
+    }
+
+    fn change_space(
+        &self,
+        content: &EncryptedFile,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
