@@ -228,7 +228,8 @@ impl Journal {
         synced.context(|| format!("syncing {}", self.path.display()))
     }
 
-    fn refuse_after_failure(&self) -> Result<()> {
+    /// Fails once a sync of the journal has failed (see `sync`).
+    pub fn refuse_after_failure(&self) -> Result<()> {
         if !self.sync_failed.load(Ordering::Relaxed) {
             return Ok(());
         }

@@ -255,6 +255,8 @@ impl EncryptedFile {
         let Some(g) = guard.as_mut() else {
             return self.write_stored(blocks.start, stored);
         };
+        // Nothing is held that no journal sync can ever let out.
+        g.journal.refuse_after_failure()?;
         // Holes among the blocks get their space now: a write that cannot
         // have it fails here, not when held blocks are written later.
         if sparse {
@@ -382,6 +384,14 @@ impl EncryptedFile {
         self.guard()
             .as_ref()
             .is_some_and(|g| g.durable_blocks > blocks)
+    }
+
+    /// Fails once a sync of the guarding journal has failed.
+    pub(super) fn journal_trusted(&self) -> Result<()> {
+        match self.guard().as_ref() {
+            Some(g) => g.journal.refuse_after_failure(),
+            None => Ok(()),
+        }
     }
 
     /// Whether rewrites are held back in memory (`hold`), to be written by

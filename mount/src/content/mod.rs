@@ -69,6 +69,8 @@ pub struct EncryptedFile {
     label: PathBuf,
     /// A sync of the backing file failed (`sync_backing`).
     sync_failed: AtomicBool,
+    /// Held across each sync of the backing file and its check.
+    syncing: Mutex<()>,
 }
 
 impl EncryptedFile {
@@ -86,6 +88,7 @@ impl EncryptedFile {
             guard: Mutex::new(None),
             label,
             sync_failed: AtomicBool::new(false),
+            syncing: Mutex::new(()),
         };
         let loaded = this.load_state()?;
         *this.state_mut_keeping_held() = loaded;
@@ -217,18 +220,14 @@ impl EncryptedFile {
         self.synced()
     }
 
-    /// The backing file's `fsync` alone. Once one has failed, every later
-    /// one does: Linux reports a lost write-back once and then calls the
-    /// pages clean, so a second `fsync` could succeed with data missing,
-    /// and the journal's copies must not be released on its word.
+    /// The backing file's `fsync` alone, one at a time. Once one has
+    /// failed, every later one does: Linux reports a lost write-back once
+    /// and then calls the pages clean, so a second `fsync` could succeed
+    /// with data missing, and the journal's copies must not be released on
+    /// its word.
     fn sync_backing(&self, data_only: bool) -> Result<()> {
-        let context = || format!("syncing {}", self.backing_path().display());
-        if self.sync_failed.load(Ordering::Relaxed) {
-            return Err(VolumeError::io(
-                format!("{}: an earlier sync failed, so a later one cannot vouch for the data; close the file everywhere and open it again", context()),
-                std::io::Error::from_raw_os_error(libc::EIO),
-            ));
-        }
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        self.refuse_after_failed_sync()?;
         let result = if data_only {
             self.file.sync_data()
         } else {
@@ -237,7 +236,29 @@ impl EncryptedFile {
         if result.is_err() {
             self.sync_failed.store(true, Ordering::Relaxed);
         }
-        result.context(context)
+        result.context(|| format!("syncing {}", self.backing_path().display()))
+    }
+
+    /// Fails once a sync of this file, or of the journal guarding it, has
+    /// failed: what needs one could not be finished. (Not under the
+    /// guard's lock: it takes it.)
+    fn refuse_untrusted_syncs(&self) -> Result<()> {
+        self.refuse_after_failed_sync()?;
+        self.journal_trusted()
+    }
+
+    fn refuse_after_failed_sync(&self) -> Result<()> {
+        if self.sync_failed.load(Ordering::Relaxed) {
+            return Err(VolumeError::io(
+                format!(
+                    "{}: an earlier sync failed, so a later one cannot vouch for the data; \
+                     close the file everywhere and open it again",
+                    self.backing_path().display()
+                ),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        Ok(())
     }
 
     /// Plaintext of the whole file into `out` (for re-encryption and tests).
@@ -317,6 +338,8 @@ impl EncryptedFile {
     /// Keeps the file id (extended attributes stay bound to it) unless the
     /// header was missing or damaged, which this repairs.
     fn reset_to_empty(&self, state: &mut State) -> Result<()> {
+        // Refused before anything changes if it could not finish.
+        self.refuse_untrusted_syncs()?;
         let file_id = match &state.header {
             Header::Valid(h) => h.file_id,
             Header::Missing | Header::Damaged(_) => crate::random::bytes(),

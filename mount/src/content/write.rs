@@ -322,6 +322,8 @@ impl EncryptedFile {
     /// the backing file after it, and clears the record. A crash in between
     /// leaves a state `fsck --repair` completes or drops (see `verify`).
     pub(super) fn shrink(&self, state: &mut State, size: u64, new_size: u64) -> Result<()> {
+        // Refused before anything changes if it could not finish.
+        self.refuse_untrusted_syncs()?;
         let mut header = self.valid_header(state)?;
         let sparse = header.sparse();
         header.pending_size = new_size;

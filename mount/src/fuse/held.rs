@@ -1,9 +1,10 @@
 //! Bounds in time how long a file holds rewrites back: a file that holds
 //! blocks (`content::guard`, one journal sync shared by many rewrites)
 //! writes them when it is next synced, read, changed otherwise or closed;
-//! one that is left alone has them written within `AFTER` anyway, from a
-//! thread of its own, so that acknowledged writes do not wait in the
-//! mount's memory alone for longer than the kernel keeps dirty pages.
+//! one that is left alone has them written within about `AFTER` of a
+//! write anyway, from a thread of its own, so that acknowledged writes do
+//! not wait in the mount's memory alone for longer than the kernel keeps
+//! dirty pages.
 
 use std::collections::HashMap;
 use std::io;
@@ -74,7 +75,9 @@ impl Drop for HeldWriter {
         self.shared.lock().stopped = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if thread.join().is_err() {
+                log::error!("the thread writing held rewrites had stopped (it panicked)");
+            }
         }
     }
 }
