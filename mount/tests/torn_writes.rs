@@ -318,8 +318,8 @@ fn rewrites_are_held_until_read_or_synced() {
 }
 
 // Protects: after a sync of the journal failed, nothing is copied or held
-// through it: a rewrite of a synced block fails at once and leaves the file
-// as it was (Linux reports a lost write-back once, so a later sync could
+// through it: a rewrite or shrink of synced blocks fails at once and leaves
+// the file as it was (Linux reports a lost write-back once, so a later sync could
 // succeed with copies missing).
 #[test]
 fn a_failed_journal_sync_refuses_rewrites() {
@@ -344,6 +344,10 @@ fn a_failed_journal_sync_refuses_rewrites() {
         refused.to_string().contains("an earlier sync failed"),
         "{refused}"
     );
+    // A shrink, which needs the journal too, is refused before it starts.
+    let stored = fs::read(&path).expect("stored");
+    file.set_len(5000).expect_err("a shrink of synced blocks");
+    assert_eq!(fs::read(&path).expect("stored"), stored, "nothing changed");
     let mut all = Vec::new();
     file.read_to_end(&mut all).expect("read");
     assert_eq!(all, old);
