@@ -155,7 +155,8 @@ impl Engine {
     }
 
     pub fn stats(&self) -> Result<Stats> {
-        let st = lock(&self.state);
+        // Listed before the lock is taken: on a slow directory (a mount over
+        // the network, a large one) writers must not wait for the listing.
         let bytes_on_disk = std::fs::read_dir(&self.dir)
             .context(|| format!("listing {}", self.dir.display()))?
             .flatten()
@@ -163,6 +164,7 @@ impl Engine {
             .filter(|m| m.is_file())
             .map(|m| m.len())
             .sum();
+        let st = lock(&self.state);
         let entries = || st.segments.iter().map(|l| &l.entry);
         let segment_points: u64 = entries().map(|e| e.points).sum();
         let points = segment_points + st.memtable.len() as u64;
