@@ -85,6 +85,7 @@ impl Drop for HeldWriter {
 impl Shared {
     fn note(&self, node: &Arc<Node>, failed: bool) {
         let mut state = self.lock();
+        let first = state.nodes.is_empty();
         // Replaced, not kept: an entry may be a forgotten node's whose
         // inode number came back.
         state.nodes.insert(
@@ -94,7 +95,11 @@ impl Shared {
                 failed,
             },
         );
-        self.wake.notify_one();
+        // Only the first note wakes the thread (it then waits out `AFTER`
+        // on its own): a wake-up per write would cost task switches.
+        if first {
+            self.wake.notify_one();
+        }
     }
 
     /// Waits for noted files, lets them hold for `AFTER`, writes what they
