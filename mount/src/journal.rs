@@ -19,8 +19,8 @@
 //! by their own block's associated data, so a forged record cannot be put
 //! back; an attacker can at most offer an older authentic version of a
 //! block, which rolling the main file back already allows. Slots are reused;
-//! a released slot's magic is cleared, and when no slot is live the file is
-//! cut to nothing.
+//! a released slot's magic is cleared, and when no slot is live a journal
+//! past `IDLE_SLOTS_KEPT` slots is cut to nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -79,6 +79,8 @@ pub const MAX_JOURNAL_LEN: u64 = 16 << 30;
 /// Rewritten blocks the files of a volume hold back in memory before the
 /// file that adds one writes its own (8 MiB).
 const MAX_HELD_IN_VOLUME: usize = 2048;
+/// Slots an idle journal keeps rather than being cut to nothing (1 MiB).
+const IDLE_SLOTS_KEPT: u64 = 256;
 /// Block indices a file can have (see `content::write::MAX_PLAINTEXT_SIZE`).
 const MAX_INDEX: u64 = (i64::MAX as u64 - 64) / CIPHER_BLOCK_SIZE;
 
@@ -331,8 +333,13 @@ impl Journal {
         if self.keep_released {
             return;
         }
-        // Going idle: the whole file is cut, no slot needs clearing.
-        if slots.live == 0 && slots.carried.is_empty() {
+        // Going idle after a burst: the whole file is cut, no slot needs
+        // clearing. A small journal keeps its length instead: cutting it
+        // and growing it again in every sync cycle costs the backing file
+        // system a metadata change, and the journal's sync a metadata
+        // commit, each time (about a tenth of an fsync loop's speed on
+        // ext4; docs/PERFORMANCE.md).
+        if slots.live == 0 && slots.carried.is_empty() && slots.end > IDLE_SLOTS_KEPT {
             if let Err(e) = self.shrink_if_idle(&mut slots) {
                 log::warn!("{e}");
             }
@@ -565,7 +572,8 @@ mod tests {
     }
 
     // Protects: copies survive a reopen (a crash) until released, slots are
-    // reused, and an idle journal is cut to nothing.
+    // reused and cleared, a small idle journal keeps its length and a large
+    // one is cut to nothing.
     #[test]
     fn copies_survive_reopen_until_released() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -616,6 +624,23 @@ mod tests {
         let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
             .expect("stat")
             .len();
-        assert_eq!(len, 0, "an idle journal is empty");
+        assert_eq!(len, 2 * SLOT_LEN, "a small idle journal keeps its slots");
+        drop(reopened);
+        let cleared = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(cleared.live(), 0, "released slots are cleared");
+
+        // A burst past the kept slots is cut away once idle.
+        let burst: Vec<Original> = (0..IDLE_SLOTS_KEPT + 1)
+            .map(|index| Original {
+                index,
+                stored: &block,
+            })
+            .collect();
+        let taken = cleared.save(&id, &burst).expect("save burst");
+        cleared.release(&taken);
+        let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
+            .expect("stat")
+            .len();
+        assert_eq!(len, 0, "an idle journal past its kept slots is cut");
     }
 }
