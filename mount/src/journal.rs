@@ -76,8 +76,8 @@ pub struct Carried {
 /// The largest journal a mount reads: far more than a session leaves
 /// (4096 copies per open file), and a bound on what a planted file costs.
 pub const MAX_JOURNAL_LEN: u64 = 16 << 30;
-/// Rewritten blocks the files of a volume hold back in memory before the
-/// file that adds one writes its own (8 MiB).
+/// Rewritten blocks the files of a volume may hold back in memory (8 MiB);
+/// past it a rewrite is written at once (`content::guard::hold`).
 const MAX_HELD_IN_VOLUME: usize = 2048;
 /// Slots an idle journal keeps rather than being cut to nothing (1 MiB).
 const IDLE_SLOTS_KEPT: u64 = 256;

@@ -583,10 +583,6 @@ fn mount_limited(nofile: u32, handles: Handles) -> Mounted {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("prlimit");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     Mounted { fixture, mnt, log }
 }

@@ -331,12 +331,6 @@ impl EncryptedFile {
         }
     }
 
-    fn write_stored(&self, first: u64, stored: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(stored, block_offset(first))
-            .context(|| format!("writing {}", self.backing_path().display()))
-    }
-
     /// The file was synced: everything in it is durable, its copies are no
     /// longer needed. The caller keeps writers out between the sync and
     /// this.
@@ -512,9 +506,7 @@ impl EncryptedFile {
     /// Writes a copy back as block `index`; a copy of the file's end also
     /// cuts everything after it.
     fn write_back(&self, index: u64, stored: &[u8], is_end: bool) -> Result<()> {
-        self.file
-            .write_all_at(stored, block_offset(index))
-            .context(|| format!("writing {}", self.backing_path().display()))?;
+        self.write_stored(index, stored)?;
         if is_end {
             self.truncate_backing(block_offset(index) + stored.len() as u64)?;
         }

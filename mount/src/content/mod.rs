@@ -412,6 +412,13 @@ impl EncryptedFile {
         }
     }
 
+    /// Writes blocks as stored, one after another from block `first`.
+    fn write_stored(&self, first: u64, stored: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(stored, layout::block_offset(first))
+            .context(|| format!("writing {}", self.backing_path().display()))
+    }
+
     fn truncate_backing(&self, len: u64) -> Result<()> {
         self.file
             .set_len(len)

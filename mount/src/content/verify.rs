@@ -358,9 +358,7 @@ impl EncryptedFile {
         self.read_block(keys, false, index, BLOCK_SIZE, false, &mut plain)?;
         let mut sealed = Vec::with_capacity(CIPHER_BLOCK_SIZE as usize);
         self.seal_block(keys, index, true, &plain, &mut sealed);
-        self.file
-            .write_all_at(&sealed, block_offset(index))
-            .context(|| format!("writing {}", self.backing_path().display()))?;
+        self.write_stored(index, &sealed)?;
         self.truncate_backing(block_offset(blocks))?;
         self.sync_backing(false)?;
         Ok(repaired(what, blocks * BLOCK_SIZE))

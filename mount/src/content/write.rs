@@ -307,9 +307,7 @@ impl EncryptedFile {
                         change.old_last.as_deref(),
                         batch_start..batch_end,
                     )?;
-                    self.file
-                        .write_all_at(out, block_offset(batch_start))
-                        .context(|| format!("writing {}", self.backing_path().display()))?;
+                    self.write_stored(batch_start, out)?;
                 }
                 batch_start = batch_end;
             }
@@ -339,9 +337,7 @@ impl EncryptedFile {
         self.seal_block(keys, index, true, &plain[..keep], &mut sealed);
         let content_id = keys.content_id;
         self.save_originals(&content_id, size, None, index..index + 1)?;
-        self.file
-            .write_all_at(&sealed, block_offset(index))
-            .context(|| format!("writing {}", self.backing_path().display()))?;
+        self.write_stored(index, &sealed)?;
         // When durable blocks are cut: the re-sealed block is made durable
         // before the cut (a cut that survives a crash must not leave it
         // torn, with its copy no longer the file's end), and the cut is made

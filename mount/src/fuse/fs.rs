@@ -287,9 +287,10 @@ impl fuser::Filesystem for ChronicleFs {
         // back to share one journal sync (content::guard), which its next
         // fsync, read or last close writes, or `held` within a second (an
         // error then goes to that fsync or read; otherwise it is logged and
-        // the journal's copies are kept). ENOSYS tells the kernel so for the whole mount: it
-        // stops sending a FLUSH at every close (it still writes cached
-        // pages back first, and close reports their errors).
+        // the journal's copies are kept). ENOSYS tells the kernel so for
+        // the whole mount: it stops sending a FLUSH at every close (it
+        // still writes cached pages back first, and close reports their
+        // errors).
         reply.error(Errno::ENOSYS);
     }
 

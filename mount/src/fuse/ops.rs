@@ -602,18 +602,32 @@ impl Ops {
         data: &[u8],
         kill_suidgid: bool,
     ) -> Result<(), Errno> {
+        self.rewriting(fh, |content| {
+            content
+                .write_at(offset, data)
+                .map_err(|e| self.errno_of(e))?;
+            if kill_suidgid {
+                self::kill_suidgid(content.backing())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `change` on the contents of file handle `fh`, then notes the
+    /// file for the held-rewrite writer if it now holds blocks back, even
+    /// after a failure (earlier batches of a write may be held).
+    fn rewriting(
+        &self,
+        fh: u64,
+        change: impl FnOnce(&EncryptedFile) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
         let handle = self.handle(fh)?;
         let Handle::File { content, node } = &*handle else {
             return Err(Errno::EISDIR);
         };
-        let written = content.write_at(offset, data);
-        // Even after a failure: earlier batches of the write may be held.
+        let changed = change(content);
         self.held.note_if_holding(node, content);
-        written.map_err(|e| self.errno_of(e))?;
-        if kill_suidgid {
-            self::kill_suidgid(content.backing())?;
-        }
-        Ok(())
+        changed
     }
 
     pub fn release(&self, fh: u64) {
@@ -658,14 +672,8 @@ impl Ops {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
-        let handle = self.handle(fh)?;
-        let Handle::File { content, node } = &*handle else {
-            return Err(Errno::EISDIR);
-        };
         // Zeroing inside the file rewrites blocks, which may be held.
-        let changed = self.change_space(content, offset, len, mode);
-        self.held.note_if_holding(node, content);
-        changed
+        self.rewriting(fh, |content| self.change_space(content, offset, len, mode))
     }
 
     fn change_space(
