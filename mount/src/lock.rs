@@ -56,6 +56,25 @@ impl VolumeLock {
     }
 }
 
+impl VolumeLock {
+    /// Waits up to `timeout` for whoever holds the volume in `backing` to
+    /// let it go (a mount whose session has ended finishes writing, then
+    /// exits); true once it is free. Takes the lock only for a moment.
+    pub fn wait_until_free(backing: &Path, timeout: std::time::Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match VolumeLock::acquire(backing) {
+                Ok(_free) => return Ok(true),
+                Err(VolumeError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(VolumeError::Busy { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 pub fn lock_path(backing: &Path) -> PathBuf {
     backing.join(LOCK_NAME)
 }
@@ -65,7 +84,7 @@ mod tests {
     use super::*;
 
     // Protects: a second writer is refused while the first holds the lock,
-    // and admitted once it is gone.
+    // and admitted once it is gone; waiting for it ends when it is gone.
     #[test]
     fn one_writer_at_a_time() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -74,7 +93,10 @@ mod tests {
             VolumeLock::acquire(dir.path()),
             Err(VolumeError::Busy { .. })
         ));
+        let short = std::time::Duration::from_millis(30);
+        assert!(!VolumeLock::wait_until_free(dir.path(), short).expect("wait"));
         drop(first);
+        assert!(VolumeLock::wait_until_free(dir.path(), short).expect("wait"));
         VolumeLock::acquire(dir.path()).expect("after the first is gone");
     }
 }

@@ -179,6 +179,19 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     match fuse::unmount(mountpoint) {
         Ok(()) => {
             if let Some(backing) = backing {
+                // The mount process lets go of the files it kept open once
+                // its session ends; return after it has, so that the volume
+                // can be mounted or repaired at once.
+                let waited = chronicle_mount::lock::VolumeLock::wait_until_free(
+                    &backing,
+                    std::time::Duration::from_secs(30),
+                );
+                if !waited.unwrap_or(true) {
+                    eprintln!(
+                        "note: the mount process of {} is still finishing after 30 s",
+                        backing.display()
+                    );
+                }
                 std::fs::File::open(&backing)
                     .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from))
                     .with_context(|| format!("flushing {} after unmounting", backing.display()))?;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use crate::util::*;
@@ -414,6 +414,59 @@ fn many_files_under_a_small_limit(handles: Handles) {
         );
     }
     fs::remove_dir_all(&dir).expect("remove");
+    assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
+}
+
+// Protects: a file stays readable and writable through a descriptor
+// opened before it lost its last name, by unlink or by a rename over it,
+// even where the mount had closed its own descriptor of the file (a small
+// open-file limit) and a file handle cannot reopen a file without a name.
+// The kernel opens files without telling the mount, so the mount keeps a
+// descriptor of every file that loses its last name while the kernel
+// remembers it.
+#[test]
+fn removed_files_stay_usable_while_open() {
+    if !fuse_available() {
+        return;
+    }
+    let m = mount_limited(256, Handles::Used);
+    let dir = m.path("removed");
+    fs::create_dir(&dir).expect("mkdir");
+    let body = |tag: u8| vec![tag; 9_000];
+    for (name, tag) in [("unlinked", 1), ("replaced", 2), ("other", 3)] {
+        fs::write(dir.join(name), body(tag)).expect("create");
+    }
+    let _ = std::process::Command::new("sync").status();
+    let open = |name: &str| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(name))
+            .expect("open")
+    };
+    let (unlinked, replaced) = (open("unlinked"), open("replaced"));
+    // Past the mount's descriptor budget (64 here), so that it closes its
+    // descriptors of the two files.
+    for i in 0..200 {
+        fs::write(dir.join(format!("pad{i}")), "x")
+            .unwrap_or_else(|e| panic!("pad {i}: {e}\n{}", m.log_text()));
+    }
+    fs::remove_file(dir.join("unlinked")).expect("unlink");
+    fs::rename(dir.join("other"), dir.join("replaced")).expect("rename over");
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    for (file, tag) in [(&unlinked, 1), (&replaced, 2)] {
+        let mut back = vec![0; 9_000];
+        file.read_exact_at(&mut back, 0)
+            .expect("read a removed file");
+        assert!(back == body(tag), "file {tag} read back wrong");
+        file.write_all_at(b"still here", 4_000).expect("write");
+        file.sync_all().expect("fsync");
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        let mut back = vec![0; 10];
+        file.read_exact_at(&mut back, 4_000).expect("read again");
+        assert_eq!(&back, b"still here");
+    }
+    assert_eq!(fs::read(dir.join("replaced")).expect("read"), body(3));
     assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
 }
 

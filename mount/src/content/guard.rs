@@ -296,7 +296,7 @@ impl EncryptedFile {
 
     /// Writes the held blocks in place, after syncing the journal that
     /// holds the originals they replace. On failure they stay held (and
-    /// the error goes to whoever asked: `fsync`, a read, a close).
+    /// the error goes to whoever asked: `fsync`, a read, a truncate).
     fn write_held(&self, g: &mut Guard) -> Result<()> {
         if g.held.is_empty() {
             return Ok(());
@@ -389,7 +389,8 @@ impl EncryptedFile {
     }
 
     /// Whether rewrites are held back in memory (`hold`), to be written by
-    /// the next sync, read, other change, close or `write_held_back`.
+    /// the next sync, read, other change, `write_held_back` or the last
+    /// drop.
     pub fn holds_back(&self) -> bool {
         self.guard().as_ref().is_some_and(|g| !g.held.is_empty())
     }
@@ -400,7 +401,7 @@ impl EncryptedFile {
     }
 
     /// Writes what is held and releases the copies after a final sync,
-    /// when the file is closed.
+    /// when the mount lets the file go (its last drop).
     pub(super) fn close_guard(&mut self) {
         let held = self.held_copies();
         if held == 0 {

@@ -239,6 +239,17 @@ impl EncryptedFile {
         result.context(|| format!("syncing {}", self.backing_path().display()))
     }
 
+    /// Whether a sync of the backing file has failed (every later one will).
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.load(Ordering::Relaxed)
+    }
+
+    /// For tests: this file's sync failed.
+    #[cfg(test)]
+    pub(crate) fn as_if_a_sync_failed(&self) {
+        self.sync_failed.store(true, Ordering::Relaxed);
+    }
+
     /// Fails once a sync of this file, or of the journal guarding it, has
     /// failed: what needs one could not be finished. (Not under the
     /// guard's lock: it takes it.)
@@ -252,7 +263,7 @@ impl EncryptedFile {
             return Err(VolumeError::io(
                 format!(
                     "{}: an earlier sync failed, so a later one cannot vouch for the data; \
-                     close the file everywhere and open it again",
+                     remount the volume to clear this",
                     self.backing_path().display()
                 ),
                 std::io::Error::from_raw_os_error(libc::EIO),

@@ -42,11 +42,8 @@ impl fuser::Filesystem for ChronicleFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
-            // O_TRUNC reaches `open`, which empties the file through its
-            // shared EncryptedFile (repairing a damaged one) in the same
-            // request, instead of an open that the damage refuses followed
-            // by a SETATTR.
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // Not FUSE_ATOMIC_O_TRUNC: OPEN is never sent (see `open`), so
+            // a truncating open must reach the mount as a SETATTR.
             // We clear set-user-id and set-group-id bits ourselves (see
             // `Ops::write`); in exchange the kernel stops asking for
             // security.capability before every write.
@@ -112,7 +109,8 @@ impl fuser::Filesystem for ChronicleFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        // Files have no handles (`open`): a truncate finds the file by inode.
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -126,7 +124,6 @@ impl fuser::Filesystem for ChronicleFs {
             size,
             atime,
             mtime,
-            fh: fh.map(|f| f.0),
         };
         match self.ops.setattr(req.into(), ino.0, change) {
             Ok(attr) => reply.attr(&TTL, &attr),
@@ -231,25 +228,27 @@ impl fuser::Filesystem for ChronicleFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ops.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), KEEP_CACHE),
-            Err(e) => reply.error(e),
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS tells the kernel to open regular files by itself for the
+        // rest of the mount: no OPEN and no RELEASE (keeping the page
+        // cache, as KEEP_CACHE did), and the file's requests come with
+        // handle 0 and find its contents by inode (`kept`). A damaged
+        // file then fails at its first read instead of at open.
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.ops.read(fh.0, offset, size, |result| match result {
+        self.ops.read(ino.0, offset, size, |result| match result {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(e),
         });
@@ -258,8 +257,8 @@ impl fuser::Filesystem for ChronicleFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
@@ -268,7 +267,7 @@ impl fuser::Filesystem for ChronicleFs {
         reply: ReplyWrite,
     ) {
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.ops.write(fh.0, offset, data, kill_suidgid) {
+        match self.ops.write(ino.0, offset, data, kill_suidgid) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
         }
@@ -285,7 +284,7 @@ impl fuser::Filesystem for ChronicleFs {
         // Nothing needs a FLUSH at every close: writes reach the backing
         // file before they are acknowledged, but for rewrites a file holds
         // back to share one journal sync (content::guard), which its next
-        // fsync, read or last close writes, or `held` within a second (an
+        // fsync or read writes, or `held` within a second (an
         // error then goes to that fsync or read; otherwise it is logged and
         // the journal's copies are kept). ENOSYS tells the kernel so for
         // the whole mount: it stops sending a FLUSH at every close (it
@@ -294,29 +293,15 @@ impl fuser::Filesystem for ChronicleFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.ops.release(fh.0);
-        reply.ok();
-    }
-
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.ops.fsync(fh.0, datasync));
+        empty(reply, self.ops.fsync(ino.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -368,7 +353,7 @@ impl fuser::Filesystem for ChronicleFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.ops.release(fh.0);
+        self.ops.releasedir(fh.0);
         reply.ok();
     }
 
@@ -450,26 +435,26 @@ impl fuser::Filesystem for ChronicleFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.ops.fallocate(fh.0, offset, length, mode));
+        empty(reply, self.ops.fallocate(ino.0, offset, length, mode));
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.ops.lseek(fh.0, offset, whence) {
+        match self.ops.lseek(ino.0, offset, whence) {
             Ok(at) => reply.offset(at),
             Err(e) => reply.error(e),
         }

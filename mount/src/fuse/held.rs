@@ -1,6 +1,6 @@
 //! Bounds in time how long a file holds rewrites back: a file that holds
 //! blocks (`content::guard`, one journal sync shared by many rewrites)
-//! writes them when it is next synced, read, changed otherwise or closed;
+//! writes them when it is next synced, read, changed otherwise or let go;
 //! one that is left alone has them written within about `AFTER` of a
 //! write anyway, from a thread of its own, so that acknowledged writes do
 //! not wait in the mount's memory alone for longer than the kernel keeps

@@ -5,6 +5,7 @@ mod errno;
 mod fs;
 mod handles;
 mod held;
+mod kept;
 mod nodes;
 mod ops;
 mod prune;

@@ -33,7 +33,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use fuser::Errno;
@@ -65,8 +65,11 @@ pub struct Node {
     slot: Mutex<Option<Arc<OwnedFd>>>,
     /// The file's handle, to reopen it; `None` where descriptors are kept.
     handle: Option<FileHandle>,
-    /// The plaintext view of a regular file, shared by every open handle so
-    /// that one lock orders all writers (see `content`).
+    /// The descriptor stays open until the entry goes (`keep_reachable`).
+    reachable_only_by_descriptor: AtomicBool,
+    /// The plaintext view of a regular file, shared by every user (handles
+    /// of created files, the files the kernel opened, `kept`) so that one
+    /// lock orders all writers (see `content`).
     pub content: Mutex<Weak<EncryptedFile>>,
     /// A directory's name key, read from its id record on first use (it
     /// moves with the directory, so it never changes).
@@ -84,9 +87,19 @@ impl Node {
             used: AtomicU32::new(0),
             slot: Mutex::new(Some(Arc::new(fd))),
             handle,
+            reachable_only_by_descriptor: AtomicBool::new(false),
             content: Mutex::new(Weak::new()),
             dir_key: OnceLock::new(),
         }
+    }
+
+    /// For tests: an entry numbered `ino` for the file at `path`.
+    #[cfg(test)]
+    pub(super) fn for_test(ino: u64, path: &std::path::Path) -> Arc<Node> {
+        let fd = rustix::fs::open(path, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty())
+            .expect("open");
+        let stat = rustix::fs::fstat(&fd).expect("fstat");
+        Arc::new(Node::new(ino, &stat, FileType::RegularFile, fd, None))
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Arc<OwnedFd>>> {
@@ -263,6 +276,9 @@ impl NodeTable {
             let Some(oldest) = oldest.upgrade() else {
                 continue;
             };
+            if oldest.reachable_only_by_descriptor.load(Ordering::Relaxed) {
+                continue;
+            }
             let mut slot = oldest.slot();
             match slot.as_ref() {
                 // In use (a request holds it): keep, look further.
@@ -303,13 +319,50 @@ impl NodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Result<Pinned, Errno> {
-        let node = self
-            .lock()
+        self.pin(&self.entry(ino)?)
+    }
+
+    /// The entry for `ino`, without opening its descriptor.
+    pub fn entry(&self, ino: u64) -> Result<Arc<Node>, Errno> {
+        self.lock()
             .entries
             .get(&ino)
             .map(Arc::clone)
-            .ok_or(Errno::ESTALE)?;
-        self.pin(&node)
+            .ok_or(Errno::ESTALE)
+    }
+
+    /// Keeps the descriptor of the entry for the backing file `stat` (if
+    /// the kernel knows that file) open until the entry goes. The file is
+    /// about to lose its last name while the kernel may hold it open: the
+    /// kernel opens files without telling the mount (`kept`), so requests
+    /// for it may still come, and a handle cannot reopen a file without a
+    /// name on every file system.
+    pub fn keep_reachable(&self, stat: &Stat) {
+        let node = {
+            let table = self.lock();
+            let ino = match stat.st_dev == self.root_dev {
+                true => Some(self.fuse_ino(stat.st_ino)),
+                false => table.foreign.get(&(stat.st_dev, stat.st_ino)).copied(),
+            };
+            ino.and_then(|ino| table.entries.get(&ino).map(Arc::clone))
+        };
+        let Some(node) = node else {
+            return;
+        };
+        if (node.dev, node.backing_ino) != (stat.st_dev, stat.st_ino) {
+            return;
+        }
+        node.reachable_only_by_descriptor
+            .store(true, Ordering::Relaxed);
+        // Reopened now if it was closed, while the name still stands; the
+        // flag keeps `opened` from closing it again.
+        if let Err(e) = self.pin(&node) {
+            log::warn!(
+                "inode {}: cannot keep its descriptor before it loses its last name \
+                 ({e:?}); a program that still has it open may get ESTALE",
+                node.ino
+            );
+        }
     }
 
     /// Records one kernel lookup of the backing file open as `fd` (whose
@@ -405,14 +458,15 @@ impl NodeTable {
         }
     }
 
-    /// The kernel dropped `count` lookups; the entry goes when none remain.
-    pub fn forget(&self, ino: u64, count: u64) {
+    /// The kernel dropped `count` lookups; the entry goes when none remain
+    /// (then this returns true).
+    pub fn forget(&self, ino: u64, count: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let mut table = self.lock();
         let Some(node) = table.entries.get(&ino) else {
-            return;
+            return false;
         };
         let left = node.lookups.load(Ordering::Relaxed).saturating_sub(count);
         node.lookups.store(left, Ordering::Relaxed);
@@ -427,6 +481,17 @@ impl NodeTable {
                 .next_prune_at
                 .min(len.max(self.limit) + self.limit / 10);
         }
+        left == 0
+    }
+
+    /// Most entries kept before asking the kernel to forget some.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Most descriptors of entries open at once where handles reopen them.
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// Whether entries keep handles and may close their descriptors.

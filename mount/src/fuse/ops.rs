@@ -19,6 +19,7 @@ use rustix::fs::{AtFlags, FileType as RawType, Mode, OFlags, Timespec, Timestamp
 use super::attr;
 use super::errno::{io, sys, volume_errno_at};
 use super::held::HeldWriter;
+use super::kept::Kept;
 use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
 use super::prune::PruneSignal;
 use super::xattr::XattrCipher;
@@ -56,7 +57,6 @@ pub struct AttrChange {
     pub size: Option<u64>,
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
-    pub fh: Option<u64>,
 }
 
 struct DirItem {
@@ -67,19 +67,13 @@ struct DirItem {
     kind: FileType,
 }
 
-enum Handle {
-    File {
-        content: Arc<EncryptedFile>,
-        /// The file's node, whose `content` slot this handle keeps filled.
-        node: Arc<Node>,
-    },
-    Dir {
-        node: Arc<Node>,
-        /// The listing, read at the first READDIR: a program that opens a
-        /// directory only to fsync it (as databases do after a rename)
-        /// never pays for reading and decrypting every name.
-        entries: Mutex<Option<Arc<Vec<DirItem>>>>,
-    },
+/// An open directory. (Regular files have no handles: see `kept`.)
+struct DirHandle {
+    node: Arc<Node>,
+    /// The listing, read at the first READDIR: a program that opens a
+    /// directory only to fsync it (as databases do after a rename) never
+    /// pays for reading and decrypting every name.
+    entries: Mutex<Option<Arc<Vec<DirItem>>>>,
 }
 
 pub struct Ops {
@@ -91,13 +85,15 @@ pub struct Ops {
     xattrs: XattrCipher,
     /// The volume stores `user.*` attributes (`init --xattrs`).
     xattrs_enabled: bool,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_handle: AtomicU64,
     read_only: bool,
     /// Running as root: new files are chowned to their creator.
     as_root: bool,
     /// Files holding rewrites back, written within a second (`held`).
     held: HeldWriter,
+    /// The files the kernel opened by itself, by inode (`kept`).
+    kept: Kept,
 }
 
 thread_local! {
@@ -178,8 +174,10 @@ impl Ops {
     ) -> std::io::Result<Self> {
         let xattrs = XattrCipher::new(&crypto);
         let held = HeldWriter::start()?;
+        let nodes = NodeTable::new(root, descriptor_budget(), max_inodes, prune)?;
+        let kept = Kept::new(&nodes);
         Ok(Ops {
-            nodes: NodeTable::new(root, descriptor_budget(), max_inodes, prune)?,
+            nodes,
             read_only: journal.is_none(),
             journal,
             crypto,
@@ -190,6 +188,7 @@ impl Ops {
             next_handle: AtomicU64::new(1),
             as_root: rustix::process::geteuid().is_root(),
             held,
+            kept,
         })
     }
 
@@ -309,7 +308,7 @@ impl Ops {
 
     fn stat_attr(&self, node: &Pinned) -> Result<FileAttr, Errno> {
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
-        Ok(self.attr_of(node.ino, &stat))
+        Ok(self.attr_of(node, &stat))
     }
 
     /// The kind a program sees: a file-form symlink is a symlink.
@@ -321,10 +320,10 @@ impl Ops {
         }
     }
 
-    /// What the program sees of a backing file: plaintext sizes (a file's
-    /// contents, a symlink's target).
-    fn attr_of(&self, ino: u64, stat: &rustix::fs::Stat) -> FileAttr {
-        let mut attr = attr::from_stat(ino, stat);
+    /// What the program sees of `node`'s backing file (whose status is
+    /// `stat`): plaintext sizes (a file's contents, a symlink's target).
+    fn attr_of(&self, node: &Pinned, stat: &rustix::fs::Stat) -> FileAttr {
+        let mut attr = attr::from_stat(node.ino, stat);
         if symlink_file::is_file_form(self.names.mode(), stat) {
             // Its contents are the sealed target, as a symlink would hold it.
             attr.kind = FileType::Symlink;
@@ -332,8 +331,27 @@ impl Ops {
             attr.size = self.names.target_len(attr.size);
         } else if attr.kind == FileType::Symlink {
             attr.size = self.names.target_len(attr.size);
+        } else if attr.kind == FileType::RegularFile && attr.size == 0 && self.damaged(node) {
+            // The kernel opens files without asking the mount (`fs::open`)
+            // and reads nothing of a file it believes empty: a file cut
+            // back to its header, or short of one, is shown one byte long
+            // so that reading it reaches the mount and fails there.
+            attr.size = 1;
         }
         attr
+    }
+
+    /// Whether `node`'s file (which looks empty) is damaged as a whole.
+    fn damaged(&self, node: &Pinned) -> bool {
+        match self.content(node) {
+            Ok(content) => {
+                let damaged = content.damage().is_some();
+                Self::let_go(node, content);
+                damaged
+            }
+            // Whatever keeps it from opening, a read will report.
+            Err(_) => true,
+        }
     }
 
     /// Looks up `backing` in `parent`, counting one kernel lookup.
@@ -351,7 +369,7 @@ impl Ops {
         .map_err(sys)?;
         let stat = rustix::fs::fstat(&fd).map_err(sys)?;
         let node = self.nodes.remember(fd, &stat, self.kind_of(&stat))?;
-        let attr = self.attr_of(node.ino, &stat);
+        let attr = self.attr_of(&node, &stat);
         Ok((node, attr))
     }
 
@@ -365,7 +383,12 @@ impl Ops {
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        self.nodes.forget(ino, count);
+        // Once forgotten, no request can name the inode: its kept file goes.
+        if self.nodes.forget(ino, count) {
+            if let Some((node, content)) = self.kept.remove(ino) {
+                Self::let_go(&node, content);
+            }
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
@@ -460,46 +483,39 @@ impl Ops {
         Ok(content)
     }
 
-    fn add_handle(&self, handle: Handle) -> u64 {
+    fn add_handle(&self, handle: DirHandle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles().insert(fh, Arc::new(handle));
         fh
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+    fn handle(&self, fh: u64) -> Result<Arc<DirHandle>, Errno> {
         self.handles().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
-    fn file_handle(&self, fh: u64) -> Result<Arc<EncryptedFile>, Errno> {
-        match &*self.handle(fh)? {
-            Handle::File { content, .. } => Ok(Arc::clone(content)),
-            Handle::Dir { .. } => Err(Errno::EISDIR),
+    /// The contents a request on an open file works on, with their node:
+    /// files have no handles (the kernel opens them by itself, `kept`), so
+    /// they are found by inode number. The caller ends with `let_go`.
+    fn file(&self, ino: u64) -> Result<(Arc<Node>, Arc<EncryptedFile>), Errno> {
+        let node = self.nodes.entry(ino)?;
+        if let Some(content) = self.kept.get(&node) {
+            return Ok((node, content));
+        }
+        let content = self.content(&self.nodes.pin(&node)?)?;
+        self.keep(&node, &content);
+        Ok((node, content))
+    }
+
+    /// Adds `node`'s file to the kept files, letting go of what that
+    /// displaces.
+    fn keep(&self, node: &Arc<Node>, content: &Arc<EncryptedFile>) {
+        for (old_node, old) in self.kept.keep(node, content) {
+            Self::let_go(&old_node, old);
         }
     }
 
-    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<DirHandle>>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
-        let node = self.node(ino)?;
-        let content = self.content(&node)?;
-        let usable = if flags & libc::O_TRUNC != 0 && !self.read_only {
-            // Truncating to zero also repairs a damaged header.
-            content.set_len(0).map_err(|e| self.errno_of(e))
-        } else {
-            content
-                .damage()
-                .map_or(Ok(()), |damage| Err(self.errno_of(damage)))
-        };
-        if let Err(e) = usable {
-            Self::let_go(&node, content);
-            return Err(e);
-        }
-        Ok(self.add_handle(Handle::File {
-            content,
-            node: Arc::clone(node.node()),
-        }))
     }
 
     pub fn create(
@@ -545,7 +561,7 @@ impl Ops {
     ) -> Result<T, Errno> {
         let done = rest();
         if done.is_err() {
-            self.nodes.forget(node.ino, 1);
+            self.forget(node.ino, 1);
         }
         done
     }
@@ -570,22 +586,25 @@ impl Ops {
             content.set_len(0).map_err(|e| self.errno_of(e))?;
         }
         let attr = self.stat_attr(node)?;
-        let node = Arc::clone(node.node());
-        Ok((attr, self.add_handle(Handle::File { content, node })))
+        // Handle 0, like the files the kernel opens by itself: once it has
+        // been told that OPEN is not implemented, it never releases a
+        // handle, not even one that CREATE gave it.
+        self.keep(node.node(), &content);
+        Self::let_go(node, content);
+        Ok((attr, 0))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
-        let content = match self.file_handle(fh) {
-            Ok(c) => c,
+    pub fn read(&self, ino: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
+        let (node, content) = match self.file(ino) {
+            Ok(found) => found,
             Err(e) => return reply(Err(e)),
         };
         READ_BUF.with_borrow_mut(|buf| {
             buf.resize(size as usize, 0);
             let read = content.read_at(offset, buf);
-            // Let go before the reply: once it is sent, the file may be
-            // closed, and the last drop of its contents must be a
-            // RELEASE's, under the node's lock (`let_go`).
-            drop(content);
+            // Let go before the reply, which may be the last thing this
+            // mount ever does with the file.
+            Self::let_go(&node, content);
             match read {
                 Ok(n) => reply(Ok(&buf[..n])),
                 Err(e) => reply(Err(self.errno_of(e))),
@@ -597,12 +616,12 @@ impl Ops {
     /// system, the file loses its set-user-id and set-group-id bits.
     pub fn write(
         &self,
-        fh: u64,
+        ino: u64,
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
     ) -> Result<(), Errno> {
-        self.rewriting(fh, |content| {
+        self.rewriting(ino, |content| {
             content
                 .write_at(offset, data)
                 .map_err(|e| self.errno_of(e))?;
@@ -613,40 +632,32 @@ impl Ops {
         })
     }
 
-    /// Runs `change` on the contents of file handle `fh`, then notes the
-    /// file for the held-rewrite writer if it now holds blocks back, even
-    /// after a failure (earlier batches of a write may be held).
+    /// Runs `change` on the contents of the open file (`file`), then notes
+    /// the file for the held-rewrite writer if it now holds blocks back,
+    /// even after a failure (earlier batches of a write may be held).
     fn rewriting(
         &self,
-        fh: u64,
+        ino: u64,
         change: impl FnOnce(&EncryptedFile) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
-        let handle = self.handle(fh)?;
-        let Handle::File { content, node } = &*handle else {
-            return Err(Errno::EISDIR);
-        };
-        let changed = change(content);
-        self.held.note_if_holding(node, content);
+        let (node, content) = self.file(ino)?;
+        let changed = change(&content);
+        self.held.note_if_holding(&node, &content);
+        Self::let_go(&node, content);
         changed
     }
 
-    pub fn release(&self, fh: u64) {
-        let Some(handle) = self.handles().remove(&fh) else {
-            return;
-        };
-        if let Handle::File { node, content } = &*handle {
-            let (node, content) = (Arc::clone(node), Arc::clone(content));
-            drop(handle);
-            Self::let_go(&node, content);
-        }
+    pub fn releasedir(&self, fh: u64) {
+        self.handles().remove(&fh);
     }
 
-    /// Drops one user's `content` of `node`'s file. Once nobody uses the
-    /// file it is gone, but its memory stays while the node's `Weak` points
-    /// at it, so the slot is emptied. The last user's drop writes what the
-    /// file held back and syncs it; it runs under the slot's lock, so that
-    /// an open meanwhile waits for it instead of opening the backing file a
-    /// second time beside a closing one.
+    /// Drops one user's `content` of `node`'s file; every user ends with
+    /// this. Once nobody uses the file it is gone, but its memory stays
+    /// while the node's `Weak` points at it, so the slot is emptied. The
+    /// last user's drop writes what the file held back and syncs it; it
+    /// runs under the slot's lock, so that an open meanwhile waits for it
+    /// instead of opening the backing file a second time beside a closing
+    /// one.
     fn let_go(node: &Node, content: Arc<EncryptedFile>) {
         Self::let_go_locked(
             node.content.lock().unwrap_or_else(|p| p.into_inner()),
@@ -665,15 +676,16 @@ impl Ops {
         }
     }
 
-    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
-        self.file_handle(fh)?
-            .sync(datasync)
-            .map_err(|e| self.errno_of(e))
+    pub fn fsync(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
+        let (node, content) = self.file(ino)?;
+        let synced = content.sync(datasync).map_err(|e| self.errno_of(e));
+        Self::let_go(&node, content);
+        synced
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
         // Zeroing inside the file rewrites blocks, which may be held.
-        self.rewriting(fh, |content| self.change_space(content, offset, len, mode))
+        self.rewriting(ino, |content| self.change_space(content, offset, len, mode))
     }
 
     fn change_space(
@@ -706,8 +718,14 @@ impl Ops {
         }
     }
 
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
-        let content = self.file_handle(fh)?;
+    pub fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let (node, content) = self.file(ino)?;
+        let found = self.seek_in(&content, offset, whence);
+        Self::let_go(&node, content);
+        found
+    }
+
+    fn seek_in(&self, content: &EncryptedFile, offset: i64, whence: i32) -> Result<i64, Errno> {
         let size = content.len().map_err(|e| self.errno_of(e))?;
         let at = |found: Option<u64>| {
             found
@@ -732,10 +750,7 @@ impl Ops {
     pub fn setattr(&self, caller: Caller, ino: u64, change: AttrChange) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         if let Some(size) = change.size {
-            let content = match change.fh {
-                Some(fh) => self.file_handle(fh)?,
-                None => self.content(&node)?,
-            };
+            let (_, content) = self.file(ino)?;
             let truncated = content.set_len(size).map_err(|e| self.errno_of(e));
             // As on a local file system, a truncate by anyone but root
             // drops the set-user-id bit (and set-group-id on a group-
@@ -1038,6 +1053,9 @@ impl Ops {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
         if !dir {
+            if let Ok(stat) = rustix::fs::statat(&parent.fd, &backing, AtFlags::SYMLINK_NOFOLLOW) {
+                self.keep_reachable(&stat);
+            }
             rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::empty()).map_err(sys)?;
             self.forget_backing_name(&parent, name);
             return Ok(());
@@ -1070,6 +1088,15 @@ impl Ops {
         Ok(())
     }
 
+    /// Before a name goes (unlink, or a rename over it): a regular file
+    /// losing its last name stays reachable for the kernel, which may hold
+    /// it open without the mount knowing (`kept`).
+    fn keep_reachable(&self, stat: &rustix::fs::Stat) {
+        if RawType::from_raw_mode(stat.st_mode) == RawType::RegularFile && stat.st_nlink == 1 {
+            self.nodes.keep_reachable(stat);
+        }
+    }
+
     pub fn rename(
         &self,
         parent: u64,
@@ -1093,12 +1120,17 @@ impl Ops {
         // make it look non-empty to the backing file system; removed first
         // (the rename may then replace it), put back if the rename fails.
         let mut replaced_record = None;
-        if self.names.mode() == NameMode::Encrypted
-            && !flags.contains(rustix::fs::RenameFlags::EXCHANGE)
-            && !flags.contains(rustix::fs::RenameFlags::NOREPLACE)
-        {
-            let target = rustix::fs::statat(&to_dir.fd, &to, AtFlags::SYMLINK_NOFOLLOW);
-            if target.is_ok_and(|st| RawType::from_raw_mode(st.st_mode) == RawType::Directory) {
+        let replaces = !flags.contains(rustix::fs::RenameFlags::EXCHANGE)
+            && !flags.contains(rustix::fs::RenameFlags::NOREPLACE);
+        let target = match replaces {
+            true => rustix::fs::statat(&to_dir.fd, &to, AtFlags::SYMLINK_NOFOLLOW).ok(),
+            false => None,
+        };
+        if let Some(target) = &target {
+            self.keep_reachable(target);
+            if self.names.mode() == NameMode::Encrypted
+                && RawType::from_raw_mode(target.st_mode) == RawType::Directory
+            {
                 replaced_record = Some(self.empty_dir_of_records(&to_dir, &to)?);
             }
         }
@@ -1127,7 +1159,7 @@ impl Ops {
         // A damaged or forged id record fails the open, as before, rather
         // than a READDIR that many programs would take for the end.
         self.dir_key(&node)?;
-        Ok(self.add_handle(Handle::Dir {
+        Ok(self.add_handle(DirHandle {
             node: Arc::clone(node.node()),
             entries: Mutex::new(None),
         }))
@@ -1187,18 +1219,14 @@ impl Ops {
     /// read again whenever one starts from `offset` 0 (`rewinddir` must see
     /// entries made or removed since).
     fn dir_entries(&self, fh: u64, offset: u64) -> Result<(Pinned, Arc<Vec<DirItem>>), Errno> {
-        match &*self.handle(fh)? {
-            Handle::Dir { node, entries } => {
-                let node = self.nodes.pin(node)?;
-                let mut entries = entries.lock().unwrap_or_else(|p| p.into_inner());
-                let entries = match &*entries {
-                    Some(listed) if offset > 0 => Arc::clone(listed),
-                    _ => entries.insert(Arc::new(self.list(&node)?)).clone(),
-                };
-                Ok((node, entries))
-            }
-            Handle::File { .. } => Err(Errno::ENOTDIR),
-        }
+        let handle = self.handle(fh)?;
+        let node = self.nodes.pin(&handle.node)?;
+        let mut entries = handle.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = match &*entries {
+            Some(listed) if offset > 0 => Arc::clone(listed),
+            _ => entries.insert(Arc::new(self.list(&node)?)).clone(),
+        };
+        Ok((node, entries))
     }
 
     /// Feeds entries from `offset` to `add` until it reports a full buffer.
@@ -1246,7 +1274,7 @@ impl Ops {
             };
             if add(next, &item.name, &attr) {
                 // Not sent: undo the lookup it counted.
-                self.nodes.forget(node.ino, 1);
+                self.forget(node.ino, 1);
                 break;
             }
         }
