@@ -22,7 +22,7 @@
 //! a released slot's magic is cleared, and when no slot is live a journal
 //! past `IDLE_SLOTS_KEPT` slots is cut to nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -111,6 +111,9 @@ pub struct Journal {
     sync_failed: AtomicBool,
     /// Held across each sync and its check (`sync`).
     syncing: Mutex<()>,
+    /// Files whose own sync failed, by contents id, for the rest of the
+    /// session (`remember_failed_sync`).
+    failed_files: Mutex<HashSet<ContentId>>,
 }
 
 impl Journal {
@@ -175,9 +178,23 @@ impl Journal {
             syncs: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
+            failed_files: Mutex::new(HashSet::new()),
         };
         journal.shrink_if_idle(&mut journal.slots())?;
         Ok(journal)
+    }
+
+    /// Remembers that a sync of the file `content_id` failed: the mount lets
+    /// go of files it cannot see closed, and the file opened again must
+    /// not forget it (a later sync could vouch for data that was lost).
+    /// Every file of a volume shares the journal, so it keeps the list.
+    pub fn remember_failed_sync(&self, content_id: &ContentId) {
+        self.failed_files().insert(*content_id);
+    }
+
+    /// Whether a sync of the file `content_id` failed in this session.
+    pub fn sync_failed_for(&self, content_id: &ContentId) -> bool {
+        self.failed_files().contains(content_id)
     }
 
     /// For crash tests: released copies are neither cleared nor cut away,
@@ -412,6 +429,11 @@ impl Journal {
         // The slot table is updated in whole steps; a panic elsewhere
         // leaves it consistent.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed_files(&self) -> MutexGuard<'_, HashSet<ContentId>> {
+        // One insert or lookup at a time: always consistent.
+        self.failed_files.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -286,7 +286,6 @@ pub fn setxattr(path: &std::ffi::CString, name: &std::ffi::CString, value: &[u8]
     }
 }
 
-/// The pid of the background mount process serving `mnt`.
 /// Kills the mount process serving `mnt` with SIGKILL (a crash).
 pub fn kill_mount(mnt: &Path) {
     let killed = Command::new("kill")
@@ -296,6 +295,7 @@ pub fn kill_mount(mnt: &Path) {
     assert!(killed.success(), "kill the mount process");
 }
 
+/// The pid of the background mount process serving `mnt`.
 pub fn mount_pid(mnt: &Path) -> u32 {
     let wanted = path_str(mnt).to_string();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {

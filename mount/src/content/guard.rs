@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::blocks::{is_zero, try_open};
@@ -67,6 +68,12 @@ impl EncryptedFile {
             );
         }
         let durable_blocks = self.current_blocks()?;
+        // A sync of this file failed before the mount let go of it (`close_guard`).
+        if let Header::Valid(header) = &self.state_keeping_held().header {
+            if journal.sync_failed_for(&header.content_id) {
+                self.sync_failed.store(true, Ordering::Relaxed);
+            }
+        }
         let writable = rustix::fs::fcntl_getfl(&self.file).is_ok_and(|flags| {
             flags.contains(rustix::fs::OFlags::RDWR) || flags.contains(rustix::fs::OFlags::WRONLY)
         });
@@ -404,18 +411,38 @@ impl EncryptedFile {
     /// when the mount lets the file go (its last drop).
     pub(super) fn close_guard(&mut self) {
         let held = self.held_copies();
-        if held == 0 {
+        if held > 0 {
+            match self.write_all_held().and_then(|()| self.sync_backing(true)) {
+                Ok(()) => {
+                    if let Err(e) = self.synced() {
+                        log::warn!("{e}");
+                    }
+                }
+                // Kept live: the next mount finds them and puts back what a
+                // crash tears.
+                Err(e) => log::warn!("{e}; keeping {held} journal copies"),
+            }
+        }
+        self.hand_on_a_failed_sync();
+    }
+
+    /// A file whose sync failed stays untrusted when it is opened again in
+    /// this session (`guarded_by`): the journal remembers it.
+    fn hand_on_a_failed_sync(&mut self) {
+        if !self.sync_failed.load(Ordering::Relaxed) {
             return;
         }
-        match self.write_all_held().and_then(|()| self.sync_backing(true)) {
-            Ok(()) => {
-                if let Err(e) = self.synced() {
-                    log::warn!("{e}");
-                }
-            }
-            // Kept live: the next mount finds them and puts back what a
-            // crash tears.
-            Err(e) => log::warn!("{e}; keeping {held} journal copies"),
+        let content_id = match &self
+            .state
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .header
+        {
+            Header::Valid(header) => header.content_id,
+            _ => return,
+        };
+        if let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) {
+            g.journal.remember_failed_sync(&content_id);
         }
     }
 
@@ -535,5 +562,57 @@ impl EncryptedFile {
 impl Drop for EncryptedFile {
     fn drop(&mut self) {
         self.close_guard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::Backend;
+    use crate::content::ContentCrypto;
+    use crate::keys::SecretKey;
+
+    // Protects: a file whose sync failed stays untrusted when it is opened
+    // again in the same session (the mount lets go of files it cannot see
+    // closed): its syncs keep failing, so none vouches for lost data.
+    #[test]
+    fn a_failed_sync_outlives_the_file_being_let_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Arc::new(Journal::open(dir.path()).expect("journal"));
+        let crypto = Arc::new(ContentCrypto::new(
+            SecretKey::from_bytes([3; 32]),
+            Backend::Ring,
+        ));
+        let path = dir.path().join("f");
+        let open = |create: bool| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(create)
+                .open(&path)
+                .expect("open");
+            let content = match create {
+                true => EncryptedFile::create(file, Arc::clone(&crypto), path.clone()),
+                false => EncryptedFile::open(file, Arc::clone(&crypto), path.clone()),
+            };
+            content
+                .and_then(|c| c.guarded_by(&journal))
+                .expect("contents")
+        };
+        let first = open(true);
+        first.write_at(0, b"data").expect("write");
+        first.sync(true).expect("a sync that works");
+        first.as_if_a_sync_failed();
+        drop(first);
+        let again = open(false);
+        assert!(again.sync_failed());
+        assert!(again.sync(true).is_err(), "a later sync must not vouch");
+        let other = dir.path().join("other");
+        let file = std::fs::File::create(&other).expect("create");
+        let fresh = EncryptedFile::create(file, Arc::clone(&crypto), other)
+            .and_then(|c| c.guarded_by(&journal))
+            .expect("contents");
+        assert!(fresh.sync(true).is_ok(), "other files are not affected");
     }
 }

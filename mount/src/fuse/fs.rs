@@ -19,7 +19,6 @@ use super::ops::{Ops, XattrReply};
 /// timeout is safe; one second bounds staleness after a change made to the
 /// backing directory behind the mount's back.
 const TTL: Duration = Duration::from_secs(1);
-const GENERATION: Generation = Generation(0);
 
 /// Opening a file keeps its cached pages: every change to a file goes
 /// through this mount, so the cache is never stale for the programs using
@@ -79,10 +78,10 @@ impl fuser::Filesystem for ChronicleFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.ops.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
             // A negative entry (inode 0) lets the kernel remember that the
             // name does not exist, saving a round trip before each create.
-            Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_entry(), GENERATION),
+            Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -152,7 +151,7 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .mknod(req.into(), parent.0, name, mode & !umask, rdev)
         {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -167,7 +166,7 @@ impl fuser::Filesystem for ChronicleFs {
         reply: ReplyEntry,
     ) {
         match self.ops.mkdir(req.into(), parent.0, name, mode & !umask) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -192,7 +191,7 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .symlink(req.into(), parent.0, link_name, target.as_os_str())
         {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -223,7 +222,7 @@ impl fuser::Filesystem for ChronicleFs {
         reply: ReplyEntry,
     ) {
         match self.ops.link(ino.0, newparent.0, newname) {
-            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -336,8 +335,15 @@ impl fuser::Filesystem for ChronicleFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let result = self.ops.readdirplus(fh.0, offset, |next, name, attr| {
-            reply.add(attr.ino, next, name, &TTL, attr, GENERATION)
+        let result = self.ops.readdirplus(fh.0, offset, |next, name, entry| {
+            reply.add(
+                entry.attr.ino,
+                next,
+                name,
+                &TTL,
+                &entry.attr,
+                Generation(entry.generation),
+            )
         });
         match result {
             Ok(()) => reply.ok(),
@@ -427,7 +433,13 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .create(req.into(), parent.0, name, mode & !umask, flags)
         {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, GENERATION, FileHandle(fh), KEEP_CACHE),
+            Ok((entry, fh)) => reply.created(
+                &TTL,
+                &entry.attr,
+                Generation(entry.generation),
+                FileHandle(fh),
+                KEEP_CACHE,
+            ),
             Err(e) => reply.error(e),
         }
     }

@@ -10,9 +10,12 @@
 //! even one that CREATE gave it.
 //!
 //! With no close to say when a file is no longer used, the set is bounded:
-//! past `CAPACITY` files, the one unused longest is let go (its
-//! descriptor closed), and a later request opens it again. A file that
-//! still holds rewrites back waits for the held-rewrite writer first. The kernel's FORGET lets a file go at once: nothing can reach
+//! past `CAPACITY` files, the ones unused longest are let go (their
+//! descriptors closed), and a later request opens them again. A file that
+//! still holds rewrites back stays until the held-rewrite writer has
+//! written them (`Ops::keep`): let go, it would have to write them at
+//! once, and if that failed, forget them. A file whose sync failed may go:
+//! the journal remembers the failure for its next opening. The kernel's FORGET lets a file go at once: nothing can reach
 //! that inode number any more. A file whose name is removed while the
 //! kernel may hold it open stays reachable through its node's descriptor
 //! (`NodeTable::keep_reachable`).
@@ -101,6 +104,18 @@ impl Kept {
         gone
     }
 
+    /// Puts back a file that `keep` displaced but that must stay, as used
+    /// now; nothing if its number has been given an entry meanwhile.
+    pub fn restore(&self, node: &Arc<Node>, content: &Arc<EncryptedFile>) {
+        let mut inner = self.lock();
+        let used = inner.tick();
+        inner.files.entry(node.ino).or_insert_with(|| Entry {
+            node: Arc::clone(node),
+            content: Arc::clone(content),
+            used,
+        });
+    }
+
     /// Takes inode `ino`'s file out (the kernel forgot the number).
     pub fn remove(&self, ino: u64) -> Option<LetGo> {
         self.lock()
@@ -118,34 +133,20 @@ impl Kept {
 
 impl Inner {
     /// Takes out the files unused longest until `keep` are left, in one
-    /// pass (an eighth of the capacity at a time, so that each file kept
-    /// costs one scan per eighth, not one scan each). Not a file whose sync
-    /// failed, or that holds rewrites back it could not write: reopened,
-    /// it would have forgotten, and vouch for or read old data; it stays
-    /// until the kernel forgets it (and is marked used, so that the next
-    /// pass looks further).
+    /// pass: an eighth of the capacity at a time, so that each file kept
+    /// costs one scan per eighth, not one scan each. (What must stay is
+    /// the caller's to put back, outside the lock: `restore`.)
     fn let_go_oldest(&mut self, keep: usize) -> Vec<LetGo> {
         let mut by_age: Vec<(u64, u64)> =
             self.files.iter().map(|(&ino, e)| (e.used, ino)).collect();
         by_age.sort_unstable();
         let excess = self.files.len().saturating_sub(keep);
-        let mut gone = Vec::with_capacity(excess);
-        for &(_, ino) in by_age.iter().take(excess) {
-            let Some(entry) = self.files.get(&ino) else {
-                continue;
-            };
-            if entry.content.sync_failed() || entry.content.holds_back() {
-                let now = self.tick();
-                if let Some(entry) = self.files.get_mut(&ino) {
-                    entry.used = now;
-                }
-                continue;
-            }
-            if let Some(old) = self.files.remove(&ino) {
-                gone.push((old.node, old.content));
-            }
-        }
-        gone
+        by_age
+            .iter()
+            .take(excess)
+            .filter_map(|(_, ino)| self.files.remove(ino))
+            .map(|old| (old.node, old.content))
+            .collect()
     }
 
     fn tick(&mut self) -> u64 {
@@ -216,20 +217,22 @@ mod tests {
         assert!(set.get(&all[1].0).is_none());
     }
 
-    // Protects: a file whose sync failed is never let go for room (opened
-    // again, it would vouch for data that was lost); FORGET still takes it.
+    // Protects: a file put back after it was let go for room stays, as the
+    // newest, and FORGET still takes it.
     #[test]
-    fn a_file_whose_sync_failed_stays_until_forgotten() {
+    fn a_restored_file_stays_until_forgotten() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let all = files(dir.path(), 40);
+        let all = files(dir.path(), 17);
         let set = kept(16);
-        all[0].1.as_if_a_sync_failed();
         let mut gone = Vec::new();
         for (node, content) in &all {
             gone.extend(set.keep(node, content));
         }
-        assert!(!inos(&gone).contains(&1), "{:?}", inos(&gone));
-        assert!(set.get(&all[0].0).is_some());
+        assert_eq!(inos(&gone), vec![1, 2, 3]);
+        set.restore(&all[0].0, &all[0].1);
+        assert!(set.keep(&all[1].0, &all[1].1).is_empty(), "16 files");
+        assert_eq!(inos(&set.keep(&all[2].0, &all[2].1)), vec![4, 5, 6]);
+        assert!(set.get(&all[0].0).is_some(), "restored, then newest");
         assert!(set.remove(1).is_some(), "forgotten");
         assert!(set.get(&all[0].0).is_none());
     }

@@ -56,6 +56,11 @@ pub struct Node {
     pub dev: u64,
     backing_ino: u64,
     pub kind: FileType,
+    /// Told to the kernel with the inode number: an entry renewed for a
+    /// reused number (below) gets the next one, and the kernel then takes
+    /// its old inode of that number for stale, so that programs holding
+    /// the old file open get errors instead of reaching the new file.
+    pub generation: u64,
     /// Kernel lookups not yet forgotten; changed under the table's lock.
     lookups: AtomicU64,
     /// The table's pruning round in which a request last used the entry.
@@ -83,6 +88,7 @@ impl Node {
             dev: stat.st_dev,
             backing_ino: stat.st_ino,
             kind,
+            generation: 0,
             lookups: AtomicU64::new(0),
             used: AtomicU32::new(0),
             slot: Mutex::new(Some(Arc::new(fd))),
@@ -276,10 +282,12 @@ impl NodeTable {
             let Some(oldest) = oldest.upgrade() else {
                 continue;
             };
+            let mut slot = oldest.slot();
+            // Read under the slot's lock, which `keep_reachable` takes after
+            // setting it: its descriptor is never closed after that.
             if oldest.reachable_only_by_descriptor.load(Ordering::Relaxed) {
                 continue;
             }
-            let mut slot = oldest.slot();
             match slot.as_ref() {
                 // In use (a request holds it): keep, look further.
                 Some(fd) if Arc::strong_count(fd) > 1 => {
@@ -410,17 +418,18 @@ impl NodeTable {
             (table.entries.get(&ino).map(|node| &node.handle), &handle),
             (Some(Some(old)), Some(new)) if old != new
         );
-        // The kernel's lookups of the number carry over to the new entry.
-        let carried = if reused {
-            table
-                .entries
-                .remove(&ino)
-                .map_or(0, |old| old.lookups.load(Ordering::Relaxed))
-        } else {
-            0
+        // The kernel's lookups of the number carry over to the new entry,
+        // under the next generation.
+        let (carried, generation) = match reused {
+            true => table.entries.remove(&ino).map_or((0, 0), |old| {
+                (old.lookups.load(Ordering::Relaxed), old.generation + 1)
+            }),
+            false => (0, 0),
         };
         let node = table.entries.entry(ino).or_insert_with(|| {
-            let node = Arc::new(Node::new(ino, stat, kind, fd, handle));
+            let mut node = Node::new(ino, stat, kind, fd, handle);
+            node.generation = generation;
+            let node = Arc::new(node);
             node.lookups.store(carried, Ordering::Relaxed);
             fresh = Some(Arc::clone(&node));
             node
@@ -458,15 +467,24 @@ impl NodeTable {
         }
     }
 
-    /// The kernel dropped `count` lookups; the entry goes when none remain
-    /// (then this returns true).
-    pub fn forget(&self, ino: u64, count: u64) -> bool {
+    /// Whether dropping `count` lookups of `ino` would remove its entry.
+    pub fn would_forget(&self, ino: u64, count: u64) -> bool {
+        ino != ROOT_INO
+            && self
+                .lock()
+                .entries
+                .get(&ino)
+                .is_some_and(|node| node.lookups.load(Ordering::Relaxed) <= count)
+    }
+
+    /// The kernel dropped `count` lookups; the entry goes when none remain.
+    pub fn forget(&self, ino: u64, count: u64) {
         if ino == ROOT_INO {
-            return false;
+            return;
         }
         let mut table = self.lock();
         let Some(node) = table.entries.get(&ino) else {
-            return false;
+            return;
         };
         let left = node.lookups.load(Ordering::Relaxed).saturating_sub(count);
         node.lookups.store(left, Ordering::Relaxed);
@@ -481,7 +499,6 @@ impl NodeTable {
                 .next_prune_at
                 .min(len.max(self.limit) + self.limit / 10);
         }
-        left == 0
     }
 
     /// Most entries kept before asking the kernel to forget some.

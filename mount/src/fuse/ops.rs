@@ -49,6 +49,13 @@ impl From<&fuser::Request> for Caller {
     }
 }
 
+/// A directory entry as the kernel is told of it: its attributes and its
+/// node's generation (`Node::generation`).
+pub struct Entry {
+    pub attr: FileAttr,
+    pub generation: u64,
+}
+
 /// The attribute changes of one `setattr`.
 pub struct AttrChange {
     pub mode: Option<u32>,
@@ -306,6 +313,13 @@ impl Ops {
         }
     }
 
+    fn entry_of(&self, node: &Pinned) -> Result<Entry, Errno> {
+        Ok(Entry {
+            attr: self.stat_attr(node)?,
+            generation: node.generation,
+        })
+    }
+
     fn stat_attr(&self, node: &Pinned) -> Result<FileAttr, Errno> {
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
         Ok(self.attr_of(node, &stat))
@@ -331,7 +345,7 @@ impl Ops {
             attr.size = self.names.target_len(attr.size);
         } else if attr.kind == FileType::Symlink {
             attr.size = self.names.target_len(attr.size);
-        } else if attr.kind == FileType::RegularFile && attr.size == 0 && self.damaged(node) {
+        } else if attr.kind == FileType::RegularFile && attr.size == 0 && self.damaged(node, stat) {
             // The kernel opens files without asking the mount (`fs::open`)
             // and reads nothing of a file it believes empty: a file cut
             // back to its header, or short of one, is shown one byte long
@@ -341,16 +355,22 @@ impl Ops {
         attr
     }
 
-    /// Whether `node`'s file (which looks empty) is damaged as a whole.
-    fn damaged(&self, node: &Pinned) -> bool {
+    /// Whether `node`'s file, which looks empty, is damaged as a whole:
+    /// shorter than a header (the mount never makes one), or with a header
+    /// that is damaged or claims blocks. A file that cannot be opened to
+    /// tell is taken as empty: with write-back caching the kernel keeps the
+    /// size it is first told, and a wrong byte would be read as a zero.
+    fn damaged(&self, node: &Pinned, stat: &rustix::fs::Stat) -> bool {
+        if u64::try_from(stat.st_size).unwrap_or(0) < crate::layout::HEADER_LEN as u64 {
+            return true;
+        }
         match self.content(node) {
             Ok(content) => {
                 let damaged = content.damage().is_some();
                 Self::let_go(node, content);
                 damaged
             }
-            // Whatever keeps it from opening, a read will report.
-            Err(_) => true,
+            Err(_) => false,
         }
     }
 
@@ -373,22 +393,31 @@ impl Ops {
         Ok((node, attr))
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
         let parent = self.node(parent)?;
         let backing = match self.backing_name(&parent, name) {
             Err(e) if e == Errno::EPERM => return Err(Errno::ENOENT),
             other => other?,
         };
-        self.lookup_backing(&parent, &backing).map(|(_, attr)| attr)
+        let (node, attr) = self.lookup_backing(&parent, &backing)?;
+        Ok(Entry {
+            attr,
+            generation: node.generation,
+        })
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        // Once forgotten, no request can name the inode: its kept file goes.
-        if self.nodes.forget(ino, count) {
+        // Once forgotten, no request can name the inode: its kept file goes,
+        // before the entry does. A LOOKUP of the file meanwhile finds this
+        // node, and its next use waits on the node's lock for the let-go
+        // (which may write and sync) instead of opening the backing file a
+        // second time beside it.
+        if self.nodes.would_forget(ino, count) {
             if let Some((node, content)) = self.kept.remove(ino) {
                 Self::let_go(&node, content);
             }
         }
+        self.nodes.forget(ino, count);
     }
 
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
@@ -416,11 +445,11 @@ impl Ops {
     /// Looks up a node the mount just created by name and gives it to its
     /// creator; the node is what the lookup found, so the owner, the
     /// reply's attributes and the inode all name one file.
-    fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<FileAttr, Errno> {
+    fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<Entry, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
         self.or_uncounted(&node, || {
             self.chown_new(caller, &node)?;
-            self.stat_attr(&node)
+            self.entry_of(&node)
         })
     }
 
@@ -507,9 +536,12 @@ impl Ops {
     }
 
     /// Adds `node`'s file to the kept files, letting go of what that
-    /// displaces.
+    /// displaces, except a file that holds rewrites back (`kept`).
     fn keep(&self, node: &Arc<Node>, content: &Arc<EncryptedFile>) {
         for (old_node, old) in self.kept.keep(node, content) {
+            if old.holds_back() {
+                self.kept.restore(&old_node, &old);
+            }
             Self::let_go(&old_node, old);
         }
     }
@@ -525,7 +557,7 @@ impl Ops {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> Result<(FileAttr, u64), Errno> {
+    ) -> Result<(Entry, u64), Errno> {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
@@ -574,7 +606,7 @@ impl Ops {
         opened: File,
         created: bool,
         flags: i32,
-    ) -> Result<(FileAttr, u64), Errno> {
+    ) -> Result<(Entry, u64), Errno> {
         if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
         }
@@ -585,13 +617,13 @@ impl Ops {
         if !created && flags & libc::O_TRUNC != 0 {
             content.set_len(0).map_err(|e| self.errno_of(e))?;
         }
-        let attr = self.stat_attr(node)?;
+        let entry = self.entry_of(node)?;
         // Handle 0, like the files the kernel opens by itself: once it has
         // been told that OPEN is not implemented, it never releases a
         // handle, not even one that CREATE gave it.
         self.keep(node.node(), &content);
         Self::let_go(node, content);
-        Ok((attr, 0))
+        Ok((entry, 0))
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
@@ -814,7 +846,7 @@ impl Ops {
         parent: u64,
         name: &OsStr,
         mode: u32,
-    ) -> Result<FileAttr, Errno> {
+    ) -> Result<Entry, Errno> {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let mode = Mode::from_raw_mode(mode);
@@ -945,7 +977,7 @@ impl Ops {
         name: &OsStr,
         mode: u32,
         rdev: u32,
-    ) -> Result<FileAttr, Errno> {
+    ) -> Result<Entry, Errno> {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let kind = RawType::from_raw_mode(mode);
@@ -966,7 +998,7 @@ impl Ops {
                 EncryptedFile::create(file, Arc::clone(&self.crypto), label)
                     .map_err(|e| self.errno_of(e))?;
                 self.chown_new(caller, &node)?;
-                self.stat_attr(&node)
+                self.entry_of(&node)
             });
         } else {
             rustix::fs::mknodat(
@@ -987,7 +1019,7 @@ impl Ops {
         parent: u64,
         name: &OsStr,
         target: &OsStr,
-    ) -> Result<FileAttr, Errno> {
+    ) -> Result<Entry, Errno> {
         let parent = self.node(parent)?;
         let stored = match self.names.seal_target(target) {
             Ok(stored) => Some(stored),
@@ -1033,7 +1065,7 @@ impl Ops {
             .map_err(|e| self.name_errno(e, &node))
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr, Errno> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry, Errno> {
         let node = self.node(ino)?;
         let parent = self.node(newparent)?;
         let backing = self.new_backing_name(&parent, newname)?;
@@ -1046,7 +1078,7 @@ impl Ops {
         )
         .map_err(sys)?;
         self.nodes.add_lookup(node.ino);
-        self.or_uncounted(&node, || self.stat_attr(&node))
+        self.or_uncounted(&node, || self.entry_of(&node))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
@@ -1089,10 +1121,12 @@ impl Ops {
     }
 
     /// Before a name goes (unlink, or a rename over it): a regular file
-    /// losing its last name stays reachable for the kernel, which may hold
-    /// it open without the mount knowing (`kept`).
+    /// that may be losing its last name stays reachable for the kernel,
+    /// which may hold it open without the mount knowing (`kept`). Any
+    /// regular file: the link count read now may be stale by the time the
+    /// name goes (another of its names removed meanwhile).
     fn keep_reachable(&self, stat: &rustix::fs::Stat) {
-        if RawType::from_raw_mode(stat.st_mode) == RawType::RegularFile && stat.st_nlink == 1 {
+        if RawType::from_raw_mode(stat.st_mode) == RawType::RegularFile {
             self.nodes.keep_reachable(stat);
         }
     }
@@ -1250,18 +1284,22 @@ impl Ops {
         &self,
         fh: u64,
         offset: u64,
-        mut add: impl FnMut(u64, &OsStr, &FileAttr) -> bool,
+        mut add: impl FnMut(u64, &OsStr, &Entry) -> bool,
     ) -> Result<(), Errno> {
         let (dir, entries) = self.dir_entries(fh, offset)?;
         for (i, item) in entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if item.name == "." || item.name == ".." {
-                let attr = FileAttr {
-                    ino: fuser::INodeNo(item.ino),
-                    ..self.stat_attr(&dir)?
+                let entry = Entry {
+                    attr: FileAttr {
+                        ino: fuser::INodeNo(item.ino),
+                        ..self.stat_attr(&dir)?
+                    },
+                    generation: 0,
                 };
-                // The kernel does not count lookups for these two.
-                if add(next, &item.name, &attr) {
+                // The kernel neither counts lookups for these two nor makes
+                // inodes of them.
+                if add(next, &item.name, &entry) {
                     break;
                 }
                 continue;
@@ -1272,7 +1310,11 @@ impl Ops {
                 Err(e) if e == Errno::ENOENT => continue,
                 Err(e) => return Err(e),
             };
-            if add(next, &item.name, &attr) {
+            let entry = Entry {
+                attr,
+                generation: node.generation,
+            };
+            if add(next, &item.name, &entry) {
                 // Not sent: undo the lookup it counted.
                 self.forget(node.ino, 1);
                 break;
