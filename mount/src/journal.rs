@@ -52,6 +52,10 @@ pub const SLOT_LEN: u64 = RECORD_HEADER_LEN as u64 + CIPHER_BLOCK_SIZE;
 /// A content id: which file contents (and keys) a copy belongs to.
 pub type ContentId = [u8; FILE_ID_LEN];
 
+/// A file's id (`FileHeader::file_id`): unlike its contents id, kept when
+/// the file is emptied.
+pub type FileId = [u8; FILE_ID_LEN];
+
 /// One block to copy: its index and its bytes as stored (all zeros for a
 /// hole, which is recorded without them).
 pub struct Original<'a> {
@@ -111,9 +115,9 @@ pub struct Journal {
     sync_failed: AtomicBool,
     /// Held across each sync and its check (`sync`).
     syncing: Mutex<()>,
-    /// Files whose own sync failed, by contents id, for the rest of the
+    /// Files whose own sync failed, by file id, for the rest of the
     /// session (`remember_failed_sync`).
-    failed_files: Mutex<HashSet<ContentId>>,
+    failed_files: Mutex<HashSet<FileId>>,
 }
 
 impl Journal {
@@ -184,17 +188,18 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Remembers that a sync of the file `content_id` failed: the mount lets
-    /// go of files it cannot see closed, and the file opened again must
-    /// not forget it (a later sync could vouch for data that was lost).
-    /// Every file of a volume shares the journal, so it keeps the list.
-    pub fn remember_failed_sync(&self, content_id: &ContentId) {
-        self.failed_files().insert(*content_id);
+    /// Remembers that a sync of the file `file_id` (its header's file id,
+    /// random and kept for the file's life) failed: the mount lets go of
+    /// files it cannot see closed, and the file opened again must not
+    /// forget it (a later sync could vouch for data that was lost). Every
+    /// file of a volume shares the journal, so it keeps the list.
+    pub fn remember_failed_sync(&self, file_id: &FileId) {
+        self.failed_files().insert(*file_id);
     }
 
-    /// Whether a sync of the file `content_id` failed in this session.
-    pub fn sync_failed_for(&self, content_id: &ContentId) -> bool {
-        self.failed_files().contains(content_id)
+    /// Whether a sync of the file `file_id` failed in this session.
+    pub fn sync_failed_for(&self, file_id: &FileId) -> bool {
+        self.failed_files().contains(file_id)
     }
 
     /// For crash tests: released copies are neither cleared nor cut away,
@@ -431,7 +436,7 @@ impl Journal {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn failed_files(&self) -> MutexGuard<'_, HashSet<ContentId>> {
+    fn failed_files(&self) -> MutexGuard<'_, HashSet<FileId>> {
         // One insert or lookup at a time: always consistent.
         self.failed_files.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -70,7 +70,7 @@ impl EncryptedFile {
         let durable_blocks = self.current_blocks()?;
         // A sync of this file failed before the mount let go of it (`close_guard`).
         if let Header::Valid(header) = &self.state_keeping_held().header {
-            if journal.sync_failed_for(&header.content_id) {
+            if journal.sync_failed_for(&header.file_id) {
                 self.sync_failed.store(true, Ordering::Relaxed);
             }
         }
@@ -402,6 +402,19 @@ impl EncryptedFile {
         self.guard().as_ref().is_some_and(|g| !g.held.is_empty())
     }
 
+    /// Whether the mount may let go of this file without writing anything
+    /// (nothing held back), answered without waiting: a file busy writing
+    /// or syncing (its guard locked) is not.
+    pub fn idle(&self) -> bool {
+        match self.guard.try_lock() {
+            Ok(g) => g.as_ref().is_none_or(|g| g.held.is_empty()),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().as_ref().is_none_or(|g| g.held.is_empty())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
     /// Copies still held (they are released by the next sync).
     pub(super) fn held_copies(&self) -> usize {
         self.guard().as_ref().map_or(0, |g| g.slots.len())
@@ -432,17 +445,13 @@ impl EncryptedFile {
         if !self.sync_failed.load(Ordering::Relaxed) {
             return;
         }
-        let content_id = match &self
-            .state
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .header
-        {
-            Header::Valid(header) => header.content_id,
-            _ => return,
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Header::Valid(header) = &state.header else {
+            return;
         };
+        let file_id = header.file_id;
         if let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) {
-            g.journal.remember_failed_sync(&content_id);
+            g.journal.remember_failed_sync(&file_id);
         }
     }
 
@@ -600,19 +609,27 @@ mod tests {
                 .and_then(|c| c.guarded_by(&journal))
                 .expect("contents")
         };
-        let first = open(true);
-        first.write_at(0, b"data").expect("write");
-        first.sync(true).expect("a sync that works");
-        first.as_if_a_sync_failed();
-        drop(first);
-        let again = open(false);
-        assert!(again.sync_failed());
-        assert!(again.sync(true).is_err(), "a later sync must not vouch");
+        // An empty file, whose contents id is all zeros as every empty
+        // file's is: the failure must not pass on to the others.
         let other = dir.path().join("other");
         let file = std::fs::File::create(&other).expect("create");
         let fresh = EncryptedFile::create(file, Arc::clone(&crypto), other)
             .and_then(|c| c.guarded_by(&journal))
             .expect("contents");
+        let first = open(true);
+        first.as_if_a_sync_failed();
+        drop(first);
+        let again = open(false);
+        assert!(again.sync_failed());
+        assert!(again.sync(true).is_err(), "a later sync must not vouch");
+        again.write_at(0, b"data").expect("write");
+        drop(again);
+        assert!(open(false).sync_failed(), "nor after it gets contents");
         assert!(fresh.sync(true).is_ok(), "other files are not affected");
+        let file = std::fs::File::create(dir.path().join("third")).expect("create");
+        let third = EncryptedFile::create(file, Arc::clone(&crypto), dir.path().join("third"))
+            .and_then(|c| c.guarded_by(&journal))
+            .expect("contents");
+        assert!(third.sync(true).is_ok(), "nor to files made later");
     }
 }

@@ -16,13 +16,17 @@ use super::ops::{Ops, XattrReply};
 
 /// How long the kernel may cache attributes and directory entries. Every
 /// change goes through this mount, and the kernel updates what it caches
-/// from the replies, so the timeout only bounds how long a change made to
-/// the backing directory behind the mount's back may go unseen (which can
-/// show stale sizes or names, never forged data: contents are always read
-/// and authenticated by the mount). At one second, a program that lists a
-/// tree and then opens its files a second later sent a LOOKUP per file
-/// (`md5sum` of a source tree: 0.67 a file).
+/// from the replies, so the timeout mostly bounds how long a change made
+/// to the backing directory behind the mount's back may go unseen (stale
+/// sizes or names, never forged data: contents are always read and
+/// authenticated by the mount). The mount's own changes that no reply
+/// carries are cosmetic: a set-user-id bit it clears on a write (the
+/// mount is `nosuid`, so the bit never takes effect) and a directory's
+/// backing size and times after its hidden records change. At one second,
+/// a program that lists a tree and then opens its files a second later
+/// sent a LOOKUP per file (`md5sum` of a source tree: 0.67 a file).
 const TTL: Duration = Duration::from_secs(30);
+const GENERATION: Generation = Generation(0);
 
 /// Opening a file keeps its cached pages: every change to a file goes
 /// through this mount, so the cache is never stale for the programs using
@@ -82,10 +86,10 @@ impl fuser::Filesystem for ChronicleFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.ops.lookup(parent.0, name) {
-            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
+            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             // A negative entry (inode 0) lets the kernel remember that the
             // name does not exist, saving a round trip before each create.
-            Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_entry(), Generation(0)),
+            Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_entry(), GENERATION),
             Err(e) => reply.error(e),
         }
     }
@@ -155,7 +159,7 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .mknod(req.into(), parent.0, name, mode & !umask, rdev)
         {
-            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
+            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
     }
@@ -170,7 +174,7 @@ impl fuser::Filesystem for ChronicleFs {
         reply: ReplyEntry,
     ) {
         match self.ops.mkdir(req.into(), parent.0, name, mode & !umask) {
-            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
+            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
     }
@@ -195,7 +199,7 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .symlink(req.into(), parent.0, link_name, target.as_os_str())
         {
-            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
+            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
     }
@@ -226,7 +230,7 @@ impl fuser::Filesystem for ChronicleFs {
         reply: ReplyEntry,
     ) {
         match self.ops.link(ino.0, newparent.0, newname) {
-            Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(entry.generation)),
+            Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
     }
@@ -339,15 +343,8 @@ impl fuser::Filesystem for ChronicleFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let result = self.ops.readdirplus(fh.0, offset, |next, name, entry| {
-            reply.add(
-                entry.attr.ino,
-                next,
-                name,
-                &TTL,
-                &entry.attr,
-                Generation(entry.generation),
-            )
+        let result = self.ops.readdirplus(fh.0, offset, |next, name, attr| {
+            reply.add(attr.ino, next, name, &TTL, attr, GENERATION)
         });
         match result {
             Ok(()) => reply.ok(),
@@ -437,13 +434,7 @@ impl fuser::Filesystem for ChronicleFs {
             .ops
             .create(req.into(), parent.0, name, mode & !umask, flags)
         {
-            Ok((entry, fh)) => reply.created(
-                &TTL,
-                &entry.attr,
-                Generation(entry.generation),
-                FileHandle(fh),
-                KEEP_CACHE,
-            ),
+            Ok((attr, fh)) => reply.created(&TTL, &attr, GENERATION, FileHandle(fh), KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }

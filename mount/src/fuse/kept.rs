@@ -11,11 +11,9 @@
 //!
 //! With no close to say when a file is no longer used, the set is bounded:
 //! past `CAPACITY` files, the ones unused longest are let go (their
-//! descriptors closed), and a later request opens them again. A file that
-//! still holds rewrites back stays until the held-rewrite writer has
-//! written them (`Ops::keep`): let go, it would have to write them at
-//! once, and if that failed, forget them. A file whose sync failed may go:
-//! the journal remembers the failure for its next opening. The kernel's FORGET lets a file go at once: nothing can reach
+//! descriptors closed), and a later request opens them again; not one that
+//! still holds rewrites back (`let_go_oldest`). A file whose sync failed
+//! may go: the journal remembers the failure for its next opening. The kernel's FORGET lets a file go at once: nothing can reach
 //! that inode number any more. A file whose name is removed while the
 //! kernel may hold it open stays reachable through its node's descriptor
 //! (`NodeTable::keep_reachable`).
@@ -104,24 +102,14 @@ impl Kept {
         gone
     }
 
-    /// Puts back a file that `keep` displaced but that must stay, as used
-    /// now; nothing if its number has been given an entry meanwhile.
-    pub fn restore(&self, node: &Arc<Node>, content: &Arc<EncryptedFile>) {
+    /// Takes `node`'s file out (the kernel forgot it).
+    pub fn remove(&self, node: &Arc<Node>) -> Option<Arc<EncryptedFile>> {
         let mut inner = self.lock();
-        let used = inner.tick();
-        inner.files.entry(node.ino).or_insert_with(|| Entry {
-            node: Arc::clone(node),
-            content: Arc::clone(content),
-            used,
-        });
-    }
-
-    /// Takes inode `ino`'s file out (the kernel forgot the number).
-    pub fn remove(&self, ino: u64) -> Option<LetGo> {
-        self.lock()
-            .files
-            .remove(&ino)
-            .map(|old| (old.node, old.content))
+        let entry = inner.files.get(&node.ino)?;
+        if !Arc::ptr_eq(&entry.node, node) {
+            return None;
+        }
+        inner.files.remove(&node.ino).map(|old| old.content)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -134,19 +122,30 @@ impl Kept {
 impl Inner {
     /// Takes out the files unused longest until `keep` are left, in one
     /// pass: an eighth of the capacity at a time, so that each file kept
-    /// costs one scan per eighth, not one scan each. (What must stay is
-    /// the caller's to put back, outside the lock: `restore`.)
+    /// costs one scan per eighth, not one scan each. Not a file that is
+    /// not `idle` (it holds rewrites back, or is writing or syncing now):
+    /// let go, it would have to write them at once, and if that failed,
+    /// forget them. The held-rewrite writer writes them within a second;
+    /// a later pass takes the file.
     fn let_go_oldest(&mut self, keep: usize) -> Vec<LetGo> {
         let mut by_age: Vec<(u64, u64)> =
             self.files.iter().map(|(&ino, e)| (e.used, ino)).collect();
         by_age.sort_unstable();
-        let excess = self.files.len().saturating_sub(keep);
-        by_age
-            .iter()
-            .take(excess)
-            .filter_map(|(_, ino)| self.files.remove(ino))
-            .map(|old| (old.node, old.content))
-            .collect()
+        let mut excess = self.files.len().saturating_sub(keep);
+        let mut gone = Vec::with_capacity(excess);
+        for (_, ino) in by_age {
+            if excess == 0 {
+                break;
+            }
+            if !self.files.get(&ino).is_some_and(|e| e.content.idle()) {
+                continue;
+            }
+            if let Some(old) = self.files.remove(&ino) {
+                gone.push((old.node, old.content));
+                excess -= 1;
+            }
+        }
+        gone
     }
 
     fn tick(&mut self) -> u64 {
@@ -217,23 +216,17 @@ mod tests {
         assert!(set.get(&all[1].0).is_none());
     }
 
-    // Protects: a file put back after it was let go for room stays, as the
-    // newest, and FORGET still takes it.
+    // Protects: FORGET takes a file out, but only the file of the node it
+    // names.
     #[test]
-    fn a_restored_file_stays_until_forgotten() {
+    fn forget_takes_its_own_node_out() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let all = files(dir.path(), 17);
+        let all = files(dir.path(), 1);
         let set = kept(16);
-        let mut gone = Vec::new();
-        for (node, content) in &all {
-            gone.extend(set.keep(node, content));
-        }
-        assert_eq!(inos(&gone), vec![1, 2, 3]);
-        set.restore(&all[0].0, &all[0].1);
-        assert!(set.keep(&all[1].0, &all[1].1).is_empty(), "16 files");
-        assert_eq!(inos(&set.keep(&all[2].0, &all[2].1)), vec![4, 5, 6]);
-        assert!(set.get(&all[0].0).is_some(), "restored, then newest");
-        assert!(set.remove(1).is_some(), "forgotten");
+        set.keep(&all[0].0, &all[0].1);
+        let newer = Node::for_test(1, &dir.path().join("1"));
+        assert!(set.remove(&newer).is_none());
+        assert!(set.remove(&all[0].0).is_some());
         assert!(set.get(&all[0].0).is_none());
     }
 

@@ -28,7 +28,9 @@
 //! for the life of the mount and shared by hard links. A backing inode
 //! cannot be reused while its entry holds a descriptor on it; once an
 //! entry's descriptor is closed, a reused number is told apart by the
-//! file's handle (which carries a generation) and the entry is renewed.
+//! file's handle (which carries a generation), and the new file gets a
+//! number from the upper half too, while the old number keeps failing for
+//! whoever still holds the old file.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
@@ -56,11 +58,6 @@ pub struct Node {
     pub dev: u64,
     backing_ino: u64,
     pub kind: FileType,
-    /// Told to the kernel with the inode number: an entry renewed for a
-    /// reused number (below) gets the next one, and the kernel then takes
-    /// its old inode of that number for stale, so that programs holding
-    /// the old file open get errors instead of reaching the new file.
-    pub generation: u64,
     /// Kernel lookups not yet forgotten; changed under the table's lock.
     lookups: AtomicU64,
     /// The table's pruning round in which a request last used the entry.
@@ -70,8 +67,12 @@ pub struct Node {
     slot: Mutex<Option<Arc<OwnedFd>>>,
     /// The file's handle, to reopen it; `None` where descriptors are kept.
     handle: Option<FileHandle>,
-    /// The descriptor stays open until the entry goes (`keep_reachable`).
-    reachable_only_by_descriptor: AtomicBool,
+    /// Names of the file being removed now (`NodeTable::removing`): while
+    /// any is, its descriptor stays open.
+    removals: AtomicU32,
+    /// The file has lost its last name: its descriptor stays open until
+    /// the entry goes.
+    nameless: AtomicBool,
     /// The plaintext view of a regular file, shared by every user (handles
     /// of created files, the files the kernel opened, `kept`) so that one
     /// lock orders all writers (see `content`).
@@ -88,12 +89,12 @@ impl Node {
             dev: stat.st_dev,
             backing_ino: stat.st_ino,
             kind,
-            generation: 0,
             lookups: AtomicU64::new(0),
             used: AtomicU32::new(0),
             slot: Mutex::new(Some(Arc::new(fd))),
             handle,
-            reachable_only_by_descriptor: AtomicBool::new(false),
+            removals: AtomicU32::new(0),
+            nameless: AtomicBool::new(false),
             content: Mutex::new(Weak::new()),
             dir_key: OnceLock::new(),
         }
@@ -106,6 +107,11 @@ impl Node {
             .expect("open");
         let stat = rustix::fs::fstat(&fd).expect("fstat");
         Arc::new(Node::new(ino, &stat, FileType::RegularFile, fd, None))
+    }
+
+    /// A name of the file is being removed, or none is left (`removing`).
+    fn reachable_only_by_descriptor(&self) -> bool {
+        self.removals.load(Ordering::Relaxed) > 0 || self.nameless.load(Ordering::Relaxed)
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Arc<OwnedFd>>> {
@@ -144,11 +150,33 @@ impl Pinned {
 #[derive(Default)]
 struct Table {
     entries: HashMap<u64, Arc<Node>>,
-    /// (device, backing inode) → inode number, for other devices.
+    /// (device, backing inode) → inode number, for files on other devices
+    /// and for files whose backing number was reused (`remember`).
     foreign: HashMap<(u64, u64), u64>,
     next_foreign: u64,
     /// The table's size at which it next picks entries to prune.
     next_prune_at: usize,
+}
+
+impl Table {
+    /// The inode number of the backing file (`dev`, `backing_ino`) if it
+    /// has one: the number it was given, or on BACKING's device its
+    /// backing number (for other devices, a number no entry has).
+    fn number_of(&self, nodes: &NodeTable, dev: u64, backing_ino: u64) -> u64 {
+        match self.foreign.get(&(dev, backing_ino)) {
+            Some(&ino) => ino,
+            None if dev == nodes.root_dev => nodes.fuse_ino(backing_ino),
+            None => FOREIGN_BIT,
+        }
+    }
+
+    /// Gives the backing file `stat` a number of its own.
+    fn new_number(&mut self, stat: &Stat) -> u64 {
+        self.next_foreign += 1;
+        let ino = FOREIGN_BIT | self.next_foreign;
+        self.foreign.insert((stat.st_dev, stat.st_ino), ino);
+        ino
+    }
 }
 
 pub struct NodeTable {
@@ -283,9 +311,9 @@ impl NodeTable {
                 continue;
             };
             let mut slot = oldest.slot();
-            // Read under the slot's lock, which `keep_reachable` takes after
-            // setting it: its descriptor is never closed after that.
-            if oldest.reachable_only_by_descriptor.load(Ordering::Relaxed) {
+            // Read under the slot's lock, which `removing` takes after
+            // counting a removal: the descriptor is not closed after that.
+            if oldest.reachable_only_by_descriptor() {
                 continue;
             }
             match slot.as_ref() {
@@ -305,13 +333,9 @@ impl NodeTable {
     /// an entry already known, or a hint the later lookup replaces.
     pub fn entry_ino(&self, dir: &Node, backing_ino: u64) -> u64 {
         // (`dir` may be a `Pinned`: it dereferences to its node.)
-        if dir.dev == self.root_dev {
-            return self.fuse_ino(backing_ino);
-        }
-        let table = self.lock();
-        match table.foreign.get(&(dir.dev, backing_ino)) {
-            Some(&ino) => ino,
-            None => FOREIGN_BIT | (backing_ino & !FOREIGN_BIT),
+        match self.lock().number_of(self, dir.dev, backing_ino) {
+            FOREIGN_BIT => FOREIGN_BIT | (backing_ino & !FOREIGN_BIT),
+            ino => ino,
         }
     }
 
@@ -339,38 +363,47 @@ impl NodeTable {
             .ok_or(Errno::ESTALE)
     }
 
-    /// Keeps the descriptor of the entry for the backing file `stat` (if
-    /// the kernel knows that file) open until the entry goes. The file is
-    /// about to lose its last name while the kernel may hold it open: the
-    /// kernel opens files without telling the mount (`kept`), so requests
-    /// for it may still come, and a handle cannot reopen a file without a
-    /// name on every file system.
-    pub fn keep_reachable(&self, stat: &Stat) {
+    /// Before a name of the backing file `stat` is removed (unlink, or a
+    /// rename over it): keeps the descriptor of its entry (if the kernel
+    /// knows the file) open while the removal runs, and for good if the
+    /// file is left without a name (`removed`, called after the removal).
+    /// The kernel opens files without telling the mount (`kept`), so
+    /// requests for a file without a name may still come, and a handle
+    /// cannot reopen such a file on every file system.
+    pub fn removing(&self, stat: &Stat) -> Option<Arc<Node>> {
         let node = {
             let table = self.lock();
-            let ino = match stat.st_dev == self.root_dev {
-                true => Some(self.fuse_ino(stat.st_ino)),
-                false => table.foreign.get(&(stat.st_dev, stat.st_ino)).copied(),
-            };
-            ino.and_then(|ino| table.entries.get(&ino).map(Arc::clone))
-        };
-        let Some(node) = node else {
-            return;
-        };
+            let ino = table.number_of(self, stat.st_dev, stat.st_ino);
+            table.entries.get(&ino).map(Arc::clone)
+        }?;
         if (node.dev, node.backing_ino) != (stat.st_dev, stat.st_ino) {
-            return;
+            return None;
         }
-        node.reachable_only_by_descriptor
-            .store(true, Ordering::Relaxed);
+        node.removals.fetch_add(1, Ordering::Relaxed);
         // Reopened now if it was closed, while the name still stands; the
-        // flag keeps `opened` from closing it again.
+        // count keeps `opened` from closing it again.
         if let Err(e) = self.pin(&node) {
             log::warn!(
-                "inode {}: cannot keep its descriptor before it loses its last name \
-                 ({e:?}); a program that still has it open may get ESTALE",
+                "inode {}: cannot keep its descriptor before it loses a name ({e:?}); \
+                 a program that still has it open may get ESTALE",
                 node.ino
             );
         }
+        Some(node)
+    }
+
+    /// After the removal `removing` prepared (done or failed): a file left
+    /// without a name keeps its descriptor until its entry goes; one that
+    /// still has a name may have it closed again.
+    pub fn removed(&self, node: &Arc<Node>) {
+        if let Ok(pinned) = self.pin(node) {
+            if rustix::fs::fstat(&pinned.fd).is_ok_and(|stat| stat.st_nlink == 0) {
+                node.nameless.store(true, Ordering::Relaxed);
+            }
+        }
+        // Under the slot's lock, like the check in `opened`.
+        let _slot = node.slot();
+        node.removals.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Records one kernel lookup of the backing file open as `fd` (whose
@@ -388,49 +421,36 @@ impl NodeTable {
         } else {
             None
         };
+        if stat.st_dev == self.root_dev && stat.st_ino & FOREIGN_BIT != 0 {
+            log::error!(
+                "backing inode number {} is too large to pass through; refusing it",
+                stat.st_ino
+            );
+            return Err(Errno::EOVERFLOW);
+        }
         let mut table = self.lock();
-        let ino = if stat.st_dev == self.root_dev {
-            if stat.st_ino & FOREIGN_BIT != 0 {
-                log::error!(
-                    "backing inode number {} is too large to pass through; refusing it",
-                    stat.st_ino
-                );
-                return Err(Errno::EOVERFLOW);
-            }
-            self.fuse_ino(stat.st_ino)
-        } else {
-            let key = (stat.st_dev, stat.st_ino);
-            match table.foreign.get(&key) {
-                Some(&ino) => ino,
-                None => {
-                    table.next_foreign += 1;
-                    let ino = FOREIGN_BIT | table.next_foreign;
-                    table.foreign.insert(key, ino);
-                    ino
-                }
-            }
+        let known = table.foreign.contains_key(&(stat.st_dev, stat.st_ino));
+        let mut ino = match stat.st_dev == self.root_dev || known {
+            true => table.number_of(self, stat.st_dev, stat.st_ino),
+            false => table.new_number(stat),
         };
-        let mut fresh = None;
         // An entry whose descriptor was closed no longer pins its inode: the
-        // file may be gone and its number reused by another. Handles differ
-        // then (they carry a generation), and the entry is renewed.
+        // file may be gone and its backing number reused by another. Handles
+        // differ then (they carry a generation), and the new file gets a
+        // number of its own: the kernel may still send requests for the old
+        // number (a program holding the old file open), which must fail
+        // (its entry can no longer reopen it), not reach the new file. The
+        // old entry stays until the kernel forgets it.
         let reused = matches!(
             (table.entries.get(&ino).map(|node| &node.handle), &handle),
             (Some(Some(old)), Some(new)) if old != new
         );
-        // The kernel's lookups of the number carry over to the new entry,
-        // under the next generation.
-        let (carried, generation) = match reused {
-            true => table.entries.remove(&ino).map_or((0, 0), |old| {
-                (old.lookups.load(Ordering::Relaxed), old.generation + 1)
-            }),
-            false => (0, 0),
-        };
+        if reused {
+            ino = table.new_number(stat);
+        }
+        let mut fresh = None;
         let node = table.entries.entry(ino).or_insert_with(|| {
-            let mut node = Node::new(ino, stat, kind, fd, handle);
-            node.generation = generation;
-            let node = Arc::new(node);
-            node.lookups.store(carried, Ordering::Relaxed);
+            let node = Arc::new(Node::new(ino, stat, kind, fd, handle));
             fresh = Some(Arc::clone(&node));
             node
         });
@@ -467,38 +487,41 @@ impl NodeTable {
         }
     }
 
-    /// Whether dropping `count` lookups of `ino` would remove its entry.
-    pub fn would_forget(&self, ino: u64, count: u64) -> bool {
-        ino != ROOT_INO
-            && self
-                .lock()
-                .entries
-                .get(&ino)
-                .is_some_and(|node| node.lookups.load(Ordering::Relaxed) <= count)
-    }
-
-    /// The kernel dropped `count` lookups; the entry goes when none remain.
-    pub fn forget(&self, ino: u64, count: u64) {
+    /// The kernel dropped `count` lookups. When none remain, returns the
+    /// entry, which stays until `remove_forgotten`: the caller lets go of
+    /// what the entry's file holds first, while a LOOKUP meanwhile still
+    /// finds this entry (and counts on it again) instead of making another
+    /// for the same file.
+    pub fn forget(&self, ino: u64, count: u64) -> Option<Arc<Node>> {
         if ino == ROOT_INO {
-            return;
+            return None;
         }
-        let mut table = self.lock();
-        let Some(node) = table.entries.get(&ino) else {
-            return;
-        };
+        let table = self.lock();
+        let node = table.entries.get(&ino)?;
         let left = node.lookups.load(Ordering::Relaxed).saturating_sub(count);
         node.lookups.store(left, Ordering::Relaxed);
-        if left == 0 {
-            if node.dev != self.root_dev {
-                let key = (node.dev, node.backing_ino);
-                table.foreign.remove(&key);
-            }
-            table.entries.remove(&ino);
-            let len = table.entries.len();
-            table.next_prune_at = table
-                .next_prune_at
-                .min(len.max(self.limit) + self.limit / 10);
+        (left == 0).then(|| Arc::clone(node))
+    }
+
+    /// Removes `node`'s entry if it is still the entry for its number and
+    /// still forgotten.
+    pub fn remove_forgotten(&self, node: &Arc<Node>) {
+        let mut table = self.lock();
+        let current = table.entries.get(&node.ino);
+        if !current.is_some_and(|c| Arc::ptr_eq(c, node))
+            || node.lookups.load(Ordering::Relaxed) > 0
+        {
+            return;
         }
+        let key = (node.dev, node.backing_ino);
+        if table.foreign.get(&key) == Some(&node.ino) {
+            table.foreign.remove(&key);
+        }
+        table.entries.remove(&node.ino);
+        let len = table.entries.len();
+        table.next_prune_at = table
+            .next_prune_at
+            .min(len.max(self.limit) + self.limit / 10);
     }
 
     /// Most entries kept before asking the kernel to forget some.

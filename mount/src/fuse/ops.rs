@@ -49,13 +49,6 @@ impl From<&fuser::Request> for Caller {
     }
 }
 
-/// A directory entry as the kernel is told of it: its attributes and its
-/// node's generation (`Node::generation`).
-pub struct Entry {
-    pub attr: FileAttr,
-    pub generation: u64,
-}
-
 /// The attribute changes of one `setattr`.
 pub struct AttrChange {
     pub mode: Option<u32>,
@@ -313,13 +306,6 @@ impl Ops {
         }
     }
 
-    fn entry_of(&self, node: &Pinned) -> Result<Entry, Errno> {
-        Ok(Entry {
-            attr: self.stat_attr(node)?,
-            generation: node.generation,
-        })
-    }
-
     fn stat_attr(&self, node: &Pinned) -> Result<FileAttr, Errno> {
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
         Ok(self.attr_of(node, &stat))
@@ -393,31 +379,27 @@ impl Ops {
         Ok((node, attr))
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
         let backing = match self.backing_name(&parent, name) {
             Err(e) if e == Errno::EPERM => return Err(Errno::ENOENT),
             other => other?,
         };
-        let (node, attr) = self.lookup_backing(&parent, &backing)?;
-        Ok(Entry {
-            attr,
-            generation: node.generation,
-        })
+        self.lookup_backing(&parent, &backing).map(|(_, attr)| attr)
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
         // Once forgotten, no request can name the inode: its kept file goes,
-        // before the entry does. A LOOKUP of the file meanwhile finds this
-        // node, and its next use waits on the node's lock for the let-go
-        // (which may write and sync) instead of opening the backing file a
-        // second time beside it.
-        if self.nodes.would_forget(ino, count) {
-            if let Some((node, content)) = self.kept.remove(ino) {
+        // before the entry does (`NodeTable::forget`). A LOOKUP of the file
+        // meanwhile finds this node, and its next use waits on the node's
+        // lock for the let-go (which may write and sync) instead of opening
+        // the backing file a second time beside it.
+        if let Some(node) = self.nodes.forget(ino, count) {
+            if let Some(content) = self.kept.remove(&node) {
                 Self::let_go(&node, content);
             }
+            self.nodes.remove_forgotten(&node);
         }
-        self.nodes.forget(ino, count);
     }
 
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
@@ -445,11 +427,11 @@ impl Ops {
     /// Looks up a node the mount just created by name and gives it to its
     /// creator; the node is what the lookup found, so the owner, the
     /// reply's attributes and the inode all name one file.
-    fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<Entry, Errno> {
+    fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<FileAttr, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
         self.or_uncounted(&node, || {
             self.chown_new(caller, &node)?;
-            self.entry_of(&node)
+            self.stat_attr(&node)
         })
     }
 
@@ -536,12 +518,9 @@ impl Ops {
     }
 
     /// Adds `node`'s file to the kept files, letting go of what that
-    /// displaces, except a file that holds rewrites back (`kept`).
+    /// displaces.
     fn keep(&self, node: &Arc<Node>, content: &Arc<EncryptedFile>) {
         for (old_node, old) in self.kept.keep(node, content) {
-            if old.holds_back() {
-                self.kept.restore(&old_node, &old);
-            }
             Self::let_go(&old_node, old);
         }
     }
@@ -557,7 +536,7 @@ impl Ops {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> Result<(Entry, u64), Errno> {
+    ) -> Result<(FileAttr, u64), Errno> {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
@@ -606,7 +585,7 @@ impl Ops {
         opened: File,
         created: bool,
         flags: i32,
-    ) -> Result<(Entry, u64), Errno> {
+    ) -> Result<(FileAttr, u64), Errno> {
         if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
         }
@@ -614,16 +593,19 @@ impl Ops {
             self.chown_new(caller, node)?;
         }
         let content = self.content_with(node, Some(opened))?;
-        if !created && flags & libc::O_TRUNC != 0 {
-            content.set_len(0).map_err(|e| self.errno_of(e))?;
-        }
-        let entry = self.entry_of(node)?;
+        let emptied = match !created && flags & libc::O_TRUNC != 0 {
+            true => content.set_len(0).map_err(|e| self.errno_of(e)),
+            false => Ok(()),
+        };
+        let attr = emptied.and_then(|()| self.stat_attr(node));
         // Handle 0, like the files the kernel opens by itself: once it has
         // been told that OPEN is not implemented, it never releases a
         // handle, not even one that CREATE gave it.
-        self.keep(node.node(), &content);
+        if attr.is_ok() {
+            self.keep(node.node(), &content);
+        }
         Self::let_go(node, content);
-        Ok((entry, 0))
+        attr.map(|attr| (attr, 0))
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
@@ -782,7 +764,7 @@ impl Ops {
     pub fn setattr(&self, caller: Caller, ino: u64, change: AttrChange) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         if let Some(size) = change.size {
-            let (_, content) = self.file(ino)?;
+            let (file_node, content) = self.file(ino)?;
             let truncated = content.set_len(size).map_err(|e| self.errno_of(e));
             // As on a local file system, a truncate by anyone but root
             // drops the set-user-id bit (and set-group-id on a group-
@@ -792,7 +774,7 @@ impl Ops {
                     true => kill_suidgid(content.backing()),
                     false => Ok(()),
                 });
-            Self::let_go(&node, content);
+            Self::let_go(&file_node, content);
             truncated?;
         }
         if let Some(mode) = change.mode {
@@ -846,7 +828,7 @@ impl Ops {
         parent: u64,
         name: &OsStr,
         mode: u32,
-    ) -> Result<Entry, Errno> {
+    ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let mode = Mode::from_raw_mode(mode);
@@ -977,7 +959,7 @@ impl Ops {
         name: &OsStr,
         mode: u32,
         rdev: u32,
-    ) -> Result<Entry, Errno> {
+    ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
         let backing = self.new_backing_name(&parent, name)?;
         let kind = RawType::from_raw_mode(mode);
@@ -998,7 +980,7 @@ impl Ops {
                 EncryptedFile::create(file, Arc::clone(&self.crypto), label)
                     .map_err(|e| self.errno_of(e))?;
                 self.chown_new(caller, &node)?;
-                self.entry_of(&node)
+                self.stat_attr(&node)
             });
         } else {
             rustix::fs::mknodat(
@@ -1019,7 +1001,7 @@ impl Ops {
         parent: u64,
         name: &OsStr,
         target: &OsStr,
-    ) -> Result<Entry, Errno> {
+    ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
         let stored = match self.names.seal_target(target) {
             Ok(stored) => Some(stored),
@@ -1065,7 +1047,7 @@ impl Ops {
             .map_err(|e| self.name_errno(e, &node))
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry, Errno> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         let parent = self.node(newparent)?;
         let backing = self.new_backing_name(&parent, newname)?;
@@ -1078,17 +1060,20 @@ impl Ops {
         )
         .map_err(sys)?;
         self.nodes.add_lookup(node.ino);
-        self.or_uncounted(&node, || self.entry_of(&node))
+        self.or_uncounted(&node, || self.stat_attr(&node))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let parent = self.node(parent)?;
         let backing = self.backing_name(&parent, name)?;
         if !dir {
-            if let Ok(stat) = rustix::fs::statat(&parent.fd, &backing, AtFlags::SYMLINK_NOFOLLOW) {
-                self.keep_reachable(&stat);
+            let stat = rustix::fs::statat(&parent.fd, &backing, AtFlags::SYMLINK_NOFOLLOW);
+            let removing = stat.ok().and_then(|stat| self.removing(&stat));
+            let unlinked = rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::empty());
+            if let Some(node) = removing {
+                self.nodes.removed(&node);
             }
-            rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::empty()).map_err(sys)?;
+            unlinked.map_err(sys)?;
             self.forget_backing_name(&parent, name);
             return Ok(());
         }
@@ -1124,10 +1109,11 @@ impl Ops {
     /// that may be losing its last name stays reachable for the kernel,
     /// which may hold it open without the mount knowing (`kept`). Any
     /// regular file: the link count read now may be stale by the time the
-    /// name goes (another of its names removed meanwhile).
-    fn keep_reachable(&self, stat: &rustix::fs::Stat) {
-        if RawType::from_raw_mode(stat.st_mode) == RawType::RegularFile {
-            self.nodes.keep_reachable(stat);
+    /// name goes. The caller ends with `NodeTable::removed`.
+    fn removing(&self, stat: &rustix::fs::Stat) -> Option<Arc<Node>> {
+        match RawType::from_raw_mode(stat.st_mode) == RawType::RegularFile {
+            true => self.nodes.removing(stat),
+            false => None,
         }
     }
 
@@ -1150,33 +1136,52 @@ impl Ops {
         // old name's after it is gone, unless both names still stand
         // (an exchange, or a rename onto itself).
         let to = self.new_backing_name(&to_dir, newname)?;
-        // Onto an existing directory (encrypted names): its id record would
-        // make it look non-empty to the backing file system; removed first
-        // (the rename may then replace it), put back if the rename fails.
-        let mut replaced_record = None;
         let replaces = !flags.contains(rustix::fs::RenameFlags::EXCHANGE)
             && !flags.contains(rustix::fs::RenameFlags::NOREPLACE);
         let target = match replaces {
             true => rustix::fs::statat(&to_dir.fd, &to, AtFlags::SYMLINK_NOFOLLOW).ok(),
             false => None,
         };
-        if let Some(target) = &target {
-            self.keep_reachable(target);
-            if self.names.mode() == NameMode::Encrypted
-                && RawType::from_raw_mode(target.st_mode) == RawType::Directory
-            {
-                replaced_record = Some(self.empty_dir_of_records(&to_dir, &to)?);
-            }
+        let removing = target.as_ref().and_then(|target| self.removing(target));
+        let renamed = self.rename_over(&from_dir, &from, &to_dir, &to, flags, target.as_ref());
+        if let Some(node) = removing {
+            self.nodes.removed(&node);
         }
-        if let Err(e) = rustix::fs::renameat_with(&from_dir.fd, &from, &to_dir.fd, &to, flags) {
-            if let Some(record) = replaced_record {
-                self.put_record_back(&to_dir, &to, &record);
-            }
-            return Err(sys(e));
-        }
+        renamed?;
         let same = from_dir.ino == to_dir.ino && name == newname;
         if !flags.contains(rustix::fs::RenameFlags::EXCHANGE) && !same {
             self.forget_backing_name(&from_dir, name);
+        }
+        Ok(())
+    }
+
+    /// `rename`'s backing rename, `target` being what the new name names
+    /// now (when it may be replaced). Onto an existing directory (encrypted
+    /// names): its id record would make it look non-empty to the backing
+    /// file system; removed first (the rename may then replace it), put
+    /// back if the rename fails.
+    fn rename_over(
+        &self,
+        from_dir: &Pinned,
+        from: &OsStr,
+        to_dir: &Pinned,
+        to: &OsStr,
+        flags: rustix::fs::RenameFlags,
+        target: Option<&rustix::fs::Stat>,
+    ) -> Result<(), Errno> {
+        let mut replaced_record = None;
+        if let Some(target) = target {
+            if self.names.mode() == NameMode::Encrypted
+                && RawType::from_raw_mode(target.st_mode) == RawType::Directory
+            {
+                replaced_record = Some(self.empty_dir_of_records(to_dir, to)?);
+            }
+        }
+        if let Err(e) = rustix::fs::renameat_with(&from_dir.fd, from, &to_dir.fd, to, flags) {
+            if let Some(record) = replaced_record {
+                self.put_record_back(to_dir, to, &record);
+            }
+            return Err(sys(e));
         }
         Ok(())
     }
@@ -1284,22 +1289,18 @@ impl Ops {
         &self,
         fh: u64,
         offset: u64,
-        mut add: impl FnMut(u64, &OsStr, &Entry) -> bool,
+        mut add: impl FnMut(u64, &OsStr, &FileAttr) -> bool,
     ) -> Result<(), Errno> {
         let (dir, entries) = self.dir_entries(fh, offset)?;
         for (i, item) in entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if item.name == "." || item.name == ".." {
-                let entry = Entry {
-                    attr: FileAttr {
-                        ino: fuser::INodeNo(item.ino),
-                        ..self.stat_attr(&dir)?
-                    },
-                    generation: 0,
+                let attr = FileAttr {
+                    ino: fuser::INodeNo(item.ino),
+                    ..self.stat_attr(&dir)?
                 };
-                // The kernel neither counts lookups for these two nor makes
-                // inodes of them.
-                if add(next, &item.name, &entry) {
+                // The kernel does not count lookups for these two.
+                if add(next, &item.name, &attr) {
                     break;
                 }
                 continue;
@@ -1310,11 +1311,7 @@ impl Ops {
                 Err(e) if e == Errno::ENOENT => continue,
                 Err(e) => return Err(e),
             };
-            let entry = Entry {
-                attr,
-                generation: node.generation,
-            };
-            if add(next, &item.name, &entry) {
+            if add(next, &item.name, &attr) {
                 // Not sent: undo the lookup it counted.
                 self.forget(node.ino, 1);
                 break;
