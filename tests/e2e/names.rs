@@ -473,6 +473,57 @@ fn removed_files_stay_usable_while_open() {
     assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
 }
 
+// Protects: a file removed from the backing directory behind the mount's
+// back, whose backing inode number the backing file system then gives to a
+// new file, is not reached through a descriptor still open on the old
+// file: reads and writes through it fail, and the new file keeps its own
+// contents. (The new file gets an inode number of its own in the mount.)
+// Needs the backing file system to reuse the number (ext4 usually does at
+// once); says so and checks nothing more where it did not.
+#[test]
+fn a_reused_backing_inode_is_not_reached_through_the_old_file() {
+    if !fuse_available() {
+        return;
+    }
+    let m = mount_limited(256, Handles::Used);
+    assert!(!m.log_text().contains("no file handles here"));
+    let dir = m.path("reuse");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("victim"), vec![1u8; 9_000]).expect("create");
+    let _ = std::process::Command::new("sync").status();
+    let old = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("victim"))
+        .expect("open");
+    // Past the mount's descriptor budget (64 here), so that it closes its
+    // descriptor of the victim and would have to reopen it by handle.
+    for i in 0..200 {
+        fs::write(dir.join(format!("pad{i}")), "x").expect("pad");
+    }
+    let victim_backing = m.backing("reuse/victim");
+    let old_number = fs::metadata(&victim_backing).expect("stat").ino();
+    fs::remove_file(&victim_backing).expect("remove behind the mount");
+    fs::write(dir.join("new"), vec![2u8; 9_000]).expect("create the new file");
+    let new_number = fs::metadata(m.backing("reuse/new")).expect("stat").ino();
+    if new_number != old_number {
+        eprintln!("skipped: the backing file system did not reuse inode {old_number}");
+        return;
+    }
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let mut back = vec![0; 9_000];
+    assert!(
+        old.read_exact_at(&mut back, 0).is_err(),
+        "the old file's descriptor read {:?}...",
+        &back[..4]
+    );
+    let wrote = old
+        .write_all_at(&[3u8; 100], 0)
+        .and_then(|()| old.sync_all());
+    assert!(wrote.is_err(), "the old file's descriptor wrote");
+    assert_eq!(fs::read(dir.join("new")).expect("read"), vec![2u8; 9_000]);
+}
+
 // Protects: the mount's memory stays bounded however many files the kernel
 // would remember. Past `--max-inodes` the mount asks the kernel to forget
 // the inodes used least lately, so after a few thousand files are created
