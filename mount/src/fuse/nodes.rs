@@ -73,9 +73,9 @@ pub struct Node {
     /// The file has lost its last name: its descriptor stays open until
     /// the entry goes.
     nameless: AtomicBool,
-    /// The plaintext view of a regular file, shared by every user (handles
-    /// of created files, the files the kernel opened, `kept`) so that one
-    /// lock orders all writers (see `content`).
+    /// The plaintext view of a regular file, shared by every user (the
+    /// kept files, requests in flight, the held-rewrite writer) so that
+    /// one lock orders all writers (see `Ops::content`).
     pub content: Mutex<Weak<EncryptedFile>>,
     /// A directory's name key, read from its id record on first use (it
     /// moves with the directory, so it never changes).
