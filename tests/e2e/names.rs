@@ -524,6 +524,36 @@ fn a_reused_backing_inode_is_not_reached_through_the_old_file() {
     assert_eq!(fs::read(dir.join("new")).expect("read"), vec![2u8; 9_000]);
 }
 
+// Protects: a file the mount could open only for reading (its mode denies
+// writing, and the mount cannot override that, as without root) and keeps
+// open that way, then made writable with chmod, takes writes: the mount
+// opens it again for writing instead of failing them (they would be lost
+// from the page cache at write-back).
+#[test]
+fn a_file_made_writable_takes_writes() {
+    if !fuse_available() {
+        return;
+    }
+    let m = mount_limited(1024, Handles::NoOverride);
+    let path = m.path("ro");
+    fs::write(&path, b"before").expect("create");
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+        .expect("chmod 444");
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    assert_eq!(fs::read(&path).expect("read"), b"before");
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod 644");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open for appending");
+    std::io::Write::write_all(&mut file, b" after").expect("append");
+    file.sync_all().expect("fsync");
+    drop(file);
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    assert_eq!(fs::read(&path).expect("read"), b"before after");
+}
+
 // Protects: the mount's memory stays bounded however many files the kernel
 // would remember. Past `--max-inodes` the mount asks the kernel to forget
 // the inodes used least lately, so after a few thousand files are created
@@ -658,6 +688,9 @@ enum Handles {
     /// The mount runs without CAP_DAC_READ_SEARCH, which
     /// `open_by_handle_at` needs.
     Unavailable,
+    /// Nor CAP_DAC_OVERRIDE: the mount cannot open a read-only file for
+    /// writing, as a mount without root could not.
+    NoOverride,
 }
 
 /// A mount whose open-file limit is `nofile` (soft and hard, so it cannot
@@ -669,13 +702,24 @@ fn mount_limited(nofile: u32, handles: Handles) -> Mounted {
     let log = fixture.dir.path().join("mount.log");
     let mut command = std::process::Command::new("prlimit");
     command.arg(format!("--nofile={nofile}:{nofile}"));
-    if handles == Handles::Unavailable {
-        command.args([
-            "setpriv",
-            "--inh-caps=-dac_read_search",
-            "--bounding-set=-dac_read_search",
-            "--",
-        ]);
+    match handles {
+        Handles::Used => {}
+        Handles::Unavailable => {
+            command.args([
+                "setpriv",
+                "--inh-caps=-dac_read_search",
+                "--bounding-set=-dac_read_search",
+                "--",
+            ]);
+        }
+        Handles::NoOverride => {
+            command.args([
+                "setpriv",
+                "--inh-caps=-dac_read_search,-dac_override",
+                "--bounding-set=-dac_read_search,-dac_override",
+                "--",
+            ]);
+        }
     }
     let out = command
         .arg(env!("CARGO_BIN_EXE_chronicle"))

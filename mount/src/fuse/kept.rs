@@ -13,10 +13,11 @@
 //! past `CAPACITY` files, the ones unused longest are let go (their
 //! descriptors closed), and a later request opens them again; not one that
 //! still holds rewrites back (`let_go_oldest`). A file whose sync failed
-//! may go: the journal remembers the failure for its next opening. The kernel's FORGET lets a file go at once: nothing can reach
-//! that inode number any more. A file whose name is removed while the
-//! kernel may hold it open stays reachable through its node's descriptor
-//! (`NodeTable::keep_reachable`).
+//! may go: the journal remembers the failure for its next opening. The
+//! kernel's FORGET lets a file go at once: nothing can reach that inode
+//! number any more. A file whose name is removed while the kernel may hold
+//! it open stays reachable through its node's descriptor
+//! (`NodeTable::removing`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

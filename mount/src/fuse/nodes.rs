@@ -402,8 +402,14 @@ impl NodeTable {
             }
         }
         // Under the slot's lock, like the check in `opened`.
-        let _slot = node.slot();
+        let slot = node.slot();
         node.removals.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+        // `opened` may have dropped it from its queue meanwhile: a file that
+        // kept a name goes back, so that its descriptor can be closed again.
+        if !node.reachable_only_by_descriptor() {
+            self.opened(node);
+        }
     }
 
     /// Records one kernel lookup of the backing file open as `fd` (whose
@@ -573,7 +579,7 @@ impl Picker {
 
     /// The table's size and the entries to ask the kernel to forget, enough
     /// to bring it back to nine tenths of its limit: those no request has
-    /// used since the last pick and that nothing holds now (no open handle,
+    /// used since the last pick and that nothing holds now (no kept file,
     /// listing or request). Starts a new round. `None` once the table is
     /// gone.
     ///

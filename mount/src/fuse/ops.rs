@@ -398,8 +398,29 @@ impl Ops {
             if let Some(content) = self.kept.remove(&node) {
                 Self::let_go(&node, content);
             }
+            Self::wait_until_let_go(&node);
             self.nodes.remove_forgotten(&node);
         }
+    }
+
+    /// Waits (a little) for the last user of `node`'s file to let go of it:
+    /// one that took it out of the kept files for room just before the
+    /// FORGET, or a request still finishing. Once the entry is gone, a
+    /// LOOKUP makes a new one, whose first use would open the backing file
+    /// beside the old contents (which may still write rewrites they held).
+    fn wait_until_let_go(node: &Node) {
+        for _ in 0..200 {
+            let slot = node.content.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.strong_count() == 0 {
+                return;
+            }
+            drop(slot);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        log::warn!(
+            "inode {}: its contents are still in use after it was forgotten",
+            node.ino
+        );
     }
 
     pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
@@ -788,6 +809,19 @@ impl Ops {
                 AtFlags::empty(),
             )
             .map_err(sys)?;
+            // A file kept open read-only (a mount without root could not
+            // open it for writing) is opened again at its next use, now
+            // that its mode may allow writing.
+            if let Some(content) = self.kept.get(node.node()) {
+                let read_only = rustix::fs::fcntl_getfl(content.backing())
+                    .is_ok_and(|flags| !flags.intersects(OFlags::RDWR | OFlags::WRONLY));
+                Self::let_go(&node, content);
+                if read_only {
+                    if let Some(content) = self.kept.remove(node.node()) {
+                        Self::let_go(&node, content);
+                    }
+                }
+            }
         }
         if change.uid.is_some() || change.gid.is_some() {
             rustix::fs::chownat(
