@@ -59,10 +59,7 @@ fn capture(durable: &[u8], change: impl FnOnce(&EncryptedFile)) -> Captured {
             .expect("journal")
             .keeping_released(),
     );
-    let file = EncryptedFile::create(open_rw(&path, true), crypto(), path.clone())
-        .expect("create")
-        .guarded_by(&journal)
-        .expect("guard");
+    let file = new_file_guarded_by(&path, &journal);
     file.write_at(0, durable).expect("durable write");
     file.sync(true).expect("sync");
     let before = fs::read(&path).expect("read before");
@@ -85,11 +82,16 @@ fn capture(durable: &[u8], change: impl FnOnce(&EncryptedFile)) -> Captured {
 fn guarded_new_file(path: &Path) -> (Arc<Journal>, EncryptedFile) {
     let dir = path.parent().expect("a directory");
     let journal = Arc::new(Journal::open(dir).expect("journal"));
-    let file = EncryptedFile::create(open_rw(path, true), crypto(), path.to_path_buf())
-        .expect("create")
-        .guarded_by(&journal)
-        .expect("guard");
+    let file = new_file_guarded_by(path, &journal);
     (journal, file)
+}
+
+/// A new file at `path`, guarded by `journal`.
+fn new_file_guarded_by(path: &Path, journal: &Arc<Journal>) -> EncryptedFile {
+    EncryptedFile::create(open_rw(path, true), crypto(), path.to_path_buf())
+        .expect("create")
+        .guarded_by(journal)
+        .expect("guard")
 }
 
 /// Every state a power cut can leave: some of the changed sectors written,
@@ -330,10 +332,7 @@ fn a_failed_journal_sync_refuses_rewrites() {
             .expect("journal")
             .as_if_a_sync_failed(),
     );
-    let file = EncryptedFile::create(open_rw(&path, true), crypto(), path.clone())
-        .expect("create")
-        .guarded_by(&journal)
-        .expect("guard");
+    let file = new_file_guarded_by(&path, &journal);
     let old = record(1, 3 * 4096);
     file.write_at(0, &old).expect("a new file needs no copies");
     file.sync(true).expect("sync");

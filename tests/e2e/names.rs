@@ -417,6 +417,44 @@ fn many_files_under_a_small_limit(handles: Handles) {
     assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
 }
 
+/// A mount under an open-file limit of 256 that reopens files by handle,
+/// with directory `name` holding `files` (synced); the first `open` of
+/// them are held open for reading and writing, then 200 more files are
+/// made, past the mount's descriptor budget (64 here), so that it has
+/// closed its own descriptors of the open ones and would have to reopen
+/// them by handle.
+fn open_past_the_descriptor_budget(
+    name: &str,
+    files: &[(&str, Vec<u8>)],
+    open: usize,
+) -> (Mounted, std::path::PathBuf, Vec<fs::File>) {
+    let m = mount_limited(256, Handles::Used);
+    // (Where handles cannot be used every entry keeps its descriptor, and
+    // the tests using this would pass regardless.)
+    assert!(!m.log_text().contains("no file handles here"));
+    let dir = m.path(name);
+    fs::create_dir(&dir).expect("mkdir");
+    for (file, bytes) in files {
+        fs::write(dir.join(file), bytes).expect("create");
+    }
+    let _ = std::process::Command::new("sync").status();
+    let held = files[..open]
+        .iter()
+        .map(|(file, _)| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(file))
+                .expect("open")
+        })
+        .collect();
+    for i in 0..200 {
+        fs::write(dir.join(format!("pad{i}")), "x")
+            .unwrap_or_else(|e| panic!("pad {i}: {e}\n{}", m.log_text()));
+    }
+    (m, dir, held)
+}
+
 // Protects: a file stays readable and writable through a descriptor
 // opened before it lost its last name, by unlink or by a rename over it,
 // even where the mount had closed its own descriptor of the file (a small
@@ -429,31 +467,14 @@ fn removed_files_stay_usable_while_open() {
     if !fuse_available() {
         return;
     }
-    let m = mount_limited(256, Handles::Used);
-    // (Where handles cannot be used every entry keeps its descriptor and
-    // this would pass regardless.)
-    assert!(!m.log_text().contains("no file handles here"));
-    let dir = m.path("removed");
-    fs::create_dir(&dir).expect("mkdir");
     let body = |tag: u8| vec![tag; 9_000];
-    for (name, tag) in [("unlinked", 1), ("replaced", 2), ("other", 3)] {
-        fs::write(dir.join(name), body(tag)).expect("create");
-    }
-    let _ = std::process::Command::new("sync").status();
-    let open = |name: &str| {
-        fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.join(name))
-            .expect("open")
-    };
-    let (unlinked, replaced) = (open("unlinked"), open("replaced"));
-    // Past the mount's descriptor budget (64 here), so that it closes its
-    // descriptors of the two files.
-    for i in 0..200 {
-        fs::write(dir.join(format!("pad{i}")), "x")
-            .unwrap_or_else(|e| panic!("pad {i}: {e}\n{}", m.log_text()));
-    }
+    let files = [
+        ("unlinked", body(1)),
+        ("replaced", body(2)),
+        ("other", body(3)),
+    ];
+    let (m, dir, open) = open_past_the_descriptor_budget("removed", &files, 2);
+    let [unlinked, replaced] = <[fs::File; 2]>::try_from(open).expect("two open");
     fs::remove_file(dir.join("unlinked")).expect("unlink");
     fs::rename(dir.join("other"), dir.join("replaced")).expect("rename over");
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
@@ -485,22 +506,9 @@ fn a_reused_backing_inode_is_not_reached_through_the_old_file() {
     if !fuse_available() {
         return;
     }
-    let m = mount_limited(256, Handles::Used);
-    assert!(!m.log_text().contains("no file handles here"));
-    let dir = m.path("reuse");
-    fs::create_dir(&dir).expect("mkdir");
-    fs::write(dir.join("victim"), vec![1u8; 9_000]).expect("create");
-    let _ = std::process::Command::new("sync").status();
-    let old = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dir.join("victim"))
-        .expect("open");
-    // Past the mount's descriptor budget (64 here), so that it closes its
-    // descriptor of the victim and would have to reopen it by handle.
-    for i in 0..200 {
-        fs::write(dir.join(format!("pad{i}")), "x").expect("pad");
-    }
+    let files = [("victim", vec![1u8; 9_000])];
+    let (m, dir, mut open) = open_past_the_descriptor_budget("reuse", &files, 1);
+    let old = open.remove(0);
     let victim_backing = m.backing("reuse/victim");
     let old_number = fs::metadata(&victim_backing).expect("stat").ino();
     fs::remove_file(&victim_backing).expect("remove behind the mount");

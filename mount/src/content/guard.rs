@@ -45,6 +45,11 @@ pub(super) struct Guard {
     writable: bool,
 }
 
+/// Whether a guard holds rewrites back (`hold`).
+fn holding(guard: &Option<Guard>) -> bool {
+    guard.as_ref().is_some_and(|g| !g.held.is_empty())
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.held.is_empty() {
@@ -212,9 +217,7 @@ impl EncryptedFile {
     /// keeps its size, and the rewrite stays clear of the last block, whose
     /// rewrites move the end recovery judges.
     pub(super) fn may_hold(&self, size: u64, new_size: u64, blocks: &Range<u64>) -> bool {
-        new_size == size
-            && blocks.end < block_count(size)
-            && self.guard().as_ref().is_some_and(|g| g.writable)
+        new_size == size && blocks.end < block_count(size) && self.writable()
     }
 
     /// Before a rewrite of `blocks` reads and writes them: the held blocks
@@ -399,7 +402,7 @@ impl EncryptedFile {
     /// the next sync, read, other change, `write_held_back` or the last
     /// drop.
     pub fn holds_back(&self) -> bool {
-        self.guard().as_ref().is_some_and(|g| !g.held.is_empty())
+        holding(&self.guard())
     }
 
     /// Whether the mount may let go of this file without writing anything
@@ -407,12 +410,16 @@ impl EncryptedFile {
     /// or syncing (its guard locked) is not.
     pub fn idle(&self) -> bool {
         match self.guard.try_lock() {
-            Ok(g) => g.as_ref().is_none_or(|g| g.held.is_empty()),
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                p.into_inner().as_ref().is_none_or(|g| g.held.is_empty())
-            }
+            Ok(g) => !holding(&g),
+            Err(std::sync::TryLockError::Poisoned(p)) => !holding(&p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => false,
         }
+    }
+
+    /// Whether the backing file is open for writing (`guarded_by` found
+    /// out once); an unguarded file is taken as not.
+    pub fn writable(&self) -> bool {
+        self.guard().as_ref().is_some_and(|g| g.writable)
     }
 
     /// Copies still held (they are released by the next sync).
@@ -592,8 +599,9 @@ mod tests {
             SecretKey::from_bytes([3; 32]),
             Backend::Ring,
         ));
-        let path = dir.path().join("f");
-        let open = |create: bool| {
+        // A file by name, made anew or opened as it is, guarded by `journal`.
+        let guarded = |name: &str, create: bool| {
+            let path = dir.path().join(name);
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -602,8 +610,8 @@ mod tests {
                 .open(&path)
                 .expect("open");
             let content = match create {
-                true => EncryptedFile::create(file, Arc::clone(&crypto), path.clone()),
-                false => EncryptedFile::open(file, Arc::clone(&crypto), path.clone()),
+                true => EncryptedFile::create(file, Arc::clone(&crypto), path),
+                false => EncryptedFile::open(file, Arc::clone(&crypto), path),
             };
             content
                 .and_then(|c| c.guarded_by(&journal))
@@ -611,25 +619,21 @@ mod tests {
         };
         // An empty file, whose contents id is all zeros as every empty
         // file's is: the failure must not pass on to the others.
-        let other = dir.path().join("other");
-        let file = std::fs::File::create(&other).expect("create");
-        let fresh = EncryptedFile::create(file, Arc::clone(&crypto), other)
-            .and_then(|c| c.guarded_by(&journal))
-            .expect("contents");
-        let first = open(true);
+        let fresh = guarded("other", true);
+        let first = guarded("f", true);
         first.as_if_a_sync_failed();
         drop(first);
-        let again = open(false);
+        let again = guarded("f", false);
         assert!(again.sync_failed());
         assert!(again.sync(true).is_err(), "a later sync must not vouch");
         again.write_at(0, b"data").expect("write");
         drop(again);
-        assert!(open(false).sync_failed(), "nor after it gets contents");
+        assert!(
+            guarded("f", false).sync_failed(),
+            "nor after it gets contents"
+        );
         assert!(fresh.sync(true).is_ok(), "other files are not affected");
-        let file = std::fs::File::create(dir.path().join("third")).expect("create");
-        let third = EncryptedFile::create(file, Arc::clone(&crypto), dir.path().join("third"))
-            .and_then(|c| c.guarded_by(&journal))
-            .expect("contents");
+        let third = guarded("third", true);
         assert!(third.sync(true).is_ok(), "nor to files made later");
     }
 }

@@ -27,9 +27,9 @@ use crate::content::EncryptedFile;
 
 /// Most files kept open at once: each holds a descriptor and its blocks'
 /// state, so the bound is far below the mount's memory bound, and lower
-/// still under a small open-file limit or inode limit (`Kept::new`). A program that works
-/// on more files at once pays an open of the backing file per file, as it
-/// did when OPEN was sent.
+/// still under a small open-file limit or inode limit (`Kept::new`). A
+/// program that works on more files at once pays an open of the backing
+/// file per file, as it did when OPEN was sent.
 pub const CAPACITY: usize = 256;
 
 /// A file let go: the caller drops it through `Ops::let_go`, which is

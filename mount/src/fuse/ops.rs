@@ -813,8 +813,7 @@ impl Ops {
             // open it for writing) is opened again at its next use, now
             // that its mode may allow writing.
             if let Some(content) = self.kept.get(node.node()) {
-                let read_only = rustix::fs::fcntl_getfl(content.backing())
-                    .is_ok_and(|flags| !flags.intersects(OFlags::RDWR | OFlags::WRONLY));
+                let read_only = !content.writable();
                 Self::let_go(&node, content);
                 if read_only {
                     if let Some(content) = self.kept.remove(node.node()) {
