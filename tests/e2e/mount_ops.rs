@@ -721,5 +721,19 @@ fn more_files_open_than_kept(extra: &[&str]) {
         let back = fs::read(dir.join(format!("f{i}"))).expect("read after remount");
         assert!(back == expected(i), "file {i} wrong after remount");
     }
-    assert!(!m.log_text().contains("ERROR"), "{}", m.log_text());
+    // The mount's own errors; not fuser's "Failed to send FUSE reply: No
+    // such file or directory", logged when the kernel has already given up
+    // on a request (an interrupted one) before its reply arrives, seen once
+    // in a loaded CI run at unmount.
+    let log = m.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR")
+                && !l.contains(
+                    "ERROR fuser::reply] Failed to send FUSE reply: No such file or directory",
+                )
+        })
+        .collect();
+    assert!(errors.is_empty(), "{log}");
 }
