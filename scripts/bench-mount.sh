@@ -10,6 +10,8 @@
 # (cargo build --release). CHRONICLE_BIN overrides the binary,
 # BENCH_TAR a tarball of a source tree for the untar workload (default: the
 # first 10,000 files of linux-source-6.1's drivers/ and fs/, built once).
+# Turns on the kernel's FUSE over io_uring for the run (FUSE_URING=keep
+# leaves it).
 #
 # Workloads:
 #   write     1 GiB sequential, 1 MiB writes, fsync at the end     MB/s
@@ -36,6 +38,7 @@ MNT=$WORK/mnt
 CIPHER=$WORK/cipher
 cleanup() {
   mountpoint -q "$MNT" 2>/dev/null && { umount "$MNT" 2>/dev/null || umount -l "$MNT"; }
+  fuse_uring_restore
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -43,6 +46,7 @@ trap cleanup EXIT
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 TAR=$(bench_tarball)
+fuse_uring_for_run
 
 export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PASS=benchmark-password

@@ -10,8 +10,9 @@
 # Prints each round's lines, the best of each, and Chronicle's ratio to the
 # best peer per column (above 1: Chronicle ahead; for times, the peer's time
 # over Chronicle's). Installs gocryptfs, securefs and linux-source-6.1 from
-# Debian when missing. Needs root and /dev/fuse; scripts/bench-mount.sh has
-# the fio workloads.
+# Debian when missing. Turns on the kernel's FUSE over io_uring for the run
+# (FUSE_URING=keep leaves it). Needs root and /dev/fuse; scripts/bench-mount.sh
+# has the fio workloads.
 set -euo pipefail
 ROUNDS=${1:-2}
 [ "$ROUNDS" -ge 2 ] || ROUNDS=2
@@ -33,6 +34,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 TAR=$(bench_tarball)
+fuse_uring_for_run
+trap fuse_uring_restore EXIT
 export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 systems=(tmpfs chronicle gocryptfs securefs)
 declare -A best

@@ -146,6 +146,11 @@ pub enum Command {
         /// Threads serving requests (default: twice the cores, 4 to 16)
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Serve every request through /dev/fuse even when the kernel offers FUSE
+        /// over io_uring (used when /sys/module/fuse/parameters/enable_uring is Y:
+        /// each request is then served on the CPU of the program that made it)
+        #[arg(long)]
+        no_io_uring: bool,
         /// Files and directories the mount remembers before it asks the kernel to
         /// forget the least recently used (bounds its memory, about 300 bytes each;
         /// default 65536, at least 64)

@@ -83,6 +83,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             allow_other,
             no_writeback_cache,
             threads,
+            no_io_uring,
             max_inodes,
             log_file,
         } => {
@@ -97,6 +98,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     allow_other,
                     writeback_cache: !no_writeback_cache,
                     threads: threads.unwrap_or(defaults.threads),
+                    io_uring: !no_io_uring,
                     max_inodes: max_inodes.unwrap_or(defaults.max_inodes),
                 },
                 log_file,

@@ -8,6 +8,7 @@ pub const PLAINTEXT_NAMES: bool = false;
 mod cli_volume;
 mod engine_cli;
 mod engine_serve;
+mod io_uring;
 mod mount_hardening;
 mod mount_integrity;
 mod mount_model;
