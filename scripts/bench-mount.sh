@@ -10,8 +10,8 @@
 # (cargo build --release). CHRONICLE_BIN overrides the binary,
 # BENCH_TAR a tarball of a source tree for the untar workload (default: the
 # first 10,000 files of linux-source-6.1's drivers/ and fs/, built once).
-# Turns on the kernel's FUSE over io_uring for the run (FUSE_URING=keep
-# leaves it).
+# Turns on the kernel's FUSE over io_uring for the run and mounts Chronicle
+# with --io-uring (FUSE_URING=off: Chronicle through /dev/fuse).
 #
 # Workloads:
 #   write     1 GiB sequential, 1 MiB writes, fsync at the end     MB/s
@@ -55,7 +55,7 @@ setup() {
   rm -rf "$CIPHER" "$MNT"; mkdir -p "$CIPHER" "$MNT"
   case $1 in
     plain) MNT=$CIPHER ;;
-    chronicle) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" ;;
+    chronicle) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" ${CHRONICLE_MOUNT_ARGS:-} ;;
     chronicle-nowb) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" --no-writeback-cache ;;
     gocryptfs) gocryptfs -q -init -extpass "echo $PASS" -scryptn 10 "$CIPHER" >/dev/null &&
                gocryptfs -q -extpass "echo $PASS" "$CIPHER" "$MNT" ;;

@@ -65,16 +65,17 @@ fs_unmount() {
   sleep 0.5
 }
 
-# fuse_uring_for_run: turns on the kernel's FUSE over io_uring (Chronicle
-# then serves each request on the caller's CPU; the peers do not use it).
-# fuse_uring_restore puts the switch back (call it on exit). FUSE_URING=keep
-# leaves the switch as it is.
+# fuse_uring_for_run: turns on the kernel's FUSE over io_uring and mounts
+# Chronicle with --io-uring (each request served on the caller's CPU; the
+# peers do not use it). fuse_uring_restore puts the switch back (call it on
+# exit). FUSE_URING=off measures Chronicle through /dev/fuse.
 fuse_uring_for_run() {
   local knob=/sys/module/fuse/parameters/enable_uring
-  [ "${FUSE_URING:-on}" = keep ] && return 0
+  [ "${FUSE_URING:-on}" = off ] && return 0
   [ -w "$knob" ] || { echo "note: no $knob; Chronicle serves through /dev/fuse" >&2; return 0; }
   FUSE_URING_WAS=$(cat "$knob")
   echo Y > "$knob"
+  CHRONICLE_MOUNT_ARGS="${CHRONICLE_MOUNT_ARGS:-} --io-uring"
 }
 fuse_uring_restore() {
   [ -n "${FUSE_URING_WAS:-}" ] && echo "$FUSE_URING_WAS" > /sys/module/fuse/parameters/enable_uring

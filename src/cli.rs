@@ -146,11 +146,12 @@ pub enum Command {
         /// Threads serving requests (default: twice the cores, 4 to 16)
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
-        /// Serve every request through /dev/fuse even when the kernel offers FUSE
-        /// over io_uring (used when /sys/module/fuse/parameters/enable_uring is Y:
-        /// each request is then served on the CPU of the program that made it)
+        /// Serve requests over FUSE over io_uring when the kernel offers it (root:
+        /// echo Y > /sys/module/fuse/parameters/enable_uring): each request is served
+        /// on the CPU of the program that made it, which makes metadata-heavy work
+        /// faster; experimental: one slow request holds back the others made on its CPU
         #[arg(long)]
-        no_io_uring: bool,
+        io_uring: bool,
         /// Files and directories the mount remembers before it asks the kernel to
         /// forget the least recently used (bounds its memory, about 300 bytes each;
         /// default 65536, at least 64)

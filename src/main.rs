@@ -83,7 +83,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             allow_other,
             no_writeback_cache,
             threads,
-            no_io_uring,
+            io_uring,
             max_inodes,
             log_file,
         } => {
@@ -98,7 +98,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     allow_other,
                     writeback_cache: !no_writeback_cache,
                     threads: threads.unwrap_or(defaults.threads),
-                    io_uring: !no_io_uring,
+                    io_uring,
                     max_inodes: max_inodes.unwrap_or(defaults.max_inodes),
                 },
                 log_file,

@@ -206,19 +206,13 @@ impl Mounted {
     /// Mounts the volume again at the same place, logging to the same file
     /// (after the mount process was killed).
     pub fn remount(&self) -> Output {
-        self.remount_with(&[])
-    }
-
-    /// `remount` with extra mount options.
-    pub fn remount_with(&self, extra: &[&str]) -> Output {
-        let mut args = vec![
+        let args = [
             "mount",
             self.fixture.b(),
             path_str(&self.mnt),
             "--log-file",
             path_str(&self.log),
         ];
-        args.extend_from_slice(extra);
         run(&args, Some(KEY))
     }
 

@@ -38,7 +38,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Serve requests over FUSE-over-io_uring when the kernel offers it
     /// (Linux 6.14+ with `fuse.enable_uring=1`): each request is served on
-    /// the CPU of the program that made it.
+    /// the CPU of the program that made it. Off by default: each CPU's
+    /// requests are served one at a time, so one slow request (an fsync)
+    /// holds back the others made on that CPU (docs/PERFORMANCE.md).
     pub io_uring: bool,
     /// Inodes the mount remembers before it asks the kernel to forget the
     /// least recently used (its memory: a few hundred bytes each).
@@ -53,7 +55,7 @@ impl Default for MountOptions {
             allow_other: false,
             writeback_cache: true,
             threads: (2 * cores).clamp(4, 16),
-            io_uring: true,
+            io_uring: false,
             max_inodes: DEFAULT_MAX_INODES,
         }
     }

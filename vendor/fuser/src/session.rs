@@ -321,7 +321,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch: ring_channel.clone(),
                 allowed,
                 session_owner,
-            })?);
+            }));
         }
 
         let mut reply: io::Result<()> = Ok(());

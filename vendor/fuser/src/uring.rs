@@ -255,30 +255,29 @@ impl Rings {
     }
 
     /// Starts the serving threads (each registers its entry and serves
-    /// until the connection ends) and their bulk helpers (`Bulk`).
+    /// until the connection ends) and their bulk helpers (`Bulk`). When a
+    /// thread cannot start, makes the kernel give up on the rings (it holds
+    /// every request until each queue has an entry; a failed REGISTER makes
+    /// it serve through /dev/fuse instead) and returns the threads started,
+    /// which then end when their own REGISTER fails or the session ends.
     pub(crate) fn spawn<FS: Filesystem + 'static>(
         self,
         event_loop: impl Fn(String) -> SessionEventLoop<FS>,
-    ) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
+    ) -> Vec<JoinHandle<io::Result<()>>> {
         let mut threads = Vec::with_capacity(2 * self.servers.len());
         let mut servers = self.servers.into_iter();
         while let Some(server) = servers.next() {
-            match server.spawn(&event_loop, &mut threads) {
-                Ok(()) => {}
-                Err((e, server)) => {
-                    // The kernel holds every request until each queue has
-                    // an entry: a failed REGISTER makes it fall back to
-                    // /dev/fuse instead.
-                    if let Some(mut server) = servers.next().or(server) {
-                        server.qid = u16::MAX;
-                        let _ = server.submit(CMD_REGISTER, 0);
-                        let _ = server.ring.submit_and_wait(1);
-                    }
-                    return Err(e);
+            if let Err((e, server)) = server.spawn(&event_loop, &mut threads) {
+                warn!("FUSE over io_uring: {e}; serving through /dev/fuse");
+                if let Some(mut server) = server.or_else(|| servers.next()) {
+                    server.qid = u16::MAX;
+                    let _ = server.submit(CMD_REGISTER, 0);
+                    let _ = server.ring.submit_and_wait(1);
                 }
+                break;
             }
         }
-        Ok(threads)
+        threads
     }
 }
 
@@ -331,7 +330,11 @@ impl Server {
                 }
                 Ok(())
             })
-            .map_err(|e| (e, None))?;
+        ;
+        let bulk = match bulk {
+            Ok(bulk) => bulk,
+            Err(e) => return Err((e, Some(self))),
+        };
         threads.push(bulk);
         let se = event_loop(name.clone());
         let server = Arc::new(Mutex::new(Some(self)));
@@ -374,7 +377,23 @@ impl Server {
             .map_err(|_| io::Error::other("io_uring submission queue full"))
     }
 
-    fn serve<FS: Filesystem>(mut self, se: &SessionEventLoop<FS>, bulk: Bulk) -> io::Result<()> {
+    fn serve<FS: Filesystem>(self, se: &SessionEventLoop<FS>, bulk: Bulk) -> io::Result<()> {
+        let captured = self.captured.clone();
+        let served = self.serve_until_closed(se, bulk);
+        if served.is_err() {
+            // A command may still be in flight: the kernel could write into
+            // the entry's buffers after the ring is gone, so they stay
+            // allocated for the life of the process.
+            std::mem::forget(captured);
+        }
+        served
+    }
+
+    fn serve_until_closed<FS: Filesystem>(
+        mut self,
+        se: &SessionEventLoop<FS>,
+        bulk: Bulk,
+    ) -> io::Result<()> {
         pin_to_cpu(usize::from(self.qid));
         let mut request = Vec::new();
         let mut last = (CMD_REGISTER, 0);
@@ -439,6 +458,7 @@ impl Server {
             .filter(|&n| n <= OP_IN_LEN && payload_len <= buffers.payload.len() * 8)
         else {
             error!("io_uring request of {len} bytes with a payload of {payload_len}: malformed");
+            buffers.replied = false;
             drop(buffers);
             self.reply_error(commit_id, libc::EIO);
             return (commit_id, false);
@@ -461,9 +481,26 @@ impl Server {
 }
 
 /// Dispatches a request (classic layout, in `request`'s first `len` bytes)
-/// whose reply goes to `captured`.
+/// whose reply goes to `captured`. A panic in the filesystem is answered
+/// EIO: the thread must live, since the kernel sends this CPU's requests to
+/// its queue for as long as the connection lasts.
 fn dispatch<FS: Filesystem>(captured: &Arc<Captured>, se: &SessionEventLoop<FS>, request: &[u64]) {
     let data = bytes(request);
+    let unique = u64::from_ne_bytes(field(data, 8));
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch_unguarded(captured, se, data);
+    }));
+    if served.is_err() {
+        error!("a request panicked; answered EIO");
+        reply_error(captured, unique, libc::EIO);
+    }
+}
+
+fn dispatch_unguarded<FS: Filesystem>(
+    captured: &Arc<Captured>,
+    se: &SessionEventLoop<FS>,
+    data: &[u8],
+) {
     let len = u32::from_ne_bytes(field(data, 0)) as usize;
     let unique = u64::from_ne_bytes(field(data, 8));
     let opcode = u32::from_ne_bytes(field(data, 4));
