@@ -149,8 +149,8 @@ pub enum Command {
         /// Serve requests over FUSE over io_uring when the kernel offers it (root:
         /// echo Y > /sys/module/fuse/parameters/enable_uring): each request is served
         /// on the CPU of the program that made it, which makes metadata-heavy work
-        /// faster; experimental: one slow request holds back the others made on its CPU
-        #[arg(long)]
+        /// faster (experimental)
+        #[arg(long, env = "CHRONICLE_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
         io_uring: bool,
         /// Files and directories the mount remembers before it asks the kernel to
         /// forget the least recently used (bounds its memory, about 300 bytes each;

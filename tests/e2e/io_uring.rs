@@ -38,7 +38,7 @@ impl Drop for RingsEnabled {
 }
 
 /// CPU time (ns) the mount process's ring threads (`fuse-ring-*`, their
-/// bulk helpers included) have used, and how many there are.
+/// pool included) have used, and how many there are.
 fn ring_threads(mnt: &Path) -> (u64, usize) {
     let pid = mount_pid(mnt);
     let mut busy = 0;
@@ -172,6 +172,9 @@ fn requests_are_served_over_io_uring_when_the_kernel_offers_it() {
     let out = m.remount();
     assert!(out.status.success(), "remount: {}", stderr(&out));
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(ring_threads(&m.mnt).1, 0, "without --io-uring: no rings");
+    // (Unless the whole suite runs over the rings: CHRONICLE_IO_URING=1.)
+    if std::env::var_os("CHRONICLE_IO_URING").is_none() {
+        assert_eq!(ring_threads(&m.mnt).1, 0, "without --io-uring: no rings");
+    }
     check(&m, &expected);
 }

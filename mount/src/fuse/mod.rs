@@ -37,10 +37,10 @@ pub struct MountOptions {
     /// Threads serving requests through /dev/fuse.
     pub threads: usize,
     /// Serve requests over FUSE-over-io_uring when the kernel offers it
-    /// (Linux 6.14+ with `fuse.enable_uring=1`): each request is served on
-    /// the CPU of the program that made it. Off by default: each CPU's
-    /// requests are served one at a time, so one slow request (an fsync)
-    /// holds back the others made on that CPU (docs/PERFORMANCE.md).
+    /// (Linux 6.14+ with `fuse.enable_uring=1`): quick requests are served
+    /// on the CPU of the program that made them, requests that may take
+    /// long by a pool (`vendor/fuser/src/uring.rs`). Off by default while it
+    /// is new (docs/PERFORMANCE.md).
     pub io_uring: bool,
     /// Inodes the mount remembers before it asks the kernel to forget the
     /// least recently used (its memory: a few hundred bytes each).
@@ -153,9 +153,7 @@ impl Mounted {
         }
         config.n_threads = Some(options.threads.max(1));
         config.clone_fd = true;
-        // One thread per CPU queue: it serves its CPU's requests in order,
-        // handing bulk reads and writes to a helper of its own.
-        config.io_uring_threads = Some(usize::from(options.io_uring));
+        config.io_uring = options.io_uring;
         let session = fuser::Session::new(filesystem, mountpoint, &config)?;
         // Prune notifications go to the session's device from a thread of
         // their own (see `prune`); it ends when the session drops the table.

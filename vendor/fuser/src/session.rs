@@ -502,9 +502,9 @@ impl<FS: Filesystem> Session<FS> {
     /// rings are made first: once the reply asks for io_uring, the kernel
     /// holds every request until each queue has an entry.
     fn prepare_rings(&mut self, offered: &InitFlags, config: &mut KernelConfig) {
-        let Some(per_queue) = self.config.io_uring_threads.filter(|&n| n > 0) else {
+        if !self.config.io_uring {
             return;
-        };
+        }
         if !offered.contains(InitFlags::FUSE_OVER_IO_URING) {
             debug!("FUSE over io_uring: not offered by the kernel (fuse.enable_uring)");
             return;
@@ -512,7 +512,7 @@ impl<FS: Filesystem> Session<FS> {
         let payload = (config.max_write as usize)
             .max(usize::from(config.max_pages()) * page_size::get());
         let fd = self.ch.as_fd().as_raw_fd();
-        match crate::uring::Rings::new(self.ch.sender(), fd, per_queue, payload) {
+        match crate::uring::Rings::new(self.ch.sender(), fd, payload) {
             Ok(rings) => {
                 config.requested |= InitFlags::FUSE_OVER_IO_URING;
                 info!("serving over FUSE io_uring: {rings:?}");

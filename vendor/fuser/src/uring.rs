@@ -2,22 +2,29 @@
 //! `fuse` module's `enable_uring` parameter set).
 //!
 //! The kernel keeps one queue per possible CPU and hands each request to the
-//! queue of the CPU its caller runs on. Each queue here is served by threads
-//! pinned to that CPU, so a request, its handling and its reply stay on the
-//! caller's CPU: with /dev/fuse, the reader that takes a request usually
-//! sleeps on another CPU, and waking it (and then the caller) costs more
-//! than many requests take to serve, above all on a virtual machine.
+//! queue of the CPU its caller runs on. Each queue here is served by a
+//! thread pinned to that CPU, so a quick request, its handling and its reply
+//! stay on the caller's CPU: with /dev/fuse, the reader that takes a request
+//! usually sleeps on another CPU, and waking it (and then the caller) costs
+//! more than many requests take to serve, above all on a virtual machine.
+//! Requests that may take long (syncs, truncations, bulk reads and writes;
+//! `goes_to_pool`) go to a pool of unpinned threads, so that they neither
+//! hold back the quick ones made on the same CPU nor keep the caller's CPU
+//! from other work (decrypting read-ahead while the reader runs); the
+//! queue's thread commits their replies when the pool wakes it (an eventfd
+//! polled on the ring). Directory listings stay on the queue's thread:
+//! handing them over made `ls -lR` and `rm -rf` a tenth slower.
 //!
 //! INIT, FORGET, INTERRUPT and anything queued before the rings were ready
 //! still come through /dev/fuse, whose threads keep running; notifications
 //! are still written to it.
 //!
-//! Each thread owns a ring with one entry: a header buffer the kernel fills
-//! with the request's `fuse_in_header` and first argument, and a payload
-//! buffer for the rest. The request is rebuilt in the classic layout (one
-//! copy), dispatched as any other, and the reply is written straight into
-//! the entry's buffers, then committed with the command that fetches the
-//! next request.
+//! Each queue has `ENTRIES` entries: a header buffer the kernel fills with
+//! the request's `fuse_in_header` and first argument, and a payload buffer
+//! for the rest. The request is rebuilt in the classic layout (one copy),
+//! dispatched as any other, and the reply is written straight into the
+//! entry's buffers, then committed with the command that fetches the next
+//! request.
 
 use std::io;
 use std::io::IoSlice;
@@ -25,6 +32,8 @@ use std::sync::Arc;
 use std::sync::Condvar;
 use std::sync::Mutex;
 use std::sync::mpsc;
+use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::thread;
 use std::thread::JoinHandle;
 
@@ -84,6 +93,10 @@ struct Buffers {
     payload: Box<[u64]>,
     /// Whether the request in the buffers has been replied to.
     replied: bool,
+    /// The `unique` of that request: a late reply to an earlier request of
+    /// the entry (after a panic answered it) is dropped, not committed as
+    /// this one's.
+    unique: u64,
 }
 
 impl Buffers {
@@ -113,8 +126,12 @@ impl Captured {
     /// entry: the header into `in_out`, the arguments into the payload.
     pub(crate) fn put(&self, data: &[IoSlice<'_>]) {
         let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        if buffers.replied {
-            error!("a second reply to one io_uring request was dropped");
+        let mut unique = [0u8; 8];
+        for (i, byte) in data.iter().flat_map(|slice| slice.iter()).skip(8).take(8).enumerate() {
+            unique[i] = *byte;
+        }
+        if buffers.replied || u64::from_ne_bytes(unique) != buffers.unique {
+            error!("a second or late reply to an io_uring request was dropped");
             return;
         }
         // The first 16 bytes are the out header, the rest the payload.
@@ -176,291 +193,405 @@ fn possible_cpus() -> io::Result<usize> {
     Ok(count)
 }
 
-/// One serving thread's ring and its entry, for one queue.
-struct Server {
+/// Requests one queue can hold at once: up to this many may be in the pool
+/// while its thread serves the quick ones.
+const ENTRIES: usize = 8;
+
+/// Threads of the pool for requests that may take long, shared by every
+/// queue (the /dev/fuse path's default is as many serving threads).
+const POOL_THREADS: usize = 4;
+
+/// Reads and writes of at least this many bytes go to the pool.
+const BULK_BYTES: usize = 128 * 1024;
+
+/// `user_data` of the eventfd poll (entries use their index).
+const WAKE: u64 = u64::MAX;
+
+/// `FATTR_SIZE` in `fuse_setattr_in.valid`: a truncation, which may copy
+/// or zero many blocks.
+const FATTR_SIZE: u32 = 1 << 3;
+
+/// Whether a request (classic layout) may take long enough to hold back the
+/// quick requests of its CPU: it then goes to the pool.
+fn goes_to_pool(request: &[u8]) -> bool {
+    use fuse_opcode::*;
+    let opcode = u32::from_ne_bytes(field(request, 4));
+    let arg_u32 = |at: usize| {
+        let at = IN_HEADER_LEN + at;
+        (request.len() >= at + 4).then(|| u32::from_ne_bytes(field(request, at)))
+    };
+    match opcode {
+        // fuse_read_in.size follows fh and offset.
+        op if op == FUSE_READ as u32 => arg_u32(16).is_some_and(|n| n as usize >= BULK_BYTES),
+        op if op == FUSE_WRITE as u32 => request.len() >= BULK_BYTES,
+        // fuse_setattr_in.valid comes first.
+        op if op == FUSE_SETATTR as u32 => arg_u32(0).is_some_and(|valid| valid & FATTR_SIZE != 0),
+        op => [
+            FUSE_FSYNC as u32,
+            FUSE_FSYNCDIR as u32,
+            FUSE_FLUSH as u32,
+            FUSE_RELEASE as u32,
+            FUSE_FALLOCATE as u32,
+            FUSE_COPY_FILE_RANGE as u32,
+        ]
+        .contains(&op),
+    }
+}
+
+/// One ring entry: its buffers (shared with the reply) and the iovecs that
+/// registered them.
+struct Entry {
+    captured: Arc<Captured>,
+    iov: Box<[libc::iovec; 2]>,
+    /// The command in flight for the entry, to resubmit on EAGAIN.
+    last: (u32, u64),
+}
+
+/// A request handed to the pool, and where to report it done.
+struct Job {
+    request: Vec<u64>,
+    captured: Arc<Captured>,
+    index: usize,
+    done: mpsc::Sender<(usize, Vec<u64>)>,
+    wake: Arc<OwnedFd>,
+}
+
+/// One queue: its ring, entries and the eventfd the pool wakes it with.
+struct Queue {
     qid: u16,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     fd: i32,
-    captured: Arc<Captured>,
-    iov: Box<[libc::iovec; 2]>,
+    entries: Vec<Entry>,
+    wake: Arc<OwnedFd>,
 }
 
-// SAFETY: the iovecs point into `captured`'s buffers, which the server owns
-// (through the Arc) for as long as the iovecs exist; they are read only by
-// the kernel, at REGISTER.
-unsafe impl Send for Server {}
+// SAFETY: the iovecs point into the entries' buffers, which the queue owns
+// (through the Arcs) for as long as the iovecs exist; only the kernel reads
+// them, at REGISTER.
+unsafe impl Send for Queue {}
 
 /// The rings, made before the INIT reply asks for io_uring (the kernel
 /// holds every request from then until each queue has an entry).
 pub(crate) struct Rings {
-    servers: Vec<Server>,
+    queues: Vec<Queue>,
 }
 
 impl std::fmt::Debug for Rings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Rings({} servers)", self.servers.len())
+        write!(f, "Rings({} queues of {ENTRIES} entries)", self.queues.len())
     }
 }
 
 impl Rings {
-    /// Rings for `per_queue` threads on each queue, with payload buffers of
-    /// `payload_len` bytes (at least the largest request or reply the INIT
-    /// reply allows).
-    pub(crate) fn new(
-        channel: ChannelSender,
-        fd: i32,
-        per_queue: usize,
-        payload_len: usize,
-    ) -> io::Result<Rings> {
+    /// A ring per queue with payload buffers of `payload_len` bytes (at
+    /// least the largest request or reply the INIT reply allows).
+    pub(crate) fn new(channel: ChannelSender, fd: i32, payload_len: usize) -> io::Result<Rings> {
         let queues = possible_cpus()?;
         let qids = u16::try_from(queues).map_err(|_| io::Error::other("too many CPUs"))?;
         let payload_words = payload_len.max(MIN_PAYLOAD).div_ceil(8);
-        let mut servers = Vec::with_capacity(queues * per_queue.max(1));
+        let mut made = Vec::with_capacity(queues);
         for qid in 0..qids {
-            for _ in 0..per_queue.max(1) {
-                let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
-                let captured = Arc::new(Captured {
-                    channel: channel.clone(),
-                    buffers: Mutex::new(Buffers {
-                        header: Box::new([0; HEADER_LEN / 8]),
-                        payload: vec![0u64; payload_words].into_boxed_slice(),
-                        replied: true,
-                    }),
-                    sent: Condvar::new(),
-                });
-                let iov = {
-                    let mut buffers = captured.buffers.lock().unwrap_or_else(|e| e.into_inner());
-                    let header = buffers.header_bytes();
-                    let header = libc::iovec {
-                        iov_base: header.as_mut_ptr().cast(),
-                        iov_len: header.len(),
-                    };
-                    let payload = buffers.payload_bytes();
-                    let payload = libc::iovec {
-                        iov_base: payload.as_mut_ptr().cast(),
-                        iov_len: payload.len(),
-                    };
-                    Box::new([header, payload])
-                };
-                servers.push(Server {
-                    qid,
-                    ring,
-                    fd,
-                    captured,
-                    iov,
-                });
-            }
+            let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                .build(2 * ENTRIES as u32 + 2)?;
+            let wake = nix::sys::eventfd::EventFd::from_value_and_flags(
+                0,
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )?;
+            let entries = (0..ENTRIES)
+                .map(|_| Entry::new(channel.clone(), payload_words))
+                .collect();
+            made.push(Queue {
+                qid,
+                ring,
+                fd,
+                entries,
+                wake: Arc::new(OwnedFd::from(wake)),
+            });
         }
-        Ok(Rings { servers })
+        Ok(Rings { queues: made })
     }
 
-    /// Starts the serving threads (each registers its entry and serves
-    /// until the connection ends) and their bulk helpers (`Bulk`). When a
-    /// thread cannot start, makes the kernel give up on the rings (it holds
-    /// every request until each queue has an entry; a failed REGISTER makes
-    /// it serve through /dev/fuse instead) and returns the threads started,
-    /// which then end when their own REGISTER fails or the session ends.
+    /// Starts the pool and a thread per queue, which registers its entries
+    /// and serves until the connection ends. When a thread cannot start,
+    /// makes the kernel give up on the rings (it holds every request until
+    /// each queue has an entry; a REGISTER it refuses makes it serve through
+    /// /dev/fuse instead) and returns the threads started, which end when
+    /// their own REGISTER fails or the session ends.
     pub(crate) fn spawn<FS: Filesystem + 'static>(
         self,
         event_loop: impl Fn(String) -> SessionEventLoop<FS>,
     ) -> Vec<JoinHandle<io::Result<()>>> {
-        let mut threads = Vec::with_capacity(2 * self.servers.len());
-        let mut servers = self.servers.into_iter();
-        while let Some(server) = servers.next() {
-            if let Err((e, server)) = server.spawn(&event_loop, &mut threads) {
-                warn!("FUSE over io_uring: {e}; serving through /dev/fuse");
-                if let Some(mut server) = server.or_else(|| servers.next()) {
-                    server.qid = u16::MAX;
-                    let _ = server.submit(CMD_REGISTER, 0);
-                    let _ = server.ring.submit_and_wait(1);
+        let mut threads = Vec::with_capacity(self.queues.len() + POOL_THREADS);
+        let (jobs, waiting) = mpsc::channel::<Job>();
+        let waiting = Arc::new(Mutex::new(waiting));
+        let mut queues = self.queues.into_iter();
+        let started = (0..POOL_THREADS).try_for_each(|i| {
+            let name = format!("fuse-ring-pool-{i}");
+            let se = event_loop(name.clone());
+            let waiting = waiting.clone();
+            let thread = thread::Builder::new()
+                .name(name)
+                .spawn(move || serve_pool(&se, &waiting))?;
+            threads.push(thread);
+            Ok::<(), io::Error>(())
+        });
+        let mut failed = started.err().map(|e| (e, None));
+        if failed.is_none() {
+            for queue in queues.by_ref() {
+                let name = format!("fuse-ring-{}", queue.qid);
+                let se = event_loop(name.clone());
+                let jobs = jobs.clone();
+                let queue = Arc::new(Mutex::new(Some(queue)));
+                let handed = queue.clone();
+                let spawned = thread::Builder::new().name(name).spawn(move || {
+                    match handed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        Some(queue) => queue.serve(&se, &jobs),
+                        None => Ok(()),
+                    }
+                });
+                match spawned {
+                    Ok(thread) => threads.push(thread),
+                    Err(e) => {
+                        let queue = queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        failed = Some((e, queue));
+                        break;
+                    }
                 }
-                break;
+            }
+        }
+        if let Some((e, queue)) = failed {
+            warn!("FUSE over io_uring: {e}; serving through /dev/fuse");
+            if let Some(mut queue) = queue.or_else(|| queues.next()) {
+                queue.qid = u16::MAX;
+                let _ = queue.submit(0, CMD_REGISTER, 0);
+                let _ = queue.ring.submit_and_wait(1);
             }
         }
         threads
     }
 }
 
-/// A serving thread's helper for bulk reads and writes, on whichever CPU is
-/// free: decrypting a large read on the caller's CPU would keep the caller
-/// (which has more to do with the pages read ahead) from running in
-/// parallel with it. The request's buffer travels there and back.
-struct Bulk {
-    to: mpsc::Sender<Vec<u64>>,
-    back: mpsc::Receiver<Vec<u64>>,
-}
-
-/// Reads and writes of at least this many bytes go to the bulk helper.
-const BULK_BYTES: usize = 128 * 1024;
-
-/// Whether a request (classic layout) is a bulk read or write.
-fn is_bulk(request: &[u8]) -> bool {
-    let opcode = u32::from_ne_bytes(field(request, 4));
-    if opcode == fuse_opcode::FUSE_READ as u32 {
-        // fuse_read_in.size, after fh and offset.
-        let at = IN_HEADER_LEN + 16;
-        request.len() >= at + 4 && u32::from_ne_bytes(field(request, at)) as usize >= BULK_BYTES
-    } else {
-        opcode == fuse_opcode::FUSE_WRITE as u32 && request.len() >= BULK_BYTES
-    }
-}
-
-impl Server {
-    /// Starts this server's thread and its bulk helper, adding them to
-    /// `threads`; on failure, gives the server back when its thread did not
-    /// start.
-    fn spawn<FS: Filesystem + 'static>(
-        self,
-        event_loop: &impl Fn(String) -> SessionEventLoop<FS>,
-        threads: &mut Vec<JoinHandle<io::Result<()>>>,
-    ) -> Result<(), (io::Error, Option<Server>)> {
-        let name = format!("fuse-ring-{}", self.qid);
-        let (to, requests) = mpsc::channel::<Vec<u64>>();
-        let (done, back) = mpsc::channel();
-        let captured = self.captured.clone();
-        let helper = event_loop(format!("{name}-bulk"));
-        let bulk = thread::Builder::new()
-            .name(format!("{name}-bulk"))
-            .spawn(move || {
-                for request in requests {
-                    dispatch(&captured, &helper, &request);
-                    if done.send(request).is_err() {
-                        break;
-                    }
-                }
-                Ok(())
-            })
-        ;
-        let bulk = match bulk {
-            Ok(bulk) => bulk,
-            Err(e) => return Err((e, Some(self))),
-        };
-        threads.push(bulk);
-        let se = event_loop(name.clone());
-        let server = Arc::new(Mutex::new(Some(self)));
-        let handed = server.clone();
-        let started = thread::Builder::new().name(name).spawn(move || {
-            let server = handed.lock().unwrap_or_else(|e| e.into_inner()).take();
-            match server {
-                Some(server) => server.serve(&se, Bulk { to, back }),
-                None => Ok(()),
-            }
+impl Entry {
+    fn new(channel: ChannelSender, payload_words: usize) -> Entry {
+        let captured = Arc::new(Captured {
+            channel,
+            buffers: Mutex::new(Buffers {
+                header: Box::new([0; HEADER_LEN / 8]),
+                payload: vec![0u64; payload_words].into_boxed_slice(),
+                replied: true,
+                unique: 0,
+            }),
+            sent: Condvar::new(),
         });
-        match started {
-            Ok(thread) => {
-                threads.push(thread);
-                Ok(())
-            }
-            Err(e) => Err((e, server.lock().unwrap_or_else(|e| e.into_inner()).take())),
+        let iov = {
+            let mut buffers = captured.buffers.lock().unwrap_or_else(|e| e.into_inner());
+            let header = buffers.header_bytes();
+            let header = libc::iovec {
+                iov_base: header.as_mut_ptr().cast(),
+                iov_len: header.len(),
+            };
+            let payload = buffers.payload_bytes();
+            let payload = libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: payload.len(),
+            };
+            Box::new([header, payload])
+        };
+        Entry {
+            captured,
+            iov,
+            last: (CMD_REGISTER, 0),
         }
     }
+}
 
-    /// Queues one command for the entry: REGISTER, or COMMIT_AND_FETCH of
-    /// the request `commit_id`.
-    fn submit(&mut self, cmd_op: u32, commit_id: u64) -> io::Result<()> {
+/// A pool thread: serves the requests queues hand it, then wakes the queue
+/// to commit the reply.
+fn serve_pool<FS: Filesystem>(
+    se: &SessionEventLoop<FS>,
+    waiting: &Mutex<mpsc::Receiver<Job>>,
+) -> io::Result<()> {
+    loop {
+        let job = waiting.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(job) = job else {
+            return Ok(());
+        };
+        dispatch(&job.captured, se, &job.request);
+        job.captured.wait_for_reply();
+        if job.done.send((job.index, job.request)).is_ok() {
+            let _ = nix::unistd::write(job.wake.as_fd(), &1u64.to_ne_bytes());
+        }
+    }
+}
+
+impl Queue {
+    /// Queues one command for entry `index`: REGISTER, or COMMIT_AND_FETCH
+    /// of the request `commit_id`.
+    fn submit(&mut self, index: usize, cmd_op: u32, commit_id: u64) -> io::Result<()> {
         // struct fuse_uring_cmd_req: flags, commit_id, qid, padding.
         let mut cmd = [0u8; 80];
         cmd[8..16].copy_from_slice(&commit_id.to_ne_bytes());
         cmd[16..18].copy_from_slice(&self.qid.to_ne_bytes());
         let mut command = opcode::UringCmd80::new(types::Fd(self.fd), cmd_op).cmd(cmd);
         if cmd_op == CMD_REGISTER {
-            command = command.addr(Some(self.iov.as_ptr() as u64));
+            let iov = &self.entries[index].iov;
+            command = command.addr(Some(iov.as_ptr() as u64));
         }
-        let mut entry = command.build().user_data(u64::from(cmd_op));
+        let mut entry = command.build().user_data(index as u64);
         if cmd_op == CMD_REGISTER {
             set_sqe_len(&mut entry, IOV_SEGS);
         }
-        // SAFETY: the command refers to the iovecs and buffers this server
-        // owns until its ring is dropped (fields drop in order: the ring
-        // first).
+        self.entries[index].last = (cmd_op, commit_id);
+        // SAFETY: the command refers to iovecs and buffers the queue owns
+        // until its ring is dropped (fields drop in order: the ring first;
+        // `serve` keeps the buffers for good if it ends with commands in
+        // flight).
         unsafe { self.ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))
     }
 
-    fn serve<FS: Filesystem>(self, se: &SessionEventLoop<FS>, bulk: Bulk) -> io::Result<()> {
-        let captured = self.captured.clone();
-        let served = self.serve_until_closed(se, bulk);
+    /// Arms the poll that the pool's eventfd completes.
+    fn watch_wake(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let poll = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
+        // SAFETY: the eventfd lives as long as the queue (after the ring).
+        unsafe { self.ring.submission().push(&squeue::Entry128::from(poll)) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))
+    }
+
+    fn serve<FS: Filesystem>(
+        mut self,
+        se: &SessionEventLoop<FS>,
+        jobs: &mpsc::Sender<Job>,
+    ) -> io::Result<()> {
+        let served = self.serve_until_closed(se, jobs);
         if served.is_err() {
-            // A command may still be in flight: the kernel could write into
-            // the entry's buffers after the ring is gone, so they stay
-            // allocated for the life of the process.
-            std::mem::forget(captured);
+            // Commands may still be in flight: the kernel could read the
+            // iovecs or write into the entries' buffers after the ring is
+            // gone, so they stay allocated for the life of the process.
+            std::mem::forget(std::mem::take(&mut self.entries));
         }
         served
     }
 
     fn serve_until_closed<FS: Filesystem>(
-        mut self,
+        &mut self,
         se: &SessionEventLoop<FS>,
-        bulk: Bulk,
+        jobs: &mpsc::Sender<Job>,
     ) -> io::Result<()> {
         pin_to_cpu(usize::from(self.qid));
-        let mut request = Vec::new();
-        let mut last = (CMD_REGISTER, 0);
-        self.submit(CMD_REGISTER, 0)?;
-        loop {
+        let (done, finished) = mpsc::channel::<(usize, Vec<u64>)>();
+        let mut spare: Vec<Vec<u64>> = Vec::new();
+        for index in 0..self.entries.len() {
+            self.submit(index, CMD_REGISTER, 0)?;
+        }
+        self.watch_wake()?;
+        let mut open = self.entries.len();
+        // Entries whose request is in the pool; two are always left for
+        // quick requests.
+        let mut in_pool = 0;
+        let mut completions = Vec::with_capacity(2 * ENTRIES + 2);
+        while open > 0 {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(e),
             }
-            let Some(cqe) = self.ring.completion().next() else {
-                continue;
-            };
-            match -cqe.result() {
-                0 => {}
-                libc::EAGAIN | libc::EINTR => {
-                    self.submit(last.0, last.1)?;
+            completions.clear();
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(user_data, result) in &completions {
+                if user_data == WAKE {
+                    let mut count = [0u8; 8];
+                    let _ = nix::unistd::read(self.wake.as_fd(), &mut count);
+                    while let Ok((index, request)) = finished.try_recv() {
+                        spare.push(request);
+                        in_pool -= 1;
+                        let commit_id = self.entries[index].last.1;
+                        self.submit(index, CMD_COMMIT_AND_FETCH, commit_id)?;
+                    }
+                    if result < 0 {
+                        let e = io::Error::from_raw_os_error(-result);
+                        return Err(io::Error::other(format!("waiting for the pool: {e}")));
+                    }
+                    self.watch_wake()?;
                     continue;
                 }
-                libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
-                    debug!("io_uring queue {} closed", self.qid);
-                    return Ok(());
-                }
-                errno => {
-                    let e = io::Error::from_raw_os_error(errno);
-                    if last.0 == CMD_REGISTER {
-                        // The kernel falls back to /dev/fuse.
-                        warn!("FUSE over io_uring unavailable (queue {}): {e}", self.qid);
-                        return Ok(());
+                let index = user_data as usize;
+                match -result {
+                    0 => {}
+                    libc::EAGAIN | libc::EINTR => {
+                        let (cmd_op, commit_id) = self.entries[index].last;
+                        self.submit(index, cmd_op, commit_id)?;
+                        continue;
                     }
-                    error!("io_uring queue {}: {e}", self.qid);
-                    return Err(e);
+                    errno => {
+                        open -= 1;
+                        let e = io::Error::from_raw_os_error(errno);
+                        match errno {
+                            libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => {
+                                debug!("io_uring queue {} entry {index} closed", self.qid)
+                            }
+                            // The kernel falls back to /dev/fuse.
+                            _ if self.entries[index].last.0 == CMD_REGISTER => {
+                                warn!("FUSE over io_uring unavailable (queue {}): {e}", self.qid)
+                            }
+                            _ => error!("io_uring queue {} entry {index}: {e}", self.qid),
+                        }
+                        continue;
+                    }
                 }
+                let mut request = spare.pop().unwrap_or_default();
+                let (commit_id, taken) = self.take_request(index, &mut request);
+                self.entries[index].last = (CMD_COMMIT_AND_FETCH, commit_id);
+                if taken && in_pool + 2 < ENTRIES && goes_to_pool(bytes(&request)) {
+                    let job = Job {
+                        request,
+                        captured: self.entries[index].captured.clone(),
+                        index,
+                        done: done.clone(),
+                        wake: self.wake.clone(),
+                    };
+                    match jobs.send(job) {
+                        Ok(()) => {
+                            in_pool += 1;
+                            continue;
+                        }
+                        Err(mpsc::SendError(job)) => request = job.request,
+                    }
+                    dispatch(&self.entries[index].captured, se, &request);
+                } else if taken {
+                    dispatch(&self.entries[index].captured, se, &request);
+                }
+                self.entries[index].captured.wait_for_reply();
+                spare.push(request);
+                self.submit(index, CMD_COMMIT_AND_FETCH, commit_id)?;
             }
-            let (commit_id, taken) = self.take_request(&mut request);
-            if !taken {
-                // Answered EIO already.
-            } else if is_bulk(bytes(&request)) {
-                bulk.to.send(request).map_err(|_| io::Error::other("bulk helper ended"))?;
-                request = bulk.back.recv().map_err(|_| io::Error::other("bulk helper ended"))?;
-            } else {
-                dispatch(&self.captured, se, &request);
-            }
-            self.captured.wait_for_reply();
-            last = (CMD_COMMIT_AND_FETCH, commit_id);
-            self.submit(CMD_COMMIT_AND_FETCH, commit_id)?;
         }
+        Ok(())
     }
 
-    /// Copies the request the entry holds into `request`, in the classic
+    /// Copies the request entry `index` holds into `request`, in the classic
     /// layout: fuse_in_header, the first argument (which the kernel puts in
     /// op_in), then the rest (the payload). Returns its commit id, and
     /// false when it is malformed (it is then answered EIO).
-    fn take_request(&mut self, request: &mut Vec<u64>) -> (u64, bool) {
-        let mut buffers = self.captured.buffers.lock().unwrap_or_else(|e| e.into_inner());
+    fn take_request(&mut self, index: usize, request: &mut Vec<u64>) -> (u64, bool) {
+        let captured = &self.entries[index].captured;
+        let mut buffers = captured.buffers.lock().unwrap_or_else(|e| e.into_inner());
         let header = buffers.header_bytes();
         let commit_id = u64::from_ne_bytes(field(header, COMMIT_ID));
         let len = u32::from_ne_bytes(field(header, 0)) as usize;
         let payload_len = u32::from_ne_bytes(field(header, PAYLOAD_SZ)) as usize;
+        buffers.replied = false;
+        buffers.unique = commit_id;
         let Some(first_len) = len
             .checked_sub(IN_HEADER_LEN + payload_len)
             .filter(|&n| n <= OP_IN_LEN && payload_len <= buffers.payload.len() * 8)
         else {
             error!("io_uring request of {len} bytes with a payload of {payload_len}: malformed");
-            buffers.replied = false;
             drop(buffers);
-            self.reply_error(commit_id, libc::EIO);
+            reply_error(captured, commit_id, libc::EIO);
             return (commit_id, false);
         };
         request.clear();
@@ -471,12 +602,7 @@ impl Server {
         out[IN_HEADER_LEN..IN_HEADER_LEN + first_len]
             .copy_from_slice(&header[OP_IN..OP_IN + first_len]);
         out[IN_HEADER_LEN + first_len..].copy_from_slice(&bytes(&buffers.payload)[..payload_len]);
-        buffers.replied = false;
         (commit_id, true)
-    }
-
-    fn reply_error(&self, unique: u64, errno: i32) {
-        reply_error(&self.captured, unique, errno);
     }
 }
 
