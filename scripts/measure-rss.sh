@@ -13,7 +13,7 @@ trap 'mountpoint -q "$W/m" && umount -l "$W/m"; rm -rf "$W"' EXIT
 export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 mkdir -p "$W/m"
 "$BIN" init "$W/b" >/dev/null
-"$BIN" mount "$W/b" "$W/m"
+"$BIN" mount "$W/b" "$W/m" ${CHRONICLE_MOUNT_ARGS:-}
 pid=$(pgrep -n -f "chronicle mount $W/b")
 peak() { grep VmHWM "/proc/$pid/status" | awk '{print $2}'; }
 echo "after mount:            $(peak) KiB peak RSS"
