@@ -224,10 +224,11 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
         return Ok(());
     };
     // ECONNABORTED: a request the kernel had queued while the dying
-    // process's descriptors were being closed.
+    // process's descriptors were being closed. ECANCELED: the same over
+    // FUSE io_uring, a request handed to a ring whose thread was dead.
     if !matches!(
         e.raw_os_error(),
-        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
     ) {
         return Ok(());
     }

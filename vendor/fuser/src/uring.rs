@@ -2,8 +2,10 @@
 //! `fuse` module's `enable_uring` parameter set).
 //!
 //! The kernel keeps one queue per possible CPU and hands each request to the
-//! queue of the CPU its caller runs on. Each queue here is served by a
-//! thread pinned to that CPU, so a quick request, its handling and its reply
+//! queue of the CPU its caller runs on. Each queue here is served by two
+//! threads pinned to that CPU (with a ring each; the kernel hands a request
+//! to whichever has an entry free, so one blocked in a request does not
+//! hold back the queue), so a quick request, its handling and its reply
 //! stay on the caller's CPU: with /dev/fuse, the reader that takes a request
 //! usually sleeps on another CPU, and waking it (and then the caller) costs
 //! more than many requests take to serve, above all on a virtual machine.
@@ -19,7 +21,7 @@
 //! still come through /dev/fuse, whose threads keep running; notifications
 //! are still written to it.
 //!
-//! Each queue has `ENTRIES` entries: a header buffer the kernel fills with
+//! Each serving thread has `ENTRIES` entries: a header buffer the kernel fills with
 //! the request's `fuse_in_header` and first argument, and a payload buffer
 //! for the rest. The request is rebuilt in the classic layout (one copy),
 //! dispatched as any other, and the reply is written straight into the
@@ -193,9 +195,12 @@ fn possible_cpus() -> io::Result<usize> {
     Ok(count)
 }
 
-/// Requests one queue can hold at once: up to this many may be in the pool
-/// while its thread serves the quick ones.
-const ENTRIES: usize = 8;
+/// Serving threads per CPU queue.
+const THREADS_PER_QUEUE: usize = 2;
+
+/// Requests one serving thread can hold at once: all but one may be in the
+/// pool while it serves the quick ones.
+const ENTRIES: usize = 4;
 
 /// Threads of the pool for requests that may take long, shared by every
 /// queue (the /dev/fuse path's default is as many serving threads).
@@ -256,7 +261,8 @@ struct Job {
     wake: Arc<OwnedFd>,
 }
 
-/// One queue: its ring, entries and the eventfd the pool wakes it with.
+/// One serving thread of a CPU queue: its ring, entries and the eventfd
+/// the pool wakes it with.
 struct Queue {
     qid: u16,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
@@ -278,7 +284,11 @@ pub(crate) struct Rings {
 
 impl std::fmt::Debug for Rings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Rings({} queues of {ENTRIES} entries)", self.queues.len())
+        write!(
+            f,
+            "Rings({} serving threads of {ENTRIES} entries)",
+            self.queues.len()
+        )
     }
 }
 
@@ -289,8 +299,8 @@ impl Rings {
         let queues = possible_cpus()?;
         let qids = u16::try_from(queues).map_err(|_| io::Error::other("too many CPUs"))?;
         let payload_words = payload_len.max(MIN_PAYLOAD).div_ceil(8);
-        let mut made = Vec::with_capacity(queues);
-        for qid in 0..qids {
+        let mut made = Vec::with_capacity(queues * THREADS_PER_QUEUE);
+        for qid in (0..qids).flat_map(|qid| [qid; THREADS_PER_QUEUE]) {
             let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
                 .build(2 * ENTRIES as u32 + 2)?;
             let wake = nix::sys::eventfd::EventFd::from_value_and_flags(
@@ -489,7 +499,7 @@ impl Queue {
         }
         self.watch_wake()?;
         let mut open = self.entries.len();
-        // Entries whose request is in the pool; two are always left for
+        // Entries whose request is in the pool; one is always left for
         // quick requests.
         let mut in_pool = 0;
         let mut completions = Vec::with_capacity(2 * ENTRIES + 2);
@@ -545,7 +555,7 @@ impl Queue {
                 let mut request = spare.pop().unwrap_or_default();
                 let (commit_id, taken) = self.take_request(index, &mut request);
                 self.entries[index].last = (CMD_COMMIT_AND_FETCH, commit_id);
-                if taken && in_pool + 2 < ENTRIES && goes_to_pool(bytes(&request)) {
+                if taken && in_pool + 1 < ENTRIES && goes_to_pool(bytes(&request)) {
                     let job = Job {
                         request,
                         captured: self.entries[index].captured.clone(),
