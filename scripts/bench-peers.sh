@@ -11,8 +11,9 @@
 # best peer per column (above 1: Chronicle ahead; for times, the peer's time
 # over Chronicle's). Installs gocryptfs, securefs and linux-source-6.1 from
 # Debian when missing. Turns on the kernel's FUSE over io_uring for the run
-# (FUSE_URING=off: Chronicle through /dev/fuse). Needs root and /dev/fuse; scripts/bench-mount.sh
-# has the fio workloads.
+# and mounts Chronicle with --io-uring (FUSE_URING=off: Chronicle through
+# /dev/fuse). Needs root and /dev/fuse; scripts/bench-mount.sh has the fio
+# workloads.
 set -euo pipefail
 ROUNDS=${1:-2}
 [ "$ROUNDS" -ge 2 ] || ROUNDS=2

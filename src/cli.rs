@@ -147,9 +147,9 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
         /// Serve requests over FUSE over io_uring when the kernel offers it (root:
-        /// echo Y > /sys/module/fuse/parameters/enable_uring): each request is served
-        /// on the CPU of the program that made it, which makes metadata-heavy work
-        /// faster (experimental)
+        /// echo Y > /sys/module/fuse/parameters/enable_uring): quick requests are then
+        /// served on the CPU of the program that made them, which makes metadata-heavy
+        /// work faster; random reads from disk are slower (experimental)
         #[arg(long, env = "CHRONICLE_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
         io_uring: bool,
         /// Files and directories the mount remembers before it asks the kernel to
