@@ -67,11 +67,6 @@ fn pattern(seed: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn drop_caches() {
-    let _ = std::process::Command::new("sync").status();
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
 /// Small files, a file of bulk reads and writes, renames, removals and an
 /// overwrite in the middle: what the rings must serve.
 fn workload(m: &Mounted) -> Vec<(String, Vec<u8>)> {
@@ -151,6 +146,7 @@ fn requests_are_served_over_io_uring_when_the_kernel_offers_it() {
     );
     let (before, _) = ring_threads(&m.mnt);
     let expected = workload(&m);
+    let _ = std::process::Command::new("sync").status();
     drop_caches();
     check(&m, &expected);
     let (after, _) = ring_threads(&m.mnt);

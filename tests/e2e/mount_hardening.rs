@@ -13,12 +13,6 @@ use chronicle_mount::layout::{block_offset, CIPHER_BLOCK_SIZE, HEADER_LEN};
 
 use crate::util::*;
 
-/// Drops the kernel's cached pages and attributes, so that reads reach the
-/// mount and see what is in BACKING now.
-fn drop_caches() {
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
 fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     let mut raw = fs::read(path).expect("raw");
     f(&mut raw);

@@ -16,7 +16,7 @@ fn tampered_block_is_eio_and_logged() {
     raw[chronicle_mount::layout::block_offset(1) as usize + 100] ^= 0x80; // block 1
     fs::write(&backing, raw).expect("tamper");
     // Drop the kernel's cached pages, so the read reaches the mount.
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     let mut buf = vec![0u8; 4096];
     let f = fs::File::open(m.path("victim")).expect("open");
     use std::os::unix::fs::FileExt;

@@ -703,7 +703,7 @@ fn more_files_open_than_kept(extra: &[&str]) {
         bytes[3_000..8_000].copy_from_slice(&new(i));
         bytes
     };
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     for (i, file) in files.iter().enumerate().rev() {
         let mut back = vec![0; 12_288];
         file.read_exact_at(&mut back, 0).expect("read");

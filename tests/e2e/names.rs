@@ -52,7 +52,7 @@ fn every_name_length_and_byte() {
     for name in &names {
         fs::write(m.path("d").join(name), name.as_bytes()).expect("create");
     }
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     assert_eq!(listing(&m.path("d")), names);
     for name in names.iter().step_by(17) {
         assert_eq!(
@@ -120,7 +120,7 @@ fn renames_and_links_across_directories() {
     fs::remove_dir(m.path("a/full")).expect("rmdir");
     fs::remove_dir(m.path("a/other")).expect("rmdir");
     assert_eq!(fs::read(m.path("b/moved/link")).expect("read"), b"long");
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     assert_eq!(
         listing(&m.path("b")),
         [long.clone(), other.clone(), "moved".into()]
@@ -169,7 +169,7 @@ fn forged_and_moved_names_are_refused() {
     let mut name = edited.file_name().expect("name").as_bytes().to_vec();
     name[4] = if name[4] == b'A' { b'B' } else { b'A' };
     fs::rename(&edited, edited.with_file_name(OsStr::from_bytes(&name))).expect("edit");
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     assert!(
         listing(&m.path("x")).is_empty(),
         "{:?}",
@@ -209,7 +209,7 @@ fn symlink_targets() {
     let out = run(&["inspect", m.fixture.b(), "--grep", "secret-target"], None);
     let expected = if crate::PLAINTEXT_NAMES { 3 } else { 0 };
     assert_eq!(out.status.code(), Some(expected), "{}", stdout(&out));
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     let link = m.path("link4095");
     assert!(fs::symlink_metadata(&link)
         .expect("lstat")
@@ -233,7 +233,7 @@ fn symlink_targets() {
         fs::write(m.path("victim"), b"../../etc/passwd").expect("write");
         let raw = m.backing("victim");
         fs::set_permissions(&raw, fs::Permissions::from_mode(0o1600)).expect("mark");
-        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        drop_caches();
         let err = fs::read_link(m.path("victim")).expect_err("not a sealed target");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         let out = run(&["fsck", m.fixture.b()], Some(KEY));
@@ -249,7 +249,7 @@ fn symlink_targets() {
     use std::os::unix::fs::PermissionsExt;
     fs::write(m.path("plain"), b"data").expect("write");
     fs::set_permissions(m.path("plain"), fs::Permissions::from_mode(0o1644)).expect("chmod");
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     let meta = fs::symlink_metadata(m.path("plain")).expect("lstat");
     assert!(meta.is_file());
     assert_eq!(fs::read(m.path("plain")).expect("read"), b"data");
@@ -269,7 +269,7 @@ fn a_large_directory_and_path_mapping() {
     for i in 0..count {
         fs::File::create(dir.join(format!("entry-{i:06}"))).expect("create");
     }
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     let listed = listing(&dir);
     assert_eq!(listed.len(), count);
     for i in (0..count).step_by(997) {
@@ -405,7 +405,7 @@ fn many_files_under_a_small_limit(handles: Handles) {
     for i in 0..count {
         fs::write(dir.join(format!("f{i:05}")), i.to_string()).expect("create");
     }
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     assert_eq!(listing(&dir).len(), count);
     for i in (0..count).step_by(7) {
         assert_eq!(
@@ -477,7 +477,7 @@ fn removed_files_stay_usable_while_open() {
     let [unlinked, replaced] = <[fs::File; 2]>::try_from(open).expect("two open");
     fs::remove_file(dir.join("unlinked")).expect("unlink");
     fs::rename(dir.join("other"), dir.join("replaced")).expect("rename over");
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     for (file, tag) in [(&unlinked, 1), (&replaced, 2)] {
         let mut back = vec![0; 9_000];
         file.read_exact_at(&mut back, 0)
@@ -485,7 +485,7 @@ fn removed_files_stay_usable_while_open() {
         assert!(back == body(tag), "file {tag} read back wrong");
         file.write_all_at(b"still here", 4_000).expect("write");
         file.sync_all().expect("fsync");
-        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        drop_caches();
         let mut back = vec![0; 10];
         file.read_exact_at(&mut back, 4_000).expect("read again");
         assert_eq!(&back, b"still here");
@@ -518,7 +518,7 @@ fn a_reused_backing_inode_is_not_reached_through_the_old_file() {
         eprintln!("skipped: the backing file system did not reuse inode {old_number}");
         return;
     }
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     let mut back = vec![0; 9_000];
     assert!(
         old.read_exact_at(&mut back, 0).is_err(),
@@ -547,7 +547,7 @@ fn a_file_made_writable_takes_writes() {
     fs::write(&path, b"before").expect("create");
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444))
         .expect("chmod 444");
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     assert_eq!(fs::read(&path).expect("read"), b"before");
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod 644");
@@ -558,7 +558,7 @@ fn a_file_made_writable_takes_writes() {
     std::io::Write::write_all(&mut file, b" after").expect("append");
     file.sync_all().expect("fsync");
     drop(file);
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    drop_caches();
     assert_eq!(fs::read(&path).expect("read"), b"before after");
 }
 

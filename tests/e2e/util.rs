@@ -286,6 +286,12 @@ pub fn setxattr(path: &std::ffi::CString, name: &std::ffi::CString, value: &[u8]
     }
 }
 
+/// Drops the kernel's cached pages and attributes, so that reads reach the
+/// mount and see what is in BACKING now.
+pub fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
 /// Kills the mount process serving `mnt` with SIGKILL (a crash).
 pub fn kill_mount(mnt: &Path) {
     let killed = Command::new("kill")

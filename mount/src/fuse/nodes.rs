@@ -159,14 +159,14 @@ struct Table {
 }
 
 impl Table {
-    /// The inode number of the backing file (`dev`, `backing_ino`) if it
-    /// has one: the number it was given, or on BACKING's device its
-    /// backing number (for other devices, a number no entry has).
-    fn number_of(&self, nodes: &NodeTable, dev: u64, backing_ino: u64) -> u64 {
+    /// The inode number of the backing file (`dev`, `backing_ino`): the
+    /// number it was given, or on BACKING's device its backing number;
+    /// `None` for a file on another device that has none yet.
+    fn number_of(&self, nodes: &NodeTable, dev: u64, backing_ino: u64) -> Option<u64> {
         match self.foreign.get(&(dev, backing_ino)) {
-            Some(&ino) => ino,
-            None if dev == nodes.root_dev => nodes.fuse_ino(backing_ino),
-            None => FOREIGN_BIT,
+            Some(&ino) => Some(ino),
+            None if dev == nodes.root_dev => Some(nodes.fuse_ino(backing_ino)),
+            None => None,
         }
     }
 
@@ -333,10 +333,9 @@ impl NodeTable {
     /// an entry already known, or a hint the later lookup replaces.
     pub fn entry_ino(&self, dir: &Node, backing_ino: u64) -> u64 {
         // (`dir` may be a `Pinned`: it dereferences to its node.)
-        match self.lock().number_of(self, dir.dev, backing_ino) {
-            FOREIGN_BIT => FOREIGN_BIT | (backing_ino & !FOREIGN_BIT),
-            ino => ino,
-        }
+        self.lock()
+            .number_of(self, dir.dev, backing_ino)
+            .unwrap_or(FOREIGN_BIT | (backing_ino & !FOREIGN_BIT))
     }
 
     /// The FUSE inode number for a backing inode number on BACKING's device.
@@ -373,7 +372,7 @@ impl NodeTable {
     pub fn removing(&self, stat: &Stat) -> Option<Arc<Node>> {
         let node = {
             let table = self.lock();
-            let ino = table.number_of(self, stat.st_dev, stat.st_ino);
+            let ino = table.number_of(self, stat.st_dev, stat.st_ino)?;
             table.entries.get(&ino).map(Arc::clone)
         }?;
         if (node.dev, node.backing_ino) != (stat.st_dev, stat.st_ino) {
@@ -435,10 +434,9 @@ impl NodeTable {
             return Err(Errno::EOVERFLOW);
         }
         let mut table = self.lock();
-        let known = table.foreign.contains_key(&(stat.st_dev, stat.st_ino));
-        let mut ino = match stat.st_dev == self.root_dev || known {
-            true => table.number_of(self, stat.st_dev, stat.st_ino),
-            false => table.new_number(stat),
+        let mut ino = match table.number_of(self, stat.st_dev, stat.st_ino) {
+            Some(ino) => ino,
+            None => table.new_number(stat),
         };
         // An entry whose descriptor was closed no longer pins its inode: the
         // file may be gone and its backing number reused by another. Handles

@@ -314,10 +314,9 @@ impl<FS: Filesystem> Session<FS> {
         }
 
         if let Some(rings) = rings {
-            let fs = filesystem.clone();
             threads.extend(rings.spawn(|thread_name| SessionEventLoop {
                 thread_name,
-                filesystem: fs.clone(),
+                filesystem: filesystem.clone(),
                 ch: ring_channel.clone(),
                 allowed,
                 session_owner,

@@ -570,8 +570,8 @@ impl Queue {
                         }
                         Err(mpsc::SendError(job)) => request = job.request,
                     }
-                    dispatch(&self.entries[index].captured, se, &request);
-                } else if taken {
+                }
+                if taken {
                     dispatch(&self.entries[index].captured, se, &request);
                 }
                 self.entries[index].captured.wait_for_reply();

@@ -19,9 +19,10 @@ pub struct Config {
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
     /// Serve requests over FUSE-over-io_uring when the kernel offers it
-    /// (Linux 6.14+, `fuse.enable_uring=1`): a thread per CPU queue, pinned
-    /// to that CPU, and a pool for requests that may take long, besides the
-    /// /dev/fuse threads (which still serve FORGET and INTERRUPT).
+    /// (Linux 6.14+, `fuse.enable_uring=1`): two threads per CPU queue,
+    /// pinned to that CPU, and a pool for requests that may take long,
+    /// besides the /dev/fuse threads (which still serve FORGET and
+    /// INTERRUPT).
     pub io_uring: bool,
 }
 
