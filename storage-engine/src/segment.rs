@@ -80,15 +80,21 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 /// Writes sorted, deduplicated points per series to a new segment file and
 /// fsyncs it. The caller records it in the manifest.
 pub fn write(path: &Path, data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<SegmentStats> {
-    write_open(path, data).map(|(stats, _)| stats)
+    let encoded = encode(data)?;
+    store_open(path, &encoded)?;
+    Ok(encoded.stats)
 }
 
-/// Like `write`, and opens the new segment from the descriptor that wrote
-/// it (on a FUSE mount, reopening by path is an OPEN and a RELEASE more).
-pub fn write_open(
-    path: &Path,
-    data: &BTreeMap<SeriesId, Vec<(i64, f64)>>,
-) -> Result<(SegmentStats, Segment)> {
+/// A segment's bytes, ready to be stored (`store_open`).
+pub struct Encoded {
+    pub stats: SegmentStats,
+    bytes: Vec<u8>,
+}
+
+/// Encodes sorted, deduplicated points per series as a segment: the work
+/// of `write` without the file, so that callers can encode on one thread
+/// and store on another.
+pub fn encode(data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<Encoded> {
     let mut out = Vec::with_capacity(HEADER_LEN + 4096);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -160,18 +166,24 @@ pub fn write_open(
     out.extend_from_slice(&(index.len() as u32).to_le_bytes());
     out.extend_from_slice(&index_crc.to_le_bytes());
     out.extend_from_slice(&INDEX_MAGIC);
+    stats.bytes = out.len() as u64;
+    Ok(Encoded { stats, bytes: out })
+}
+
+/// Writes an encoded segment to the new file `path`, fsyncs it and opens
+/// it from the descriptor that wrote it (reopening it by path would cost a
+/// FUSE mount more round trips).
+pub fn store_open(path: &Path, encoded: &Encoded) -> Result<Segment> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(path)
         .context(|| format!("creating {}", path.display()))?;
-    file.write_all(&out)
+    file.write_all(&encoded.bytes)
         .and_then(|()| file.sync_all())
         .context(|| format!("writing {}", path.display()))?;
-    stats.bytes = out.len() as u64;
-    let segment = Segment::of(&file, path)?;
-    Ok((stats, segment))
+    Segment::of(&file, path)
 }
 
 /// An open segment: its mapping and parsed index.

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chronicle_engine::{Engine, Options, Point, Query, SeriesKey, SyncPolicy};
+use chronicle_engine::{Engine, Options, Point, Query, QueryResult, SeriesKey, SyncPolicy};
 use rand::Rng;
 
 fn point(i: i64) -> Point {
@@ -294,6 +294,67 @@ fn interrupted_compaction_leaves_a_consistent_set() {
     e.compact().expect("compact");
     assert_eq!(count(&e, "load"), 300);
     assert_eq!(e.stats().expect("stats").points, 300);
+}
+
+// Protects: compaction writes the memtable's points straight into the
+// merged segments instead of flushing them first: afterwards each partition
+// has one segment and nothing is left in memory, a late rewrite wins over
+// the point it replaces, a partition only the memtable had points in gets
+// a segment, one with a single segment and no new points is left alone,
+// and the WAL checkpoint moved past the points (a reopen holds each once).
+#[test]
+fn compaction_merges_the_memtable_without_flushing_it_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    // Point 2800 starts the second hour partition, 6400 the third.
+    e.write(&(0..1000).chain(3000..4000).map(point).collect::<Vec<_>>())
+        .expect("write");
+    e.flush().expect("flush");
+    let rewrite = Point {
+        value: -1.0,
+        ..point(10)
+    };
+    e.write(
+        &(1000..1100)
+            .chain(6400..6500)
+            .map(point)
+            .collect::<Vec<_>>(),
+    )
+    .expect("late write");
+    e.write(&[rewrite]).expect("rewrite");
+    let compacted = e.compact().expect("compact");
+    assert_eq!(
+        (compacted.partitions, compacted.segments_merged),
+        (1, 1),
+        "only the first partition merges (its segment with the memtable)"
+    );
+    let stats = e.stats().expect("stats");
+    assert_eq!((stats.segments, stats.points_in_memory), (3, 0));
+    let segments = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .count()
+    };
+    assert_eq!(segments(dir.path()), 3, "the replaced segment is removed");
+    let value_of_10 = |e: &Engine| {
+        let QueryResult::Raw(series) = e.query(&Query::new("load")).expect("query") else {
+            panic!("a raw query");
+        };
+        series
+            .iter()
+            .flat_map(|s| &s.points)
+            .find(|p| p.0 == point(10).timestamp)
+            .map(|p| p.1)
+    };
+    assert_eq!(value_of_10(&e), Some(-1.0), "the late rewrite wins");
+    assert_eq!(count(&e, "load"), 2200);
+    e.close().expect("close");
+    let e = Engine::open(dir.path(), no_flush()).expect("reopen");
+    let stats = e.stats().expect("stats");
+    assert_eq!((stats.points, stats.points_in_memory), (2200, 0));
+    assert_eq!(value_of_10(&e), Some(-1.0));
 }
 
 fn series_point(series: usize, i: i64) -> Point {

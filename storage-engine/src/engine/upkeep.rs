@@ -11,13 +11,51 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::read::read_merged;
-use super::segments::LiveSegment;
+use super::segments::{LiveSegment, SegmentSet};
 use super::{lock, now_nanos, CompactStats, Engine, State};
 use crate::error::{EngineError, IoContext, Result};
 use crate::manifest::SegmentEntry;
 use crate::model::{partition_of, SeriesId, PARTITION_NANOS};
 use crate::segment::{self, Segment};
 use crate::series::SERIES_LOG;
+
+/// Points by hour partition, then series: what one new segment holds.
+type Partitions = BTreeMap<i64, BTreeMap<SeriesId, Vec<(i64, f64)>>>;
+
+/// The memtable's points (sorted per series) split by hour partition.
+fn by_partition(data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Partitions {
+    let mut partitions = Partitions::new();
+    for (id, points) in data {
+        let mut start = 0;
+        while start < points.len() {
+            let p = partition_of(points[start].0);
+            let end = start + points[start..].partition_point(|x| partition_of(x.0) == p);
+            partitions
+                .entry(p)
+                .or_default()
+                .insert(*id, points[start..end].to_vec());
+            start = end;
+        }
+    }
+    partitions
+}
+
+/// One partition's new segment in a compaction: its segments and the
+/// memtable's points in it (the newest), merged.
+struct MergeJob<'a> {
+    partition: i64,
+    members: Vec<LiveSegment>,
+    fresh: Option<&'a BTreeMap<SeriesId, Vec<(i64, f64)>>>,
+    file: String,
+}
+
+impl MergeJob<'_> {
+    /// Whether the job merges two sources or more (a partition with only
+    /// the memtable's points is merely written out, as a flush would).
+    fn merges(&self) -> bool {
+        self.members.len() + usize::from(self.fresh.is_some()) > 1
+    }
+}
 
 impl Engine {
     /// Writes the memtable out as segments and moves the WAL checkpoint.
@@ -30,36 +68,55 @@ impl Engine {
         if st.memtable.is_empty() {
             return Ok(());
         }
-        st.series.persist()?;
-        let data = st.memtable.take();
-        let mut partitions: BTreeMap<i64, BTreeMap<SeriesId, Vec<(i64, f64)>>> = BTreeMap::new();
-        for (id, points) in &data {
-            let mut start = 0;
-            while start < points.len() {
-                let p = partition_of(points[start].0);
-                let end = start + points[start..].partition_point(|x| partition_of(x.0) == p);
-                partitions
-                    .entry(p)
-                    .or_default()
-                    .insert(*id, points[start..end].to_vec());
-                start = end;
-            }
-        }
-        let mut next = st.segments.clone();
-        let mut written = Vec::new();
-        let wal_before = st.wal.number();
-        let outcome = (|| -> Result<u64> {
-            for (partition, series) in &partitions {
+        self.write_out(st, |partitions, next, written| {
+            for (partition, series) in partitions {
                 let file = next.new_file_name();
                 written.push(file.clone());
                 next.push(self.write_segment(file, *partition, series)?);
             }
-            // Only once every point is in a synced segment may the WAL
-            // that holds them stop being replayed.
-            let next_wal = st.wal.rotate()?;
-            next.wal_checkpoint = next_wal;
+            Ok(())
+        })
+    }
+
+    /// Takes the memtable and lets `build` write new segments into a copy
+    /// of the segment set: `build` gets the memtable's points by partition,
+    /// must write every one of them, and names each file it makes in
+    /// `written`. Then, if anything was written, the WAL is rotated (when
+    /// the memtable held points: only once every point is in a synced
+    /// segment may the WAL that holds them stop being replayed), the
+    /// manifest stored and the new set swapped in. On failure the memtable
+    /// gets its points back and the files written go.
+    fn write_out<T>(
+        &self,
+        st: &mut State,
+        build: impl FnOnce(&Partitions, &mut SegmentSet, &mut Vec<String>) -> Result<T>,
+    ) -> Result<T> {
+        let data = match st.memtable.is_empty() {
+            true => BTreeMap::new(),
+            false => {
+                st.series.persist()?;
+                st.memtable.take()
+            }
+        };
+        let partitions = by_partition(&data);
+        let mut next = st.segments.clone();
+        let mut written = Vec::new();
+        let wal_before = st.wal.number();
+        let outcome = (|| -> Result<(T, Option<u64>)> {
+            let built = build(&partitions, &mut next, &mut written)?;
+            if written.is_empty() {
+                return Ok((built, None));
+            }
+            let next_wal = match data.is_empty() {
+                true => None,
+                false => {
+                    let next_wal = st.wal.rotate()?;
+                    next.wal_checkpoint = next_wal;
+                    Some(next_wal)
+                }
+            };
             next.store(&self.dir)?;
-            Ok(next_wal)
+            Ok((built, next_wal))
         })();
         if st.wal.number() != wal_before {
             // Rotated (which synced the old file): writes now go to the new
@@ -72,21 +129,25 @@ impl Engine {
                 Err(e) => st.broken = Some(format!("cannot sync the new WAL: {e}")),
             }
         }
-        let next_wal = match outcome {
-            Ok(n) => n,
+        let (built, next_wal) = match outcome {
+            Ok(done) => done,
             Err(e) => {
                 // The points stay in memory (and in the WAL); the files of
-                // this attempt go, so the next attempt can use their names.
+                // this attempt go, and their names are not handed out again.
                 st.memtable.restore(data);
                 st.segments.reserve_file_names(&next);
                 self.discard(&written);
                 return Err(e);
             }
         };
-        st.segments = next;
-        st.wal.remove_before(next_wal)?;
-        self.counters.flushed();
-        Ok(())
+        if !written.is_empty() {
+            st.segments = next;
+        }
+        if let Some(next_wal) = next_wal {
+            st.wal.remove_before(next_wal)?;
+            self.counters.flushed();
+        }
+        Ok(built)
     }
 
     /// Writes (and syncs) one segment file and opens it.
@@ -96,89 +157,123 @@ impl Engine {
         partition: i64,
         series: &BTreeMap<SeriesId, Vec<(i64, f64)>>,
     ) -> Result<LiveSegment> {
-        let path = self.dir.join(&file);
-        let (written, segment) = segment::write_open(&path, series)?;
+        self.store_segment(file, partition, &segment::encode(series)?)
+    }
+
+    /// Stores an encoded segment as `file` (synced) and opens it.
+    fn store_segment(
+        &self,
+        file: String,
+        partition: i64,
+        encoded: &segment::Encoded,
+    ) -> Result<LiveSegment> {
+        let segment = segment::store_open(&self.dir.join(&file), encoded)?;
+        let stats = &encoded.stats;
         Ok(LiveSegment {
             entry: SegmentEntry {
                 file,
                 partition,
-                min_ts: written.min_ts,
-                max_ts: written.max_ts,
-                points: written.points,
-                bytes: written.bytes,
+                min_ts: stats.min_ts,
+                max_ts: stats.max_ts,
+                points: stats.points,
+                bytes: stats.bytes,
             },
             segment: Arc::new(segment),
         })
     }
 
-    /// Merges each partition's segments into one. Crash-safe: the new
-    /// segment is written and synced first, the manifest swapped atomically,
-    /// and only then are the old files removed.
+    /// Merges each partition's segments, and the memtable's points in it,
+    /// into one segment. The memtable is not flushed first: its points go
+    /// straight into the merged segments (a partition it alone has points
+    /// in gets a segment of its own, as a flush would), so late writes cost
+    /// no short-lived segments. Crash-safe: the new segments are written
+    /// and synced first, the manifest swapped atomically (with the WAL
+    /// checkpoint past the memtable's points), and only then are the old
+    /// files removed.
     pub fn compact(&self) -> Result<CompactStats> {
         let mut st = lock(&self.state);
-        self.flush_locked(&mut st)?;
-        let mut by_partition: BTreeMap<i64, Vec<LiveSegment>> = BTreeMap::new();
-        for live in st.segments.iter() {
-            by_partition
-                .entry(live.entry.partition)
-                .or_default()
-                .push(live.clone());
-        }
-        let mut stats = CompactStats::default();
-        let mut next = st.segments.clone();
         let mut retired: Vec<String> = Vec::new();
-        let jobs: Vec<(i64, Vec<LiveSegment>, String)> = by_partition
-            .into_iter()
-            .filter(|(_, m)| m.len() > 1)
-            .map(|(partition, members)| (partition, members, next.new_file_name()))
-            .collect();
-        // The names handed to the jobs are never handed out again, whatever
-        // becomes of them (a failed job's file may exist).
-        st.segments.reserve_file_names(&next);
-        let written = in_parallel(&jobs, |(partition, members, file)| {
-            let sources: Vec<Arc<Segment>> =
-                members.iter().map(|l| Arc::clone(&l.segment)).collect();
-            let ids: BTreeSet<SeriesId> = sources.iter().flat_map(|s| s.series()).collect();
-            let mut merged = BTreeMap::new();
-            for id in ids {
-                merged.insert(id, read_merged(&sources, &[], id, i64::MIN, i64::MAX)?);
-            }
-            self.write_segment(file.clone(), *partition, &merged)
-        });
-        let mut done = Vec::with_capacity(jobs.len());
-        let mut failure = None;
-        for result in written {
-            match result {
-                Ok(segment) => done.push(segment),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
+        let stats = self.write_out(&mut st, |fresh, next, written| {
+            self.merge_partitions(fresh, next, written, &mut retired)
+        })?;
+        if stats.partitions > 0 {
+            self.counters.compacted();
         }
-        if let Some(e) = failure {
-            // Nothing names the segments the other jobs wrote.
-            let orphans: Vec<String> = done.iter().map(|l| l.entry.file.clone()).collect();
-            self.discard(&orphans);
-            return Err(e);
-        }
-        for ((_, members, _), compacted) in jobs.iter().zip(done) {
-            let old: Vec<&str> = members.iter().map(|l| l.entry.file.as_str()).collect();
-            next.retain(|l| !old.contains(&l.entry.file.as_str()));
-            next.push(compacted);
-            stats.partitions += 1;
-            stats.segments_merged += members.len() as u64;
-            retired.extend(old.iter().map(|f| f.to_string()));
-        }
-        if stats.partitions == 0 {
-            return Ok(stats);
-        }
-        next.store(&self.dir)?;
-        st.segments = next;
-        self.counters.compacted();
         // The manifest no longer names them and file names are never handed
         // out again: writers need not wait for the removals.
         drop(st);
         self.remove_files(&retired)?;
+        Ok(stats)
+    }
+
+    /// Compaction's part of `write_out`: one new segment for every
+    /// partition with more than one source or with the memtable's points,
+    /// merged on up to `MAX_THREADS` threads and stored on one more
+    /// (`pipelined`); the segments it replaces are added to `retired`.
+    fn merge_partitions(
+        &self,
+        fresh: &Partitions,
+        next: &mut SegmentSet,
+        written: &mut Vec<String>,
+        retired: &mut Vec<String>,
+    ) -> Result<CompactStats> {
+        let mut members: BTreeMap<i64, Vec<LiveSegment>> = BTreeMap::new();
+        for live in next.iter() {
+            members
+                .entry(live.entry.partition)
+                .or_default()
+                .push(live.clone());
+        }
+        let partitions: BTreeSet<i64> = members.keys().chain(fresh.keys()).copied().collect();
+        let mut jobs = Vec::new();
+        for partition in partitions {
+            let job = MergeJob {
+                partition,
+                members: members.remove(&partition).unwrap_or_default(),
+                fresh: fresh.get(&partition),
+                file: String::new(),
+            };
+            if job.merges() || job.fresh.is_some() {
+                jobs.push(job);
+            }
+        }
+        for job in &mut jobs {
+            job.file = next.new_file_name();
+            written.push(job.file.clone());
+        }
+        let merge = |job: &MergeJob| {
+            let sources: Vec<Arc<Segment>> =
+                job.members.iter().map(|l| Arc::clone(&l.segment)).collect();
+            let no_points = BTreeMap::new();
+            let fresh = job.fresh.unwrap_or(&no_points);
+            let ids: BTreeSet<SeriesId> = sources
+                .iter()
+                .flat_map(|s| s.series())
+                .chain(fresh.keys().copied())
+                .collect();
+            let mut merged = BTreeMap::new();
+            for id in ids {
+                let memory = fresh.get(&id).map_or(&[][..], Vec::as_slice);
+                merged.insert(id, read_merged(&sources, memory, id, i64::MIN, i64::MAX)?);
+            }
+            segment::encode(&merged)
+        };
+        let store = |job: &MergeJob, encoded: segment::Encoded| {
+            self.store_segment(job.file.clone(), job.partition, &encoded)
+        };
+        let results = pipelined(&jobs, merge, store);
+        let mut stats = CompactStats::default();
+        for (job, result) in jobs.iter().zip(results) {
+            let compacted = result?;
+            let old: Vec<&str> = job.members.iter().map(|l| l.entry.file.as_str()).collect();
+            next.retain(|l| !old.contains(&l.entry.file.as_str()));
+            next.push(compacted);
+            if job.merges() {
+                stats.partitions += 1;
+                stats.segments_merged += job.members.len() as u64;
+            }
+            retired.extend(old.iter().map(|f| f.to_string()));
+        }
         Ok(stats)
     }
 
@@ -255,56 +350,92 @@ impl Engine {
     }
 }
 
-/// Compaction threads at most: each holds a whole partition's merged
-/// points at once, so memory grows with them; two already overlap one
-/// partition's round trips on a mount with another's merging.
+/// Compaction's merging threads at most: each holds a whole partition's
+/// merged points at once, so memory grows with them.
 const MAX_THREADS: usize = 2;
 
-/// `work` applied to every job, on up to `MAX_THREADS` threads (no more
-/// than the cores), results in the jobs' order. Compaction's partitions
-/// are independent; on a FUSE mount each new segment waits on several
-/// round trips, which another thread's merging can overlap.
-fn in_parallel<J: Sync, R: Send>(jobs: &[J], work: impl Fn(&J) -> R + Sync) -> Vec<R> {
+/// `work` applied to every job on up to `MAX_THREADS` threads (no more
+/// than the cores), and `store` to each result on one more thread as the
+/// results come; the stored results in the jobs' order. Compaction's
+/// partitions are independent. On a FUSE mount, storing a segment waits on
+/// several round trips, whose serving threads must find a free core: done
+/// on the merging threads, with both cores merging, each segment waited
+/// about a millisecond; on a thread of its own, the wait overlaps the
+/// merging of the next partitions. At most two results per merging thread
+/// wait to be stored (one absorbed the mount's slower stores less well), so
+/// memory stays bounded.
+fn pipelined<J: Sync, W: Send, R: Send>(
+    jobs: &[J],
+    work: impl Fn(&J) -> Result<W> + Sync,
+    store: impl Fn(&J, W) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS)
         .min(jobs.len());
-    if threads <= 1 {
-        return jobs.iter().map(work).collect();
+    if threads == 0 {
+        return Vec::new();
     }
-    let work = &work;
-    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                scope.spawn(move || {
-                    (t..jobs.len())
-                        .step_by(threads)
-                        .map(|i| (i, work(&jobs[i])))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
+    let (work, store) = (&work, &store);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, Result<W>)>(2 * threads);
+    std::thread::scope(|scope| {
+        let storer = scope.spawn(move || {
+            let mut stored: Vec<Option<Result<R>>> = (0..jobs.len()).map(|_| None).collect();
+            for (i, worked) in receiver {
+                stored[i] = Some(worked.and_then(|w| store(&jobs[i], w)));
+            }
+            stored
+        });
+        for t in 0..threads {
+            let sender = sender.clone();
+            scope.spawn(move || {
+                for i in (t..jobs.len()).step_by(threads) {
+                    if sender.send((i, work(&jobs[i]))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let stored = storer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        stored
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .map(|r| r.expect("every job's result was stored"))
             .collect()
-    });
-    let mut all: Vec<(usize, R)> = parts.into_iter().flatten().collect();
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::in_parallel;
+    use super::pipelined;
+    use crate::error::{EngineError, Result};
 
+    // Protects: every job is worked and stored once, results in the jobs'
+    // order whatever order they finish in, and a failed job's error comes
+    // back in its place without stopping the others.
     #[test]
-    fn parallel_results_keep_the_jobs_order() {
+    fn pipelined_results_keep_the_jobs_order() {
         let jobs: Vec<u32> = (0..37).collect();
-        assert_eq!(
-            in_parallel(&jobs, |j| j * 2),
-            jobs.iter().map(|j| j * 2).collect::<Vec<_>>()
-        );
-        assert_eq!(in_parallel(&[] as &[u32], |j| *j), Vec::<u32>::new());
+        let work = |j: &u32| -> Result<u32> {
+            std::thread::sleep(std::time::Duration::from_micros(u64::from(37 - j) * 50));
+            match j {
+                13 => Err(EngineError::io(
+                    "job 13".to_string(),
+                    std::io::Error::other("fails"),
+                )),
+                _ => Ok(j * 2),
+            }
+        };
+        let results = pipelined(&jobs, work, |j, w| Ok((*j, w + 1)));
+        assert_eq!(results.len(), jobs.len());
+        for (j, result) in jobs.iter().zip(results) {
+            match result {
+                Ok((job, value)) => assert_eq!((job, value), (*j, j * 2 + 1)),
+                Err(_) => assert_eq!(*j, 13),
+            }
+        }
+        assert!(pipelined(&[] as &[u32], |j| Ok(*j), |_, w| Ok(w)).is_empty());
     }
 }
