@@ -40,20 +40,43 @@ fn by_partition(data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Partitions {
     partitions
 }
 
-/// One partition's new segment in a compaction: its segments and the
-/// memtable's points in it (the newest), merged.
-struct MergeJob<'a> {
+/// One new segment: a partition's segments (none for a flush) and the
+/// memtable's points in it, merged.
+struct SegmentJob<'a> {
     partition: i64,
     members: Vec<LiveSegment>,
     fresh: Option<&'a BTreeMap<SeriesId, Vec<(i64, f64)>>>,
     file: String,
 }
 
-impl MergeJob<'_> {
+impl SegmentJob<'_> {
     /// Whether the job merges two sources or more (a partition with only
-    /// the memtable's points is merely written out, as a flush would).
+    /// the memtable's points is merely written out).
     fn merges(&self) -> bool {
         self.members.len() + usize::from(self.fresh.is_some()) > 1
+    }
+
+    /// The job's points, its segments' and the memtable's (which win),
+    /// encoded as a segment.
+    fn encode(&self) -> Result<segment::Encoded> {
+        let sources: Vec<Arc<Segment>> = self
+            .members
+            .iter()
+            .map(|l| Arc::clone(&l.segment))
+            .collect();
+        let no_points = BTreeMap::new();
+        let fresh = self.fresh.unwrap_or(&no_points);
+        let ids: BTreeSet<SeriesId> = sources
+            .iter()
+            .flat_map(|s| s.series())
+            .chain(fresh.keys().copied())
+            .collect();
+        let mut merged = BTreeMap::new();
+        for id in ids {
+            let memory = fresh.get(&id).map_or(&[][..], Vec::as_slice);
+            merged.insert(id, read_merged(&sources, memory, id, i64::MIN, i64::MAX)?);
+        }
+        segment::encode(&merged)
     }
 }
 
@@ -69,10 +92,18 @@ impl Engine {
             return Ok(());
         }
         self.write_out(st, |partitions, next, written| {
-            for (partition, series) in partitions {
-                let file = next.new_file_name();
-                written.push(file.clone());
-                next.push(self.write_segment(file, *partition, series)?);
+            let jobs: Vec<SegmentJob> = partitions
+                .iter()
+                .map(|(&partition, series)| SegmentJob {
+                    partition,
+                    members: Vec::new(),
+                    fresh: Some(series),
+                    file: next.new_file_name(),
+                })
+                .collect();
+            written.extend(jobs.iter().map(|job| job.file.clone()));
+            for stored in self.write_segments(&jobs) {
+                next.push(stored?);
             }
             Ok(())
         })
@@ -150,14 +181,13 @@ impl Engine {
         Ok(built)
     }
 
-    /// Writes (and syncs) one segment file and opens it.
-    fn write_segment(
-        &self,
-        file: String,
-        partition: i64,
-        series: &BTreeMap<SeriesId, Vec<(i64, f64)>>,
-    ) -> Result<LiveSegment> {
-        self.store_segment(file, partition, &segment::encode(series)?)
+    /// Writes (and syncs) the jobs' segments and opens them, results in
+    /// the jobs' order: encoded on up to `MAX_THREADS` threads and stored
+    /// on one more (`pipelined`).
+    fn write_segments(&self, jobs: &[SegmentJob]) -> Vec<Result<LiveSegment>> {
+        pipelined(jobs, SegmentJob::encode, |job, encoded| {
+            self.store_segment(job.file.clone(), job.partition, &encoded)
+        })
     }
 
     /// Stores an encoded segment as `file` (synced) and opens it.
@@ -207,9 +237,8 @@ impl Engine {
     }
 
     /// Compaction's part of `write_out`: one new segment for every
-    /// partition with more than one source or with the memtable's points,
-    /// merged on up to `MAX_THREADS` threads and stored on one more
-    /// (`pipelined`); the segments it replaces are added to `retired`.
+    /// partition with more than one source or with the memtable's points;
+    /// the segments it replaces are added to `retired`.
     fn merge_partitions(
         &self,
         fresh: &Partitions,
@@ -227,7 +256,7 @@ impl Engine {
         let partitions: BTreeSet<i64> = members.keys().chain(fresh.keys()).copied().collect();
         let mut jobs = Vec::new();
         for partition in partitions {
-            let job = MergeJob {
+            let job = SegmentJob {
                 partition,
                 members: members.remove(&partition).unwrap_or_default(),
                 fresh: fresh.get(&partition),
@@ -241,27 +270,7 @@ impl Engine {
             job.file = next.new_file_name();
             written.push(job.file.clone());
         }
-        let merge = |job: &MergeJob| {
-            let sources: Vec<Arc<Segment>> =
-                job.members.iter().map(|l| Arc::clone(&l.segment)).collect();
-            let no_points = BTreeMap::new();
-            let fresh = job.fresh.unwrap_or(&no_points);
-            let ids: BTreeSet<SeriesId> = sources
-                .iter()
-                .flat_map(|s| s.series())
-                .chain(fresh.keys().copied())
-                .collect();
-            let mut merged = BTreeMap::new();
-            for id in ids {
-                let memory = fresh.get(&id).map_or(&[][..], Vec::as_slice);
-                merged.insert(id, read_merged(&sources, memory, id, i64::MIN, i64::MAX)?);
-            }
-            segment::encode(&merged)
-        };
-        let store = |job: &MergeJob, encoded: segment::Encoded| {
-            self.store_segment(job.file.clone(), job.partition, &encoded)
-        };
-        let results = pipelined(&jobs, merge, store);
+        let results = self.write_segments(&jobs);
         let mut stats = CompactStats::default();
         for (job, result) in jobs.iter().zip(results) {
             let compacted = result?;
@@ -350,20 +359,20 @@ impl Engine {
     }
 }
 
-/// Compaction's merging threads at most: each holds a whole partition's
-/// merged points at once, so memory grows with them.
+/// Encoding threads at most (flush and compaction): each holds a whole
+/// partition's points at once, so memory grows with them.
 const MAX_THREADS: usize = 2;
 
 /// `work` applied to every job on up to `MAX_THREADS` threads (no more
 /// than the cores), and `store` to each result on one more thread as the
-/// results come; the stored results in the jobs' order. Compaction's
-/// partitions are independent. On a FUSE mount, storing a segment waits on
-/// several round trips, whose serving threads must find a free core: done
-/// on the merging threads, with both cores merging, each segment waited
-/// about a millisecond; on a thread of its own, the wait overlaps the
-/// merging of the next partitions. At most two results per merging thread
-/// wait to be stored (one absorbed the mount's slower stores less well), so
-/// memory stays bounded.
+/// results come; the stored results in the jobs' order. A flush's or a
+/// compaction's partitions are independent. On a FUSE mount, storing a
+/// segment waits on several round trips, whose serving threads must find a
+/// free core: done on the encoding threads, with both cores encoding, each
+/// segment waited about a millisecond; on a thread of its own, the wait
+/// overlaps the encoding of the next partitions. At most two results per
+/// encoding thread wait to be stored (one absorbed the mount's slower
+/// stores less well), so memory stays bounded.
 fn pipelined<J: Sync, W: Send, R: Send>(
     jobs: &[J],
     work: impl Fn(&J) -> Result<W> + Sync,
