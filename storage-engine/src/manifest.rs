@@ -85,6 +85,14 @@ impl Manifest {
     }
 
     pub fn store(&self, dir: &Path) -> Result<()> {
+        self.store_telling(dir).and_then(|synced| synced)
+    }
+
+    /// Like `store`, telling a failure before the new manifest took the old
+    /// one's place (`Err`: nothing changed) from one after (`Ok(Err)`: it is
+    /// in place, but the directory's sync failed, so a crash may still bring
+    /// the old one back).
+    pub fn store_telling(&self, dir: &Path) -> Result<Result<()>> {
         let tmp = dir.join(MANIFEST_TMP);
         let path = dir.join(MANIFEST);
         let body = serde_json::to_vec_pretty(self)
@@ -96,7 +104,7 @@ impl Manifest {
             .context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path)
             .context(|| format!("renaming {} into place", tmp.display()))?;
-        sync_dir(dir)
+        Ok(sync_dir(dir))
     }
 }
 

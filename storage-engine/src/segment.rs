@@ -180,10 +180,16 @@ pub fn store_open(path: &Path, encoded: &Encoded) -> Result<Segment> {
         .create_new(true)
         .open(path)
         .context(|| format!("creating {}", path.display()))?;
-    file.write_all(&encoded.bytes)
+    let stored = file
+        .write_all(&encoded.bytes)
         .and_then(|()| file.sync_all())
-        .context(|| format!("writing {}", path.display()))?;
-    Segment::of(&file, path)
+        .context(|| format!("writing {}", path.display()))
+        .and_then(|()| Segment::of(&file, path));
+    if stored.is_err() {
+        // Made here and named nowhere: the caller need not know of it.
+        let _ = std::fs::remove_file(path);
+    }
+    stored
 }
 
 /// An open segment: its mapping and parsed index.

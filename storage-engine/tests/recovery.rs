@@ -357,6 +357,32 @@ fn compaction_merges_the_memtable_without_flushing_it_first() {
     assert_eq!(value_of_10(&e), Some(-1.0));
 }
 
+// Protects: a compaction that fails while the memtable's points are being
+// merged gives them back: nothing is lost, nothing is left in the way, and
+// the next compaction merges them.
+#[test]
+fn a_failed_compaction_gives_the_memtable_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&(0..1000).map(point).collect::<Vec<_>>())
+        .expect("write");
+    e.flush().expect("flush: seg-000001");
+    e.write(&(1000..1100).map(point).collect::<Vec<_>>())
+        .expect("late write");
+    let obstacle = dir.path().join("seg-000002.seg");
+    std::fs::create_dir(&obstacle).expect("take the merged segment's name");
+    assert!(e.compact().is_err(), "the merged segment cannot be written");
+    assert_eq!(count(&e, "load"), 1100);
+    assert_eq!(e.stats().expect("stats").points_in_memory, 100);
+    std::fs::remove_dir(&obstacle).expect("remove the obstacle");
+    let compacted = e.compact().expect("compaction succeeds");
+    assert_eq!((compacted.partitions, compacted.segments_merged), (1, 1));
+    assert_eq!(e.stats().expect("stats").points_in_memory, 0);
+    e.close().expect("close");
+    let e = Engine::open(dir.path(), no_flush()).expect("reopen");
+    assert_eq!(count(&e, "load"), 1100);
+}
+
 fn series_point(series: usize, i: i64) -> Point {
     Point {
         series: SeriesKey::new("cpu", vec![("host".into(), format!("h{series:03}"))]),

@@ -84,7 +84,10 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompactStats {
+    /// Partitions whose sources (segments, and the memtable's points in
+    /// them) were merged into one segment.
     pub partitions: u64,
+    /// Segments those merges replaced (the memtable is not one).
     pub segments_merged: u64,
 }
 

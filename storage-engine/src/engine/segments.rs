@@ -56,6 +56,11 @@ impl SegmentSet {
         self.manifest().store(dir)
     }
 
+    /// `Manifest::store_telling` for this set.
+    pub fn store_telling(&self, dir: &Path) -> Result<Result<()>> {
+        self.manifest().store_telling(dir)
+    }
+
     /// The file name for a new segment.
     pub fn new_file_name(&mut self) -> String {
         let name = segment_name(self.next_file);

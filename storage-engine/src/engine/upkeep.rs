@@ -101,8 +101,7 @@ impl Engine {
                     file: next.new_file_name(),
                 })
                 .collect();
-            written.extend(jobs.iter().map(|job| job.file.clone()));
-            for stored in self.write_segments(&jobs) {
+            for stored in self.write_segments(&jobs, written) {
                 next.push(stored?);
             }
             Ok(())
@@ -111,12 +110,15 @@ impl Engine {
 
     /// Takes the memtable and lets `build` write new segments into a copy
     /// of the segment set: `build` gets the memtable's points by partition,
-    /// must write every one of them, and names each file it makes in
-    /// `written`. Then, if anything was written, the WAL is rotated (when
-    /// the memtable held points: only once every point is in a synced
-    /// segment may the WAL that holds them stop being replayed), the
-    /// manifest stored and the new set swapped in. On failure the memtable
-    /// gets its points back and the files written go.
+    /// must write every one of them, and names each file it made in
+    /// `written` (a failed store removes its own). Then, if anything was
+    /// written, the WAL is
+    /// rotated (when the memtable held points: only once every point is in
+    /// a synced segment may the WAL that holds them stop being replayed),
+    /// the manifest stored and the new set swapped in. On failure (or a
+    /// panic) before the new manifest is in place, the memtable gets its
+    /// points back and the files written go. Once it is in place, nothing
+    /// either manifest needs is removed unless it was made durable.
     fn write_out<T>(
         &self,
         st: &mut State,
@@ -132,23 +134,34 @@ impl Engine {
         let partitions = by_partition(&data);
         let mut next = st.segments.clone();
         let mut written = Vec::new();
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            build(&partitions, &mut next, &mut written)
+        }));
         let wal_before = st.wal.number();
-        let outcome = (|| -> Result<(T, Option<u64>)> {
-            let built = build(&partitions, &mut next, &mut written)?;
-            if written.is_empty() {
-                return Ok((built, None));
-            }
-            let next_wal = match data.is_empty() {
-                true => None,
-                false => {
-                    let next_wal = st.wal.rotate()?;
-                    next.wal_checkpoint = next_wal;
-                    Some(next_wal)
+        let outcome = match built {
+            Ok(built) => (|| -> Result<(T, Option<u64>, Result<()>)> {
+                let built = built?;
+                if written.is_empty() {
+                    return Ok((built, None, Ok(())));
                 }
-            };
-            next.store(&self.dir)?;
-            Ok((built, next_wal))
-        })();
+                let next_wal = match data.is_empty() {
+                    true => None,
+                    false => {
+                        let next_wal = st.wal.rotate()?;
+                        next.wal_checkpoint = next_wal;
+                        Some(next_wal)
+                    }
+                };
+                let synced = next.store_telling(&self.dir)?;
+                Ok((built, next_wal, synced))
+            })(),
+            Err(panic) => {
+                st.memtable.restore(data);
+                st.segments.reserve_file_names(&next);
+                self.discard(&written);
+                std::panic::resume_unwind(panic);
+            }
+        };
         if st.wal.number() != wal_before {
             // Rotated (which synced the old file): writes now go to the new
             // file, and group commit must sync that one.
@@ -160,7 +173,7 @@ impl Engine {
                 Err(e) => st.broken = Some(format!("cannot sync the new WAL: {e}")),
             }
         }
-        let (built, next_wal) = match outcome {
+        let (built, next_wal, synced) = match outcome {
             Ok(done) => done,
             Err(e) => {
                 // The points stay in memory (and in the WAL); the files of
@@ -174,8 +187,22 @@ impl Engine {
         if !written.is_empty() {
             st.segments = next;
         }
+        if let Err(e) = synced {
+            // The new manifest is in place but a crash may bring the old one
+            // back: keep what the old one needs (the WAL before the new
+            // checkpoint, the segments it names) and take no more writes
+            // until the database is opened again.
+            st.broken = Some(format!(
+                "the new manifest may not survive a crash ({e}); open the database again"
+            ));
+            return Err(e);
+        }
         if let Some(next_wal) = next_wal {
-            st.wal.remove_before(next_wal)?;
+            // Older WAL files are never replayed (the manifest's checkpoint
+            // is past them): one left here goes at the next flush.
+            if let Err(e) = st.wal.remove_before(next_wal) {
+                log::warn!("{e}; the next flush removes it");
+            }
             self.counters.flushed();
         }
         Ok(built)
@@ -184,10 +211,18 @@ impl Engine {
     /// Writes (and syncs) the jobs' segments and opens them, results in
     /// the jobs' order: encoded on up to `MAX_THREADS` threads and stored
     /// on one more (`pipelined`).
-    fn write_segments(&self, jobs: &[SegmentJob]) -> Vec<Result<LiveSegment>> {
-        pipelined(jobs, SegmentJob::encode, |job, encoded| {
+    /// Names the files it made in `written` (a store that fails removes
+    /// the file it made itself).
+    fn write_segments(
+        &self,
+        jobs: &[SegmentJob],
+        written: &mut Vec<String>,
+    ) -> Vec<Result<LiveSegment>> {
+        let stored = pipelined(jobs, SegmentJob::encode, |job, encoded| {
             self.store_segment(job.file.clone(), job.partition, &encoded)
-        })
+        });
+        written.extend(stored.iter().flatten().map(|live| live.entry.file.clone()));
+        stored
     }
 
     /// Stores an encoded segment as `file` (synced) and opens it.
@@ -268,9 +303,8 @@ impl Engine {
         }
         for job in &mut jobs {
             job.file = next.new_file_name();
-            written.push(job.file.clone());
         }
-        let results = self.write_segments(&jobs);
+        let results = self.write_segments(&jobs, written);
         let mut stats = CompactStats::default();
         for (job, result) in jobs.iter().zip(results) {
             let compacted = result?;
@@ -363,16 +397,18 @@ impl Engine {
 /// partition's points at once, so memory grows with them.
 const MAX_THREADS: usize = 2;
 
-/// `work` applied to every job on up to `MAX_THREADS` threads (no more
-/// than the cores), and `store` to each result on one more thread as the
-/// results come; the stored results in the jobs' order. A flush's or a
-/// compaction's partitions are independent. On a FUSE mount, storing a
-/// segment waits on several round trips, whose serving threads must find a
-/// free core: done on the encoding threads, with both cores encoding, each
-/// segment waited about a millisecond; on a thread of its own, the wait
-/// overlaps the encoding of the next partitions. At most two results per
-/// encoding thread wait to be stored (one absorbed the mount's slower
-/// stores less well), so memory stays bounded.
+/// `work` applied to every job on up to `MAX_THREADS` threads (this one
+/// and more, no more than the cores), and `store` to each result on one
+/// more thread as the results come; the stored results in the jobs' order.
+/// A flush's or a compaction's partitions are independent. On a FUSE
+/// mount, storing a segment waits on several round trips, whose serving
+/// threads must find a free core: done on the encoding threads, with both
+/// cores encoding, each segment waited about a millisecond; on a thread of
+/// its own, the wait overlaps the encoding of the next partitions. At most
+/// two results per encoding thread wait to be stored (one absorbed the
+/// mount's slower stores less well), one more per encoding thread waits to
+/// be queued, so memory stays bounded. Threads the system refuses are done
+/// without: their work is done here.
 fn pipelined<J: Sync, W: Send, R: Send>(
     jobs: &[J],
     work: impl Fn(&J) -> Result<W> + Sync,
@@ -386,26 +422,43 @@ fn pipelined<J: Sync, W: Send, R: Send>(
         return Vec::new();
     }
     let (work, store) = (&work, &store);
+    let in_order = || {
+        jobs.iter()
+            .map(|j| work(j).and_then(|w| store(j, w)))
+            .collect()
+    };
     let (sender, receiver) = std::sync::mpsc::sync_channel::<(usize, Result<W>)>(2 * threads);
     std::thread::scope(|scope| {
-        let storer = scope.spawn(move || {
+        let storer = std::thread::Builder::new().spawn_scoped(scope, move || {
             let mut stored: Vec<Option<Result<R>>> = (0..jobs.len()).map(|_| None).collect();
             for (i, worked) in receiver {
                 stored[i] = Some(worked.and_then(|w| store(&jobs[i], w)));
             }
             stored
         });
-        for t in 0..threads {
-            let sender = sender.clone();
-            scope.spawn(move || {
-                for i in (t..jobs.len()).step_by(threads) {
-                    if sender.send((i, work(&jobs[i]))).is_err() {
-                        break;
-                    }
+        // Without a thread of its own (the system refused one), all of it
+        // here, in turn: a flush must not fail for want of threads.
+        let Ok(storer) = storer else {
+            return in_order();
+        };
+        let share = |t: usize, sender: std::sync::mpsc::SyncSender<(usize, Result<W>)>| {
+            for i in (t..jobs.len()).step_by(threads) {
+                if sender.send((i, work(&jobs[i]))).is_err() {
+                    break;
                 }
-            });
+            }
+        };
+        // This thread takes the first share, and any a thread could not.
+        for t in 1..threads {
+            let for_thread = sender.clone();
+            if std::thread::Builder::new()
+                .spawn_scoped(scope, move || share(t, for_thread))
+                .is_err()
+            {
+                share(t, sender.clone());
+            }
         }
-        drop(sender);
+        share(0, sender);
         let stored = storer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
