@@ -28,14 +28,6 @@ use super::ops::{Ops, XattrReply};
 const TTL: Duration = Duration::from_secs(30);
 const GENERATION: Generation = Generation(0);
 
-/// Opening a file keeps its cached pages: every change to a file goes
-/// through this mount, so the cache is never stale for the programs using
-/// it, and reopening a file (as the engine does with its segments) need not
-/// decrypt it again. Data changed in the backing directory behind the
-/// mount's back is not noticed until the pages are evicted; it never could
-/// have been returned as forged data, only as the authentic older version.
-const KEEP_CACHE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
-
 /// The largest write and readahead we ask the kernel for (1 MiB, the
 /// kernel's FUSE maximum of 256 pages).
 const MAX_IO: u32 = 1 << 20;
@@ -237,10 +229,16 @@ impl fuser::Filesystem for ChronicleFs {
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // ENOSYS tells the kernel to open regular files by itself for the
-        // rest of the mount: no OPEN and no RELEASE (keeping the page
-        // cache, as KEEP_CACHE did), and the file's requests come with
-        // handle 0 and find its contents by inode (`kept`). A damaged
-        // file then fails at its first read instead of at open.
+        // rest of the mount: no OPEN and no RELEASE, and the file's
+        // requests come with handle 0 and find its contents by inode
+        // (`kept`). A damaged file then fails at its first read instead of
+        // at open. Opening keeps the file's cached pages: every change goes
+        // through this mount, so the cache is never stale for the programs
+        // using it, and reopening a file (as the engine does with its
+        // segments) need not decrypt it again. Data changed in the backing
+        // directory behind the mount's back is not noticed until the pages
+        // are evicted; it could never be returned as forged data, only as
+        // the authentic older version.
         reply.error(Errno::ENOSYS);
     }
 
@@ -422,21 +420,19 @@ impl fuser::Filesystem for ChronicleFs {
 
     fn create(
         &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .ops
-            .create(req.into(), parent.0, name, mode & !umask, flags)
-        {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, GENERATION, FileHandle(fh), KEEP_CACHE),
-            Err(e) => reply.error(e),
-        }
+        // ENOSYS tells the kernel to make new regular files with MKNOD for
+        // the rest of the mount and open them by itself (OPEN is ENOSYS
+        // too): a file made by CREATE has a handle, whose RELEASE at close
+        // would be a round trip more per new file.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

@@ -550,35 +550,34 @@ impl Ops {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create(
+    /// Makes the new regular file `backing` in `parent`: an empty
+    /// encrypted file, header included, made whole before it takes its
+    /// name (`crate::create`), owned by its creator, and kept open for its
+    /// first write.
+    fn make_file(
         &self,
         caller: Caller,
-        parent: u64,
-        name: &OsStr,
+        parent: &Pinned,
+        backing: &OsStr,
         mode: u32,
-        flags: i32,
-    ) -> Result<(FileAttr, u64), Errno> {
-        let parent = self.node(parent)?;
-        let backing = self.new_backing_name(&parent, name)?;
-        let base = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    ) -> Result<FileAttr, Errno> {
         let mode = Mode::from_raw_mode(file_mode(RawType::RegularFile, mode));
-        // A new file appears with its header (`crate::create`); an existing
-        // one is opened as it is and truncated through its shared
-        // `EncryptedFile`, never behind its back.
-        let made =
-            create::create_whole(parent.fd.as_fd(), &backing, mode, &self.crypto, |_| Ok(()));
-        let (opened, created) = match made {
-            Ok(file) => (file, true),
-            Err(CreateError::Exists) if flags & libc::O_EXCL == 0 => {
-                let fd = rustix::fs::openat(&parent.fd, &backing, base, mode).map_err(sys)?;
-                (File::from(fd), false)
-            }
-            Err(CreateError::Exists) => return Err(Errno::EEXIST),
-            Err(CreateError::Volume(e)) => return Err(self.errno_of(e)),
-        };
+        let opened =
+            create::create_whole(parent.fd.as_fd(), backing, mode, &self.crypto, |_| Ok(()))
+                .map_err(|e| match e {
+                    CreateError::Exists => Errno::EEXIST,
+                    CreateError::Volume(e) => self.errno_of(e),
+                })?;
         let node = self.node_of_opened(&opened)?;
         self.or_uncounted(&node, || {
-            self.open_created(caller, &node, opened, created, flags)
+            self.chown_new(caller, &node)?;
+            let content = self.content_with(&node, Some(opened))?;
+            let attr = self.stat_attr(&node);
+            if attr.is_ok() {
+                self.keep(node.node(), &content);
+            }
+            Self::let_go(&node, content);
+            attr
         })
     }
 
@@ -596,37 +595,6 @@ impl Ops {
             self.forget(node.ino, 1);
         }
         done
-    }
-
-    /// `create`'s work after the node is known.
-    fn open_created(
-        &self,
-        caller: Caller,
-        node: &Pinned,
-        opened: File,
-        created: bool,
-        flags: i32,
-    ) -> Result<(FileAttr, u64), Errno> {
-        if node.kind != RawType::RegularFile {
-            return Err(Errno::EISDIR);
-        }
-        if created {
-            self.chown_new(caller, node)?;
-        }
-        let content = self.content_with(node, Some(opened))?;
-        let emptied = match !created && flags & libc::O_TRUNC != 0 {
-            true => content.set_len(0).map_err(|e| self.errno_of(e)),
-            false => Ok(()),
-        };
-        let attr = emptied.and_then(|()| self.stat_attr(node));
-        // Handle 0, like the files the kernel opens by itself: once it has
-        // been told that OPEN is not implemented, it never releases a
-        // handle, not even one that CREATE gave it.
-        if attr.is_ok() {
-            self.keep(node.node(), &content);
-        }
-        Self::let_go(node, content);
-        attr.map(|attr| (attr, 0))
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32, reply: impl FnOnce(Result<&[u8], Errno>)) {
@@ -997,34 +965,17 @@ impl Ops {
         let backing = self.new_backing_name(&parent, name)?;
         let kind = RawType::from_raw_mode(mode);
         if kind == RawType::RegularFile {
-            // A regular file made by mknod is an empty encrypted file,
-            // header included.
-            let fd = rustix::fs::openat(
-                &parent.fd,
-                &backing,
-                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-                Mode::from_raw_mode(file_mode(kind, mode)),
-            )
-            .map_err(sys)?;
-            let file = File::from(fd);
-            let node = self.node_of_opened(&file)?;
-            return self.or_uncounted(&node, || {
-                let label = std::path::PathBuf::from(name);
-                EncryptedFile::create(file, Arc::clone(&self.crypto), label)
-                    .map_err(|e| self.errno_of(e))?;
-                self.chown_new(caller, &node)?;
-                self.stat_attr(&node)
-            });
-        } else {
-            rustix::fs::mknodat(
-                &parent.fd,
-                &backing,
-                kind,
-                Mode::from_raw_mode(mode),
-                u64::from(rdev),
-            )
-            .map_err(sys)?;
+            // The kernel makes every new regular file this way (`fs::create`).
+            return self.make_file(caller, &parent, &backing, mode & 0o7777);
         }
+        rustix::fs::mknodat(
+            &parent.fd,
+            &backing,
+            kind,
+            Mode::from_raw_mode(mode),
+            u64::from(rdev),
+        )
+        .map_err(sys)?;
         self.created(caller, &parent, &backing)
     }
 
