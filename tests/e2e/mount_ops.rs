@@ -737,3 +737,62 @@ fn more_files_open_than_kept(extra: &[&str]) {
         .collect();
     assert!(errors.is_empty(), "{log}");
 }
+
+// Protects: a new regular file is whole from its first moment and belongs
+// to whoever made it (every new file is made by MKNOD: the mount answers
+// CREATE with ENOSYS). One made by mknod(2) reads empty, takes writes and
+// has its header in BACKING; one made by another user of an --allow-other
+// mount is theirs, in the mount and in BACKING, with the set-user-id bit
+// it was made with (the change of owner would drop it).
+#[test]
+fn new_files_are_whole_and_belong_to_their_makers() {
+    let Some(m) = mount_or_skip(&["--allow-other"]) else {
+        return;
+    };
+    let made = CString::new(path_str(&m.path("made"))).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::mknod(made.as_ptr(), libc::S_IFREG | 0o644, 0) };
+    assert_eq!(rc, 0, "mknod: errno {}", errno());
+    assert_eq!(fs::read(m.path("made")).expect("read"), b"");
+    let header = fs::metadata(m.backing("made")).expect("backing").len();
+    assert!(header > 0, "the new file has its header in BACKING");
+    fs::write(m.path("made"), b"written").expect("write");
+    assert_eq!(fs::read(m.path("made")).expect("read"), b"written");
+
+    fs::create_dir(m.path("shared")).expect("mkdir");
+    for (dir, mode) in [
+        (m.path("shared"), 0o777),
+        (m.mnt.clone(), 0o755),
+        (m.fixture.dir.path().to_path_buf(), 0o755),
+    ] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let theirs = CString::new(path_str(&m.path("shared/theirs"))).expect("path");
+    // SAFETY: between fork and _exit the child makes only async-signal-safe
+    // calls, on a path prepared before the fork.
+    let status = unsafe {
+        match libc::fork() {
+            0 => {
+                let dropped = libc::setgid(65534) == 0 && libc::setuid(65534) == 0;
+                libc::umask(0);
+                let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                let fd = match dropped {
+                    true => libc::open(theirs.as_ptr(), flags, 0o4755 as libc::c_uint),
+                    false => -1,
+                };
+                libc::_exit(if fd >= 0 { 0 } else { 1 });
+            }
+            pid => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                status
+            }
+        }
+    };
+    assert_eq!(status, 0, "nobody makes a file in a 0777 directory");
+    for place in [m.path("shared/theirs"), m.backing("shared/theirs")] {
+        let meta = fs::metadata(&place).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{place:?}");
+        assert_eq!(meta.mode() & 0o7777, 0o4755, "{place:?}");
+    }
+}

@@ -4,10 +4,10 @@
 //! by itself for the rest of the mount and sends neither OPEN nor RELEASE
 //! (two round trips fewer for every open and close), and reads, writes,
 //! syncs and truncates arrive with file handle 0. Their `EncryptedFile`
-//! is found here by inode number, opened on first use. A file this mount
-//! creates gets handle 0 as well and is kept here from the start: once
-//! told that OPEN is not implemented, the kernel releases no handle, not
-//! even one that CREATE gave it.
+//! is found here by inode number, opened on first use. CREATE is answered
+//! ENOSYS too (a handle it gave would be released at close), so the
+//! kernel makes new files with MKNOD; a file made so is kept here from the
+//! start, open for its first write.
 //!
 //! With no close to say when a file is no longer used, the set is bounded:
 //! past `CAPACITY` files, the ones unused longest are let go (their

@@ -428,21 +428,25 @@ impl Ops {
         self.stat_attr(&node)
     }
 
+    /// Who a node made for `caller` must belong to, when it is not this
+    /// process already: the caller, when we run as root.
+    fn owner_for(&self, caller: Caller) -> Option<(rustix::fs::Uid, rustix::fs::Gid)> {
+        (self.as_root && (caller.uid != 0 || caller.gid != 0)).then(|| {
+            (
+                rustix::fs::Uid::from_raw(caller.uid),
+                rustix::fs::Gid::from_raw(caller.gid),
+            )
+        })
+    }
+
     /// Gives a new node to its creator when we run as root: through the
     /// node's own descriptor, so a name swapped in BACKING meanwhile cannot
     /// make us give away another file.
     fn chown_new(&self, caller: Caller, node: &Pinned) -> Result<(), Errno> {
-        if !self.as_root || (caller.uid == 0 && caller.gid == 0) {
+        let Some((uid, gid)) = self.owner_for(caller) else {
             return Ok(());
-        }
-        rustix::fs::chownat(
-            &node.fd,
-            "",
-            Some(rustix::fs::Uid::from_raw(caller.uid)),
-            Some(rustix::fs::Gid::from_raw(caller.gid)),
-            AtFlags::EMPTY_PATH,
-        )
-        .map_err(sys)
+        };
+        rustix::fs::chownat(&node.fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH).map_err(sys)
     }
 
     /// Looks up a node the mount just created by name and gives it to its
@@ -476,7 +480,7 @@ impl Ops {
     }
 
     /// Like `content`, reusing a read-write descriptor of the same file
-    /// that the caller just opened (as `create` does) instead of reopening.
+    /// that the caller just opened (as `make_file` does) instead of reopening.
     fn content_with(
         &self,
         node: &Pinned,
@@ -551,9 +555,9 @@ impl Ops {
     }
 
     /// Makes the new regular file `backing` in `parent`: an empty
-    /// encrypted file, header included, made whole before it takes its
-    /// name (`crate::create`), owned by its creator, and kept open for its
-    /// first write.
+    /// encrypted file, header included, given to its creator, all before
+    /// it takes its name (`crate::create`), and kept open for its first
+    /// write.
     fn make_file(
         &self,
         caller: Caller,
@@ -562,15 +566,27 @@ impl Ops {
         mode: u32,
     ) -> Result<FileAttr, Errno> {
         let mode = Mode::from_raw_mode(file_mode(RawType::RegularFile, mode));
+        let owner = self.owner_for(caller);
+        // A change of owner drops set-user-id and set-group-id, even done by
+        // root; the creator asked for them on a file of their own.
+        let special = Mode::SUID | Mode::SGID;
+        let give_away = |file: &EncryptedFile| match owner {
+            Some((uid, gid)) => rustix::fs::fchown(file.backing(), Some(uid), Some(gid))
+                .and_then(|()| match mode.intersects(special) {
+                    true => rustix::fs::fchmod(file.backing(), mode),
+                    false => Ok(()),
+                })
+                .map_err(|e| VolumeError::io("giving a new file to its creator", e.into())),
+            None => Ok(()),
+        };
         let opened =
-            create::create_whole(parent.fd.as_fd(), backing, mode, &self.crypto, |_| Ok(()))
+            create::create_whole(parent.fd.as_fd(), backing, mode, &self.crypto, give_away)
                 .map_err(|e| match e {
                     CreateError::Exists => Errno::EEXIST,
                     CreateError::Volume(e) => self.errno_of(e),
                 })?;
         let node = self.node_of_opened(&opened)?;
         self.or_uncounted(&node, || {
-            self.chown_new(caller, &node)?;
             let content = self.content_with(&node, Some(opened))?;
             let attr = self.stat_attr(&node);
             if attr.is_ok() {
