@@ -32,9 +32,19 @@ const GENERATION: Generation = Generation(0);
 /// kernel's FUSE maximum of 256 pages).
 const MAX_IO: u32 = 1 << 20;
 
+/// The same over io_uring: every ring entry's buffer must hold the largest
+/// request, and there are eight entries per CPU, each resident up to the
+/// largest request it has carried. At 1 MiB the rings cost about 14 MiB of
+/// resident memory per CPU, at 256 KiB about 4.5, with writes and reads as
+/// fast over the rings (through /dev/fuse, 256 KiB writes are slower:
+/// docs/PERFORMANCE.md, "Smaller requests over the rings").
+const RING_MAX_IO: u32 = 1 << 18;
+
 pub struct ChronicleFs {
     pub(super) ops: Ops,
     pub(super) writeback_cache: bool,
+    /// Serve over io_uring if the kernel offers it (`MountOptions`).
+    pub(super) io_uring: bool,
 }
 
 impl fuser::Filesystem for ChronicleFs {
@@ -62,11 +72,16 @@ impl fuser::Filesystem for ChronicleFs {
                 log::debug!("kernel lacks FUSE capability {flag:?}");
             }
         }
-        let write = config.set_max_write(MAX_IO).unwrap_or_else(|max| {
+        let rings = self.io_uring
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_OVER_IO_URING);
+        let max_io = if rings { RING_MAX_IO } else { MAX_IO };
+        let write = config.set_max_write(max_io).unwrap_or_else(|max| {
             let _ = config.set_max_write(max);
             max
         });
-        let readahead = config.set_max_readahead(MAX_IO).unwrap_or_else(|max| {
+        let readahead = config.set_max_readahead(max_io).unwrap_or_else(|max| {
             let _ = config.set_max_readahead(max);
             max
         });

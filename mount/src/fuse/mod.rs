@@ -134,6 +134,7 @@ impl Mounted {
         let filesystem = fs::ChronicleFs {
             ops,
             writeback_cache: options.writeback_cache && !options.read_only,
+            io_uring: options.io_uring,
         };
         let mut config = Config::default();
         config.mount_options = vec![
