@@ -233,6 +233,11 @@ impl Mounted {
         if is_mounted(&self.mnt) {
             let out = run(&["umount", path_str(&self.mnt)], None);
             if !out.status.success() {
+                eprintln!(
+                    "chronicle umount {}: {}; detaching it",
+                    self.mnt.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
                 let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
             }
         }
@@ -243,6 +248,13 @@ impl Mounted {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // `chronicle umount` returns once the process has let go of the
+        // volume; a detached mount does not wait for that, and a test that
+        // mounts the volume again must.
+        let _ = chronicle_mount::lock::VolumeLock::wait_until_free(
+            &self.fixture.backing,
+            std::time::Duration::from_secs(30),
+        );
     }
 }
 
