@@ -59,13 +59,17 @@ impl SegmentJob<'_> {
     /// The job's points, its segments' and the memtable's (which win),
     /// encoded as a segment.
     fn encode(&self) -> Result<segment::Encoded> {
+        let no_points = BTreeMap::new();
+        let fresh = self.fresh.unwrap_or(&no_points);
+        if self.members.is_empty() {
+            // A flush's job: the memtable's points are sorted already.
+            return segment::encode(fresh);
+        }
         let sources: Vec<Arc<Segment>> = self
             .members
             .iter()
             .map(|l| Arc::clone(&l.segment))
             .collect();
-        let no_points = BTreeMap::new();
-        let fresh = self.fresh.unwrap_or(&no_points);
         let ids: BTreeSet<SeriesId> = sources
             .iter()
             .flat_map(|s| s.series())
@@ -112,13 +116,13 @@ impl Engine {
     /// of the segment set: `build` gets the memtable's points by partition,
     /// must write every one of them, and names each file it made in
     /// `written` (a failed store removes its own). Then, if anything was
-    /// written, the WAL is
-    /// rotated (when the memtable held points: only once every point is in
-    /// a synced segment may the WAL that holds them stop being replayed),
-    /// the manifest stored and the new set swapped in. On failure (or a
-    /// panic) before the new manifest is in place, the memtable gets its
-    /// points back and the files written go. Once it is in place, nothing
-    /// either manifest needs is removed unless it was made durable.
+    /// written, the WAL is rotated (when the memtable held points: only
+    /// once every point is in a synced segment may the WAL that holds them
+    /// stop being replayed), the manifest stored and the new set swapped
+    /// in. On failure (or a panic) before the new manifest is in place, the
+    /// memtable gets its points back and the files written go. Once it is
+    /// in place, nothing either manifest needs is removed unless it was
+    /// made durable.
     fn write_out<T>(
         &self,
         st: &mut State,
@@ -156,9 +160,7 @@ impl Engine {
                 Ok((built, next_wal, synced))
             })(),
             Err(panic) => {
-                st.memtable.restore(data);
-                st.segments.reserve_file_names(&next);
-                self.discard(&written);
+                self.undo_write_out(st, data, &next, &written);
                 std::panic::resume_unwind(panic);
             }
         };
@@ -176,11 +178,7 @@ impl Engine {
         let (built, next_wal, synced) = match outcome {
             Ok(done) => done,
             Err(e) => {
-                // The points stay in memory (and in the WAL); the files of
-                // this attempt go, and their names are not handed out again.
-                st.memtable.restore(data);
-                st.segments.reserve_file_names(&next);
-                self.discard(&written);
+                self.undo_write_out(st, data, &next, &written);
                 return Err(e);
             }
         };
@@ -208,11 +206,25 @@ impl Engine {
         Ok(built)
     }
 
+    /// A `write_out` that failed before its manifest was in place: the
+    /// points stay in memory (and in the WAL); the files of the attempt go,
+    /// and their names are not handed out again.
+    fn undo_write_out(
+        &self,
+        st: &mut State,
+        data: BTreeMap<SeriesId, Vec<(i64, f64)>>,
+        next: &SegmentSet,
+        written: &[String],
+    ) {
+        st.memtable.restore(data);
+        st.segments.reserve_file_names(next);
+        self.discard(written);
+    }
+
     /// Writes (and syncs) the jobs' segments and opens them, results in
     /// the jobs' order: encoded on up to `MAX_THREADS` threads and stored
-    /// on one more (`pipelined`).
-    /// Names the files it made in `written` (a store that fails removes
-    /// the file it made itself).
+    /// on one more (`pipelined`). Names the files it made in `written` (a
+    /// store that fails removes the file it made itself).
     fn write_segments(
         &self,
         jobs: &[SegmentJob],
