@@ -85,6 +85,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads,
             io_uring,
             max_inodes,
+            poll_us,
             log_file,
         } => {
             let defaults = MountOptions::default();
@@ -100,6 +101,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     threads: threads.unwrap_or(defaults.threads),
                     io_uring,
                     max_inodes: max_inodes.unwrap_or(defaults.max_inodes),
+                    poll: poll_us.map_or(defaults.poll, std::time::Duration::from_micros),
                 },
                 log_file,
             })

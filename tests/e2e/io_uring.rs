@@ -3,9 +3,9 @@
 //! written, there and after a remount through /dev/fuse.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use crate::mixed_workload::{check, workload};
 use crate::util::*;
 
 const ENABLE: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -61,66 +61,6 @@ fn ring_threads(mnt: &Path) -> (u64, usize) {
     (busy, count)
 }
 
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i * 31 + seed * 7) % 251) as u8)
-        .collect()
-}
-
-/// Small files, a file of bulk reads and writes, renames, removals and an
-/// overwrite in the middle: what the rings must serve.
-fn workload(m: &Mounted) -> Vec<(String, Vec<u8>)> {
-    let dir = m.path("ring");
-    fs::create_dir(&dir).expect("mkdir");
-    let mut expected = Vec::new();
-    for i in 0..200 {
-        let name = format!("ring/small{i}");
-        let data = pattern(i, 100 + i * 37);
-        fs::write(m.path(&name), &data).expect("write small file");
-        expected.push((name, data));
-    }
-    for i in (0..200).step_by(3) {
-        fs::rename(
-            m.path(&format!("ring/small{i}")),
-            m.path(&format!("ring/moved{i}")),
-        )
-        .expect("rename");
-        expected[i].0 = format!("ring/moved{i}");
-    }
-    for i in (1..200).step_by(5) {
-        fs::remove_file(m.path(&expected[i].0)).expect("unlink");
-    }
-    let mut kept: Vec<(String, Vec<u8>)> = expected
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| i % 5 != 1)
-        .map(|(_, e)| e)
-        .collect();
-    let mut big = pattern(9, 3 * 1024 * 1024 + 123);
-    let mut file = fs::File::create(m.path("ring/big")).expect("create big");
-    file.write_all(&big).expect("bulk write");
-    let patch = pattern(11, 300_000);
-    file.seek(SeekFrom::Start(1_000_000)).expect("seek");
-    file.write_all(&patch).expect("overwrite");
-    big[1_000_000..1_300_000].copy_from_slice(&patch);
-    file.sync_all().expect("fsync");
-    drop(file);
-    kept.push(("ring/big".into(), big));
-    let listed = fs::read_dir(&dir).expect("readdir").count();
-    assert_eq!(listed, kept.len(), "readdir lists every file left");
-    kept
-}
-
-fn check(m: &Mounted, expected: &[(String, Vec<u8>)]) {
-    for (name, data) in expected {
-        let mut read = Vec::new();
-        fs::File::open(m.path(name))
-            .and_then(|mut f| f.read_to_end(&mut read))
-            .unwrap_or_else(|e| panic!("read {name}: {e}"));
-        assert!(read == *data, "{name} reads back as written");
-    }
-}
-
 #[test]
 fn requests_are_served_over_io_uring_when_the_kernel_offers_it() {
     if !fuse_available() {
@@ -145,7 +85,7 @@ fn requests_are_served_over_io_uring_when_the_kernel_offers_it() {
         m.log_text()
     );
     let (before, _) = ring_threads(&m.mnt);
-    let expected = workload(&m);
+    let expected = workload(&m, "ring");
     let _ = std::process::Command::new("sync").status();
     drop_caches();
     check(&m, &expected);

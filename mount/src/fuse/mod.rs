@@ -14,6 +14,7 @@ mod xattr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 use rustix::fs::{Mode, OFlags};
@@ -45,7 +46,21 @@ pub struct MountOptions {
     /// Inodes the mount remembers before it asks the kernel to forget the
     /// least recently used (its memory: a few hundred bytes each).
     pub max_inodes: usize,
+    /// How long one serving thread per CPU keeps polling /dev/fuse for the
+    /// next request once the device is idle, before it sleeps; the window
+    /// closes while requests come further apart
+    /// (`vendor/fuser/src/polling.rs`). Where idle CPUs halt at once, this
+    /// spares most requests the wake-up of a halted CPU; it costs CPU, and
+    /// slowed syncs to a disk on this project's VM (docs/PERFORMANCE.md,
+    /// "Polling the device"). Zero (the default): never poll.
+    pub poll: Duration,
 }
+
+/// Polling is off unless asked for: it made syncs to a disk slower and
+/// doubled the mount's CPU time where it made metadata-heavy work faster
+/// (docs/PERFORMANCE.md, "Polling the device"). 200 µs (the kernel's own
+/// default for a guest CPU's halt polling) is the window that measured best.
+pub const DEFAULT_POLL: Duration = Duration::ZERO;
 
 impl Default for MountOptions {
     fn default() -> Self {
@@ -57,6 +72,7 @@ impl Default for MountOptions {
             threads: (2 * cores).clamp(4, 16),
             io_uring: false,
             max_inodes: DEFAULT_MAX_INODES,
+            poll: DEFAULT_POLL,
         }
     }
 }
@@ -155,6 +171,7 @@ impl Mounted {
         config.n_threads = Some(options.threads.max(1));
         config.clone_fd = true;
         config.io_uring = options.io_uring;
+        config.poll = options.poll;
         let session = fuser::Session::new(filesystem, mountpoint, &config)?;
         // Prune notifications go to the session's device from a thread of
         // their own (see `prune`); it ends when the session drops the table.

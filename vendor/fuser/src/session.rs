@@ -40,10 +40,16 @@ use crate::ll::ResponseErrno;
 use crate::ll::Version;
 use crate::ll::flags::init_flags::InitFlags;
 use crate::ll::fuse_abi as abi;
+use crate::long_requests::may_take_long;
 use crate::mnt::Mount;
 use crate::mnt::mount_options::Config;
 use crate::mnt::mount_options::check_option_conflicts;
 use crate::notify::Notifier;
+use crate::polling;
+use crate::polling::CloseOnExit;
+use crate::polling::Listeners;
+use crate::polling::Role;
+use crate::polling::ServingThread;
 use crate::read_buf::FuseReadBuf;
 use crate::reply::Reply;
 use crate::reply::ReplyRaw;
@@ -276,8 +282,25 @@ impl<FS: Filesystem> Session<FS> {
         let mut filesystem = Arc::new(filesystem);
 
         let mut channels = Vec::with_capacity(n_threads);
-
-        for _ in 0..n_threads_minus_one {
+        // One listener per CPU, the rest reserves (polling.rs). Polling
+        // needs a clone of the device per thread, since the non-blocking mode
+        // it sets belongs to the open file; the session's own descriptor
+        // then serves no thread (it stays with notifications and the rings).
+        // Over the rings /dev/fuse carries little (FORGET, INTERRUPT). Without
+        // polling every thread sleeps in a read of the device, as fuser's loop
+        // always did.
+        let cpus = if rings.is_none() && config.clone_fd && !config.poll.is_zero() {
+            polling::allowed_cpus()
+        } else {
+            Vec::new()
+        };
+        let polling = !cpus.is_empty();
+        let own_clones = if polling {
+            n_threads
+        } else {
+            n_threads_minus_one
+        };
+        for _ in 0..own_clones {
             if config.clone_fd {
                 #[cfg(target_os = "linux")]
                 {
@@ -293,10 +316,16 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
         let ring_channel = ch.clone();
-        channels.push(ch);
+        if !polling {
+            channels.push(ch);
+        }
 
         let mut threads = Vec::with_capacity(n_threads);
-
+        // Pinned only with a listener for every CPU: otherwise the CPUs
+        // without one would be no better off, and a lone thread pinned to
+        // one CPU could not move off it when that CPU is busy.
+        let pin = polling && n_threads >= cpus.len();
+        let listeners = polling.then(|| Arc::new(Listeners::new()));
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
             let event_loop = SessionEventLoop {
@@ -306,11 +335,24 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
-            threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
-            );
+            let listeners = listeners.clone();
+            let role = if i < cpus.len() {
+                Role::Listener
+            } else {
+                Role::Reserve
+            };
+            let cpu = cpus.get(i).copied().filter(|_| pin);
+            let poll = config.poll;
+            threads.push(thread::Builder::new().name(thread_name).spawn(move || {
+                let Some(listeners) = listeners else {
+                    return event_loop.event_loop(None);
+                };
+                let _closing = CloseOnExit(&listeners);
+                if let Some(cpu) = cpu {
+                    polling::pin_to_cpu(cpu);
+                }
+                event_loop.event_loop(Some(ServingThread::new(&listeners, role, poll)))
+            })?);
         }
 
         if let Some(rings) = rings {
@@ -508,8 +550,8 @@ impl<FS: Filesystem> Session<FS> {
             debug!("FUSE over io_uring: not offered by the kernel (fuse.enable_uring)");
             return;
         }
-        let payload = (config.max_write as usize)
-            .max(usize::from(config.max_pages()) * page_size::get());
+        let payload =
+            (config.max_write as usize).max(usize::from(config.max_pages()) * page_size::get());
         let fd = self.ch.as_fd().as_raw_fd();
         match crate::uring::Rings::new(self.ch.sender(), fd, payload) {
             Ok(rings) => {
@@ -565,7 +607,9 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
-    fn event_loop(&self) -> io::Result<()> {
+    /// Serves requests from the device until the session ends; `polling`
+    /// is the thread's part in polling the device, if it polls.
+    fn event_loop(&self, mut polling: Option<ServingThread<'_>>) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
@@ -573,7 +617,14 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         loop {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
+            let (received, _serving) = match polling.as_mut() {
+                Some(thread) => match thread.next_request(self.ch.as_fd(), buf, may_take_long) {
+                    Some((received, serving)) => (received, Some(serving)),
+                    None => return Ok(()),
+                },
+                None => (self.ch.receive_retrying(buf), None),
+            };
+            match received {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
@@ -581,7 +632,15 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            req.dispatch(self)
+                            // A panicking handler drops its reply, which
+                            // answers EIO; the thread goes on serving.
+                            let served =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    req.dispatch(self)
+                                }));
+                            if served.is_err() {
+                                error!("a request panicked; answered EIO");
+                            }
                         }
                     }
                     // Quit loop on illegal request

@@ -10,7 +10,7 @@
 //! usually sleeps on another CPU, and waking it (and then the caller) costs
 //! more than many requests take to serve, above all on a virtual machine.
 //! Requests that may take long (syncs, truncations, bulk reads and writes;
-//! `goes_to_pool`) go to a pool of unpinned threads, so that they neither
+//! `long_requests::may_take_long`) go to a pool of unpinned threads, so that they neither
 //! hold back the quick ones made on the same CPU nor keep the caller's CPU
 //! from other work (decrypting read-ahead while the reader runs); the
 //! queue's thread commits their replies when the pool wakes it (an eventfd
@@ -52,6 +52,7 @@ use crate::Filesystem;
 use crate::channel::ChannelSender;
 use crate::ll::fuse_abi as abi;
 use crate::ll::fuse_abi::fuse_opcode;
+use crate::long_requests::may_take_long;
 use crate::request::RequestWithSender;
 use crate::session::SessionEventLoop;
 
@@ -206,42 +207,8 @@ const ENTRIES: usize = 4;
 /// queue (the /dev/fuse path's default is as many serving threads).
 const POOL_THREADS: usize = 4;
 
-/// Reads and writes of at least this many bytes go to the pool.
-const BULK_BYTES: usize = 128 * 1024;
-
 /// `user_data` of the eventfd poll (entries use their index).
 const WAKE: u64 = u64::MAX;
-
-/// `FATTR_SIZE` in `fuse_setattr_in.valid`: a truncation, which may copy
-/// or zero many blocks.
-const FATTR_SIZE: u32 = 1 << 3;
-
-/// Whether a request (classic layout) may take long enough to hold back the
-/// quick requests of its CPU: it then goes to the pool.
-fn goes_to_pool(request: &[u8]) -> bool {
-    use fuse_opcode::*;
-    let opcode = u32::from_ne_bytes(field(request, 4));
-    let arg_u32 = |at: usize| {
-        let at = IN_HEADER_LEN + at;
-        (request.len() >= at + 4).then(|| u32::from_ne_bytes(field(request, at)))
-    };
-    match opcode {
-        // fuse_read_in.size follows fh and offset.
-        op if op == FUSE_READ as u32 => arg_u32(16).is_some_and(|n| n as usize >= BULK_BYTES),
-        op if op == FUSE_WRITE as u32 => request.len() >= BULK_BYTES,
-        // fuse_setattr_in.valid comes first.
-        op if op == FUSE_SETATTR as u32 => arg_u32(0).is_some_and(|valid| valid & FATTR_SIZE != 0),
-        op => [
-            FUSE_FSYNC as u32,
-            FUSE_FSYNCDIR as u32,
-            FUSE_FLUSH as u32,
-            FUSE_RELEASE as u32,
-            FUSE_FALLOCATE as u32,
-            FUSE_COPY_FILE_RANGE as u32,
-        ]
-        .contains(&op),
-    }
-}
 
 /// One ring entry: its buffers (shared with the reply) and the iovecs that
 /// registered them.
@@ -555,7 +522,7 @@ impl Queue {
                 let mut request = spare.pop().unwrap_or_default();
                 let (commit_id, taken) = self.take_request(index, &mut request);
                 self.entries[index].last = (CMD_COMMIT_AND_FETCH, commit_id);
-                if taken && in_pool + 1 < ENTRIES && goes_to_pool(bytes(&request)) {
+                if taken && in_pool + 1 < ENTRIES && may_take_long(bytes(&request)) {
                     let job = Job {
                         request,
                         captured: self.entries[index].captured.clone(),

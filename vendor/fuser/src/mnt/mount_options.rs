@@ -24,6 +24,12 @@ pub struct Config {
     /// besides the /dev/fuse threads (which still serve FORGET and
     /// INTERRUPT).
     pub io_uring: bool,
+    /// How long one serving thread per CPU keeps polling /dev/fuse once it
+    /// is idle, before it sleeps in a read (the window adapts to the idle
+    /// gaps; threads beyond one per CPU park as reserves; see `polling.rs`).
+    /// Needs `clone_fd`. Zero (the default) never polls, and every thread
+    /// sleeps in a read of the device. Not used over io_uring.
+    pub poll: std::time::Duration,
 }
 
 /// Mount options accepted by the FUSE filesystem type

@@ -1,0 +1,193 @@
+//! The pieces of the mount's /dev/fuse loop that poll the device
+//! (`vendor/fuser/src/polling.rs`, `MountOptions::poll`): how the window
+//! adapts, that polling reads what comes and sleeps after the window, and
+//! that reserve threads wait on the device only behind a long request.
+//! (tests/e2e/polling.rs mounts with it; `CHRONICLE_POLL_US=200` runs the
+//! whole suite so.)
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fuser::polling::{Listeners, PollWindow, Role};
+
+const MOST: Duration = Duration::from_micros(64);
+
+#[test]
+fn the_window_closes_when_the_device_stays_idle_longer_than_it() {
+    let mut window = PollWindow::new(MOST);
+    let mut closed_after = None;
+    for learned in 1..=8 {
+        window.learn(MOST * 10);
+        if window.window().is_zero() {
+            closed_after = Some(learned);
+            break;
+        }
+    }
+    assert_eq!(closed_after, Some(4), "64 → 32 → 16 → 8 → closed");
+}
+
+#[test]
+fn the_window_reopens_when_requests_come_close_together() {
+    let mut window = PollWindow::new(MOST);
+    for _ in 0..4 {
+        window.learn(MOST * 10);
+    }
+    assert!(window.window().is_zero());
+    window.learn(MOST / 2);
+    assert_eq!(window.window(), MOST / 8);
+    for _ in 0..5 {
+        window.learn(MOST / 2);
+    }
+    assert_eq!(window.window(), MOST, "grows to its limit, no further");
+}
+
+#[test]
+fn a_huge_window_does_not_overflow() {
+    let mut window = PollWindow::new(Duration::MAX);
+    window.learn(Duration::from_secs(1));
+    assert_eq!(window.window(), Duration::MAX);
+}
+
+#[test]
+fn a_zero_window_never_polls() {
+    let (read, mut write) = std::io::pipe().expect("pipe");
+    let listeners = Listeners::new();
+    let mut window = PollWindow::new(Duration::ZERO);
+    write.write_all(b"x").expect("write");
+    let mut buf = [0; 8];
+    assert_eq!(window.receive(read.as_fd(), &mut buf, &listeners), Ok(1));
+    assert!(!window.nonblocking());
+}
+
+#[test]
+fn polling_takes_what_comes_within_the_window_and_sleeps_after_it() {
+    let (read, mut write) = std::io::pipe().expect("pipe");
+    let listeners = Listeners::new();
+    let most = Duration::from_millis(200);
+    let mut window = PollWindow::new(most);
+    let mut buf = [0; 8];
+
+    // The device has just served a request: the next is polled for.
+    drop(listeners.stop_waiting(false));
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(5));
+        write.write_all(b"x").expect("write");
+        write
+    });
+    assert_eq!(window.receive(read.as_fd(), &mut buf, &listeners), Ok(1));
+    assert!(window.nonblocking(), "caught while polling");
+    assert_eq!(window.window(), most, "a caught request keeps the window");
+    let mut write = writer.join().expect("writer");
+
+    // The next comes long after the window: the thread sleeps in a read.
+    let writer = thread::spawn(move || {
+        thread::sleep(most + Duration::from_millis(300));
+        write.write_all(b"yz").expect("write");
+    });
+    assert_eq!(window.receive(read.as_fd(), &mut buf, &listeners), Ok(2));
+    writer.join().expect("writer");
+    assert!(!window.nonblocking(), "slept in a blocking read");
+    assert_eq!(
+        window.window(),
+        most / 2,
+        "a long idle gap halves the window"
+    );
+}
+
+/// The call-in delay of the reserve test: long, so that a loaded machine
+/// cannot make a listener that comes straight back look late.
+const DELAY: Duration = Duration::from_millis(300);
+
+/// Waits until `count` reaches `want` (or ten seconds pass), and returns it.
+fn settle(count: &AtomicUsize, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::SeqCst) != want && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    count.load(Ordering::SeqCst)
+}
+
+/// Long enough for a reserve that was wrongly called in to have joined.
+fn a_while() {
+    thread::sleep(DELAY + Duration::from_millis(100));
+}
+
+#[test]
+fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
+    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    let joined = Arc::new(AtomicUsize::new(0));
+    let reserves: Vec<_> = (0..2)
+        .map(|_| {
+            let listeners = listeners.clone();
+            let joined = joined.clone();
+            thread::spawn(move || {
+                let waiting = listeners.start_waiting(Role::Reserve, false);
+                if waiting {
+                    joined.fetch_add(1, Ordering::SeqCst);
+                }
+                waiting
+            })
+        })
+        .collect();
+    a_while();
+    assert_eq!(joined.load(Ordering::SeqCst), 0, "two listeners wait");
+
+    drop(listeners.stop_waiting(true));
+    a_while();
+    assert_eq!(joined.load(Ordering::SeqCst), 0, "one listener still waits");
+
+    drop(listeners.stop_waiting(false));
+    a_while();
+    assert_eq!(
+        joined.load(Ordering::SeqCst),
+        0,
+        "the last took a quick request"
+    );
+
+    assert!(listeners.start_waiting(Role::Listener, true));
+    drop(listeners.stop_waiting(true));
+    assert!(
+        listeners.start_waiting(Role::Listener, true),
+        "a listener never parks"
+    );
+    a_while();
+    assert_eq!(
+        joined.load(Ordering::SeqCst),
+        0,
+        "a listener came back in time"
+    );
+
+    drop(listeners.stop_waiting(true));
+    assert_eq!(
+        settle(&joined, 1),
+        1,
+        "held by a long request: a reserve joins"
+    );
+    a_while();
+    assert_eq!(joined.load(Ordering::SeqCst), 1, "one reserve, not both");
+
+    // The reserve serves a request; with no thread waiting it goes straight
+    // back, without parking.
+    drop(listeners.stop_waiting(false));
+    let start = Instant::now();
+    assert!(listeners.start_waiting(Role::Reserve, true));
+    assert!(start.elapsed() < DELAY, "no call-in delay");
+
+    listeners.close();
+    let waited: Vec<bool> = reserves
+        .into_iter()
+        .map(|t| t.join().expect("reserve"))
+        .collect();
+    assert_eq!(
+        waited.iter().filter(|&&w| w).count(),
+        1,
+        "the other returns at close"
+    );
+    assert!(!listeners.start_waiting(Role::Listener, true), "closed");
+}

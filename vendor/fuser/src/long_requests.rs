@@ -1,0 +1,47 @@
+//! Which requests may take long: the ring transport serves them from a pool
+//! so that they do not hold back the quick requests of a CPU, and the
+//! /dev/fuse loop calls in a reserve thread when its pollers take them
+//! (`polling.rs`).
+
+use crate::ll::fuse_abi as abi;
+use crate::ll::fuse_abi::fuse_opcode;
+
+/// Reads and writes of at least this many bytes may take long.
+pub(crate) const BULK_BYTES: usize = 128 * 1024;
+
+/// `FATTR_SIZE` in `fuse_setattr_in.valid`: a truncation, which may copy
+/// or zero many blocks.
+const FATTR_SIZE: u32 = 1 << 3;
+
+const IN_HEADER_LEN: usize = size_of::<abi::fuse_in_header>();
+
+/// Whether a request (in the classic /dev/fuse layout) may take long: a
+/// sync, flush, release, fallocate, copy_file_range or truncation, or a
+/// read or write of `BULK_BYTES` or more.
+pub(crate) fn may_take_long(request: &[u8]) -> bool {
+    use fuse_opcode::*;
+    let u32_at = |at: usize| {
+        let bytes = request.get(at..at + 4)?;
+        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+    };
+    let Some(opcode) = u32_at(4) else {
+        return false;
+    };
+    let arg_u32 = |at: usize| u32_at(IN_HEADER_LEN + at);
+    match opcode {
+        // fuse_read_in.size follows fh and offset.
+        op if op == FUSE_READ as u32 => arg_u32(16).is_some_and(|n| n as usize >= BULK_BYTES),
+        op if op == FUSE_WRITE as u32 => request.len() >= BULK_BYTES,
+        // fuse_setattr_in.valid comes first.
+        op if op == FUSE_SETATTR as u32 => arg_u32(0).is_some_and(|valid| valid & FATTR_SIZE != 0),
+        op => [
+            FUSE_FSYNC as u32,
+            FUSE_FSYNCDIR as u32,
+            FUSE_FLUSH as u32,
+            FUSE_RELEASE as u32,
+            FUSE_FALLOCATE as u32,
+            FUSE_COPY_FILE_RANGE as u32,
+        ]
+        .contains(&op),
+    }
+}
