@@ -71,8 +71,8 @@ fn polling_takes_what_comes_within_the_window_and_sleeps_after_it() {
     let mut window = PollWindow::new(most);
     let mut buf = [0; 8];
 
-    // The device has just served a request: the next is polled for.
-    drop(listeners.stop_waiting(false));
+    // The device has just had a request: the next is polled for.
+    listeners.took_request();
     let writer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(5));
         write.write_all(b"x").expect("write");
@@ -111,18 +111,14 @@ fn settle(count: &AtomicUsize, want: usize) -> usize {
     count.load(Ordering::SeqCst)
 }
 
-/// Long enough for a reserve that was wrongly called in to have joined.
-fn a_while() {
-    thread::sleep(DELAY + Duration::from_millis(100));
-}
-
-#[test]
-fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
-    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
-    assert!(listeners.start_waiting(Role::Listener, false));
-    assert!(listeners.start_waiting(Role::Listener, false));
+/// Parks `count` reserves on `listeners`; each adds to the count returned
+/// when it joins, and its handle tells whether it did.
+fn park_reserves(
+    listeners: &Arc<Listeners>,
+    count: usize,
+) -> (Arc<AtomicUsize>, Vec<thread::JoinHandle<bool>>) {
     let joined = Arc::new(AtomicUsize::new(0));
-    let reserves: Vec<_> = (0..2)
+    let reserves = (0..count)
         .map(|_| {
             let listeners = listeners.clone();
             let joined = joined.clone();
@@ -135,6 +131,20 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
             })
         })
         .collect();
+    (joined, reserves)
+}
+
+/// Long enough for a reserve that was wrongly called in to have joined.
+fn a_while() {
+    thread::sleep(DELAY + Duration::from_millis(100));
+}
+
+#[test]
+fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
+    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    let (joined, reserves) = park_reserves(&listeners, 2);
     a_while();
     assert_eq!(joined.load(Ordering::SeqCst), 0, "two listeners wait");
 
@@ -190,4 +200,26 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
         "the other returns at close"
     );
     assert!(!listeners.start_waiting(Role::Listener, true), "closed");
+}
+
+#[test]
+fn a_quick_request_held_behind_a_long_one_calls_a_reserve_in() {
+    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    let (joined, reserves) = park_reserves(&listeners, 1);
+
+    // One listener serves an fsync while the other still waits; then the
+    // other takes a quick request that blocks (on the file's lock, say).
+    let fsync = listeners.stop_waiting(true);
+    a_while();
+    assert_eq!(joined.load(Ordering::SeqCst), 0, "a listener still waits");
+    let blocked = listeners.stop_waiting(false);
+    assert_eq!(settle(&joined, 1), 1, "no listener left, a sync under way");
+    drop((fsync, blocked));
+
+    listeners.close();
+    for reserve in reserves {
+        reserve.join().expect("reserve");
+    }
 }

@@ -56,8 +56,8 @@ pub struct MountOptions {
     pub poll: Duration,
 }
 
-/// Polling is off unless asked for: it made syncs to a disk slower and
-/// doubled the mount's CPU time where it made metadata-heavy work faster
+/// Polling is off unless asked for: it made syncs to a disk slower and took
+/// 1.6–1.8 times the mount's CPU time where it made metadata-heavy work faster
 /// (docs/PERFORMANCE.md, "Polling the device"). 200 µs (the kernel's own
 /// default for a guest CPU's halt polling) is the window that measured best.
 pub const DEFAULT_POLL: Duration = Duration::ZERO;

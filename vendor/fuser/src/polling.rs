@@ -18,14 +18,15 @@
 //! The kernel hands a request to a thread asleep in a read before a thread
 //! that is polling can take it, waking it. So the threads beyond one per CPU
 //! (*reserves*) do not wait on the device at all: they park, and one is
-//! called in when the last listener waiting there took a request that may
-//! take long (`long_requests::may_take_long`: a sync, a truncation, bulk
-//! I/O) and none is back after `CALL_IN_DELAY`. A request classed as quick
-//! that blocks anyway holds its listener with no reserve called in: with as
-//! many of those at once as listeners, other requests wait until one ends.
+//! called in when no listener is left waiting there while a request that
+//! may take long is being served (`long_requests::may_take_long`: a sync, a
+//! truncation, bulk I/O) and none is back after `CALL_IN_DELAY`. Requests
+//! classed as quick that block anyway, holding every listener with no long
+//! one among them, call no reserve: other requests wait until one ends.
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
@@ -75,6 +76,8 @@ pub struct Listeners {
     /// among themselves, so it may step back by a request's length: the
     /// window then only looks a little less idle.)
     last_busy: AtomicU64,
+    /// Requests that may take long being served now.
+    long_running: AtomicUsize,
     epoch: Instant,
 }
 
@@ -106,6 +109,7 @@ impl Listeners {
             called: Condvar::new(),
             call_in_delay: delay,
             last_busy: AtomicU64::new(0),
+            long_running: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
     }
@@ -142,19 +146,28 @@ impl Listeners {
 
     /// The thread has stopped waiting: it took a request (`may_take_long`
     /// if that one may), or the device failed. When no other thread is left
-    /// waiting and the request may hold this one for long, a reserve is
-    /// called in. Quick requests call none: a listener is back from one
-    /// within microseconds, unless the program its reply woke runs on its
-    /// CPU first, which a reserve would not get past either; calling one in
-    /// for each of those cost more than polling saved (docs/PERFORMANCE.md
-    /// of Chronicle, "Polling the device").
+    /// waiting and a request that may take long is being served (this one
+    /// or another), a reserve is called in: otherwise a quick request that
+    /// blocks behind a sync (on the same file's lock, or syncing the
+    /// journal) would leave no thread on the device. Quick requests alone
+    /// call none: a listener is back from one within microseconds, unless
+    /// the program its reply woke runs on its CPU first, which a reserve
+    /// would not get past either; calling one in for each of those cost
+    /// more than polling saved (docs/PERFORMANCE.md of Chronicle, "Polling
+    /// the device").
     pub fn stop_waiting(&self, may_take_long: bool) -> Serving<'_> {
+        if may_take_long {
+            self.long_running.fetch_add(1, Ordering::Relaxed);
+        }
         let mut turns = self.turns.lock();
         turns.waiting -= 1;
-        if turns.waiting == 0 && may_take_long {
+        if turns.waiting == 0 && self.long_running.load(Ordering::Relaxed) > 0 {
             self.called.notify_one();
         }
-        Serving { listeners: self }
+        Serving {
+            listeners: self,
+            long: may_take_long,
+        }
     }
 
     /// The session has ended: every parked reserve returns, and every
@@ -189,6 +202,7 @@ impl Listeners {
 #[derive(Debug)]
 pub struct Serving<'a> {
     listeners: &'a Listeners,
+    long: bool,
 }
 
 impl Drop for Serving<'_> {
@@ -197,6 +211,9 @@ impl Drop for Serving<'_> {
         listeners
             .last_busy
             .store(listeners.clock(), Ordering::Relaxed);
+        if self.long {
+            listeners.long_running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
