@@ -134,6 +134,22 @@ fn park_reserves(
     (joined, reserves)
 }
 
+/// Two listeners waiting on the device and `reserves` reserves parked, with
+/// the test's call-in delay.
+fn two_listeners_and_reserves(
+    reserves: usize,
+) -> (
+    Arc<Listeners>,
+    Arc<AtomicUsize>,
+    Vec<thread::JoinHandle<bool>>,
+) {
+    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    assert!(listeners.start_waiting(Role::Listener, false));
+    let (joined, reserves) = park_reserves(&listeners, reserves);
+    (listeners, joined, reserves)
+}
+
 /// Long enough for a reserve that was wrongly called in to have joined.
 fn a_while() {
     thread::sleep(DELAY + Duration::from_millis(100));
@@ -141,10 +157,7 @@ fn a_while() {
 
 #[test]
 fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
-    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
-    assert!(listeners.start_waiting(Role::Listener, false));
-    assert!(listeners.start_waiting(Role::Listener, false));
-    let (joined, reserves) = park_reserves(&listeners, 2);
+    let (listeners, joined, reserves) = two_listeners_and_reserves(2);
     a_while();
     assert_eq!(joined.load(Ordering::SeqCst), 0, "two listeners wait");
 
@@ -204,10 +217,7 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
 
 #[test]
 fn a_quick_request_held_behind_a_long_one_calls_a_reserve_in() {
-    let listeners = Arc::new(Listeners::with_call_in_delay(DELAY));
-    assert!(listeners.start_waiting(Role::Listener, false));
-    assert!(listeners.start_waiting(Role::Listener, false));
-    let (joined, reserves) = park_reserves(&listeners, 1);
+    let (listeners, joined, reserves) = two_listeners_and_reserves(1);
 
     // One listener serves an fsync while the other still waits; then the
     // other takes a quick request that blocks (on the file's lock, say).

@@ -7,13 +7,14 @@ use crate::ll::fuse_abi as abi;
 use crate::ll::fuse_abi::fuse_opcode;
 
 /// Reads and writes of at least this many bytes may take long.
-pub(crate) const BULK_BYTES: usize = 128 * 1024;
+const BULK_BYTES: usize = 128 * 1024;
 
 /// `FATTR_SIZE` in `fuse_setattr_in.valid`: a truncation, which may copy
 /// or zero many blocks.
 const FATTR_SIZE: u32 = 1 << 3;
 
-const IN_HEADER_LEN: usize = size_of::<abi::fuse_in_header>();
+/// Where a request's arguments begin, in the classic /dev/fuse layout.
+pub(crate) const IN_HEADER_LEN: usize = size_of::<abi::fuse_in_header>();
 
 /// Whether a request (in the classic /dev/fuse layout) may take long: a
 /// sync, flush, release, fallocate, copy_file_range or truncation, or a

@@ -412,7 +412,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Runs the calling thread on `cpu` only (left unpinned if the system
-/// refuses).
+/// refuses): a listener here, or a ring's serving thread (`uring.rs`).
 pub fn pin_to_cpu(cpu: usize) {
     #[cfg(target_os = "linux")]
     {
@@ -421,7 +421,7 @@ pub fn pin_to_cpu(cpu: usize) {
             .set(cpu)
             .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
         if let Err(e) = pinned {
-            debug!("pinning the listener of CPU {cpu}: {e}");
+            debug!("pinning a serving thread to CPU {cpu}: {e}");
         }
     }
 }

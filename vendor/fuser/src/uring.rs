@@ -10,12 +10,12 @@
 //! usually sleeps on another CPU, and waking it (and then the caller) costs
 //! more than many requests take to serve, above all on a virtual machine.
 //! Requests that may take long (syncs, truncations, bulk reads and writes;
-//! `long_requests::may_take_long`) go to a pool of unpinned threads, so that they neither
-//! hold back the quick ones made on the same CPU nor keep the caller's CPU
-//! from other work (decrypting read-ahead while the reader runs); the
-//! queue's thread commits their replies when the pool wakes it (an eventfd
-//! polled on the ring). Directory listings stay on the queue's thread:
-//! handing them over made `ls -lR` and `rm -rf` a tenth slower.
+//! `long_requests::may_take_long`) go to a pool of unpinned threads, so
+//! that they neither hold back the quick ones made on the same CPU nor keep
+//! the caller's CPU from other work (decrypting read-ahead while the reader
+//! runs); the queue's thread commits their replies when the pool wakes it
+//! (an eventfd polled on the ring). Directory listings stay on the queue's
+//! thread: handing them over made `ls -lR` and `rm -rf` a tenth slower.
 //!
 //! INIT, FORGET, INTERRUPT and anything queued before the rings were ready
 //! still come through /dev/fuse, whose threads keep running; notifications
@@ -52,7 +52,9 @@ use crate::Filesystem;
 use crate::channel::ChannelSender;
 use crate::ll::fuse_abi as abi;
 use crate::ll::fuse_abi::fuse_opcode;
+use crate::long_requests::IN_HEADER_LEN;
 use crate::long_requests::may_take_long;
+use crate::polling::pin_to_cpu;
 use crate::request::RequestWithSender;
 use crate::session::SessionEventLoop;
 
@@ -64,7 +66,6 @@ const OP_IN_LEN: usize = 128;
 /// `ring_ent_in_out.commit_id` and `.payload_sz`.
 const COMMIT_ID: usize = 256 + 8;
 const PAYLOAD_SZ: usize = 256 + 16;
-const IN_HEADER_LEN: usize = size_of::<abi::fuse_in_header>();
 const OUT_HEADER_LEN: usize = size_of::<abi::fuse_out_header>();
 
 /// `enum fuse_uring_cmd`.
@@ -458,6 +459,8 @@ impl Queue {
         se: &SessionEventLoop<FS>,
         jobs: &mpsc::Sender<Job>,
     ) -> io::Result<()> {
+        // The kernel queues a request on the queue of the CPU its caller
+        // runs on.
         pin_to_cpu(usize::from(self.qid));
         let (done, finished) = mpsc::channel::<(usize, Vec<u64>)>();
         let mut spare: Vec<Vec<u64>> = Vec::new();
@@ -654,14 +657,3 @@ fn set_sqe_len(entry: &mut squeue::Entry128, len: u32) {
     raw[SQE_LEN_OFFSET..SQE_LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
-/// Runs this thread on `cpu` only: the kernel queues a request on the
-/// queue of the CPU its caller runs on.
-fn pin_to_cpu(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    let pinned = set
-        .set(cpu)
-        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-    if let Err(e) = pinned {
-        debug!("pinning the io_uring thread of queue {cpu}: {e}");
-    }
-}
