@@ -505,7 +505,7 @@ fn large_directories_and_stable_inodes() {
         .iter()
         .map(|n| (n.clone(), fs::metadata(dir.join(n)).expect("stat").ino()))
         .collect();
-    let _ = fs::write("/proc/sys/vm/drop_caches", "2"); // forget dentries and inodes
+    drop_dentries_and_inodes();
     let mut listed: Vec<(String, u64)> = fs::read_dir(&dir)
         .expect("readdir")
         .map(|e| {

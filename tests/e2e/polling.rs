@@ -1,7 +1,6 @@
-//! Polling /dev/fuse (`--poll-us`): one serving thread per CPU pinned there
-//! when there are enough threads, the rest parked as reserves; everything
-//! reads back as written, and syncs that hold every listener at once do not
-//! stop the mount.
+//! Polling /dev/fuse (`--poll-us`): one serving thread per CPU, none pinned
+//! to it, the rest parked as reserves; everything reads back as written,
+//! and syncs that hold every listener at once do not stop the mount.
 
 use std::fs;
 use std::io::Write;
@@ -49,25 +48,12 @@ fn pinned_serving_threads(mnt: &Path) -> (usize, usize) {
 }
 
 #[test]
-fn a_polling_mount_serves_everything_with_a_listener_on_each_cpu() {
+fn a_polling_mount_serves_everything_with_unpinned_listeners() {
     if !fuse_available() {
         return;
     }
     const THREADS: usize = 4;
     let m = Mounted::new(&["--poll-us", "200", "--threads", "4"]);
-    // One listener pinned to each CPU; none where there are more CPUs than
-    // threads (polling.rs), or a single CPU (nothing to pin to).
-    let want = |cpus: usize| if cpus > 1 && cpus <= THREADS { cpus } else { 0 };
-    // The serving threads start a moment after the mount answers.
-    let (mut cpus, mut pinned) = (0, 0);
-    for _ in 0..250 {
-        (cpus, pinned) = pinned_serving_threads(&m.mnt);
-        if pinned == want(cpus) {
-            break;
-        }
-        thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(pinned, want(cpus), "listeners pinned, of {cpus} CPUs");
 
     let expected = workload(&m, "polled");
 
@@ -107,6 +93,10 @@ fn a_polling_mount_serves_everything_with_a_listener_on_each_cpu() {
     let _ = std::process::Command::new("sync").status();
     drop_caches();
     check(&m, &expected);
+    // Pinned listeners slowed syncs to a disk (polling.rs): every serving
+    // thread, started long since, may run on every CPU.
+    let (cpus, pinned) = pinned_serving_threads(&m.mnt);
+    assert_eq!(pinned, 0, "serving threads pinned, of {cpus} CPUs");
     let log = m.log_text();
     assert!(!log.contains("ERROR"), "the mount logged errors: {log}");
 }

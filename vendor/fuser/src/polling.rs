@@ -7,13 +7,15 @@
 //! machines often run so), each of those wake-ups first brings a halted CPU
 //! back, which can cost more than serving a small request. So, until the
 //! device has been idle (no request taken or finished) for the window, one
-//! thread per CPU (a *listener*, pinned to that CPU when there is one for
-//! every CPU) tries every `BETWEEN_TRIES` to read the next request without
-//! blocking; after each try it yields its CPU to anything else ready to run
+//! thread per CPU (a *listener*) tries every `BETWEEN_TRIES` to read the
+//! next request without blocking; after each try it yields its CPU to anything else ready to run
 //! and spins out the rest of the interval. No CPU halts between the
 //! requests of a busy program. The window adapts to the idle gaps, as the
 //! kernel's own halt polling does, and closes when they are longer than the
-//! limit, so a quiet mount spends no CPU on it.
+//! limit, so a quiet mount spends no CPU on it. Listeners are not pinned
+//! to their CPUs: pinned, a write-and-fsync loop on a disk ran a fifth
+//! slower, and nothing in the six-step benchmark ran faster
+//! (docs/PERFORMANCE.md of Chronicle, "Polling the device").
 //!
 //! The kernel hands a request to a thread asleep in a read before a thread
 //! that is polling can take it, waking it. So the threads beyond one per CPU
@@ -409,19 +411,4 @@ pub fn allowed_cpus() -> Vec<usize> {
         Err(e) => debug!("reading the CPUs this process may use: {e}; not polling"),
     }
     Vec::new()
-}
-
-/// Runs the calling thread on `cpu` only (left unpinned if the system
-/// refuses): a listener here, or a ring's serving thread (`uring.rs`).
-pub fn pin_to_cpu(cpu: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        let mut set = nix::sched::CpuSet::new();
-        let pinned = set
-            .set(cpu)
-            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-        if let Err(e) = pinned {
-            debug!("pinning a serving thread to CPU {cpu}: {e}");
-        }
-    }
 }

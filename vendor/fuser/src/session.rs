@@ -321,10 +321,6 @@ impl<FS: Filesystem> Session<FS> {
         }
 
         let mut threads = Vec::with_capacity(n_threads);
-        // Pinned only with a listener for every CPU: otherwise the CPUs
-        // without one would be no better off, and a lone thread pinned to
-        // one CPU could not move off it when that CPU is busy.
-        let pin = polling && n_threads >= cpus.len();
         let listeners = polling.then(|| Arc::new(Listeners::new()));
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -341,16 +337,12 @@ impl<FS: Filesystem> Session<FS> {
             } else {
                 Role::Reserve
             };
-            let cpu = cpus.get(i).copied().filter(|_| pin);
             let poll = config.poll;
             threads.push(thread::Builder::new().name(thread_name).spawn(move || {
                 let Some(listeners) = listeners else {
                     return event_loop.event_loop(None);
                 };
                 let _closing = CloseOnExit(&listeners);
-                if let Some(cpu) = cpu {
-                    polling::pin_to_cpu(cpu);
-                }
                 event_loop.event_loop(Some(ServingThread::new(&listeners, role, poll)))
             })?);
         }

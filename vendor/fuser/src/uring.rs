@@ -54,7 +54,6 @@ use crate::ll::fuse_abi as abi;
 use crate::ll::fuse_abi::fuse_opcode;
 use crate::long_requests::IN_HEADER_LEN;
 use crate::long_requests::may_take_long;
-use crate::polling::pin_to_cpu;
 use crate::request::RequestWithSender;
 use crate::session::SessionEventLoop;
 
@@ -657,3 +656,17 @@ fn set_sqe_len(entry: &mut squeue::Entry128, len: u32) {
     raw[SQE_LEN_OFFSET..SQE_LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
+/// Runs the calling thread on `cpu` only (left unpinned if the system
+/// refuses).
+fn pin_to_cpu(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut set = nix::sched::CpuSet::new();
+        let pinned = set
+            .set(cpu)
+            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+        if let Err(e) = pinned {
+            debug!("pinning a serving thread to CPU {cpu}: {e}");
+        }
+    }
+}
