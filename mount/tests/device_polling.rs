@@ -1,7 +1,8 @@
 //! The pieces of the mount's /dev/fuse loop that poll the device
 //! (`vendor/fuser/src/polling.rs`, `MountOptions::poll`): how the window
-//! adapts, that polling reads what comes and sleeps after the window, and
-//! that reserve threads wait on the device only behind a long request.
+//! adapts, that polling reads what comes and sleeps after the window, that
+//! it stops while syncs are slow, and that reserve threads wait on the
+//! device only behind a long request.
 //! (tests/e2e/polling.rs mounts with it; `CHRONICLE_POLL_US=200` runs the
 //! whole suite so.)
 
@@ -12,9 +13,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fuser::polling::{Listeners, PollWindow, Role};
+use fuser::polling::{Listeners, PollWindow, RequestKind, Role, SLOW_SYNC, SYNCS_REMEMBERED_FOR};
 
 const MOST: Duration = Duration::from_micros(64);
+const LONG: RequestKind = RequestKind::MayTakeLong;
+const QUICK: RequestKind = RequestKind::Quick;
 
 #[test]
 fn the_window_closes_when_the_device_stays_idle_longer_than_it() {
@@ -161,11 +164,11 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
     a_while();
     assert_eq!(joined.load(Ordering::SeqCst), 0, "two listeners wait");
 
-    drop(listeners.stop_waiting(true));
+    drop(listeners.stop_waiting(LONG));
     a_while();
     assert_eq!(joined.load(Ordering::SeqCst), 0, "one listener still waits");
 
-    drop(listeners.stop_waiting(false));
+    drop(listeners.stop_waiting(QUICK));
     a_while();
     assert_eq!(
         joined.load(Ordering::SeqCst),
@@ -174,7 +177,7 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
     );
 
     assert!(listeners.start_waiting(Role::Listener, true));
-    drop(listeners.stop_waiting(true));
+    drop(listeners.stop_waiting(LONG));
     assert!(
         listeners.start_waiting(Role::Listener, true),
         "a listener never parks"
@@ -186,7 +189,7 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
         "a listener came back in time"
     );
 
-    drop(listeners.stop_waiting(true));
+    drop(listeners.stop_waiting(LONG));
     assert_eq!(
         settle(&joined, 1),
         1,
@@ -197,7 +200,7 @@ fn a_reserve_is_called_in_only_when_every_listener_is_held_by_a_long_request() {
 
     // The reserve serves a request; with no thread waiting it goes straight
     // back, without parking.
-    drop(listeners.stop_waiting(false));
+    drop(listeners.stop_waiting(QUICK));
     let start = Instant::now();
     assert!(listeners.start_waiting(Role::Reserve, true));
     assert!(start.elapsed() < DELAY, "no call-in delay");
@@ -221,10 +224,10 @@ fn a_quick_request_held_behind_a_long_one_calls_a_reserve_in() {
 
     // One listener serves an fsync while the other still waits; then the
     // other takes a quick request that blocks (on the file's lock, say).
-    let fsync = listeners.stop_waiting(true);
+    let fsync = listeners.stop_waiting(LONG);
     a_while();
     assert_eq!(joined.load(Ordering::SeqCst), 0, "a listener still waits");
-    let blocked = listeners.stop_waiting(false);
+    let blocked = listeners.stop_waiting(QUICK);
     assert_eq!(settle(&joined, 1), 1, "no listener left, a sync under way");
     drop((fsync, blocked));
 
@@ -232,4 +235,60 @@ fn a_quick_request_held_behind_a_long_one_calls_a_reserve_in() {
     for reserve in reserves {
         reserve.join().expect("reserve");
     }
+}
+
+/// Serves `count` syncs that each take `took`, as a listener would.
+fn serve_syncs(listeners: &Listeners, count: usize, took: Duration) {
+    for _ in 0..count {
+        assert!(listeners.start_waiting(Role::Listener, true));
+        let serving = listeners.stop_waiting(RequestKind::Sync);
+        thread::sleep(took);
+        drop(serving);
+    }
+}
+
+/// Whether a listener polls: it polls for a request written after it
+/// began waiting, and sleeps in a read otherwise.
+fn polls(listeners: &Listeners) -> bool {
+    let (read, mut write) = std::io::pipe().expect("pipe");
+    let mut window = PollWindow::new(Duration::from_secs(5));
+    listeners.took_request();
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(5));
+        write.write_all(b"x").expect("write");
+    });
+    let mut buf = [0; 8];
+    assert_eq!(window.receive(read.as_fd(), &mut buf, listeners), Ok(1));
+    writer.join().expect("writer");
+    window.nonblocking()
+}
+
+// Protects: polling slowed a write-and-fsync loop on a disk by a sixth;
+// while syncs reach a device (slower than SLOW_SYNC on average) no thread
+// polls, and it resumes once syncs are quick again or have stopped.
+#[test]
+fn slow_syncs_stop_polling_until_they_are_quick_or_over() {
+    let listeners = Listeners::new();
+    assert!(!listeners.quiet());
+    assert!(polls(&listeners), "no sync yet");
+
+    serve_syncs(&listeners, 16, SLOW_SYNC * 4);
+    assert!(listeners.quiet(), "syncs reach a device");
+    assert!(!polls(&listeners), "no polling meanwhile");
+
+    // Quick syncs bring the average down (a busy machine may stall a few,
+    // so as many as it takes).
+    let mut quick = 0;
+    while listeners.quiet() && quick < 10_000 {
+        serve_syncs(&listeners, 1, Duration::ZERO);
+        quick += 1;
+    }
+    assert!(!listeners.quiet(), "quick syncs again");
+    assert!(polls(&listeners));
+
+    serve_syncs(&listeners, 16, SLOW_SYNC * 4);
+    assert!(listeners.quiet());
+    thread::sleep(SYNCS_REMEMBERED_FOR + Duration::from_millis(50));
+    assert!(!listeners.quiet(), "no sync for a while");
+    assert!(polls(&listeners));
 }

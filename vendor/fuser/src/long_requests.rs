@@ -5,6 +5,7 @@
 
 use crate::ll::fuse_abi as abi;
 use crate::ll::fuse_abi::fuse_opcode;
+use crate::polling::RequestKind;
 
 /// Reads and writes of at least this many bytes may take long.
 const BULK_BYTES: usize = 128 * 1024;
@@ -16,19 +17,41 @@ const FATTR_SIZE: u32 = 1 << 3;
 /// Where a request's arguments begin, in the classic /dev/fuse layout.
 pub(crate) const IN_HEADER_LEN: usize = size_of::<abi::fuse_in_header>();
 
+/// How a request (in the classic /dev/fuse layout) may hold the thread
+/// that serves it: a sync, another that `may_take_long`, or a quick one.
+pub(crate) fn request_kind(request: &[u8]) -> RequestKind {
+    let syncs = [
+        fuse_opcode::FUSE_FSYNC as u32,
+        fuse_opcode::FUSE_FSYNCDIR as u32,
+    ];
+    if opcode(request).is_some_and(|op| syncs.contains(&op)) {
+        RequestKind::Sync
+    } else if may_take_long(request) {
+        RequestKind::MayTakeLong
+    } else {
+        RequestKind::Quick
+    }
+}
+
+fn u32_at(request: &[u8], at: usize) -> Option<u32> {
+    let bytes = request.get(at..at + 4)?;
+    Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+}
+
+/// `fuse_in_header.opcode`, after the length.
+fn opcode(request: &[u8]) -> Option<u32> {
+    u32_at(request, 4)
+}
+
 /// Whether a request (in the classic /dev/fuse layout) may take long: a
 /// sync, flush, release, fallocate, copy_file_range or truncation, or a
 /// read or write of `BULK_BYTES` or more.
 pub(crate) fn may_take_long(request: &[u8]) -> bool {
     use fuse_opcode::*;
-    let u32_at = |at: usize| {
-        let bytes = request.get(at..at + 4)?;
-        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
-    };
-    let Some(opcode) = u32_at(4) else {
+    let Some(opcode) = opcode(request) else {
         return false;
     };
-    let arg_u32 = |at: usize| u32_at(IN_HEADER_LEN + at);
+    let arg_u32 = |at: usize| u32_at(request, IN_HEADER_LEN + at);
     match opcode {
         // fuse_read_in.size follows fh and offset.
         op if op == FUSE_READ as u32 => arg_u32(16).is_some_and(|n| n as usize >= BULK_BYTES),

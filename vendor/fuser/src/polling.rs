@@ -8,14 +8,19 @@
 //! back, which can cost more than serving a small request. So, until the
 //! device has been idle (no request taken or finished) for the window, one
 //! thread per CPU (a *listener*) tries every `BETWEEN_TRIES` to read the
-//! next request without blocking; after each try it yields its CPU to anything else ready to run
-//! and spins out the rest of the interval. No CPU halts between the
-//! requests of a busy program. The window adapts to the idle gaps, as the
-//! kernel's own halt polling does, and closes when they are longer than the
-//! limit, so a quiet mount spends no CPU on it. Listeners are not pinned
-//! to their CPUs: pinned, a write-and-fsync loop on a disk ran a fifth
-//! slower, and nothing in the six-step benchmark ran faster
-//! (docs/PERFORMANCE.md of Chronicle, "Polling the device").
+//! next request without blocking; after each try it yields its CPU to
+//! anything else ready to run and spins out the rest of the interval. No
+//! CPU halts between the requests of a busy program. The window adapts to
+//! the idle gaps, as the kernel's own halt polling does, and closes when
+//! they are longer than the limit, so a quiet mount spends no CPU on it.
+//!
+//! Where polling costs more than it spares, it stops. While syncs take
+//! `SLOW_SYNC` or longer on average (they reach a disk), no thread polls:
+//! beside a disk's flushes, a write-and-fsync loop ran a sixth slower with
+//! polling. Listeners are not pinned to their CPUs: pinned, the same loop
+//! ran a fifth slower even with polling off, and nothing in the six-step
+//! benchmark ran faster (docs/PERFORMANCE.md of Chronicle, "Polling the
+//! device").
 //!
 //! The kernel hands a request to a thread asleep in a read before a thread
 //! that is polling can take it, waking it. So the threads beyond one per CPU
@@ -54,6 +59,42 @@ pub const CALL_IN_DELAY: Duration = Duration::from_micros(500);
 /// (docs/PERFORMANCE.md of Chronicle, "Polling the device").
 pub const BETWEEN_TRIES: Duration = Duration::from_micros(20);
 
+/// Syncs that take longer than this on average reach a device that
+/// flushes, and no thread polls while they go on: on this project's VM,
+/// polling slowed a write-and-fsync loop on the disk by a sixth, and the
+/// wake-ups it spares are small beside each flush (docs/PERFORMANCE.md of
+/// Chronicle, "Polling the device"). The same loop's syncs took 13 µs at
+/// the median and 21 µs at the 99th percentile on tmpfs, 327 µs at the
+/// 10th percentile on the disk.
+pub const SLOW_SYNC: Duration = Duration::from_micros(50);
+
+/// How long the syncs' average counts after the last sync: then polling
+/// resumes for whatever else the mount serves.
+pub const SYNCS_REMEMBERED_FOR: Duration = Duration::from_secs(1);
+
+/// The weight of the newest sync in the average, as a divisor: a lone
+/// sync stalled for milliseconds stops polling for a few dozen syncs.
+const SYNC_AVERAGE_DIVISOR: u64 = 8;
+
+/// How a request may hold the thread that serves it
+/// (`long_requests::request_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Served in microseconds, unless it waits for a lock.
+    Quick,
+    /// May take long: a truncation, a release, bulk I/O.
+    MayTakeLong,
+    /// Flushes to stable storage (FSYNC, FSYNCDIR): may take long, and
+    /// while they take `SLOW_SYNC` or longer on average, no thread polls.
+    Sync,
+}
+
+impl RequestKind {
+    fn may_take_long(self) -> bool {
+        self != RequestKind::Quick
+    }
+}
+
 /// What a serving thread does between requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -80,6 +121,10 @@ pub struct Listeners {
     last_busy: AtomicU64,
     /// Requests that may take long being served now.
     long_running: AtomicUsize,
+    /// The syncs' moving average time, and when the last one ended, in
+    /// nanoseconds (since `epoch`).
+    sync_average: AtomicU64,
+    last_sync: AtomicU64,
     epoch: Instant,
 }
 
@@ -112,6 +157,8 @@ impl Listeners {
             call_in_delay: delay,
             last_busy: AtomicU64::new(0),
             long_running: AtomicUsize::new(0),
+            sync_average: AtomicU64::new(0),
+            last_sync: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -157,8 +204,8 @@ impl Listeners {
     /// would not get past either; calling one in for each of those cost
     /// more than polling saved (docs/PERFORMANCE.md of Chronicle, "Polling
     /// the device").
-    pub fn stop_waiting(&self, may_take_long: bool) -> Serving<'_> {
-        if may_take_long {
+    pub fn stop_waiting(&self, kind: RequestKind) -> Serving<'_> {
+        if kind.may_take_long() {
             self.long_running.fetch_add(1, Ordering::Relaxed);
         }
         let mut turns = self.turns.lock();
@@ -168,7 +215,8 @@ impl Listeners {
         }
         Serving {
             listeners: self,
-            long: may_take_long,
+            kind,
+            started: self.clock(),
         }
     }
 
@@ -180,7 +228,7 @@ impl Listeners {
     }
 
     fn clock(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.epoch.elapsed())
     }
 
     /// A thread has taken a request; returns how long the device had been
@@ -189,6 +237,25 @@ impl Listeners {
         let now = self.clock();
         let last = self.last_busy.swap(now, Ordering::Relaxed);
         Duration::from_nanos(now.saturating_sub(last))
+    }
+
+    /// A sync that took `took` ended `now`.
+    fn sync_ended(&self, took: u64, now: u64) {
+        let _ = self
+            .sync_average
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(average - average / SYNC_AVERAGE_DIVISOR + took / SYNC_AVERAGE_DIVISOR)
+            });
+        self.last_sync.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether polling has stopped: syncs going on are slow (`SLOW_SYNC`).
+    pub fn quiet(&self) -> bool {
+        let since_last = self
+            .clock()
+            .saturating_sub(self.last_sync.load(Ordering::Relaxed));
+        self.sync_average.load(Ordering::Relaxed) >= nanos(SLOW_SYNC)
+            && since_last < nanos(SYNCS_REMEMBERED_FOR)
     }
 
     /// How long the device has been idle.
@@ -204,17 +271,21 @@ impl Listeners {
 #[derive(Debug)]
 pub struct Serving<'a> {
     listeners: &'a Listeners,
-    long: bool,
+    kind: RequestKind,
+    /// When the thread took the request, in nanoseconds since `epoch`.
+    started: u64,
 }
 
 impl Drop for Serving<'_> {
     fn drop(&mut self) {
         let listeners = self.listeners;
-        listeners
-            .last_busy
-            .store(listeners.clock(), Ordering::Relaxed);
-        if self.long {
+        let now = listeners.clock();
+        listeners.last_busy.store(now, Ordering::Relaxed);
+        if self.kind.may_take_long() {
             listeners.long_running.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.kind == RequestKind::Sync {
+            listeners.sync_ended(now.saturating_sub(self.started), now);
         }
     }
 }
@@ -252,7 +323,7 @@ impl PollWindow {
         buf: &mut [u8],
         listeners: &Listeners,
     ) -> nix::Result<usize> {
-        if !self.current.is_zero() {
+        if !self.current.is_zero() && !listeners.quiet() {
             self.set_nonblocking(device, true)?;
             loop {
                 let tried = Instant::now();
@@ -266,7 +337,7 @@ impl PollWindow {
                     Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => {}
                     Err(err) => return Err(err),
                 }
-                if listeners.idle_for() >= self.current {
+                if listeners.idle_for() >= self.current || listeners.quiet() {
                     break;
                 }
                 // Anything else ready to run on this CPU (the program, woken
@@ -375,16 +446,23 @@ impl<'a> ServingThread<'a> {
         &mut self,
         device: BorrowedFd<'_>,
         buf: &mut [u8],
-        may_take_long: impl Fn(&[u8]) -> bool,
+        kind_of: impl Fn(&[u8]) -> RequestKind,
     ) -> Option<(nix::Result<usize>, Serving<'a>)> {
         if !self.listeners.start_waiting(self.role, self.after_request) {
             return None;
         }
         self.after_request = true;
         let received = self.window.receive(device, buf, self.listeners);
-        let long = received.is_ok_and(|size| may_take_long(&buf[..size]));
-        Some((received, self.listeners.stop_waiting(long)))
+        let kind = match received {
+            Ok(size) => kind_of(&buf[..size]),
+            Err(_) => RequestKind::Quick,
+        };
+        Some((received, self.listeners.stop_waiting(kind)))
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Ends the session's turns when a serving thread ends (returning or

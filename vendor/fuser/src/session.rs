@@ -40,7 +40,7 @@ use crate::ll::ResponseErrno;
 use crate::ll::Version;
 use crate::ll::flags::init_flags::InitFlags;
 use crate::ll::fuse_abi as abi;
-use crate::long_requests::may_take_long;
+use crate::long_requests::request_kind;
 use crate::mnt::Mount;
 use crate::mnt::mount_options::Config;
 use crate::mnt::mount_options::check_option_conflicts;
@@ -610,7 +610,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             let (received, _serving) = match polling.as_mut() {
-                Some(thread) => match thread.next_request(self.ch.as_fd(), buf, may_take_long) {
+                Some(thread) => match thread.next_request(self.ch.as_fd(), buf, request_kind) {
                     Some((received, serving)) => (received, Some(serving)),
                     None => return Ok(()),
                 },
