@@ -191,6 +191,8 @@ fn demo_runs() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    // The demo drops the kernel's caches itself.
+    let dropping = exclusive_cache_drop();
     let out = run(
         &[
             "demo",
@@ -201,6 +203,7 @@ fn demo_runs() {
         ],
         None,
     );
+    drop(dropping);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("not found anywhere"), "{text}");

@@ -306,10 +306,19 @@ pub fn setxattr(path: &std::ffi::CString, name: &std::ffi::CString, value: &[u8]
 static CACHE_DROPS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Keeps other tests from dropping the kernel's caches until the guard is
-/// dropped. The holder must not drop them itself (it would wait forever).
+/// dropped. The holder must neither drop them itself nor take this guard
+/// again (either would wait forever).
 pub fn hold_caches() -> std::sync::RwLockReadGuard<'static, ()> {
     CACHE_DROPS
         .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held while the caches are dropped: here, or by a program a test runs
+/// (`chronicle demo`).
+pub fn exclusive_cache_drop() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CACHE_DROPS
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -325,9 +334,7 @@ pub fn drop_dentries_and_inodes() {
 }
 
 fn write_drop_caches(what: &str) {
-    let _exclusive = CACHE_DROPS
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _exclusive = exclusive_cache_drop();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", what);
 }
 

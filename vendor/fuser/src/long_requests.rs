@@ -1,11 +1,30 @@
 //! Which requests may take long: the ring transport serves them from a pool
 //! so that they do not hold back the quick requests of a CPU, and the
-//! /dev/fuse loop calls in a reserve thread when its pollers take them
-//! (`polling.rs`).
+//! /dev/fuse loop calls in a reserve thread when its pollers take them; and
+//! which are syncs, whose time tells the pollers whether a disk is behind
+//! the mount (`polling.rs`).
 
 use crate::ll::fuse_abi as abi;
 use crate::ll::fuse_abi::fuse_opcode;
-use crate::polling::RequestKind;
+
+/// How a request may hold the thread that serves it (`request_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Served in microseconds, unless it waits for a lock.
+    Quick,
+    /// May take long: a truncation, a release, bulk I/O.
+    MayTakeLong,
+    /// Flushes to stable storage (FSYNC, FSYNCDIR): may take long, and
+    /// while they take `polling::SLOW_SYNC` or longer on average, no
+    /// thread polls.
+    Sync,
+}
+
+impl RequestKind {
+    pub(crate) fn may_take_long(self) -> bool {
+        self != RequestKind::Quick
+    }
+}
 
 /// Reads and writes of at least this many bytes may take long.
 const BULK_BYTES: usize = 128 * 1024;
@@ -19,7 +38,7 @@ pub(crate) const IN_HEADER_LEN: usize = size_of::<abi::fuse_in_header>();
 
 /// How a request (in the classic /dev/fuse layout) may hold the thread
 /// that serves it: a sync, another that `may_take_long`, or a quick one.
-pub(crate) fn request_kind(request: &[u8]) -> RequestKind {
+pub fn request_kind(request: &[u8]) -> RequestKind {
     let syncs = [
         fuse_opcode::FUSE_FSYNC as u32,
         fuse_opcode::FUSE_FSYNCDIR as u32,

@@ -18,7 +18,7 @@
 //! `SLOW_SYNC` or longer on average (they reach a disk), no thread polls:
 //! beside a disk's flushes, a write-and-fsync loop ran a sixth slower with
 //! polling. Listeners are not pinned to their CPUs: pinned, the same loop
-//! ran a fifth slower even with polling off, and nothing in the six-step
+//! ran a fifth slower with a window of 1 µs, and nothing in the six-step
 //! benchmark ran faster (docs/PERFORMANCE.md of Chronicle, "Polling the
 //! device").
 //!
@@ -46,6 +46,9 @@ use nix::fcntl::fcntl;
 use parking_lot::Condvar;
 use parking_lot::Mutex;
 
+pub use crate::long_requests::RequestKind;
+pub use crate::long_requests::request_kind;
+
 /// How long the listeners must all stay away, after one took a request that
 /// may take long, before a reserve joins them: long enough to pass over two
 /// quick requests served at once, short beside the flush of a disk that a
@@ -59,7 +62,7 @@ pub const CALL_IN_DELAY: Duration = Duration::from_micros(500);
 /// (docs/PERFORMANCE.md of Chronicle, "Polling the device").
 pub const BETWEEN_TRIES: Duration = Duration::from_micros(20);
 
-/// Syncs that take longer than this on average reach a device that
+/// Syncs that take this long or longer on average reach a device that
 /// flushes, and no thread polls while they go on: on this project's VM,
 /// polling slowed a write-and-fsync loop on the disk by a sixth, and the
 /// wake-ups it spares are small beside each flush (docs/PERFORMANCE.md of
@@ -68,32 +71,14 @@ pub const BETWEEN_TRIES: Duration = Duration::from_micros(20);
 /// 10th percentile on the disk.
 pub const SLOW_SYNC: Duration = Duration::from_micros(50);
 
-/// How long the syncs' average counts after the last sync: then polling
-/// resumes for whatever else the mount serves.
+/// How long the syncs' average counts after the last sync began or ended:
+/// then polling resumes for whatever else the mount serves.
 pub const SYNCS_REMEMBERED_FOR: Duration = Duration::from_secs(1);
 
 /// The weight of the newest sync in the average, as a divisor: a lone
-/// sync stalled for milliseconds stops polling for a few dozen syncs.
+/// sync stalled for milliseconds among quick ones pauses polling for a
+/// dozen or two of them.
 const SYNC_AVERAGE_DIVISOR: u64 = 8;
-
-/// How a request may hold the thread that serves it
-/// (`long_requests::request_kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    /// Served in microseconds, unless it waits for a lock.
-    Quick,
-    /// May take long: a truncation, a release, bulk I/O.
-    MayTakeLong,
-    /// Flushes to stable storage (FSYNC, FSYNCDIR): may take long, and
-    /// while they take `SLOW_SYNC` or longer on average, no thread polls.
-    Sync,
-}
-
-impl RequestKind {
-    fn may_take_long(self) -> bool {
-        self != RequestKind::Quick
-    }
-}
 
 /// What a serving thread does between requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +106,8 @@ pub struct Listeners {
     last_busy: AtomicU64,
     /// Requests that may take long being served now.
     long_running: AtomicUsize,
-    /// The syncs' moving average time, and when the last one ended, in
-    /// nanoseconds (since `epoch`).
+    /// The syncs' moving average time, and when the last one began or
+    /// ended, in nanoseconds (since `epoch`).
     sync_average: AtomicU64,
     last_sync: AtomicU64,
     epoch: Instant,
@@ -193,8 +178,8 @@ impl Listeners {
         true
     }
 
-    /// The thread has stopped waiting: it took a request (`may_take_long`
-    /// if that one may), or the device failed. When no other thread is left
+    /// The thread has stopped waiting: it took a request of `kind` (a
+    /// failure of the device counts as quick). When no other thread is left
     /// waiting and a request that may take long is being served (this one
     /// or another), a reserve is called in: otherwise a quick request that
     /// blocks behind a sync (on the same file's lock, or syncing the
@@ -213,10 +198,15 @@ impl Listeners {
         if turns.waiting == 0 && self.long_running.load(Ordering::Relaxed) > 0 {
             self.called.notify_one();
         }
+        let started = self.clock();
+        if kind == RequestKind::Sync {
+            // A sync under way counts as recent, however long it takes.
+            self.last_sync.fetch_max(started, Ordering::Relaxed);
+        }
         Serving {
             listeners: self,
             kind,
-            started: self.clock(),
+            started,
         }
     }
 
@@ -249,8 +239,9 @@ impl Listeners {
         self.last_sync.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Whether polling has stopped: syncs going on are slow (`SLOW_SYNC`).
-    pub fn quiet(&self) -> bool {
+    /// Whether polling is paused: the syncs going on are slow
+    /// (`SLOW_SYNC`).
+    pub fn paused(&self) -> bool {
         let since_last = self
             .clock()
             .saturating_sub(self.last_sync.load(Ordering::Relaxed));
@@ -323,7 +314,7 @@ impl PollWindow {
         buf: &mut [u8],
         listeners: &Listeners,
     ) -> nix::Result<usize> {
-        if !self.current.is_zero() && !listeners.quiet() {
+        if !self.current.is_zero() && !listeners.paused() {
             self.set_nonblocking(device, true)?;
             loop {
                 let tried = Instant::now();
@@ -337,7 +328,7 @@ impl PollWindow {
                     Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => {}
                     Err(err) => return Err(err),
                 }
-                if listeners.idle_for() >= self.current || listeners.quiet() {
+                if listeners.idle_for() >= self.current || listeners.paused() {
                     break;
                 }
                 // Anything else ready to run on this CPU (the program, woken
@@ -438,8 +429,8 @@ impl<'a> ServingThread<'a> {
     }
 
     /// Waits for this thread's turn at the device, then reads the next
-    /// request from `device` into `buf`; `may_take_long` says whether a
-    /// request read may take long. None once the session has ended; with
+    /// request from `device` into `buf`; `kind_of` classes a request read
+    /// (`request_kind`). None once the session has ended; with
     /// the request (or the device's error), the thread's time serving it,
     /// which ends when it is dropped.
     pub fn next_request(
