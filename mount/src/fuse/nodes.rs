@@ -484,6 +484,41 @@ impl NodeTable {
         }
     }
 
+    /// Whether entry `ino` holds its descriptor open now (`remember_known`
+    /// may then count a lookup on it).
+    pub fn holds_descriptor(&self, ino: u64) -> bool {
+        let table = self.lock();
+        table
+            .entries
+            .get(&ino)
+            .is_some_and(|node| node.slot().is_some())
+    }
+
+    /// Counts one kernel lookup on entry `ino` if `stat`, read through a
+    /// name just now, is of the entry's own backing file and the entry
+    /// holds that file's descriptor open: an open descriptor pins the
+    /// backing inode, so its number cannot have passed to another file,
+    /// and nothing need be opened to tell (a listing's entries cost one
+    /// `statat` each instead of an open, a stat, a handle and a close).
+    /// None otherwise: the caller opens the file and `remember`s it.
+    pub fn remember_known(&self, ino: u64, stat: &Stat) -> Option<Pinned> {
+        let table = self.lock();
+        let node = table.entries.get(&ino)?;
+        if (node.dev, node.backing_ino) != (stat.st_dev, stat.st_ino) {
+            return None;
+        }
+        // The table's lock, then the slot's: nothing takes them the other
+        // way round.
+        let fd = Arc::clone(node.slot().as_ref()?);
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        node.used
+            .store(self.round.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(Pinned {
+            node: Arc::clone(node),
+            fd,
+        })
+    }
+
     /// Adds a lookup to an entry the caller already holds (hard links).
     pub fn add_lookup(&self, ino: u64) {
         if let Some(node) = self.lock().entries.get(&ino) {
@@ -617,5 +652,73 @@ impl Picker {
 impl Drop for NodeTable {
     fn drop(&mut self) {
         self.prune.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
+
+    fn open_path(dir: &OwnedFd, name: &str) -> OwnedFd {
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        openat(dir, name, flags, Mode::empty()).expect("open")
+    }
+
+    // Protects: a listing counts a lookup on an entry by the status of its
+    // name alone (`remember_known`) only while the entry's descriptor pins
+    // the file the name leads to; anything else is opened and remembered.
+    #[test]
+    fn a_known_entry_held_open_is_counted_by_its_status_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["a", "b"] {
+            std::fs::write(dir.path().join(name), name).expect("write");
+        }
+        let root = openat(
+            rustix::fs::CWD,
+            dir.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("root");
+        let dir_fd = root.try_clone().expect("clone");
+        let table = NodeTable::new(root, 16, 64, Arc::new(PruneSignal::new())).expect("table");
+        let status = |name: &str| statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW).expect("stat");
+        let fd = open_path(&dir_fd, "a");
+        let stat = rustix::fs::fstat(&fd).expect("fstat");
+        let a = table
+            .remember(fd, &stat, FileType::RegularFile)
+            .expect("remember")
+            .ino;
+        let lookups = |ino| {
+            table
+                .entry(ino)
+                .expect("entry")
+                .lookups
+                .load(Ordering::Relaxed)
+        };
+        assert_eq!(lookups(a), 1);
+
+        let known = table.remember_known(a, &status("a")).expect("held open");
+        assert_eq!(known.ino, a);
+        assert_eq!(lookups(a), 2, "counted");
+        assert!(
+            table.remember_known(a, &status("b")).is_none(),
+            "the name leads to another file"
+        );
+        assert!(
+            table.remember_known(a + 1000, &status("a")).is_none(),
+            "no such entry"
+        );
+        assert_eq!(lookups(a), 2);
+
+        // Once its descriptor is closed, the number could have passed to
+        // another file: only opening it tells.
+        let entry = table.entry(a).expect("entry");
+        drop(known);
+        *entry.slot() = None;
+        assert!(!table.holds_descriptor(a));
+        assert!(table.remember_known(a, &status("a")).is_none(), "closed");
+        assert_eq!(lookups(a), 2);
     }
 }

@@ -379,6 +379,21 @@ impl Ops {
         Ok((node, attr))
     }
 
+    /// Looks up a listed entry, counting one kernel lookup: by its status
+    /// alone when the table holds its file open (`NodeTable::remember_known`),
+    /// as `rm -rf` finds every entry it lists a second time.
+    fn lookup_listed(&self, dir: &Pinned, item: &DirItem) -> Result<(Pinned, FileAttr), Errno> {
+        if self.nodes.holds_descriptor(item.ino) {
+            let stat = rustix::fs::statat(&dir.fd, &item.backing, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(sys)?;
+            if let Some(node) = self.nodes.remember_known(item.ino, &stat) {
+                let attr = self.attr_of(&node, &stat);
+                return Ok((node, attr));
+            }
+        }
+        self.lookup_backing(dir, &item.backing)
+    }
+
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
         let backing = match self.backing_name(&parent, name) {
@@ -1305,7 +1320,7 @@ impl Ops {
                 }
                 continue;
             }
-            let (node, attr) = match self.lookup_backing(&dir, &item.backing) {
+            let (node, attr) = match self.lookup_listed(&dir, item) {
                 Ok(found) => found,
                 // Removed since the snapshot: skip it.
                 Err(e) if e == Errno::ENOENT => continue,
