@@ -249,7 +249,8 @@ fn killed_reencryption_resumes_or_rolls_back() {
         let mut child = rotate(&backing, from, to).spawn().expect("spawn");
         let delay = full.mul_f64(rng.random_range(0.0..1.1));
         std::thread::sleep(delay);
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "seed {seed} round {round}: {status}");
             full = full.min(spawned.elapsed());
         }
         let _ = child.kill();

@@ -485,38 +485,44 @@ impl NodeTable {
     }
 
     /// Whether entry `ino` holds its descriptor open now (`remember_known`
-    /// may then count a lookup on it).
+    /// may then count a lookup on it); false while another thread holds
+    /// the descriptor's slot (reopening it, say).
     pub fn holds_descriptor(&self, ino: u64) -> bool {
-        let table = self.lock();
-        table
-            .entries
-            .get(&ino)
-            .is_some_and(|node| node.slot().is_some())
+        let Some(node) = self.lock().entries.get(&ino).map(Arc::clone) else {
+            return false;
+        };
+        node.slot.try_lock().is_ok_and(|slot| slot.is_some())
     }
 
     /// Counts one kernel lookup on entry `ino` if `stat`, read through a
     /// name just now, is of the entry's own backing file and the entry
     /// holds that file's descriptor open: an open descriptor pins the
-    /// backing inode, so its number cannot have passed to another file,
-    /// and nothing need be opened to tell (a listing's entries cost one
-    /// `statat` each instead of an open, a stat, a handle and a close).
-    /// None otherwise: the caller opens the file and `remember`s it.
+    /// backing inode, so its number cannot have passed to another file
+    /// (the module's assumption, true of local file systems), and nothing
+    /// need be opened to tell (a listing's entries cost one `statat` each
+    /// instead of an open, a stat, a handle and a close). None otherwise:
+    /// the caller opens the file and `remember`s it.
     pub fn remember_known(&self, ino: u64, stat: &Stat) -> Option<Pinned> {
-        let table = self.lock();
-        let node = table.entries.get(&ino)?;
+        let node = self.lock().entries.get(&ino).map(Arc::clone)?;
         if (node.dev, node.backing_ino) != (stat.st_dev, stat.st_ino) {
             return None;
         }
-        // The table's lock, then the slot's: nothing takes them the other
-        // way round.
+        // Not under the table's lock: a reopen by handle may hold the slot
+        // through I/O. Held from here, the descriptor pins the file.
         let fd = Arc::clone(node.slot().as_ref()?);
+        let table = self.lock();
+        if !table
+            .entries
+            .get(&ino)
+            .is_some_and(|current| Arc::ptr_eq(current, &node))
+        {
+            return None;
+        }
         node.lookups.fetch_add(1, Ordering::Relaxed);
         node.used
             .store(self.round.load(Ordering::Relaxed), Ordering::Relaxed);
-        Some(Pinned {
-            node: Arc::clone(node),
-            fd,
-        })
+        drop(table);
+        Some(Pinned { node, fd })
     }
 
     /// Adds a lookup to an entry the caller already holds (hard links).
@@ -698,6 +704,7 @@ mod tests {
                 .load(Ordering::Relaxed)
         };
         assert_eq!(lookups(a), 1);
+        assert!(table.holds_descriptor(a));
 
         let known = table.remember_known(a, &status("a")).expect("held open");
         assert_eq!(known.ino, a);
