@@ -51,15 +51,17 @@ pub struct MountOptions {
     /// closes while requests come further apart
     /// (`vendor/fuser/src/polling.rs`). Where idle CPUs halt at once, this
     /// spares most requests the wake-up of a halted CPU; it costs CPU, and
-    /// slowed syncs to a disk on this project's VM (docs/PERFORMANCE.md,
-    /// "Polling the device"). Zero (the default): never poll.
+    /// it pauses while syncs reach a disk, which it slowed on this
+    /// project's VM (docs/PERFORMANCE.md, "Polling the device"). Zero (the
+    /// default): never poll.
     pub poll: Duration,
 }
 
-/// Polling is off unless asked for: it made syncs to a disk slower and took
-/// 1.6–1.8 times the mount's CPU time where it made metadata-heavy work faster
-/// (docs/PERFORMANCE.md, "Polling the device"). 200 µs (the kernel's own
-/// default for a guest CPU's halt polling) is the window that measured best.
+/// Polling is off unless asked for: it took 1.5–1.8 times the mount's CPU
+/// time where it made metadata-heavy work faster, and still costs syncs to
+/// a disk a few per cent (docs/PERFORMANCE.md, "Polling the device"). 200 µs
+/// (the kernel's own default for a guest CPU's halt polling) is the window
+/// that measured best.
 pub const DEFAULT_POLL: Duration = Duration::ZERO;
 
 impl Default for MountOptions {
