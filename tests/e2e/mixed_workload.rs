@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use crate::util::*;
 
-pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| ((i * 31 + seed * 7) % 251) as u8)
         .collect()

@@ -198,8 +198,10 @@ impl Listeners {
         if turns.waiting == 0 && self.long_running.load(Ordering::Relaxed) > 0 {
             self.called.notify_one();
         }
-        let started = self.clock();
+        // Only a sync's start is needed (no clock read for other requests).
+        let mut started = 0;
         if kind == RequestKind::Sync {
+            started = self.clock();
             // A sync under way counts as recent, however long it takes.
             self.last_sync.fetch_max(started, Ordering::Relaxed);
         }
@@ -263,7 +265,8 @@ impl Listeners {
 pub struct Serving<'a> {
     listeners: &'a Listeners,
     kind: RequestKind,
-    /// When the thread took the request, in nanoseconds since `epoch`.
+    /// When the thread took the request, if a sync, in nanoseconds since
+    /// `epoch`.
     started: u64,
 }
 
@@ -429,15 +432,14 @@ impl<'a> ServingThread<'a> {
     }
 
     /// Waits for this thread's turn at the device, then reads the next
-    /// request from `device` into `buf`; `kind_of` classes a request read
-    /// (`request_kind`). None once the session has ended; with
-    /// the request (or the device's error), the thread's time serving it,
-    /// which ends when it is dropped.
+    /// request from `device` into `buf`. None once the session has ended;
+    /// with the request (or the device's error), the thread's time serving
+    /// it (as long as its `request_kind` says), which ends when it is
+    /// dropped.
     pub fn next_request(
         &mut self,
         device: BorrowedFd<'_>,
         buf: &mut [u8],
-        kind_of: impl Fn(&[u8]) -> RequestKind,
     ) -> Option<(nix::Result<usize>, Serving<'a>)> {
         if !self.listeners.start_waiting(self.role, self.after_request) {
             return None;
@@ -445,7 +447,7 @@ impl<'a> ServingThread<'a> {
         self.after_request = true;
         let received = self.window.receive(device, buf, self.listeners);
         let kind = match received {
-            Ok(size) => kind_of(&buf[..size]),
+            Ok(size) => request_kind(&buf[..size]),
             Err(_) => RequestKind::Quick,
         };
         Some((received, self.listeners.stop_waiting(kind)))
@@ -467,17 +469,17 @@ impl Drop for CloseOnExit<'_> {
     }
 }
 
-/// The CPUs this process may run on, one listener for each; none if they
-/// cannot be read (polling is then not used).
-pub fn allowed_cpus() -> Vec<usize> {
+/// How many CPUs this process may run on, one listener for each; zero if
+/// they cannot be read (polling is then not used).
+pub fn allowed_cpu_count() -> usize {
     #[cfg(target_os = "linux")]
     match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
         Ok(set) => {
             return (0..nix::sched::CpuSet::count())
                 .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
-                .collect();
+                .count();
         }
         Err(e) => debug!("reading the CPUs this process may use: {e}; not polling"),
     }
-    Vec::new()
+    0
 }

@@ -40,7 +40,6 @@ use crate::ll::ResponseErrno;
 use crate::ll::Version;
 use crate::ll::flags::init_flags::InitFlags;
 use crate::ll::fuse_abi as abi;
-use crate::long_requests::request_kind;
 use crate::mnt::Mount;
 use crate::mnt::mount_options::Config;
 use crate::mnt::mount_options::check_option_conflicts;
@@ -289,12 +288,12 @@ impl<FS: Filesystem> Session<FS> {
         // Over the rings /dev/fuse carries little (FORGET, INTERRUPT). Without
         // polling every thread sleeps in a read of the device, as fuser's loop
         // always did.
-        let cpus = if rings.is_none() && config.clone_fd && !config.poll.is_zero() {
-            polling::allowed_cpus()
+        let listener_count = if rings.is_none() && config.clone_fd && !config.poll.is_zero() {
+            polling::allowed_cpu_count()
         } else {
-            Vec::new()
+            0
         };
-        let polling = !cpus.is_empty();
+        let polling = listener_count > 0;
         let own_clones = if polling {
             n_threads
         } else {
@@ -332,7 +331,7 @@ impl<FS: Filesystem> Session<FS> {
                 session_owner,
             };
             let listeners = listeners.clone();
-            let role = if i < cpus.len() {
+            let role = if i < listener_count {
                 Role::Listener
             } else {
                 Role::Reserve
@@ -610,7 +609,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             let (received, _serving) = match polling.as_mut() {
-                Some(thread) => match thread.next_request(self.ch.as_fd(), buf, request_kind) {
+                Some(thread) => match thread.next_request(self.ch.as_fd(), buf) {
                     Some((received, serving)) => (received, Some(serving)),
                     None => return Ok(()),
                 },

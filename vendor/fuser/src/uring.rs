@@ -458,8 +458,6 @@ impl Queue {
         se: &SessionEventLoop<FS>,
         jobs: &mpsc::Sender<Job>,
     ) -> io::Result<()> {
-        // The kernel queues a request on the queue of the CPU its caller
-        // runs on.
         pin_to_cpu(usize::from(self.qid));
         let (done, finished) = mpsc::channel::<(usize, Vec<u64>)>();
         let mut spare: Vec<Vec<u64>> = Vec::new();
@@ -656,17 +654,14 @@ fn set_sqe_len(entry: &mut squeue::Entry128, len: u32) {
     raw[SQE_LEN_OFFSET..SQE_LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
-/// Runs the calling thread on `cpu` only (left unpinned if the system
-/// refuses).
+/// Runs this thread on `cpu` only: the kernel queues a request on the
+/// queue of the CPU its caller runs on.
 fn pin_to_cpu(cpu: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        let mut set = nix::sched::CpuSet::new();
-        let pinned = set
-            .set(cpu)
-            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-        if let Err(e) = pinned {
-            debug!("pinning a serving thread to CPU {cpu}: {e}");
-        }
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(e) = pinned {
+        debug!("pinning the io_uring thread of queue {cpu}: {e}");
     }
 }
