@@ -2,7 +2,8 @@
 # power-loss.sh [RUNS] [SEED]
 #
 # Simulated power loss under BACKING, at RUNS random crash points per
-# workload (default 50): fsynced appends, file creation with fsync of the
+# workload (default 50): fsynced appends, fsynced rewrites of a
+# preallocated file (commits to the journal), file creation with fsync of the
 # file and its directory, renames made durable with fsyncdir, the bundled
 # engine with sync=always, and SQLite in WAL mode. The backing store sits on
 # tests/power_loss/powercut.rs, which drops or tears (at 512-byte sectors)

@@ -69,6 +69,9 @@ pub fn check_volume(
         summary: Summary::default(),
         keys: HashMap::new(),
     };
+    if !repair {
+        checker.report_pending_commits()?;
+    }
     tree::walk(
         volume.backing(),
         Root::Volume(volume.names().mode()),
@@ -163,6 +166,23 @@ impl Checker<'_, '_> {
             }
             Err(e) => self.bad(e),
         }
+    }
+
+    /// Blocks synced through the journal and not yet in their files: the
+    /// files read older than the syncs left them until a repair (or a
+    /// read-write mount) writes them.
+    fn report_pending_commits(&mut self) -> Result<()> {
+        let pending = Journal::pending_commits(self.volume.backing())?;
+        if pending > 0 {
+            self.bad(VolumeError::io(
+                format!(
+                    "the journal holds {pending} synced blocks not yet in their files \
+                     (the last session ended uncleanly); `chronicle fsck --repair` writes them"
+                ),
+                io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        Ok(())
     }
 
     fn bad(&mut self, error: VolumeError) {

@@ -20,7 +20,7 @@ pub const CONFIG_NAME: &str = "chronicle.volume";
 /// Magic number of the configuration.
 pub const CONFIG_MAGIC: [u8; 8] = *b"CHRONVOL";
 /// The configuration format version written and read by this build.
-pub const CONFIG_VERSION: u16 = 3;
+pub const CONFIG_VERSION: u16 = 4;
 /// Algorithm identifier for AES-256-GCM.
 pub const ALGORITHM_AES_256_GCM: u16 = 1;
 /// Feature flag: file names and symlink targets are encrypted (the default;
@@ -573,18 +573,18 @@ mod tests {
         )
         .expect("create");
         let mut bytes = config.encode();
-        bytes[VERSION_AT] = 4;
+        bytes[VERSION_AT] = 5;
         assert!(matches!(
             VolumeConfig::decode(&bytes, Path::new("c")),
-            Err(VolumeError::UnsupportedVersion { found: 4, .. })
+            Err(VolumeError::UnsupportedVersion { found: 5, .. })
         ));
-        // Version 2 volumes had no double-write journal: a crash could
-        // have torn blocks that nothing can put back.
-        bytes[VERSION_AT] = 2;
+        // Version 3 volumes had a journal of copies only, in a record
+        // layout this build misreads (no commits, 44-byte headers).
+        bytes[VERSION_AT] = 3;
         let older = VolumeConfig::decode(&bytes, Path::new("c"));
         assert!(matches!(
             older,
-            Err(VolumeError::UnsupportedVersion { found: 2, .. })
+            Err(VolumeError::UnsupportedVersion { found: 3, .. })
         ));
         let message = older.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("older chronicle"), "{message}");

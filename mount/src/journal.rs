@@ -12,6 +12,15 @@
 //! as it was (by the mount when it first opens the file, or by
 //! `fsck --repair`). Once the file is synced again its copies are released.
 //!
+//! A sync of a file whose only unsynced changes are rewrites held in
+//! memory (`content::guard`) writes them here instead, as commits: the
+//! journal's one flush makes them durable, where writing them in place
+//! would need the journal's flush (for their copies) and then the file's.
+//! A commit is written to its place whatever the file holds when the
+//! volume is next opened, so it must never outlive a newer durable version
+//! of its block: its slot is released, and the journal synced, before the
+//! file's next sync returns.
+//!
 //! The file, `chronicle.volume.journal` in the backing root, is an array of
 //! fixed slots (docs/FORMAT.md): a record header with a checksum of its own
 //! (telling records from free or torn slots), then the stored block (empty
@@ -42,7 +51,9 @@ pub const SEQ_AT: usize = RECORD_MAGIC.len();
 pub const CONTENT_ID_AT: usize = SEQ_AT + 8;
 pub const INDEX_AT: usize = CONTENT_ID_AT + FILE_ID_LEN;
 pub const STORED_LEN_AT: usize = INDEX_AT + 8;
-pub const CRC_AT: usize = STORED_LEN_AT + 4;
+pub const MTIME_SECS_AT: usize = STORED_LEN_AT + 4;
+pub const MTIME_NANOS_AT: usize = MTIME_SECS_AT + 8;
+pub const CRC_AT: usize = MTIME_NANOS_AT + 4;
 /// Record header length (the checksum covers everything before it; the
 /// stored bytes after it are authenticated as the block they are).
 pub const RECORD_HEADER_LEN: usize = CRC_AT + 4;
@@ -63,7 +74,26 @@ pub struct Original<'a> {
     pub stored: &'a [u8],
 }
 
-/// A copy found in the journal when the volume was opened: left by a
+/// A file's modification time, as a commit records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mtime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A block as it was durable, before a rewrite in place: put back only
+    /// if the block as stored fails.
+    Copy,
+    /// A block as a sync made it durable before it was written in place,
+    /// with the file's modification time at that sync: written to its
+    /// place whatever the file holds (`Journal::commit`).
+    Commit(Mtime),
+}
+
+/// A record found in the journal when the volume was opened: left by a
 /// session that ended before the file was synced again. Its bytes stay on
 /// disk until they are put back (`Journal::read_copy`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +105,7 @@ pub struct Carried {
     pub stored_len: usize,
     /// A hole: the block was all zeros and no bytes were recorded.
     pub hole: bool,
+    pub kind: Kind,
 }
 
 /// The largest journal a mount reads: far more than a session leaves
@@ -188,6 +219,31 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Commits an earlier session left in the journal of the volume at
+    /// `backing`, read without changing anything: blocks that a sync made
+    /// durable there and that may not be in their files yet. A read-only
+    /// user of the volume would see their files' older contents.
+    pub fn pending_commits(backing: &Path) -> Result<usize> {
+        let path = backing.join(JOURNAL_NAME);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).context(|| format!("opening {}", path.display())),
+        };
+        let meta = file
+            .metadata()
+            .context(|| format!("examining {}", path.display()))?;
+        if !meta.file_type().is_file() || meta.len() > MAX_JOURNAL_LEN {
+            return Ok(0);
+        }
+        let (carried, _) = read_records(&file, &path)?;
+        Ok(carried
+            .values()
+            .flatten()
+            .filter(|c| matches!(c.kind, Kind::Commit(_)))
+            .count())
+    }
+
     /// Remembers that a sync of the file `file_id` (its header's file id,
     /// random and kept for the file's life) failed: the mount lets go of
     /// files it cannot see closed, and the file opened again must not
@@ -221,7 +277,32 @@ impl Journal {
     /// syncs the journal; returns the slots, to be released once the file's
     /// rewrite is durable.
     pub fn save(&self, content_id: &ContentId, originals: &[Original]) -> Result<Vec<u64>> {
-        self.copy(content_id, originals, true)
+        self.copy(content_id, originals, Kind::Copy, true)
+    }
+
+    /// Writes `blocks`, new contents of the file `content_id` sealed for
+    /// their places, as commits with the file's modification time, and
+    /// syncs the journal: they are then durable as if written in place and
+    /// synced. Returns their slots: a slot goes only by `release` once a
+    /// newer commit of its block is durable, or by `release_durably` once
+    /// the file's own sync covers the block.
+    pub fn commit(
+        &self,
+        content_id: &ContentId,
+        blocks: &[Original],
+        mtime: Mtime,
+    ) -> Result<Vec<u64>> {
+        self.copy(content_id, blocks, Kind::Commit(mtime), true)
+    }
+
+    /// `release`, then a sync, so that no released commit can come back
+    /// after a crash and be written over newer contents.
+    pub fn release_durably(&self, released: &[u64]) -> Result<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        self.release(released);
+        self.sync()
     }
 
     /// `save` without the sync: the caller must `sync` before any block
@@ -232,7 +313,7 @@ impl Journal {
         content_id: &ContentId,
         originals: &[Original],
     ) -> Result<Vec<u64>> {
-        self.copy(content_id, originals, false)
+        self.copy(content_id, originals, Kind::Copy, false)
     }
 
     /// Makes every copy written so far durable. A journal whose sync
@@ -293,7 +374,13 @@ impl Journal {
         self.held_blocks.load(Ordering::Relaxed)
     }
 
-    fn copy(&self, content_id: &ContentId, originals: &[Original], sync: bool) -> Result<Vec<u64>> {
+    fn copy(
+        &self,
+        content_id: &ContentId,
+        originals: &[Original],
+        kind: Kind,
+        sync: bool,
+    ) -> Result<Vec<u64>> {
         self.refuse_after_failure()?;
         let mut slots = self.slots();
         // Many copies at once (an overwrite of a long range) take fresh
@@ -318,7 +405,7 @@ impl Journal {
             let seq = slots.next_seq;
             slots.next_seq += 1;
             let at = buf.len();
-            encode_into(&mut buf, seq, content_id, original);
+            encode_into(&mut buf, seq, content_id, original, kind);
             buf.resize(at + SLOT_LEN as usize, 0);
             let run_ends = i + 1 == originals.len() || taken[i + 1] != taken[i] + 1;
             if run_ends {
@@ -402,6 +489,16 @@ impl Journal {
         self.slots().carried.len()
     }
 
+    /// Commits among the records an earlier session left.
+    pub fn carried_commits(&self) -> usize {
+        self.slots()
+            .carried
+            .values()
+            .flatten()
+            .filter(|c| matches!(c.kind, Kind::Commit(_)))
+            .count()
+    }
+
     /// Drops every copy an earlier session left (after `fsck --repair` has
     /// visited every file, nothing can claim them any more).
     pub fn forget_carried(&self) {
@@ -443,17 +540,33 @@ impl Journal {
 }
 
 /// Appends the record for `original` to `out`.
-fn encode_into(out: &mut Vec<u8>, seq: u64, content_id: &ContentId, original: &Original) {
+fn encode_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    content_id: &ContentId,
+    original: &Original,
+    kind: Kind,
+) {
     let hole = original.stored.iter().all(|&b| b == 0);
     let payload: &[u8] = if hole { &[] } else { original.stored };
-    // A hole records its stored length with no bytes: the top bit says so.
-    let stored_len = original.stored.len() as u32 | if hole { HOLE_BIT } else { 0 };
+    // A hole records its stored length with no bytes: the top bit says so;
+    // the next one marks a commit.
+    let mut stored_len = original.stored.len() as u32 | if hole { HOLE_BIT } else { 0 };
+    let mtime = match kind {
+        Kind::Copy => Mtime { secs: 0, nanos: 0 },
+        Kind::Commit(mtime) => {
+            stored_len |= COMMIT_BIT;
+            mtime
+        }
+    };
     let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(content_id);
     out.extend_from_slice(&original.index.to_le_bytes());
     out.extend_from_slice(&stored_len.to_le_bytes());
+    out.extend_from_slice(&mtime.secs.to_le_bytes());
+    out.extend_from_slice(&mtime.nanos.to_le_bytes());
     let crc = crc32fast::hash(&out[start..start + CRC_AT]);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
@@ -461,6 +574,8 @@ fn encode_into(out: &mut Vec<u8>, seq: u64, content_id: &ContentId, original: &O
 
 /// Set in a record's stored length when the block was a hole.
 pub const HOLE_BIT: u32 = 1 << 31;
+/// Set in a record's stored length when the record is a commit.
+pub const COMMIT_BIT: u32 = 1 << 30;
 
 /// Decodes one slot's record header; `None` for a free, torn or foreign
 /// slot, or one that names a block no file can have.
@@ -475,11 +590,18 @@ pub fn decode(slot: u64, header: &[u8]) -> Option<(ContentId, Carried)> {
         return None;
     }
     let raw_len = u32_at(STORED_LEN_AT);
-    let stored_len = (raw_len & !HOLE_BIT) as usize;
+    let stored_len = (raw_len & !(HOLE_BIT | COMMIT_BIT)) as usize;
     let index = u64_at(INDEX_AT);
     if stored_len as u64 > CIPHER_BLOCK_SIZE || stored_len == 0 || index > MAX_INDEX {
         return None;
     }
+    let kind = match raw_len & COMMIT_BIT != 0 {
+        false => Kind::Copy,
+        true => Kind::Commit(Mtime {
+            secs: u64_at(MTIME_SECS_AT) as i64,
+            nanos: u32_at(MTIME_NANOS_AT),
+        }),
+    };
     let content_id: ContentId = header[CONTENT_ID_AT..INDEX_AT]
         .try_into()
         .expect("16 bytes");
@@ -491,6 +613,7 @@ pub fn decode(slot: u64, header: &[u8]) -> Option<(ContentId, Carried)> {
             index,
             stored_len,
             hole: raw_len & HOLE_BIT != 0,
+            kind,
         },
     ))
 }
@@ -537,8 +660,8 @@ mod tests {
     // Protects: the record layout docs/FORMAT.md draws.
     #[test]
     fn record_layout() {
-        assert_eq!(RECORD_HEADER_LEN, 44);
-        assert_eq!(SLOT_LEN, 4180);
+        assert_eq!(RECORD_HEADER_LEN, 56);
+        assert_eq!(SLOT_LEN, 4192);
     }
 
     // Protects: a record reads back as written, a hole costs no bytes, and
@@ -556,11 +679,13 @@ mod tests {
                 index: 3,
                 stored: &stored,
             },
+            Kind::Copy,
         );
         let (got_id, record) = decode(0, &out).expect("decodes");
         assert_eq!(got_id, id);
         assert_eq!((record.seq, record.index), (9, 3));
         assert_eq!((record.stored_len, record.hole), (stored.len(), false));
+        assert_eq!(record.kind, Kind::Copy);
         assert_eq!(&out[RECORD_HEADER_LEN..], &stored[..]);
         for cut in [0, 10, RECORD_HEADER_LEN - 1] {
             assert!(decode(0, &out[..cut]).is_none(), "cut at {cut}");
@@ -579,6 +704,7 @@ mod tests {
                 index: 4,
                 stored: &zeros,
             },
+            Kind::Copy,
         );
         assert_eq!(out.len(), RECORD_HEADER_LEN);
         let hole = decode(1, &out).expect("hole").1;
@@ -594,8 +720,32 @@ mod tests {
                 index: u64::MAX / 2,
                 stored: &stored,
             },
+            Kind::Copy,
         );
         assert!(decode(2, &out).is_none());
+
+        // A commit carries the file's modification time.
+        out.clear();
+        let mtime = Mtime {
+            secs: 1_796_080_399,
+            nanos: 334_536_459,
+        };
+        encode_into(
+            &mut out,
+            12,
+            &id,
+            &Original {
+                index: 5,
+                stored: &stored,
+            },
+            Kind::Commit(mtime),
+        );
+        let commit = decode(3, &out).expect("commit").1;
+        assert_eq!((commit.index, commit.stored_len), (5, stored.len()));
+        assert_eq!((commit.kind, commit.hole), (Kind::Commit(mtime), false));
+        let mut flipped = out.clone();
+        flipped[MTIME_NANOS_AT] ^= 1;
+        assert!(decode(3, &flipped).is_none(), "the time is checksummed");
     }
 
     // Protects: copies survive a reopen (a crash) until released, slots are

@@ -19,6 +19,7 @@ pub mod name_cipher;
 pub mod names;
 pub mod random;
 pub mod reencrypt;
+pub mod replay;
 pub mod symlink_file;
 pub mod transfer;
 pub mod tree;

@@ -488,3 +488,185 @@ fn a_planted_journal_that_is_not_a_file_is_refused() {
         b"precious"
     );
 }
+
+/// A file of `blocks` whole blocks of `durable`, synced by `fsync`, with a
+/// journal beside it.
+fn synced_file(dir: &Path, durable: &[u8]) -> (Arc<Journal>, EncryptedFile, std::path::PathBuf) {
+    let path = dir.join("f");
+    let (journal, file) = guarded_new_file(&path);
+    file.write_at(0, durable).expect("write");
+    file.sync(false).expect("fsync");
+    (journal, file, path)
+}
+
+// Protects: a sync of rewrites held in memory, with nothing else changed
+// since the file's last `fsync`, commits them to the journal with one
+// journal sync and leaves the file as it was; after a crash right then,
+// or while the held blocks were later written in place and torn any way,
+// the file reads as the sync left it. Without the journal the old
+// contents come back, so the commit is what made the sync durable.
+#[test]
+fn a_sync_of_held_rewrites_commits_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = record(9, 5 * 4096);
+    let (journal, file, path) = synced_file(dir.path(), &durable);
+    let before = fs::read(&path).expect("before");
+    let new_block = record(10, 4096);
+    let mut expected = durable.clone();
+    expected[4096..8192].copy_from_slice(&new_block);
+
+    file.write_at(4096, &new_block).expect("rewrite");
+    let syncs = journal.syncs();
+    file.sync(false).expect("fsync");
+    assert_eq!(journal.syncs(), syncs + 1, "one journal sync");
+    assert_eq!(
+        fs::read(&path).expect("after"),
+        before,
+        "nothing in place yet"
+    );
+    let committed = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+    assert_eq!(reopen(&before, &committed), Ok(expected.clone()));
+    assert_eq!(reopen(&before, &[]), Ok(durable), "the control");
+
+    // A second sync with nothing new costs nothing.
+    file.sync(false).expect("fsync again");
+    assert_eq!(journal.syncs(), syncs + 1);
+
+    file.write_held_back().expect("written in place");
+    let c = Captured {
+        after: fs::read(&path).expect("after"),
+        before,
+        journal: committed,
+    };
+    assert_ne!(c.after, c.before);
+    let (tried, lost) = losses_at(&c, &c.journal, 23, &[c.before.len()], &|got| {
+        got == expected.as_slice()
+    });
+    assert!(tried > 8 && lost.is_empty(), "{tried} states: {lost:?}");
+}
+
+/// Something done to a synced file (and its backing path) before a rewrite.
+type Change = dyn Fn(&EncryptedFile, &Path);
+
+// Protects: a commit stands for a sync only when held rewrites are all
+// that changed since the file's last `fsync`. After other writes, after a
+// sync by `fdatasync` (which did not make the file's attributes durable)
+// or after a change of mode, the sync writes everything in place and
+// syncs the file.
+#[test]
+fn a_sync_after_other_changes_is_a_sync_of_the_file() {
+    let rewrite = record(12, 4096);
+    let cases: [(&str, &Change); 3] = [
+        ("an append", &|f, _| {
+            f.write_at(5 * 4096, b"tail").expect("append")
+        }),
+        ("fdatasync", &|f, _| f.sync(true).expect("fdatasync")),
+        ("a mode change", &|_, p| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o600)).expect("chmod")
+        }),
+    ];
+    for (what, change) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, file, path) = synced_file(dir.path(), &record(11, 5 * 4096));
+        change(&file, &path);
+        file.write_at(4096, &rewrite).expect("rewrite");
+        file.sync(false).expect("fsync");
+        let mut got = vec![0u8; 4096];
+        let stored = fs::read(&path).expect("stored");
+        let reread = EncryptedFile::open(open_rw(&path, false), crypto(), path.clone())
+            .expect("open")
+            .read_at(4096, &mut got)
+            .expect("read");
+        assert_eq!((reread, &got), (4096, &rewrite), "{what}: in place");
+        assert!(stored.len() > 5 * 4096);
+        assert_eq!(
+            Journal::pending_commits(dir.path()).expect("pending"),
+            0,
+            "{what}: no commit"
+        );
+        drop(file);
+        drop(journal);
+    }
+}
+
+// Protects: commits never outlive the file's next sync of its own. Once
+// the committed blocks are in place and the file synced, the journal holds
+// no commit, so none can be written over the file's later contents (here a
+// shrink and a regrowth over the committed block) after a crash.
+#[test]
+fn commits_are_gone_after_the_files_own_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_journal, file, path) = synced_file(dir.path(), &record(13, 5 * 4096));
+    file.write_at(4096, &record(14, 4096)).expect("rewrite");
+    file.sync(false).expect("commit");
+    assert_eq!(Journal::pending_commits(dir.path()).expect("pending"), 1);
+    file.write_at(5 * 4096, b"x").expect("an append, not held");
+    file.sync(false).expect("fsync");
+    assert_eq!(Journal::pending_commits(dir.path()).expect("pending"), 0);
+
+    file.set_len(100).expect("shrink");
+    let regrown = record(15, 3 * 4096);
+    file.write_at(100, &regrown).expect("regrow");
+    file.sync(false).expect("fsync");
+    let mut expected = record(13, 100);
+    expected.extend(&regrown);
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+    let state = fs::read(&path).expect("state");
+    assert_eq!(reopen(&state, &journal_bytes), Ok(expected));
+}
+
+// Protects: a commit torn while it was written (its journal sync never
+// returned, so its `fsync` failed) does not hide the commit before it: the
+// block reads as the earlier sync or, with the new commit whole, as the
+// new one, never as it was before both.
+#[test]
+fn a_torn_commit_leaves_the_one_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    // Released records stay on disk, as before their clearing lands.
+    let journal = Arc::new(
+        Journal::open(dir.path())
+            .expect("journal")
+            .keeping_released(),
+    );
+    let file = new_file_guarded_by(&path, &journal);
+    let durable = record(16, 5 * 4096);
+    file.write_at(0, &durable).expect("write");
+    file.sync(false).expect("fsync");
+    let backing = fs::read(&path).expect("backing");
+    let journal_path = dir.path().join(JOURNAL_NAME);
+    let (first, second) = (record(17, 4096), record(18, 4096));
+    file.write_at(4096, &first).expect("rewrite");
+    file.sync(false).expect("commit");
+    let after_first = fs::read(&journal_path).expect("journal");
+    file.write_at(4096, &second).expect("rewrite again");
+    file.sync(false).expect("commit again");
+    assert_eq!(
+        fs::read(&path).expect("backing"),
+        backing,
+        "nothing in place"
+    );
+    let c = Captured {
+        after: fs::read(&journal_path).expect("journal"),
+        before: after_first,
+        journal: Vec::new(),
+    };
+    let with = |page: &[u8]| {
+        let mut all = durable.clone();
+        all[4096..8192].copy_from_slice(page);
+        all
+    };
+    let (expect_first, expect_second) = (with(&first), with(&second));
+    let states = crash_states(&c, 29, &[c.after.len()]);
+    assert!(states.len() > 8);
+    for (n, torn) in states.iter().enumerate() {
+        let got = reopen(&backing, torn);
+        assert!(
+            got.as_ref() == Ok(&expect_first) || got.as_ref() == Ok(&expect_second),
+            "state {n}: {:?}",
+            got.map(|g| g.len())
+        );
+    }
+    drop(file);
+}

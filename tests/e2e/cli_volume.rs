@@ -20,7 +20,7 @@ fn init_and_info() {
         "Encrypted: true",
         "Algorithm: AES-256-GCM",
         "Block size: 4096",
-        "Format version: 3",
+        "Format version: 4",
         "Key source: raw key",
     ] {
         assert!(
@@ -33,7 +33,7 @@ fn init_and_info() {
     assert_eq!(doc["encrypted"], true);
     assert_eq!(doc["algorithm"], "AES-256-GCM");
     assert_eq!(doc["block_size"], 4096);
-    assert_eq!(doc["format_version"], 3);
+    assert_eq!(doc["format_version"], 4);
 }
 
 // Protects: init refuses to overwrite an existing volume.

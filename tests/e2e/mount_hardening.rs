@@ -496,6 +496,93 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
     );
 }
 
+// Protects: an fsync of rewrites the mount holds (here a page of a
+// preallocated file, as a database's log) is made durable by a commit to
+// the journal. After the mount dies, the commit is what holds the synced
+// page: a read-only mount, which would show the older page, refuses to
+// start and says what to do; `fsck` reports it; `fsck --repair` writes
+// it; then the read-only mount shows the synced page.
+#[test]
+fn a_killed_mount_keeps_a_committed_sync() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let f = fs::File::create(m.path("log")).expect("create");
+    f.write_all_at(&vec![0u8; 8 * 4096], 0)
+        .expect("preallocate");
+    f.sync_all().expect("fsync");
+    let page = vec![0x5au8; 4096];
+    f.write_all_at(&page, 4096).expect("rewrite");
+    f.sync_all().expect("fsync the rewrite");
+    kill_mount(&m.mnt);
+    drop(f);
+    let ro_mnt = m.fixture.dir.path().join("ro");
+    fs::create_dir_all(&ro_mnt).expect("mkdir");
+    let _ = run(&["umount", path_str(&m.mnt)], None);
+    let refused = run(
+        &["mount", m.fixture.b(), path_str(&ro_mnt), "--read-only"],
+        Some(KEY),
+    );
+    assert!(!refused.status.success(), "a read-only mount started");
+    assert!(
+        stderr(&refused).contains("fsck --repair"),
+        "{}",
+        stderr(&refused)
+    );
+    let check = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(!check.status.success(), "fsck passed: {}", stdout(&check));
+    let told = format!("{}{}", stdout(&check), stderr(&check));
+    assert!(told.contains("synced blocks"), "{told}");
+    let repair = run(&["fsck", m.fixture.b(), "--repair"], Some(KEY));
+    assert!(repair.status.success(), "{}", stderr(&repair));
+    let check = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(check.status.success(), "{}", stdout(&check));
+    let ro = run(
+        &["mount", m.fixture.b(), path_str(&ro_mnt), "--read-only"],
+        Some(KEY),
+    );
+    assert!(ro.status.success(), "{}", stderr(&ro));
+    let got = fs::read(ro_mnt.join("log"));
+    let _ = run(&["umount", path_str(&ro_mnt)], None);
+    let got = got.expect("read");
+    assert_eq!(&got[4096..8192], &page[..], "the synced page");
+    assert_eq!(got.len(), 8 * 4096);
+}
+
+// Protects: a read-write mount after a crash writes every commit to its
+// file before it serves, files it is never asked for included: `fsck`
+// then passes with no commit waiting, and the file reads as synced.
+#[test]
+fn a_read_write_mount_writes_commits_a_crash_left() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let f = fs::File::create(m.path("log")).expect("create");
+    f.write_all_at(&vec![0u8; 8 * 4096], 0)
+        .expect("preallocate");
+    f.sync_all().expect("fsync");
+    let page = vec![0xa5u8; 4096];
+    f.write_all_at(&page, 2 * 4096).expect("rewrite");
+    f.sync_all().expect("fsync the rewrite");
+    kill_mount(&m.mnt);
+    drop(f);
+    let out = m.remount();
+    assert!(out.status.success(), "{}", stderr(&out));
+    m.unmount();
+    assert!(
+        m.log_text().contains("is now written to them"),
+        "{}",
+        m.log_text()
+    );
+    let check = run(&["fsck", m.fixture.b()], Some(KEY));
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    let out = m.remount();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = fs::read(m.path("log")).expect("read");
+    assert_eq!(&got[2 * 4096..3 * 4096], &page[..], "the synced page");
+}
+
 // Protects: rewrites a file holds back in memory (one journal sync shared
 // by many) reach the backing file within seconds even when the program
 // neither syncs, reads nor closes the file: a mount killed after that has

@@ -378,6 +378,72 @@ fn verify_appends(mnt: &Path, acked: u64) -> Result<(), String> {
     Ok(())
 }
 
+const PAGE: usize = 4096;
+/// Pages the rewrites workload cycles through, in a file of one more (its
+/// last block is never rewritten, as a preallocated log's is not).
+const PAGES: u64 = 48;
+
+fn page(n: u64) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..PAGE)
+        .map(|i| (n as usize * 13 + i % 251) as u8)
+        .collect();
+    p[..8].copy_from_slice(&n.to_le_bytes());
+    p
+}
+
+/// Rewrites 4 KiB pages of a preallocated file in turn, each `fsync`ed, as
+/// a database's write-ahead log does: the mount holds such rewrites and
+/// makes them durable by a commit to its journal.
+fn rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
+    let path = mnt.join("log");
+    let made = std::fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; PAGE * (PAGES as usize + 1)])?;
+            f.sync_all()
+        })
+        .and_then(|()| sync_dir(mnt));
+    let Ok(f) = made.and_then(|()| std::fs::OpenOptions::new().write(true).open(&path)) else {
+        return;
+    };
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let at = (n % PAGES) * PAGE as u64;
+        if f.write_all_at(&page(n), at).is_err() || f.sync_all().is_err() {
+            return;
+        }
+        n += 1;
+        acked.store(n, Ordering::SeqCst);
+    }
+}
+
+/// Each page holds the last write to it that was acknowledged, or the one
+/// in flight.
+fn verify_rewrites(mnt: &Path, acked: u64) -> Result<(), String> {
+    let got = match std::fs::read(mnt.join("log")) {
+        Ok(got) => got,
+        Err(_) if acked == 0 => return Ok(()),
+        Err(e) => return Err(format!("read: {e}")),
+    };
+    if got.len() != PAGE * (PAGES as usize + 1) {
+        return Err(format!("{} bytes", got.len()));
+    }
+    for slot in 0..PAGES {
+        let bytes = &got[slot as usize * PAGE..(slot as usize + 1) * PAGE];
+        // The acknowledged writes to this page, newest last.
+        let newest_acked = (slot..acked).step_by(PAGES as usize).last();
+        let in_flight = (acked % PAGES == slot).then_some(acked);
+        let fine = newest_acked.map_or(bytes.iter().all(|&b| b == 0), |n| bytes == page(n))
+            || in_flight.is_some_and(|n| bytes == page(n));
+        if !fine {
+            let found = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            return Err(format!(
+                "page {slot}: holds write {found}, the newest acknowledged is {newest_acked:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Creates files, each fsynced with its directory.
 fn creates(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
     let dir = mnt.join("d");
@@ -597,6 +663,11 @@ fn verify_sqlite(mnt: &Path, acked: u64) -> Result<(), String> {
 #[test]
 fn fsynced_appends_survive_power_loss() {
     crash_points("appends", appends, verify_appends);
+}
+
+#[test]
+fn fsynced_rewrites_survive_power_loss() {
+    crash_points("rewrites", rewrites, verify_rewrites);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! needs no copy: an append loop copies the partial last block once per
 //! `fsync`, not once per write.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -17,7 +17,7 @@ use std::sync::{Arc, MutexGuard};
 use super::blocks::{is_zero, try_open};
 use super::{block_len, EncryptedFile, Header, State, TailRepair};
 use crate::error::{IoContext, Result};
-use crate::journal::{Carried, ContentId, Journal, Original};
+use crate::journal::{Carried, ContentId, Journal, Kind, Mtime, Original};
 use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD};
 
 /// Copies one file may hold before it is synced instead (which makes what
@@ -40,6 +40,14 @@ pub(super) struct Guard {
     slots: Vec<u64>,
     /// Rewritten blocks held back (`hold`), as stored, by index.
     held: BTreeMap<u64, Box<[u8]>>,
+    /// Held blocks whose contents a commit made durable (`commit_held`).
+    committed: HashSet<u64>,
+    /// Each committed block's newest commit, by index: its journal slot,
+    /// released (durably) by the file's next sync, once the block is in
+    /// place.
+    commits: HashMap<u64, u64>,
+    /// The modification time the newest commit recorded.
+    committed_mtime: Option<Mtime>,
     /// The backing file is open for writing (a read-only descriptor must
     /// fail a write at once, not when held blocks are written).
     writable: bool,
@@ -88,6 +96,9 @@ impl EncryptedFile {
             saved: HashSet::new(),
             slots: Vec::new(),
             held: BTreeMap::new(),
+            committed: HashSet::new(),
+            commits: HashMap::new(),
+            committed_mtime: None,
             writable,
         });
         Ok(self)
@@ -108,15 +119,28 @@ impl EncryptedFile {
         if carried.is_empty() {
             return Ok(None);
         }
-        let put_back = self.put_back(&mut state, &carried, journal)?;
+        let PutBack { copies, commits } = self.put_back(&mut state, &carried, journal)?;
         let slots: Vec<u64> = carried.iter().map(|c| c.slot).collect();
-        // Nothing torn that a copy mends: the file is left as it is (its
-        // tail is `fsck --repair`'s to judge), so that a planted record
+        // Written in place and synced (`put_back`): a commit left on disk
+        // could come back over a later version.
+        let release = || match carried.iter().any(|c| matches!(c.kind, Kind::Commit(_))) {
+            true => journal.release_durably(&slots),
+            false => {
+                journal.release(&slots);
+                Ok(())
+            }
+        };
+        // Nothing torn that a copy mends: the file's end is left as it is
+        // (it is `fsck --repair`'s to judge), so that a planted record
         // cannot make the mount cut a file on its own.
-        if put_back == 0 {
-            journal.release(&slots);
-            return Ok(None);
+        if copies == 0 {
+            release()?;
+            return Ok((commits > 0).then(|| TailRepair::Repaired {
+                what: format!("{commits} blocks synced through the journal written to their place"),
+                size: layout::plaintext_size_lossy(self.cipher_len().unwrap_or(0)),
+            }));
         }
+        let put_back = copies + commits;
         let outcome = match self.repair_tail_locked(&mut state)? {
             TailRepair::Clean => TailRepair::Repaired {
                 what: format!("{put_back} torn blocks put back from the journal"),
@@ -128,7 +152,7 @@ impl EncryptedFile {
             },
             other => other,
         };
-        journal.release(&slots);
+        release()?;
         Ok(Some(outcome))
     }
 
@@ -299,19 +323,24 @@ impl EncryptedFile {
             if g.held.insert(index, bytes.into()).is_none() {
                 added += 1;
             }
+            g.committed.remove(&index);
         }
         g.journal.add_held(added);
         Ok(())
     }
 
     /// Writes the held blocks in place, after syncing the journal that
-    /// holds the originals they replace. On failure they stay held (and
-    /// the error goes to whoever asked: `fsync`, a read, a truncate).
+    /// holds the originals they replace (unless a commit holds them all:
+    /// its sync covered their copies, and a torn block is put back from
+    /// it). On failure they stay held (and the error goes to whoever
+    /// asked: `fsync`, a read, a truncate).
     fn write_held(&self, g: &mut Guard) -> Result<()> {
         if g.held.is_empty() {
             return Ok(());
         }
-        g.journal.sync()?;
+        if g.held.keys().any(|index| !g.committed.contains(index)) {
+            g.journal.sync()?;
+        }
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = 0;
         let mut next = None;
@@ -329,7 +358,62 @@ impl EncryptedFile {
         self.write_stored(run_start, &run)?;
         g.journal.remove_held(g.held.len());
         g.held.clear();
+        g.committed.clear();
         Ok(())
+    }
+
+    /// A sync by commit (`Journal::commit`): when held rewrites are all
+    /// that changed since the backing file's last sync, the held blocks
+    /// not yet committed go to the journal as commits, with the file's
+    /// modification time, and one journal sync makes them durable; they
+    /// stay held, to be written in place later. `false` when the file
+    /// needs a sync of its own. The caller keeps writers out.
+    pub(super) fn commit_held(&self, state: &State, data_only: bool) -> Result<bool> {
+        let mut guard = self.guard();
+        let Some(g) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let Header::Valid(header) = &state.header else {
+            return Ok(false);
+        };
+        if g.held.is_empty() {
+            return Ok(false);
+        }
+        let Some(mtime) = self.only_held_since_sync(data_only)? else {
+            return Ok(false);
+        };
+        self.refuse_after_failed_sync()?;
+        let mut indices: Vec<u64> = g
+            .held
+            .keys()
+            .filter(|index| !g.committed.contains(index))
+            .copied()
+            .collect();
+        if indices.is_empty() {
+            if g.committed_mtime == Some(mtime) {
+                return Ok(true);
+            }
+            // Only the time changed: one block committed again carries it.
+            indices.extend(g.held.keys().next().copied());
+        }
+        let blocks: Vec<Original> = indices
+            .iter()
+            .map(|index| Original {
+                index: *index,
+                stored: &g.held[index],
+            })
+            .collect();
+        let slots = g.journal.commit(&header.content_id, &blocks, mtime)?;
+        drop(blocks);
+        for (index, slot) in indices.into_iter().zip(slots) {
+            // The newer commit is durable: the older can go without a sync.
+            if let Some(older) = g.commits.insert(index, slot) {
+                g.journal.release(&[older]);
+            }
+            g.committed.insert(index);
+        }
+        g.committed_mtime = Some(mtime);
+        Ok(true)
     }
 
     /// Writes whatever is held, so that the backing file holds the file's
@@ -378,7 +462,12 @@ impl EncryptedFile {
         g.durable_blocks = self.current_blocks()?;
         g.saved.clear();
         g.journal.release(&std::mem::take(&mut g.slots));
-        Ok(())
+        // Commits are written to their place whatever the file holds: one
+        // left on disk could come back over a newer version, so they go
+        // durably, before the sync that made them needless returns.
+        let commits: Vec<u64> = g.commits.drain().map(|(_, slot)| slot).collect();
+        g.committed_mtime = None;
+        g.journal.release_durably(&commits)
     }
 
     /// Whether blocks from `blocks` on held durable data at the last sync
@@ -422,9 +511,11 @@ impl EncryptedFile {
         self.guard().as_ref().is_some_and(|g| g.writable)
     }
 
-    /// Copies still held (they are released by the next sync).
+    /// Copies and commits still held (they are released by the next sync).
     pub(super) fn held_copies(&self) -> usize {
-        self.guard().as_ref().map_or(0, |g| g.slots.len())
+        self.guard()
+            .as_ref()
+            .map_or(0, |g| g.slots.len() + g.commits.len())
     }
 
     /// Writes what is held and releases the copies after a final sync,
@@ -464,29 +555,62 @@ impl EncryptedFile {
 
     /// Puts back each block whose newest copy is in `carried` and which no
     /// longer authenticates; a copy of the old last block also cuts what
-    /// was appended after it (none of it had been synced).
-    fn put_back(&self, state: &mut State, carried: &[Carried], journal: &Journal) -> Result<u64> {
+    /// was appended after it (none of it had been synced). A block whose
+    /// newest record is a commit gets the commit, whatever it holds, and the
+    /// file the newest commit's modification time where that is later.
+    fn put_back(
+        &self,
+        state: &mut State,
+        carried: &[Carried],
+        journal: &Journal,
+    ) -> Result<PutBack> {
+        let mut done = PutBack::default();
         let Some(keys) = state.keys.as_ref() else {
-            return Ok(0);
+            return Ok(done);
         };
-        let mut put_back = 0;
         let sparse = matches!(&state.header, Header::Valid(h) if h.sparse());
-        let mut newest: BTreeMap<u64, &Carried> = BTreeMap::new();
-        for copy in carried {
-            newest.insert(copy.index, copy);
+        // Each block's records, newest last (`carried` is in seq order).
+        let mut by_index: BTreeMap<u64, Vec<&Carried>> = BTreeMap::new();
+        for record in carried {
+            by_index.entry(record.index).or_default().push(record);
         }
         let mut buf = vec![0u8; layout::CIPHER_BLOCK_SIZE as usize];
-        for (&index, copy) in &newest {
+        let mut mtime = None;
+        for (&index, records) in &by_index {
             let cipher_len = self.cipher_len()?;
             if block_offset(index) >= cipher_len {
                 break;
             }
+            let at_end = block_offset(index + 1) >= cipher_len;
+            // Newest first: a commit that does not authenticate was torn
+            // while it was written, so its sync never returned and the
+            // record before it still stands. Commits are of held blocks,
+            // never the last (`may_hold`).
+            let mut copy = None;
+            for record in records.iter().rev().copied() {
+                match record.kind {
+                    Kind::Commit(_) if at_end => {}
+                    Kind::Commit(committed) => {
+                        if self.replay_commit(keys, sparse, index, record, journal)? {
+                            done.commits += 1;
+                            mtime = mtime.max(Some(committed));
+                            break;
+                        }
+                    }
+                    Kind::Copy => {
+                        copy = Some(record);
+                        break;
+                    }
+                }
+            }
+            let Some(copy) = copy else {
+                continue;
+            };
             let current = self.read_slot(index, cipher_len, &mut buf)?;
             // Authentic as what its place makes it: the last block sealed
             // as last, any other sealed as not last or a hole. (An old last
             // block whose re-seal was lost, with an extension behind it,
             // opens as last but is not the end, and must go back.)
-            let at_end = block_offset(index + 1) >= cipher_len;
             let authentic = (!at_end && sparse && is_zero(current))
                 || try_open(&self.crypto, keys, index, at_end, current).is_some();
             if authentic {
@@ -505,7 +629,7 @@ impl EncryptedFile {
                 continue;
             }
             self.write_back(index, &stored, as_last)?;
-            put_back += 1;
+            done.copies += 1;
             if as_last {
                 break;
             }
@@ -514,8 +638,11 @@ impl EncryptedFile {
         // land while the old end's re-seal did): the newest copy sealed as
         // the end is the durable end; it goes back, and what follows it was
         // never synced.
-        if put_back == 0 && self.end_is_damaged(keys)? {
+        if done.copies == 0 && self.end_is_damaged(keys)? {
             for copy in carried.iter().rev() {
+                if copy.kind != Kind::Copy {
+                    continue;
+                }
                 let stored = journal.read_copy(copy)?;
                 let end = block_offset(copy.index) + stored.len() as u64;
                 if end > self.cipher_len()?
@@ -524,12 +651,64 @@ impl EncryptedFile {
                     continue;
                 }
                 self.write_back(copy.index, &stored, true)?;
-                put_back = 1;
+                done.copies = 1;
                 break;
             }
         }
+        if let Some(mtime) = mtime {
+            self.keep_later_mtime(mtime)?;
+        }
         self.sync_backing(false)?;
-        Ok(put_back)
+        Ok(done)
+    }
+
+    /// Writes a commit to its place (not the file's last block) if it
+    /// authenticates there; whether it did.
+    fn replay_commit(
+        &self,
+        keys: &super::keys::ContentKeys,
+        sparse: bool,
+        index: u64,
+        commit: &Carried,
+        journal: &Journal,
+    ) -> Result<bool> {
+        let stored = journal.read_copy(commit)?;
+        let valid = (sparse && is_zero(&stored))
+            || try_open(&self.crypto, keys, index, false, &mut stored.clone()).is_some();
+        if !valid {
+            log::warn!(
+                "{}: the journal's commit of block {index} does not authenticate; not used",
+                self.backing_path().display()
+            );
+            return Ok(false);
+        }
+        self.write_stored(index, &stored)?;
+        Ok(true)
+    }
+
+    /// Sets the backing file's modification time to `mtime` if it is
+    /// earlier (a commit's time is the file's at a sync).
+    fn keep_later_mtime(&self, mtime: Mtime) -> Result<()> {
+        let (_, current) = self.backing_attrs()?;
+        if current >= mtime {
+            return Ok(());
+        }
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: mtime.secs,
+                tv_nsec: mtime.nanos.into(),
+            },
+        };
+        rustix::fs::futimens(&self.file, &times).map_err(|e| {
+            crate::error::VolumeError::io(
+                format!("setting the time of {}", self.backing_path().display()),
+                e.into(),
+            )
+        })
     }
 
     /// Whether the file's end fails: a cut block, or a last block that
@@ -573,6 +752,13 @@ impl EncryptedFile {
         // Updated in whole steps under the file's own lock.
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What `put_back` wrote: copies of torn blocks, and commits.
+#[derive(Default)]
+struct PutBack {
+    copies: u64,
+    commits: u64,
 }
 
 impl Drop for EncryptedFile {

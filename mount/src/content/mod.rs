@@ -33,6 +33,7 @@ pub use keys::{ContentCrypto, MAX_SEALS_PER_KEY};
 pub use verify::TailRepair;
 
 use crate::error::{IoContext, Result, VolumeError};
+use crate::journal::Mtime;
 use crate::layout::{
     self, FileHeader, Malformed, BLOCK_SIZE, FILE_ID_LEN, FLAG_HAS_BLOCKS, HEADER_LEN,
 };
@@ -71,6 +72,24 @@ pub struct EncryptedFile {
     sync_failed: AtomicBool,
     /// Held across each sync of the backing file and its check.
     syncing: Mutex<()>,
+    /// Something was written to the backing file (bytes, size, header)
+    /// since its last sync, or nothing is known yet: a sync must then sync
+    /// the backing file, not only commit held rewrites (`guard::commit_held`).
+    unsynced: AtomicBool,
+    /// The backing file's attributes as its last sync found them.
+    at_last_sync: Mutex<Option<SyncedAttrs>>,
+}
+
+/// What a sync of the backing file covered besides its bytes: a commit of
+/// held rewrites alone can stand for a sync only while these are unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SyncedAttrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    len: u64,
+    /// By `fsync` (attributes included), not `fdatasync`.
+    full: bool,
 }
 
 impl EncryptedFile {
@@ -89,6 +108,8 @@ impl EncryptedFile {
             label,
             sync_failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
+            unsynced: AtomicBool::new(true),
+            at_last_sync: Mutex::new(None),
         };
         let loaded = this.load_state()?;
         *this.state_mut_keeping_held() = loaded;
@@ -213,11 +234,72 @@ impl EncryptedFile {
 
     /// `fsync` (or `fdatasync` when `data_only`) of the backing file.
     /// Writers wait meanwhile, so that everything the journal holds copies
-    /// for is covered by the sync and the copies can go.
+    /// for is covered by the sync and the copies can go. When rewrites held
+    /// in memory are all that changed since the backing file's last sync,
+    /// they are committed to the journal instead, which takes one flush
+    /// where writing them and syncing the file takes two.
     pub fn sync(&self, data_only: bool) -> Result<()> {
+        {
+            let state = self.state_keeping_held();
+            if self.commit_held(&state, data_only)? {
+                return Ok(());
+            }
+        }
         let _no_writers = self.state()?;
         self.sync_backing(data_only)?;
         self.synced()
+    }
+
+    /// The backing file's modification time when nothing but held
+    /// rewrites changed the file since its last sync (by `fsync` unless
+    /// `data_only`): its bytes, size, mode and owner are then as durable as
+    /// that sync made them. `None` otherwise.
+    fn only_held_since_sync(&self, data_only: bool) -> Result<Option<Mtime>> {
+        if self.unsynced.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some(at_sync) = *self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(None);
+        };
+        let (now, mtime) = self.backing_attrs()?;
+        let unchanged = now
+            == SyncedAttrs {
+                full: false,
+                ..at_sync
+            };
+        Ok((unchanged && (data_only || at_sync.full)).then_some(mtime))
+    }
+
+    fn backing_attrs(&self) -> Result<(SyncedAttrs, Mtime)> {
+        let stat = rustix::fs::fstat(&self.file).map_err(|e| {
+            VolumeError::io(
+                format!("examining {}", self.backing_path().display()),
+                e.into(),
+            )
+        })?;
+        let attrs = SyncedAttrs {
+            mode: stat.st_mode,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            len: stat.st_size as u64,
+            full: false,
+        };
+        let mtime = Mtime {
+            secs: stat.st_mtime,
+            nanos: stat.st_mtime_nsec as u32,
+        };
+        Ok((attrs, mtime))
+    }
+
+    /// Called before every write to the backing file (`unsynced`).
+    fn note_unsynced(&self) {
+        self.unsynced.store(true, Ordering::Release);
+    }
+
+    /// Something this type does not see changed the backing file (its
+    /// extended attributes): its next sync syncs the backing file.
+    pub fn changed_elsewhere(&self) {
+        self.note_unsynced();
     }
 
     /// The backing file's `fsync` alone, one at a time. Once one has
@@ -228,13 +310,28 @@ impl EncryptedFile {
     fn sync_backing(&self, data_only: bool) -> Result<()> {
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_after_failed_sync()?;
+        // Taken before the sync, and the flag cleared before it: a change
+        // that lands meanwhile then counts as unsynced.
+        let (attrs, _) = self.backing_attrs()?;
+        self.unsynced.store(false, Ordering::Release);
         let result = if data_only {
             self.file.sync_data()
         } else {
             self.file.sync_all()
         };
-        if result.is_err() {
-            self.sync_failed.store(true, Ordering::Relaxed);
+        let mut at_last_sync = self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                *at_last_sync = Some(SyncedAttrs {
+                    full: !data_only,
+                    ..attrs
+                })
+            }
+            Err(_) => {
+                self.sync_failed.store(true, Ordering::Relaxed);
+                self.note_unsynced();
+                *at_last_sync = None;
+            }
         }
         result.context(|| format!("syncing {}", self.backing_path().display()))
     }
@@ -338,6 +435,7 @@ impl EncryptedFile {
     /// Writes `header` with its tag over the file's first bytes.
     fn store_header(&self, state: &mut State, header: FileHeader) -> Result<()> {
         let tag = self.crypto.header_tag(&header.encode_unsigned());
+        self.note_unsynced();
         self.file
             .write_all_at(&header.encode(&tag), 0)
             .context(|| format!("writing {}", self.backing_path().display()))?;
@@ -425,12 +523,14 @@ impl EncryptedFile {
 
     /// Writes blocks as stored, one after another from block `first`.
     fn write_stored(&self, first: u64, stored: &[u8]) -> Result<()> {
+        self.note_unsynced();
         self.file
             .write_all_at(stored, layout::block_offset(first))
             .context(|| format!("writing {}", self.backing_path().display()))
     }
 
     fn truncate_backing(&self, len: u64) -> Result<()> {
+        self.note_unsynced();
         self.file
             .set_len(len)
             .context(|| format!("truncating {}", self.backing_path().display()))

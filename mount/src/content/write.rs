@@ -230,6 +230,7 @@ impl EncryptedFile {
             );
             return;
         }
+        self.note_unsynced();
         let restored = self
             .file
             .write_all_at(stored, block_offset(index))
@@ -427,6 +428,7 @@ impl EncryptedFile {
     fn zero_backing(&self, from: u64, to: u64) -> Result<()> {
         let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
         let context = || format!("punching a hole in {}", self.backing_path().display());
+        self.note_unsynced();
         match rustix::fs::fallocate(&self.file, flags, from, to - from) {
             Ok(()) => return Ok(()),
             Err(rustix::io::Errno::OPNOTSUPP) => {}

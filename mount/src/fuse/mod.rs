@@ -135,7 +135,10 @@ impl Mounted {
             Mode::empty(),
         )?;
         let journal = match options.read_only {
-            true => None,
+            true => {
+                refuse_pending_commits(volume)?;
+                None
+            }
             false => Some(std::sync::Arc::new(open_journal(volume)?)),
         };
         let prune = std::sync::Arc::new(prune::PruneSignal::new());
@@ -211,6 +214,12 @@ impl Mounted {
 /// it are put back as their files are opened.
 fn open_journal(volume: &Volume) -> io::Result<Journal> {
     let journal = Journal::open(volume.backing()).map_err(io::Error::other)?;
+    let replayed = crate::replay::replay_commits(volume, &journal).map_err(io::Error::other)?;
+    if replayed > 0 {
+        log::warn!(
+            "the last session ended before {replayed} files were synced on their own;              what it had synced through the journal is now written to them"
+        );
+    }
     let waiting = journal.carried_files();
     if waiting > 0 {
         log::warn!(
@@ -220,6 +229,20 @@ fn open_journal(volume: &Volume) -> io::Result<Journal> {
         );
     }
     Ok(journal)
+}
+
+/// A read-only mount leaves the journal alone, so it would show files
+/// older than syncs left them while commits wait there (docs/FORMAT.md).
+fn refuse_pending_commits(volume: &Volume) -> io::Result<()> {
+    let pending = Journal::pending_commits(volume.backing()).map_err(io::Error::other)?;
+    if pending == 0 {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{}: the last session ended with {pending} synced blocks in the journal, not yet in \
+         their files; mount read-write once, or run `chronicle fsck --repair`, before mounting read-only",
+        volume.backing().display()
+    )))
 }
 
 /// Readahead the kernel will do for this mount, in KiB.

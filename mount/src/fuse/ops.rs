@@ -1390,7 +1390,9 @@ impl Ops {
         self.xattrs_stored()?;
         let node = self.node(ino)?;
         let owner = self.xattr_owner(&node)?;
-        self.xattrs.set(&node, owner, name, value, flags)
+        self.xattrs.set(&node, owner, name, value, flags)?;
+        self.changed_beside_contents(&node);
+        Ok(())
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
@@ -1409,6 +1411,19 @@ impl Ops {
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
         self.xattrs_stored()?;
         let node = self.node(ino)?;
-        self.xattrs.remove(&node, name)
+        self.xattrs.remove(&node, name)?;
+        self.changed_beside_contents(&node);
+        Ok(())
+    }
+
+    /// The file's next sync must sync its backing file, not only commit
+    /// held rewrites: it changed where the contents do not see (its
+    /// extended attributes). Only a file open in the mount has held
+    /// rewrites; one opened later starts unsynced.
+    fn changed_beside_contents(&self, node: &Pinned) {
+        if let Some(content) = self.kept.get(node.node()) {
+            content.changed_elsewhere();
+            Self::let_go(node, content);
+        }
     }
 }
