@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -140,8 +140,12 @@ pub struct Journal {
     /// (`add_held`): the journal is what every guarded file of a volume
     /// shares, so it keeps their memory budget too.
     held_blocks: AtomicUsize,
-    /// Syncs of the journal file (`syncs`).
+    /// Syncs of the journal file begun (`syncs`); each sync's number is
+    /// this count when it begins.
     syncs: AtomicU64,
+    /// The number of the latest sync that succeeded: every write made
+    /// before a sync with a larger number began is durable (`is_durable`).
+    synced_through: AtomicU64,
     /// A sync failed: no later one is trusted (`sync`).
     sync_failed: AtomicBool,
     /// Held across each sync and its check (`sync`).
@@ -164,15 +168,7 @@ impl Journal {
             .metadata()
             .context(|| format!("examining {}", path.display()))?;
         if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() > MAX_JOURNAL_LEN {
-            return Err(crate::error::VolumeError::io(
-                format!(
-                    "{} is not a journal this build wrote (not a regular file, linked elsewhere, or over {} GiB); \
-                     if no crash needs it, remove it",
-                    path.display(),
-                    MAX_JOURNAL_LEN >> 30
-                ),
-                std::io::Error::from_raw_os_error(libc::EINVAL),
-            ));
+            return Err(not_a_journal(&path));
         }
         // Its name must be durable before any copy in it is relied on.
         if !existed {
@@ -211,6 +207,7 @@ impl Journal {
             keep_released: false,
             held_blocks: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
+            synced_through: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
             failed_files: Mutex::new(HashSet::new()),
@@ -225,7 +222,12 @@ impl Journal {
     /// user of the volume would see their files' older contents.
     pub fn pending_commits(backing: &Path) -> Result<usize> {
         let path = backing.join(JOURNAL_NAME);
-        let file = match File::open(&path) {
+        // Never through a planted symlink, never blocking on a FIFO.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let file = match file {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e).context(|| format!("opening {}", path.display())),
@@ -233,8 +235,8 @@ impl Journal {
         let meta = file
             .metadata()
             .context(|| format!("examining {}", path.display()))?;
-        if !meta.file_type().is_file() || meta.len() > MAX_JOURNAL_LEN {
-            return Ok(0);
+        if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() > MAX_JOURNAL_LEN {
+            return Err(not_a_journal(&path));
         }
         let (carried, _) = read_records(&file, &path)?;
         Ok(carried
@@ -325,12 +327,26 @@ impl Journal {
         // One sync at a time: of two at once, only one would see the error.
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_after_failure()?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let number = self.syncs.fetch_add(1, Ordering::AcqRel) + 1;
         let synced = self.file.sync_data();
-        if synced.is_err() {
-            self.sync_failed.store(true, Ordering::Relaxed);
+        match synced {
+            Ok(()) => {
+                self.synced_through.fetch_max(number, Ordering::AcqRel);
+            }
+            Err(_) => self.sync_failed.store(true, Ordering::Relaxed),
         }
         synced.context(|| format!("syncing {}", self.path.display()))
+    }
+
+    /// A mark for what was written to the journal so far (`is_durable`).
+    pub fn ticket(&self) -> u64 {
+        self.syncs.load(Ordering::Acquire)
+    }
+
+    /// Whether everything written before `ticket` was taken is durable: a
+    /// sync begun after it has succeeded.
+    pub fn is_durable(&self, ticket: u64) -> bool {
+        self.synced_through.load(Ordering::Acquire) > ticket
     }
 
     /// Fails once a sync of the journal has failed (see `sync`).
@@ -483,10 +499,43 @@ impl Journal {
         carried
     }
 
+    /// Gives back records `take_carried` handed over, when putting them
+    /// back failed: they wait for the file's next opening.
+    pub fn return_carried(&self, content_id: &ContentId, records: Vec<Carried>) {
+        self.slots()
+            .carried
+            .entry(*content_id)
+            .or_default()
+            .extend(records);
+    }
+
     /// Whether copies from an earlier session are still waiting for their
     /// files.
     pub fn carried_files(&self) -> usize {
         self.slots().carried.len()
+    }
+
+    /// Hands live records back to be put back when their file is next
+    /// opened (`take_carried`), read from their slots: a file whose
+    /// recovery failed keeps them, and so does one the mount let go of
+    /// before it could write what its commits stand for.
+    pub fn carry_again(&self, slots: &[u64]) -> Result<()> {
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        let mut records = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            self.file
+                .read_exact_at(&mut header, slot * SLOT_LEN)
+                .context(|| format!("reading {}", self.path.display()))?;
+            records.extend(decode(slot, &header));
+        }
+        let mut inner = self.slots();
+        for (content_id, record) in records {
+            let kept = inner.carried.entry(content_id).or_default();
+            if !kept.iter().any(|c| c.slot == record.slot) {
+                kept.push(record);
+            }
+        }
+        Ok(())
     }
 
     /// Commits among the records an earlier session left.
@@ -537,6 +586,19 @@ impl Journal {
         // One insert or lookup at a time: always consistent.
         self.failed_files.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A planted journal: not a regular file, linked elsewhere, or too large.
+fn not_a_journal(path: &Path) -> VolumeError {
+    VolumeError::io(
+        format!(
+            "{} is not a journal this build wrote (not a regular file, linked elsewhere, or over {} GiB); \
+             if no crash needs it, remove it",
+            path.display(),
+            MAX_JOURNAL_LEN >> 30
+        ),
+        std::io::Error::from_raw_os_error(libc::EINVAL),
+    )
 }
 
 /// Appends the record for `original` to `out`.
@@ -595,12 +657,15 @@ pub fn decode(slot: u64, header: &[u8]) -> Option<(ContentId, Carried)> {
     if stored_len as u64 > CIPHER_BLOCK_SIZE || stored_len == 0 || index > MAX_INDEX {
         return None;
     }
+    let mtime = Mtime {
+        secs: u64_at(MTIME_SECS_AT) as i64,
+        nanos: u32_at(MTIME_NANOS_AT),
+    };
     let kind = match raw_len & COMMIT_BIT != 0 {
-        false => Kind::Copy,
-        true => Kind::Commit(Mtime {
-            secs: u64_at(MTIME_SECS_AT) as i64,
-            nanos: u32_at(MTIME_NANOS_AT),
-        }),
+        false if mtime == (Mtime { secs: 0, nanos: 0 }) => Kind::Copy,
+        true if mtime.nanos < 1_000_000_000 => Kind::Commit(mtime),
+        // A copy with a time, or a time no clock gives: not this build's.
+        _ => return None,
     };
     let content_id: ContentId = header[CONTENT_ID_AT..INDEX_AT]
         .try_into()

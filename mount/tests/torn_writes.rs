@@ -670,3 +670,101 @@ fn a_torn_commit_leaves_the_one_before() {
     }
     drop(file);
 }
+
+// Protects: the modification time a commit carries is the file's after
+// recovery (when later than the file's own): an `fsync` made it durable.
+#[test]
+fn a_commit_keeps_the_files_modification_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_journal, file, path) = synced_file(dir.path(), &record(19, 5 * 4096));
+    let before = fs::read(&path).expect("backing");
+    file.write_at(4096, &record(20, 4096)).expect("rewrite");
+    // As the mount's SETATTR sets it, a time no recovery could stumble on.
+    let synced_time = rustix::fs::Timespec {
+        tv_sec: 4_000_000_000,
+        tv_nsec: 123_456_789,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: synced_time,
+        last_modification: synced_time,
+    };
+    rustix::fs::futimens(file.backing(), &times).expect("set the time");
+    file.sync(false).expect("commit");
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let path = state.path().join("f");
+    fs::write(&path, &before).expect("state");
+    fs::write(state.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
+    let journal = Arc::new(Journal::open(state.path()).expect("open journal"));
+    let reopened = EncryptedFile::open(open_rw(&path, false), crypto(), path.clone())
+        .and_then(|f| f.guarded_by(&journal))
+        .expect("recover");
+    let stat = rustix::fs::fstat(reopened.backing()).expect("stat");
+    assert_eq!(
+        (stat.st_mtime, stat.st_mtime_nsec),
+        (4_000_000_000, 123_456_789)
+    );
+}
+
+// Protects: a file whose commits cannot be written (here its backing file
+// is open read-only) fails to open rather than showing the older
+// contents, and keeps its commits for an opening that can write them.
+#[test]
+fn commits_that_cannot_be_written_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = record(21, 5 * 4096);
+    let (_journal, file, path) = synced_file(dir.path(), &durable);
+    let before = fs::read(&path).expect("backing");
+    let page = record(22, 4096);
+    file.write_at(4096, &page).expect("rewrite");
+    file.sync(false).expect("commit");
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let path = state.path().join("f");
+    fs::write(&path, &before).expect("state");
+    fs::write(state.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
+    let journal = Arc::new(Journal::open(state.path()).expect("open journal"));
+    let read_only = fs::File::open(&path).expect("open read-only");
+    let refused = EncryptedFile::open(read_only, crypto(), path.clone())
+        .and_then(|f| f.guarded_by(&journal))
+        .err();
+    assert!(refused.is_some(), "opened with the older contents");
+    assert_eq!(journal.carried_files(), 1, "the commit waits");
+    let reopened = EncryptedFile::open(open_rw(&path, false), crypto(), path.clone())
+        .and_then(|f| f.guarded_by(&journal))
+        .expect("recover");
+    let mut got = Vec::new();
+    reopened.read_to_end(&mut got).expect("read");
+    let mut expected = durable;
+    expected[4096..8192].copy_from_slice(&page);
+    assert_eq!(got, expected);
+}
+
+// Protects: a commit replaced by a newer one of the same block is cleared
+// durably before the newer one is (one more journal sync in the file's
+// next sync of its own); otherwise a crash while both clearings were on
+// their way could keep only the older, which recovery would write over
+// the newer contents.
+#[test]
+fn a_replaced_commit_is_cleared_durably_first() {
+    let syncs_of_own_sync = |replace: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, file, path) = synced_file(dir.path(), &record(23, 5 * 4096));
+        file.write_at(4096, &record(24, 4096)).expect("rewrite");
+        file.sync(false).expect("commit");
+        let other = if replace { 4096 } else { 2 * 4096 };
+        file.write_at(other, &record(25, 4096)).expect("rewrite");
+        file.sync(false).expect("commit");
+        // A change that makes the next sync the file's own without a
+        // journal sync of its own (an append would copy the old end).
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let syncs = journal.syncs();
+        file.sync(false).expect("fsync");
+        assert_eq!(Journal::pending_commits(dir.path()).expect("pending"), 0);
+        journal.syncs() - syncs
+    };
+    assert_eq!(syncs_of_own_sync(true), syncs_of_own_sync(false) + 1);
+}

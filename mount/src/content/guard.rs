@@ -48,6 +48,10 @@ pub(super) struct Guard {
     commits: HashMap<u64, u64>,
     /// The modification time the newest commit recorded.
     committed_mtime: Option<Mtime>,
+    /// A commit replaced by a newer one was cleared since this journal
+    /// ticket: that clearing must be durable before the newer one is
+    /// cleared, or a crash between the two could bring the older back.
+    superseded: Option<u64>,
     /// The backing file is open for writing (a read-only descriptor must
     /// fail a write at once, not when held blocks are written).
     writable: bool,
@@ -99,6 +103,7 @@ impl EncryptedFile {
             committed: HashSet::new(),
             commits: HashMap::new(),
             committed_mtime: None,
+            superseded: None,
             writable,
         });
         Ok(self)
@@ -110,50 +115,55 @@ impl EncryptedFile {
     /// `None` when there were none.
     pub fn recover_from(&self, journal: &Journal) -> Result<Option<TailRepair>> {
         let mut state = self.state_mut()?;
-        let carried = match &state.header {
+        let (content_id, carried) = match &state.header {
             Header::Valid(header) if header.has_blocks() => {
-                journal.take_carried(&header.content_id)
+                (header.content_id, journal.take_carried(&header.content_id))
             }
             _ => return Ok(None),
         };
         if carried.is_empty() {
             return Ok(None);
         }
-        let PutBack { copies, commits } = self.put_back(&mut state, &carried, journal)?;
-        let slots: Vec<u64> = carried.iter().map(|c| c.slot).collect();
-        // Written in place and synced (`put_back`): a commit left on disk
-        // could come back over a later version.
-        let release = || match carried.iter().any(|c| matches!(c.kind, Kind::Commit(_))) {
-            true => journal.release_durably(&slots),
-            false => {
-                journal.release(&slots);
-                Ok(())
-            }
-        };
+        let recovered = self.recover_carried(&mut state, &carried, journal);
+        if recovered.is_err() {
+            // Kept for the file's next opening, which fails the same way
+            // until they can be put back: never the older contents.
+            journal.return_carried(&content_id, carried);
+        }
+        recovered
+    }
+
+    fn recover_carried(
+        &self,
+        state: &mut State,
+        carried: &[Carried],
+        journal: &Journal,
+    ) -> Result<Option<TailRepair>> {
+        let PutBack { copies, commits } = self.put_back(state, carried, journal)?;
         // Nothing torn that a copy mends: the file's end is left as it is
         // (it is `fsck --repair`'s to judge), so that a planted record
         // cannot make the mount cut a file on its own.
-        if copies == 0 {
-            release()?;
-            return Ok((commits > 0).then(|| TailRepair::Repaired {
+        let outcome = if copies == 0 {
+            (commits > 0).then(|| TailRepair::Repaired {
                 what: format!("{commits} blocks synced through the journal written to their place"),
                 size: layout::plaintext_size_lossy(self.cipher_len().unwrap_or(0)),
-            }));
-        }
-        let put_back = copies + commits;
-        let outcome = match self.repair_tail_locked(&mut state)? {
-            TailRepair::Clean => TailRepair::Repaired {
-                what: format!("{put_back} torn blocks put back from the journal"),
-                size: layout::plaintext_size_lossy(self.cipher_len()?),
-            },
-            TailRepair::Repaired { what, size } => TailRepair::Repaired {
-                what: format!("{put_back} torn blocks put back from the journal; {what}"),
-                size,
-            },
-            other => other,
+            })
+        } else {
+            let put_back = copies + commits;
+            Some(match self.repair_tail_locked(state)? {
+                TailRepair::Clean => TailRepair::Repaired {
+                    what: format!("{put_back} torn blocks put back from the journal"),
+                    size: layout::plaintext_size_lossy(self.cipher_len()?),
+                },
+                TailRepair::Repaired { what, size } => TailRepair::Repaired {
+                    what: format!("{put_back} torn blocks put back from the journal; {what}"),
+                    size,
+                },
+                other => other,
+            })
         };
-        release()?;
-        Ok(Some(outcome))
+        release_recovered(carried, journal)?;
+        Ok(outcome)
     }
 
     /// Before blocks `blocks` of a file of `size` bytes are rewritten in
@@ -406,9 +416,11 @@ impl EncryptedFile {
         let slots = g.journal.commit(&header.content_id, &blocks, mtime)?;
         drop(blocks);
         for (index, slot) in indices.into_iter().zip(slots) {
-            // The newer commit is durable: the older can go without a sync.
+            // The newer commit is durable: the older can go without a sync
+            // (but before the newer goes: `end_cycle`).
             if let Some(older) = g.commits.insert(index, slot) {
                 g.journal.release(&[older]);
+                g.superseded = Some(g.journal.ticket());
             }
             g.committed.insert(index);
         }
@@ -465,6 +477,11 @@ impl EncryptedFile {
         // Commits are written to their place whatever the file holds: one
         // left on disk could come back over a newer version, so they go
         // durably, before the sync that made them needless returns.
+        if let Some(ticket) = g.superseded.take() {
+            if !g.journal.is_durable(ticket) {
+                g.journal.sync()?;
+            }
+        }
         let commits: Vec<u64> = g.commits.drain().map(|(_, slot)| slot).collect();
         g.committed_mtime = None;
         g.journal.release_durably(&commits)
@@ -529,12 +546,30 @@ impl EncryptedFile {
                         log::warn!("{e}");
                     }
                 }
-                // Kept live: the next mount finds them and puts back what a
-                // crash tears.
-                Err(e) => log::warn!("{e}; keeping {held} journal copies"),
+                // Kept live, and handed back to the journal: the file's
+                // next opening (in this session or the next) puts back
+                // what its commits stand for and what a crash tore.
+                Err(e) => {
+                    log::warn!("{e}; keeping {held} journal records");
+                    self.carry_records_on();
+                }
             }
         }
         self.hand_on_a_failed_sync();
+    }
+
+    /// The guard's live records, handed back to the journal (`close_guard`).
+    fn carry_records_on(&mut self) {
+        let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        let slots: Vec<u64> = g.slots.iter().chain(g.commits.values()).copied().collect();
+        if let Err(e) = g.journal.carry_again(&slots) {
+            log::error!(
+                "{e}: {} journal records wait for the next mount",
+                slots.len()
+            );
+        }
     }
 
     /// A file whose sync failed stays untrusted when it is opened again in
@@ -576,6 +611,8 @@ impl EncryptedFile {
         }
         let mut buf = vec![0u8; layout::CIPHER_BLOCK_SIZE as usize];
         let mut mtime = None;
+        // Taken before anything is written: writing moves it to now.
+        let (_, mtime_before) = self.backing_attrs()?;
         for (&index, records) in &by_index {
             let cipher_len = self.cipher_len()?;
             if block_offset(index) >= cipher_len {
@@ -655,8 +692,8 @@ impl EncryptedFile {
                 break;
             }
         }
-        if let Some(mtime) = mtime {
-            self.keep_later_mtime(mtime)?;
+        if let Some(committed) = mtime {
+            self.set_mtime(committed.max(mtime_before));
         }
         self.sync_backing(false)?;
         Ok(done)
@@ -686,13 +723,11 @@ impl EncryptedFile {
         Ok(true)
     }
 
-    /// Sets the backing file's modification time to `mtime` if it is
-    /// earlier (a commit's time is the file's at a sync).
-    fn keep_later_mtime(&self, mtime: Mtime) -> Result<()> {
-        let (_, current) = self.backing_attrs()?;
-        if current >= mtime {
-            return Ok(());
-        }
+    /// Sets the backing file's modification time after commits were put
+    /// back: the later of the file's own and the newest commit's (a
+    /// commit's time is the file's at a sync). A failure costs the time
+    /// only, so it is logged.
+    fn set_mtime(&self, mtime: Mtime) {
         let times = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
                 tv_sec: 0,
@@ -703,12 +738,12 @@ impl EncryptedFile {
                 tv_nsec: mtime.nanos.into(),
             },
         };
-        rustix::fs::futimens(&self.file, &times).map_err(|e| {
-            crate::error::VolumeError::io(
-                format!("setting the time of {}", self.backing_path().display()),
-                e.into(),
-            )
-        })
+        if let Err(e) = rustix::fs::futimens(&self.file, &times) {
+            log::warn!(
+                "{}: could not set the modification time a sync left: {e}",
+                self.backing_path().display()
+            );
+        }
     }
 
     /// Whether the file's end fails: a cut block, or a last block that
@@ -752,6 +787,28 @@ impl EncryptedFile {
         // Updated in whole steps under the file's own lock.
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Releases the records a recovery used, now that the file holds what
+/// they stood for and is synced. Commits are written over whatever a file
+/// holds, so none may come back: each block's older records are cleared
+/// durably before its newest, and then the newest, durably too.
+fn release_recovered(carried: &[Carried], journal: &Journal) -> Result<()> {
+    if carried.iter().all(|c| c.kind == Kind::Copy) {
+        journal.release(&carried.iter().map(|c| c.slot).collect::<Vec<_>>());
+        return Ok(());
+    }
+    let mut newest: HashMap<u64, &Carried> = HashMap::new();
+    for record in carried {
+        newest.insert(record.index, record);
+    }
+    let older: Vec<u64> = carried
+        .iter()
+        .filter(|c| newest[&c.index].slot != c.slot)
+        .map(|c| c.slot)
+        .collect();
+    journal.release_durably(&older)?;
+    journal.release_durably(&newest.values().map(|c| c.slot).collect::<Vec<_>>())
 }
 
 /// What `put_back` wrote: copies of torn blocks, and commits.

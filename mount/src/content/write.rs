@@ -407,6 +407,9 @@ impl EncryptedFile {
         if to <= from {
             return Ok(());
         }
+        // Asked for by a program, which a sync then promises (space for
+        // held rewrites, reserved by `hold`, is the mount's own affair).
+        self.note_unsynced();
         self.reserve_backing(from, to)
     }
 

@@ -217,7 +217,8 @@ fn open_journal(volume: &Volume) -> io::Result<Journal> {
     let replayed = crate::replay::replay_commits(volume, &journal).map_err(io::Error::other)?;
     if replayed > 0 {
         log::warn!(
-            "the last session ended before {replayed} files were synced on their own;              what it had synced through the journal is now written to them"
+            "the last session ended before {replayed} files were synced on their own; \
+             what it had synced through the journal is now written to them"
         );
     }
     let waiting = journal.carried_files();

@@ -1418,12 +1418,16 @@ impl Ops {
 
     /// The file's next sync must sync its backing file, not only commit
     /// held rewrites: it changed where the contents do not see (its
-    /// extended attributes). Only a file open in the mount has held
-    /// rewrites; one opened later starts unsynced.
+    /// extended attributes). Only a file whose contents the mount has
+    /// open has held rewrites; one opened later starts unsynced.
     fn changed_beside_contents(&self, node: &Pinned) {
-        if let Some(content) = self.kept.get(node.node()) {
+        let content = node
+            .content
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade();
+        if let Some(content) = content {
             content.changed_elsewhere();
-            Self::let_go(node, content);
         }
     }
 }
