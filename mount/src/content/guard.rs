@@ -8,7 +8,7 @@
 //! needs no copy: an append loop copies the partial last block once per
 //! `fsync`, not once per write.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -40,12 +40,6 @@ pub(super) struct Guard {
     slots: Vec<u64>,
     /// Rewritten blocks held back (`hold`), as stored, by index.
     held: BTreeMap<u64, Box<[u8]>>,
-    /// Held blocks whose durable original has no copy yet: it is taken
-    /// when they are written in place (`write_held`), unless a commit
-    /// stands for them by then.
-    uncopied: BTreeSet<u64>,
-    /// The contents those originals belong to.
-    uncopied_of: Option<ContentId>,
     /// Held blocks whose contents a commit made durable (`commit_held`).
     committed: HashSet<u64>,
     /// Each committed block's newest commit, by index: its journal slot,
@@ -106,8 +100,6 @@ impl EncryptedFile {
             saved: HashSet::new(),
             slots: Vec::new(),
             held: BTreeMap::new(),
-            uncopied: BTreeSet::new(),
-            uncopied_of: None,
             committed: HashSet::new(),
             commits: HashMap::new(),
             committed_mtime: None,
@@ -188,12 +180,12 @@ impl EncryptedFile {
         let Some(g) = guard.as_mut() else {
             return Ok(());
         };
-        self.copy_originals(g, content_id, size, old_last, blocks)
+        self.copy_originals(g, content_id, size, old_last, blocks, true)
             .map(drop)
     }
 
-    /// Copies the durable originals of `blocks` that have none yet, and
-    /// syncs them; returns how many it copied.
+    /// Copies the durable originals of `blocks` that have none yet, synced
+    /// or not; returns how many it copied.
     fn copy_originals(
         &self,
         g: &mut Guard,
@@ -201,9 +193,16 @@ impl EncryptedFile {
         size: u64,
         old_last: Option<&[u8]>,
         blocks: Range<u64>,
+        sync: bool,
     ) -> Result<usize> {
         let old_blocks = block_count(size);
-        let mut indices = self.uncopied_originals(g, size, &blocks);
+        let at_risk = |g: &Guard| -> Vec<u64> {
+            blocks
+                .clone()
+                .filter(|&i| i < g.durable_blocks.min(old_blocks) && !g.saved.contains(&i))
+                .collect()
+        };
+        let mut indices = at_risk(g);
         if indices.is_empty() {
             return Ok(0);
         }
@@ -211,7 +210,7 @@ impl EncryptedFile {
             self.write_held(g)?;
             self.sync_backing(true)?;
             self.end_cycle(g)?;
-            indices = self.uncopied_originals(g, size, &blocks);
+            indices = at_risk(g);
         }
         // The originals as stored, read in one go (they are one run unless
         // some were copied already); the old last block the caller has.
@@ -238,7 +237,10 @@ impl EncryptedFile {
                 }
             })
             .collect();
-        let slots = g.journal.save(content_id, &originals)?;
+        let slots = match sync {
+            true => g.journal.save(content_id, &originals)?,
+            false => g.journal.save_unsynced(content_id, &originals)?,
+        };
         g.slots.extend(slots);
         g.saved.extend(&indices);
         Ok(indices.len())
@@ -277,9 +279,8 @@ impl EncryptedFile {
 
     /// Holds back the sealed whole blocks `stored` of `blocks` instead of
     /// writing them in place: the durable originals they replace are
-    /// copied to the journal when they are written (unless a commit stands
-    /// for them by then), and one journal sync covers every block held
-    /// (`write_held`). So a run of random
+    /// copied to the journal without a sync, and one journal sync later
+    /// covers every block held (`write_held`). So a run of random
     /// overwrites pays one flush per batch rather than one per block. Held
     /// blocks are written when the file holds `MAX_HELD_PER_FILE`, the
     /// volume its budget, when anything else touches the file (`state`
@@ -317,26 +318,15 @@ impl EncryptedFile {
                 .journal
                 .held_budget_allows(stored.len() / layout::CIPHER_BLOCK_SIZE as usize)
             {
-                self.copy_originals(g, content_id, size, None, blocks.clone())?;
+                self.copy_originals(g, content_id, size, None, blocks.clone(), true)?;
                 return self.write_stored(blocks.start, stored);
             }
         }
-        let mut at_risk = self.uncopied_originals(g, size, &blocks);
-        if g.slots.len() + g.uncopied.len() + at_risk.len() > MAX_COPIES_PER_FILE {
-            self.write_held(g)?;
-            self.sync_backing(true)?;
-            self.end_cycle(g)?;
-            at_risk = self.uncopied_originals(g, size, &blocks);
-        }
+        let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
         // Nothing durable replaced and nothing held to replace: plain write.
-        if at_risk.is_empty() && g.held.range(blocks.clone()).next().is_none() {
+        if copied == 0 && g.held.range(blocks.clone()).next().is_none() {
             return self.write_stored(blocks.start, stored);
         }
-        // Their copies wait for the writing in place (`write_held`): a
-        // sync before it commits the blocks, which makes copies needless.
-        g.saved.extend(&at_risk);
-        g.uncopied.extend(&at_risk);
-        g.uncopied_of = Some(*content_id);
         let whole = layout::CIPHER_BLOCK_SIZE as usize;
         let mut added = 0;
         for (index, bytes) in blocks.zip(stored.chunks(whole)) {
@@ -358,7 +348,6 @@ impl EncryptedFile {
         if g.held.is_empty() {
             return Ok(());
         }
-        self.copy_held_originals(g)?;
         if g.held.keys().any(|index| !g.committed.contains(index)) {
             g.journal.sync()?;
         }
@@ -380,51 +369,6 @@ impl EncryptedFile {
         g.journal.remove_held(g.held.len());
         g.held.clear();
         g.committed.clear();
-        Ok(())
-    }
-
-    /// The durable blocks among `blocks` (of a file of `size` bytes) that
-    /// have no copy, taken or waiting.
-    fn uncopied_originals(&self, g: &Guard, size: u64, blocks: &Range<u64>) -> Vec<u64> {
-        let durable = g.durable_blocks.min(block_count(size));
-        blocks
-            .clone()
-            .filter(|&index| index < durable && !g.saved.contains(&index))
-            .collect()
-    }
-
-    /// Copies to the journal, without a sync, the originals of held blocks
-    /// that wait for one and that no commit stands for (a torn block with
-    /// a commit is put back from the commit). Held blocks are never a
-    /// file's last, so every original is a whole stored block, still in
-    /// place.
-    fn copy_held_originals(&self, g: &mut Guard) -> Result<()> {
-        let wanted: Vec<u64> = g
-            .uncopied
-            .iter()
-            .filter(|index| !g.commits.contains_key(index))
-            .copied()
-            .collect();
-        let Some(content_id) = g.uncopied_of.filter(|_| !wanted.is_empty()) else {
-            g.uncopied.clear();
-            return Ok(());
-        };
-        let whole = layout::CIPHER_BLOCK_SIZE as usize;
-        for run in wanted.chunk_by(|a, b| a + 1 == *b) {
-            let mut stored = vec![0u8; run.len() * whole];
-            self.read_stored_range(&mut stored, run[0])?;
-            let originals: Vec<Original> = run
-                .iter()
-                .zip(stored.chunks(whole))
-                .map(|(&index, stored)| Original { index, stored })
-                .collect();
-            let slots = g.journal.save_unsynced(&content_id, &originals)?;
-            g.slots.extend(slots);
-            for index in run {
-                g.uncopied.remove(index);
-            }
-        }
-        g.uncopied.clear();
         Ok(())
     }
 
@@ -584,12 +528,11 @@ impl EncryptedFile {
         self.guard().as_ref().is_some_and(|g| g.writable)
     }
 
-    /// Copies, commits and rewrites still held (a sync writes and
-    /// releases them).
+    /// Copies and commits still held (they are released by the next sync).
     pub(super) fn held_copies(&self) -> usize {
         self.guard()
             .as_ref()
-            .map_or(0, |g| g.slots.len() + g.commits.len() + g.held.len())
+            .map_or(0, |g| g.slots.len() + g.commits.len())
     }
 
     /// Writes what is held and releases the copies after a final sync,
