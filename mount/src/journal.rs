@@ -472,7 +472,15 @@ impl Journal {
         }
         for &slot in released {
             if let Err(e) = self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
-                log::warn!("{}: could not clear slot {slot}: {e}", self.path.display());
+                // A record that stays could come back (a commit over newer
+                // contents): the journal is not trusted again this session,
+                // so nothing more relies on it and no sync vouches for it.
+                log::error!(
+                    "{}: could not clear slot {slot}: {e}; the journal is not used again until the volume is mounted again",
+                    self.path.display()
+                );
+                self.sync_failed.store(true, Ordering::Relaxed);
+                continue;
             }
             slots.free.push(slot);
         }

@@ -489,6 +489,17 @@ fn a_planted_journal_that_is_not_a_file_is_refused() {
     );
 }
 
+/// A crash state laid out for recovery: the backing file `state` and the
+/// journal bytes `journal` in a new directory, the journal opened.
+fn staged(state: &[u8], journal: &[u8]) -> (tempfile::TempDir, std::path::PathBuf, Arc<Journal>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    fs::write(&path, state).expect("write state");
+    fs::write(dir.path().join(JOURNAL_NAME), journal).expect("write journal");
+    let journal = Arc::new(Journal::open(dir.path()).expect("open journal"));
+    (dir, path, journal)
+}
+
 /// A file of `blocks` whole blocks of `durable`, synced by `fsync`, with a
 /// journal beside it.
 fn synced_file(dir: &Path, durable: &[u8]) -> (Arc<Journal>, EncryptedFile, std::path::PathBuf) {
@@ -692,11 +703,7 @@ fn a_commit_keeps_the_files_modification_time() {
     file.sync(false).expect("commit");
     let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
 
-    let state = tempfile::tempdir().expect("tempdir");
-    let path = state.path().join("f");
-    fs::write(&path, &before).expect("state");
-    fs::write(state.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
-    let journal = Arc::new(Journal::open(state.path()).expect("open journal"));
+    let (_state, path, journal) = staged(&before, &journal_bytes);
     let reopened = EncryptedFile::open(open_rw(&path, false), crypto(), path.clone())
         .and_then(|f| f.guarded_by(&journal))
         .expect("recover");
@@ -721,11 +728,7 @@ fn commits_that_cannot_be_written_are_kept() {
     file.sync(false).expect("commit");
     let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
 
-    let state = tempfile::tempdir().expect("tempdir");
-    let path = state.path().join("f");
-    fs::write(&path, &before).expect("state");
-    fs::write(state.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
-    let journal = Arc::new(Journal::open(state.path()).expect("open journal"));
+    let (_state, path, journal) = staged(&before, &journal_bytes);
     let read_only = fs::File::open(&path).expect("open read-only");
     let refused = EncryptedFile::open(read_only, crypto(), path.clone())
         .and_then(|f| f.guarded_by(&journal))

@@ -496,6 +496,21 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
     );
 }
 
+/// Preallocates `log` (8 pages, fsynced), rewrites page `index` with
+/// `byte` and fsyncs it (a commit to the journal), then kills the mount;
+/// returns the page.
+fn commit_a_page_then_kill(m: &Mounted, index: u64, byte: u8) -> Vec<u8> {
+    let f = fs::File::create(m.path("log")).expect("create");
+    f.write_all_at(&vec![0u8; 8 * 4096], 0)
+        .expect("preallocate");
+    f.sync_all().expect("fsync");
+    let page = vec![byte; 4096];
+    f.write_all_at(&page, index * 4096).expect("rewrite");
+    f.sync_all().expect("fsync the rewrite");
+    kill_mount(&m.mnt);
+    page
+}
+
 // Protects: an fsync of rewrites the mount holds (here a page of a
 // preallocated file, as a database's log) is made durable by a commit to
 // the journal. After the mount dies, the commit is what holds the synced
@@ -505,15 +520,7 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
 #[test]
 fn a_killed_mount_keeps_a_committed_sync() {
     let Some(m) = mount_or_skip(&[]) else { return };
-    let f = fs::File::create(m.path("log")).expect("create");
-    f.write_all_at(&vec![0u8; 8 * 4096], 0)
-        .expect("preallocate");
-    f.sync_all().expect("fsync");
-    let page = vec![0x5au8; 4096];
-    f.write_all_at(&page, 4096).expect("rewrite");
-    f.sync_all().expect("fsync the rewrite");
-    kill_mount(&m.mnt);
-    drop(f);
+    let page = commit_a_page_then_kill(&m, 1, 0x5a);
     let ro_mnt = m.fixture.dir.path().join("ro");
     fs::create_dir_all(&ro_mnt).expect("mkdir");
     let _ = run(&["umount", path_str(&m.mnt)], None);
@@ -553,15 +560,7 @@ fn a_killed_mount_keeps_a_committed_sync() {
 #[test]
 fn a_read_write_mount_writes_commits_a_crash_left() {
     let Some(m) = mount_or_skip(&[]) else { return };
-    let f = fs::File::create(m.path("log")).expect("create");
-    f.write_all_at(&vec![0u8; 8 * 4096], 0)
-        .expect("preallocate");
-    f.sync_all().expect("fsync");
-    let page = vec![0xa5u8; 4096];
-    f.write_all_at(&page, 2 * 4096).expect("rewrite");
-    f.sync_all().expect("fsync the rewrite");
-    kill_mount(&m.mnt);
-    drop(f);
+    let page = commit_a_page_then_kill(&m, 2, 0xa5);
     let out = m.remount();
     assert!(out.status.success(), "{}", stderr(&out));
     m.unmount();

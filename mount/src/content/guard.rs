@@ -124,15 +124,22 @@ impl EncryptedFile {
         if carried.is_empty() {
             return Ok(None);
         }
-        let recovered = self.recover_carried(&mut state, &carried, journal);
-        if recovered.is_err() {
+        match self.recover_carried(&mut state, &carried, journal) {
+            // Released once the file holds what they stood for (a failure
+            // to release leaves the journal untrusted, which keeps any
+            // record left on disk from mattering this session).
+            Ok(outcome) => release_recovered(&carried, journal).map(|()| outcome),
             // Kept for the file's next opening, which fails the same way
             // until they can be put back: never the older contents.
-            journal.return_carried(&content_id, carried);
+            Err(e) => {
+                journal.return_carried(&content_id, carried);
+                Err(e)
+            }
         }
-        recovered
     }
 
+    /// Puts back what `carried` holds for this file and repairs its end
+    /// where a copy went back; releases nothing.
     fn recover_carried(
         &self,
         state: &mut State,
@@ -162,7 +169,6 @@ impl EncryptedFile {
                 other => other,
             })
         };
-        release_recovered(carried, journal)?;
         Ok(outcome)
     }
 
@@ -425,6 +431,7 @@ impl EncryptedFile {
             g.committed.insert(index);
         }
         g.committed_mtime = Some(mtime);
+        self.commits_live.store(true, Ordering::Release);
         Ok(true)
     }
 
@@ -484,7 +491,10 @@ impl EncryptedFile {
         }
         let commits: Vec<u64> = g.commits.drain().map(|(_, slot)| slot).collect();
         g.committed_mtime = None;
-        g.journal.release_durably(&commits)
+        g.journal.release_durably(&commits)?;
+        self.commits_live.store(false, Ordering::Release);
+        self.cycle_ended();
+        Ok(())
     }
 
     /// Whether blocks from `blocks` on held durable data at the last sync
@@ -559,6 +569,9 @@ impl EncryptedFile {
     }
 
     /// The guard's live records, handed back to the journal (`close_guard`).
+    /// If they cannot be, the file is taken as one whose sync failed, for
+    /// the rest of the session: its later syncs fail, so nothing it writes
+    /// is promised over what the records stand for.
     fn carry_records_on(&mut self) {
         let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) else {
             return;
@@ -569,6 +582,7 @@ impl EncryptedFile {
                 "{e}: {} journal records wait for the next mount",
                 slots.len()
             );
+            self.sync_failed.store(true, Ordering::Relaxed);
         }
     }
 

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use keys::{ContentCrypto, MAX_SEALS_PER_KEY};
@@ -72,12 +72,21 @@ pub struct EncryptedFile {
     sync_failed: AtomicBool,
     /// Held across each sync of the backing file and its check.
     syncing: Mutex<()>,
-    /// Something was written to the backing file (bytes, size, header)
-    /// since its last sync, or nothing is known yet: a sync must then sync
-    /// the backing file, not only commit held rewrites (`guard::commit_held`).
-    unsynced: AtomicBool,
-    /// The backing file's attributes as its last sync found them.
-    at_last_sync: Mutex<Option<SyncedAttrs>>,
+    /// Writes to the backing file (bytes, size, header) so far, and
+    /// changes this type does not see: a sync may commit held rewrites
+    /// instead of syncing the backing file (`guard::commit_held`) only
+    /// while none has come since the last sync that ended a cycle.
+    changes: AtomicU64,
+    /// The backing file's last sync: its attributes and `changes` when it
+    /// began; it counts once the cycle it ended is over (`cycle_ended`).
+    last_sync: Mutex<Option<(SyncedAttrs, u64)>>,
+    /// The last sync that ended a cycle (every held rewrite written, every
+    /// copy and commit released): what a commit may build on.
+    at_last_sync: Mutex<Option<(SyncedAttrs, u64)>>,
+    /// Commits of this file are live in the journal: a sync of the backing
+    /// file is then an `fsync`, whatever was asked, since the commits that
+    /// carry the modification time an `fsync` promised go once it returns.
+    commits_live: AtomicBool,
 }
 
 /// What a sync of the backing file covered besides its bytes: a commit of
@@ -108,8 +117,10 @@ impl EncryptedFile {
             label,
             sync_failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
-            unsynced: AtomicBool::new(true),
+            changes: AtomicU64::new(0),
+            last_sync: Mutex::new(None),
             at_last_sync: Mutex::new(None),
+            commits_live: AtomicBool::new(false),
         };
         let loaded = this.load_state()?;
         *this.state_mut_keeping_held() = loaded;
@@ -255,12 +266,13 @@ impl EncryptedFile {
     /// `data_only`): its bytes, size, mode and owner are then as durable as
     /// that sync made them. `None` otherwise.
     fn only_held_since_sync(&self, data_only: bool) -> Result<Option<Mtime>> {
-        if self.unsynced.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        let Some(at_sync) = *self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner()) else {
+        let last = *self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((at_sync, changes)) = last else {
             return Ok(None);
         };
+        if self.changes.load(Ordering::Acquire) != changes {
+            return Ok(None);
+        }
         let (now, mtime) = self.backing_attrs()?;
         let unchanged = now
             == SyncedAttrs {
@@ -291,9 +303,20 @@ impl EncryptedFile {
         Ok((attrs, mtime))
     }
 
-    /// Called before every write to the backing file (`unsynced`).
+    /// Called before every write to the backing file (`changes`).
     fn note_unsynced(&self) {
-        self.unsynced.store(true, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The cycle the last sync of the backing file ended is over: a
+    /// commit may build on that sync if nothing changed since it began.
+    fn cycle_ended(&self) {
+        let last = self
+            .last_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        *self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner()) = last;
     }
 
     /// Something this type does not see changed the backing file (its
@@ -310,28 +333,27 @@ impl EncryptedFile {
     fn sync_backing(&self, data_only: bool) -> Result<()> {
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_after_failed_sync()?;
-        // Taken before the sync, and the flag cleared before it: a change
-        // that lands meanwhile then counts as unsynced.
+        // Taken before the sync: a change that lands meanwhile counts as
+        // after it.
+        let changes = self.changes.load(Ordering::Acquire);
         let (attrs, _) = self.backing_attrs()?;
-        self.unsynced.store(false, Ordering::Release);
+        let data_only = data_only && !self.commits_live.load(Ordering::Acquire);
         let result = if data_only {
             self.file.sync_data()
         } else {
             self.file.sync_all()
         };
-        let mut at_last_sync = self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(()) => {
-                *at_last_sync = Some(SyncedAttrs {
-                    full: !data_only,
-                    ..attrs
-                })
-            }
-            Err(_) => {
-                self.sync_failed.store(true, Ordering::Relaxed);
-                self.note_unsynced();
-                *at_last_sync = None;
-            }
+        let synced = result.is_ok().then_some((
+            SyncedAttrs {
+                full: !data_only,
+                ..attrs
+            },
+            changes,
+        ));
+        *self.last_sync.lock().unwrap_or_else(|p| p.into_inner()) = synced;
+        if result.is_err() {
+            self.sync_failed.store(true, Ordering::Relaxed);
+            *self.at_last_sync.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         result.context(|| format!("syncing {}", self.backing_path().display()))
     }
