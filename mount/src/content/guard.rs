@@ -109,10 +109,10 @@ impl EncryptedFile {
         Ok(self)
     }
 
-    /// When an earlier session left copies of this file's blocks in
-    /// `journal`: puts back every block a crash tore, then repairs what the
-    /// crash left at the end (see `repair_tail`), and releases the copies.
-    /// `None` when there were none.
+    /// When an earlier session left records of this file's blocks in
+    /// `journal`: writes its commits, puts back every block a crash tore,
+    /// then repairs what the crash left at the end (see `repair_tail`), and
+    /// releases the records. `None` when there were none.
     pub fn recover_from(&self, journal: &Journal) -> Result<Option<TailRepair>> {
         let mut state = self.state_mut()?;
         let (content_id, carried) = match &state.header {
@@ -147,29 +147,36 @@ impl EncryptedFile {
         journal: &Journal,
     ) -> Result<Option<TailRepair>> {
         let PutBack { copies, commits } = self.put_back(state, carried, journal)?;
+        let mut what = Vec::new();
+        if copies > 0 {
+            what.push(format!("{copies} torn blocks put back from the journal"));
+        }
+        if commits > 0 {
+            what.push(format!(
+                "{commits} blocks synced through the journal written to their place"
+            ));
+        }
+        let what = what.join("; ");
         // Nothing torn that a copy mends: the file's end is left as it is
         // (it is `fsck --repair`'s to judge), so that a planted record
         // cannot make the mount cut a file on its own.
-        let outcome = if copies == 0 {
-            (commits > 0).then(|| TailRepair::Repaired {
-                what: format!("{commits} blocks synced through the journal written to their place"),
-                size: layout::plaintext_size_lossy(self.cipher_len().unwrap_or(0)),
-            })
-        } else {
-            let put_back = copies + commits;
-            Some(match self.repair_tail_locked(state)? {
-                TailRepair::Clean => TailRepair::Repaired {
-                    what: format!("{put_back} torn blocks put back from the journal"),
-                    size: layout::plaintext_size_lossy(self.cipher_len()?),
-                },
-                TailRepair::Repaired { what, size } => TailRepair::Repaired {
-                    what: format!("{put_back} torn blocks put back from the journal; {what}"),
-                    size,
-                },
-                other => other,
-            })
+        let tail = match copies {
+            0 => TailRepair::Clean,
+            _ => self.repair_tail_locked(state)?,
         };
-        Ok(outcome)
+        let size = layout::plaintext_size_lossy(self.cipher_len()?);
+        Ok(match tail {
+            TailRepair::Clean if what.is_empty() => None,
+            TailRepair::Clean => Some(TailRepair::Repaired { what, size }),
+            TailRepair::Repaired {
+                what: repaired,
+                size,
+            } => Some(TailRepair::Repaired {
+                what: format!("{what}; {repaired}"),
+                size,
+            }),
+            other => Some(other),
+        })
     }
 
     /// Before blocks `blocks` of a file of `size` bytes are rewritten in
