@@ -172,15 +172,10 @@ impl Checker<'_, '_> {
     /// files read older than the syncs left them until a repair (or a
     /// read-write mount) writes them.
     fn report_pending_commits(&mut self) -> Result<()> {
-        let pending = Journal::pending_commits(self.volume.backing())?;
-        if pending > 0 {
-            self.bad(VolumeError::io(
-                format!(
-                    "the journal holds {pending} synced blocks not yet in their files \
-                     (the last session ended uncleanly); `chronicle fsck --repair` writes them"
-                ),
-                io::Error::from_raw_os_error(libc::EIO),
-            ));
+        let backing = self.volume.backing();
+        let pending = Journal::pending_commits(backing)?;
+        if let Some(e) = Journal::commits_waiting(backing, pending) {
+            self.bad(e);
         }
         Ok(())
     }

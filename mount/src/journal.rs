@@ -167,9 +167,7 @@ impl Journal {
         let meta = file
             .metadata()
             .context(|| format!("examining {}", path.display()))?;
-        if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() > MAX_JOURNAL_LEN {
-            return Err(not_a_journal(&path));
-        }
+        refuse_planted(&meta, &path)?;
         // Its name must be durable before any copy in it is relied on.
         if !existed {
             File::open(backing)
@@ -235,15 +233,36 @@ impl Journal {
         let meta = file
             .metadata()
             .context(|| format!("examining {}", path.display()))?;
-        if !meta.file_type().is_file() || meta.nlink() != 1 || meta.len() > MAX_JOURNAL_LEN {
-            return Err(not_a_journal(&path));
-        }
+        refuse_planted(&meta, &path)?;
         let (carried, _) = read_records(&file, &path)?;
-        Ok(carried
-            .values()
-            .flatten()
-            .filter(|c| matches!(c.kind, Kind::Commit(_)))
-            .count())
+        Ok(commits_in(&carried))
+    }
+
+    /// Fails, saying what to do, while the journal of the volume at
+    /// `backing` holds commits: for whatever reads files as BACKING holds
+    /// them without the journal (a read-only mount, re-encryption, a check).
+    pub fn refuse_pending_commits(backing: &Path) -> Result<()> {
+        let pending = Self::pending_commits(backing)?;
+        match Self::commits_waiting(backing, pending) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// What `refuse_pending_commits` says when `pending` commits wait in
+    /// the journal of the volume at `backing`; `None` for none.
+    pub fn commits_waiting(backing: &Path, pending: usize) -> Option<VolumeError> {
+        (pending > 0).then(|| {
+            VolumeError::io(
+                format!(
+                    "{}: the journal holds {pending} synced blocks not yet in their files \
+                 (the last session ended uncleanly); mount the volume read-write once, \
+                 or run `chronicle fsck --repair`, to write them",
+                    backing.display()
+                ),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            )
+        })
     }
 
     /// Remembers that a sync of the file `file_id` (its header's file id,
@@ -548,12 +567,7 @@ impl Journal {
 
     /// Commits among the records an earlier session left.
     pub fn carried_commits(&self) -> usize {
-        self.slots()
-            .carried
-            .values()
-            .flatten()
-            .filter(|c| matches!(c.kind, Kind::Commit(_)))
-            .count()
+        commits_in(&self.slots().carried)
     }
 
     /// Drops every copy an earlier session left (after `fsck --repair` has
@@ -596,9 +610,13 @@ impl Journal {
     }
 }
 
-/// A planted journal: not a regular file, linked elsewhere, or too large.
-fn not_a_journal(path: &Path) -> VolumeError {
-    VolumeError::io(
+/// Refuses a planted journal: not a regular file, linked elsewhere, or too
+/// large.
+fn refuse_planted(meta: &std::fs::Metadata, path: &Path) -> Result<()> {
+    if meta.file_type().is_file() && meta.nlink() == 1 && meta.len() <= MAX_JOURNAL_LEN {
+        return Ok(());
+    }
+    Err(VolumeError::io(
         format!(
             "{} is not a journal this build wrote (not a regular file, linked elsewhere, or over {} GiB); \
              if no crash needs it, remove it",
@@ -606,7 +624,16 @@ fn not_a_journal(path: &Path) -> VolumeError {
             MAX_JOURNAL_LEN >> 30
         ),
         std::io::Error::from_raw_os_error(libc::EINVAL),
-    )
+    ))
+}
+
+/// Commits among `carried`.
+fn commits_in(carried: &HashMap<ContentId, Vec<Carried>>) -> usize {
+    carried
+        .values()
+        .flatten()
+        .filter(|c| matches!(c.kind, Kind::Commit(_)))
+        .count()
 }
 
 /// Appends the record for `original` to `out`.

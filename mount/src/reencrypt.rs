@@ -82,7 +82,8 @@ pub fn reencrypt(
         }
         other => other?,
     };
-    refuse_pending_commits(&backing)?;
+    // The copy reads files as BACKING holds them.
+    crate::journal::Journal::refuse_pending_commits(&backing)?;
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     mark(&staging)?;
@@ -92,23 +93,6 @@ pub fn reencrypt(
         copied,
         rolled_back,
     })
-}
-
-/// The copy reads files as they are in BACKING: blocks synced through the
-/// journal and not yet in their files (a crash) must be written first.
-fn refuse_pending_commits(backing: &Path) -> Result<()> {
-    let pending = crate::journal::Journal::pending_commits(backing)?;
-    if pending == 0 {
-        return Ok(());
-    }
-    Err(VolumeError::io(
-        format!(
-            "{}: the journal holds {pending} synced blocks not yet in their files \
-             (the last session ended uncleanly); run `chronicle fsck --repair` first",
-            backing.display()
-        ),
-        std::io::Error::from_raw_os_error(libc::EIO),
-    ))
 }
 
 /// The swap is a rename beside BACKING: it cannot cross file systems, so

@@ -135,8 +135,10 @@ impl Mounted {
             Mode::empty(),
         )?;
         let journal = match options.read_only {
+            // A read-only mount leaves the journal alone, so it would show
+            // files older than syncs left them while commits wait there.
             true => {
-                refuse_pending_commits(volume)?;
+                Journal::refuse_pending_commits(volume.backing()).map_err(io::Error::other)?;
                 None
             }
             false => Some(std::sync::Arc::new(open_journal(volume)?)),
@@ -230,20 +232,6 @@ fn open_journal(volume: &Volume) -> io::Result<Journal> {
         );
     }
     Ok(journal)
-}
-
-/// A read-only mount leaves the journal alone, so it would show files
-/// older than syncs left them while commits wait there (docs/FORMAT.md).
-fn refuse_pending_commits(volume: &Volume) -> io::Result<()> {
-    let pending = Journal::pending_commits(volume.backing()).map_err(io::Error::other)?;
-    if pending == 0 {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "{}: the last session ended with {pending} synced blocks in the journal, not yet in \
-         their files; mount read-write once, or run `chronicle fsck --repair`, before mounting read-only",
-        volume.backing().display()
-    )))
 }
 
 /// Readahead the kernel will do for this mount, in KiB.
