@@ -23,6 +23,7 @@ pub mod replay;
 pub mod symlink_file;
 pub mod transfer;
 pub mod tree;
+pub mod untimed;
 pub mod volume;
 pub mod xattrs;
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chronicle_mount::cipher::Backend;
 use chronicle_mount::content::{ContentCrypto, EncryptedFile};
-use chronicle_mount::journal::{Journal, JOURNAL_NAME};
+use chronicle_mount::journal::{Journal, Mtime, JOURNAL_NAME};
 use chronicle_mount::SecretKey;
 use rand::{Rng, SeedableRng};
 
@@ -711,6 +711,133 @@ fn a_commit_keeps_the_files_modification_time() {
     assert_eq!(
         (stat.st_mtime, stat.st_mtime_nsec),
         (4_000_000_000, 123_456_789)
+    );
+}
+
+// Protects: a commit records the modification time the mount last set for
+// the kernel (`mtime_set`, which the mount calls for the times the kernel
+// writes back) without reading the backing file's, and recovery gives the
+// file that time.
+#[test]
+fn a_commit_records_the_time_the_kernel_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_journal, file, path) = synced_file(dir.path(), &record(23, 5 * 4096));
+    let before = fs::read(&path).expect("backing");
+    file.write_at(4096, &record(24, 4096)).expect("rewrite");
+    // Not set on the backing file: only the commit can carry it.
+    let set = Mtime {
+        secs: 4_000_000_000,
+        nanos: 7,
+    };
+    file.set_kernel_mtime(set, || Ok::<(), ()>(()))
+        .expect("set");
+    file.sync(false).expect("commit");
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+
+    let (_state, path, journal) = staged(&before, &journal_bytes);
+    assert_eq!(journal.carried_commits(), 1, "the sync was a commit");
+    let reopened = EncryptedFile::open(open_rw(&path, false), crypto(), path.clone())
+        .and_then(|f| f.guarded_by(&journal))
+        .expect("recover");
+    let stat = rustix::fs::fstat(reopened.backing()).expect("stat");
+    assert_eq!(
+        (stat.st_mtime, stat.st_mtime_nsec as u32),
+        (set.secs, set.nanos)
+    );
+}
+
+// Protects: a time set before a write of the file's own is not what a
+// later commit records (the write moved the backing file's time).
+#[test]
+fn a_time_set_before_a_write_is_not_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_journal, file, path) = synced_file(dir.path(), &record(25, 5 * 4096));
+    let stale = Mtime {
+        secs: 4_000_000_000,
+        nanos: 7,
+    };
+    file.set_kernel_mtime(stale, || Ok::<(), ()>(()))
+        .expect("set");
+    file.write_at(5 * 4096, &record(26, 4096)).expect("append");
+    file.sync(false).expect("fsync");
+    let before = fs::read(&path).expect("backing");
+    file.write_at(4096, &record(27, 4096)).expect("rewrite");
+    file.sync(false).expect("commit");
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+
+    let (_state, path, journal) = staged(&before, &journal_bytes);
+    assert_eq!(journal.carried_commits(), 1, "the sync was a commit");
+    let reopened = EncryptedFile::open(open_rw(&path, false), crypto(), path.clone())
+        .and_then(|f| f.guarded_by(&journal))
+        .expect("recover");
+    let stat = rustix::fs::fstat(reopened.backing()).expect("stat");
+    assert!(stat.st_mtime < stale.secs, "the stale time came back");
+}
+
+// Protects: held blocks written in place after the kernel set the file's
+// modification time keep that time (the program saw it; the writes only
+// carry out writes it made before).
+#[test]
+fn held_blocks_written_later_keep_the_kernels_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, _path) = synced_file(dir.path(), &record(31, 5 * 4096));
+    file.write_at(4096, &record(32, 4096)).expect("rewrite");
+    assert_eq!(journal.held_blocks(), 1, "the rewrite is held");
+    let set = Mtime {
+        secs: 1_700_000_000,
+        nanos: 5,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: set.secs,
+            tv_nsec: set.nanos.into(),
+        },
+    };
+    file.set_kernel_mtime(set, || rustix::fs::futimens(file.backing(), &times))
+        .expect("set the time");
+    file.write_held_back().expect("write held");
+    assert_eq!(journal.held_blocks(), 0, "written in place");
+    let stat = rustix::fs::fstat(file.backing()).expect("stat");
+    assert_eq!(
+        (stat.st_mtime, stat.st_mtime_nsec as u32),
+        (set.secs, set.nanos)
+    );
+}
+
+// Protects: a held rewrite of a hole in a sparse file takes the hole's
+// space at once (on a full store the write fails, not the writing in place
+// after it was acknowledged), and a held rewrite of a block stored with
+// data leaves the backing file as it was: an `fsync` loop over rewrites
+// changes nothing there (docs/PERFORMANCE.md). Read after a `stat`, a
+// changed file's ctime moves on Linux 6.13 and later (fine-grained times).
+#[test]
+fn held_rewrites_take_space_only_for_holes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, _path) = synced_file(dir.path(), &record(28, 8 * 4096));
+    // Four blocks: whole backing pages among them are freed.
+    file.punch_hole(2 * 4096, 4 * 4096).expect("punch");
+    file.sync(false).expect("fsync");
+    let allocated = || rustix::fs::fstat(file.backing()).expect("stat").st_blocks;
+    let before = allocated();
+
+    file.write_at(3 * 4096, &record(29, 4096))
+        .expect("rewrite a hole");
+    assert_eq!(journal.held_blocks(), 1, "the rewrite is held");
+    assert!(allocated() > before, "the hole's space was not taken");
+
+    let stat = rustix::fs::fstat(file.backing()).expect("stat");
+    file.write_at(4096, &record(30, 4096))
+        .expect("rewrite data");
+    assert_eq!(journal.held_blocks(), 2, "the rewrite is held");
+    let after = rustix::fs::fstat(file.backing()).expect("stat");
+    assert_eq!(
+        (after.st_ctime, after.st_ctime_nsec, after.st_blocks),
+        (stat.st_ctime, stat.st_ctime_nsec, stat.st_blocks),
+        "the backing file changed"
     );
 }
 

@@ -210,6 +210,37 @@ fn namespace_operations() {
     assert!(!m.path("d2").exists());
 }
 
+// Protects: the times the kernel keeps for a file it writes back (with
+// write-back caching) reach the backing file at each `fsync` of rewrites
+// (answered without reading the backing file's times: `untimed`), the
+// mode and size the mount reports meanwhile stay right, and the time the
+// program saw is the one a remount shows.
+#[test]
+fn written_back_times_reach_the_backing_file() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let p = m.path("log");
+    fs::write(&p, vec![1u8; 3 * 4096]).expect("write");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let file = fs::File::options().write(true).open(&p).expect("open");
+    file.sync_all().expect("fsync");
+    for i in 0..40u8 {
+        file.write_all_at(&[i; 4096], 4096).expect("rewrite");
+        file.sync_all().expect("fsync");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let meta = fs::metadata(&p).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.len(), 3 * 4096);
+    let seen = (meta.mtime(), meta.mtime_nsec());
+    drop(file);
+    m.unmount();
+    let out = m.remount();
+    assert!(out.status.success(), "remount: {}", stderr(&out));
+    let meta = fs::metadata(&p).expect("stat");
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), seen);
+    assert_eq!(fs::read(&p).expect("read")[4096..8192], [39u8; 4096]);
+}
+
 // Protects: attributes: chmod, chown, utimes, access, statfs, FIFOs and
 // sockets, and that writes keep sizes in plaintext units.
 #[test]

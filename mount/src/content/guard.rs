@@ -29,6 +29,15 @@ const MAX_COPIES_PER_FILE: usize = 4096;
 /// them: they share one journal sync (`hold`).
 const MAX_HELD_PER_FILE: usize = 512;
 
+/// What `copy_originals` copied.
+#[derive(Default)]
+struct Copied {
+    count: usize,
+    /// The blocks among them stored with data, not holes: their space is
+    /// allocated.
+    with_data: Vec<u64>,
+}
+
 pub(super) struct Guard {
     journal: Arc<Journal>,
     /// Blocks `0..durable_blocks` held their contents at the file's last
@@ -198,7 +207,8 @@ impl EncryptedFile {
     }
 
     /// Copies the durable originals of `blocks` that have none yet, synced
-    /// or not; returns how many it copied.
+    /// or not; returns which it copied with data (not holes): their space
+    /// is allocated.
     fn copy_originals(
         &self,
         g: &mut Guard,
@@ -207,7 +217,7 @@ impl EncryptedFile {
         old_last: Option<&[u8]>,
         blocks: Range<u64>,
         sync: bool,
-    ) -> Result<usize> {
+    ) -> Result<Copied> {
         let old_blocks = block_count(size);
         let at_risk = |g: &Guard| -> Vec<u64> {
             blocks
@@ -217,7 +227,7 @@ impl EncryptedFile {
         };
         let mut indices = at_risk(g);
         if indices.is_empty() {
-            return Ok(0);
+            return Ok(Copied::default());
         }
         if g.slots.len() + indices.len() > MAX_COPIES_PER_FILE {
             self.write_held(g)?;
@@ -254,9 +264,17 @@ impl EncryptedFile {
             true => g.journal.save(content_id, &originals)?,
             false => g.journal.save_unsynced(content_id, &originals)?,
         };
+        let with_data = originals
+            .iter()
+            .filter(|original| !is_zero(original.stored))
+            .map(|original| original.index)
+            .collect();
         g.slots.extend(slots);
         g.saved.extend(&indices);
-        Ok(indices.len())
+        Ok(Copied {
+            count: indices.len(),
+            with_data,
+        })
     }
 
     /// Whether a rewrite from `size` to `new_size` bytes of `blocks` may
@@ -314,12 +332,12 @@ impl EncryptedFile {
         };
         // Nothing is held that no journal sync can ever let out.
         g.journal.refuse_after_failure()?;
-        // Holes among the blocks get their space now: a write that cannot
-        // have it fails here, not when held blocks are written later.
-        if sparse {
-            let from = block_offset(blocks.start);
-            self.reserve_backing(from, from + stored.len() as u64)?;
-        }
+        // Blocks not held yet may be holes in a sparse file (space for
+        // held ones was taken when they were first held).
+        let not_held: Vec<u64> = match sparse {
+            true => blocks.clone().filter(|i| !g.held.contains_key(i)).collect(),
+            false => Vec::new(),
+        };
         // Room first, so that a write that fails leaves nothing held: this
         // file's held blocks are written when they would pass its share or
         // the volume's budget; if other files hold the budget, the rewrite
@@ -337,8 +355,16 @@ impl EncryptedFile {
         }
         let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
         // Nothing durable replaced and nothing held to replace: plain write.
-        if copied == 0 && g.held.range(blocks.clone()).next().is_none() {
+        if copied.count == 0 && g.held.range(blocks.clone()).next().is_none() {
             return self.write_stored(blocks.start, stored);
+        }
+        // Holes among the blocks get their space now: a write that cannot
+        // have it fails here, not when held blocks are written later. A
+        // block whose original was just read with data has its space (an
+        // `fsync` loop over rewrites then makes no backing change at all).
+        if not_held.iter().any(|i| !copied.with_data.contains(i)) {
+            let from = block_offset(blocks.start);
+            self.reserve_backing(from, from + stored.len() as u64)?;
         }
         let whole = layout::CIPHER_BLOCK_SIZE as usize;
         let mut added = 0;
@@ -364,6 +390,9 @@ impl EncryptedFile {
         if g.held.keys().any(|index| !g.committed.contains(index)) {
             g.journal.sync()?;
         }
+        // The time the kernel set stays: the program saw it, and these
+        // writes only carry out writes it made before.
+        let kept_mtime = self.kernel_mtime();
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = 0;
         let mut next = None;
@@ -382,6 +411,10 @@ impl EncryptedFile {
         g.journal.remove_held(g.held.len());
         g.held.clear();
         g.committed.clear();
+        if let Some(mtime) = kept_mtime {
+            self.set_mtime(mtime);
+            self.record_kernel_mtime(self.changes(), mtime);
+        }
         Ok(())
     }
 
@@ -633,7 +666,7 @@ impl EncryptedFile {
         let mut buf = vec![0u8; layout::CIPHER_BLOCK_SIZE as usize];
         let mut mtime = None;
         // Taken before anything is written: writing moves it to now.
-        let (_, mtime_before) = self.backing_attrs()?;
+        let mtime_before = self.stored_mtime()?;
         for (&index, records) in &by_index {
             let cipher_len = self.cipher_len()?;
             if block_offset(index) >= cipher_len {
@@ -744,29 +777,6 @@ impl EncryptedFile {
         Ok(true)
     }
 
-    /// Sets the backing file's modification time after commits were put
-    /// back: the later of the file's own and the newest commit's (a
-    /// commit's time is the file's at a sync). A failure costs the time
-    /// only, so it is logged.
-    fn set_mtime(&self, mtime: Mtime) {
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: mtime.secs,
-                tv_nsec: mtime.nanos.into(),
-            },
-        };
-        if let Err(e) = rustix::fs::futimens(&self.file, &times) {
-            log::warn!(
-                "{}: could not set the modification time a sync left: {e}",
-                self.backing_path().display()
-            );
-        }
-    }
-
     /// Whether the file's end fails: a cut block, or a last block that
     /// does not open as the end.
     fn end_is_damaged(&self, keys: &super::keys::ContentKeys) -> Result<bool> {
@@ -804,7 +814,7 @@ impl EncryptedFile {
         )))
     }
 
-    fn guard(&self) -> MutexGuard<'_, Option<Guard>> {
+    pub(super) fn guard(&self) -> MutexGuard<'_, Option<Guard>> {
         // Updated in whole steps under the file's own lock.
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -87,6 +87,9 @@ pub struct EncryptedFile {
     /// file is then an `fsync`, whatever was asked, since the commits that
     /// carry the modification time an `fsync` promised go once it returns.
     commits_live: AtomicBool,
+    /// The modification time the mount last set on the backing file for
+    /// the kernel, with `changes` before it was set (`set_kernel_mtime`).
+    mtime_set: Mutex<Option<(u64, Mtime)>>,
 }
 
 /// What a sync of the backing file covered besides its bytes: a commit of
@@ -121,6 +124,7 @@ impl EncryptedFile {
             last_sync: Mutex::new(None),
             at_last_sync: Mutex::new(None),
             commits_live: AtomicBool::new(false),
+            mtime_set: Mutex::new(None),
         };
         let loaded = this.load_state()?;
         *this.state_mut_keeping_held() = loaded;
@@ -273,34 +277,110 @@ impl EncryptedFile {
         if self.changes.load(Ordering::Acquire) != changes {
             return Ok(None);
         }
-        let (now, mtime) = self.backing_attrs()?;
-        let unchanged = now
+        let unchanged = self.backing_attrs()?
             == SyncedAttrs {
                 full: false,
                 ..at_sync
             };
-        Ok((unchanged && (data_only || at_sync.full)).then_some(mtime))
+        if !(unchanged && (data_only || at_sync.full)) {
+            return Ok(None);
+        }
+        self.current_mtime().map(Some)
     }
 
-    fn backing_attrs(&self) -> Result<(SyncedAttrs, Mtime)> {
+    /// What a sync of the backing file covers besides its bytes, read
+    /// without its times (`crate::untimed`).
+    fn backing_attrs(&self) -> Result<SyncedAttrs> {
+        let status = crate::untimed::status(&self.file)
+            .context(|| format!("examining {}", self.backing_path().display()))?;
+        Ok(SyncedAttrs {
+            mode: status.mode,
+            uid: status.uid,
+            gid: status.gid,
+            len: status.size,
+            full: false,
+        })
+    }
+
+    /// The file's modification time: as the mount last set it for the
+    /// kernel (`kernel_mtime`), else as the backing file holds it.
+    fn current_mtime(&self) -> Result<Mtime> {
+        match self.kernel_mtime() {
+            Some(mtime) => Ok(mtime),
+            None => self.stored_mtime(),
+        }
+    }
+
+    /// The modification time the mount last set for the kernel
+    /// (`set_kernel_mtime`), while no write has come since.
+    fn kernel_mtime(&self) -> Option<Mtime> {
+        let set = *self.mtime_set.lock().unwrap_or_else(|p| p.into_inner());
+        set.and_then(|(changes, mtime)| (changes == self.changes()).then_some(mtime))
+    }
+
+    fn record_kernel_mtime(&self, changes: u64, mtime: Mtime) {
+        *self.mtime_set.lock().unwrap_or_else(|p| p.into_inner()) = Some((changes, mtime));
+    }
+
+    /// The backing file's modification time as stored (reading it marks
+    /// the file's times as read: `crate::untimed`).
+    fn stored_mtime(&self) -> Result<Mtime> {
         let stat = rustix::fs::fstat(&self.file).map_err(|e| {
             VolumeError::io(
                 format!("examining {}", self.backing_path().display()),
                 e.into(),
             )
         })?;
-        let attrs = SyncedAttrs {
-            mode: stat.st_mode,
-            uid: stat.st_uid,
-            gid: stat.st_gid,
-            len: stat.st_size as u64,
-            full: false,
+        let stamp = crate::untimed::mtime_of(&stat);
+        Ok(Mtime {
+            secs: stamp.secs,
+            nanos: stamp.nanos,
+        })
+    }
+
+    /// Sets the backing file's modification time (after commits were put
+    /// back, or held blocks written). A failure costs the time only, so it
+    /// is logged.
+    fn set_mtime(&self, mtime: Mtime) {
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: mtime.secs,
+                tv_nsec: mtime.nanos.into(),
+            },
         };
-        let mtime = Mtime {
-            secs: stat.st_mtime,
-            nanos: stat.st_mtime_nsec as u32,
-        };
-        Ok((attrs, mtime))
+        if let Err(e) = rustix::fs::futimens(&self.file, &times) {
+            log::warn!(
+                "{}: could not set the modification time: {e}",
+                self.backing_path().display()
+            );
+        }
+    }
+
+    /// Writes to the backing file so far (`set_kernel_mtime`).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Sets the backing file's modification time to `mtime` by `set` for
+    /// the kernel, which keeps a file's times itself with write-back
+    /// caching (a program sees the kernel's), and remembers it: a commit
+    /// records it without reading the backing file's times, and held
+    /// blocks written in place later keep it (`guard::write_held`), until
+    /// another write comes. Held blocks are not written meanwhile.
+    pub fn set_kernel_mtime<E>(
+        &self,
+        mtime: Mtime,
+        set: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let _no_held_writes = self.guard();
+        let changes = self.changes();
+        set()?;
+        self.record_kernel_mtime(changes, mtime);
+        Ok(())
     }
 
     /// Called before every write to the backing file (`changes`).
@@ -336,7 +416,7 @@ impl EncryptedFile {
         // Taken before the sync: a change that lands meanwhile counts as
         // after it.
         let changes = self.changes.load(Ordering::Acquire);
-        let (attrs, _) = self.backing_attrs()?;
+        let attrs = self.backing_attrs()?;
         let data_only = data_only && !self.commits_live.load(Ordering::Acquire);
         let result = if data_only {
             self.file.sync_data()
@@ -522,11 +602,10 @@ impl EncryptedFile {
     // ---- sizes and errors ---------------------------------------------------
 
     fn cipher_len(&self) -> Result<u64> {
-        Ok(self
-            .file
-            .metadata()
+        // Without its times: this runs for every write (`crate::untimed`).
+        Ok(crate::untimed::status(&self.file)
             .context(|| format!("examining {}", self.label.display()))?
-            .len())
+            .size)
     }
 
     /// The plaintext size, refusing a damaged header or tail (writes must

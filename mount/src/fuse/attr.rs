@@ -6,6 +6,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 use rustix::fs::{FileType as RawType, Stat};
 
 use crate::layout;
+use crate::untimed::{mtime_of, Status, Timestamp};
 
 /// The file type of a backing `st_mode`.
 pub fn file_type(kind: RawType) -> FileType {
@@ -20,8 +21,8 @@ pub fn file_type(kind: RawType) -> FileType {
     }
 }
 
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    let nanos = u32::try_from(nsecs).unwrap_or(0);
+fn time(stamp: Timestamp) -> SystemTime {
+    let Timestamp { secs, nanos } = stamp;
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nanos)
     } else {
@@ -32,27 +33,36 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 /// Attributes as the program using the mount sees them: a regular file's
 /// size is its plaintext size, computed from the ciphertext size.
 pub fn from_stat(ino: u64, stat: &Stat) -> FileAttr {
-    let kind = RawType::from_raw_mode(stat.st_mode);
-    let backing_size = u64::try_from(stat.st_size).unwrap_or(0);
+    let ctime = Timestamp {
+        secs: stat.st_ctime,
+        nanos: u32::try_from(stat.st_ctime_nsec).unwrap_or(0),
+    };
+    from_status(ino, &Status::from(stat), time(mtime_of(stat)), time(ctime))
+}
+
+/// `from_stat` for a status read without times (`crate::untimed`), with
+/// the times the caller knows.
+pub fn from_status(ino: u64, status: &Status, mtime: SystemTime, ctime: SystemTime) -> FileAttr {
+    let kind = RawType::from_raw_mode(status.mode);
     let size = if kind == RawType::RegularFile {
-        layout::plaintext_size_lossy(backing_size)
+        layout::plaintext_size_lossy(status.size)
     } else {
-        backing_size
+        status.size
     };
     FileAttr {
         ino: INodeNo(ino),
         size,
-        blocks: u64::try_from(stat.st_blocks).unwrap_or(0),
-        atime: time(stat.st_atime, stat.st_atime_nsec as i64),
-        mtime: time(stat.st_mtime, stat.st_mtime_nsec as i64),
-        ctime: time(stat.st_ctime, stat.st_ctime_nsec as i64),
-        crtime: time(stat.st_ctime, stat.st_ctime_nsec as i64),
+        blocks: status.blocks,
+        atime: time(status.atime),
+        mtime,
+        ctime,
+        crtime: ctime,
         kind: file_type(kind),
-        perm: (stat.st_mode & 0o7777) as u16,
-        nlink: stat.st_nlink as u32,
-        uid: stat.st_uid,
-        gid: stat.st_gid,
-        rdev: stat.st_rdev as u32,
+        perm: (status.mode & 0o7777) as u16,
+        nlink: status.nlink,
+        uid: status.uid,
+        gid: status.gid,
+        rdev: status.rdev as u32,
         blksize: layout::BLOCK_SIZE as u32,
         flags: 0,
     }

@@ -72,6 +72,10 @@ impl fuser::Filesystem for ChronicleFs {
                 log::debug!("kernel lacks FUSE capability {flag:?}");
             }
         }
+        let granted = config.capabilities();
+        self.ops.set_kernel_keeps_times(
+            self.writeback_cache && granted.contains(InitFlags::FUSE_WRITEBACK_CACHE),
+        );
         let rings = self.io_uring
             && config
                 .capabilities()
@@ -122,7 +126,7 @@ impl fuser::Filesystem for ChronicleFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         // Files have no handles (`open`): a truncate finds the file by inode.
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -138,6 +142,7 @@ impl fuser::Filesystem for ChronicleFs {
             size,
             atime,
             mtime,
+            ctime,
         };
         match self.ops.setattr(req.into(), ino.0, change) {
             Ok(attr) => reply.attr(&TTL, &attr),

@@ -26,7 +26,7 @@ use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::create::{self, CreateError};
 use crate::error::VolumeError;
-use crate::journal::Journal;
+use crate::journal::{Journal, Mtime};
 use crate::names::{DirKey, NameError, NameMode, Names, MKDIR_PREFIX};
 use crate::symlink_file;
 use crate::xattrs::Owner;
@@ -57,6 +57,9 @@ pub struct AttrChange {
     pub size: Option<u64>,
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
+    /// The change time the kernel keeps for the file (sent with the times
+    /// it writes back).
+    pub ctime: Option<SystemTime>,
 }
 
 struct DirItem {
@@ -94,6 +97,9 @@ pub struct Ops {
     held: HeldWriter,
     /// The files the kernel opened by itself, by inode (`kept`).
     kept: Kept,
+    /// The kernel keeps regular files' times itself (write-back caching
+    /// granted at `init`) and writes them back with a SETATTR.
+    kernel_keeps_times: bool,
 }
 
 thread_local! {
@@ -136,6 +142,15 @@ fn descriptor_budget() -> usize {
 
 fn hex_id(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A time as a journal commit records it (`utimensat` sets the same).
+fn journal_mtime(at: SystemTime) -> Mtime {
+    let set = timespec(TimeOrNow::SpecificTime(at));
+    Mtime {
+        secs: set.tv_sec,
+        nanos: set.tv_nsec as u32,
+    }
 }
 
 fn timespec(t: TimeOrNow) -> Timespec {
@@ -189,7 +204,14 @@ impl Ops {
             as_root: rustix::process::geteuid().is_root(),
             held,
             kept,
+            kernel_keeps_times: false,
         })
+    }
+
+    /// The kernel granted write-back caching: it keeps regular files'
+    /// times and sends them back (`setattr`).
+    pub fn set_kernel_keeps_times(&mut self, keeps: bool) {
+        self.kernel_keeps_times = keeps;
     }
 
     // ---- names and nodes -------------------------------------------------
@@ -838,9 +860,58 @@ impl Ops {
             };
             // On the O_PATH descriptor itself, so that a symlink's own times
             // change (utimensat with AT_SYMLINK_NOFOLLOW on the mount).
-            rustix::fs::utimensat(&node.fd, "", &times, AtFlags::EMPTY_PATH).map_err(sys)?;
+            let set =
+                || rustix::fs::utimensat(&node.fd, "", &times, AtFlags::EMPTY_PATH).map_err(sys);
+            let Some(mtime) = self.written_back_mtime(&node, &change) else {
+                set()?;
+                return self.stat_attr(&node);
+            };
+            match Self::live_content(&node) {
+                Some(content) => {
+                    let set = content.set_kernel_mtime(journal_mtime(mtime), set);
+                    Self::let_go(&node, content);
+                    set?;
+                }
+                None => set()?,
+            }
+            if let Some(attr) = self.untimed_attr(&node, mtime, change.ctime.unwrap_or(mtime))? {
+                return Ok(attr);
+            }
         }
         self.stat_attr(&node)
+    }
+
+    /// The modification time in `change` when it is the kernel writing back
+    /// a regular file's times: with write-back caching the kernel keeps
+    /// them and sends them alone, before each `fsync` that follows a write.
+    fn written_back_mtime(&self, node: &Pinned, change: &AttrChange) -> Option<SystemTime> {
+        let Some(TimeOrNow::SpecificTime(mtime)) = change.mtime else {
+            return None;
+        };
+        let times_alone = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.size.is_none();
+        (self.kernel_keeps_times && times_alone && node.kind == RawType::RegularFile)
+            .then_some(mtime)
+    }
+
+    /// The attributes of `node`, a regular file, read without its backing
+    /// file's times (`crate::untimed`), with the times given (the kernel
+    /// keeps its own for such a file); `None` for a file-form symlink or a
+    /// file that looks empty (which `attr_of` checks for damage).
+    fn untimed_attr(
+        &self,
+        node: &Pinned,
+        mtime: SystemTime,
+        ctime: SystemTime,
+    ) -> Result<Option<FileAttr>, Errno> {
+        let status = crate::untimed::status(&node.fd).map_err(io)?;
+        let plaintext = crate::layout::plaintext_size_lossy(status.size);
+        if status.mode & libc::S_ISVTX != 0 || plaintext == 0 {
+            return Ok(None);
+        }
+        Ok(Some(attr::from_status(node.ino, &status, mtime, ctime)))
     }
 
     pub fn access(&self, ino: u64, mask: i32) -> Result<(), Errno> {
@@ -1421,13 +1492,16 @@ impl Ops {
     /// extended attributes). Only a file whose contents the mount has
     /// open has held rewrites; one opened later starts unsynced.
     fn changed_beside_contents(&self, node: &Pinned) {
-        let content = node
-            .content
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .upgrade();
-        if let Some(content) = content {
+        if let Some(content) = Self::live_content(node) {
             content.changed_elsewhere();
         }
+    }
+
+    /// `node`'s contents if the mount has them open.
+    fn live_content(node: &Pinned) -> Option<Arc<EncryptedFile>> {
+        node.content
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
     }
 }
