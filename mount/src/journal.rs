@@ -215,7 +215,7 @@ impl Journal {
             syncing: Mutex::new(()),
             failed_files: Mutex::new(HashSet::new()),
         };
-        journal.shrink_if_idle(&mut journal.slots())?;
+        journal.cut_back(&mut journal.slots(), IDLE_SLOTS_KEPT)?;
         Ok(journal)
     }
 
@@ -426,7 +426,7 @@ impl Journal {
         // Many copies at once (an overwrite of a long range) take fresh
         // slots at the end, so that they go out in one write.
         let fresh = originals.len() > slots.free.len();
-        let taken: Vec<u64> = (0..originals.len())
+        let mut taken: Vec<u64> = (0..originals.len())
             .map(|_| match slots.free.pop() {
                 Some(slot) if !fresh => slot,
                 other => {
@@ -438,6 +438,8 @@ impl Journal {
                 }
             })
             .collect();
+        // Ascending, so that neighbouring free slots go out in one write.
+        taken.sort_unstable();
         let mut buf = Vec::with_capacity(originals.len() * SLOT_LEN as usize);
         let mut run_start = 0;
         let mut written = Ok(());
@@ -490,23 +492,44 @@ impl Journal {
         // commit, each time.
         let cut = slots.live == 0 && slots.carried.is_empty() && slots.end > IDLE_SLOTS_KEPT;
         let kept_end = if cut { IDLE_SLOTS_KEPT } else { slots.end };
+        let mut all_cleared = true;
         for &slot in released.iter().filter(|&&slot| slot < kept_end) {
-            if let Err(e) = self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
-                // A record that stays could come back (a commit over newer
-                // contents): the journal is not trusted again this session,
-                // so nothing more relies on it and no sync vouches for it.
+            match self.clear(slot) {
+                true => slots.free.push(slot),
+                false => all_cleared = false,
+            }
+        }
+        if !cut {
+            return;
+        }
+        // A record that could not be cleared goes with the whole journal
+        // (nothing in it is live).
+        let to = if all_cleared { IDLE_SLOTS_KEPT } else { 0 };
+        if let Err(e) = self.cut_back(&mut slots, to) {
+            log::warn!("{e}");
+            // The slots past the cut stay: their records are cleared.
+            for &slot in released.iter().filter(|&&slot| slot >= kept_end) {
+                if self.clear(slot) {
+                    slots.free.push(slot);
+                }
+            }
+        }
+    }
+
+    /// Clears the record in `slot` (its magic): it can never come back.
+    /// On failure the journal is not trusted again this session: a record
+    /// that stays could come back (a commit over newer contents), so
+    /// nothing more relies on the journal and no sync vouches for it.
+    fn clear(&self, slot: u64) -> bool {
+        match self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
+            Ok(()) => true,
+            Err(e) => {
                 log::error!(
                     "{}: could not clear slot {slot}: {e}; the journal is not used again until the volume is mounted again",
                     self.path.display()
                 );
                 self.sync_failed.store(true, Ordering::Relaxed);
-                continue;
-            }
-            slots.free.push(slot);
-        }
-        if cut {
-            if let Err(e) = self.shrink_if_idle(&mut slots) {
-                log::warn!("{e}");
+                false
             }
         }
     }
@@ -592,18 +615,18 @@ impl Journal {
         self.slots().live
     }
 
-    /// Cuts an idle journal back to its kept slots. Every slot below the
-    /// cut holds no record (a record is live, or its slot was cleared when
-    /// it was released).
-    fn shrink_if_idle(&self, slots: &mut Slots) -> Result<()> {
-        if slots.live > 0 || slots.end <= IDLE_SLOTS_KEPT {
+    /// Cuts an idle journal back to `to` slots. Every slot below the cut
+    /// holds no record (a record is live, or its slot was cleared when it
+    /// was released).
+    fn cut_back(&self, slots: &mut Slots, to: u64) -> Result<()> {
+        if slots.live > 0 || slots.end <= to {
             return Ok(());
         }
         self.file
-            .set_len(IDLE_SLOTS_KEPT * SLOT_LEN)
+            .set_len(to * SLOT_LEN)
             .context(|| format!("truncating {}", self.path.display()))?;
-        slots.end = IDLE_SLOTS_KEPT;
-        slots.free.retain(|&slot| slot < IDLE_SLOTS_KEPT);
+        slots.end = to;
+        slots.free.retain(|&slot| slot < to);
         Ok(())
     }
 

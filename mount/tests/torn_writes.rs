@@ -775,10 +775,11 @@ fn a_time_set_before_a_write_is_not_recorded() {
 }
 
 // Protects: held blocks written in place after the kernel set the file's
-// modification time keep that time (the program saw it; the writes only
-// carry out writes it made before).
+// modification time give the backing file a newer time, as any write does
+// (whoever copies BACKING by modification time must see its bytes change;
+// the kernel's newer writes may not have sent their time yet).
 #[test]
-fn held_blocks_written_later_keep_the_kernels_time() {
+fn held_blocks_written_later_move_the_time_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (journal, file, _path) = synced_file(dir.path(), &record(31, 5 * 4096));
     file.write_at(4096, &record(32, 4096)).expect("rewrite");
@@ -802,10 +803,7 @@ fn held_blocks_written_later_keep_the_kernels_time() {
     file.write_held_back().expect("write held");
     assert_eq!(journal.held_blocks(), 0, "written in place");
     let stat = rustix::fs::fstat(file.backing()).expect("stat");
-    assert_eq!(
-        (stat.st_mtime, stat.st_mtime_nsec as u32),
-        (set.secs, set.nanos)
-    );
+    assert!(stat.st_mtime > set.secs, "the time went back");
 }
 
 // Protects: a held rewrite of a hole in a sparse file takes the hole's
@@ -817,14 +815,14 @@ fn held_blocks_written_later_keep_the_kernels_time() {
 #[test]
 fn held_rewrites_take_space_only_for_holes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (journal, file, _path) = synced_file(dir.path(), &record(28, 8 * 4096));
-    // Four blocks: whole backing pages among them are freed.
-    file.punch_hole(2 * 4096, 4 * 4096).expect("punch");
+    let (journal, file, _path) = synced_file(dir.path(), &record(28, 40 * 4096));
+    // 32 blocks: whole backing pages among them are freed, up to 64 KiB.
+    file.punch_hole(2 * 4096, 32 * 4096).expect("punch");
     file.sync(false).expect("fsync");
     let allocated = || rustix::fs::fstat(file.backing()).expect("stat").st_blocks;
     let before = allocated();
 
-    file.write_at(3 * 4096, &record(29, 4096))
+    file.write_at(17 * 4096, &record(29, 4096))
         .expect("rewrite a hole");
     assert_eq!(journal.held_blocks(), 1, "the rewrite is held");
     assert!(allocated() > before, "the hole's space was not taken");

@@ -364,7 +364,13 @@ impl EncryptedFile {
         // `fsync` loop over rewrites then makes no backing change at all).
         if not_held.iter().any(|i| !copied.with_data.contains(i)) {
             let from = block_offset(blocks.start);
-            self.reserve_backing(from, from + stored.len() as u64)?;
+            if let Err(e) = self.reserve_backing(from, from + stored.len() as u64) {
+                // The copies just taken count as taken (`saved`): a later
+                // rewrite writes in place relying on them, so they are
+                // made durable now.
+                g.journal.sync()?;
+                return Err(e);
+            }
         }
         let whole = layout::CIPHER_BLOCK_SIZE as usize;
         let mut added = 0;
@@ -390,9 +396,6 @@ impl EncryptedFile {
         if g.held.keys().any(|index| !g.committed.contains(index)) {
             g.journal.sync()?;
         }
-        // The time the kernel set stays: the program saw it, and these
-        // writes only carry out writes it made before.
-        let kept_mtime = self.kernel_mtime();
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = 0;
         let mut next = None;
@@ -411,10 +414,6 @@ impl EncryptedFile {
         g.journal.remove_held(g.held.len());
         g.held.clear();
         g.committed.clear();
-        if let Some(mtime) = kept_mtime {
-            self.set_mtime(mtime);
-            self.record_kernel_mtime(self.changes(), mtime);
-        }
         Ok(())
     }
 
@@ -814,7 +813,7 @@ impl EncryptedFile {
         )))
     }
 
-    pub(super) fn guard(&self) -> MutexGuard<'_, Option<Guard>> {
+    fn guard(&self) -> MutexGuard<'_, Option<Guard>> {
         // Updated in whole steps under the file's own lock.
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }

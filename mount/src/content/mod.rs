@@ -318,10 +318,6 @@ impl EncryptedFile {
         set.and_then(|(changes, mtime)| (changes == self.changes()).then_some(mtime))
     }
 
-    fn record_kernel_mtime(&self, changes: u64, mtime: Mtime) {
-        *self.mtime_set.lock().unwrap_or_else(|p| p.into_inner()) = Some((changes, mtime));
-    }
-
     /// The backing file's modification time as stored (reading it marks
     /// the file's times as read: `crate::untimed`).
     fn stored_mtime(&self) -> Result<Mtime> {
@@ -338,9 +334,10 @@ impl EncryptedFile {
         })
     }
 
-    /// Sets the backing file's modification time (after commits were put
-    /// back, or held blocks written). A failure costs the time only, so it
-    /// is logged.
+    /// Sets the backing file's modification time after commits were put
+    /// back: the later of the file's own and the newest commit's (a
+    /// commit's time is the file's at a sync). A failure costs the time
+    /// only, so it is logged.
     fn set_mtime(&self, mtime: Mtime) {
         let times = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
@@ -354,32 +351,34 @@ impl EncryptedFile {
         };
         if let Err(e) = rustix::fs::futimens(&self.file, &times) {
             log::warn!(
-                "{}: could not set the modification time: {e}",
+                "{}: could not set the modification time a sync left: {e}",
                 self.backing_path().display()
             );
         }
     }
 
     /// Writes to the backing file so far (`set_kernel_mtime`).
-    pub fn changes(&self) -> u64 {
+    fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
 
     /// Sets the backing file's modification time to `mtime` by `set` for
     /// the kernel, which keeps a file's times itself with write-back
-    /// caching (a program sees the kernel's), and remembers it: a commit
-    /// records it without reading the backing file's times, and held
-    /// blocks written in place later keep it (`guard::write_held`), until
-    /// another write comes. Held blocks are not written meanwhile.
+    /// caching (a program sees the kernel's, and the kernel sends it
+    /// before every `fsync`), and remembers it: a commit records it without
+    /// reading the backing file's times, until a write of the backing file
+    /// comes. Held blocks written in place later give the backing file the
+    /// time of their writing, as any write does: whoever copies BACKING by
+    /// modification time sees that its bytes changed.
     pub fn set_kernel_mtime<E>(
         &self,
         mtime: Mtime,
         set: impl FnOnce() -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let _no_held_writes = self.guard();
+        // Taken first: a write meanwhile voids the time.
         let changes = self.changes();
         set()?;
-        self.record_kernel_mtime(changes, mtime);
+        *self.mtime_set.lock().unwrap_or_else(|p| p.into_inner()) = Some((changes, mtime));
         Ok(())
     }
 
