@@ -244,6 +244,23 @@ fn written_back_times_keep_mode_and_never_go_back() {
     assert_eq!(fs::read(&p).expect("read")[4096..8192], [39u8; 4096]);
 }
 
+// Protects: a time before 1970 with a fraction of a second is set as
+// given (whole seconds down, nanoseconds up from there), not rounded
+// toward 1970.
+#[test]
+fn times_before_1970_keep_their_fraction() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("old");
+    fs::create_dir(&dir).expect("mkdir");
+    let when = std::time::UNIX_EPOCH - std::time::Duration::from_millis(1_500);
+    fs::File::open(&dir)
+        .expect("open")
+        .set_modified(when)
+        .expect("utimes");
+    let meta = fs::metadata(&dir).expect("stat");
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (-2, 500_000_000));
+}
+
 // Protects: attributes: chmod, chown, utimes, access, statfs, FIFOs and
 // sockets, and that writes keep sizes in plaintext units.
 #[test]

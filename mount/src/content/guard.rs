@@ -32,7 +32,8 @@ const MAX_HELD_PER_FILE: usize = 512;
 /// What `copy_originals` copied.
 #[derive(Default)]
 struct Copied {
-    count: usize,
+    /// The blocks copied (now in `Guard::saved`).
+    indices: Vec<u64>,
     /// The blocks among them stored with data, not holes: their space is
     /// allocated.
     with_data: Vec<u64>,
@@ -271,10 +272,7 @@ impl EncryptedFile {
             .collect();
         g.slots.extend(slots);
         g.saved.extend(&indices);
-        Ok(Copied {
-            count: indices.len(),
-            with_data,
-        })
+        Ok(Copied { indices, with_data })
     }
 
     /// Whether a rewrite from `size` to `new_size` bytes of `blocks` may
@@ -355,7 +353,7 @@ impl EncryptedFile {
         }
         let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
         // Nothing durable replaced and nothing held to replace: plain write.
-        if copied.count == 0 && g.held.range(blocks.clone()).next().is_none() {
+        if copied.indices.is_empty() && g.held.range(blocks.clone()).next().is_none() {
             return self.write_stored(blocks.start, stored);
         }
         // Holes among the blocks get their space now: a write that cannot
@@ -365,10 +363,12 @@ impl EncryptedFile {
         if not_held.iter().any(|i| !copied.with_data.contains(i)) {
             let from = block_offset(blocks.start);
             if let Err(e) = self.reserve_backing(from, from + stored.len() as u64) {
-                // The copies just taken count as taken (`saved`): a later
-                // rewrite writes in place relying on them, so they are
-                // made durable now.
-                g.journal.sync()?;
+                // The copies just taken are not synced: the blocks must not
+                // count as copied, or a later rewrite would write them in
+                // place relying on them. (Their slots go with the cycle.)
+                for index in &copied.indices {
+                    g.saved.remove(index);
+                }
                 return Err(e);
             }
         }

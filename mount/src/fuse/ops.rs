@@ -162,7 +162,14 @@ fn timespec(t: TimeOrNow) -> Timespec {
         TimeOrNow::SpecificTime(at) => {
             let (secs, nanos) = match at.duration_since(SystemTime::UNIX_EPOCH) {
                 Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
-                Err(before) => (-(before.duration().as_secs() as i64), 0),
+                // Before 1970: whole seconds down, nanoseconds up from there.
+                Err(before) => {
+                    let d = before.duration();
+                    match d.subsec_nanos() {
+                        0 => (-(d.as_secs() as i64), 0),
+                        n => (-(d.as_secs() as i64) - 1, i64::from(1_000_000_000 - n)),
+                    }
+                }
             };
             Timespec {
                 tv_sec: secs,
@@ -864,6 +871,11 @@ impl Ops {
                 || rustix::fs::utimensat(&node.fd, "", &times, AtFlags::EMPTY_PATH).map_err(sys);
             let Some(mtime) = self.written_back_mtime(&node, &change) else {
                 set()?;
+                // The time a commit would record is no longer the file's:
+                // its next sync is one of the backing file.
+                if let Some(content) = Self::live_content(&node) {
+                    content.changed_elsewhere();
+                }
                 return self.stat_attr(&node);
             };
             match Self::live_content(&node) {
