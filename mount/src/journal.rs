@@ -75,11 +75,7 @@ pub struct Original<'a> {
 }
 
 /// A file's modification time, as a commit records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Mtime {
-    pub secs: i64,
-    pub nanos: u32,
-}
+pub use crate::untimed::Timestamp as Mtime;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

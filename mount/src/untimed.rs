@@ -19,8 +19,9 @@ use std::os::fd::AsFd;
 
 use rustix::fs::{AtFlags, Stat, StatxFlags};
 
-/// A second and nanoseconds since the epoch, as `stat` gives them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A second and nanoseconds since the epoch, as `stat` gives them
+/// (ordered by time: seconds are floored, nanoseconds below 10^9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,

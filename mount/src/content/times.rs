@@ -34,11 +34,7 @@ impl EncryptedFile {
                 e.into(),
             )
         })?;
-        let stamp = crate::untimed::mtime_of(&stat);
-        Ok(Mtime {
-            secs: stamp.secs,
-            nanos: stamp.nanos,
-        })
+        Ok(crate::untimed::mtime_of(&stat))
     }
 
     /// Sets the backing file's modification time after commits were put

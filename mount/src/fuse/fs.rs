@@ -76,10 +76,7 @@ impl fuser::Filesystem for ChronicleFs {
         self.ops.set_kernel_keeps_times(
             self.writeback_cache && granted.contains(InitFlags::FUSE_WRITEBACK_CACHE),
         );
-        let rings = self.io_uring
-            && config
-                .capabilities()
-                .contains(InitFlags::FUSE_OVER_IO_URING);
+        let rings = self.io_uring && granted.contains(InitFlags::FUSE_OVER_IO_URING);
         let max_io = if rings { RING_MAX_IO } else { MAX_IO };
         let write = config.set_max_write(max_io).unwrap_or_else(|max| {
             let _ = config.set_max_write(max);

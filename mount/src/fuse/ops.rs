@@ -873,9 +873,7 @@ impl Ops {
                 set()?;
                 // The time a commit would record is no longer the file's:
                 // its next sync is one of the backing file.
-                if let Some(content) = Self::live_content(&node) {
-                    content.changed_elsewhere();
-                }
+                self.changed_beside_contents(&node);
                 return self.stat_attr(&node);
             };
             match Self::live_content(&node) {
@@ -1501,8 +1499,9 @@ impl Ops {
 
     /// The file's next sync must sync its backing file, not only commit
     /// held rewrites: it changed where the contents do not see (its
-    /// extended attributes). Only a file whose contents the mount has
-    /// open has held rewrites; one opened later starts unsynced.
+    /// extended attributes, its times set other than by the kernel's
+    /// write-back). Only a file whose contents the mount has open has held
+    /// rewrites; one opened later starts unsynced.
     fn changed_beside_contents(&self, node: &Pinned) {
         if let Some(content) = Self::live_content(node) {
             content.changed_elsewhere();
