@@ -419,6 +419,7 @@ impl Journal {
     ) -> Result<Vec<u64>> {
         self.refuse_after_failure()?;
         let mut slots = self.slots();
+        let old_end = slots.end;
         // Many copies at once (an overwrite of a long range) take fresh
         // slots at the end, so that they go out in one write.
         let fresh = originals.len() > slots.free.len();
@@ -460,11 +461,33 @@ impl Journal {
             .context(|| format!("writing {}", self.path.display()))
             .and_then(|()| if sync { self.sync() } else { Ok(()) });
         if let Err(e) = result {
+            let written_over = self.cut_fresh(&mut slots, &taken, old_end);
             drop(slots);
-            self.release(&taken);
+            self.release(&written_over);
             return Err(e);
         }
         Ok(taken)
+    }
+
+    /// After a failed `copy`: cuts away the fresh slots it took at the end
+    /// (`old_end` on), and returns the slots it wrote over, to be released.
+    /// A write that failed for want of space (ENOSPC) would fail again
+    /// clearing records past the end of what it wrote, and a record that
+    /// cannot be cleared ends the journal's use; a cut needs no space. If
+    /// the cut fails, every slot is released and cleared as usual.
+    fn cut_fresh(&self, slots: &mut Slots, taken: &[u64], old_end: u64) -> Vec<u64> {
+        if slots.end == old_end {
+            return taken.to_vec();
+        }
+        if let Err(e) = self.file.set_len(old_end * SLOT_LEN) {
+            log::warn!("truncating {}: {e}", self.path.display());
+            return taken.to_vec();
+        }
+        let (fresh, written_over): (Vec<u64>, Vec<u64>) =
+            taken.iter().partition(|&&slot| slot >= old_end);
+        slots.live -= fresh.len() as u64;
+        slots.end = old_end;
+        written_over
     }
 
     /// Gives slots back: the rewrites they guarded are durable. Clearing a

@@ -167,6 +167,49 @@ fn mounted_on_tmpfs(size: &str, extra: &[&str]) -> (Mounted, Tmpfs) {
     (m, store)
 }
 
+// Protects: a journal that runs out of space taking fresh slots stays in
+// use. Clearing the records it failed to write would need space too, and a
+// record that cannot be cleared ends the journal's use until the next
+// mount (every rewrite of synced data refused); the fresh slots are cut
+// away instead.
+#[test]
+fn a_journal_out_of_space_stays_in_use() {
+    use chronicle_mount::journal::{Journal, Original};
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Tmpfs::mount(dir.path().join("store"), "1m");
+    let journal = Journal::open(&store.path).expect("open the journal");
+    let journal_path = store.path.join(chronicle_mount::journal::JOURNAL_NAME);
+    let filler = store.path.join("filler");
+    let mut g = fs::File::create(&filler).expect("filler");
+    while std::io::Write::write_all(&mut g, &[9u8; 4096]).is_ok() {}
+    drop(g);
+    let block = vec![7u8; CIPHER_BLOCK_SIZE as usize];
+    let originals: Vec<Original> = (0..64)
+        .map(|index| Original {
+            index,
+            stored: &block,
+        })
+        .collect();
+    let id = [1u8; chronicle_mount::layout::FILE_ID_LEN];
+    let err = journal
+        .save(&id, &originals)
+        .expect_err("the store is full");
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    journal
+        .refuse_after_failure()
+        .expect("the journal is still in use");
+    assert_eq!(journal.live(), 0, "the failed copies hold no slot");
+    let len = fs::metadata(&journal_path).expect("stat").len();
+    assert_eq!(len, 0, "the fresh slots were cut away");
+    fs::remove_file(&filler).expect("free space");
+    let taken = journal.save(&id, &originals).expect("save with space");
+    journal.release(&taken);
+    assert_eq!(journal.live(), 0);
+}
+
 // Protects: growing a file costs neither space nor time in proportion to
 // the hole: `truncate -s 1P` on a volume whose BACKING is a 64 MiB tmpfs
 // succeeds, the hole reads as zeros, SEEK_HOLE/SEEK_DATA report it, the
