@@ -36,10 +36,13 @@ struct Figures {
     bytes_on_disk: u64,
 }
 
-pub fn run(points: u64, workdir: Option<PathBuf>) -> Result<()> {
+pub fn run(points: u64, rounds: u32, workdir: Option<PathBuf>) -> Result<()> {
     let samples = Workload::samples_in(points);
     if samples == 0 {
         bail!("--points must be at least 300 (one sample of each of the workload's 300 series)");
+    }
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     let (_temp, root) = match workdir {
         Some(dir) => {
@@ -64,27 +67,88 @@ pub fn run(points: u64, workdir: Option<PathBuf>) -> Result<()> {
     let key = UserKey::Raw(SecretKey::random()?);
     let volume = Volume::init(&backing, &key, None, NameMode::Encrypted)?;
     println!(
-        "{} points of 300 series (CPU, memory, request counter every 10 s) in {}",
+        "{} points of 300 series (CPU, memory, request counter every 10 s) in {}, {rounds} round{}",
         samples * 300,
-        root.display()
+        root.display(),
+        if rounds == 1 { "" } else { "s" }
     );
 
-    let plain = measure(&plain_dir, samples, "plain directory", || Ok(()))?;
-    let mounted = mount(&volume, &mnt)?;
-    let remount = std::cell::RefCell::new(Some(mounted));
-    let encrypted = measure(&mnt.join("db"), samples, "encrypted mount", || {
-        if let Some(m) = remount.borrow_mut().take() {
-            m.unmount().context("unmounting")?;
+    let (mut plain, mut encrypted, mut ciphertext) = (Vec::new(), Vec::new(), 0);
+    for round in 1..=rounds {
+        let name = |what: &str| match rounds {
+            1 => what.to_string(),
+            _ => format!("round {round}/{rounds}, {what}"),
+        };
+        // The two sides take turns going first, so that a machine that
+        // speeds up or slows down during the run favours neither.
+        let encrypted_first = round % 2 == 0;
+        let mut on_mount = || -> Result<Figures> {
+            let (figures, bytes) =
+                measure_on_mount(&volume, &mnt, samples, &name("encrypted mount"))?;
+            ciphertext = bytes;
+            Ok(figures)
+        };
+        let on_plain = || measure_in(&plain_dir, samples, &name("plain directory"));
+        let (p, e) = match encrypted_first {
+            true => {
+                let e = on_mount()?;
+                (on_plain()?, e)
+            }
+            false => {
+                let p = on_plain()?;
+                (p, on_mount()?)
+            }
+        };
+        if rounds > 1 {
+            println!(
+                "round {round}: write {}, read {}, compaction {}",
+                overhead(p.write_secs, e.write_secs),
+                overhead(p.read_secs, e.read_secs),
+                overhead(p.compact_secs, e.compact_secs)
+            );
         }
-        *remount.borrow_mut() = Some(mount(&volume, &mnt)?);
-        Ok(())
-    })?;
-    if let Some(m) = remount.borrow_mut().take() {
-        m.unmount().context("unmounting")?;
+        plain.push(p);
+        encrypted.push(e);
     }
-    let ciphertext = dir_bytes(&backing);
     print_table(&plain, &encrypted, ciphertext);
     Ok(())
+}
+
+/// One round in a plain directory, removed afterwards.
+fn measure_in(dir: &Path, samples: u64, what: &str) -> Result<Figures> {
+    let figures = measure(dir, samples, what, || Ok(()))?;
+    remove(dir)?;
+    Ok(figures)
+}
+
+/// One round on a fresh mount of `volume` at `mnt` (mounted again before
+/// reading); returns the figures and the bytes its database took in the
+/// backing directory. The database is removed afterwards.
+fn measure_on_mount(
+    volume: &Volume,
+    mnt: &Path,
+    samples: u64,
+    what: &str,
+) -> Result<(Figures, u64)> {
+    let mounted = std::cell::RefCell::new(Some(mount(volume, mnt)?));
+    let dir = mnt.join("db");
+    let figures = measure(&dir, samples, what, || {
+        if let Some(m) = mounted.borrow_mut().take() {
+            m.unmount().context("unmounting")?;
+        }
+        *mounted.borrow_mut() = Some(mount(volume, mnt)?);
+        Ok(())
+    })?;
+    let ciphertext = dir_bytes(volume.backing());
+    remove(&dir)?;
+    if let Some(m) = mounted.borrow_mut().take() {
+        m.unmount().context("unmounting")?;
+    }
+    Ok((figures, ciphertext))
+}
+
+fn remove(dir: &Path) -> Result<()> {
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// Writes, compacts and reads the workload in `dir`; `between` runs after
@@ -182,43 +246,108 @@ fn group_digits(n: u64) -> String {
 }
 
 /// How much longer the encrypted run took, in percent.
-fn overhead(plain_secs: f64, encrypted_secs: f64) -> String {
-    format!(
-        "{:+.1} %",
-        (encrypted_secs / plain_secs.max(1e-9) - 1.0) * 100.0
-    )
+fn overhead_pct(plain_secs: f64, encrypted_secs: f64) -> f64 {
+    (encrypted_secs / plain_secs.max(1e-9) - 1.0) * 100.0
 }
 
-fn print_table(plain: &Figures, encrypted: &Figures, ciphertext: u64) {
+fn overhead(plain_secs: f64, encrypted_secs: f64) -> String {
+    format!("{:+.1} %", overhead_pct(plain_secs, encrypted_secs))
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() % 2 {
+        1 => values[mid],
+        _ => (values[mid - 1] + values[mid]) / 2.0,
+    }
+}
+
+/// One row: the median time of each side (as a rate when `points` is
+/// given), the overhead of the medians and, over several rounds, the
+/// lowest and highest overhead of a single round.
+fn row(
+    name: &str,
+    plain: &[Figures],
+    encrypted: &[Figures],
+    secs: fn(&Figures) -> f64,
+    points: Option<fn(&Figures) -> u64>,
+) -> String {
+    let median_of = |runs: &[Figures]| median(runs.iter().map(secs).collect());
+    let (p, e) = (median_of(plain), median_of(encrypted));
+    let shown = |secs: f64, runs: &[Figures]| match points {
+        Some(points) => rate(points(&runs[0]), secs),
+        None => format!("{secs:.2} s"),
+    };
+    let mut line = format!(
+        "| {name:<10} | {} | {} | {} |",
+        shown(p, plain),
+        shown(e, encrypted),
+        overhead(p, e)
+    );
+    if plain.len() > 1 {
+        let rounds: Vec<f64> = plain
+            .iter()
+            .zip(encrypted)
+            .map(|(p, e)| overhead_pct(secs(p), secs(e)))
+            .collect();
+        let lowest = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        line += &format!(" {lowest:+.1} to {highest:+.1} % |");
+    }
+    line
+}
+
+fn print_table(plain: &[Figures], encrypted: &[Figures], ciphertext: u64) {
+    let several = plain.len() > 1;
     println!();
-    println!("| Operation  | Plain | Encrypted | Overhead |");
-    println!("|------------|------:|----------:|---------:|");
+    match several {
+        true => {
+            println!("| Operation  | Plain | Encrypted | Overhead | Rounds |");
+            println!("|------------|------:|----------:|---------:|-------:|");
+        }
+        false => {
+            println!("| Operation  | Plain | Encrypted | Overhead |");
+            println!("|------------|------:|----------:|---------:|");
+        }
+    }
     println!(
-        "| Write      | {} | {} | {} |",
-        rate(plain.points, plain.write_secs),
-        rate(encrypted.points, encrypted.write_secs),
-        overhead(plain.write_secs, encrypted.write_secs)
+        "{}",
+        row(
+            "Write",
+            plain,
+            encrypted,
+            |f| f.write_secs,
+            Some(|f| f.points)
+        )
     );
     println!(
-        "| Read       | {} | {} | {} |",
-        rate(plain.read_points, plain.read_secs),
-        rate(encrypted.read_points, encrypted.read_secs),
-        overhead(plain.read_secs, encrypted.read_secs)
+        "{}",
+        row(
+            "Read",
+            plain,
+            encrypted,
+            |f| f.read_secs,
+            Some(|f| f.read_points)
+        )
     );
     println!(
-        "| Compaction | {:.2} s | {:.2} s | {} |",
-        plain.compact_secs,
-        encrypted.compact_secs,
-        overhead(plain.compact_secs, encrypted.compact_secs)
+        "{}",
+        row("Compaction", plain, encrypted, |f| f.compact_secs, None)
     );
     println!();
+    let last = &encrypted[encrypted.len() - 1];
     println!(
         "On disk: {} bytes of database files ({:.3} bytes a point); the volume's backing directory holds {} bytes.",
-        group_digits(encrypted.bytes_on_disk),
-        encrypted.bytes_on_disk as f64 / encrypted.points.max(1) as f64,
+        group_digits(last.bytes_on_disk),
+        last.bytes_on_disk as f64 / last.points.max(1) as f64,
         group_digits(ciphertext)
     );
     println!("Write: line protocol to segments, one thread. Read: hourly means of every point, just opened (the mount freshly mounted). Compaction: after 1 % late rewrites.");
+    if several {
+        println!("Plain and Encrypted are the medians of the rounds, Overhead compares the medians, Rounds gives the lowest and highest overhead of a single round.");
+    }
 }
 
 #[cfg(test)]
@@ -231,5 +360,12 @@ mod tests {
         assert_eq!(group_digits(999), "999");
         assert_eq!(overhead(1.0, 1.05), "+5.0 %");
         assert_eq!(overhead(2.0, 1.9), "-5.0 %");
+    }
+
+    #[test]
+    fn the_median_is_the_middle_round() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
     }
 }

@@ -82,6 +82,11 @@ pub enum EngineCommand {
         /// Points to write (300 series, 10-second samples)
         #[arg(long, value_name = "N", default_value_t = 1_000_000)]
         points: u64,
+        /// Times to run both sides, taking turns at going first; the table
+        /// gives the medians and each round's overhead (a busy or virtual
+        /// machine varies by tens of per cent from run to run)
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        rounds: u32,
         /// Where to put the two databases and the volume (a new temporary directory by default)
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
@@ -209,7 +214,11 @@ pub fn run(command: EngineCommand) -> Result<()> {
         }
         EngineCommand::Info { data_dir, json } => info(&data_dir, json),
         EngineCommand::Serve(args) => crate::server::run(args),
-        EngineCommand::Bench { points, workdir } => crate::engine_bench::run(points, workdir),
+        EngineCommand::Bench {
+            points,
+            rounds,
+            workdir,
+        } => crate::engine_bench::run(points, rounds, workdir),
     }
 }
 

@@ -237,8 +237,9 @@ fn reading_a_missing_database_is_an_error() {
 }
 
 // Protects: `engine bench` runs the workload on a plain directory and on a
-// fresh mount and prints the guide's table from what it measured; it
-// refuses a workload too small to hold one sample.
+// fresh mount, round after round, and prints the guide's table from what it
+// measured (the medians, and each round's overhead); it refuses a workload
+// too small to hold one sample, and no rounds.
 #[test]
 fn engine_bench_prints_the_overhead_table() {
     if !fuse_available() {
@@ -251,6 +252,8 @@ fn engine_bench_prints_the_overhead_table() {
             "bench",
             "--points",
             "30000",
+            "--rounds",
+            "2",
             "--workdir",
             path_str(dir.path()),
         ],
@@ -264,10 +267,25 @@ fn engine_bench_prints_the_overhead_table() {
             .find(|l| l.starts_with(row))
             .unwrap_or_else(|| panic!("no {row} row in {text}"));
         assert!(line.ends_with(" % |"), "{line}");
+        assert_eq!(
+            line.matches(" % |").count(),
+            2,
+            "overhead and rounds: {line}"
+        );
+    }
+    for round in ["round 1: write ", "round 2: write "] {
+        assert!(text.lines().any(|l| l.starts_with(round)), "{text}");
     }
     assert!(text.contains("30000 points"), "{text}");
     assert!(!is_mounted(&dir.path().join("mnt")), "the bench unmounts");
+    assert!(
+        !dir.path().join("plain").exists(),
+        "each round's database is removed"
+    );
     let out = run(&["engine", "bench", "--points", "10"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("at least 300"), "{}", stderr(&out));
+    let out = run(&["engine", "bench", "--rounds", "0"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));
 }
