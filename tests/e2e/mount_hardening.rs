@@ -294,20 +294,7 @@ fn full_backing_store_keeps_old_data() {
         .expect("create");
     f.write_all_at(&synced, 0).expect("write");
     f.sync_all().expect("fsync");
-    // Fill the store.
-    let filler = m.path("filler");
-    let chunk = vec![9u8; 64 << 10];
-    let mut g = fs::File::create(&filler).expect("filler");
-    loop {
-        match std::io::Write::write_all(&mut g, &chunk) {
-            Ok(()) => {}
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
-                break;
-            }
-        }
-    }
-    drop(g);
+    let filler = fill_store(&store);
     // An append far larger than what is left.
     let big = vec![1u8; 1 << 20];
     let err = f
@@ -323,18 +310,8 @@ fn full_backing_store_keeps_old_data() {
     assert!(now[synced.len()..].iter().all(|&b| b == 1));
     let out = run(&["fsck", path_str(&backing)], Some(KEY));
     assert!(out.status.success(), "clean after ENOSPC: {}", stdout(&out));
-    // Space again: the same file takes writes and reads back whole. The
-    // mount holds a descriptor on each inode the kernel remembers, so the
-    // filler's space returns once the kernel forgets it.
-    fs::remove_file(&filler).expect("free space");
-    for _ in 0..100 {
-        drop_caches();
-        let free = rustix::fs::statvfs(&store.path).expect("statvfs");
-        if free.f_bavail * free.f_frsize > 1 << 20 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // Space again: the same file takes writes and reads back whole.
+    free_store(&filler, &store);
     f.write_all_at(&big[..100_000], synced.len() as u64)
         .expect("write after freeing space");
     f.sync_all().expect("fsync");
@@ -344,6 +321,107 @@ fn full_backing_store_keeps_old_data() {
     assert_eq!(&all[..synced.len()], &synced[..]);
     assert_eq!(all.len(), synced.len() + 100_000);
     assert!(all[synced.len()..].iter().all(|&b| b == 1));
+    let out = run(&["fsck", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+/// Fills `store` to its last page with a file beside BACKING (filling it
+/// through the mount would leave the pages of the last write the mount
+/// undid); returns that file.
+fn fill_store(store: &Tmpfs) -> PathBuf {
+    let filler = store.path.join("filler");
+    let mut g = fs::File::create(&filler).expect("filler");
+    loop {
+        match std::io::Write::write_all(&mut g, &[9u8; 4096]) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    filler
+}
+
+/// Removes `filler`: its space is back at once.
+fn free_store(filler: &Path, store: &Tmpfs) {
+    fs::remove_file(filler).expect("free space");
+    let free = rustix::fs::statvfs(&store.path).expect("statvfs");
+    assert!(free.f_bavail * free.f_frsize > 1 << 20, "space is back");
+}
+
+// Protects: a rewrite of a hole in a synced sparse file takes its backing
+// space when it is held, so on a full store the write itself fails with
+// ENOSPC and nothing is held; a write acknowledged and then failing when
+// the held block is written in place would lose it. With space again the
+// same write lands and survives a remount.
+#[test]
+fn a_held_rewrite_of_a_hole_on_a_full_store_fails_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let (m, store) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
+    let backing = m.fixture.backing.clone();
+    let path = m.path("db");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    let head = vec![3u8; 16 << 10];
+    f.write_all_at(&head, 0).expect("write");
+    f.set_len(1 << 20).expect("grow");
+    let hole_at = 512 << 10;
+    use rustix::fs::FallocateFlags;
+    rustix::fs::fallocate(
+        &f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        hole_at,
+        64 << 10,
+    )
+    .expect("punch a hole");
+    f.sync_all().expect("fsync");
+    // Rewrites of synced data, so that the journal has slots to reuse.
+    for round in 0..3u8 {
+        f.write_all_at(&[round; 4096], 0).expect("rewrite");
+        f.sync_all().expect("fsync");
+    }
+    let filler = fill_store(&store);
+    let err = f
+        .write_all_at(&[7u8; 4096], hole_at)
+        .expect_err("the store is full");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    f.sync_all().expect("fsync after the refused write");
+    drop_caches();
+    let now = fs::read(&path).expect("read");
+    assert_eq!(now.len(), 1 << 20);
+    assert!(
+        now[..4096].iter().all(|&b| b == 2),
+        "the last rewrite stays"
+    );
+    assert_eq!(&now[4096..head.len()], &head[4096..]);
+    assert!(
+        now[head.len()..].iter().all(|&b| b == 0),
+        "the hole stays a hole"
+    );
+    free_store(&filler, &store);
+    f.write_all_at(&[7u8; 4096], hole_at)
+        .expect("the same write with space");
+    f.sync_all().expect("fsync");
+    drop(f);
+    m.unmount();
+    let out = m.remount();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let now = fs::read(&path).expect("read after remount");
+    let hole = hole_at as usize;
+    assert!(now[hole..hole + 4096].iter().all(|&b| b == 7));
+    assert!(now[4096..hole]
+        .iter()
+        .zip(&head[4096..])
+        .all(|(a, b)| a == b));
+    m.unmount();
     let out = run(&["fsck", path_str(&backing)], Some(KEY));
     assert!(out.status.success(), "{}", stdout(&out));
 }
