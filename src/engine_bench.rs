@@ -80,7 +80,8 @@ pub fn run(points: u64, rounds: u32, workdir: Option<PathBuf>) -> Result<()> {
             _ => format!("round {round}/{rounds}, {what}"),
         };
         // The two sides take turns going first, so that a machine that
-        // speeds up or slows down during the run favours neither.
+        // speeds up or slows down during the run favours neither (exactly
+        // so over an even number of rounds).
         let encrypted_first = round % 2 == 0;
         let mut on_mount = || -> Result<Figures> {
             let (figures, bytes) =
@@ -101,10 +102,15 @@ pub fn run(points: u64, rounds: u32, workdir: Option<PathBuf>) -> Result<()> {
         };
         if rounds > 1 {
             println!(
-                "round {round}: write {}, read {}, compaction {}",
+                "round {round}: write {}, read {}, compaction {} ({} first)",
                 overhead(p.write_secs, e.write_secs),
                 overhead(p.read_secs, e.read_secs),
-                overhead(p.compact_secs, e.compact_secs)
+                overhead(p.compact_secs, e.compact_secs),
+                if encrypted_first {
+                    "encrypted"
+                } else {
+                    "plain"
+                }
             );
         }
         plain.push(p);

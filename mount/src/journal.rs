@@ -461,33 +461,35 @@ impl Journal {
             .context(|| format!("writing {}", self.path.display()))
             .and_then(|()| if sync { self.sync() } else { Ok(()) });
         if let Err(e) = result {
-            let written_over = self.cut_fresh(&mut slots, &taken, old_end);
+            let to_release = self.cut_fresh(&mut slots, &taken, old_end);
             drop(slots);
-            self.release(&written_over);
+            self.release(&to_release);
             return Err(e);
         }
         Ok(taken)
     }
 
     /// After a failed `copy`: cuts away the fresh slots it took at the end
-    /// (`old_end` on), and returns the slots it wrote over, to be released.
-    /// A write that failed for want of space (ENOSPC) would fail again
-    /// clearing records past the end of what it wrote, and a record that
-    /// cannot be cleared ends the journal's use; a cut needs no space. If
-    /// the cut fails, every slot is released and cleared as usual.
+    /// (`old_end` on) and returns none to release; slots it wrote over are
+    /// returned, to be released and cleared. A write that failed for want
+    /// of space (ENOSPC) would fail again clearing records past the end of
+    /// what it wrote, and a record that cannot be cleared ends the
+    /// journal's use; a cut needs no space. If the cut fails, every slot is
+    /// released and cleared as usual.
     fn cut_fresh(&self, slots: &mut Slots, taken: &[u64], old_end: u64) -> Vec<u64> {
         if slots.end == old_end {
             return taken.to_vec();
         }
+        // `copy` takes its slots either all from the free list or all at
+        // the end.
+        debug_assert!(taken.iter().all(|&slot| slot >= old_end));
         if let Err(e) = self.file.set_len(old_end * SLOT_LEN) {
             log::warn!("truncating {}: {e}", self.path.display());
             return taken.to_vec();
         }
-        let (fresh, written_over): (Vec<u64>, Vec<u64>) =
-            taken.iter().partition(|&&slot| slot >= old_end);
-        slots.live -= fresh.len() as u64;
+        slots.live -= taken.len() as u64;
         slots.end = old_end;
-        written_over
+        Vec::new()
     }
 
     /// Gives slots back: the rewrites they guarded are durable. Clearing a

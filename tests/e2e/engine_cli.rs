@@ -273,14 +273,30 @@ fn engine_bench_prints_the_overhead_table() {
             "overhead and rounds: {line}"
         );
     }
-    for round in ["round 1: write ", "round 2: write "] {
-        assert!(text.lines().any(|l| l.starts_with(round)), "{text}");
+    for (round, first) in [
+        ("round 1: write ", "(plain first)"),
+        ("round 2: write ", "(encrypted first)"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(round) && l.ends_with(first)),
+            "{text}"
+        );
     }
     assert!(text.contains("30000 points"), "{text}");
     assert!(!is_mounted(&dir.path().join("mnt")), "the bench unmounts");
     assert!(
         !dir.path().join("plain").exists(),
         "each round's database is removed"
+    );
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("backing"))
+        .expect("backing")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("chronicle."))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "each round's database on the mount is removed: {left:?}"
     );
     let out = run(&["engine", "bench", "--points", "10"], None);
     assert_eq!(out.status.code(), Some(1));

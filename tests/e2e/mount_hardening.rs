@@ -134,9 +134,13 @@ fn copied_xattr_is_eio() {
 /// even when the test fails.
 struct Tmpfs {
     path: PathBuf,
+    /// The temporary directory it is mounted in, when it has its own:
+    /// removed after the unmount.
+    _owner: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
+    /// A tmpfs mounted at `path` (created if missing).
     fn mount(path: PathBuf, size: &str) -> Tmpfs {
         fs::create_dir_all(&path).expect("mkdir tmpfs");
         let status = Command::new("mount")
@@ -145,47 +149,56 @@ impl Tmpfs {
             .status()
             .expect("mount tmpfs");
         assert!(status.success(), "mount -t tmpfs {}", path.display());
-        Tmpfs { path }
+        Tmpfs { path, _owner: None }
+    }
+
+    /// A tmpfs in a temporary directory of its own.
+    fn new(size: &str) -> Tmpfs {
+        let owner = tempfile::tempdir().expect("tempdir");
+        let mut store = Tmpfs::mount(owner.path().join("store"), size);
+        store._owner = Some(owner);
+        store
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = fs::remove_dir(&self.path);
     }
 }
 
 /// A volume whose BACKING is on a fresh tmpfs of `size`, mounted with
-/// `extra`. The mount comes first so it is unmounted before the tmpfs.
-fn mounted_on_tmpfs(size: &str, extra: &[&str]) -> (Mounted, Tmpfs) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Tmpfs::mount(dir.path().join("store"), size);
+/// `extra`. Bound as `let (store, m)`, the mount is dropped (unmounted)
+/// before the tmpfs.
+fn mounted_on_tmpfs(size: &str, extra: &[&str]) -> (Tmpfs, Mounted) {
+    let store = Tmpfs::new(size);
     let backing = store.path.join("backing");
     let out = run(&["init", path_str(&backing)], Some(KEY));
     assert!(out.status.success(), "{}", stderr(&out));
+    let dir = tempfile::tempdir().expect("tempdir");
     let m = Mounted::with_fixture(Fixture { dir, backing }, extra);
-    (m, store)
+    (store, m)
 }
 
 // Protects: a journal that runs out of space taking fresh slots stays in
 // use. Clearing the records it failed to write would need space too, and a
 // record that cannot be cleared ends the journal's use until the next
 // mount (every rewrite of synced data refused); the fresh slots are cut
-// away instead.
+// away instead, part-written ones included, and taken again from the same
+// place once there is space.
 #[test]
 fn a_journal_out_of_space_stays_in_use() {
-    use chronicle_mount::journal::{Journal, Original};
+    use chronicle_mount::journal::{Journal, Original, JOURNAL_NAME, SLOT_LEN};
     if !fuse_available() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Tmpfs::mount(dir.path().join("store"), "1m");
+    let store = Tmpfs::new("1m");
     let journal = Journal::open(&store.path).expect("open the journal");
-    let journal_path = store.path.join(chronicle_mount::journal::JOURNAL_NAME);
-    let filler = store.path.join("filler");
-    let mut g = fs::File::create(&filler).expect("filler");
-    while std::io::Write::write_all(&mut g, &[9u8; 4096]).is_ok() {}
-    drop(g);
+    let journal_path = store.path.join(JOURNAL_NAME);
+    // Room for about a third of the copies: the write lands in part.
+    let filler = fill_store(&store);
+    leave_free(&filler, 96 << 10);
     let block = vec![7u8; CIPHER_BLOCK_SIZE as usize];
     let originals: Vec<Original> = (0..64)
         .map(|index| Original {
@@ -203,9 +216,12 @@ fn a_journal_out_of_space_stays_in_use() {
         .expect("the journal is still in use");
     assert_eq!(journal.live(), 0, "the failed copies hold no slot");
     let len = fs::metadata(&journal_path).expect("stat").len();
-    assert_eq!(len, 0, "the fresh slots were cut away");
-    fs::remove_file(&filler).expect("free space");
+    assert_eq!(len, 0, "the fresh slots, part written, were cut away");
+    free_store(&filler, &store);
     let taken = journal.save(&id, &originals).expect("save with space");
+    assert_eq!(taken, (0..64).collect::<Vec<u64>>(), "from the old end");
+    let len = fs::metadata(&journal_path).expect("stat").len();
+    assert_eq!(len, 64 * SLOT_LEN);
     journal.release(&taken);
     assert_eq!(journal.live(), 0);
 }
@@ -219,7 +235,7 @@ fn petabyte_sparse_file() {
     if !fuse_available() {
         return;
     }
-    let (m, _store) = mounted_on_tmpfs("64m", &[]);
+    let (_store, m) = mounted_on_tmpfs("64m", &[]);
     let backing = m.fixture.backing.clone();
     let path = m.path("huge");
     const PIB: u64 = 1 << 50;
@@ -281,7 +297,7 @@ fn full_backing_store_keeps_old_data() {
     }
     // Without write-back caching each write reaches the mount at once, so
     // the error belongs to the write that caused it.
-    let (m, store) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
+    let (store, m) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
     let backing = m.fixture.backing.clone();
     let path = m.path("log");
     let synced: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
@@ -294,7 +310,11 @@ fn full_backing_store_keeps_old_data() {
         .expect("create");
     f.write_all_at(&synced, 0).expect("write");
     f.sync_all().expect("fsync");
+    // 64 KiB are left free: the append's copy of the old last block to
+    // the journal fits, its megabyte of data does not, so the data write
+    // is what runs out of space.
     let filler = fill_store(&store);
+    leave_free(&filler, 64 << 10);
     // An append far larger than what is left.
     let big = vec![1u8; 1 << 20];
     let err = f
@@ -343,11 +363,21 @@ fn fill_store(store: &Tmpfs) -> PathBuf {
     filler
 }
 
+/// Cuts `filler` (made by `fill_store`) so that `bytes` are free.
+fn leave_free(filler: &Path, bytes: u64) {
+    let filled = fs::metadata(filler).expect("stat filler").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(filler)
+        .and_then(|f| f.set_len(filled - bytes))
+        .expect("cut the filler");
+}
+
 /// Removes `filler`: its space is back at once.
 fn free_store(filler: &Path, store: &Tmpfs) {
     fs::remove_file(filler).expect("free space");
     let free = rustix::fs::statvfs(&store.path).expect("statvfs");
-    assert!(free.f_bavail * free.f_frsize > 1 << 20, "space is back");
+    assert!(free.f_bavail * free.f_frsize >= 512 << 10, "space is back");
 }
 
 // Protects: a rewrite of a hole in a synced sparse file takes its backing
@@ -360,7 +390,7 @@ fn a_held_rewrite_of_a_hole_on_a_full_store_fails_at_once() {
     if !fuse_available() {
         return;
     }
-    let (m, store) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
+    let (store, m) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
     let backing = m.fixture.backing.clone();
     let path = m.path("db");
     let f = fs::OpenOptions::new()
@@ -388,11 +418,23 @@ fn a_held_rewrite_of_a_hole_on_a_full_store_fails_at_once() {
         f.write_all_at(&[round; 4096], 0).expect("rewrite");
         f.sync_all().expect("fsync");
     }
+    // A change beside the contents makes the next sync one of the file's
+    // own, which writes what is held and frees every journal slot.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    f.sync_all().expect("fsync");
+    let journal = backing.join(chronicle_mount::journal::JOURNAL_NAME);
+    let journal_len = fs::metadata(&journal).expect("journal").len();
+    assert!(journal_len > 0, "the rewrites left the journal slots");
     let filler = fill_store(&store);
     let err = f
         .write_all_at(&[7u8; 4096], hole_at)
         .expect_err("the store is full");
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // The hole's copy went to a slot the journal had: the reservation is
+    // what ran out of space.
+    let now_len = fs::metadata(&journal).expect("journal").len();
+    assert_eq!(now_len, journal_len, "the journal took no new slot");
     f.sync_all().expect("fsync after the refused write");
     drop_caches();
     let now = fs::read(&path).expect("read");
@@ -776,7 +818,7 @@ fn engine_on_a_full_backing_store_keeps_acknowledged_points() {
     if !fuse_available() {
         return;
     }
-    let (m, store) = mounted_on_tmpfs("16m", &[]);
+    let (store, m) = mounted_on_tmpfs("16m", &[]);
     // Leave about 1 MiB free so the engine fills it quickly.
     let filler = store.path.join("filler");
     let free = rustix::fs::statvfs(&store.path).expect("statvfs");
