@@ -301,13 +301,7 @@ fn full_backing_store_keeps_old_data() {
     let backing = m.fixture.backing.clone();
     let path = m.path("log");
     let synced: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create");
+    let f = create_rw(&path);
     f.write_all_at(&synced, 0).expect("write");
     f.sync_all().expect("fsync");
     // 64 KiB are left free: the append's copy of the old last block to
@@ -343,6 +337,17 @@ fn full_backing_store_keeps_old_data() {
     assert!(all[synced.len()..].iter().all(|&b| b == 1));
     let out = run(&["fsck", path_str(&backing)], Some(KEY));
     assert!(out.status.success(), "{}", stdout(&out));
+}
+
+/// Creates (or empties) `path` and opens it for reading and writing.
+fn create_rw(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("create")
 }
 
 /// Fills `store` to its last page with a file beside BACKING (filling it
@@ -393,13 +398,7 @@ fn a_held_rewrite_of_a_hole_on_a_full_store_fails_at_once() {
     let (store, m) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
     let backing = m.fixture.backing.clone();
     let path = m.path("db");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create");
+    let f = create_rw(&path);
     let head = vec![3u8; 16 << 10];
     f.write_all_at(&head, 0).expect("write");
     f.set_len(1 << 20).expect("grow");

@@ -664,8 +664,13 @@ impl EncryptedFile {
         }
         let mut buf = vec![0u8; layout::CIPHER_BLOCK_SIZE as usize];
         let mut mtime = None;
-        // Taken before anything is written: writing moves it to now.
-        let mtime_before = self.stored_mtime()?;
+        // Taken before anything is written (writing moves it to now), and
+        // only where a commit may set it.
+        let has_commits = carried.iter().any(|c| matches!(c.kind, Kind::Commit(_)));
+        let mtime_before = match has_commits {
+            true => Some(self.stored_mtime()?),
+            false => None,
+        };
         for (&index, records) in &by_index {
             let cipher_len = self.cipher_len()?;
             if block_offset(index) >= cipher_len {
@@ -745,8 +750,8 @@ impl EncryptedFile {
                 break;
             }
         }
-        if let Some(committed) = mtime {
-            self.set_mtime(committed.max(mtime_before));
+        if let (Some(committed), Some(before)) = (mtime, mtime_before) {
+            self.set_mtime(committed.max(before));
         }
         self.sync_backing(false)?;
         Ok(done)
