@@ -470,12 +470,12 @@ impl Journal {
     }
 
     /// After a failed `copy`: cuts away the fresh slots it took at the end
-    /// (`old_end` on) and returns none to release; slots it wrote over are
-    /// returned, to be released and cleared. A write that failed for want
-    /// of space (ENOSPC) would fail again clearing records past the end of
+    /// (`old_end` on). Returns the slots still to be released and cleared:
+    /// none once the cut is made; all of `taken` when `copy` wrote over
+    /// free slots, or when the cut fails. A write that failed for want of
+    /// space (ENOSPC) would fail again clearing records past the end of
     /// what it wrote, and a record that cannot be cleared ends the
-    /// journal's use; a cut needs no space. If the cut fails, every slot is
-    /// released and cleared as usual.
+    /// journal's use; a cut needs no space.
     fn cut_fresh(&self, slots: &mut Slots, taken: &[u64], old_end: u64) -> Vec<u64> {
         if slots.end == old_end {
             return taken.to_vec();
