@@ -21,18 +21,18 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for round in $(seq "$ROUNDS"); do
   for system in "$@"; do
-    rm -rf "$WORK/store"; mkdir -p "$WORK/store" "$MNT"
-    if [ "$system" = securefs ]; then
-      securefs create --pass benchmark --rounds 1 "$WORK/store" >/dev/null
-      securefs mount -b --pass benchmark "$WORK/store" "$MNT" >/dev/null 2>&1
-      sleep 1
-    else
-      "$system" init "$WORK/store" >/dev/null
-      "$system" mount "$WORK/store" "$MNT" </dev/null >/dev/null 2>&1
-    fi
+    rm -rf "$WORK/store"
+    case $system in
+      securefs) fs=securefs ;;
+      *) fs=chronicle; CHRONICLE_BIN=$system ;;
+    esac
+    fs_mount "$fs" "$WORK/store" "$MNT" </dev/null >/dev/null
     if [ -n "${WRITTEN_FIRST:-}" ]; then
       fio --name=prep --filename="$MNT/wal" --size=64M --rw=write --bs=1M --end_fsync=1 >/dev/null
     fi
@@ -40,6 +40,6 @@ for round in $(seq "$ROUNDS"); do
              --bs=4k --ioengine=psync --fsync=1 --runtime=8 --time_based |
            python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))')
     echo "round $round $system $iops $(date -u +%H:%M:%S)"
-    umount "$MNT"; sleep 0.5
+    fs_unmount "$fs" "$MNT"
   done
 done

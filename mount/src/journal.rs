@@ -483,12 +483,11 @@ impl Journal {
         // `copy` takes its slots either all from the free list or all at
         // the end.
         debug_assert!(taken.iter().all(|&slot| slot >= old_end));
-        if let Err(e) = self.file.set_len(old_end * SLOT_LEN) {
-            log::warn!("truncating {}: {e}", self.path.display());
+        if let Err(e) = self.truncate(slots, old_end) {
+            log::warn!("{e}");
             return taken.to_vec();
         }
         slots.live -= taken.len() as u64;
-        slots.end = old_end;
         Vec::new()
     }
 
@@ -643,6 +642,11 @@ impl Journal {
         if slots.live > 0 || slots.end <= to {
             return Ok(());
         }
+        self.truncate(slots, to)
+    }
+
+    /// Cuts the journal file to its first `to` slots.
+    fn truncate(&self, slots: &mut Slots, to: u64) -> Result<()> {
         self.file
             .set_len(to * SLOT_LEN)
             .context(|| format!("truncating {}", self.path.display()))?;

@@ -27,6 +27,23 @@ pub struct Timestamp {
     pub nanos: u32,
 }
 
+impl Timestamp {
+    /// The times for `utimensat`/`futimens` that set this as the
+    /// modification time and leave the access time as it is.
+    pub fn as_modification_time(self) -> rustix::fs::Timestamps {
+        rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: self.secs,
+                tv_nsec: self.nanos.into(),
+            },
+        }
+    }
+}
+
 /// What `status` tells of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {

@@ -42,17 +42,7 @@ impl EncryptedFile {
     /// commit's time is the file's at a sync). A failure costs the time
     /// only, so it is logged.
     pub(super) fn set_mtime(&self, mtime: Mtime) {
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: mtime.secs,
-                tv_nsec: mtime.nanos.into(),
-            },
-        };
-        if let Err(e) = rustix::fs::futimens(&self.file, &times) {
+        if let Err(e) = rustix::fs::futimens(&self.file, &mtime.as_modification_time()) {
             log::warn!(
                 "{}: could not set the modification time a sync left: {e}",
                 self.backing_path().display()
