@@ -3,7 +3,9 @@
 #
 # Simulated power loss under BACKING, at RUNS random crash points per
 # workload (default 50): fsynced appends, fsynced rewrites of a
-# preallocated file (commits to the journal), file creation with fsync of the
+# preallocated file (commits to the journal), the same with unsynced
+# writes over the committed pages, rewrites written in place
+# before their fsync (copies in the journal), file creation with fsync of the
 # file and its directory, renames made durable with fsyncdir, the bundled
 # engine with sync=always, and SQLite in WAL mode. The backing store sits on
 # tests/power_loss/powercut.rs, which drops or tears (at 512-byte sectors)

@@ -112,7 +112,7 @@ pub const MAX_JOURNAL_LEN: u64 = 16 << 30;
 const MAX_HELD_IN_VOLUME: usize = 2048;
 /// Slots an idle journal keeps when it is cut back (8 MiB): a sync
 /// cycle of a file that is synced after every write (a database's log)
-/// keeps up to two per held block (`content::guard`), and a record written
+/// keeps one per held block (its commit, `content::guard`), and a record written
 /// over an old slot costs the backing file system no metadata change, so
 /// the journal's sync is a flush of data alone (on ext4 about 40 µs against
 /// 90 µs for a record that grows the file; docs/PERFORMANCE.md).
@@ -299,22 +299,26 @@ impl Journal {
     /// syncs the journal; returns the slots, to be released once the file's
     /// rewrite is durable.
     pub fn save(&self, content_id: &ContentId, originals: &[Original]) -> Result<Vec<u64>> {
-        self.copy(content_id, originals, Kind::Copy, true)
+        self.copy(content_id, originals, Kind::Copy, true, &[])
     }
 
     /// Writes `blocks`, new contents of the file `content_id` sealed for
     /// their places, as commits with the file's modification time, and
     /// syncs the journal: they are then durable as if written in place and
-    /// synced. Returns their slots: a slot goes only by `release` once a
-    /// newer commit of its block is durable, or by `release_durably` once
-    /// the file's own sync covers the block.
+    /// synced. The commits go first into `reserved` (slots from `reserve`,
+    /// no more than there are blocks), then into slots taken now. Returns
+    /// the slot of each block, in order: a slot goes only by `release` once
+    /// a newer commit of its block is durable, or by `release_durably` once
+    /// the file's own sync covers the block. On failure `reserved` stays
+    /// the caller's, emptied.
     pub fn commit(
         &self,
         content_id: &ContentId,
         blocks: &[Original],
         mtime: Mtime,
+        reserved: &[u64],
     ) -> Result<Vec<u64>> {
-        self.copy(content_id, blocks, Kind::Commit(mtime), true)
+        self.copy(content_id, blocks, Kind::Commit(mtime), true, reserved)
     }
 
     /// `release`, then a sync, so that no released commit can come back
@@ -327,15 +331,53 @@ impl Journal {
         self.sync()
     }
 
-    /// `save` without the sync: the caller must `sync` before any block
+    /// `save` into `reserved` (slots from `reserve`, one per original),
+    /// without the sync: the caller must `sync` before any block
     /// these copies guard is rewritten in place (a file holding its
-    /// rewrites back shares one sync among many).
-    pub fn save_unsynced(
+    /// rewrites back shares one sync among many). Needs no new space, so
+    /// it cannot fail for want of it where the backing file system writes
+    /// in place. On failure `reserved` stays the caller's, emptied.
+    pub fn save_reserved(
         &self,
         content_id: &ContentId,
         originals: &[Original],
-    ) -> Result<Vec<u64>> {
-        self.copy(content_id, originals, Kind::Copy, false)
+        reserved: &[u64],
+    ) -> Result<()> {
+        debug_assert_eq!(originals.len(), reserved.len());
+        self.copy(content_id, originals, Kind::Copy, false, reserved)
+            .map(drop)
+    }
+
+    /// Sets aside `n` slots for records to be written later
+    /// (`save_reserved`, `commit`), so that a write already acknowledged
+    /// cannot fail later for want of journal space: free slots (each
+    /// written before, so a file system that writes in place needs no new
+    /// space to write it again), else new ones written empty at the end.
+    /// They count as live until the records written into them are
+    /// released, or until they are given back unused with `release`.
+    pub fn reserve(&self, n: usize) -> Result<Vec<u64>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.refuse_after_failure()?;
+        let mut slots = self.slots();
+        if let Some(at) = slots.free.len().checked_sub(n) {
+            let taken = slots.free.split_off(at);
+            slots.live += n as u64;
+            return Ok(taken);
+        }
+        let old_end = slots.end;
+        let zeros = vec![0u8; n * SLOT_LEN as usize];
+        if let Err(e) = self.file.write_all_at(&zeros, old_end * SLOT_LEN) {
+            // What landed holds no record; cut anyway, to give space back.
+            if let Err(cut) = self.truncate(&mut slots, old_end) {
+                log::warn!("{cut}");
+            }
+            return Err(e).context(|| format!("growing {}", self.path.display()));
+        }
+        slots.end += n as u64;
+        slots.live += n as u64;
+        Ok((old_end..slots.end).collect())
     }
 
     /// Makes every copy written so far durable. A journal whose sync
@@ -410,20 +452,24 @@ impl Journal {
         self.held_blocks.load(Ordering::Relaxed)
     }
 
+    /// Writes `originals` as records of `kind`, into `reserved` first,
+    /// then into slots taken now; returns the slot of each, in order.
     fn copy(
         &self,
         content_id: &ContentId,
         originals: &[Original],
         kind: Kind,
         sync: bool,
+        reserved: &[u64],
     ) -> Result<Vec<u64>> {
         self.refuse_after_failure()?;
         let mut slots = self.slots();
         let old_end = slots.end;
+        let more = originals.len() - reserved.len();
         // Many copies at once (an overwrite of a long range) take fresh
         // slots at the end, so that they go out in one write.
-        let fresh = originals.len() > slots.free.len();
-        let mut taken: Vec<u64> = (0..originals.len())
+        let fresh = more > slots.free.len();
+        let new: Vec<u64> = (0..more)
             .map(|_| match slots.free.pop() {
                 Some(slot) if !fresh => slot,
                 other => {
@@ -435,6 +481,7 @@ impl Journal {
                 }
             })
             .collect();
+        let mut taken = [reserved, &new].concat();
         // Ascending, so that neighbouring free slots go out in one write.
         taken.sort_unstable();
         let mut buf = Vec::with_capacity(originals.len() * SLOT_LEN as usize);
@@ -454,14 +501,20 @@ impl Journal {
                 run_start = i + 1;
             }
         }
-        slots.live += taken.len() as u64;
+        // Reserved slots were counted live when they were reserved.
+        slots.live += new.len() as u64;
         // Held across the sync: a slot must not be reused before its copy
         // is durable.
         let result = written
             .context(|| format!("writing {}", self.path.display()))
             .and_then(|()| if sync { self.sync() } else { Ok(()) });
         if let Err(e) = result {
-            let to_release = self.cut_fresh(&mut slots, &taken, old_end);
+            let to_release = self.cut_fresh(&mut slots, &new, old_end);
+            // The reserved slots stay reserved, emptied of what may have
+            // landed in them (a clearing that fails ends the journal's use).
+            for &slot in reserved {
+                self.clear(slot);
+            }
             drop(slots);
             self.release(&to_release);
             return Err(e);

@@ -556,6 +556,30 @@ fn a_sync_of_held_rewrites_commits_them() {
     assert!(tried > 8 && lost.is_empty(), "{tried} states: {lost:?}");
 }
 
+// Protects: a write that the mount does not hold (it reaches the file's
+// last block), over a block whose durable contents are a commit, takes no
+// copy of that block: the copy would be newer than the commit and hide it,
+// so a crash that lost the writes in place would bring back the contents
+// from before the sync.
+#[test]
+fn a_write_over_a_committed_block_keeps_the_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let durable = record(13, 5 * 4096);
+    let (_journal, file, path) = synced_file(dir.path(), &durable);
+    let before = fs::read(&path).expect("before");
+    let mut expected = durable.clone();
+    expected[4096..8192].copy_from_slice(&record(14, 4096));
+    file.write_at(4096, &expected[4096..8192]).expect("rewrite");
+    file.sync(false).expect("fsync: a commit");
+    file.write_at(4096, &expected[4096..])
+        .expect("the same bytes to the end");
+    let journal = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+    assert!(
+        reopen(&before, &journal) == Ok(expected),
+        "every write in place lost: the file must read as the sync left it"
+    );
+}
+
 /// Something done to a synced file (and its backing path) before a rewrite.
 type Change = dyn Fn(&EncryptedFile, &Path);
 

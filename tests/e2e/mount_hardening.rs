@@ -385,6 +385,84 @@ fn free_store(filler: &Path, store: &Tmpfs) {
     assert!(free.f_bavail * free.f_frsize >= 512 << 10, "space is back");
 }
 
+// Protects: a held rewrite of synced data takes its journal slot when it
+// is held, not when it is written. On a full store the rewrite itself
+// fails with ENOSPC when the journal has no slot for it; once held, its
+// commit (`fsync`) and the copy of its original (a read writes held
+// blocks in place) go into that slot and need no new space: an
+// acknowledged write never fails later for want of it.
+#[test]
+fn a_held_rewrite_takes_its_journal_slot_when_held() {
+    if !fuse_available() {
+        return;
+    }
+    let (store, m) = mounted_on_tmpfs("4m", &["--no-writeback-cache"]);
+    let backing = m.fixture.backing.clone();
+    let journal = backing.join(chronicle_mount::journal::JOURNAL_NAME);
+    let journal_len = || fs::metadata(&journal).expect("journal").len();
+    let path = m.path("db");
+    let f = create_rw(&path);
+    let mut expected: Vec<u8> = (0..64 << 10).map(|i| (i / 4096) as u8).collect();
+    f.write_all_at(&expected, 0).expect("write");
+    f.sync_all().expect("fsync");
+    let block = |index: u64, byte: u8| (vec![byte; 4096], index * 4096);
+    let read_back = |expected: &[u8]| {
+        drop_caches();
+        let now = fs::read(&path).expect("read writes what is held");
+        assert!(now == expected, "the file reads as written");
+    };
+
+    // No journal slot and no space to grow: refused at once.
+    let filler = fill_store(&store);
+    let (bytes, at) = block(5, 50);
+    let err = f.write_all_at(&bytes, at).expect_err("no journal slot");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    read_back(&expected);
+    free_store(&filler, &store);
+
+    // Held with two slots reserved; the commit takes them, on a full store.
+    let (bytes, at) = block(2, 20);
+    f.write_all_at(&[bytes.clone(), vec![30; 4096]].concat(), at)
+        .expect("rewrite two blocks");
+    expected[at as usize..at as usize + 4096].copy_from_slice(&bytes);
+    expected[3 * 4096..4 * 4096].fill(30);
+    let filler = fill_store(&store);
+    let len = journal_len();
+    f.sync_all()
+        .expect("the commit goes into the reserved slots");
+    assert_eq!(journal_len(), len, "the commit took no new slot");
+    let commits = chronicle_mount::journal::Journal::pending_commits(&backing).expect("commits");
+    assert_eq!(commits, 2, "the sync was a commit of both blocks");
+    // A block with a commit needs no slot to be held again.
+    let (bytes, at) = block(2, 21);
+    f.write_all_at(&bytes, at)
+        .expect("rewrite of a committed block");
+    expected[at as usize..at as usize + 4096].copy_from_slice(&bytes);
+    read_back(&expected);
+    free_store(&filler, &store);
+
+    // Held with a slot reserved; the copy of its original goes into it
+    // when a read writes it in place, on a full store.
+    let (bytes, at) = block(7, 70);
+    f.write_all_at(&bytes, at).expect("rewrite");
+    expected[at as usize..at as usize + 4096].copy_from_slice(&bytes);
+    let filler = fill_store(&store);
+    let len = journal_len();
+    read_back(&expected);
+    assert_eq!(journal_len(), len, "the copy took no new slot");
+    free_store(&filler, &store);
+
+    f.sync_all().expect("fsync");
+    drop(f);
+    m.unmount();
+    let out = m.remount();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs::read(&path).expect("read after remount") == expected);
+    m.unmount();
+    let out = run(&["fsck", path_str(&backing)], Some(KEY));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
 // Protects: a rewrite of a hole in a synced sparse file takes its backing
 // space when it is held, so on a full store the write itself fails with
 // ENOSPC and nothing is held; a write acknowledged and then failing when

@@ -13,7 +13,7 @@
 mod powercut;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -416,14 +416,60 @@ fn rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
     }
 }
 
+/// `rewrites` with direct I/O (each write reaches the mount as it is
+/// made), and after every fourth `fsync` an unsynced write of the same
+/// values from the page just synced to the end of the file: a write the
+/// mount does not hold (it reaches the last block), over a block whose
+/// durable contents so far are a commit in the journal.
+fn rewrites_then_tail_writes(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
+    let path = mnt.join("log");
+    let made = std::fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; PAGE * (PAGES as usize + 1)])?;
+            f.sync_all()
+        })
+        .and_then(|()| sync_dir(mnt));
+    let direct = made.and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+    });
+    let Ok(f) = direct else {
+        return;
+    };
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let slot = n % PAGES;
+        if f.write_all_at(&page(n), slot * PAGE as u64).is_err() || f.sync_all().is_err() {
+            return;
+        }
+        n += 1;
+        acked.store(n, Ordering::SeqCst);
+        if n % 4 == 0 {
+            // Each page's newest value (none yet: zeros), then the last page.
+            let mut tail: Vec<u8> = (slot..PAGES)
+                .flat_map(|t| match (t..n).step_by(PAGES as usize).last() {
+                    Some(m) => page(m),
+                    None => vec![0u8; PAGE],
+                })
+                .collect();
+            tail.extend_from_slice(&[0u8; PAGE]);
+            if f.write_all_at(&tail, slot * PAGE as u64).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Each page holds the last write to it that was acknowledged, or the one
 /// in flight.
 fn verify_rewrites(mnt: &Path, acked: u64) -> Result<(), String> {
-    let got = match std::fs::read(mnt.join("log")) {
-        Ok(got) => got,
-        Err(_) if acked == 0 => return Ok(()),
-        Err(e) => return Err(format!("read: {e}")),
-    };
+    // Nothing acknowledged: the file may not even be whole.
+    if acked == 0 {
+        return Ok(());
+    }
+    let got = std::fs::read(mnt.join("log")).map_err(|e| format!("read: {e}"))?;
     if got.len() != PAGE * (PAGES as usize + 1) {
         return Err(format!("{} bytes", got.len()));
     }
@@ -438,6 +484,82 @@ fn verify_rewrites(mnt: &Path, acked: u64) -> Result<(), String> {
             let found = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
             return Err(format!(
                 "page {slot}: holds write {found}, the newest acknowledged is {newest_acked:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pages of the written-back rewrites workload: more than a file holds
+/// back in memory (512 blocks), so that held rewrites go in place before
+/// the next `fsync`.
+const BACK_PAGES: u64 = 600;
+/// Rewrites between that workload's syncs.
+const BACK_PER_SYNC: u64 = 700;
+
+/// Rewrites the pages of a synced file in turn with direct I/O (as a
+/// database writing its own pages does: each reaches the mount at once,
+/// unsynced); `fsync` every `BACK_PER_SYNC` rewrites. The mount holds
+/// such rewrites and, past its budget, writes them in place over durable
+/// data: a block a crash tears there must come back from the journal's
+/// copy of its original. `acked` counts the rewrites before the last
+/// `fsync`.
+fn written_back_rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
+    let path = mnt.join("pages");
+    let made = std::fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; PAGE * (BACK_PAGES as usize + 1)])?;
+            f.sync_all()
+        })
+        .and_then(|()| sync_dir(mnt));
+    let direct = made.and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+    });
+    let Ok(f) = direct else {
+        return;
+    };
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let at = (n % BACK_PAGES) * PAGE as u64;
+        if f.write_all_at(&page(n), at).is_err() {
+            return;
+        }
+        n += 1;
+        if n % BACK_PER_SYNC == 0 {
+            if f.sync_all().is_err() {
+                return;
+            }
+            acked.store(n, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Each page holds the last rewrite of it before the last acknowledged
+/// `fsync`, or a later one; none fails to read.
+fn verify_written_back_rewrites(mnt: &Path, acked: u64) -> Result<(), String> {
+    // Nothing acknowledged: the file may not even be whole.
+    if acked == 0 {
+        return Ok(());
+    }
+    let got = std::fs::read(mnt.join("pages")).map_err(|e| format!("read: {e}"))?;
+    if got.len() != PAGE * (BACK_PAGES as usize + 1) {
+        return Err(format!("{} bytes", got.len()));
+    }
+    for slot in 0..BACK_PAGES {
+        let bytes = &got[slot as usize * PAGE..(slot as usize + 1) * PAGE];
+        let durable = (slot..acked).step_by(BACK_PAGES as usize).last();
+        let found = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let a_rewrite = found % BACK_PAGES == slot && bytes == page(found);
+        let fine = match durable {
+            Some(n) => a_rewrite && found >= n,
+            None => a_rewrite || bytes.iter().all(|&b| b == 0),
+        };
+        if !fine {
+            return Err(format!(
+                "page {slot}: holds {found} (whole: {a_rewrite}), the last durable is {durable:?}"
             ));
         }
     }
@@ -668,6 +790,24 @@ fn fsynced_appends_survive_power_loss() {
 #[test]
 fn fsynced_rewrites_survive_power_loss() {
     crash_points("rewrites", rewrites, verify_rewrites);
+}
+
+#[test]
+fn committed_rewrites_survive_unsynced_writes_over_them() {
+    crash_points(
+        "rewrites then tail writes",
+        rewrites_then_tail_writes,
+        verify_rewrites,
+    );
+}
+
+#[test]
+fn rewrites_written_back_before_their_fsync_survive_power_loss() {
+    crash_points(
+        "written-back rewrites",
+        written_back_rewrites,
+        verify_written_back_rewrites,
+    );
 }
 
 #[test]

@@ -2,11 +2,13 @@
 //! double-write journal (`crate::journal` says why).
 //!
 //! A file guarded by a journal copies each block that was durable at its
-//! last sync into the journal before the block's first rewrite since then,
-//! and releases the copies when it is synced again. Blocks written since
-//! the last sync hold nothing a program was promised, so rewriting them
-//! needs no copy: an append loop copies the partial last block once per
-//! `fsync`, not once per write.
+//! last sync into the journal before the block's first rewrite in place
+//! since then, and releases the copies when it is synced again. Blocks
+//! written since the last sync hold nothing a program was promised, so
+//! rewriting them needs no copy: an append loop copies the partial last
+//! block once per `fsync`, not once per write. A rewrite held in memory
+//! (`hold`) only reserves the slot for its copy; a commit of it to the
+//! journal stands for it instead of the copy (`commit_held`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -29,16 +31,6 @@ const MAX_COPIES_PER_FILE: usize = 4096;
 /// them: they share one journal sync (`hold`).
 const MAX_HELD_PER_FILE: usize = 512;
 
-/// What `copy_originals` copied.
-#[derive(Default)]
-struct Copied {
-    /// The blocks copied (now in `Guard::saved`).
-    indices: Vec<u64>,
-    /// The blocks among them stored with data, not holes: their space is
-    /// allocated.
-    with_data: Vec<u64>,
-}
-
 pub(super) struct Guard {
     journal: Arc<Journal>,
     /// Blocks `0..durable_blocks` held their contents at the file's last
@@ -50,6 +42,16 @@ pub(super) struct Guard {
     slots: Vec<u64>,
     /// Rewritten blocks held back (`hold`), as stored, by index.
     held: BTreeMap<u64, Box<[u8]>>,
+    /// The contents the held blocks belong to.
+    held_for: ContentId,
+    /// A journal slot for each held block whose durable original nothing
+    /// in the journal stands for yet, by index: taken when the block is
+    /// first held, so that the copy of its original, which must be durable
+    /// before the block is written in place, cannot fail later for want of
+    /// journal space. The copy is written only if the block goes in place
+    /// before a commit stands for it (`write_held`); a commit takes the
+    /// slot instead (`commit_held`).
+    reserved: BTreeMap<u64, u64>,
     /// Held blocks whose contents a commit made durable (`commit_held`).
     committed: HashSet<u64>,
     /// Each committed block's newest commit, by index: its journal slot,
@@ -81,6 +83,34 @@ impl Drop for Guard {
             );
             self.journal.remove_held(self.held.len());
         }
+        let reserved: Vec<u64> = self.reserved.values().copied().collect();
+        self.journal.release(&reserved);
+    }
+}
+
+impl Guard {
+    /// The blocks among `blocks`, of a file of `size` bytes, that held
+    /// durable data at the last sync and that nothing in the journal
+    /// stands for: no copy of the original (made or reserved), and no
+    /// commit unless the block is the file's last. After a crash a commit
+    /// is written back over whatever its block holds (`put_back`), but
+    /// not over the file's last block. A committed block is never the
+    /// last when committed, and a shrink that makes it the last ends the
+    /// cycle (`shrink`), but one that failed after its cut may not have:
+    /// such a block is copied, as last. Otherwise a copy would be newer
+    /// than the commit and hide it.
+    fn unguarded(&self, blocks: Range<u64>, size: u64) -> Vec<u64> {
+        let count = block_count(size);
+        let durable = self.durable_blocks.min(count);
+        let committed = |i: u64| i + 1 < count && self.commits.contains_key(&i);
+        blocks
+            .filter(|&i| {
+                i < durable
+                    && !self.saved.contains(&i)
+                    && !self.reserved.contains_key(&i)
+                    && !committed(i)
+            })
+            .collect()
     }
 }
 
@@ -110,6 +140,8 @@ impl EncryptedFile {
             saved: HashSet::new(),
             slots: Vec::new(),
             held: BTreeMap::new(),
+            held_for: ContentId::default(),
+            reserved: BTreeMap::new(),
             committed: HashSet::new(),
             commits: HashMap::new(),
             committed_mtime: None,
@@ -203,13 +235,11 @@ impl EncryptedFile {
         let Some(g) = guard.as_mut() else {
             return Ok(());
         };
-        self.copy_originals(g, content_id, size, old_last, blocks, true)
-            .map(drop)
+        self.copy_originals(g, content_id, size, old_last, blocks)
     }
 
-    /// Copies the durable originals of `blocks` that have none yet, synced
-    /// or not; returns which it copied with data (not holes): their space
-    /// is allocated.
+    /// Copies the durable originals of `blocks` that nothing in the
+    /// journal stands for yet (`Guard::unguarded`), and syncs the journal.
     fn copy_originals(
         &self,
         g: &mut Guard,
@@ -217,24 +247,17 @@ impl EncryptedFile {
         size: u64,
         old_last: Option<&[u8]>,
         blocks: Range<u64>,
-        sync: bool,
-    ) -> Result<Copied> {
+    ) -> Result<()> {
+        // Held blocks in the way were written first (`settle_held`), with
+        // the copies their slots were reserved for.
+        debug_assert!(g.reserved.range(blocks.clone()).next().is_none());
         let old_blocks = block_count(size);
-        let at_risk = |g: &Guard| -> Vec<u64> {
-            blocks
-                .clone()
-                .filter(|&i| i < g.durable_blocks.min(old_blocks) && !g.saved.contains(&i))
-                .collect()
-        };
-        let mut indices = at_risk(g);
+        let mut indices = g.unguarded(blocks.clone(), size);
         if indices.is_empty() {
-            return Ok(Copied::default());
+            return Ok(());
         }
-        if g.slots.len() + indices.len() > MAX_COPIES_PER_FILE {
-            self.write_held(g)?;
-            self.sync_backing(true)?;
-            self.end_cycle(g)?;
-            indices = at_risk(g);
+        if self.bound_copies(g, indices.len())? {
+            indices = g.unguarded(blocks.clone(), size);
         }
         // The originals as stored, read in one go (they are one run unless
         // some were copied already); the old last block the caller has.
@@ -261,18 +284,23 @@ impl EncryptedFile {
                 }
             })
             .collect();
-        let slots = match sync {
-            true => g.journal.save(content_id, &originals)?,
-            false => g.journal.save_unsynced(content_id, &originals)?,
-        };
-        let with_data = originals
-            .iter()
-            .filter(|original| !is_zero(original.stored))
-            .map(|original| original.index)
-            .collect();
+        let slots = g.journal.save(content_id, &originals)?;
         g.slots.extend(slots);
         g.saved.extend(&indices);
-        Ok(Copied { indices, with_data })
+        Ok(())
+    }
+
+    /// Ends the file's sync cycle early (writes what it holds, syncs it,
+    /// releases its copies) when `more` copies would pass its bound;
+    /// whether it did.
+    fn bound_copies(&self, g: &mut Guard, more: usize) -> Result<bool> {
+        if g.slots.len() + g.reserved.len() + more <= MAX_COPIES_PER_FILE {
+            return Ok(false);
+        }
+        self.write_held(g)?;
+        self.sync_backing(true)?;
+        self.end_cycle(g)?;
+        Ok(true)
     }
 
     /// Whether a rewrite from `size` to `new_size` bytes of `blocks` may
@@ -307,15 +335,18 @@ impl EncryptedFile {
     }
 
     /// Holds back the sealed whole blocks `stored` of `blocks` instead of
-    /// writing them in place: the durable originals they replace are
-    /// copied to the journal without a sync, and one journal sync later
-    /// covers every block held (`write_held`). So a run of random
-    /// overwrites pays one flush per batch rather than one per block. Held
-    /// blocks are written when the file holds `MAX_HELD_PER_FILE`, the
-    /// volume its budget, when anything else touches the file (`state`
-    /// writes them first), or by `write_held_back` (the mount calls it
-    /// within a second: `fuse::held`); a crash of the mount loses them as
-    /// a power cut loses the kernel's dirty pages: they were never synced.
+    /// writing them in place. A durable original they replace is copied
+    /// to the journal only if the block is written in place before a
+    /// commit stands for it (a journal slot for the copy is reserved now);
+    /// one journal sync then covers every copy (`write_held`). So a run of
+    /// random overwrites pays one flush per batch rather than one per
+    /// block, and an `fsync` loop over rewrites one journal write per
+    /// cycle, the commit. Held blocks are written when the file holds
+    /// `MAX_HELD_PER_FILE`, the volume its budget, when anything else
+    /// touches the file (`state` writes them first), or by
+    /// `write_held_back` (the mount calls it within a second:
+    /// `fuse::held`); a crash of the mount loses them as a power cut loses
+    /// the kernel's dirty pages: they were never synced.
     pub(super) fn hold(
         &self,
         content_id: &ContentId,
@@ -330,12 +361,6 @@ impl EncryptedFile {
         };
         // Nothing is held that no journal sync can ever let out.
         g.journal.refuse_after_failure()?;
-        // Blocks not held yet may be holes in a sparse file (space for
-        // held ones was taken when they were first held).
-        let not_held: Vec<u64> = match sparse {
-            true => blocks.clone().filter(|i| !g.held.contains_key(i)).collect(),
-            false => Vec::new(),
-        };
         // Room first, so that a write that fails leaves nothing held: this
         // file's held blocks are written when they would pass its share or
         // the volume's budget; if other files hold the budget, the rewrite
@@ -347,31 +372,24 @@ impl EncryptedFile {
                 .journal
                 .held_budget_allows(stored.len() / layout::CIPHER_BLOCK_SIZE as usize)
             {
-                self.copy_originals(g, content_id, size, None, blocks.clone(), true)?;
+                self.copy_originals(g, content_id, size, None, blocks.clone())?;
                 return self.write_stored(blocks.start, stored);
             }
         }
-        let copied = self.copy_originals(g, content_id, size, None, blocks.clone(), false)?;
+        let mut unguarded = g.unguarded(blocks.clone(), size);
+        if self.bound_copies(g, unguarded.len())? {
+            unguarded = g.unguarded(blocks.clone(), size);
+        }
         // Nothing durable replaced and nothing held to replace: plain write.
-        if copied.indices.is_empty() && g.held.range(blocks.clone()).next().is_none() {
+        if unguarded.is_empty() && g.held.range(blocks.clone()).next().is_none() {
             return self.write_stored(blocks.start, stored);
         }
-        // Holes among the blocks get their space now: a write that cannot
-        // have it fails here, not when held blocks are written later. A
-        // block whose original was just read with data has its space (an
-        // `fsync` loop over rewrites then makes no backing change at all).
-        if not_held.iter().any(|i| !copied.with_data.contains(i)) {
-            let from = block_offset(blocks.start);
-            if let Err(e) = self.reserve_backing(from, from + stored.len() as u64) {
-                // The copies just taken are not synced: the blocks must not
-                // count as copied, or a later rewrite would write them in
-                // place relying on them. (Their slots go with the cycle.)
-                for index in &copied.indices {
-                    g.saved.remove(index);
-                }
-                return Err(e);
-            }
+        if sparse {
+            self.reserve_holes(g, blocks.clone())?;
         }
+        let slots = g.journal.reserve(unguarded.len())?;
+        g.reserved.extend(unguarded.into_iter().zip(slots));
+        g.held_for = *content_id;
         let whole = layout::CIPHER_BLOCK_SIZE as usize;
         let mut added = 0;
         for (index, bytes) in blocks.zip(stored.chunks(whole)) {
@@ -384,18 +402,38 @@ impl EncryptedFile {
         Ok(())
     }
 
-    /// Writes the held blocks in place, after syncing the journal that
-    /// holds the originals they replace (unless a commit holds them all:
-    /// its sync covered their copies, and a torn block is put back from
-    /// it). On failure they stay held (and the error goes to whoever
-    /// asked: `fsync`, a read, a truncate).
+    /// In a sparse file, before `blocks` (whole blocks, not the last) are
+    /// held: space for those not held yet that are holes in the backing
+    /// file, so that a rewrite that cannot have it fails now, not when
+    /// the held blocks are written later (held ones got theirs when first
+    /// held). A block read with data has its space: an `fsync` loop over
+    /// rewrites then changes nothing in the backing file until the held
+    /// blocks are written.
+    fn reserve_holes(&self, g: &Guard, blocks: Range<u64>) -> Result<()> {
+        let whole = layout::CIPHER_BLOCK_SIZE as usize;
+        let mut stored = vec![0u8; (blocks.end - blocks.start) as usize * whole];
+        self.read_stored_range(&mut stored, blocks.start)?;
+        let hole = blocks
+            .clone()
+            .zip(stored.chunks(whole))
+            .any(|(index, bytes)| !g.held.contains_key(&index) && is_zero(bytes));
+        if !hole {
+            return Ok(());
+        }
+        let from = block_offset(blocks.start);
+        self.reserve_backing(from, from + stored.len() as u64)
+    }
+
+    /// Writes the held blocks in place, after copying the durable
+    /// originals no commit stands for and syncing the copies (a torn
+    /// block is put back from its copy or its commit). On failure they
+    /// stay held (and the error goes to whoever asked: `fsync`, a read, a
+    /// truncate).
     fn write_held(&self, g: &mut Guard) -> Result<()> {
         if g.held.is_empty() {
             return Ok(());
         }
-        if g.held.keys().any(|index| !g.committed.contains(index)) {
-            g.journal.sync()?;
-        }
+        self.copy_reserved(g)?;
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = 0;
         let mut next = None;
@@ -414,6 +452,37 @@ impl EncryptedFile {
         g.journal.remove_held(g.held.len());
         g.held.clear();
         g.committed.clear();
+        Ok(())
+    }
+
+    /// Copies the originals of the held blocks with reserved slots (still
+    /// in place: held blocks are not written yet) into those slots, and
+    /// syncs the journal; the blocks then count as copied.
+    fn copy_reserved(&self, g: &mut Guard) -> Result<()> {
+        if g.reserved.is_empty() {
+            return Ok(());
+        }
+        let whole = layout::CIPHER_BLOCK_SIZE as usize;
+        let mut stored = vec![0u8; g.reserved.len() * whole];
+        // Read run by run (held blocks are whole: never the last).
+        let indices: Vec<u64> = g.reserved.keys().copied().collect();
+        let mut at = 0;
+        for run in indices.chunk_by(|a, b| a + 1 == *b) {
+            let len = run.len() * whole;
+            self.read_stored_range(&mut stored[at..at + len], run[0])?;
+            at += len;
+        }
+        let originals: Vec<Original> = indices
+            .iter()
+            .zip(stored.chunks(whole))
+            .map(|(&index, stored)| Original { index, stored })
+            .collect();
+        let slots: Vec<u64> = g.reserved.values().copied().collect();
+        g.journal.save_reserved(&g.held_for, &originals, &slots)?;
+        g.journal.sync()?;
+        g.saved.extend(&indices);
+        g.slots.extend(slots);
+        g.reserved.clear();
         Ok(())
     }
 
@@ -458,9 +527,19 @@ impl EncryptedFile {
                 stored: &g.held[index],
             })
             .collect();
-        let slots = g.journal.commit(&header.content_id, &blocks, mtime)?;
+        // A block's commit takes the slot reserved for its copy: it stands
+        // for the block instead.
+        let reserved: Vec<u64> = indices
+            .iter()
+            .filter_map(|index| g.reserved.get(index))
+            .copied()
+            .collect();
+        let slots = g
+            .journal
+            .commit(&header.content_id, &blocks, mtime, &reserved)?;
         drop(blocks);
         for (index, slot) in indices.into_iter().zip(slots) {
+            g.reserved.remove(&index);
             // The newer commit is durable: the older can go without a sync
             // (but before the newer goes: `end_cycle`).
             if let Some(older) = g.commits.insert(index, slot) {
@@ -577,11 +656,12 @@ impl EncryptedFile {
         self.guard().as_ref().is_some_and(|g| g.writable)
     }
 
-    /// Copies and commits still held (they are released by the next sync).
+    /// Copies, commits and reserved slots still held (they are released
+    /// by the next sync).
     pub(super) fn held_copies(&self) -> usize {
         self.guard()
             .as_ref()
-            .map_or(0, |g| g.slots.len() + g.commits.len())
+            .map_or(0, |g| g.slots.len() + g.commits.len() + g.reserved.len())
     }
 
     /// Writes what is held and releases the copies after a final sync,
