@@ -391,18 +391,33 @@ fn page(n: u64) -> Vec<u8> {
     p
 }
 
+/// How a workload writes its file.
+enum Io {
+    Buffered,
+    /// `O_DIRECT`: each write reaches the mount as it is made.
+    Direct,
+}
+
+/// Creates `name` in `mnt` as `pages` zero pages, makes it and its name
+/// durable, and opens it for writing.
+fn zero_pages(mnt: &Path, name: &str, pages: u64, io: Io) -> std::io::Result<std::fs::File> {
+    let path = mnt.join(name);
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(&vec![0u8; PAGE * pages as usize])?;
+    f.sync_all()?;
+    sync_dir(mnt)?;
+    let mut open = std::fs::OpenOptions::new();
+    if let Io::Direct = io {
+        open.custom_flags(libc::O_DIRECT);
+    }
+    open.write(true).open(&path)
+}
+
 /// Rewrites 4 KiB pages of a preallocated file in turn, each `fsync`ed, as
 /// a database's write-ahead log does: the mount holds such rewrites and
 /// makes them durable by a commit to its journal.
 fn rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
-    let path = mnt.join("log");
-    let made = std::fs::File::create(&path)
-        .and_then(|mut f| {
-            f.write_all(&vec![0u8; PAGE * (PAGES as usize + 1)])?;
-            f.sync_all()
-        })
-        .and_then(|()| sync_dir(mnt));
-    let Ok(f) = made.and_then(|()| std::fs::OpenOptions::new().write(true).open(&path)) else {
+    let Ok(f) = zero_pages(mnt, "log", PAGES + 1, Io::Buffered) else {
         return;
     };
     let mut n = 0;
@@ -422,20 +437,7 @@ fn rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
 /// mount does not hold (it reaches the last block), over a block whose
 /// durable contents so far are a commit in the journal.
 fn rewrites_then_tail_writes(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
-    let path = mnt.join("log");
-    let made = std::fs::File::create(&path)
-        .and_then(|mut f| {
-            f.write_all(&vec![0u8; PAGE * (PAGES as usize + 1)])?;
-            f.sync_all()
-        })
-        .and_then(|()| sync_dir(mnt));
-    let direct = made.and_then(|()| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-    });
-    let Ok(f) = direct else {
+    let Ok(f) = zero_pages(mnt, "log", PAGES + 1, Io::Direct) else {
         return;
     };
     let mut n = 0;
@@ -505,20 +507,7 @@ const BACK_PER_SYNC: u64 = 700;
 /// copy of its original. `acked` counts the rewrites before the last
 /// `fsync`.
 fn written_back_rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
-    let path = mnt.join("pages");
-    let made = std::fs::File::create(&path)
-        .and_then(|mut f| {
-            f.write_all(&vec![0u8; PAGE * (BACK_PAGES as usize + 1)])?;
-            f.sync_all()
-        })
-        .and_then(|()| sync_dir(mnt));
-    let direct = made.and_then(|()| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-    });
-    let Ok(f) = direct else {
+    let Ok(f) = zero_pages(mnt, "pages", BACK_PAGES + 1, Io::Direct) else {
         return;
     };
     let mut n = 0;
