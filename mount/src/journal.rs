@@ -389,10 +389,11 @@ impl Journal {
         let (at, len) = (old_end * SLOT_LEN, n as u64 * SLOT_LEN);
         let flags = rustix::fs::FallocateFlags::empty();
         let allocated = match rustix::fs::fallocate(&self.file, flags, at, len) {
-            Err(rustix::io::Errno::OPNOTSUPP) => {
-                self.file.write_all_at(&vec![0u8; len as usize], at)
-            }
-            other => other.map_err(Into::into),
+            Ok(()) => Ok(()),
+            // Out of space: a write of zeros would be too.
+            Err(e @ (rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT)) => Err(e.into()),
+            // Not offered here, refused or interrupted: written instead.
+            Err(_) => self.file.write_all_at(&vec![0u8; len as usize], at),
         };
         if let Err(e) = allocated {
             // Whatever landed holds no record; cut it, to give space back.
