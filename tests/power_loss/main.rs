@@ -464,17 +464,26 @@ fn rewrites_then_tail_writes(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
     }
 }
 
+/// The contents of `name`, a file of `pages` pages that `zero_pages` made,
+/// whole; `None` when nothing was acknowledged (the file may not even be
+/// whole then).
+fn synced_pages(mnt: &Path, name: &str, pages: u64, acked: u64) -> Result<Option<Vec<u8>>, String> {
+    if acked == 0 {
+        return Ok(None);
+    }
+    let got = std::fs::read(mnt.join(name)).map_err(|e| format!("read: {e}"))?;
+    if got.len() != PAGE * pages as usize {
+        return Err(format!("{} bytes", got.len()));
+    }
+    Ok(Some(got))
+}
+
 /// Each page holds the last write to it that was acknowledged, or the one
 /// in flight.
 fn verify_rewrites(mnt: &Path, acked: u64) -> Result<(), String> {
-    // Nothing acknowledged: the file may not even be whole.
-    if acked == 0 {
+    let Some(got) = synced_pages(mnt, "log", PAGES + 1, acked)? else {
         return Ok(());
-    }
-    let got = std::fs::read(mnt.join("log")).map_err(|e| format!("read: {e}"))?;
-    if got.len() != PAGE * (PAGES as usize + 1) {
-        return Err(format!("{} bytes", got.len()));
-    }
+    };
     for slot in 0..PAGES {
         let bytes = &got[slot as usize * PAGE..(slot as usize + 1) * PAGE];
         // The acknowledged writes to this page, newest last.
@@ -529,14 +538,9 @@ fn written_back_rewrites(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
 /// Each page holds the last rewrite of it before the last acknowledged
 /// `fsync`, or a later one; none fails to read.
 fn verify_written_back_rewrites(mnt: &Path, acked: u64) -> Result<(), String> {
-    // Nothing acknowledged: the file may not even be whole.
-    if acked == 0 {
+    let Some(got) = synced_pages(mnt, "pages", BACK_PAGES + 1, acked)? else {
         return Ok(());
-    }
-    let got = std::fs::read(mnt.join("pages")).map_err(|e| format!("read: {e}"))?;
-    if got.len() != PAGE * (BACK_PAGES as usize + 1) {
-        return Err(format!("{} bytes", got.len()));
-    }
+    };
     for slot in 0..BACK_PAGES {
         let bytes = &got[slot as usize * PAGE..(slot as usize + 1) * PAGE];
         let durable = (slot..acked).step_by(BACK_PAGES as usize).last();
