@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{IoContext, Result, VolumeError};
+use crate::faults::{check, Point};
 use crate::layout::{CIPHER_BLOCK_SIZE, FILE_ID_LEN};
 
 /// The journal's name in the backing root (`chronicle.volume*` is the
@@ -622,7 +623,9 @@ impl Journal {
     /// that stays could come back (a commit over newer contents), so
     /// nothing more relies on the journal and no sync vouches for it.
     fn clear(&self, slot: u64) -> bool {
-        match self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN) {
+        let cleared = check(Point::JournalClear)
+            .and_then(|()| self.file.write_all_at(&[0u8; 4], slot * SLOT_LEN));
+        match cleared {
             Ok(()) => true,
             Err(e) => {
                 log::error!(
@@ -680,8 +683,8 @@ impl Journal {
         let mut header = [0u8; RECORD_HEADER_LEN];
         let mut records = Vec::with_capacity(slots.len());
         for &slot in slots {
-            self.file
-                .read_exact_at(&mut header, slot * SLOT_LEN)
+            check(Point::JournalRead)
+                .and_then(|()| self.file.read_exact_at(&mut header, slot * SLOT_LEN))
                 .context(|| format!("reading {}", self.path.display()))?;
             records.extend(decode(slot, &header));
         }
@@ -728,8 +731,8 @@ impl Journal {
 
     /// Cuts the journal file to its first `to` slots.
     fn truncate(&self, slots: &mut Slots, to: u64) -> Result<()> {
-        self.file
-            .set_len(to * SLOT_LEN)
+        check(Point::JournalCut)
+            .and_then(|()| self.file.set_len(to * SLOT_LEN))
             .context(|| format!("truncating {}", self.path.display()))?;
         slots.end = to;
         slots.free.retain(|&slot| slot < to);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod content;
 pub mod create;
 pub mod error;
+mod faults;
 pub mod fuse;
 pub mod journal;
 pub mod keys;

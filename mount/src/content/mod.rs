@@ -16,6 +16,8 @@
 //! hold holes (without that flag, a zeroed block is a forgery).
 
 mod blocks;
+#[cfg(test)]
+mod failing_store;
 mod guard;
 mod holes;
 mod keys;
@@ -34,6 +36,7 @@ pub use keys::{ContentCrypto, MAX_SEALS_PER_KEY};
 pub use verify::TailRepair;
 
 use crate::error::{IoContext, Result, VolumeError};
+use crate::faults::{check, Point};
 use crate::journal::Mtime;
 use crate::layout::{
     self, FileHeader, Malformed, BLOCK_SIZE, FILE_ID_LEN, FLAG_HAS_BLOCKS, HEADER_LEN,
@@ -343,11 +346,10 @@ impl EncryptedFile {
         let changes = self.changes.load(Ordering::Acquire);
         let attrs = self.backing_attrs()?;
         let data_only = data_only && !self.commits_live.load(Ordering::Acquire);
-        let result = if data_only {
-            self.file.sync_data()
-        } else {
-            self.file.sync_all()
-        };
+        let result = check(Point::BackingSync).and_then(|()| match data_only {
+            true => self.file.sync_data(),
+            false => self.file.sync_all(),
+        });
         let synced = result.is_ok().then_some((
             SyncedAttrs {
                 full: !data_only,
@@ -463,8 +465,8 @@ impl EncryptedFile {
     fn store_header(&self, state: &mut State, header: FileHeader) -> Result<()> {
         let tag = self.crypto.header_tag(&header.encode_unsigned());
         self.note_unsynced();
-        self.file
-            .write_all_at(&header.encode(&tag), 0)
+        check(Point::HeaderWrite)
+            .and_then(|()| self.file.write_all_at(&header.encode(&tag), 0))
             .context(|| format!("writing {}", self.backing_path().display()))?;
         state.header = Header::Valid(header);
         Ok(())

@@ -1,0 +1,237 @@
+//! The double-write journal's promises when the backing store fails in the
+//! middle of keeping them (`crate::faults` makes one call fail): what a
+//! program was told is durable stays so, and nothing the failure left
+//! behind is ever put back over newer contents.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{ContentCrypto, EncryptedFile};
+use crate::cipher::Backend;
+use crate::faults::{disarm, fail_nth, Point};
+use crate::journal::{Journal, JOURNAL_NAME};
+use crate::keys::SecretKey;
+use crate::layout::{self, BLOCK_SIZE};
+
+const BLOCK: usize = BLOCK_SIZE as usize;
+
+fn crypto() -> Arc<ContentCrypto> {
+    Arc::new(ContentCrypto::new(
+        SecretKey::from_bytes([7; 32]),
+        Backend::Ring,
+    ))
+}
+
+/// The file at `path` (made anew if `create`), guarded by `journal`.
+fn guarded(path: &Path, create: bool, journal: &Arc<Journal>) -> EncryptedFile {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create)
+        .open(path)
+        .expect("open backing file");
+    let content = match create {
+        true => EncryptedFile::create(file, crypto(), path.to_path_buf()),
+        false => EncryptedFile::open(file, crypto(), path.to_path_buf()),
+    };
+    content
+        .and_then(|c| c.guarded_by(journal))
+        .expect("guarded file")
+}
+
+/// Reads the whole of `file`, failing on any error.
+fn contents(file: &EncryptedFile, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len + 1];
+    let n = file.read_at(0, &mut buf).expect("read");
+    buf.truncate(n);
+    buf
+}
+
+/// A new session on the backing directory `dir`: the journal as the disk
+/// holds it, and the file `name` opened through it (recovery included).
+fn next_session(dir: &Path, name: &str) -> (Arc<Journal>, EncryptedFile) {
+    let journal = Arc::new(Journal::open(dir).expect("journal"));
+    let file = guarded(&dir.join(name), false, &journal);
+    (journal, file)
+}
+
+/// Three durable blocks of `1`s, synced.
+fn synced_file(dir: &Path) -> (Arc<Journal>, EncryptedFile, Vec<u8>) {
+    let journal = Arc::new(Journal::open(dir).expect("journal"));
+    let file = guarded(&dir.join("f"), true, &journal);
+    let durable = vec![1u8; 3 * BLOCK];
+    file.write_at(0, &durable).expect("write");
+    file.sync(true).expect("sync");
+    (journal, file, durable)
+}
+
+// Protects: a copy whose clearing failed is never put back over the newer
+// block it guarded, and the journal is not relied on again this session.
+#[test]
+fn a_copy_that_cannot_be_cleared_never_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, mut expected) = synced_file(dir.path());
+    // A rewrite of a durable block, written in place (a read writes what
+    // is held), after its original was copied to the journal.
+    expected[..BLOCK].fill(2);
+    file.write_at(0, &expected[..BLOCK]).expect("rewrite");
+    assert_eq!(contents(&file, expected.len()), expected);
+    assert_eq!(journal.live(), 1, "the original's copy");
+    fail_nth(Point::JournalClear, 1);
+    file.sync(true).expect("the sync's own data is durable");
+    assert!(!disarm(), "the copy's clearing was tried and failed");
+    // What needs the journal is refused from now on; nothing is lost.
+    assert!(file.write_at(0, &[3u8; BLOCK]).is_err(), "held rewrite");
+    assert!(
+        file.set_len(BLOCK as u64).is_err(),
+        "shrink of durable blocks"
+    );
+    assert_eq!(contents(&file, expected.len()), expected);
+    drop(file);
+    drop(journal);
+    // The next session finds the stale copy of the original beside an
+    // authentic newer block: the newer block stands.
+    let (_journal, file) = next_session(dir.path(), "f");
+    assert_eq!(contents(&file, expected.len()), expected);
+}
+
+// Protects: a shrink that failed after its cut (its header not written)
+// leaves a committed block as the file's last; the commit cannot stand
+// for a last block, so its next rewrite is copied first, and a crash that
+// tears that rewrite reads the block as it was or as it was rewritten.
+#[test]
+fn a_shrink_that_fails_after_its_cut_keeps_the_new_last_block_guarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, mut expected) = synced_file(dir.path());
+    // Block 0 rewritten and synced by a commit (held rewrites were all
+    // that changed since the file's sync).
+    expected[..BLOCK].fill(2);
+    file.write_at(0, &expected[..BLOCK]).expect("rewrite");
+    file.sync(true).expect("sync by commit");
+    assert_eq!(Journal::pending_commits(dir.path()).expect("count"), 1);
+    // The shrink writes its header twice, before its cut and after it.
+    fail_nth(Point::HeaderWrite, 2);
+    assert!(file.set_len(100).is_err(), "the header after the cut fails");
+    assert!(!disarm());
+    expected.truncate(100);
+    assert_eq!(contents(&file, BLOCK), expected, "the cut stands");
+    let before = fs::read(dir.path().join("f")).expect("backing");
+    let live = journal.live();
+    expected[..3].copy_from_slice(b"new");
+    file.write_at(0, b"new").expect("rewrite of the last block");
+    assert_eq!(journal.live(), live + 1, "the last block was copied first");
+    assert_eq!(contents(&file, BLOCK), expected);
+    let after = fs::read(dir.path().join("f")).expect("backing");
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+    drop(file);
+    drop(journal);
+    // A power cut tore that rewrite: the block's first half is new, the
+    // rest as before.
+    assert_eq!(before.len(), after.len());
+    let start = layout::block_offset(0) as usize;
+    let mid = start + (after.len() - start) / 2;
+    let mut torn = after.clone();
+    torn[mid..].copy_from_slice(&before[mid..]);
+    let crashed = tempfile::tempdir().expect("tempdir");
+    fs::write(crashed.path().join("f"), &torn).expect("torn file");
+    fs::write(crashed.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
+    let (_journal, file) = next_session(crashed.path(), "f");
+    let read = contents(&file, BLOCK);
+    let old: Vec<u8> = vec![2u8; 100];
+    assert!(
+        read == old || read == expected,
+        "the torn last block reads as before or after its rewrite"
+    );
+}
+
+// Protects: when the mount lets go of a file whose commits it could not
+// write out (its sync failed) and cannot hand the records on either (they
+// cannot be read back), the file stays untrusted for the session, and the
+// committed rewrite survives a crash through the records left on disk.
+#[test]
+fn commits_that_cannot_be_handed_on_survive_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, durable) = synced_file(dir.path());
+    let mut expected = durable.clone();
+    expected[BLOCK..2 * BLOCK].fill(2);
+    file.write_at(BLOCK as u64, &expected[BLOCK..2 * BLOCK])
+        .expect("rewrite");
+    file.sync(true).expect("sync by commit");
+    // The file's backing state at the power cut: the rewrite never
+    // reached it (it was held, then written without a sync).
+    let at_the_cut = fs::read(dir.path().join("f")).expect("backing");
+    fail_nth(Point::BackingSync, 1);
+    fail_nth(Point::JournalRead, 1);
+    drop(file);
+    assert!(!disarm(), "the final sync and the hand-on both failed");
+    // Opened again this session: no sync of it vouches for anything.
+    let again = guarded(&dir.path().join("f"), false, &journal);
+    assert!(again.sync_failed());
+    assert!(again.sync(true).is_err());
+    assert_eq!(contents(&again, expected.len()), expected);
+    drop(again);
+    drop(journal);
+    // The power cut: the commit on disk brings the rewrite back.
+    fs::write(dir.path().join("f"), &at_the_cut).expect("state at the cut");
+    assert!(Journal::pending_commits(dir.path()).expect("count") >= 1);
+    let (_journal, file) = next_session(dir.path(), "f");
+    assert_eq!(contents(&file, expected.len()), expected);
+}
+
+// Protects: a journal going idle after a burst that cannot be cut back
+// clears the records past what it keeps instead, so that no copy of an
+// original outlives the sync that released it.
+#[test]
+fn a_journal_that_cannot_be_cut_back_clears_what_it_would_have_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Arc::new(Journal::open(dir.path()).expect("journal"));
+    let file = guarded(&dir.path().join("f"), true, &journal);
+    // More copies than an idle journal keeps slots for (2,048).
+    let blocks = 2_100;
+    let mut expected = vec![1u8; blocks * BLOCK];
+    file.write_at(0, &expected).expect("write");
+    file.sync(true).expect("sync");
+    expected.fill(2);
+    file.write_at(0, &expected).expect("rewrite");
+    assert_eq!(contents(&file, expected.len()), expected);
+    assert!(
+        journal.live() >= blocks as u64 - 1,
+        "a copy of each original"
+    );
+    fail_nth(Point::JournalCut, 1);
+    file.sync(true).expect("sync");
+    assert!(!disarm(), "the cut was tried and failed");
+    drop(file);
+    drop(journal);
+    let journal = Journal::open(dir.path()).expect("journal");
+    assert_eq!(journal.carried_files(), 0, "no released copy is left");
+}
+
+// Protects: a commit whose clearing failed is written back over its block
+// by the next session's recovery, so nothing may change that block after
+// the failure: every later write that would is refused.
+#[test]
+fn a_commit_that_cannot_be_cleared_is_never_written_back_over_newer_contents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, mut expected) = synced_file(dir.path());
+    expected[..BLOCK].fill(2);
+    file.write_at(0, &expected[..BLOCK]).expect("rewrite");
+    file.sync(true).expect("sync by commit");
+    // Written in place (a read writes what is held), then the file's own
+    // sync releases the commit durably, and its clearing fails: so does
+    // the sync.
+    assert_eq!(contents(&file, expected.len()), expected);
+    fail_nth(Point::JournalClear, 1);
+    assert!(file.sync(true).is_err(), "the clearing is part of the sync");
+    assert!(!disarm(), "the commit's clearing was tried and failed");
+    assert!(file.write_at(10, b"partial").is_err(), "partial rewrite");
+    assert!(file.write_at(0, &[3u8; BLOCK]).is_err(), "whole rewrite");
+    assert!(file.set_len(0).is_err(), "emptied");
+    assert!(file.punch_hole(0, BLOCK as u64).is_err(), "punched");
+    assert_eq!(contents(&file, expected.len()), expected);
+    drop(file);
+    drop(journal);
+    let (_journal, file) = next_session(dir.path(), "f");
+    assert_eq!(contents(&file, expected.len()), expected);
+}
