@@ -16,6 +16,8 @@ use std::io;
 pub(crate) enum Point {
     /// A file's header written over its first bytes (`store_header`).
     HeaderWrite,
+    /// Sealed blocks written in place (`write_stored`).
+    BlocksWrite,
     /// A backing file's `fsync` or `fdatasync` (`sync_backing`).
     BackingSync,
     /// A journal record's magic cleared (`Journal::clear`).
@@ -52,7 +54,8 @@ mod armed {
     }
 
     /// Makes the `n`-th next call at `point` on this thread fail (the
-    /// first is `n == 1`); the calls before it and after it succeed.
+    /// first is `n == 1`); the calls before it and after it succeed. A
+    /// point armed again counts its `n` from after the earlier failure.
     pub(crate) fn fail_nth(point: Point, n: usize) {
         assert!(n >= 1, "calls are counted from 1");
         ARMED.with_borrow_mut(|armed| armed.push((point, n - 1)));

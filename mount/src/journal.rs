@@ -31,7 +31,7 @@
 //! a released slot's magic is cleared, and when no slot is live a journal
 //! past `IDLE_SLOTS_KEPT` slots is cut back to that many.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -157,7 +157,17 @@ pub struct Journal {
     syncing: Mutex<()>,
     /// Files whose own sync failed, by file id, for the rest of the
     /// session (`remember_failed_sync`).
-    failed_files: Mutex<HashSet<FileId>>,
+    failed_files: Mutex<HashMap<FileId, Failure>>,
+}
+
+/// What failed for a file this session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A sync: no later one vouches for its data.
+    Sync,
+    /// A sync, and its live records could not be handed back: it waits
+    /// for the next mount.
+    RecordsLost,
 }
 
 impl Journal {
@@ -213,7 +223,7 @@ impl Journal {
             synced_through: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
-            failed_files: Mutex::new(HashSet::new()),
+            failed_files: Mutex::new(HashMap::new()),
         };
         journal.cut_back(&mut journal.slots(), IDLE_SLOTS_KEPT)?;
         Ok(journal)
@@ -276,12 +286,25 @@ impl Journal {
     /// forget it (a later sync could vouch for data that was lost). Every
     /// file of a volume shares the journal, so it keeps the list.
     pub fn remember_failed_sync(&self, file_id: &FileId) {
-        self.failed_files().insert(*file_id);
+        self.failed_files().entry(*file_id).or_insert(Failure::Sync);
+    }
+
+    /// Remembers that a sync of the file `file_id` failed and that its
+    /// live records could not be handed back (`carry_again`): they are on
+    /// disk, for the next mount, and the file must not be opened before.
+    pub fn remember_lost_records(&self, file_id: &FileId) {
+        self.failed_files().insert(*file_id, Failure::RecordsLost);
     }
 
     /// Whether a sync of the file `file_id` failed in this session.
     pub fn sync_failed_for(&self, file_id: &FileId) -> bool {
-        self.failed_files().contains(file_id)
+        self.failed_files().contains_key(file_id)
+    }
+
+    /// Whether the file `file_id` lost its records this session
+    /// (`remember_lost_records`).
+    pub fn records_lost_for(&self, file_id: &FileId) -> bool {
+        self.failed_files().get(file_id) == Some(&Failure::RecordsLost)
     }
 
     /// For crash tests: released copies are neither cleared nor cut away,
@@ -745,7 +768,7 @@ impl Journal {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn failed_files(&self) -> MutexGuard<'_, HashSet<FileId>> {
+    fn failed_files(&self) -> MutexGuard<'_, HashMap<FileId, Failure>> {
         // One insert or lookup at a time: always consistent.
         self.failed_files.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -118,6 +118,28 @@ impl EncryptedFile {
     /// Guards this file's durable blocks with `journal`, after recovering
     /// what a crash left (`recover_from`).
     pub fn guarded_by(self, journal: &Arc<Journal>) -> Result<Self> {
+        // A sync of this file failed before the mount let go of it
+        // (`close_guard`): known before recovery, whose own sync could not
+        // vouch for anything now (Linux reports a lost write-back once).
+        let file_id = match &self.state_keeping_held().header {
+            Header::Valid(header) => Some(header.file_id),
+            _ => None,
+        };
+        if let Some(file_id) = file_id {
+            if journal.records_lost_for(&file_id) {
+                return Err(crate::error::VolumeError::io(
+                    format!(
+                        "{}: its sync failed and its journal records could not be read back; \
+                         remount the volume to put them back",
+                        self.backing_path().display()
+                    ),
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ));
+            }
+            if journal.sync_failed_for(&file_id) {
+                self.sync_failed.store(true, Ordering::Relaxed);
+            }
+        }
         if let Some(outcome) = self.recover_from(journal)? {
             log::info!(
                 "{}: recovered from an interrupted session: {outcome:?}",
@@ -125,12 +147,6 @@ impl EncryptedFile {
             );
         }
         let durable_blocks = self.current_blocks()?;
-        // A sync of this file failed before the mount let go of it (`close_guard`).
-        if let Header::Valid(header) = &self.state_keeping_held().header {
-            if journal.sync_failed_for(&header.file_id) {
-                self.sync_failed.store(true, Ordering::Relaxed);
-            }
-        }
         let writable = rustix::fs::fcntl_getfl(&self.file).is_ok_and(|flags| {
             flags.contains(rustix::fs::OFlags::RDWR) || flags.contains(rustix::fs::OFlags::WRONLY)
         });
@@ -165,6 +181,13 @@ impl EncryptedFile {
         };
         if carried.is_empty() {
             return Ok(None);
+        }
+        // Nothing is put back or released on the word of a sync that
+        // cannot vouch for it (this file's failed this session): the
+        // records wait for the next mount, and the file for them.
+        if let Err(e) = self.refuse_after_failed_sync() {
+            journal.return_carried(&content_id, carried);
+            return Err(e);
         }
         match self.recover_carried(&mut state, &carried, journal) {
             // Released once the file holds what they stood for (a failure
@@ -683,35 +706,42 @@ impl EncryptedFile {
                 // what its commits stand for and what a crash tore.
                 Err(e) => {
                     log::warn!("{e}; keeping {held} journal records");
-                    self.carry_records_on();
+                    let carried = self.carry_records_on();
+                    self.hand_on_a_failed_sync(!carried);
+                    return;
                 }
             }
         }
-        self.hand_on_a_failed_sync();
+        self.hand_on_a_failed_sync(false);
     }
 
-    /// The guard's live records, handed back to the journal (`close_guard`).
-    /// If they cannot be, the file is taken as one whose sync failed, for
-    /// the rest of the session: its later syncs fail, so nothing it writes
-    /// is promised over what the records stand for.
-    fn carry_records_on(&mut self) {
+    /// The guard's live records, handed back to the journal (`close_guard`);
+    /// whether they could be. If not, they wait on disk for the next mount,
+    /// and so does the file (`hand_on_a_failed_sync`): opened again this
+    /// session, it would show contents older than its commits stand for,
+    /// and a later write could be overwritten by them at the next mount.
+    fn carry_records_on(&mut self) -> bool {
         let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) else {
-            return;
+            return true;
         };
         let slots: Vec<u64> = g.slots.iter().chain(g.commits.values()).copied().collect();
-        if let Err(e) = g.journal.carry_again(&slots) {
-            log::error!(
-                "{e}: {} journal records wait for the next mount",
-                slots.len()
-            );
-            self.sync_failed.store(true, Ordering::Relaxed);
+        match g.journal.carry_again(&slots) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "{e}: {} journal records wait for the next mount, and the file with them",
+                    slots.len()
+                );
+                false
+            }
         }
     }
 
     /// A file whose sync failed stays untrusted when it is opened again in
-    /// this session (`guarded_by`): the journal remembers it.
-    fn hand_on_a_failed_sync(&mut self) {
-        if !self.sync_failed.load(Ordering::Relaxed) {
+    /// this session, and one whose records were lost is not opened again
+    /// (`guarded_by`): the journal remembers them.
+    fn hand_on_a_failed_sync(&mut self, records_lost: bool) {
+        if !records_lost && !self.sync_failed.load(Ordering::Relaxed) {
             return;
         }
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -720,7 +750,10 @@ impl EncryptedFile {
         };
         let file_id = header.file_id;
         if let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) {
-            g.journal.remember_failed_sync(&file_id);
+            match records_lost {
+                true => g.journal.remember_lost_records(&file_id),
+                false => g.journal.remember_failed_sync(&file_id),
+            }
         }
     }
 

@@ -552,8 +552,8 @@ impl EncryptedFile {
     /// Writes blocks as stored, one after another from block `first`.
     fn write_stored(&self, first: u64, stored: &[u8]) -> Result<()> {
         self.note_unsynced();
-        self.file
-            .write_all_at(stored, layout::block_offset(first))
+        check(Point::BlocksWrite)
+            .and_then(|()| self.file.write_all_at(stored, layout::block_offset(first)))
             .context(|| format!("writing {}", self.backing_path().display()))
     }
 

@@ -175,6 +175,12 @@ impl EncryptedFile {
         let whole = offset.div_ceil(BLOCK_SIZE)..end / BLOCK_SIZE;
         self.settle_held(touched, whole, hold)?;
         if plan.holes {
+            // Not when the write will be refused for want of a trusted
+            // journal (its old last block is durable): a refused write
+            // changes nothing.
+            if self.durable_beyond(block_count(size).saturating_sub(1)) {
+                self.journal_trusted()?;
+            }
             self.mark_sparse(state)?;
         }
         let old_last = match block_count(size).checked_sub(1) {
@@ -375,6 +381,11 @@ impl EncryptedFile {
         if first_whole >= end_whole {
             return self.rewrite(&mut state, offset, end - offset, Fill::Zeros);
         }
+        // A punch of durable blocks needs the journal: refused before
+        // anything changes if it is not trusted.
+        if self.durable_beyond(first_whole) {
+            self.journal_trusted()?;
+        }
         self.mark_sparse(&mut state)?;
         // Zeroing in place can tear like any rewrite: synced blocks are
         // copied first, a bounded run at a time.
@@ -454,6 +465,8 @@ impl EncryptedFile {
         if header.sparse() {
             return Ok(());
         }
+        // Its sync would be refused: the header is left as it is.
+        self.refuse_after_failed_sync()?;
         header.flags |= FLAG_SPARSE;
         self.store_header(state, header)?;
         self.sync_backing(true)
