@@ -101,7 +101,7 @@ fn a_copy_that_cannot_be_cleared_never_comes_back() {
 // Protects: a shrink that failed after its cut (its header not written)
 // leaves a committed block as the file's last; the commit cannot stand
 // for a last block, so its next rewrite is copied first, and a crash that
-// tears that rewrite reads the block as it was or as it was rewritten.
+// tears that rewrite reads the block as it was before it.
 #[test]
 fn a_shrink_that_fails_after_its_cut_keeps_the_new_last_block_guarded() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -176,10 +176,61 @@ fn a_file_whose_final_sync_failed_keeps_its_records_for_the_next_mount() {
     fail_nth(Point::BackingSync, 1);
     drop(file);
     assert!(!disarm(), "the final sync failed");
-    let again = try_guarded(&dir.path().join("f"), false, &journal);
-    assert!(again.is_err(), "not opened again this session");
+    refused_while_records_wait(dir.path(), &journal);
     drop(journal);
     after_a_power_cut(dir.path(), &at_the_cut, &expected);
+}
+
+/// Opening the file `f` under `dir` fails, twice, with the error that
+/// says what to do, and its records stay in `journal`.
+fn refused_while_records_wait(dir: &Path, journal: &Arc<Journal>) {
+    for _ in 0..2 {
+        let Err(e) = try_guarded(&dir.join("f"), false, journal) else {
+            panic!("opened while its records wait for the next mount");
+        };
+        assert!(e.to_string().contains("remount the volume"), "{e}");
+    }
+    assert_eq!(journal.carried_files(), 1, "its records still wait");
+}
+
+// Protects: a recovery whose own sync fails is remembered as a failed
+// sync of the file: the next opening does not recover again and release
+// the records on a sync of a new descriptor.
+#[test]
+fn a_recovery_whose_sync_fails_is_not_tried_again_this_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, file, at_the_cut, expected) = committed_rewrite(dir.path());
+    let journal_bytes = fs::read(dir.path().join(JOURNAL_NAME)).expect("journal");
+    drop(file);
+    drop(journal);
+    // The power cut, then a session whose recovery of the file fails at
+    // its sync.
+    let crashed = tempfile::tempdir().expect("tempdir");
+    fs::write(crashed.path().join("f"), &at_the_cut).expect("state at the cut");
+    fs::write(crashed.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
+    let journal = Arc::new(Journal::open(crashed.path()).expect("journal"));
+    fail_nth(Point::BackingSync, 1);
+    assert!(try_guarded(&crashed.path().join("f"), false, &journal).is_err());
+    assert!(!disarm(), "the recovery's sync failed");
+    refused_while_records_wait(crashed.path(), &journal);
+    drop(journal);
+    after_a_power_cut(crashed.path(), &at_the_cut, &expected);
+}
+
+// Protects: a file whose sync failed sets no sparse flag for a hole it
+// cannot make durable (the flag would let an all-zero block read as a
+// hole rather than fail authentication).
+#[test]
+fn a_file_whose_sync_failed_changes_nothing_for_a_refused_hole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_journal, file, _) = synced_file(dir.path());
+    file.write_at(3 * BLOCK as u64, b"appended").expect("write");
+    fail_nth(Point::BackingSync, 1);
+    assert!(file.sync(true).is_err());
+    let backing = fs::read(dir.path().join("f")).expect("backing");
+    assert!(file.punch_hole(BLOCK as u64, BLOCK as u64).is_err());
+    assert!(file.write_at(1000 * BLOCK as u64, b"far").is_err());
+    assert_eq!(fs::read(dir.path().join("f")).expect("backing"), backing);
 }
 
 // Protects: a file let go with commits it could neither write out nor
@@ -198,8 +249,12 @@ fn commits_that_cannot_be_handed_on_wait_on_disk_with_their_file() {
         !disarm(),
         "the held rewrite's writing and the hand-on failed"
     );
-    let again = try_guarded(&dir.path().join("f"), false, &journal);
-    assert!(again.is_err(), "not opened again this session");
+    for _ in 0..2 {
+        let Err(e) = try_guarded(&dir.path().join("f"), false, &journal) else {
+            panic!("opened again this session");
+        };
+        assert!(e.to_string().contains("remount the volume"), "{e}");
+    }
     drop(journal);
     after_a_power_cut(dir.path(), &at_the_cut, &expected);
 }

@@ -173,18 +173,23 @@ impl EncryptedFile {
     /// releases the records. `None` when there were none.
     pub fn recover_from(&self, journal: &Journal) -> Result<Option<TailRepair>> {
         let mut state = self.state_mut()?;
-        let (content_id, carried) = match &state.header {
-            Header::Valid(header) if header.has_blocks() => {
-                (header.content_id, journal.take_carried(&header.content_id))
-            }
+        let (content_id, file_id, carried) = match &state.header {
+            Header::Valid(header) if header.has_blocks() => (
+                header.content_id,
+                header.file_id,
+                journal.take_carried(&header.content_id),
+            ),
             _ => return Ok(None),
         };
         if carried.is_empty() {
             return Ok(None);
         }
         // Nothing is put back or released on the word of a sync that
-        // cannot vouch for it (this file's failed this session): the
-        // records wait for the next mount, and the file for them.
+        // cannot vouch for it (this file's failed this session, and one on
+        // a new descriptor would not hear of the write-back that was
+        // lost): the records wait for the next mount, and the file for
+        // them. (Put back unsynced and kept, they would be shadowed by the
+        // copies of the blocks they put back, which are not durable.)
         if let Err(e) = self.refuse_after_failed_sync() {
             journal.return_carried(&content_id, carried);
             return Err(e);
@@ -195,8 +200,13 @@ impl EncryptedFile {
             // record left on disk from mattering this session).
             Ok(outcome) => release_recovered(&carried, journal).map(|()| outcome),
             // Kept for the file's next opening, which fails the same way
-            // until they can be put back: never the older contents.
+            // until they can be put back: never the older contents. A sync
+            // that failed here is remembered, as one that failed while the
+            // file was open would be (`hand_on_a_failed_sync`).
             Err(e) => {
+                if self.sync_failed() {
+                    journal.remember_failed_sync(&file_id);
+                }
                 journal.return_carried(&content_id, carried);
                 Err(e)
             }

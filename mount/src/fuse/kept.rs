@@ -13,7 +13,9 @@
 //! past `CAPACITY` files, the ones unused longest are let go (their
 //! descriptors closed), and a later request opens them again; not one that
 //! still holds rewrites back (`let_go_oldest`). A file whose sync failed
-//! may go: the journal remembers the failure for its next opening. The
+//! may go: the journal remembers the failure for its next opening (which
+//! fails until the volume is remounted if its journal records were still
+//! live: `EncryptedFile::recover_from`). The
 //! kernel's FORGET lets a file go at once: nothing can reach that inode
 //! number any more. A file whose name is removed while the kernel may hold
 //! it open stays reachable through its node's descriptor
