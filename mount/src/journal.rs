@@ -156,17 +156,18 @@ pub struct Journal {
     /// Held across each sync and its check (`sync`).
     syncing: Mutex<()>,
     /// Files whose own sync failed, by file id, for the rest of the
-    /// session (`remember_failed_sync`).
+    /// session (`remember_failure`).
     failed_files: Mutex<HashMap<FileId, Failure>>,
 }
 
-/// What failed for a file this session.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Failure {
+/// What failed for a file this session (`remember_failure`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Failure {
     /// A sync: no later one vouches for its data.
     Sync,
-    /// A sync, and its live records could not be handed back: it waits
-    /// for the next mount.
+    /// A sync, and its live records could not be handed back
+    /// (`carry_again`): they are on disk for the next mount, and the file
+    /// must not be opened before.
     RecordsLost,
 }
 
@@ -281,30 +282,23 @@ impl Journal {
     }
 
     /// Remembers that a sync of the file `file_id` (its header's file id,
-    /// random and kept for the file's life) failed: the mount lets go of
-    /// files it cannot see closed, and the file opened again must not
-    /// forget it (a later sync could vouch for data that was lost). Every
-    /// file of a volume shares the journal, so it keeps the list.
-    pub fn remember_failed_sync(&self, file_id: &FileId) {
-        self.failed_files().entry(*file_id).or_insert(Failure::Sync);
+    /// random and kept for the file's life) failed, and whether its live
+    /// records were lost with it: the mount lets go of files it cannot see
+    /// closed, and the file opened again must not forget it (a later sync
+    /// could vouch for data that was lost). Every file of a volume shares
+    /// the journal, so it keeps the list. `RecordsLost` is never
+    /// downgraded to `Sync`.
+    pub fn remember_failure(&self, file_id: &FileId, failure: Failure) {
+        let mut failed = self.failed_files();
+        let known = failed.entry(*file_id).or_insert(failure);
+        if failure == Failure::RecordsLost {
+            *known = failure;
+        }
     }
 
-    /// Remembers that a sync of the file `file_id` failed and that its
-    /// live records could not be handed back (`carry_again`): they are on
-    /// disk, for the next mount, and the file must not be opened before.
-    pub fn remember_lost_records(&self, file_id: &FileId) {
-        self.failed_files().insert(*file_id, Failure::RecordsLost);
-    }
-
-    /// Whether a sync of the file `file_id` failed in this session.
-    pub fn sync_failed_for(&self, file_id: &FileId) -> bool {
-        self.failed_files().contains_key(file_id)
-    }
-
-    /// Whether the file `file_id` lost its records this session
-    /// (`remember_lost_records`).
-    pub fn records_lost_for(&self, file_id: &FileId) -> bool {
-        self.failed_files().get(file_id) == Some(&Failure::RecordsLost)
+    /// What failed for the file `file_id` in this session, if anything.
+    pub fn failure_of(&self, file_id: &FileId) -> Option<Failure> {
+        self.failed_files().get(file_id).copied()
     }
 
     /// For crash tests: released copies are neither cleared nor cut away,

@@ -50,12 +50,12 @@ fn contents(file: &EncryptedFile, len: usize) -> Vec<u8> {
     buf
 }
 
-/// A new session on the backing directory `dir`: the journal as the disk
-/// holds it, and the file `name` opened through it (recovery included).
-fn next_session(dir: &Path, name: &str) -> (Arc<Journal>, EncryptedFile) {
+/// A new session on the backing directory `dir` (the journal as the disk
+/// holds it) reads the file `f` (recovered) as `expected`.
+fn next_session_reads(dir: &Path, expected: &[u8]) {
     let journal = Arc::new(Journal::open(dir).expect("journal"));
-    let file = guarded(&dir.join(name), false, &journal);
-    (journal, file)
+    let file = guarded(&dir.join("f"), false, &journal);
+    assert_eq!(contents(&file, expected.len()), expected);
 }
 
 /// Three durable blocks of `1`s, synced.
@@ -94,8 +94,7 @@ fn a_copy_that_cannot_be_cleared_never_comes_back() {
     drop(journal);
     // The next session finds the stale copy of the original beside an
     // authentic newer block: the newer block stands.
-    let (_journal, file) = next_session(dir.path(), "f");
-    assert_eq!(contents(&file, expected.len()), expected);
+    next_session_reads(dir.path(), &expected);
 }
 
 // Protects: a shrink that failed after its cut (its header not written)
@@ -138,9 +137,8 @@ fn a_shrink_that_fails_after_its_cut_keeps_the_new_last_block_guarded() {
     let crashed = tempfile::tempdir().expect("tempdir");
     fs::write(crashed.path().join("f"), &torn).expect("torn file");
     fs::write(crashed.path().join(JOURNAL_NAME), &journal_bytes).expect("journal");
-    let (_journal, file) = next_session(crashed.path(), "f");
     // Torn in its middle, the block cannot authenticate: its copy goes back.
-    assert_eq!(contents(&file, BLOCK), vec![2u8; 100]);
+    next_session_reads(crashed.path(), &[2u8; 100]);
 }
 
 /// A file of three durable blocks whose block 1 was rewritten and synced
@@ -161,8 +159,7 @@ fn committed_rewrite(dir: &Path) -> (Arc<Journal>, EncryptedFile, Vec<u8>, Vec<u
 fn after_a_power_cut(dir: &Path, at_the_cut: &[u8], expected: &[u8]) {
     fs::write(dir.join("f"), at_the_cut).expect("state at the cut");
     assert!(Journal::pending_commits(dir).expect("count") >= 1);
-    let (_journal, file) = next_session(dir, "f");
-    assert_eq!(contents(&file, expected.len()), expected);
+    next_session_reads(dir, expected);
 }
 
 // Protects: a file let go after its final sync failed keeps its records
@@ -182,14 +179,19 @@ fn a_file_whose_final_sync_failed_keeps_its_records_for_the_next_mount() {
 }
 
 /// Opening the file `f` under `dir` fails, twice, with the error that
-/// says what to do, and its records stay in `journal`.
-fn refused_while_records_wait(dir: &Path, journal: &Arc<Journal>) {
+/// says what to do.
+fn refused_until_remount(dir: &Path, journal: &Arc<Journal>) {
     for _ in 0..2 {
         let Err(e) = try_guarded(&dir.join("f"), false, journal) else {
-            panic!("opened while its records wait for the next mount");
+            panic!("opened again before the next mount");
         };
         assert!(e.to_string().contains("remount the volume"), "{e}");
     }
+}
+
+/// `refused_until_remount`, and the file's records stay in `journal`.
+fn refused_while_records_wait(dir: &Path, journal: &Arc<Journal>) {
+    refused_until_remount(dir, journal);
     assert_eq!(journal.carried_files(), 1, "its records still wait");
 }
 
@@ -249,12 +251,7 @@ fn commits_that_cannot_be_handed_on_wait_on_disk_with_their_file() {
         !disarm(),
         "the held rewrite's writing and the hand-on failed"
     );
-    for _ in 0..2 {
-        let Err(e) = try_guarded(&dir.path().join("f"), false, &journal) else {
-            panic!("opened again this session");
-        };
-        assert!(e.to_string().contains("remount the volume"), "{e}");
-    }
+    refused_until_remount(dir.path(), &journal);
     drop(journal);
     after_a_power_cut(dir.path(), &at_the_cut, &expected);
 }
@@ -321,6 +318,5 @@ fn a_commit_that_cannot_be_cleared_is_never_written_back_over_newer_contents() {
     assert_eq!(contents(&file, expected.len()), expected);
     drop(file);
     drop(journal);
-    let (_journal, file) = next_session(dir.path(), "f");
-    assert_eq!(contents(&file, expected.len()), expected);
+    next_session_reads(dir.path(), &expected);
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, MutexGuard};
 use super::blocks::{is_zero, try_open};
 use super::{block_len, EncryptedFile, Header, State, TailRepair};
 use crate::error::{IoContext, Result};
-use crate::journal::{Carried, ContentId, Journal, Kind, Mtime, Original};
+use crate::journal::{Carried, ContentId, Failure, Journal, Kind, Mtime, Original};
 use crate::layout::{self, block_count, block_offset, BLOCK_OVERHEAD};
 
 /// Copies one file may hold before it is synced instead (which makes what
@@ -125,8 +125,8 @@ impl EncryptedFile {
             Header::Valid(header) => Some(header.file_id),
             _ => None,
         };
-        if let Some(file_id) = file_id {
-            if journal.records_lost_for(&file_id) {
+        match file_id.and_then(|id| journal.failure_of(&id)) {
+            Some(Failure::RecordsLost) => {
                 return Err(crate::error::VolumeError::io(
                     format!(
                         "{}: its sync failed and its journal records could not be read back; \
@@ -136,9 +136,8 @@ impl EncryptedFile {
                     std::io::Error::from_raw_os_error(libc::EIO),
                 ));
             }
-            if journal.sync_failed_for(&file_id) {
-                self.sync_failed.store(true, Ordering::Relaxed);
-            }
+            Some(Failure::Sync) => self.sync_failed.store(true, Ordering::Relaxed),
+            None => {}
         }
         if let Some(outcome) = self.recover_from(journal)? {
             log::info!(
@@ -202,10 +201,10 @@ impl EncryptedFile {
             // Kept for the file's next opening, which fails the same way
             // until they can be put back: never the older contents. A sync
             // that failed here is remembered, as one that failed while the
-            // file was open would be (`hand_on_a_failed_sync`).
+            // file was open would be (`hand_on_a_failure`).
             Err(e) => {
                 if self.sync_failed() {
-                    journal.remember_failed_sync(&file_id);
+                    journal.remember_failure(&file_id, Failure::Sync);
                 }
                 journal.return_carried(&content_id, carried);
                 Err(e)
@@ -716,18 +715,20 @@ impl EncryptedFile {
                 // what its commits stand for and what a crash tore.
                 Err(e) => {
                     log::warn!("{e}; keeping {held} journal records");
-                    let carried = self.carry_records_on();
-                    self.hand_on_a_failed_sync(!carried);
-                    return;
+                    if !self.carry_records_on() {
+                        return self.hand_on_a_failure(Failure::RecordsLost);
+                    }
                 }
             }
         }
-        self.hand_on_a_failed_sync(false);
+        if self.sync_failed.load(Ordering::Relaxed) {
+            self.hand_on_a_failure(Failure::Sync);
+        }
     }
 
     /// The guard's live records, handed back to the journal (`close_guard`);
     /// whether they could be. If not, they wait on disk for the next mount,
-    /// and so does the file (`hand_on_a_failed_sync`): opened again this
+    /// and so does the file (`hand_on_a_failure`): opened again this
     /// session, it would show contents older than its commits stand for,
     /// and a later write could be overwritten by them at the next mount.
     fn carry_records_on(&mut self) -> bool {
@@ -750,20 +751,14 @@ impl EncryptedFile {
     /// A file whose sync failed stays untrusted when it is opened again in
     /// this session, and one whose records were lost is not opened again
     /// (`guarded_by`): the journal remembers them.
-    fn hand_on_a_failed_sync(&mut self, records_lost: bool) {
-        if !records_lost && !self.sync_failed.load(Ordering::Relaxed) {
-            return;
-        }
+    fn hand_on_a_failure(&mut self, failure: Failure) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let Header::Valid(header) = &state.header else {
             return;
         };
         let file_id = header.file_id;
         if let Some(g) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()) {
-            match records_lost {
-                true => g.journal.remember_lost_records(&file_id),
-                false => g.journal.remember_failed_sync(&file_id),
-            }
+            g.journal.remember_failure(&file_id, failure);
         }
     }
 

@@ -175,13 +175,8 @@ impl EncryptedFile {
         let whole = offset.div_ceil(BLOCK_SIZE)..end / BLOCK_SIZE;
         self.settle_held(touched, whole, hold)?;
         if plan.holes {
-            // Not when the write will be refused for want of a trusted
-            // journal (its old last block is durable): a refused write
-            // changes nothing.
-            if self.durable_beyond(block_count(size).saturating_sub(1)) {
-                self.journal_trusted()?;
-            }
-            self.mark_sparse(state)?;
+            // A growth re-seals the old last block.
+            self.mark_sparse(state, block_count(size).saturating_sub(1))?;
         }
         let old_last = match block_count(size).checked_sub(1) {
             Some(index) if new_size > size => Some(self.read_stored(index, size)?),
@@ -381,12 +376,7 @@ impl EncryptedFile {
         if first_whole >= end_whole {
             return self.rewrite(&mut state, offset, end - offset, Fill::Zeros);
         }
-        // A punch of durable blocks needs the journal: refused before
-        // anything changes if it is not trusted.
-        if self.durable_beyond(first_whole) {
-            self.journal_trusted()?;
-        }
-        self.mark_sparse(&mut state)?;
+        self.mark_sparse(&mut state, first_whole)?;
         // Zeroing in place can tear like any rewrite: synced blocks are
         // copied first, a bounded run at a time.
         let content_id = self.keys_for_writing(&mut state)?.content_id;
@@ -460,13 +450,20 @@ impl EncryptedFile {
 
     /// Sets the header's sparse flag, durably, before any hole exists: a
     /// crash must never leave a hole in a file whose header forbids them.
-    fn mark_sparse(&self, state: &mut State) -> Result<()> {
+    /// For a change that also rewrites blocks from `rewrites_from` on:
+    /// refused first, the header left as it is, when that change would be
+    /// refused (the flag's sync would be, or a durable block among them
+    /// needs a journal that is not trusted): a refused change changes
+    /// nothing (the flag lets an all-zero block read as a hole).
+    fn mark_sparse(&self, state: &mut State, rewrites_from: u64) -> Result<()> {
         let mut header = self.valid_header(state)?;
         if header.sparse() {
             return Ok(());
         }
-        // Its sync would be refused: the header is left as it is.
         self.refuse_after_failed_sync()?;
+        if self.durable_beyond(rewrites_from) {
+            self.journal_trusted()?;
+        }
         header.flags |= FLAG_SPARSE;
         self.store_header(state, header)?;
         self.sync_backing(true)
