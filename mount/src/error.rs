@@ -54,6 +54,11 @@ impl VolumeError {
         }
     }
 
+    /// An operation refused with `EIO`, for the reason `context` gives.
+    pub fn eio(context: impl Into<String>) -> Self {
+        Self::io(context, io::Error::from_raw_os_error(libc::EIO))
+    }
+
     /// The OS error code this error should become for a program using the
     /// mount: authentication failures are `EIO`, never wrong bytes.
     pub fn errno(&self) -> i32 {

@@ -269,15 +269,12 @@ impl Journal {
     /// the journal of the volume at `backing`; `None` for none.
     pub fn commits_waiting(backing: &Path, pending: usize) -> Option<VolumeError> {
         (pending > 0).then(|| {
-            VolumeError::io(
-                format!(
-                    "{}: the journal holds {pending} synced blocks not yet in their files \
+            VolumeError::eio(format!(
+                "{}: the journal holds {pending} synced blocks not yet in their files \
                  (the last session ended uncleanly); mount the volume read-write once, \
                  or run `chronicle fsck --repair`, to write them",
-                    backing.display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EIO),
-            )
+                backing.display()
+            ))
         })
     }
 
@@ -462,14 +459,11 @@ impl Journal {
         if !self.sync_failed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        Err(VolumeError::io(
-            format!(
-                "{}: an earlier sync failed, so its copies cannot be trusted; \
-                 rewrites of synced data are refused until the volume is mounted again",
-                self.path.display()
-            ),
-            std::io::Error::from_raw_os_error(libc::EIO),
-        ))
+        Err(VolumeError::eio(format!(
+            "{}: an earlier sync failed, so its copies cannot be trusted; \
+             rewrites of synced data are refused until the volume is mounted again",
+            self.path.display()
+        )))
     }
 
     /// Syncs so far (by `save` and `sync`), for tests and metrics.

@@ -127,14 +127,11 @@ impl EncryptedFile {
         };
         match file_id.and_then(|id| journal.failure_of(&id)) {
             Some(Failure::RecordsLost) => {
-                return Err(crate::error::VolumeError::io(
-                    format!(
-                        "{}: its sync failed and its journal records could not be read back; \
-                         remount the volume to put them back",
-                        self.backing_path().display()
-                    ),
-                    std::io::Error::from_raw_os_error(libc::EIO),
-                ));
+                return Err(crate::error::VolumeError::eio(format!(
+                    "{}: its sync failed and its journal records could not be read back; \
+                     remount the volume to put them back",
+                    self.backing_path().display()
+                )));
             }
             Some(Failure::Sync) => self.sync_failed.store(true, Ordering::Relaxed),
             None => {}
@@ -623,13 +620,10 @@ impl EncryptedFile {
         // copies must outlive their writing. Every caller sees to it; were
         // one not to, the copies are kept rather than lost.
         if !g.held.is_empty() {
-            return Err(crate::error::VolumeError::io(
-                format!(
-                    "{}: a sync ended with rewrites still held (a bug); their copies are kept",
-                    self.backing_path().display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EIO),
-            ));
+            return Err(crate::error::VolumeError::eio(format!(
+                "{}: a sync ended with rewrites still held (a bug); their copies are kept",
+                self.backing_path().display()
+            )));
         }
         g.durable_blocks = self.current_blocks()?;
         g.saved.clear();

@@ -386,14 +386,11 @@ impl EncryptedFile {
 
     fn refuse_after_failed_sync(&self) -> Result<()> {
         if self.sync_failed.load(Ordering::Relaxed) {
-            return Err(VolumeError::io(
-                format!(
-                    "{}: an earlier sync failed, so a later one cannot vouch for the data; \
-                     remount the volume to clear this",
-                    self.backing_path().display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EIO),
-            ));
+            return Err(VolumeError::eio(format!(
+                "{}: an earlier sync failed, so a later one cannot vouch for the data; \
+                 remount the volume to clear this",
+                self.backing_path().display()
+            )));
         }
         Ok(())
     }
