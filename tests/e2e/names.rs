@@ -295,6 +295,99 @@ fn a_large_directory_and_path_mapping() {
     );
 }
 
+// Protects: a listing read in many requests goes on where it left off
+// while entries are removed and added between them (the mount keeps no
+// listing: positions are the backing directory's): no entry comes twice,
+// and none that stayed throughout is skipped.
+#[test]
+fn a_listing_goes_on_where_it_left_off_while_entries_come_and_go() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("busy");
+    fs::create_dir(&dir).expect("mkdir");
+    // Long names: each request carries a few hundred entries at most.
+    let name = |i: usize| format!("{i:05}-{}", "n".repeat(90));
+    let before: BTreeSet<String> = (0..3_000).map(name).collect();
+    for n in &before {
+        fs::File::create(dir.join(n)).expect("create");
+    }
+    drop_caches();
+    let mut seen = Vec::new();
+    let mut entries = fs::read_dir(&dir).expect("readdir");
+    for entry in entries.by_ref().take(50) {
+        seen.push(
+            entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8"),
+        );
+    }
+    let not_yet_seen: Vec<&String> = before.iter().filter(|n| !seen.contains(n)).collect();
+    let removed: BTreeSet<String> = not_yet_seen
+        .iter()
+        .step_by(3)
+        .map(|n| n.to_string())
+        .collect();
+    for n in &removed {
+        fs::remove_file(dir.join(n)).expect("remove");
+    }
+    for i in 3_000..4_000 {
+        fs::File::create(dir.join(name(i))).expect("create");
+    }
+    for entry in entries {
+        seen.push(
+            entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8"),
+        );
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was listed twice");
+    let missing: Vec<&String> = before
+        .difference(&removed)
+        .filter(|n| !unique.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} entries that stayed were skipped, such as {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(listing(&dir).len(), 4_000 - removed.len());
+}
+
+// Protects: a directory whose id record is damaged in BACKING fails its
+// listing with EIO (and logs it) rather than listing as empty, which a
+// program could take for the end.
+#[test]
+fn a_damaged_directory_record_fails_its_listing() {
+    if crate::PLAINTEXT_NAMES {
+        return;
+    }
+    let Some(m) = mount_or_skip(&[]) else { return };
+    fs::create_dir(m.path("d")).expect("mkdir");
+    fs::write(m.path("d/f"), b"f").expect("write");
+    m.unmount();
+    let record = m
+        .backing("d")
+        .join(chronicle_mount::name_cipher::DIR_ID_NAME);
+    let mut bytes = fs::read(&record).expect("record");
+    bytes[20] ^= 1;
+    fs::write(&record, bytes).expect("damage");
+    let out = m.remount();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = fs::read_dir(m.path("d")).and_then(|it| it.collect::<Result<Vec<_>, _>>());
+    let err = listed.expect_err("a damaged directory listed");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        m.log_text().contains("authentication failed"),
+        "{}",
+        m.log_text()
+    );
+}
+
 // Protects: killing the mount process while it renames and creates files
 // with long names leaves a consistent tree: after a remount every entry
 // lists (no name fails to decode), each renamed file is under exactly one

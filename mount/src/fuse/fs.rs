@@ -45,6 +45,9 @@ pub struct ChronicleFs {
     pub(super) writeback_cache: bool,
     /// Serve over io_uring if the kernel offers it (`MountOptions`).
     pub(super) io_uring: bool,
+    /// The kernel opens directories by itself when told ENOSYS (Linux 5.1
+    /// and later; `opendir`).
+    pub(super) kernel_opens_dirs: bool,
 }
 
 impl fuser::Filesystem for ChronicleFs {
@@ -73,6 +76,7 @@ impl fuser::Filesystem for ChronicleFs {
             }
         }
         let granted = config.capabilities();
+        self.kernel_opens_dirs = granted.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         self.ops.set_kernel_keeps_times(
             self.writeback_cache && granted.contains(InitFlags::FUSE_WRITEBACK_CACHE),
         );
@@ -326,22 +330,27 @@ impl fuser::Filesystem for ChronicleFs {
         empty(reply, self.ops.fsync(ino.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ops.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // As with files (`open`): ENOSYS has the kernel open directories
+        // by itself for the rest of the mount, with no OPENDIR and no
+        // RELEASEDIR, and cache their listings (invalidated by every change
+        // made through the mount). Listings need no handle: an entry's
+        // position is its backing directory's (`Ops::readdir`).
+        if self.kernel_opens_dirs {
+            return reply.error(Errno::ENOSYS);
         }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR)
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.ops.readdir(fh.0, offset, |ino, next, kind, name| {
+        let result = self.ops.readdir(ino.0, offset, |ino, next, kind, name| {
             reply.add(INodeNo(ino), next, kind, name)
         });
         match result {
@@ -353,30 +362,18 @@ impl fuser::Filesystem for ChronicleFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let result = self.ops.readdirplus(fh.0, offset, |next, name, attr| {
+        let result = self.ops.readdirplus(ino.0, offset, |next, name, attr| {
             reply.add(attr.ino, next, name, &TTL, attr, GENERATION)
         });
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.ops.releasedir(fh.0);
-        reply.ok();
     }
 
     fn fsyncdir(

@@ -158,6 +158,7 @@ impl Mounted {
             ops,
             writeback_cache: options.writeback_cache && !options.read_only,
             io_uring: options.io_uring,
+            kernel_opens_dirs: false,
         };
         let mut config = Config::default();
         config.mount_options = vec![

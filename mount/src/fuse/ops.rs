@@ -4,13 +4,11 @@
 //! its shared `EncryptedFile`.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, TimeOrNow};
@@ -62,21 +60,17 @@ pub struct AttrChange {
     pub ctime: Option<SystemTime>,
 }
 
+/// One entry of a directory listing (`list_from`).
 struct DirItem {
     name: OsString,
     /// Its name in the backing directory.
     backing: OsString,
     ino: u64,
     kind: FileType,
-}
-
-/// An open directory. (Regular files have no handles: see `kept`.)
-struct DirHandle {
-    node: Arc<Node>,
-    /// The listing, read at the first READDIR: a program that opens a
-    /// directory only to fsync it (as databases do after a rename) never
-    /// pays for reading and decrypting every name.
-    entries: Mutex<Option<Arc<Vec<DirItem>>>>,
+    /// The position after it: the backing directory's own cookie (stable
+    /// while entries come and go on Linux's file systems and NFS), which
+    /// the kernel hands back to go on from there.
+    next: u64,
 }
 
 pub struct Ops {
@@ -88,8 +82,6 @@ pub struct Ops {
     xattrs: XattrCipher,
     /// The volume stores `user.*` attributes (`init --xattrs`).
     xattrs_enabled: bool,
-    handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    next_handle: AtomicU64,
     read_only: bool,
     /// Running as root: new files are chowned to their creator.
     as_root: bool,
@@ -206,8 +198,6 @@ impl Ops {
             names,
             xattrs,
             xattrs_enabled,
-            handles: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
             as_root: rustix::process::geteuid().is_root(),
             held,
             kept,
@@ -563,16 +553,6 @@ impl Ops {
         Ok(content)
     }
 
-    fn add_handle(&self, handle: DirHandle) -> u64 {
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles().insert(fh, Arc::new(handle));
-        fh
-    }
-
-    fn handle(&self, fh: u64) -> Result<Arc<DirHandle>, Errno> {
-        self.handles().get(&fh).cloned().ok_or(Errno::EBADF)
-    }
-
     /// The contents a request on an open file works on, with their node:
     /// files have no handles (the kernel opens them by itself, `kept`), so
     /// they are found by inode number. The caller ends with `let_go`.
@@ -592,10 +572,6 @@ impl Ops {
         for (old_node, old) in self.kept.keep(node, content) {
             Self::let_go(&old_node, old);
         }
-    }
-
-    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<DirHandle>>> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes the new regular file `backing` in `parent`: an empty
@@ -708,10 +684,6 @@ impl Ops {
         self.held.note_if_holding(&node, &content);
         Self::let_go(&node, content);
         changed
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.handles().remove(&fh);
     }
 
     /// Drops one user's `content` of `node`'s file; every user ends with
@@ -1284,24 +1256,24 @@ impl Ops {
 
     // ---- directories --------------------------------------------------------
 
-    /// Opens a directory. Its entries are read at the first READDIR, once:
-    /// offsets then stay meaningful while the directory changes underneath.
-    pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+    /// Feeds directory `ino`'s entries to `each`, from position `offset`
+    /// (0, or the `next` of an entry given before), until `each` reports a
+    /// full reply. Positions are the backing directory's own (`DirItem`), so
+    /// a listing read in several requests needs no state here: the kernel
+    /// opens directories by itself (`fs.rs`, `opendir`).
+    fn list_from(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut each: impl FnMut(&Pinned, DirItem) -> Result<bool, Errno>,
+    ) -> Result<(), Errno> {
         let node = self.node(ino)?;
         if node.kind != RawType::Directory {
             return Err(Errno::ENOTDIR);
         }
-        // A damaged or forged id record fails the open, as before, rather
-        // than a READDIR that many programs would take for the end.
-        self.dir_key(&node)?;
-        Ok(self.add_handle(DirHandle {
-            node: Arc::clone(node.node()),
-            entries: Mutex::new(None),
-        }))
-    }
-
-    /// The names in directory `node` now, decrypted.
-    fn list(&self, node: &Pinned) -> Result<Vec<DirItem>, Errno> {
+        // A damaged or forged id record fails the listing with EIO, as a
+        // local file system fails a damaged directory's getdents.
+        let key = self.dir_key(&node)?;
         let dir_fd = rustix::fs::openat(
             &node.fd,
             ".",
@@ -1309,24 +1281,30 @@ impl Ops {
             Mode::empty(),
         )
         .map_err(sys)?;
-        let key = self.dir_key(node)?;
-        let mut dir = rustix::fs::Dir::read_from(&dir_fd).map_err(sys)?;
-        let mut entries = Vec::new();
+        let mut dir = rustix::fs::Dir::new(dir_fd).map_err(sys)?;
+        if offset > 0 {
+            // Any position a program sets with lseek reaches here: one the
+            // backing file system cannot take fails, as it would there.
+            let position = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+            dir.seek(position).map_err(sys)?;
+        }
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(sys)?;
+            let dir_fd = dir.fd().map_err(sys)?;
             let raw = OsStr::from_bytes(entry.file_name().to_bytes());
+            let Ok(next @ 1..) = u64::try_from(entry.offset()) else {
+                log::error!("{raw:?}: the backing file system gave no position after it");
+                return Err(Errno::EIO);
+            };
             let name = if raw == "." || raw == ".." {
                 raw.to_os_string()
             } else {
-                match self
-                    .names
-                    .decode(dir_fd.as_fd(), &key, raw, node.ino == ROOT_INO)
-                {
+                match self.names.decode(dir_fd, &key, raw, node.ino == ROOT_INO) {
                     Some(Ok(name)) => name,
                     None => continue,
                     Some(Err(e)) => {
                         // Shown to nobody: logged, like a forged block.
-                        let _ = self.name_errno(e, node);
+                        let _ = self.name_errno(e, &node);
                         continue;
                     }
                 }
@@ -1334,86 +1312,67 @@ impl Ops {
             let mut kind = attr::file_type(entry.file_type());
             // A file-form symlink shows as one in listings too.
             if kind == FileType::RegularFile && self.names.mode() == NameMode::Encrypted {
-                if let Ok(stat) = rustix::fs::statat(&dir_fd, raw, AtFlags::SYMLINK_NOFOLLOW) {
+                if let Ok(stat) = rustix::fs::statat(dir_fd, raw, AtFlags::SYMLINK_NOFOLLOW) {
                     if symlink_file::is_file_form(NameMode::Encrypted, &stat) {
                         kind = FileType::Symlink;
                     }
                 }
             }
-            entries.push(DirItem {
+            let item = DirItem {
                 name,
                 backing: raw.to_os_string(),
-                ino: self.nodes.entry_ino(node, entry.ino()),
+                ino: self.nodes.entry_ino(&node, entry.ino()),
                 kind,
-            });
+                next,
+            };
+            if each(&node, item)? {
+                break;
+            }
         }
-        Ok(entries)
-    }
-
-    /// The listing of directory handle `fh`, read at its first READDIR and
-    /// read again whenever one starts from `offset` 0 (`rewinddir` must see
-    /// entries made or removed since).
-    fn dir_entries(&self, fh: u64, offset: u64) -> Result<(Pinned, Arc<Vec<DirItem>>), Errno> {
-        let handle = self.handle(fh)?;
-        let node = self.nodes.pin(&handle.node)?;
-        let mut entries = handle.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entries = match &*entries {
-            Some(listed) if offset > 0 => Arc::clone(listed),
-            _ => entries.insert(Arc::new(self.list(&node)?)).clone(),
-        };
-        Ok((node, entries))
+        Ok(())
     }
 
     /// Feeds entries from `offset` to `add` until it reports a full buffer.
     pub fn readdir(
         &self,
-        fh: u64,
+        ino: u64,
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<(), Errno> {
-        let (_, entries) = self.dir_entries(fh, offset)?;
-        for (i, item) in entries.iter().enumerate().skip(offset as usize) {
-            if add(item.ino, i as u64 + 1, item.kind, &item.name) {
-                break;
-            }
-        }
-        Ok(())
+        self.list_from(ino, offset, |_, item| {
+            Ok(add(item.ino, item.next, item.kind, &item.name))
+        })
     }
 
     /// Like `readdir`, with attributes; each entry returned counts as a lookup.
     pub fn readdirplus(
         &self,
-        fh: u64,
+        ino: u64,
         offset: u64,
         mut add: impl FnMut(u64, &OsStr, &FileAttr) -> bool,
     ) -> Result<(), Errno> {
-        let (dir, entries) = self.dir_entries(fh, offset)?;
-        for (i, item) in entries.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
+        self.list_from(ino, offset, |dir, item| {
             if item.name == "." || item.name == ".." {
                 let attr = FileAttr {
                     ino: fuser::INodeNo(item.ino),
-                    ..self.stat_attr(&dir)?
+                    ..self.stat_attr(dir)?
                 };
                 // The kernel does not count lookups for these two.
-                if add(next, &item.name, &attr) {
-                    break;
-                }
-                continue;
+                return Ok(add(item.next, &item.name, &attr));
             }
-            let (node, attr) = match self.lookup_listed(&dir, item) {
+            let (node, attr) = match self.lookup_listed(dir, &item) {
                 Ok(found) => found,
-                // Removed since the snapshot: skip it.
-                Err(e) if e == Errno::ENOENT => continue,
+                // Removed since it was read: skipped.
+                Err(e) if e == Errno::ENOENT => return Ok(false),
                 Err(e) => return Err(e),
             };
-            if add(next, &item.name, &attr) {
+            let full = add(item.next, &item.name, &attr);
+            if full {
                 // Not sent: undo the lookup it counted.
                 self.forget(node.ino, 1);
-                break;
             }
-        }
-        Ok(())
+            Ok(full)
+        })
     }
 
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
