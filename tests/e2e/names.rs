@@ -257,6 +257,38 @@ fn symlink_targets() {
     assert!(out.status.success(), "{}", stdout(&out));
 }
 
+// Protects: a symlink stored as a file (a long target) lists as a symlink
+// in a plain listing too (a mount without file handles lists without
+// attributes), beside a short one and a regular file.
+#[test]
+fn symlinks_list_as_symlinks_in_plain_listings() {
+    if !fuse_available() {
+        return;
+    }
+    let m = mount_limited(1024, Handles::Unavailable);
+    std::os::unix::fs::symlink("t".repeat(4000), m.path("long")).expect("symlink");
+    std::os::unix::fs::symlink("t", m.path("short")).expect("symlink");
+    fs::write(m.path("file"), b"f").expect("write");
+    drop_caches();
+    let mut kinds: Vec<(String, bool)> = fs::read_dir(&m.mnt)
+        .expect("readdir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let name = e.file_name().into_string().expect("utf-8");
+            (name, e.file_type().expect("type").is_symlink())
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("file".to_string(), false),
+            ("long".to_string(), true),
+            ("short".to_string(), true)
+        ]
+    );
+}
+
 // Protects: a directory of 100,000 entries is listed whole and its entries
 // looked up after the kernel's caches are dropped, and `chronicle path`
 // maps names both ways.

@@ -66,6 +66,7 @@ struct DirItem {
     /// Its name in the backing directory.
     backing: OsString,
     ino: u64,
+    /// As the backing directory lists it (`listed_kind`).
     kind: FileType,
     /// The position after it: the backing directory's own cookie (stable
     /// while entries come and go on Linux's file systems and NFS), which
@@ -1309,20 +1310,11 @@ impl Ops {
                     }
                 }
             };
-            let mut kind = attr::file_type(entry.file_type());
-            // A file-form symlink shows as one in listings too.
-            if kind == FileType::RegularFile && self.names.mode() == NameMode::Encrypted {
-                if let Ok(stat) = rustix::fs::statat(dir_fd, raw, AtFlags::SYMLINK_NOFOLLOW) {
-                    if symlink_file::is_file_form(NameMode::Encrypted, &stat) {
-                        kind = FileType::Symlink;
-                    }
-                }
-            }
             let item = DirItem {
                 name,
                 backing: raw.to_os_string(),
                 ino: self.nodes.entry_ino(&node, entry.ino()),
-                kind,
+                kind: attr::file_type(entry.file_type()),
                 next,
             };
             if each(&node, item)? {
@@ -1339,9 +1331,23 @@ impl Ops {
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<(), Errno> {
-        self.list_from(ino, offset, |_, item| {
-            Ok(add(item.ino, item.next, item.kind, &item.name))
+        self.list_from(ino, offset, |dir, item| {
+            let kind = self.listed_kind(dir, &item);
+            Ok(add(item.ino, item.next, kind, &item.name))
         })
+    }
+
+    /// The type a plain listing shows for `item`: a file-form symlink is
+    /// stored as a regular file, and shows as a symlink. (A listing with
+    /// attributes learns it from the entry's status instead.)
+    fn listed_kind(&self, dir: &Pinned, item: &DirItem) -> FileType {
+        if item.kind != FileType::RegularFile || self.names.mode() != NameMode::Encrypted {
+            return item.kind;
+        }
+        match rustix::fs::statat(&dir.fd, &item.backing, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if symlink_file::is_file_form(NameMode::Encrypted, &stat) => FileType::Symlink,
+            _ => item.kind,
+        }
     }
 
     /// Like `readdir`, with attributes; each entry returned counts as a lookup.
