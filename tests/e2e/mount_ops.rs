@@ -655,8 +655,9 @@ fn names_until_end(dir: *mut libc::DIR) -> Vec<String> {
 }
 
 // Protects: `rewinddir` sees entries made and removed since the directory
-// was opened (the mount reads a handle's listing at its first READDIR, and
-// again at every READDIR from offset 0).
+// was opened (a listing from offset 0 starts a new backing listing, and
+// the kernel drops the listing it cached when the directory changes
+// through the mount).
 #[test]
 fn rewinddir_sees_changes() {
     let Some(m) = mount_or_skip(&[]) else { return };

@@ -390,6 +390,74 @@ fn a_listing_goes_on_where_it_left_off_while_entries_come_and_go() {
     assert_eq!(listing(&dir).len(), 4_000 - removed.len());
 }
 
+/// The names `getdents64` gives for directory `dir`, `buffer` bytes at a
+/// time, calling `between` after each call; fails past `most` names (a
+/// listing that goes round).
+fn getdents_names(
+    dir: &fs::File,
+    buffer: usize,
+    most: usize,
+    mut between: impl FnMut(),
+) -> Vec<Vec<u8>> {
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); buffer];
+    let mut entries = rustix::fs::RawDir::new(dir, &mut buf);
+    let mut names = Vec::new();
+    loop {
+        let refill = entries.is_buffer_empty();
+        if refill && !names.is_empty() {
+            between();
+        }
+        match entries.next() {
+            Some(entry) => names.push(entry.expect("getdents64").file_name().to_bytes().to_vec()),
+            None => return names,
+        }
+        assert!(names.len() <= most, "more than {most} names listed");
+    }
+}
+
+// Protects: a program whose buffer takes less than each reply holds goes on
+// from inside the reply (the mount gives the rest again), while entries are
+// removed between its calls: nothing twice, no survivor skipped.
+#[test]
+fn a_small_buffer_goes_on_from_inside_a_reply() {
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let dir = m.path("small");
+    fs::create_dir(&dir).expect("mkdir");
+    let name = |i: usize| format!("{i:05}-{}", "s".repeat(60));
+    for i in 0..2_000 {
+        fs::File::create(dir.join(name(i))).expect("create");
+    }
+    drop_caches();
+    let handle = fs::File::open(&dir).expect("open");
+    let mut removed = BTreeSet::new();
+    let mut next_victim = 1_999;
+    let names = getdents_names(&handle, 600, 4_000, || {
+        // Removes from the end, which the listing has not reached yet.
+        if next_victim > 1_000 {
+            fs::remove_file(dir.join(name(next_victim))).expect("remove");
+            removed.insert(name(next_victim));
+            next_victim -= 1;
+        }
+    });
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|n| String::from_utf8(n).expect("utf-8"))
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    let unique: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "an entry was listed twice");
+    let missing: Vec<String> = (0..2_000)
+        .map(name)
+        .filter(|n| !removed.contains(n) && !unique.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} survivors were skipped, such as {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
+
 // Protects: a directory whose id record is damaged in BACKING fails its
 // listing with EIO (and logs it) rather than listing as empty, which a
 // program could take for the end.

@@ -333,9 +333,11 @@ impl fuser::Filesystem for ChronicleFs {
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // As with files (`open`): ENOSYS has the kernel open directories
         // by itself for the rest of the mount, with no OPENDIR and no
-        // RELEASEDIR, and cache their listings (invalidated by every change
-        // made through the mount). Listings need no handle: an entry's
-        // position is its backing directory's (`Ops::readdir`).
+        // RELEASEDIR, and cache what it listed (a listing from offset 0
+        // reuses it unless the directory changed through the mount since;
+        // docs/SECURITY.md on changes behind the mount's back). Listings
+        // need no handle: an entry's position is its backing directory's
+        // (`listing`).
         if self.kernel_opens_dirs {
             return reply.error(Errno::ENOSYS);
         }

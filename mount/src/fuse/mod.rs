@@ -6,6 +6,7 @@ mod fs;
 mod handles;
 mod held;
 mod kept;
+mod listing;
 mod nodes;
 mod ops;
 mod prune;

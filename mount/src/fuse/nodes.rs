@@ -145,6 +145,11 @@ impl Pinned {
     pub fn node(&self) -> &Arc<Node> {
         &self.node
     }
+
+    /// Where the backing file is now (for messages).
+    pub fn backing_path(&self) -> std::path::PathBuf {
+        std::fs::read_link(self.proc_path()).unwrap_or_default()
+    }
 }
 
 #[derive(Default)]

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, MutexGuard, Weak};
 use std::time::SystemTime;
@@ -18,6 +18,7 @@ use super::attr;
 use super::errno::{io, sys, volume_errno_at};
 use super::held::HeldWriter;
 use super::kept::Kept;
+use super::listing::Streams;
 use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
 use super::prune::PruneSignal;
 use super::xattr::XattrCipher;
@@ -90,6 +91,8 @@ pub struct Ops {
     held: HeldWriter,
     /// The files the kernel opened by itself, by inode (`kept`).
     kept: Kept,
+    /// Listings parked between READDIR requests (`listing`).
+    listings: Streams,
     /// The kernel keeps regular files' times itself (write-back caching
     /// granted at `init`) and writes them back with a SETATTR.
     kernel_keeps_times: bool,
@@ -203,6 +206,7 @@ impl Ops {
             held,
             kept,
             kernel_keeps_times: false,
+            listings: Streams::default(),
         })
     }
 
@@ -293,9 +297,7 @@ impl Ops {
             NameError::Forged(what) => {
                 log::error!(
                     "authentication failed: a name in {} ({what:?})",
-                    std::fs::read_link(dir.proc_path())
-                        .unwrap_or_default()
-                        .display()
+                    dir.backing_path().display()
                 );
                 Errno::EIO
             }
@@ -1259,9 +1261,11 @@ impl Ops {
 
     /// Feeds directory `ino`'s entries to `each`, from position `offset`
     /// (0, or the `next` of an entry given before), until `each` reports a
-    /// full reply. Positions are the backing directory's own (`DirItem`), so
-    /// a listing read in several requests needs no state here: the kernel
-    /// opens directories by itself (`fs.rs`, `opendir`).
+    /// full reply; the listing is then parked for the request that goes on
+    /// (`listing`). An error after some entries were given ends the reply
+    /// with them: the next request, from the entry that failed, reports it
+    /// (a reply that fails is dropped whole, and with it the lookups that
+    /// READDIRPLUS counted for its entries).
     fn list_from(
         &self,
         ino: u64,
@@ -1275,53 +1279,81 @@ impl Ops {
         // A damaged or forged id record fails the listing with EIO, as a
         // local file system fails a damaged directory's getdents.
         let key = self.dir_key(&node)?;
-        let dir_fd = rustix::fs::openat(
-            &node.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(sys)?;
-        let mut dir = rustix::fs::Dir::new(dir_fd).map_err(sys)?;
-        if offset > 0 {
-            // Any position a program sets with lseek reaches here: one the
-            // backing file system cannot take fails, as it would there.
-            let position = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-            dir.seek(position).map_err(sys)?;
-        }
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(sys)?;
-            let dir_fd = dir.fd().map_err(sys)?;
-            let raw = OsStr::from_bytes(entry.file_name().to_bytes());
-            let Ok(next @ 1..) = u64::try_from(entry.offset()) else {
-                log::error!("{raw:?}: the backing file system gave no position after it");
-                return Err(Errno::EIO);
+        let mut stream = self.listings.at(&node, offset)?;
+        let mut given = false;
+        let failed = |e: Errno, given: bool| if given { Ok(()) } else { Err(e) };
+        while let Some(entry) = stream.next_entry() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return failed(e, given),
             };
-            let name = if raw == "." || raw == ".." {
-                raw.to_os_string()
-            } else {
-                match self.names.decode(dir_fd, &key, raw, node.ino == ROOT_INO) {
-                    Some(Ok(name)) => name,
-                    None => continue,
-                    Some(Err(e)) => {
-                        // Shown to nobody: logged, like a forged block.
-                        let _ = self.name_errno(e, &node);
-                        continue;
-                    }
-                }
+            // The kernel would come back here for ever: only a backing
+            // file system with several entries at one position (three
+            // names whose hashes collide on ext4) gives such an entry.
+            if entry.next == offset {
+                log::error!(
+                    "{}: the backing directory gives several entries one position; \
+                     the listing stops",
+                    node.backing_path().display()
+                );
+                return failed(Errno::EIO, given);
+            }
+            let name = match self.shown_name(&node, &key, stream.fd(), &entry.name) {
+                Ok(Some(name)) => name,
+                Ok(None) => continue,
+                Err(e) => return failed(e, given),
             };
             let item = DirItem {
                 name,
-                backing: raw.to_os_string(),
-                ino: self.nodes.entry_ino(&node, entry.ino()),
-                kind: attr::file_type(entry.file_type()),
-                next,
+                backing: entry.name.clone(),
+                ino: self.nodes.entry_ino(&node, entry.ino),
+                kind: attr::file_type(entry.kind),
+                next: entry.next,
             };
-            if each(&node, item)? {
-                break;
+            match each(&node, item) {
+                Ok(false) => {
+                    stream.sent(entry);
+                    given = true;
+                }
+                Ok(true) => {
+                    stream.put_back(entry);
+                    self.listings.park(&node, offset, stream);
+                    return Ok(());
+                }
+                Err(e) => return failed(e, given),
             }
         }
+        // Kept for the request after this one, which a program that took
+        // only part of this reply makes from inside it.
+        if given {
+            self.listings.park(&node, offset, stream);
+        }
         Ok(())
+    }
+
+    /// The name backing entry `raw` of `dir` shows as: `None` for the
+    /// volume's own files, for a forged name (logged, like a forged block)
+    /// and for a long name whose record is gone (removed while listed).
+    fn shown_name(
+        &self,
+        dir: &Pinned,
+        key: &DirKey,
+        dir_fd: BorrowedFd,
+        raw: &OsStr,
+    ) -> Result<Option<OsString>, Errno> {
+        if raw == "." || raw == ".." {
+            return Ok(Some(raw.to_os_string()));
+        }
+        match self.names.decode(dir_fd, key, raw, dir.ino == ROOT_INO) {
+            None => Ok(None),
+            Some(Ok(name)) => Ok(Some(name)),
+            Some(Err(NameError::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Some(Err(e @ NameError::Forged(_))) => {
+                let _ = self.name_errno(e, dir);
+                Ok(None)
+            }
+            Some(Err(e)) => Err(self.name_errno(e, dir)),
+        }
     }
 
     /// Feeds entries from `offset` to `add` until it reports a full buffer.
