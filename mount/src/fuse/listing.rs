@@ -6,14 +6,18 @@
 //! directory's own (`d_off`). A listing that takes several requests goes
 //! on in the backing directory it opened (parked here between them), not
 //! in a new one sought to that position: a file system may keep state per
-//! open directory that a new one would lose (btrfs stops each open
-//! directory at the entries it had when opened, so a program renaming
-//! every entry it lists cannot list forever; ext4 finds its place among
-//! entries whose names hash alike; some number entries by their place,
-//! which entries removed meanwhile would shift). Only a position the
-//! kernel asks for that no parked directory is at, after a program's
-//! `lseek` or once parked ones were let go, opens the directory anew and
-//! seeks there.
+//! open directory that a new one would lose (ext4 finds its place among
+//! entries whose names hash alike; some number entries by their place, and
+//! a seek costs them a walk from the start), and a request costs no new
+//! open. A position no parked directory can go on from (after a program's
+//! `lseek`, once parked ones were let go, or after the directory's entries
+//! changed through the mount) opens the directory anew and seeks there:
+//! what a listing then shows of entries added or renamed since it began is
+//! what the backing file system shows from that position. On btrfs, a
+//! program that renames every entry it lists into the same directory may
+//! meet the new names again, without end: btrfs stops such a program at
+//! the entries a directory had when it was opened, and here each renaming
+//! has the next request open the directory anew.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -25,12 +29,19 @@ use fuser::Errno;
 use rustix::fs::{Dir, FileType as RawType, Mode, OFlags};
 
 use super::errno::sys;
-use super::nodes::{Node, Pinned};
+use super::nodes::Node;
 
 /// Listings parked between requests, the oldest let go first: each holds
-/// a descriptor and a buffer of up to about 24 KiB. A listing abandoned
-/// part way stays until sixteen newer ones have been parked.
+/// a descriptor, the backing listing's buffer (at most about 48 KiB) and
+/// the entries of its last reply (at most `MOST_SENT`). A listing
+/// abandoned part way stays until sixteen newer replies have been parked.
 const PARKED: usize = 16;
+
+/// Entries of one reply kept to be given again (with names of up to 255
+/// bytes, at most about 300 KiB); a listing whose reply held more (a
+/// program reading with a buffer of hundreds of kilobytes) is not parked,
+/// and goes on in a newly opened directory.
+const MOST_SENT: usize = 1024;
 
 /// One entry as the backing directory lists it.
 pub struct RawEntry {
@@ -44,6 +55,9 @@ pub struct RawEntry {
 /// A backing directory open for listing.
 pub struct Stream {
     dir: Dir,
+    /// The directory's `entries_version` before it was opened: a change
+    /// made through the mount since may not show in it.
+    version: u64,
     /// Entries read but not sent (or sent in a reply the kernel did not
     /// use whole), to give before reading on.
     queued: VecDeque<RawEntry>,
@@ -54,10 +68,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Opens `dir` for listing from `position` (0: the start).
-    fn open(dir: &Pinned, position: u64) -> Result<Stream, Errno> {
+    /// Opens directory `node`, whose descriptor is `dir`, for listing from
+    /// `position` (0: the start).
+    fn open(node: &Node, dir: BorrowedFd, position: u64) -> Result<Stream, Errno> {
+        let version = node.entries_version();
         let fd = rustix::fs::openat(
-            &dir.fd,
+            dir,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -65,6 +81,7 @@ impl Stream {
         .map_err(sys)?;
         let mut stream = Stream {
             dir: Dir::new(fd).map_err(sys)?,
+            version,
             queued: VecDeque::new(),
             sent: Vec::new(),
         };
@@ -111,19 +128,23 @@ impl Stream {
         self.queued.push_front(entry);
     }
 
-    /// Ready to go on from `position`: the position this reply started
-    /// from (the request came again) or the one after an entry it sent,
-    /// whose successors are then given again. `None` if neither.
-    fn resume_at(&mut self, from: u64, position: u64) -> Option<()> {
+    /// Makes the stream ready to go on from `position`: the position its
+    /// last reply started from (the request came again) or the one after
+    /// an entry it sent, whose successors are then given again. False,
+    /// changing nothing, if neither.
+    fn resume_at(&mut self, from: u64, position: u64) -> bool {
         let again = match position == from {
             true => 0,
-            false => self.sent.iter().position(|e| e.next == position)? + 1,
+            false => match self.sent.iter().position(|e| e.next == position) {
+                Some(i) => i + 1,
+                None => return false,
+            },
         };
         for entry in self.sent.drain(again..).rev() {
             self.queued.push_front(entry);
         }
         self.sent.clear();
-        Some(())
+        true
     }
 
     /// The backing directory (names are decoded relative to it).
@@ -148,30 +169,40 @@ pub struct Streams {
 
 impl Streams {
     /// A stream of `dir` ready at `position`: a parked one that can go on
-    /// from there, or a new one.
-    pub fn at(&self, dir: &Pinned, position: u64) -> Result<Stream, Errno> {
+    /// from there (the newest, which is the listing that last gave entries
+    /// there), or a new one. A stream opened before the directory's
+    /// entries last changed through the mount is not gone on with: it may
+    /// lack the change, which a listing begun after it must show.
+    pub fn at(&self, node: &Arc<Node>, dir: BorrowedFd, position: u64) -> Result<Stream, Errno> {
         if position > 0 {
-            let node = Arc::downgrade(dir.node());
+            let version = node.entries_version();
+            let weak = Arc::downgrade(node);
             let mut parked = self.lock();
-            for i in 0..parked.len() {
+            for i in (0..parked.len()).rev() {
                 let p = &mut parked[i];
-                if p.node.ptr_eq(&node) && p.stream.resume_at(p.from, position).is_some() {
+                if p.node.ptr_eq(&weak)
+                    && p.stream.version == version
+                    && p.stream.resume_at(p.from, position)
+                {
                     return Ok(parked.remove(i).expect("an index in range").stream);
                 }
             }
         }
-        Stream::open(dir, position)
+        Stream::open(node, dir, position)
     }
 
-    /// Keeps `stream` of `dir`, whose reply started at `from`, for the
-    /// request that goes on after it (or sends it again).
-    pub fn park(&self, dir: &Pinned, from: u64, stream: Stream) {
+    /// Keeps `stream` of directory `node`, whose reply started at `from`,
+    /// for the request that goes on after it (or sends it again).
+    pub fn park(&self, node: &Arc<Node>, from: u64, stream: Stream) {
+        if stream.sent.len() > MOST_SENT {
+            return;
+        }
         let mut parked = self.lock();
         if parked.len() == PARKED {
             parked.pop_front();
         }
         parked.push_back(Parked {
-            node: Arc::downgrade(dir.node()),
+            node: Arc::downgrade(node),
             from,
             stream,
         });
@@ -179,5 +210,92 @@ impl Streams {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Parked>> {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// A directory of `files` entries, its node, and a descriptor of it.
+    fn directory(files: usize) -> (tempfile::TempDir, Arc<Node>, std::os::fd::OwnedFd) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..files {
+            std::fs::write(dir.path().join(format!("f{i:03}")), b"").expect("create");
+        }
+        let node = Node::for_test(7, dir.path());
+        let fd = rustix::fs::open(dir.path(), OFlags::PATH, Mode::empty()).expect("open");
+        (dir, node, fd)
+    }
+
+    /// A listing of `node` from the start, `count` entries sent, parked;
+    /// the position after each.
+    fn park_after(streams: &Streams, node: &Arc<Node>, dir: BorrowedFd, count: usize) -> Vec<u64> {
+        let mut stream = streams.at(node, dir, 0).expect("open");
+        let mut nexts = Vec::new();
+        for _ in 0..count {
+            let entry = stream.next_entry().expect("an entry").expect("read");
+            nexts.push(entry.next);
+            stream.sent(entry);
+        }
+        streams.park(node, 0, stream);
+        nexts
+    }
+
+    // Protects: a listing goes on in the directory it parked, from inside
+    // its last reply, giving again what followed there.
+    #[test]
+    fn a_parked_listing_goes_on_from_inside_its_reply() {
+        let (_dir, node, fd) = directory(20);
+        let streams = Streams::default();
+        let mut stream = streams.at(&node, fd.as_fd(), 0).expect("open");
+        let mut sent = Vec::new();
+        for _ in 0..6 {
+            let entry = stream.next_entry().expect("an entry").expect("read");
+            sent.push((entry.name.clone(), entry.next));
+            stream.sent(entry);
+        }
+        streams.park(&node, 0, stream);
+        let mut resumed = streams.at(&node, fd.as_fd(), sent[2].1).expect("resume");
+        assert!(streams.lock().is_empty(), "the parked listing was taken");
+        let again = resumed.next_entry().expect("an entry").expect("read");
+        assert_eq!(again.name, sent[3].0);
+    }
+
+    // Protects: a listing parked before the directory's entries changed
+    // through the mount is not gone on with (it may lack the change).
+    #[test]
+    fn a_change_retires_parked_listings() {
+        let (_dir, node, fd) = directory(20);
+        let streams = Streams::default();
+        let nexts = park_after(&streams, &node, fd.as_fd(), 5);
+        drop(node.changing_entries());
+        let _fresh = streams.at(&node, fd.as_fd(), nexts[4]).expect("reopen");
+        assert_eq!(streams.lock().len(), 1, "the parked listing stayed");
+    }
+
+    // Protects: of two listings parked at one place, the newest goes on.
+    #[test]
+    fn the_newest_listing_at_a_place_goes_on() {
+        let (_dir, node, fd) = directory(20);
+        let streams = Streams::default();
+        let older = park_after(&streams, &node, fd.as_fd(), 6);
+        let newer = park_after(&streams, &node, fd.as_fd(), 5);
+        assert_eq!(older[4], newer[4]);
+        let _resumed = streams.at(&node, fd.as_fd(), newer[4]).expect("resume");
+        let parked = streams.lock();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].stream.sent.len(), 6, "the older one stays whole");
+    }
+
+    // Protects: a reply of more than `MOST_SENT` entries is not kept.
+    #[test]
+    fn a_huge_reply_is_not_parked() {
+        let (_dir, node, fd) = directory(MOST_SENT + 1);
+        let streams = Streams::default();
+        park_after(&streams, &node, fd.as_fd(), MOST_SENT + 1);
+        assert!(streams.lock().is_empty());
     }
 }

@@ -80,6 +80,20 @@ pub struct Node {
     /// A directory's name key, read from its id record on first use (it
     /// moves with the directory, so it never changes).
     pub dir_key: OnceLock<DirKey>,
+    /// A directory's entries changed through the mount this many times
+    /// (`changing_entries`): a listing parked before a change is not gone
+    /// on with after it (`listing`).
+    entries_version: AtomicU64,
+}
+
+/// Moves a directory's entries version on when dropped, once the change it
+/// stands for is done (`Node::changing_entries`).
+pub struct EntriesChange<'a>(&'a Node);
+
+impl Drop for EntriesChange<'_> {
+    fn drop(&mut self) {
+        self.0.entries_version.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Node {
@@ -97,7 +111,20 @@ impl Node {
             nameless: AtomicBool::new(false),
             content: Mutex::new(Weak::new()),
             dir_key: OnceLock::new(),
+            entries_version: AtomicU64::new(0),
         }
+    }
+
+    /// Held while this directory's entries change: the version moves when
+    /// it is dropped, after the change (a listing opened meanwhile has the
+    /// old version, and is not gone on with).
+    pub fn changing_entries(&self) -> EntriesChange<'_> {
+        EntriesChange(self)
+    }
+
+    /// How many changes of this directory's entries are done.
+    pub fn entries_version(&self) -> u64 {
+        self.entries_version.load(Ordering::Acquire)
     }
 
     /// For tests: an entry numbered `ino` for the file at `path`.

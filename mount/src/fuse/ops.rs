@@ -61,6 +61,15 @@ pub struct AttrChange {
     pub ctime: Option<SystemTime>,
 }
 
+/// What became of an entry offered to a reply (`list_from`).
+enum Fed {
+    Added,
+    /// Left out (removed since it was read).
+    Skipped,
+    /// The reply is full: not added.
+    Full,
+}
+
 /// One entry of a directory listing (`list_from`).
 struct DirItem {
     name: OsString,
@@ -918,6 +927,7 @@ impl Ops {
         mode: u32,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
+        let _change = parent.changing_entries();
         let backing = self.new_backing_name(&parent, name)?;
         let mode = Mode::from_raw_mode(mode);
         if self.names.mode() == NameMode::Plaintext {
@@ -1049,6 +1059,7 @@ impl Ops {
         rdev: u32,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
+        let _change = parent.changing_entries();
         let backing = self.new_backing_name(&parent, name)?;
         let kind = RawType::from_raw_mode(mode);
         if kind == RawType::RegularFile {
@@ -1074,6 +1085,7 @@ impl Ops {
         target: &OsStr,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
+        let _change = parent.changing_entries();
         let stored = match self.names.seal_target(target) {
             Ok(stored) => Some(stored),
             Err(NameError::TooLong) if target.len() < 4096 => None,
@@ -1121,6 +1133,7 @@ impl Ops {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         let parent = self.node(newparent)?;
+        let _change = parent.changing_entries();
         let backing = self.new_backing_name(&parent, newname)?;
         rustix::fs::linkat(
             CWD,
@@ -1136,6 +1149,7 @@ impl Ops {
 
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let parent = self.node(parent)?;
+        let _change = parent.changing_entries();
         let backing = self.backing_name(&parent, name)?;
         if !dir {
             let stat = rustix::fs::statat(&parent.fd, &backing, AtFlags::SYMLINK_NOFOLLOW);
@@ -1198,6 +1212,7 @@ impl Ops {
     ) -> Result<(), Errno> {
         let from_dir = self.node(parent)?;
         let to_dir = self.node(newparent)?;
+        let _changes = (from_dir.changing_entries(), to_dir.changing_entries());
         let flags = rustix::fs::RenameFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
         if flags.contains(rustix::fs::RenameFlags::WHITEOUT) {
             return Err(Errno::EINVAL);
@@ -1270,7 +1285,7 @@ impl Ops {
         &self,
         ino: u64,
         offset: u64,
-        mut each: impl FnMut(&Pinned, DirItem) -> Result<bool, Errno>,
+        mut each: impl FnMut(&Pinned, DirItem) -> Result<Fed, Errno>,
     ) -> Result<(), Errno> {
         let node = self.node(ino)?;
         if node.kind != RawType::Directory {
@@ -1279,7 +1294,7 @@ impl Ops {
         // A damaged or forged id record fails the listing with EIO, as a
         // local file system fails a damaged directory's getdents.
         let key = self.dir_key(&node)?;
-        let mut stream = self.listings.at(&node, offset)?;
+        let mut stream = self.listings.at(node.node(), node.fd.as_fd(), offset)?;
         let mut given = false;
         let failed = |e: Errno, given: bool| if given { Ok(()) } else { Err(e) };
         while let Some(entry) = stream.next_entry() {
@@ -1288,8 +1303,8 @@ impl Ops {
                 Err(e) => return failed(e, given),
             };
             // The kernel would come back here for ever: only a backing
-            // file system with several entries at one position (three
-            // names whose hashes collide on ext4) gives such an entry.
+            // file system with several entries at one position (two names
+            // whose hashes collide on ext4) gives such an entry.
             if entry.next == offset {
                 log::error!(
                     "{}: the backing directory gives several entries one position; \
@@ -1311,13 +1326,14 @@ impl Ops {
                 next: entry.next,
             };
             match each(&node, item) {
-                Ok(false) => {
+                Ok(Fed::Added) => {
                     stream.sent(entry);
                     given = true;
                 }
-                Ok(true) => {
+                Ok(Fed::Skipped) => {}
+                Ok(Fed::Full) => {
                     stream.put_back(entry);
-                    self.listings.park(&node, offset, stream);
+                    self.listings.park(node.node(), offset, stream);
                     return Ok(());
                 }
                 Err(e) => return failed(e, given),
@@ -1326,7 +1342,7 @@ impl Ops {
         // Kept for the request after this one, which a program that took
         // only part of this reply makes from inside it.
         if given {
-            self.listings.park(&node, offset, stream);
+            self.listings.park(node.node(), offset, stream);
         }
         Ok(())
     }
@@ -1365,7 +1381,10 @@ impl Ops {
     ) -> Result<(), Errno> {
         self.list_from(ino, offset, |dir, item| {
             let kind = self.listed_kind(dir, &item);
-            Ok(add(item.ino, item.next, kind, &item.name))
+            Ok(match add(item.ino, item.next, kind, &item.name) {
+                true => Fed::Full,
+                false => Fed::Added,
+            })
         })
     }
 
@@ -1396,20 +1415,23 @@ impl Ops {
                     ..self.stat_attr(dir)?
                 };
                 // The kernel does not count lookups for these two.
-                return Ok(add(item.next, &item.name, &attr));
+                return Ok(match add(item.next, &item.name, &attr) {
+                    true => Fed::Full,
+                    false => Fed::Added,
+                });
             }
             let (node, attr) = match self.lookup_listed(dir, &item) {
                 Ok(found) => found,
-                // Removed since it was read: skipped.
-                Err(e) if e == Errno::ENOENT => return Ok(false),
+                // Removed since it was read.
+                Err(e) if e == Errno::ENOENT => return Ok(Fed::Skipped),
                 Err(e) => return Err(e),
             };
-            let full = add(item.next, &item.name, &attr);
-            if full {
+            if add(item.next, &item.name, &attr) {
                 // Not sent: undo the lookup it counted.
                 self.forget(node.ino, 1);
+                return Ok(Fed::Full);
             }
-            Ok(full)
+            Ok(Fed::Added)
         })
     }
 
