@@ -82,14 +82,16 @@ impl fuser::Filesystem for ChronicleFs {
         );
         let rings = self.io_uring && granted.contains(InitFlags::FUSE_OVER_IO_URING);
         let max_io = if rings { RING_MAX_IO } else { MAX_IO };
-        let write = config.set_max_write(max_io).unwrap_or_else(|max| {
-            let _ = config.set_max_write(max);
-            max
-        });
-        let readahead = config.set_max_readahead(max_io).unwrap_or_else(|max| {
-            let _ = config.set_max_readahead(max);
-            max
-        });
+        // Each setter returns the value it replaced, or the largest it
+        // takes when asked for more.
+        let write = match config.set_max_write(max_io) {
+            Ok(_) => max_io,
+            Err(max) => config.set_max_write(max).map_or(max, |_| max),
+        };
+        let readahead = match config.set_max_readahead(max_io) {
+            Ok(_) => max_io,
+            Err(max) => config.set_max_readahead(max).map_or(max, |_| max),
+        };
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         log::debug!("max write {write}, max readahead {readahead}");
