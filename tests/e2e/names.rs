@@ -327,6 +327,37 @@ fn a_large_directory_and_path_mapping() {
     );
 }
 
+/// File `i` of the listing tests: long names, so that each reply holds a
+/// few dozen entries at most and a listing takes many.
+fn listed_name(i: usize) -> String {
+    format!("{i:05}-{}", "n".repeat(90))
+}
+
+/// Makes directory `dir` of the mount holding files `0..count`
+/// (`listed_name`), with the kernel's caches dropped after.
+fn directory_of(m: &Mounted, dir: &str, count: usize) -> std::path::PathBuf {
+    let dir = m.path(dir);
+    fs::create_dir(&dir).expect("mkdir");
+    for i in 0..count {
+        fs::File::create(dir.join(listed_name(i))).expect("create");
+    }
+    drop_caches();
+    dir
+}
+
+/// Asserts that `seen` names no entry twice and each of `stayed`.
+fn assert_listed_once(seen: &[String], stayed: impl IntoIterator<Item = String>) {
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was listed twice");
+    let missing: Vec<String> = stayed.into_iter().filter(|n| !unique.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} entries that stayed were skipped, such as {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
+
 // Protects: a listing read in many requests goes on where it left off
 // while entries are removed and added between them (the mount keeps no
 // listing: positions are the backing directory's): no entry comes twice,
@@ -334,59 +365,27 @@ fn a_large_directory_and_path_mapping() {
 #[test]
 fn a_listing_goes_on_where_it_left_off_while_entries_come_and_go() {
     let Some(m) = mount_or_skip(&[]) else { return };
-    let dir = m.path("busy");
-    fs::create_dir(&dir).expect("mkdir");
-    // Long names: each request carries a few hundred entries at most.
-    let name = |i: usize| format!("{i:05}-{}", "n".repeat(90));
-    let before: BTreeSet<String> = (0..3_000).map(name).collect();
-    for n in &before {
-        fs::File::create(dir.join(n)).expect("create");
-    }
-    drop_caches();
-    let mut seen = Vec::new();
+    let dir = directory_of(&m, "busy", 3_000);
+    let text = |e: std::io::Result<fs::DirEntry>| {
+        let name = e.expect("entry").file_name();
+        name.into_string().expect("utf-8")
+    };
     let mut entries = fs::read_dir(&dir).expect("readdir");
-    for entry in entries.by_ref().take(50) {
-        seen.push(
-            entry
-                .expect("entry")
-                .file_name()
-                .into_string()
-                .expect("utf-8"),
-        );
-    }
-    let not_yet_seen: Vec<&String> = before.iter().filter(|n| !seen.contains(n)).collect();
-    let removed: BTreeSet<String> = not_yet_seen
-        .iter()
+    let mut seen: Vec<String> = entries.by_ref().take(50).map(text).collect();
+    let removed: BTreeSet<String> = (0..3_000)
+        .map(listed_name)
+        .filter(|n| !seen.contains(n))
         .step_by(3)
-        .map(|n| n.to_string())
         .collect();
     for n in &removed {
         fs::remove_file(dir.join(n)).expect("remove");
     }
     for i in 3_000..4_000 {
-        fs::File::create(dir.join(name(i))).expect("create");
+        fs::File::create(dir.join(listed_name(i))).expect("create");
     }
-    for entry in entries {
-        seen.push(
-            entry
-                .expect("entry")
-                .file_name()
-                .into_string()
-                .expect("utf-8"),
-        );
-    }
-    let unique: BTreeSet<&String> = seen.iter().collect();
-    assert_eq!(unique.len(), seen.len(), "an entry was listed twice");
-    let missing: Vec<&String> = before
-        .difference(&removed)
-        .filter(|n| !unique.contains(n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} entries that stayed were skipped, such as {:?}",
-        missing.len(),
-        missing.first()
-    );
+    seen.extend(entries.map(text));
+    let stayed = (0..3_000).map(listed_name).filter(|n| !removed.contains(n));
+    assert_listed_once(&seen, stayed);
     assert_eq!(listing(&dir).len(), 4_000 - removed.len());
 }
 
@@ -421,21 +420,15 @@ fn getdents_names(
 #[test]
 fn a_small_buffer_goes_on_from_inside_a_reply() {
     let Some(m) = mount_or_skip(&[]) else { return };
-    let dir = m.path("small");
-    fs::create_dir(&dir).expect("mkdir");
-    let name = |i: usize| format!("{i:05}-{}", "s".repeat(60));
-    for i in 0..2_000 {
-        fs::File::create(dir.join(name(i))).expect("create");
-    }
-    drop_caches();
+    let dir = directory_of(&m, "small", 2_000);
     let handle = fs::File::open(&dir).expect("open");
     let mut removed = BTreeSet::new();
     let mut next_victim = 1_999;
     let names = getdents_names(&handle, 600, 4_000, || {
         // Removes from the end, which the listing has not reached yet.
         if next_victim > 1_000 {
-            fs::remove_file(dir.join(name(next_victim))).expect("remove");
-            removed.insert(name(next_victim));
+            fs::remove_file(dir.join(listed_name(next_victim))).expect("remove");
+            removed.insert(listed_name(next_victim));
             next_victim -= 1;
         }
     });
@@ -444,18 +437,8 @@ fn a_small_buffer_goes_on_from_inside_a_reply() {
         .map(|n| String::from_utf8(n).expect("utf-8"))
         .filter(|n| n != "." && n != "..")
         .collect();
-    let unique: BTreeSet<&String> = names.iter().collect();
-    assert_eq!(unique.len(), names.len(), "an entry was listed twice");
-    let missing: Vec<String> = (0..2_000)
-        .map(name)
-        .filter(|n| !removed.contains(n) && !unique.contains(n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} survivors were skipped, such as {:?}",
-        missing.len(),
-        missing.first()
-    );
+    let stayed = (0..2_000).map(listed_name).filter(|n| !removed.contains(n));
+    assert_listed_once(&names, stayed);
 }
 
 // Protects: a directory whose id record is damaged in BACKING fails its
