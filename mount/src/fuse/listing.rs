@@ -7,17 +7,21 @@
 //! on in the backing directory it opened (parked here between them), not
 //! in a new one sought to that position: a file system may keep state per
 //! open directory that a new one would lose (ext4 finds its place among
-//! entries whose names hash alike; some number entries by their place, and
-//! a seek costs them a walk from the start), and a request costs no new
-//! open. A position no parked directory can go on from (after a program's
-//! `lseek`, once parked ones were let go, or after the directory's entries
-//! changed through the mount) opens the directory anew and seeks there:
-//! what a listing then shows of entries added or renamed since it began is
-//! what the backing file system shows from that position. On btrfs, a
-//! program that renames every entry it lists into the same directory may
-//! meet the new names again, without end: btrfs stops such a program at
-//! the entries a directory had when it was opened, and here each renaming
-//! has the next request open the directory anew.
+//! entries whose names hash alike; tmpfs before Linux 6.6, overlayfs's
+//! merged directories and SMB number entries by their place, which
+//! entries removed meanwhile shift), and a request costs no new open.
+//!
+//! A position no parked directory can go on from opens the directory anew
+//! and seeks there: after a program's `lseek`, once parked ones were let
+//! go, or after names were added to the directory through the mount (a
+//! listing begun after that must show them; `Node::gaining_entries`).
+//! What a listing then shows is what the backing file system shows from
+//! that position: on the file systems that number entries by their place,
+//! entries may be skipped or shown twice; on btrfs, a program that adds a
+//! name to the directory for each entry it lists (renaming each, or
+//! writing a copy beside each) may meet the new names again, without end,
+//! where btrfs itself stops at the entries the directory had when it was
+//! opened.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -178,6 +182,10 @@ impl Streams {
             let version = node.entries_version();
             let weak = Arc::downgrade(node);
             let mut parked = self.lock();
+            // Listings that can never be gone on with again leave room.
+            parked.retain(|p| {
+                p.node.strong_count() > 0 && !(p.node.ptr_eq(&weak) && p.stream.version != version)
+            });
             for i in (0..parked.len()).rev() {
                 let p = &mut parked[i];
                 if p.node.ptr_eq(&weak)
@@ -264,16 +272,17 @@ mod tests {
         assert_eq!(again.name, sent[3].0);
     }
 
-    // Protects: a listing parked before the directory's entries changed
-    // through the mount is not gone on with (it may lack the change).
+    // Protects: a listing parked before names were added to the directory
+    // through the mount is not gone on with (it may lack them), and is let
+    // go rather than keep a place among the parked.
     #[test]
     fn a_change_retires_parked_listings() {
         let (_dir, node, fd) = directory(20);
         let streams = Streams::default();
         let nexts = park_after(&streams, &node, fd.as_fd(), 5);
-        drop(node.changing_entries());
+        drop(node.gaining_entries());
         let _fresh = streams.at(&node, fd.as_fd(), nexts[4]).expect("reopen");
-        assert_eq!(streams.lock().len(), 1, "the parked listing stayed");
+        assert!(streams.lock().is_empty(), "the retired listing was let go");
     }
 
     // Protects: of two listings parked at one place, the newest goes on.
@@ -290,12 +299,15 @@ mod tests {
         assert_eq!(parked[0].stream.sent.len(), 6, "the older one stays whole");
     }
 
-    // Protects: a reply of more than `MOST_SENT` entries is not kept.
+    // Protects: a reply of more than `MOST_SENT` entries is not kept; one
+    // of exactly that many is.
     #[test]
     fn a_huge_reply_is_not_parked() {
         let (_dir, node, fd) = directory(MOST_SENT + 1);
         let streams = Streams::default();
         park_after(&streams, &node, fd.as_fd(), MOST_SENT + 1);
         assert!(streams.lock().is_empty());
+        park_after(&streams, &node, fd.as_fd(), MOST_SENT);
+        assert_eq!(streams.lock().len(), 1);
     }
 }

@@ -80,17 +80,17 @@ pub struct Node {
     /// A directory's name key, read from its id record on first use (it
     /// moves with the directory, so it never changes).
     pub dir_key: OnceLock<DirKey>,
-    /// A directory's entries changed through the mount this many times
-    /// (`changing_entries`): a listing parked before a change is not gone
-    /// on with after it (`listing`).
+    /// Names were added to a directory through the mount this many times
+    /// (`gaining_entries`): a listing parked before one is not gone on
+    /// with after it (`listing`).
     entries_version: AtomicU64,
 }
 
-/// Moves a directory's entries version on when dropped, once the change it
-/// stands for is done (`Node::changing_entries`).
-pub struct EntriesChange<'a>(&'a Node);
+/// Moves a directory's entries version on when dropped, once the names it
+/// stands for were added (`Node::gaining_entries`).
+pub struct EntriesGained<'a>(&'a Node);
 
-impl Drop for EntriesChange<'_> {
+impl Drop for EntriesGained<'_> {
     fn drop(&mut self) {
         self.0.entries_version.fetch_add(1, Ordering::AcqRel);
     }
@@ -115,14 +115,20 @@ impl Node {
         }
     }
 
-    /// Held while this directory's entries change: the version moves when
-    /// it is dropped, after the change (a listing opened meanwhile has the
-    /// old version, and is not gone on with).
-    pub fn changing_entries(&self) -> EntriesChange<'_> {
-        EntriesChange(self)
+    /// Held from just before names are added to this directory (a file,
+    /// directory, link or symlink made, or a rename into it): the version
+    /// moves when it is dropped, after the names are there, and a listing
+    /// opened meanwhile has the old version and is not gone on with.
+    /// Removals need none: a listing opened before one can only show a
+    /// name that is gone (a listing with attributes leaves it out), and
+    /// programs that delete what they list as they list it (`rm -rf`) go on
+    /// in the listing they opened, which on a file system that numbers
+    /// entries by their place must not be sought anew.
+    pub fn gaining_entries(&self) -> EntriesGained<'_> {
+        EntriesGained(self)
     }
 
-    /// How many changes of this directory's entries are done.
+    /// How many times names were added to this directory.
     pub fn entries_version(&self) -> u64 {
         self.entries_version.load(Ordering::Acquire)
     }

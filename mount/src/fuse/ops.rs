@@ -927,8 +927,8 @@ impl Ops {
         mode: u32,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let _change = parent.changing_entries();
         let backing = self.new_backing_name(&parent, name)?;
+        let _gained = parent.gaining_entries();
         let mode = Mode::from_raw_mode(mode);
         if self.names.mode() == NameMode::Plaintext {
             rustix::fs::mkdirat(&parent.fd, &backing, mode).map_err(sys)?;
@@ -1059,8 +1059,8 @@ impl Ops {
         rdev: u32,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let _change = parent.changing_entries();
         let backing = self.new_backing_name(&parent, name)?;
+        let _gained = parent.gaining_entries();
         let kind = RawType::from_raw_mode(mode);
         if kind == RawType::RegularFile {
             // The kernel makes every new regular file this way (`fs::create`).
@@ -1085,13 +1085,13 @@ impl Ops {
         target: &OsStr,
     ) -> Result<FileAttr, Errno> {
         let parent = self.node(parent)?;
-        let _change = parent.changing_entries();
         let stored = match self.names.seal_target(target) {
             Ok(stored) => Some(stored),
             Err(NameError::TooLong) if target.len() < 4096 => None,
             Err(e) => return Err(self.name_errno(e, &parent)),
         };
         let backing = self.new_backing_name(&parent, name)?;
+        let _gained = parent.gaining_entries();
         match stored {
             Some(stored) => rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?,
             // Too long to seal into a backing symlink: the file form.
@@ -1133,8 +1133,8 @@ impl Ops {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         let parent = self.node(newparent)?;
-        let _change = parent.changing_entries();
         let backing = self.new_backing_name(&parent, newname)?;
+        let _gained = parent.gaining_entries();
         rustix::fs::linkat(
             CWD,
             node.proc_path(),
@@ -1149,7 +1149,6 @@ impl Ops {
 
     pub fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let parent = self.node(parent)?;
-        let _change = parent.changing_entries();
         let backing = self.backing_name(&parent, name)?;
         if !dir {
             let stat = rustix::fs::statat(&parent.fd, &backing, AtFlags::SYMLINK_NOFOLLOW);
@@ -1212,7 +1211,6 @@ impl Ops {
     ) -> Result<(), Errno> {
         let from_dir = self.node(parent)?;
         let to_dir = self.node(newparent)?;
-        let _changes = (from_dir.changing_entries(), to_dir.changing_entries());
         let flags = rustix::fs::RenameFlags::from_bits(flags).ok_or(Errno::EINVAL)?;
         if flags.contains(rustix::fs::RenameFlags::WHITEOUT) {
             return Err(Errno::EINVAL);
@@ -1222,8 +1220,13 @@ impl Ops {
         // old name's after it is gone, unless both names still stand
         // (an exchange, or a rename onto itself).
         let to = self.new_backing_name(&to_dir, newname)?;
-        let replaces = !flags.contains(rustix::fs::RenameFlags::EXCHANGE)
-            && !flags.contains(rustix::fs::RenameFlags::NOREPLACE);
+        // An exchange gives the first directory a name too.
+        let exchange = flags.contains(rustix::fs::RenameFlags::EXCHANGE);
+        let _gained = (
+            to_dir.gaining_entries(),
+            exchange.then(|| from_dir.gaining_entries()),
+        );
+        let replaces = !exchange && !flags.contains(rustix::fs::RenameFlags::NOREPLACE);
         let target = match replaces {
             true => rustix::fs::statat(&to_dir.fd, &to, AtFlags::SYMLINK_NOFOLLOW).ok(),
             false => None,
@@ -1235,7 +1238,7 @@ impl Ops {
         }
         renamed?;
         let same = from_dir.ino == to_dir.ino && name == newname;
-        if !flags.contains(rustix::fs::RenameFlags::EXCHANGE) && !same {
+        if !exchange && !same {
             self.forget_backing_name(&from_dir, name);
         }
         Ok(())
