@@ -59,9 +59,12 @@ pub struct RawEntry {
 /// A backing directory open for listing.
 pub struct Stream {
     dir: Dir,
-    /// The directory's `entries_version` before it was opened: a change
-    /// made through the mount since may not show in it.
+    /// The directory's `entries_version` before it was opened: names
+    /// added through the mount since may not show in it.
     version: u64,
+    /// The directory's `entries_removed` before it was opened: names
+    /// removed since may still show in it.
+    removed: u64,
     /// Entries read but not sent (or sent in a reply the kernel did not
     /// use whole), to give before reading on.
     queued: VecDeque<RawEntry>,
@@ -76,6 +79,7 @@ impl Stream {
     /// `position` (0: the start).
     fn open(node: &Node, dir: BorrowedFd, position: u64) -> Result<Stream, Errno> {
         let version = node.entries_version();
+        let removed = node.entries_removed();
         let fd = rustix::fs::openat(
             dir,
             ".",
@@ -86,6 +90,7 @@ impl Stream {
         let mut stream = Stream {
             dir: Dir::new(fd).map_err(sys)?,
             version,
+            removed,
             queued: VecDeque::new(),
             sent: Vec::new(),
         };
@@ -151,6 +156,12 @@ impl Stream {
         true
     }
 
+    /// Whether names were removed from directory `node` since this was
+    /// opened (what it gives may be gone).
+    pub fn outlived_removals(&self, node: &Node) -> bool {
+        self.removed != node.entries_removed()
+    }
+
     /// The backing directory (names are decoded relative to it).
     pub fn fd(&self) -> BorrowedFd<'_> {
         // Infallible on Linux: the `Dir` owns its descriptor.
@@ -174,22 +185,23 @@ pub struct Streams {
 impl Streams {
     /// A stream of `dir` ready at `position`: a parked one that can go on
     /// from there (the newest, which is the listing that last gave entries
-    /// there), or a new one. A stream opened before the directory's
-    /// entries last changed through the mount is not gone on with: it may
-    /// lack the change, which a listing begun after it must show.
+    /// there), or a new one. A stream opened before names were last added
+    /// to the directory through the mount is not gone on with: it may lack
+    /// them, which a listing begun after must show.
     pub fn at(&self, node: &Arc<Node>, dir: BorrowedFd, position: u64) -> Result<Stream, Errno> {
         if position > 0 {
             let version = node.entries_version();
             let weak = Arc::downgrade(node);
             let mut parked = self.lock();
             // Listings that can never be gone on with again leave room.
+            // (One opened after `version` was read is newer, not stale.)
             parked.retain(|p| {
-                p.node.strong_count() > 0 && !(p.node.ptr_eq(&weak) && p.stream.version != version)
+                p.node.strong_count() > 0 && !(p.node.ptr_eq(&weak) && p.stream.version < version)
             });
             for i in (0..parked.len()).rev() {
                 let p = &mut parked[i];
                 if p.node.ptr_eq(&weak)
-                    && p.stream.version == version
+                    && p.stream.version >= version
                     && p.stream.resume_at(p.from, position)
                 {
                     return Ok(parked.remove(i).expect("an index in range").stream);
@@ -283,6 +295,21 @@ mod tests {
         drop(node.gaining_entries());
         let _fresh = streams.at(&node, fd.as_fd(), nexts[4]).expect("reopen");
         assert!(streams.lock().is_empty(), "the retired listing was let go");
+    }
+
+    // Protects: a listing opened before a name was removed knows it (its
+    // entries are then checked to exist); one opened after does not.
+    #[test]
+    fn a_listing_knows_it_outlived_a_removal() {
+        let (_dir, node, fd) = directory(20);
+        let streams = Streams::default();
+        let nexts = park_after(&streams, &node, fd.as_fd(), 5);
+        node.lost_entry();
+        let resumed = streams.at(&node, fd.as_fd(), nexts[4]).expect("resume");
+        assert!(streams.lock().is_empty(), "a removal retires nothing");
+        assert!(resumed.outlived_removals(&node));
+        let fresh = streams.at(&node, fd.as_fd(), 0).expect("open");
+        assert!(!fresh.outlived_removals(&node));
     }
 
     // Protects: of two listings parked at one place, the newest goes on.

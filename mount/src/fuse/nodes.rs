@@ -84,6 +84,10 @@ pub struct Node {
     /// (`gaining_entries`): a listing parked before one is not gone on
     /// with after it (`listing`).
     entries_version: AtomicU64,
+    /// Names were removed from a directory through the mount this many
+    /// times (`lost_entry`): a listing opened before one checks that what
+    /// it gives still exists (`Ops::list_from`).
+    entries_removed: AtomicU64,
 }
 
 /// Moves a directory's entries version on when dropped, once the names it
@@ -112,6 +116,7 @@ impl Node {
             content: Mutex::new(Weak::new()),
             dir_key: OnceLock::new(),
             entries_version: AtomicU64::new(0),
+            entries_removed: AtomicU64::new(0),
         }
     }
 
@@ -119,13 +124,23 @@ impl Node {
     /// directory, link or symlink made, or a rename into it): the version
     /// moves when it is dropped, after the names are there, and a listing
     /// opened meanwhile has the old version and is not gone on with.
-    /// Removals need none: a listing opened before one can only show a
-    /// name that is gone (a listing with attributes leaves it out), and
-    /// programs that delete what they list as they list it (`rm -rf`) go on
-    /// in the listing they opened, which on a file system that numbers
-    /// entries by their place must not be sought anew.
+    /// Removals are counted apart (`lost_entry`) and retire nothing:
+    /// programs that delete what they list as they list it (`rm -rf`) go
+    /// on in the listing they opened, which on a file system that numbers
+    /// entries by their place must not be sought anew; such a listing
+    /// checks that each entry it gives still exists.
     pub fn gaining_entries(&self) -> EntriesGained<'_> {
         EntriesGained(self)
+    }
+
+    /// A name of this directory is gone (called once it is).
+    pub fn lost_entry(&self) {
+        self.entries_removed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times names were removed from this directory.
+    pub fn entries_removed(&self) -> u64 {
+        self.entries_removed.load(Ordering::Acquire)
     }
 
     /// How many times names were added to this directory.

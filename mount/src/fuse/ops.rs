@@ -1158,11 +1158,14 @@ impl Ops {
                 self.nodes.removed(&node);
             }
             unlinked.map_err(sys)?;
+            parent.lost_entry();
             self.forget_backing_name(&parent, name);
             return Ok(());
         }
         if self.names.mode() == NameMode::Plaintext {
-            return rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR).map_err(sys);
+            rustix::fs::unlinkat(&parent.fd, &backing, AtFlags::REMOVEDIR).map_err(sys)?;
+            parent.lost_entry();
+            return Ok(());
         }
         // The directory holds its id record: remove it first, and put it
         // back if the directory turns out not to be removable.
@@ -1185,6 +1188,7 @@ impl Ops {
                 }
             }
         }
+        parent.lost_entry();
         self.forget_backing_name(&parent, name);
         Ok(())
     }
@@ -1239,6 +1243,7 @@ impl Ops {
         renamed?;
         let same = from_dir.ino == to_dir.ino && name == newname;
         if !exchange && !same {
+            from_dir.lost_entry();
             self.forget_backing_name(&from_dir, name);
         }
         Ok(())
@@ -1298,6 +1303,10 @@ impl Ops {
         // local file system fails a damaged directory's getdents.
         let key = self.dir_key(&node)?;
         let mut stream = self.listings.at(node.node(), node.fd.as_fd(), offset)?;
+        // A listing parked before names were removed may hold some of
+        // them (read ahead, or given to another program's listing at the
+        // same place): each entry is checked to still exist.
+        let recheck = stream.outlived_removals(&node);
         let mut given = false;
         let failed = |e: Errno, given: bool| if given { Ok(()) } else { Err(e) };
         while let Some(entry) = stream.next_entry() {
@@ -1315,6 +1324,13 @@ impl Ops {
                     node.backing_path().display()
                 );
                 return failed(Errno::EIO, given);
+            }
+            if recheck && entry.name != "." && entry.name != ".." {
+                let exists =
+                    rustix::fs::statat(stream.fd(), &entry.name, AtFlags::SYMLINK_NOFOLLOW);
+                if matches!(exists, Err(rustix::io::Errno::NOENT)) {
+                    continue;
+                }
             }
             let name = match self.shown_name(&node, &key, stream.fd(), &entry.name) {
                 Ok(Some(name)) => name,
