@@ -715,7 +715,7 @@ impl EncryptedFile {
                 }
             }
         }
-        if self.sync_failed.load(Ordering::Relaxed) {
+        if self.sync_failed() {
             self.hand_on_a_failure(Failure::Sync);
         }
     }

@@ -30,10 +30,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, Weak};
 
 use fuser::Errno;
-use rustix::fs::{Dir, FileType as RawType, Mode, OFlags};
+use rustix::fs::{Dir, FileType as RawType};
 
 use super::errno::sys;
-use super::nodes::Node;
+use super::nodes::{open_dir, Node};
 
 /// Listings parked between requests, the oldest let go first: each holds
 /// a descriptor, the backing listing's buffer (at most about 48 KiB) and
@@ -80,13 +80,7 @@ impl Stream {
     fn open(node: &Node, dir: BorrowedFd, position: u64) -> Result<Stream, Errno> {
         let version = node.entries_version();
         let removed = node.entries_removed();
-        let fd = rustix::fs::openat(
-            dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(sys)?;
+        let fd = open_dir(dir)?;
         let mut stream = Stream {
             dir: Dir::new(fd).map_err(sys)?,
             version,
@@ -200,10 +194,7 @@ impl Streams {
             });
             for i in (0..parked.len()).rev() {
                 let p = &mut parked[i];
-                if p.node.ptr_eq(&weak)
-                    && p.stream.version >= version
-                    && p.stream.resume_at(p.from, position)
-                {
+                if p.node.ptr_eq(&weak) && p.stream.resume_at(p.from, position) {
                     return Ok(parked.remove(i).expect("an index in range").stream);
                 }
             }
@@ -236,6 +227,8 @@ impl Streams {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
+
+    use rustix::fs::{Mode, OFlags};
 
     use super::*;
 

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use fuser::Errno;
-use rustix::fs::{FileType, Stat};
+use rustix::fs::{FileType, Mode, OFlags, Stat};
 
 use super::handles::{self, FileHandle};
 use super::prune::PruneSignal;
@@ -88,6 +88,18 @@ pub struct Node {
     /// times (`lost_entry`): a listing opened before one checks that what
     /// it gives still exists (`Ops::list_from`).
     entries_removed: AtomicU64,
+}
+
+/// Directory `dir` (an `O_PATH` descriptor, as nodes hold) opened so that it
+/// can be listed, synced or asked about its file system.
+pub fn open_dir(dir: impl AsFd) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(super::errno::sys)
 }
 
 /// Moves a directory's entries version on when dropped, once the names it

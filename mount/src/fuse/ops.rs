@@ -19,7 +19,7 @@ use super::errno::{io, sys, volume_errno_at};
 use super::held::HeldWriter;
 use super::kept::Kept;
 use super::listing::Streams;
-use super::nodes::{Node, NodeTable, Pinned, ROOT_INO};
+use super::nodes::{open_dir, Node, NodeTable, Pinned, ROOT_INO};
 use super::prune::PruneSignal;
 use super::xattr::XattrCipher;
 use crate::content::{ContentCrypto, EncryptedFile};
@@ -82,6 +82,10 @@ struct DirItem {
     /// while entries come and go on Linux's file systems and NFS), which
     /// the kernel hands back to go on from there.
     next: u64,
+    /// Read before a name was removed from the directory: it may be gone,
+    /// and is left out if it is (`listed_kind`; a listing with attributes
+    /// finds it gone when it looks it up).
+    maybe_gone: bool,
 }
 
 pub struct Ops {
@@ -1305,8 +1309,9 @@ impl Ops {
         let mut stream = self.listings.at(node.node(), node.fd.as_fd(), offset)?;
         // A listing parked before names were removed may hold some of
         // them (read ahead, or given to another program's listing at the
-        // same place): each entry is checked to still exist.
-        let recheck = stream.outlived_removals(&node);
+        // same place): each entry is checked to still exist, by the
+        // status its listing reads anyway (`DirItem::maybe_gone`).
+        let maybe_gone = stream.outlived_removals(&node);
         let mut given = false;
         let failed = |e: Errno, given: bool| if given { Ok(()) } else { Err(e) };
         while let Some(entry) = stream.next_entry() {
@@ -1325,13 +1330,6 @@ impl Ops {
                 );
                 return failed(Errno::EIO, given);
             }
-            if recheck && entry.name != "." && entry.name != ".." {
-                let exists =
-                    rustix::fs::statat(stream.fd(), &entry.name, AtFlags::SYMLINK_NOFOLLOW);
-                if matches!(exists, Err(rustix::io::Errno::NOENT)) {
-                    continue;
-                }
-            }
             let name = match self.shown_name(&node, &key, stream.fd(), &entry.name) {
                 Ok(Some(name)) => name,
                 Ok(None) => continue,
@@ -1343,6 +1341,7 @@ impl Ops {
                 ino: self.nodes.entry_ino(&node, entry.ino),
                 kind: attr::file_type(entry.kind),
                 next: entry.next,
+                maybe_gone,
             };
             match each(&node, item) {
                 Ok(Fed::Added) => {
@@ -1399,7 +1398,9 @@ impl Ops {
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<(), Errno> {
         self.list_from(ino, offset, |dir, item| {
-            let kind = self.listed_kind(dir, &item);
+            let Some(kind) = self.listed_kind(dir, &item) else {
+                return Ok(Fed::Skipped);
+            };
             Ok(match add(item.ino, item.next, kind, &item.name) {
                 true => Fed::Full,
                 false => Fed::Added,
@@ -1407,16 +1408,22 @@ impl Ops {
         })
     }
 
-    /// The type a plain listing shows for `item`: a file-form symlink is
-    /// stored as a regular file, and shows as a symlink. (A listing with
-    /// attributes learns it from the entry's status instead.)
-    fn listed_kind(&self, dir: &Pinned, item: &DirItem) -> FileType {
-        if item.kind != FileType::RegularFile || self.names.mode() != NameMode::Encrypted {
-            return item.kind;
+    /// The type a plain listing shows for `item`, `None` for one that may
+    /// be gone and is: a file-form symlink is stored as a regular file, and
+    /// shows as a symlink. (A listing with attributes learns both from the
+    /// entry's lookup instead.)
+    fn listed_kind(&self, dir: &Pinned, item: &DirItem) -> Option<FileType> {
+        let file_form =
+            item.kind == FileType::RegularFile && self.names.mode() == NameMode::Encrypted;
+        if !file_form && !item.maybe_gone {
+            return Some(item.kind);
         }
         match rustix::fs::statat(&dir.fd, &item.backing, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) if symlink_file::is_file_form(NameMode::Encrypted, &stat) => FileType::Symlink,
-            _ => item.kind,
+            Ok(stat) if file_form && symlink_file::is_file_form(NameMode::Encrypted, &stat) => {
+                Some(FileType::Symlink)
+            }
+            Err(rustix::io::Errno::NOENT) if item.maybe_gone => None,
+            _ => Some(item.kind),
         }
     }
 
@@ -1456,13 +1463,7 @@ impl Ops {
 
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
         let node = self.node(ino)?;
-        let dir = rustix::fs::openat(
-            &node.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(sys)?;
+        let dir = open_dir(&*node.fd)?;
         if datasync {
             rustix::fs::fdatasync(&dir).map_err(sys)
         } else {
@@ -1472,13 +1473,7 @@ impl Ops {
 
     pub fn statfs(&self) -> Result<rustix::fs::StatVfs, Errno> {
         let root = self.node(ROOT_INO)?;
-        let dir = rustix::fs::openat(
-            &root.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(sys)?;
+        let dir = open_dir(&*root.fd)?;
         rustix::fs::fstatvfs(dir.as_fd()).map_err(sys)
     }
 
