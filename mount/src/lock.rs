@@ -57,20 +57,30 @@ impl VolumeLock {
 }
 
 impl VolumeLock {
+    /// Takes the volume in `backing`, waiting up to `timeout` for whoever
+    /// holds it to let it go: a process that has just died (its mount
+    /// cleared as dead) or whose session has ended drops the lock only when
+    /// its last descriptors are closed, a moment after its mount is gone.
+    pub fn acquire_within(backing: &Path, timeout: std::time::Duration) -> Result<VolumeLock> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match VolumeLock::acquire(backing) {
+                Err(VolumeError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                taken => return taken,
+            }
+        }
+    }
+
     /// Waits up to `timeout` for whoever holds the volume in `backing` to
     /// let it go (a mount whose session has ended finishes writing, then
     /// exits); true once it is free. Takes the lock only for a moment.
     pub fn wait_until_free(backing: &Path, timeout: std::time::Duration) -> Result<bool> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match VolumeLock::acquire(backing) {
-                Ok(_free) => return Ok(true),
-                Err(VolumeError::Busy { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(VolumeError::Busy { .. }) => return Ok(false),
-                Err(e) => return Err(e),
-            }
+        match VolumeLock::acquire_within(backing, timeout) {
+            Ok(_free) => Ok(true),
+            Err(VolumeError::Busy { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
@@ -98,5 +108,26 @@ mod tests {
         drop(first);
         assert!(VolumeLock::wait_until_free(dir.path(), short).expect("wait"));
         VolumeLock::acquire(dir.path()).expect("after the first is gone");
+    }
+
+    // Protects: a mount taken just after a dead mount is cleared waits for
+    // the dying holder to let go, and is still refused when nobody does.
+    #[test]
+    fn a_lock_let_go_soon_is_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = VolumeLock::acquire(dir.path()).expect("first");
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(first);
+        });
+        let long = std::time::Duration::from_secs(10);
+        let second = VolumeLock::acquire_within(dir.path(), long).expect("taken once let go");
+        holder.join().expect("holder");
+        let short = std::time::Duration::from_millis(30);
+        assert!(matches!(
+            VolumeLock::acquire_within(dir.path(), short),
+            Err(VolumeError::Busy { .. })
+        ));
+        drop(second);
     }
 }

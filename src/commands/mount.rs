@@ -22,7 +22,7 @@ pub struct MountRequest {
 }
 
 pub fn mount(req: MountRequest) -> Result<()> {
-    clear_dead_mount(&req.mountpoint)?;
+    let cleared = clear_dead_mount(&req.mountpoint)?;
     let backing = existing_dir(&req.backing, "backing directory")?;
     let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
     if chronicle_mount::mountinfo::is_mount_point(&mountpoint) {
@@ -51,8 +51,13 @@ pub fn mount(req: MountRequest) -> Result<()> {
     let user_key = keysource::resolve(&req.key, Purpose::Open, "CHRONICLE_PASSPHRASE")?;
     let volume = Volume::open(&backing, &user_key)?;
     drop(user_key);
-    // Held for the life of the mount (a background mount inherits it).
-    let lock = chronicle_mount::lock::VolumeLock::acquire(&backing)?;
+    // Held for the life of the mount (a background mount inherits it). The
+    // process of a mount just cleared as dead lets go of it only as it
+    // finishes exiting, a moment after its mount died: wait for that.
+    let lock = match cleared {
+        true => chronicle_mount::lock::VolumeLock::acquire_within(&backing, DYING_HOLDER)?,
+        false => chronicle_mount::lock::VolumeLock::acquire(&backing)?,
+    };
     // This process lives as long as the mount: its environment and memory
     // must not give the key away.
     let key_env = req
@@ -169,6 +174,10 @@ fn serve(
     Ok(())
 }
 
+/// How long a mount waits for the process of a dead mount it cleared to
+/// finish exiting and let go of the volume.
+const DYING_HOLDER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Unmounts, then flushes the backing file system, so that, as with a
 /// local file system, everything written is on disk when umount returns.
 pub fn umount(mountpoint: &Path) -> Result<()> {
@@ -215,13 +224,14 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
 /// A chronicle mount whose process died (killed, crashed) leaves its mount
 /// point answering "Transport endpoint is not connected" to everyone. It
 /// holds nothing (every write the process acknowledged already reached the
-/// backing directory), so mounting again clears it, and says so.
-fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
+/// backing directory), so mounting again clears it, and says so; true if
+/// it did.
+fn clear_dead_mount(mountpoint: &Path) -> Result<bool> {
     // statfs always asks the file system; a stat may be answered from
     // attributes the kernel still caches for a moment after the process
     // died, and the next look then finds no directory there.
     let Err(e) = rustix::fs::statfs(mountpoint).map_err(std::io::Error::from) else {
-        return Ok(());
+        return Ok(false);
     };
     // ECONNABORTED: a request the kernel had queued while the dying
     // process's descriptors were being closed. ECANCELED: the same over
@@ -230,7 +240,7 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
         e.raw_os_error(),
         Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
     ) {
-        return Ok(());
+        return Ok(false);
     }
     let shown = mountpoint.display();
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
@@ -248,7 +258,7 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
             eprintln!(
                 "note: the mount process for {shown} had died ({e}); cleared the dead mount (fsck the volume if a program was writing)"
             );
-            Ok(())
+            Ok(true)
         }
         _ => bail!(
             "{shown} is a dead mount of another file system ({e}); unmount it first (umount -l {shown})"

@@ -378,11 +378,27 @@ fn leave_free(filler: &Path, bytes: u64) {
         .expect("cut the filler");
 }
 
-/// Removes `filler`: its space is back at once.
+/// Removes `filler` and waits for its space to be back: at once, unless a
+/// program another test of this process spawned was between its fork and
+/// its exec while the filler was open, and so holds it open for a moment.
 fn free_store(filler: &Path, store: &Tmpfs) {
     fs::remove_file(filler).expect("free space");
-    let free = rustix::fs::statvfs(&store.path).expect("statvfs");
-    assert!(free.f_bavail * free.f_frsize >= 512 << 10, "space is back");
+    let free = || {
+        let free = rustix::fs::statvfs(&store.path).expect("statvfs");
+        free.f_bavail * free.f_frsize
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while free() < 512 << 10 {
+        if std::time::Instant::now() > deadline {
+            let held = Command::new("du")
+                .args(["-a", "--apparent-size", path_str(&store.path)])
+                .output()
+                .map(|out| stdout(&out))
+                .unwrap_or_default();
+            panic!("space is back: {} bytes free, holding:\n{held}", free());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 // Protects: a held rewrite of synced data takes its journal slot when it
@@ -738,6 +754,42 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
         fs::read(m.path("synced")).expect("read after remount"),
         synced
     );
+}
+
+// Protects: a mount started at once on the point of a mount whose process
+// was killed succeeds. The dying process lets go of the volume lock only as
+// it finishes exiting, a moment after its mount died; the new mount waits
+// for that (here the test holds the lock for that moment) instead of
+// refusing the volume as in use.
+#[test]
+fn a_remount_waits_for_the_dead_mount_to_let_go() {
+    use chronicle_mount::lock::VolumeLock;
+    let Some(m) = mount_or_skip(&[]) else { return };
+    let f = fs::File::create(m.path("kept")).expect("create");
+    f.write_all_at(b"kept", 0).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    kill_mount(&m.mnt);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rustix::fs::statfs(&m.mnt).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the mount never died");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let lock = VolumeLock::acquire_within(&m.fixture.backing, std::time::Duration::from_secs(10))
+        .expect("the killed process lets go");
+    let dying = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(lock);
+    });
+    let out = m.remount();
+    dying.join().expect("holder");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cleared the dead mount"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(m.path("kept")).expect("read"), b"kept");
 }
 
 /// Preallocates `log` (8 pages, fsynced), rewrites page `index` with
