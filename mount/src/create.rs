@@ -32,14 +32,14 @@ impl From<VolumeError> for CreateError {
 }
 
 /// Creates the encrypted file `entry` in `dir` with `mode`, running `fill`
-/// on it before its name appears. Returns a read-write descriptor of it.
+/// on it before its name appears. Returns it, over a read-write descriptor.
 pub fn create_whole(
     dir: BorrowedFd,
     entry: &OsStr,
     mode: Mode,
     crypto: &Arc<ContentCrypto>,
     fill: impl FnOnce(&EncryptedFile) -> Result<()>,
-) -> std::result::Result<File, CreateError> {
+) -> std::result::Result<EncryptedFile, CreateError> {
     let io =
         |what: &str, e: rustix::io::Errno| CreateError::Volume(VolumeError::io(what, e.into()));
     let anonymous = rustix::fs::openat(
@@ -62,15 +62,12 @@ pub fn create_whole(
                 rustix::io::Errno::EXIST => CreateError::Exists,
                 e => io("creating a file", e),
             })?;
-            let file = File::from(fd);
-            fill_file(&file, entry, crypto, fill)?;
-            return Ok(file);
+            return Ok(filled(File::from(fd), entry, crypto, fill)?);
         }
         Err(e) => return Err(io("creating a file", e)),
     };
-    let file = File::from(fd);
-    fill_file(&file, entry, crypto, fill)?;
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let contents = filled(File::from(fd), entry, crypto, fill)?;
+    let path = format!("/proc/self/fd/{}", contents.backing().as_raw_fd());
     rustix::fs::linkat(
         rustix::fs::CWD,
         path.as_str(),
@@ -82,7 +79,7 @@ pub fn create_whole(
         rustix::io::Errno::EXIST => CreateError::Exists,
         e => io("linking a new file", e),
     })?;
-    Ok(reopen_by_name(dir, entry, file))
+    Ok(reopen_by_name(dir, entry, contents))
 }
 
 /// A descriptor from `O_TMPFILE` keeps its anonymous name in
@@ -90,31 +87,88 @@ pub fn create_whole(
 /// error messages show. Reopening through the new entry gives a descriptor
 /// that names the file; if the entry is no longer this file (someone
 /// replaced it in between), the anonymous descriptor is kept.
-fn reopen_by_name(dir: BorrowedFd, entry: &OsStr, file: File) -> File {
+fn reopen_by_name(dir: BorrowedFd, entry: &OsStr, contents: EncryptedFile) -> EncryptedFile {
     let named = rustix::fs::openat(
         dir,
         entry,
         OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     );
-    let (Ok(named), Ok(ours)) = (named, rustix::fs::fstat(&file)) else {
-        return file;
+    let (Ok(named), Ok(ours)) = (named, rustix::fs::fstat(contents.backing())) else {
+        return contents;
     };
     match rustix::fs::fstat(&named) {
-        Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => File::from(named),
-        _ => file,
+        Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => {
+            contents.reached_through(File::from(named))
+        }
+        _ => contents,
     }
 }
 
-fn fill_file(
-    file: &File,
+/// The new, empty `file` with its header, filled by `fill`.
+fn filled(
+    file: File,
     entry: &OsStr,
     crypto: &Arc<ContentCrypto>,
     fill: impl FnOnce(&EncryptedFile) -> Result<()>,
-) -> Result<()> {
-    let clone = file
-        .try_clone()
-        .map_err(|e| VolumeError::io("duplicating a descriptor", e))?;
-    let contents = EncryptedFile::create(clone, Arc::clone(crypto), PathBuf::from(entry))?;
-    fill(&contents)
+) -> Result<EncryptedFile> {
+    let contents = EncryptedFile::create_new(file, Arc::clone(crypto), PathBuf::from(entry))?;
+    fill(&contents)?;
+    Ok(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::Backend;
+    use crate::keys::SecretKey;
+    use std::os::fd::AsFd;
+
+    // Protects: a new file appears under its name with its header and what
+    // `fill` wrote, read back through a fresh open; the contents returned
+    // are reached through the name (messages name the file); a taken name
+    // is refused and left as it was.
+    #[test]
+    fn a_new_file_appears_whole_under_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let crypto = Arc::new(ContentCrypto::new(
+            SecretKey::from_bytes([5; 32]),
+            Backend::Ring,
+        ));
+        let at = File::open(dir.path()).expect("open dir");
+        let made = create_whole(
+            at.as_fd(),
+            OsStr::new("new"),
+            Mode::from_raw_mode(0o600),
+            &crypto,
+            |contents| contents.write_at(0, b"filled"),
+        )
+        .unwrap_or_else(|e| panic!("create: {e:?}"));
+        // Read back through a descriptor opened by the name, not the
+        // anonymous one it was made through.
+        assert_eq!(made.backing_path(), dir.path().join("new"));
+        drop(made);
+
+        let path = dir.path().join("new");
+        let again = EncryptedFile::open(File::open(&path).expect("open"), crypto.clone(), path)
+            .expect("reopen");
+        assert!(again.damage().is_none(), "{:?}", again.damage());
+        let mut read = vec![0u8; 6];
+        assert_eq!(again.read_at(0, &mut read).expect("read"), 6);
+        assert_eq!(&read, b"filled");
+
+        let taken = create_whole(
+            at.as_fd(),
+            OsStr::new("new"),
+            Mode::from_raw_mode(0o600),
+            &crypto,
+            |_| Ok(()),
+        );
+        assert!(
+            matches!(taken, Err(CreateError::Exists)),
+            "{:?}",
+            taken.err()
+        );
+        assert_eq!(again.len().expect("len"), 6, "the taken name is left alone");
+    }
 }

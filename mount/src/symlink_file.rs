@@ -43,7 +43,7 @@ pub fn create(
     entry: &std::ffi::OsStr,
     sealed: &[u8],
     crypto: &Arc<ContentCrypto>,
-) -> Result<File> {
+) -> Result<EncryptedFile> {
     let made = crate::create::create_whole(
         dir,
         entry,
@@ -54,8 +54,8 @@ pub fn create(
             contents.sync(false)
         },
     );
-    let file = match made {
-        Ok(file) => file,
+    let contents = match made {
+        Ok(contents) => contents,
         Err(crate::create::CreateError::Exists) => {
             return Err(VolumeError::io(
                 "creating a symlink",
@@ -65,9 +65,9 @@ pub fn create(
         Err(crate::create::CreateError::Volume(e)) => return Err(e),
     };
     // The mode again: creation masks it with the umask.
-    rustix::fs::fchmod(&file, Mode::from_raw_mode(FILE_FORM_MODE))
+    rustix::fs::fchmod(contents.backing(), Mode::from_raw_mode(FILE_FORM_MODE))
         .map_err(|e| VolumeError::io("marking a symlink", e.into()))?;
-    Ok(file)
+    Ok(contents)
 }
 
 /// The sealed target a file-form symlink holds (`file` opened for reading);

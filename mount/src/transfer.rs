@@ -526,7 +526,7 @@ impl Copier<'_, '_> {
                 .map_err(|e| VolumeError::io("creating a symlink", e.into()))?,
             None => {
                 let sealed = self.dest.names().seal_target_any(&target);
-                let file = crate::symlink_file::create(
+                let made = crate::symlink_file::create(
                     here.as_fd(),
                     &entry,
                     std::os::unix::ffi::OsStrExt::as_bytes(sealed.as_os_str()),
@@ -534,7 +534,7 @@ impl Copier<'_, '_> {
                 )?;
                 if self.as_root {
                     rustix::fs::fchown(
-                        &file,
+                        made.backing(),
                         Some(rustix::fs::Uid::from_raw(visit.stat.st_uid)),
                         Some(rustix::fs::Gid::from_raw(visit.stat.st_gid)),
                     )
@@ -543,7 +543,7 @@ impl Copier<'_, '_> {
                 let mut stat = *visit.stat;
                 stat.st_mode = libc::S_IFREG | crate::symlink_file::FILE_FORM_MODE;
                 return self
-                    .finish_node(&file, None, &stat)
+                    .finish_node(made.backing(), None, &stat)
                     .context(|| "keeping the symlink's times".to_string());
             }
         }

@@ -108,12 +108,30 @@ struct SyncedAttrs {
     full: bool,
 }
 
+/// The header of a file that holds no blocks.
+fn empty_header(file_id: [u8; FILE_ID_LEN]) -> FileHeader {
+    FileHeader {
+        flags: 0,
+        file_id,
+        content_id: [0; FILE_ID_LEN],
+        pending_size: 0,
+    }
+}
+
 impl EncryptedFile {
     /// Wraps an open backing file (opened for reading, and for writing if
     /// writes will follow). A damaged header is not an error here: reads
     /// report it, and truncating to zero repairs it.
     pub fn open(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Result<Self> {
-        let this = EncryptedFile {
+        let this = Self::unexamined(file, crypto, label);
+        let loaded = this.load_state()?;
+        *this.state_mut_keeping_held() = loaded;
+        Ok(this)
+    }
+
+    /// The file with no header known yet, before anything is read of it.
+    fn unexamined(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Self {
+        EncryptedFile {
             file,
             crypto,
             state: RwLock::new(State {
@@ -129,10 +147,7 @@ impl EncryptedFile {
             at_last_sync: Mutex::new(None),
             commits_live: AtomicBool::new(false),
             mtime_set: Mutex::new(None),
-        };
-        let loaded = this.load_state()?;
-        *this.state_mut_keeping_held() = loaded;
-        Ok(this)
+        }
     }
 
     /// Wraps a backing file that was just created (empty), giving it a
@@ -144,6 +159,24 @@ impl EncryptedFile {
             this.reset_to_empty(&mut state)?;
         }
         Ok(this)
+    }
+
+    /// Wraps a backing file this process has just made (`O_TMPFILE`, or
+    /// `O_CREAT | O_EXCL`), empty by construction, giving it a header with
+    /// a new file id: `create` without examining or cutting the file first.
+    pub fn create_new(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Result<Self> {
+        let this = Self::unexamined(file, crypto, label);
+        let header = empty_header(crate::random::bytes());
+        this.store_header(&mut *this.state_mut()?, header)?;
+        Ok(this)
+    }
+
+    /// The same file through `file`, another descriptor of it that the
+    /// caller checked is the same file (one opened by the name the file
+    /// was given, so that messages show that name).
+    pub fn reached_through(mut self, file: File) -> Self {
+        self.file = file;
+        self
     }
 
     /// The backing file, e.g. for `fsync` or `fstat`.
@@ -479,12 +512,7 @@ impl EncryptedFile {
             Header::Valid(h) => h.file_id,
             Header::Missing | Header::Damaged(_) => crate::random::bytes(),
         };
-        let header = FileHeader {
-            flags: 0,
-            file_id,
-            content_id: [0; FILE_ID_LEN],
-            pending_size: 0,
-        };
+        let header = empty_header(file_id);
         // The header first: a crash before the cut leaves blocks behind a
         // header that holds none, which reads fail on and `fsck --repair`
         // cuts; the other order could make a cut file look whole.

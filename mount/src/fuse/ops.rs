@@ -513,13 +513,13 @@ impl Ops {
     /// The node of a file the mount just opened, from the descriptor itself
     /// (not its name, which someone writing BACKING could swap meanwhile),
     /// counting one kernel lookup.
-    fn node_of_opened(&self, file: &File) -> Result<Pinned, Errno> {
+    fn node_of_opened(&self, file: &File) -> Result<(Pinned, rustix::fs::Stat), Errno> {
         use std::os::fd::AsRawFd;
         let path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let fd = rustix::fs::open(path.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
             .map_err(sys)?;
         let stat = rustix::fs::fstat(&fd).map_err(sys)?;
-        self.nodes.remember(fd, &stat, self.kind_of(&stat))
+        Ok((self.nodes.remember(fd, &stat, self.kind_of(&stat))?, stat))
     }
 
     // ---- the plaintext contents of regular files -------------------------
@@ -529,12 +529,12 @@ impl Ops {
         self.content_with(node, None)
     }
 
-    /// Like `content`, reusing a read-write descriptor of the same file
-    /// that the caller just opened (as `make_file` does) instead of reopening.
+    /// Like `content`, taking the contents of the same file that the
+    /// caller just made (as `make_file` does) instead of opening them.
     fn content_with(
         &self,
         node: &Pinned,
-        opened: Option<File>,
+        made: Option<EncryptedFile>,
     ) -> Result<Arc<EncryptedFile>, Errno> {
         if node.kind != RawType::RegularFile {
             return Err(Errno::EISDIR);
@@ -544,22 +544,14 @@ impl Ops {
             return Ok(existing);
         }
         let path = node.proc_path();
-        let file = match opened {
-            Some(file) => file,
-            // Read-write even for read-only opens: with writeback caching
-            // the kernel writes through any handle, and a partial block is
-            // always read before it is rewritten.
-            None if self.read_only => File::open(&path).map_err(io)?,
-            None => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .or_else(|_| File::open(&path))
-                .map_err(io)?,
+        let content = match made {
+            Some(made) => Ok(made),
+            // The label is only a fallback for messages: `EncryptedFile`
+            // names the file by its current path when it reports an error.
+            None => self
+                .open_backing(path.as_ref())
+                .and_then(|file| EncryptedFile::open(file, Arc::clone(&self.crypto), path.into())),
         };
-        // The label is only a fallback for messages: `EncryptedFile` names
-        // the file by its current path when it reports an error.
-        let content = EncryptedFile::open(file, Arc::clone(&self.crypto), path.into());
         let content = match &self.journal {
             Some(journal) => content.and_then(|c| c.guarded_by(journal)),
             None => content,
@@ -567,6 +559,22 @@ impl Ops {
         let content = Arc::new(content.map_err(|e| self.errno_of(e))?);
         *slot = Arc::downgrade(&content);
         Ok(content)
+    }
+
+    /// A descriptor of the backing file at `path` for its contents:
+    /// read-write even for read-only opens, since with writeback caching
+    /// the kernel writes through any handle, and a partial block is always
+    /// read before it is rewritten.
+    fn open_backing(&self, path: &std::path::Path) -> crate::error::Result<File> {
+        let file = match self.read_only {
+            true => File::open(path),
+            false => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .or_else(|_| File::open(path)),
+        };
+        file.map_err(|e| VolumeError::io("opening a file's contents", e))
     }
 
     /// The contents a request on an open file works on, with their node:
@@ -615,21 +623,19 @@ impl Ops {
                 .map_err(|e| VolumeError::io("giving a new file to its creator", e.into())),
             None => Ok(()),
         };
-        let opened =
-            create::create_whole(parent.fd.as_fd(), backing, mode, &self.crypto, give_away)
-                .map_err(|e| match e {
-                    CreateError::Exists => Errno::EEXIST,
-                    CreateError::Volume(e) => self.errno_of(e),
-                })?;
-        let node = self.node_of_opened(&opened)?;
+        let made = create::create_whole(parent.fd.as_fd(), backing, mode, &self.crypto, give_away)
+            .map_err(|e| match e {
+                CreateError::Exists => Errno::EEXIST,
+                CreateError::Volume(e) => self.errno_of(e),
+            })?;
+        let (node, stat) = self.node_of_opened(made.backing())?;
         self.or_uncounted(&node, || {
-            let content = self.content_with(&node, Some(opened))?;
-            let attr = self.stat_attr(&node);
-            if attr.is_ok() {
-                self.keep(node.node(), &content);
-            }
+            let content = self.content_with(&node, Some(made))?;
+            self.keep(node.node(), &content);
             Self::let_go(&node, content);
-            attr
+            // Its status once whole: an empty file of the mount's own
+            // making, neither damaged nor a symlink (`attr_of`).
+            Ok(attr::from_stat(node.ino, &stat))
         })
     }
 
