@@ -62,11 +62,19 @@ pub fn create_whole(
                 rustix::io::Errno::EXIST => CreateError::Exists,
                 e => io("creating a file", e),
             })?;
-            return Ok(filled(File::from(fd), entry, crypto, fill)?);
+            // Others may write it before its header is in: `create` cuts
+            // whatever they wrote.
+            let contents =
+                EncryptedFile::create(File::from(fd), Arc::clone(crypto), PathBuf::from(entry))?;
+            fill(&contents)?;
+            return Ok(contents);
         }
         Err(e) => return Err(io("creating a file", e)),
     };
-    let contents = filled(File::from(fd), entry, crypto, fill)?;
+    // Nobody else can reach an anonymous file: it is empty.
+    let contents =
+        EncryptedFile::create_new(File::from(fd), Arc::clone(crypto), PathBuf::from(entry))?;
+    fill(&contents)?;
     let path = format!("/proc/self/fd/{}", contents.backing().as_raw_fd());
     rustix::fs::linkat(
         rustix::fs::CWD,
@@ -105,18 +113,6 @@ fn reopen_by_name(dir: BorrowedFd, entry: &OsStr, contents: EncryptedFile) -> En
     }
 }
 
-/// The new, empty `file` with its header, filled by `fill`.
-fn filled(
-    file: File,
-    entry: &OsStr,
-    crypto: &Arc<ContentCrypto>,
-    fill: impl FnOnce(&EncryptedFile) -> Result<()>,
-) -> Result<EncryptedFile> {
-    let contents = EncryptedFile::create_new(file, Arc::clone(crypto), PathBuf::from(entry))?;
-    fill(&contents)?;
-    Ok(contents)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,11 +127,12 @@ mod tests {
     #[test]
     fn a_new_file_appears_whole_under_its_name() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let dir_path = dir.path().canonicalize().expect("canonical");
         let crypto = Arc::new(ContentCrypto::new(
             SecretKey::from_bytes([5; 32]),
             Backend::Ring,
         ));
-        let at = File::open(dir.path()).expect("open dir");
+        let at = File::open(&dir_path).expect("open dir");
         let made = create_whole(
             at.as_fd(),
             OsStr::new("new"),
@@ -146,12 +143,16 @@ mod tests {
         .unwrap_or_else(|e| panic!("create: {e:?}"));
         // Read back through a descriptor opened by the name, not the
         // anonymous one it was made through.
-        assert_eq!(made.backing_path(), dir.path().join("new"));
+        assert_eq!(made.backing_path(), dir_path.join("new"));
         drop(made);
 
-        let path = dir.path().join("new");
-        let again = EncryptedFile::open(File::open(&path).expect("open"), crypto.clone(), path)
-            .expect("reopen");
+        let path = dir_path.join("new");
+        let again = EncryptedFile::open(
+            File::open(&path).expect("open"),
+            crypto.clone(),
+            path.clone(),
+        )
+        .expect("reopen");
         assert!(again.damage().is_none(), "{:?}", again.damage());
         let mut read = vec![0u8; 6];
         assert_eq!(again.read_at(0, &mut read).expect("read"), 6);
@@ -169,6 +170,16 @@ mod tests {
             "{:?}",
             taken.err()
         );
-        assert_eq!(again.len().expect("len"), 6, "the taken name is left alone");
+        let reread = EncryptedFile::open(
+            File::open(&path).expect("open"),
+            crypto.clone(),
+            path.clone(),
+        )
+        .expect("reopen");
+        assert_eq!(
+            reread.len().expect("len"),
+            6,
+            "the taken name is left alone"
+        );
     }
 }

@@ -22,7 +22,7 @@ pub struct MountRequest {
 }
 
 pub fn mount(req: MountRequest) -> Result<()> {
-    let cleared = clear_dead_mount(&req.mountpoint)?;
+    let dead_backing = clear_dead_mount(&req.mountpoint)?;
     let backing = existing_dir(&req.backing, "backing directory")?;
     let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
     if chronicle_mount::mountinfo::is_mount_point(&mountpoint) {
@@ -52,12 +52,23 @@ pub fn mount(req: MountRequest) -> Result<()> {
     let volume = Volume::open(&backing, &user_key)?;
     drop(user_key);
     // Held for the life of the mount (a background mount inherits it). The
-    // process of a mount just cleared as dead lets go of it only as it
-    // finishes exiting, a moment after its mount died: wait for that.
-    let lock = match cleared {
+    // process of a mount of this volume just cleared as dead lets go of it
+    // only as it finishes exiting, a moment after its mount died: wait for
+    // that.
+    let lock = match dead_backing.is_some_and(|dead| dead == backing) {
         true => chronicle_mount::lock::VolumeLock::acquire_within(&backing, DYING_HOLDER)?,
         false => chronicle_mount::lock::VolumeLock::acquire(&backing)?,
     };
+    // The key was checked before the lock was taken: whoever held it may
+    // have changed the volume's key in between (`passwd --reencrypt` swaps
+    // in a volume with a new master key). Serving with the old one would
+    // seal new data with it.
+    if chronicle_mount::VolumeConfig::load(&backing)? != *volume.config() {
+        bail!(
+            "{} changed while it was being mounted (re-encrypted or given a new key?); mount it again",
+            backing.display()
+        );
+    }
     // This process lives as long as the mount: its environment and memory
     // must not give the key away.
     let key_env = req
@@ -224,14 +235,14 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
 /// A chronicle mount whose process died (killed, crashed) leaves its mount
 /// point answering "Transport endpoint is not connected" to everyone. It
 /// holds nothing (every write the process acknowledged already reached the
-/// backing directory), so mounting again clears it, and says so; true if
-/// it did.
-fn clear_dead_mount(mountpoint: &Path) -> Result<bool> {
+/// backing directory), so mounting again clears it, and says so. Returns
+/// the backing directory of the dead mount it cleared.
+fn clear_dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
     // statfs always asks the file system; a stat may be answered from
     // attributes the kernel still caches for a moment after the process
     // died, and the next look then finds no directory there.
     let Err(e) = rustix::fs::statfs(mountpoint).map_err(std::io::Error::from) else {
-        return Ok(false);
+        return Ok(None);
     };
     // ECONNABORTED: a request the kernel had queued while the dying
     // process's descriptors were being closed. ECANCELED: the same over
@@ -240,7 +251,7 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<bool> {
         e.raw_os_error(),
         Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
     ) {
-        return Ok(false);
+        return Ok(None);
     }
     let shown = mountpoint.display();
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
@@ -258,7 +269,8 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<bool> {
             eprintln!(
                 "note: the mount process for {shown} had died ({e}); cleared the dead mount (fsck the volume if a program was writing)"
             );
-            Ok(true)
+            let dead = PathBuf::from(m.source.trim_start_matches("chronicle:"));
+            Ok(Some(dead.canonicalize().unwrap_or(dead)))
         }
         _ => bail!(
             "{shown} is a dead mount of another file system ({e}); unmount it first (umount -l {shown})"

@@ -759,7 +759,7 @@ fn killed_mount_is_cleared_and_synced_data_kept() {
 // Protects: a mount started at once on the point of a mount whose process
 // was killed succeeds. The dying process lets go of the volume lock only as
 // it finishes exiting, a moment after its mount died; the new mount waits
-// for that (here the test holds the lock for that moment) instead of
+// for that (here the test holds the lock for two seconds) instead of
 // refusing the volume as in use.
 #[test]
 fn a_remount_waits_for_the_dead_mount_to_let_go() {
@@ -777,13 +777,19 @@ fn a_remount_waits_for_the_dead_mount_to_let_go() {
     }
     let lock = VolumeLock::acquire_within(&m.fixture.backing, std::time::Duration::from_secs(10))
         .expect("the killed process lets go");
+    let held = std::time::Duration::from_secs(2);
+    let started = std::time::Instant::now();
     let dying = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(held);
         drop(lock);
     });
     let out = m.remount();
     dying.join().expect("holder");
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        started.elapsed() >= held,
+        "the mount did not wait for the lock"
+    );
     assert!(
         stderr(&out).contains("cleared the dead mount"),
         "{}",

@@ -161,10 +161,15 @@ impl EncryptedFile {
         Ok(this)
     }
 
-    /// Wraps a backing file this process has just made (`O_TMPFILE`, or
-    /// `O_CREAT | O_EXCL`), empty by construction, giving it a header with
-    /// a new file id: `create` without examining or cutting the file first.
-    pub fn create_new(file: File, crypto: Arc<ContentCrypto>, label: PathBuf) -> Result<Self> {
+    /// Wraps a backing file this process has just made anonymously
+    /// (`O_TMPFILE`), empty since nobody else can reach it, giving it a
+    /// header with a new file id: `create` without examining or cutting the
+    /// file first.
+    pub(crate) fn create_new(
+        file: File,
+        crypto: Arc<ContentCrypto>,
+        label: PathBuf,
+    ) -> Result<Self> {
         let this = Self::unexamined(file, crypto, label);
         let header = empty_header(crate::random::bytes());
         this.store_header(&mut *this.state_mut()?, header)?;
@@ -174,7 +179,7 @@ impl EncryptedFile {
     /// The same file through `file`, another descriptor of it that the
     /// caller checked is the same file (one opened by the name the file
     /// was given, so that messages show that name).
-    pub fn reached_through(mut self, file: File) -> Self {
+    pub(crate) fn reached_through(mut self, file: File) -> Self {
         self.file = file;
         self
     }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# bench-untar.sh ROUNDS BIN...
+#
+# Untarring on Chronicle builds side by side: for each round and each
+# chronicle binary BIN (alternating), a fresh volume whose backing store is
+# its own 3 GiB tmpfs, the kernel's caches dropped, then the 10,000-file
+# tree untarred into it and flushed (`sync -f`). Prints one line per run:
+# the binary, the wall time in seconds and the CPU time the mount process
+# spent meanwhile, in clock ticks (user + system, from /proc/PID/stat),
+# which varies far less from run to run than the wall time on a shared
+# machine. CHRONICLE_MOUNT_ARGS adds mount options. Needs root.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount and drop caches)"; exit 2; }
+ROUNDS=${1:?usage: bench-untar.sh ROUNDS BIN...}
+shift
+[ $# -gt 0 ] || { echo "usage: bench-untar.sh ROUNDS BIN..."; exit 2; }
+here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+TAR=$(bench_tarball)
+export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for _ in $(seq "$ROUNDS"); do
+  for bin in "$@"; do
+    CHRONICLE_BIN=$(realpath "$bin")
+    store=$(tmpfs_dir 3g)
+    fs_mount chronicle "$store/cipher" "$store/mnt"
+    pid=$(pgrep -f -x "$CHRONICLE_BIN mount $store/cipher $store/mnt.*" | head -1)
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    before=$(cpu_ticks "$pid")
+    s=$(date +%s.%N)
+    tar xf "$TAR" -C "$store/mnt"
+    sync -f "$store/mnt"
+    e=$(date +%s.%N)
+    printf '%s untar %.3f s mount cpu %d ticks\n' "$bin" "$(echo "$e - $s" | bc)" \
+      $(($(cpu_ticks "$pid") - before))
+    fs_unmount chronicle "$store/mnt"
+    drop_tmpfs "$store"
+  done
+done
