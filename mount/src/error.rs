@@ -40,6 +40,9 @@ pub enum VolumeError {
     NotAVolume { path: PathBuf },
     /// Another process (a mount, a repair, a re-encryption) holds the volume.
     Busy { path: PathBuf },
+    /// The volume's configuration changed under a command that had read it
+    /// (another command re-encrypted the volume or gave it a new key).
+    Changed { path: PathBuf },
     /// A backing name, long name file, directory id or symlink target that
     /// does not authenticate.
     BadName { dir: PathBuf, what: String },
@@ -139,6 +142,11 @@ impl fmt::Display for VolumeError {
             VolumeError::Busy { path } => write!(
                 f,
                 "{} is in use by another chronicle process (a mount, fsck --repair or a re-encryption); unmount it or wait for it to finish",
+                path.display()
+            ),
+            VolumeError::Changed { path } => write!(
+                f,
+                "{} was re-encrypted or given a new key while this command ran; run it again",
                 path.display()
             ),
         }

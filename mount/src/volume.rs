@@ -159,9 +159,26 @@ impl Volume {
     /// place (atomically).
     pub fn rewrap(&mut self, new_key: &UserKey, kdf: Option<KdfParams>) -> Result<()> {
         let config = self.config.rewrap(self.crypto.master(), new_key, kdf)?;
+        // Deriving the new key takes seconds: a re-encryption that swapped
+        // in a volume with another master key meanwhile must not get this
+        // master key's configuration.
+        self.still_current()?;
         config.store(&self.backing)?;
         self.config = config;
         Ok(())
+    }
+
+    /// Fails if the configuration in BACKING is no longer the one this
+    /// volume was opened with: another command re-encrypted the volume
+    /// (a new master key) or gave it a new key since. A command that takes
+    /// the volume lock after opening checks this once it holds it.
+    pub fn still_current(&self) -> Result<()> {
+        match VolumeConfig::load(&self.backing)? == self.config {
+            true => Ok(()),
+            false => Err(VolumeError::Changed {
+                path: self.backing.clone(),
+            }),
+        }
     }
 
     pub fn backing(&self) -> &Path {
@@ -268,4 +285,44 @@ pub fn usage(backing: &Path) -> std::io::Result<Usage> {
         .name_mode();
     crate::tree::walk(backing, Root::Volume(mode), &mut count)?;
     Ok(count.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretKey;
+    use crate::names::NameMode;
+
+    // Protects: a command that opened a volume notices when another one
+    // swapped in a volume with another master key (a re-encryption) before
+    // it took the lock or stored a new configuration: it is refused, and a
+    // re-wrap stores nothing over the swapped-in volume's configuration.
+    #[test]
+    fn a_volume_swapped_in_meanwhile_is_noticed() {
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let ours = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        Volume::init(ours.path(), &user, None, NameMode::Encrypted).expect("init");
+        Volume::init(other.path(), &user, None, NameMode::Encrypted).expect("init");
+        let mut opened = Volume::open(ours.path(), &user).expect("open");
+        opened.still_current().expect("unchanged");
+
+        let swapped_in = std::fs::read(config_path(other.path())).expect("read");
+        std::fs::write(config_path(ours.path()), &swapped_in).expect("swap");
+        assert!(matches!(
+            opened.still_current(),
+            Err(VolumeError::Changed { .. })
+        ));
+        let new_key = UserKey::Raw(SecretKey::from_bytes([9; 32]));
+        assert!(matches!(
+            opened.rewrap(&new_key, None),
+            Err(VolumeError::Changed { .. })
+        ));
+        assert_eq!(
+            std::fs::read(config_path(ours.path())).expect("read"),
+            swapped_in,
+            "the swapped-in configuration is left as it is"
+        );
+        Volume::open(ours.path(), &user).expect("the swapped-in volume opens with its key");
+    }
 }

@@ -53,6 +53,11 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
         true => Some(chronicle_mount::lock::VolumeLock::acquire(backing)?),
         false => None,
     };
+    // What the key was checked against may have been replaced before the
+    // lock was taken (see `Volume::still_current`).
+    if repair {
+        volume.still_current()?;
+    }
     let (_, total) = tree::total_bytes(backing, Root::Volume(volume.names().mode()))?;
     let bar = progress(total, "checking");
     let summary = check::check_volume(&volume, repair, &mut |event| {

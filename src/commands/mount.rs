@@ -63,12 +63,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
     // have changed the volume's key in between (`passwd --reencrypt` swaps
     // in a volume with a new master key). Serving with the old one would
     // seal new data with it.
-    if chronicle_mount::VolumeConfig::load(&backing)? != *volume.config() {
-        bail!(
-            "{} changed while it was being mounted (re-encrypted or given a new key?); mount it again",
-            backing.display()
-        );
-    }
+    volume.still_current()?;
     // This process lives as long as the mount: its environment and memory
     // must not give the key away.
     let key_env = req

@@ -339,8 +339,8 @@ fn write_drop_caches(what: &str) {
 }
 
 /// Kills the mount process serving `mnt` with SIGKILL (a crash) and waits
-/// until it is gone: the volume lock is let go only once its last thread
-/// has closed its descriptors, a moment after its mount died.
+/// until it has exited: the volume lock is let go only once its last
+/// thread has closed its descriptors, a moment after its mount died.
 pub fn kill_mount(mnt: &Path) {
     let pid = mount_pid(mnt);
     let killed = Command::new("kill")
@@ -348,15 +348,28 @@ pub fn kill_mount(mnt: &Path) {
         .status()
         .expect("kill");
     assert!(killed.success(), "kill the mount process");
-    let proc = PathBuf::from(format!("/proc/{pid}"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while proc.exists() {
+    while !exited(pid) {
         assert!(
             std::time::Instant::now() < deadline,
             "pid {pid} outlived SIGKILL"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// Whether process `pid` has exited: reaped, or a zombie whose threads are
+/// all gone (its leader turns zombie while others may still be exiting,
+/// and whoever reaps it, not this process, may take a while).
+fn exited(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let zombie = status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains('Z'));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    zombie && threads <= 1
 }
 
 /// The pid of the background mount process serving `mnt`.
