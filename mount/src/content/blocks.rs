@@ -17,6 +17,17 @@ thread_local! {
     pub(super) static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The first `len` bytes of `buf`, grown to hold them. Never shrunk: what
+/// it held before is overwritten by the caller, and zeroing the bytes that
+/// a shorter use left behind again at each use would cost a `memset` of
+/// every read.
+fn at_least(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
 /// What a stored block turned out to be.
 pub(super) enum Opened<'b> {
     Plain(&'b [u8]),
@@ -64,7 +75,7 @@ impl EncryptedFile {
         };
         SCRATCH.with_borrow_mut(|scratch| {
             let want = (block_offset(last + 1).min(cipher_len) - block_offset(first)) as usize;
-            scratch.resize(want, 0);
+            let scratch = at_least(scratch, want);
             self.file
                 .read_exact_at(scratch, block_offset(first))
                 .context(|| format!("reading {}", self.backing_path().display()))?;

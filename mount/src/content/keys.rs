@@ -9,7 +9,7 @@
 //! start a new key, never continue an old one past its budget. Nothing is
 //! persisted, so nothing can be rolled back to make a key seal again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cipher::{Aead, Backend};
 use crate::keys::SecretKey;
@@ -98,7 +98,29 @@ struct Sealer {
 pub(super) struct ContentKeys {
     pub content_id: [u8; FILE_ID_LEN],
     sealer: Option<Sealer>,
+    /// The first key this file used, read without a lock: most files hold
+    /// every block under one key, and the serving threads taking the
+    /// cache's lock at every block pass its cache line between CPUs.
+    first: OnceLock<([u8; KEY_ID_LEN], Arc<dyn Aead>)>,
     openers: Mutex<KeyCache>,
+}
+
+/// A key to open blocks with: the file's first key, borrowed, or another
+/// from its cache.
+pub(super) enum Opener<'k> {
+    First(&'k (dyn Aead + 'static)),
+    Cached(Arc<dyn Aead>),
+}
+
+impl std::ops::Deref for Opener<'_> {
+    type Target = dyn Aead;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Opener::First(aead) => *aead,
+            Opener::Cached(aead) => &**aead,
+        }
+    }
 }
 
 impl ContentKeys {
@@ -106,6 +128,7 @@ impl ContentKeys {
         ContentKeys {
             content_id,
             sealer: None,
+            first: OnceLock::new(),
             openers: Mutex::new(Vec::new()),
         }
     }
@@ -137,22 +160,29 @@ impl ContentKeys {
     }
 
     /// The key with id `key_id`, derived on a cache miss.
-    pub fn opener(&self, crypto: &ContentCrypto, key_id: &[u8; KEY_ID_LEN]) -> Arc<dyn Aead> {
+    pub fn opener(&self, crypto: &ContentCrypto, key_id: &[u8; KEY_ID_LEN]) -> Opener<'_> {
+        if let Some((id, aead)) = self.first.get() {
+            if id == key_id {
+                return Opener::First(&**aead);
+            }
+        }
         {
             let mut cache = self.cache();
             if let Some(at) = cache.iter().position(|(id, _)| id == key_id) {
                 let hit = cache.remove(at);
                 let aead = Arc::clone(&hit.1);
                 cache.insert(0, hit);
-                return aead;
+                return Opener::Cached(aead);
             }
         }
         let aead = crypto.block_key(&self.content_id, key_id);
         self.remember(*key_id, Arc::clone(&aead));
-        aead
+        Opener::Cached(aead)
     }
 
     fn remember(&self, key_id: [u8; KEY_ID_LEN], aead: Arc<dyn Aead>) {
+        // Only the first key derived stays here; it stays in the cache too.
+        let _ = self.first.set((key_id, Arc::clone(&aead)));
         let mut cache = self.cache();
         cache.insert(0, (key_id, aead));
         cache.truncate(CACHED_KEYS);

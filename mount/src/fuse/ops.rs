@@ -661,7 +661,13 @@ impl Ops {
             Err(e) => return reply(Err(e)),
         };
         READ_BUF.with_borrow_mut(|buf| {
-            buf.resize(size as usize, 0);
+            // Grown, never shrunk: zeroing again what a shorter read left
+            // would cost a `memset` of every read.
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let buf = &mut buf[..size];
             let read = content.read_at(offset, buf);
             // Let go before the reply, which may be the last thing this
             // mount ever does with the file.
