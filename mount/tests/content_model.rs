@@ -345,3 +345,29 @@ fn empty_files() {
     zero.write_at(0, b"z").expect("write after repair");
     assert_eq!(zero.read_at(0, &mut buf).expect("read"), 1);
 }
+
+// Protects: a read on a thread that read a longer file before gives this
+// file's bytes only: the per-thread buffers keep what earlier reads left
+// behind, and none of it may reach a later read's result.
+#[test]
+fn a_short_read_after_a_long_one_gives_only_its_own_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crypto = Arc::new(ContentCrypto::new(
+        SecretKey::from_bytes([4; 32]),
+        Backend::Ring,
+    ));
+    let long = open(dir.path(), "long", &crypto);
+    long.write_at(0, &vec![0xaa; 256 << 10]).expect("write");
+    let short = open(dir.path(), "short", &crypto);
+    short.write_at(0, b"short tail").expect("write");
+
+    let mut buf = vec![0u8; 256 << 10];
+    assert_eq!(long.read_at(0, &mut buf).expect("read"), 256 << 10);
+    let mut buf = vec![0x55u8; 256 << 10];
+    let n = short.read_at(0, &mut buf).expect("read");
+    assert_eq!(&buf[..n], b"short tail");
+    assert!(
+        buf[n..].iter().all(|&b| b == 0x55),
+        "nothing past the end written"
+    );
+}

@@ -76,6 +76,8 @@ impl EncryptedFile {
         SCRATCH.with_borrow_mut(|scratch| {
             let want = (block_offset(last + 1).min(cipher_len) - block_offset(first)) as usize;
             let scratch = at_least(scratch, want);
+            // All of it or an error: a short read would leave an earlier
+            // read's bytes in the scratch (`at_least`).
             self.file
                 .read_exact_at(scratch, block_offset(first))
                 .context(|| format!("reading {}", self.backing_path().display()))?;

@@ -19,8 +19,9 @@ use crate::layout::{FILE_ID_LEN, HEADER_TAG_LEN, KEY_ID_LEN};
 /// 96-bit nonces.
 pub const MAX_SEALS_PER_KEY: u64 = 1 << 32;
 
-/// Keys of other writers kept ready per file (a file rewritten across many
-/// mounts holds blocks under many keys; a miss costs one HKDF, about 2 µs).
+/// Keys of other writers kept ready per file besides its first (a file
+/// rewritten across many mounts holds blocks under many keys; a miss costs
+/// one HKDF, about 2 µs).
 const CACHED_KEYS: usize = 16;
 
 /// The volume-wide part of content encryption: the master key and the AES-GCM
