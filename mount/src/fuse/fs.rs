@@ -86,11 +86,17 @@ impl fuser::Filesystem for ChronicleFs {
         // takes when asked for more.
         let write = match config.set_max_write(max_io) {
             Ok(_) => max_io,
-            Err(max) => config.set_max_write(max).map_or(max, |_| max),
+            Err(max) => {
+                let _ = config.set_max_write(max);
+                max
+            }
         };
         let readahead = match config.set_max_readahead(max_io) {
             Ok(_) => max_io,
-            Err(max) => config.set_max_readahead(max).map_or(max, |_| max),
+            Err(max) => {
+                let _ = config.set_max_readahead(max);
+                max
+            }
         };
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);

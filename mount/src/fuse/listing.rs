@@ -80,7 +80,7 @@ impl Stream {
     fn open(node: &Node, dir: BorrowedFd, position: u64) -> Result<Stream, Errno> {
         let version = node.entries_version();
         let removed = node.entries_removed();
-        let fd = open_dir(dir)?;
+        let fd = open_dir(dir).map_err(sys)?;
         let mut stream = Stream {
             dir: Dir::new(fd).map_err(sys)?,
             version,

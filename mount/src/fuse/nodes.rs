@@ -91,15 +91,15 @@ pub struct Node {
 }
 
 /// Directory `dir` (an `O_PATH` descriptor, as nodes hold) opened so that it
-/// can be listed, synced or asked about its file system.
-pub fn open_dir(dir: impl AsFd) -> Result<OwnedFd, Errno> {
+/// can be listed, synced, asked about its file system or have handles
+/// opened relative to it.
+pub fn open_dir(dir: impl AsFd) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         ".",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(super::errno::sys)
 }
 
 /// Moves a directory's entries version on when dropped, once the names it
@@ -278,14 +278,7 @@ impl NodeTable {
         let stat = rustix::fs::fstat(&root_fd)?;
         // Handles are used only where they work here: the file system gives
         // them and this process may open them.
-        let mount_fd = rustix::fs::openat(
-            &root_fd,
-            ".",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
+        let mount_fd = open_dir(&root_fd)?;
         let handles = handles::handle_of(root_fd.as_fd())
             .and_then(|h| handles::open_handle(mount_fd.as_fd(), &h))
             .is_ok();

@@ -70,6 +70,17 @@ enum Fed {
     Full,
 }
 
+impl Fed {
+    /// What a reply's `add`, which answers whether it was full, did with
+    /// an entry.
+    fn by_reply(full: bool) -> Fed {
+        match full {
+            true => Fed::Full,
+            false => Fed::Added,
+        }
+    }
+}
+
 /// One entry of a directory listing (`list_from`).
 struct DirItem {
     name: OsString,
@@ -1413,10 +1424,7 @@ impl Ops {
             let Some(kind) = self.listed_kind(dir, &item) else {
                 return Ok(Fed::Skipped);
             };
-            Ok(match add(item.ino, item.next, kind, &item.name) {
-                true => Fed::Full,
-                false => Fed::Added,
-            })
+            Ok(Fed::by_reply(add(item.ino, item.next, kind, &item.name)))
         })
     }
 
@@ -1453,10 +1461,7 @@ impl Ops {
                     ..self.stat_attr(dir)?
                 };
                 // The kernel does not count lookups for these two.
-                return Ok(match add(item.next, &item.name, &attr) {
-                    true => Fed::Full,
-                    false => Fed::Added,
-                });
+                return Ok(Fed::by_reply(add(item.next, &item.name, &attr)));
             }
             let (node, attr) = match self.lookup_listed(dir, &item) {
                 Ok(found) => found,
@@ -1475,7 +1480,7 @@ impl Ops {
 
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
         let node = self.node(ino)?;
-        let dir = open_dir(&*node.fd)?;
+        let dir = open_dir(&*node.fd).map_err(sys)?;
         if datasync {
             rustix::fs::fdatasync(&dir).map_err(sys)
         } else {
@@ -1485,7 +1490,7 @@ impl Ops {
 
     pub fn statfs(&self) -> Result<rustix::fs::StatVfs, Errno> {
         let root = self.node(ROOT_INO)?;
-        let dir = open_dir(&*root.fd)?;
+        let dir = open_dir(&*root.fd).map_err(sys)?;
         rustix::fs::fstatvfs(dir.as_fd()).map_err(sys)
     }
 
