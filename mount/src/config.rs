@@ -4,10 +4,12 @@
 //! key. The wrap's associated data is every byte before the wrap, so editing
 //! any field makes the configuration fail authentication.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::cipher::{self, Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{IoContext, Result, VolumeError};
@@ -367,8 +369,21 @@ impl VolumeConfig {
 
     /// Reads `BACKING/chronicle.volume`.
     pub fn load(backing: &Path) -> Result<Self> {
+        Self::load_in(open_backing_dir(backing)?.as_fd(), backing)
+    }
+
+    /// Reads the configuration of the backing directory open as `dir`
+    /// (`backing` names it in messages).
+    pub fn load_in(dir: BorrowedFd<'_>, backing: &Path) -> Result<Self> {
         let path = config_path(backing);
-        let bytes = match fs::read(&path) {
+        let read = rustix::fs::openat(dir, CONFIG_NAME, read_flags(), Mode::empty())
+            .map(File::from)
+            .map_err(std::io::Error::from)
+            .and_then(|mut file| {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map(|_| bytes)
+            });
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(VolumeError::NotAVolume {
@@ -380,35 +395,58 @@ impl VolumeConfig {
         Self::decode(&bytes, &path)
     }
 
-    /// Writes the configuration atomically: a temporary file, fsync, rename
-    /// over the old one, fsync of the directory. Mode 0400.
+    /// Writes the configuration atomically into `BACKING`.
     pub fn store(&self, backing: &Path) -> Result<()> {
-        let path = config_path(backing);
-        let tmp = backing.join(format!("{CONFIG_NAME}.tmp"));
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(VolumeError::io(format!("removing {}", tmp.display()), e)),
+        self.store_in(open_backing_dir(backing)?.as_fd(), backing)
+    }
+
+    /// Writes the configuration atomically into the backing directory open
+    /// as `dir`: a temporary file, fsync, rename over the old one, fsync of
+    /// the directory. Mode 0400. Through the descriptor, so that it lands
+    /// in the directory it was meant for even if another took its name.
+    pub fn store_in(&self, dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
+        let tmp_name = format!("{CONFIG_NAME}.tmp");
+        let tmp = backing.join(&tmp_name);
+        let io = |what: &str, e: rustix::io::Errno| {
+            VolumeError::io(format!("{what} {}", tmp.display()), e.into())
+        };
+        match rustix::fs::unlinkat(dir, &tmp_name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io("removing", e)),
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(&tmp)
-            .context(|| format!("creating {}", tmp.display()))?;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut file = rustix::fs::openat(dir, &tmp_name, flags, Mode::from_raw_mode(0o400))
+            .map(File::from)
+            .map_err(|e| io("creating", e))?;
         file.write_all(&self.encode())
             .and_then(|()| file.sync_all())
             .context(|| format!("writing {}", tmp.display()))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))
-            .context(|| format!("setting the mode of {}", tmp.display()))?;
-        fs::rename(&tmp, &path).context(|| format!("renaming {} into place", tmp.display()))?;
-        File::open(backing)
-            .and_then(|dir| dir.sync_all())
-            .context(|| format!("syncing directory {}", backing.display()))
+        // The mode asked of `openat` is cut by the umask; set it whole.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o400))
+            .map_err(|e| io("setting the mode of", e))?;
+        rustix::fs::renameat(dir, &tmp_name, dir, CONFIG_NAME)
+            .map_err(|e| io("renaming into place", e))?;
+        rustix::fs::fsync(dir).map_err(|e| {
+            VolumeError::io(format!("syncing directory {}", backing.display()), e.into())
+        })
     }
 }
 
-/// Path of the configuration inside a backing directory.
+/// The backing directory, open for `load_in` and `store_in`.
+pub fn open_backing_dir(backing: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        backing,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))
+}
+
+fn read_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
 pub fn config_path(backing: &Path) -> PathBuf {
     backing.join(CONFIG_NAME)
 }

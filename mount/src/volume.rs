@@ -2,12 +2,12 @@
 //! with the right key, the content crypto that reads and writes its files.
 
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cipher::{self, Backend};
-use crate::config::{config_path, VolumeConfig, VolumeFeatures};
+use crate::config::{config_path, open_backing_dir, VolumeConfig, VolumeFeatures};
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
@@ -60,7 +60,7 @@ impl Volume {
         let volume = Self::assemble(backing, config, master);
         // The root's id record (encrypted names). A crash before it leaves
         // an empty root, which gets one when it is first read.
-        let root = open_dir(backing)?;
+        let root = open_backing_dir(backing)?;
         volume
             .names
             .init_dir(root.as_fd())
@@ -95,7 +95,7 @@ impl Volume {
     /// `plain` (relative to the mount's root), one component at a time
     /// through each directory's key, never through a symlink.
     pub fn backing_path(&self, plain: &Path) -> Result<PathBuf> {
-        let mut dir = open_dir(&self.backing)?;
+        let mut dir = open_backing_dir(&self.backing)?;
         let mut out = PathBuf::new();
         let parts: Vec<_> = plain.components().collect();
         for (i, part) in parts.iter().enumerate() {
@@ -122,7 +122,7 @@ impl Volume {
     /// The plaintext path of the backing path `backing` (relative to
     /// BACKING): the inverse of `backing_path`.
     pub fn plain_path(&self, backing: &Path) -> Result<PathBuf> {
-        let mut dir = open_dir(&self.backing)?;
+        let mut dir = open_backing_dir(&self.backing)?;
         let mut out = PathBuf::new();
         let parts: Vec<_> = backing.components().collect();
         for (i, part) in parts.iter().enumerate() {
@@ -159,11 +159,21 @@ impl Volume {
     /// place (atomically).
     pub fn rewrap(&mut self, new_key: &UserKey, kdf: Option<KdfParams>) -> Result<()> {
         let config = self.config.rewrap(self.crypto.master(), new_key, kdf)?;
-        // Deriving the new key takes seconds: a re-encryption that swapped
-        // in a volume with another master key meanwhile must not get this
-        // master key's configuration.
-        self.still_current()?;
-        config.store(&self.backing)?;
+        // Deriving the new key takes seconds: a re-encryption may have
+        // swapped in a volume with another master key meanwhile, and may
+        // still do so at any moment. The new configuration goes into the
+        // directory whose configuration was just checked, through its
+        // descriptor, so it can never land over the other volume's (whose
+        // master key it would lose); if that directory is no longer BACKING
+        // afterwards, the change went to the volume swapped out.
+        let dir = open_backing_dir(&self.backing)?;
+        if VolumeConfig::load_in(dir.as_fd(), &self.backing)? != self.config {
+            return Err(self.changed());
+        }
+        config.store_in(dir.as_fd(), &self.backing)?;
+        if !self.is_still(dir.as_fd())? {
+            return Err(self.changed());
+        }
         self.config = config;
         Ok(())
     }
@@ -175,10 +185,24 @@ impl Volume {
     pub fn still_current(&self) -> Result<()> {
         match VolumeConfig::load(&self.backing)? == self.config {
             true => Ok(()),
-            false => Err(VolumeError::Changed {
-                path: self.backing.clone(),
-            }),
+            false => Err(self.changed()),
         }
+    }
+
+    fn changed(&self) -> VolumeError {
+        VolumeError::Changed {
+            path: self.backing.clone(),
+        }
+    }
+
+    /// Whether BACKING still names the directory open as `dir`.
+    fn is_still(&self, dir: BorrowedFd<'_>) -> Result<bool> {
+        let io = |e: rustix::io::Errno| {
+            VolumeError::io(format!("reading {}", self.backing.display()), e.into())
+        };
+        let named = rustix::fs::stat(&self.backing).map_err(io)?;
+        let opened = rustix::fs::fstat(dir).map_err(io)?;
+        Ok((named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino))
     }
 
     pub fn backing(&self) -> &Path {
@@ -213,16 +237,6 @@ impl Volume {
 fn dir_flags() -> rustix::fs::OFlags {
     use rustix::fs::OFlags;
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-}
-
-fn open_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
-    use rustix::fs::OFlags;
-    rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
 }
 
 /// A name that cannot be translated, as the volume's error.
@@ -324,5 +338,50 @@ mod tests {
             "the swapped-in configuration is left as it is"
         );
         Volume::open(ours.path(), &user).expect("the swapped-in volume opens with its key");
+    }
+
+    // Protects: what a re-wrap relies on when its volume is swapped out (a
+    // re-encryption's exchange of directories) between its check of the
+    // configuration and its store: the store goes into the directory it
+    // checked, never over the swapped-in volume's configuration (whose
+    // master key would be lost), and the swap is then seen.
+    #[test]
+    fn a_rewrap_raced_by_a_swap_touches_only_its_own_volume() {
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let parent = tempfile::tempdir().expect("tempdir");
+        let backing = parent.path().join("volume");
+        let other = parent.path().join("other");
+        Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
+        Volume::init(&other, &user, None, NameMode::Encrypted).expect("init");
+        let opened = Volume::open(&backing, &user).expect("open");
+        let checked = open_backing_dir(&backing).expect("open dir");
+        assert!(opened.is_still(checked.as_fd()).expect("stat"));
+
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &backing,
+            rustix::fs::CWD,
+            &other,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .expect("swap");
+        let swapped_in = std::fs::read(config_path(&backing)).expect("read");
+        let new_key = UserKey::Raw(SecretKey::from_bytes([9; 32]));
+        let rewrapped = opened
+            .config()
+            .rewrap(opened.crypto().master(), &new_key, None)
+            .expect("rewrap");
+        rewrapped
+            .store_in(checked.as_fd(), &backing)
+            .expect("store");
+
+        assert!(!opened.is_still(checked.as_fd()).expect("stat"));
+        assert_eq!(
+            std::fs::read(config_path(&backing)).expect("read"),
+            swapped_in,
+            "the swapped-in volume keeps its configuration"
+        );
+        Volume::open(&other, &new_key)
+            .expect("the new configuration is in the volume it was made for");
     }
 }
