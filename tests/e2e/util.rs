@@ -341,35 +341,28 @@ fn write_drop_caches(what: &str) {
 /// Kills the mount process serving `mnt` with SIGKILL (a crash) and waits
 /// until it has exited: the volume lock is let go only once its last
 /// thread has closed its descriptors, a moment after its mount died.
+/// Through a pidfd, which names this process alone (its pid may be reused
+/// once it is gone) and turns readable once all its threads have exited.
 pub fn kill_mount(mnt: &Path) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
     let pid = mount_pid(mnt);
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill the mount process");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !exited(pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {pid} outlived SIGKILL"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
-/// Whether process `pid` has exited: reaped, or a zombie whose threads are
-/// all gone (its leader turns zombie while others may still be exiting,
-/// and whoever reaps it, not this process, may take a while).
-fn exited(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
+    let raw = rustix::process::Pid::from_raw(pid as i32).expect("a pid is positive");
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        .expect("pidfd_open of the mount process");
+    rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL)
+        .expect("kill the mount process");
+    let timeout = Timespec {
+        tv_sec: 30,
+        tv_nsec: 0,
     };
-    let zombie = status
-        .lines()
-        .any(|l| l.starts_with("State:") && l.contains('Z'));
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
-    zombie && threads <= 1
+    let ready = loop {
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other.expect("poll the pidfd"),
+        }
+    };
+    assert_eq!(ready, 1, "pid {pid} outlived SIGKILL by 30 s");
 }
 
 /// The pid of the background mount process serving `mnt`.
