@@ -15,29 +15,17 @@
 #   untar        10,000 files of a source tree, then sync            seconds
 set -euo pipefail
 
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount and drop caches)"; exit 2; }
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root "needs to mount and drop caches"
 [ $# -ge 2 ] || { echo "usage: $0 OLD_BIN NEW_BIN [ROUNDS]"; exit 2; }
 OLD=$(realpath "$1"); NEW=$(realpath "$2"); ROUNDS=${3:-3}
 command -v fio >/dev/null || { echo "missing fio (apt-get install fio)"; exit 2; }
 
-WORK=$(mktemp -d /var/tmp/chronicle-format.XXXXXX)
-MNT=$WORK/mnt; STORE=$WORK/store
-mkdir -p "$MNT" "$STORE"
-mount -t tmpfs -o size=3g tmpfs "$STORE"
-cleanup() {
-  mountpoint -q "$MNT" && { umount "$MNT" 2>/dev/null || umount -l "$MNT"; }
-  mountpoint -q "$STORE" && umount -l "$STORE"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"
+work_dir format 3g
+trap work_cleanup EXIT
 TAR=$(bench_tarball)
-
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-now() { date +%s.%N; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+random_key
 fio_iops() {
   fio --output-format=json "$@" | python3 -c '
 import json,sys
@@ -53,7 +41,7 @@ for round in $(seq "$ROUNDS"); do
     rm -rf "${STORE:?}"/*
     "$bin" init "$STORE/b" >/dev/null
     "$bin" mount "$STORE/b" "$MNT"
-    drop; t0=$(now)
+    drop_caches; t0=$(now)
     dd if=/dev/zero of="$MNT/big" bs=1M count=1024 conv=fsync status=none
     t1=$(now); rm -f "$MNT/big"
     v=$(python3 -c "print(f'{1073.741824 / ($t1 - $t0):.0f}')")
@@ -64,7 +52,7 @@ for round in $(seq "$ROUNDS"); do
     v=$(fio_iops --name=s --filename="$MNT/wal" --size=64M --rw=write --bs=4k --ioengine=psync --fsync=1 --runtime=10 --time_based)
     rm -f "$MNT/wal"
     best[$which,sync]=$(better "${best[$which,sync]:-}" "$v" 0)
-    drop; t0=$(now)
+    drop_caches; t0=$(now)
     mkdir "$MNT/src" && tar -xf "$TAR" -C "$MNT/src" && sync
     t1=$(now); rm -rf "$MNT/src"
     v=$(python3 -c "print(f'{$t1 - $t0:.2f}')")

@@ -10,21 +10,16 @@
 # every write rewrites durable data (held back and committed). Prints one
 # line per run: round, system, IOPS, time. Needs root and /dev/fuse.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount)"; exit 2; }
-[ $# -ge 2 ] || { echo "usage: $0 ROUNDS SYSTEM..."; exit 2; }
-ROUNDS=$1; shift
-command -v fio >/dev/null || { echo "missing fio (apt-get install fio)"; exit 2; }
-WORK=$(mktemp -d /var/tmp/chronicle-fsync.XXXXXX)
-MNT=$WORK/mnt
-cleanup() {
-  mountpoint -q "$MNT" 2>/dev/null && { umount "$MNT" 2>/dev/null || umount -l "$MNT"; }
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/scripts/lib.sh"
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+need_root "needs to mount"
+[ $# -ge 2 ] || { echo "usage: $0 ROUNDS SYSTEM..."; exit 2; }
+ROUNDS=$1; shift
+command -v fio >/dev/null || { echo "missing fio (apt-get install fio)"; exit 2; }
+work_dir fsync
+trap work_cleanup EXIT
+random_key
 for round in $(seq "$ROUNDS"); do
   for system in "$@"; do
     rm -rf "$WORK/store"

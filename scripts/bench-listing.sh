@@ -9,15 +9,15 @@
 # run: the binary, the five listing times and the removal time, in
 # seconds. CHRONICLE_MOUNT_ARGS adds mount options. Needs root.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount and drop caches)"; exit 2; }
 ROUNDS=${1:?usage: bench-listing.sh ROUNDS BIN...}
 shift
 [ $# -gt 0 ] || { echo "usage: bench-listing.sh ROUNDS BIN..."; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/scripts/lib.sh"
+need_root "needs to mount and drop caches"
 TAR=$(bench_tarball)
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+random_key
 seconds() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); printf '%.3f' "$(echo "$e - $s" | bc)"; }
 for _ in $(seq "$ROUNDS"); do
   for bin in "$@"; do

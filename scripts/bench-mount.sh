@@ -23,57 +23,36 @@
 #   append    fio 128-byte sequential writes, 32 MiB, fsync at end   IOPS (small appends)
 set -euo pipefail
 
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to drop caches and mount)"; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$(realpath "${CHRONICLE_BIN:-$here/target/release/chronicle}")
-[ -x "$BIN" ] || { echo "no $BIN: cargo build --release first"; exit 2; }
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+need_root "needs to drop caches and mount"
+CHRONICLE_BIN=$(realpath "${CHRONICLE_BIN:-$here/target/release/chronicle}")
+[ -x "$CHRONICLE_BIN" ] || { echo "no $CHRONICLE_BIN: cargo build --release first"; exit 2; }
 for tool in fio gocryptfs securefs python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio gocryptfs securefs)"; exit 2; }
 done
 systems=("$@")
 [ ${#systems[@]} -gt 0 ] || systems=(plain chronicle gocryptfs securefs)
 
-WORK=$(mktemp -d /var/tmp/chronicle-bench.XXXXXX)
-MNT=$WORK/mnt
-CIPHER=$WORK/cipher
-cleanup() {
-  mountpoint -q "$MNT" 2>/dev/null && { umount "$MNT" 2>/dev/null || umount -l "$MNT"; }
-  fuse_uring_restore
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# shellcheck source=scripts/lib.sh
-. "$(dirname "$0")/lib.sh"
+# Every store on this machine's disk (WORK is in /var/tmp).
+work_dir bench
+trap 'work_cleanup; fuse_uring_restore' EXIT
 TAR=$(bench_tarball)
 fuse_uring_for_run
-
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-PASS=benchmark-password
+random_key
 
 setup() {
-  rm -rf "$CIPHER" "$MNT"; mkdir -p "$CIPHER" "$MNT"
+  rm -rf "$STORE" "$MNT"
   case $1 in
-    plain) MNT=$CIPHER ;;
-    chronicle) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" ${CHRONICLE_MOUNT_ARGS:-} ;;
-    chronicle-nowb) "$BIN" init "$CIPHER" >/dev/null && "$BIN" mount "$CIPHER" "$MNT" --no-writeback-cache ;;
-    gocryptfs) gocryptfs -q -init -extpass "echo $PASS" -scryptn 10 "$CIPHER" >/dev/null &&
-               gocryptfs -q -extpass "echo $PASS" "$CIPHER" "$MNT" ;;
-    securefs) securefs create --pass "$PASS" --rounds 1 "$CIPHER" >/dev/null &&
-              securefs mount -b --pass "$PASS" "$CIPHER" "$MNT" >/dev/null 2>&1 && sleep 1 ;;
+    chronicle-nowb)
+      CHRONICLE_MOUNT_ARGS="${CHRONICLE_MOUNT_ARGS:-} --no-writeback-cache" fs_mount chronicle "$STORE" "$MNT" ;;
+    *) fs_mount "$1" "$STORE" "$MNT" ;;
   esac
 }
 
-teardown() {
-  if [ "$MNT" != "$CIPHER" ]; then
-    umount "$MNT" 2>/dev/null || umount -l "$MNT"
-    sleep 0.5
-  fi
-  MNT=$WORK/mnt
-}
+teardown() { fs_unmount "${1%-nowb}" "$MNT"; }
 
-now() { date +%s.%N; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 rate() { python3 -c "import sys; print(f'{float(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2])):.0f}')" "$@"; }
 fio_iops() {
   fio --output-format=json "$@" | python3 -c '
@@ -86,31 +65,31 @@ declare -A result
 for fs in "${systems[@]}"; do
   echo "== $fs" >&2
   setup "$fs"
-  drop; t0=$(now)
+  drop_caches; t0=$(now)
   dd if=/dev/zero of="$MNT/big" bs=1M count=1024 conv=fsync status=none
   t1=$(now); result[$fs,write]=$(rate $((1024 * 1048576 / 1000000)) "$t0" "$t1")
-  drop; t0=$(now)
+  drop_caches; t0=$(now)
   dd if="$MNT/big" of=/dev/null bs=1M status=none
   t1=$(now); result[$fs,read]=$(rate $((1024 * 1048576 / 1000000)) "$t0" "$t1")
   rm -f "$MNT/big"
-  drop; t0=$(now)
+  drop_caches; t0=$(now)
   mkdir "$MNT/src" && tar -xf "$TAR" -C "$MNT/src" && sync
   t1=$(now); result[$fs,untar]=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
   rm -rf "$MNT/src"
   fio --name=prep --filename="$MNT/fio" --size=256M --rw=write --bs=1M --end_fsync=1 >/dev/null
-  drop
+  drop_caches
   result[$fs,randread]=$(fio_iops --name=rr --filename="$MNT/fio" --size=256M --rw=randread --bs=4k --ioengine=psync --runtime=20 --time_based)
   result[$fs,randwrite]=$(fio_iops --name=rw --filename="$MNT/fio" --size=256M --rw=randwrite --bs=4k --ioengine=psync --runtime=20 --time_based --end_fsync=1)
   rm -f "$MNT/fio"
   # The removal's and earlier steps' write-back (and the discards of freed
   # extents, on a disk mounted with discard) settle first, for every
   # file system alike: the fsync loop measures one flush per write.
-  drop
+  drop_caches
   result[$fs,fsync]=$(fio_iops --name=wal --filename="$MNT/wal" --size=64M --rw=write --bs=4k --ioengine=psync --fsync=1 --runtime=10 --time_based)
   rm -f "$MNT/wal"
   result[$fs,append]=$(fio_iops --name=append --filename="$MNT/append" --size=32M --rw=write --bs=128 --ioengine=psync --end_fsync=1)
   rm -f "$MNT/append"
-  teardown
+  teardown "$fs"
 done
 
 echo

@@ -8,25 +8,17 @@
 # backing store on a 3 GiB tmpfs. Needs root and /dev/fuse; the tarball is
 # built once from linux-source-6.1 as in bench-mount.sh.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "run as root"; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+need_root "needs to mount and drop caches"
 BIN=$(realpath "${CHRONICLE_BIN:-$here/target/release/chronicle}")
 ROUNDS=${1:-3}
 TAR=${BENCH_TAR:-/var/tmp/chronicle-bench-linux-10k.tar}
 [ -f "$TAR" ] || { echo "no $TAR: run scripts/bench-format.sh or bench-mount.sh once to build it"; exit 2; }
-WORK=$(mktemp -d /var/tmp/chronicle-names.XXXXXX)
-MNT=$WORK/mnt; STORE=$WORK/store
-mkdir -p "$MNT" "$STORE"
-mount -t tmpfs -o size=3g tmpfs "$STORE"
-cleanup() {
-  mountpoint -q "$MNT" && { umount "$MNT" 2>/dev/null || umount -l "$MNT"; }
-  mountpoint -q "$STORE" && umount -l "$STORE"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-now() { date +%s.%N; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+work_dir names 3g
+trap work_cleanup EXIT
+random_key
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 best() { python3 -c "import sys; v=[float(x) for x in sys.argv[1:] if x]; print(f'{min(v):.2f}')" "$@"; }
 declare -A t
@@ -36,11 +28,11 @@ for round in $(seq "$ROUNDS"); do
     flag=(); [ $mode = plaintext ] && flag=(--plaintext-names)
     "$BIN" init "$STORE/b" "${flag[@]}" >/dev/null
     "$BIN" mount "$STORE/b" "$MNT"
-    drop; t0=$(now); mkdir "$MNT/src" && tar -xf "$TAR" -C "$MNT/src" && sync; t1=$(now)
+    drop_caches; t0=$(now); mkdir "$MNT/src" && tar -xf "$TAR" -C "$MNT/src" && sync; t1=$(now)
     t[$mode,untar]="${t[$mode,untar]:-} $(secs "$t0" "$t1")"
-    drop; t0=$(now); ls -lR "$MNT/src" > /dev/null; t1=$(now)
+    drop_caches; t0=$(now); ls -lR "$MNT/src" > /dev/null; t1=$(now)
     t[$mode,ls]="${t[$mode,ls]:-} $(secs "$t0" "$t1")"
-    drop; t0=$(now); rm -rf "$MNT/src"; sync; t1=$(now)
+    drop_caches; t0=$(now); rm -rf "$MNT/src"; sync; t1=$(now)
     t[$mode,rm]="${t[$mode,rm]:-} $(secs "$t0" "$t1")"
     umount "$MNT"; sleep 0.5
     echo "round $round $mode: untar${t[$mode,untar]##* } ls${t[$mode,ls]##* } rm${t[$mode,rm]##* }" >&2

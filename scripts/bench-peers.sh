@@ -17,10 +17,10 @@
 set -euo pipefail
 ROUNDS=${1:-2}
 [ "$ROUNDS" -ge 2 ] || ROUNDS=2
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount and drop caches)"; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/scripts/lib.sh"
+need_root "needs to mount and drop caches"
 CHRONICLE_BIN=$(realpath "${CHRONICLE_BIN:-$here/target/release/chronicle}")
 [ -x "$CHRONICLE_BIN" ] || { echo "no $CHRONICLE_BIN: cargo build --release first"; exit 2; }
 SIX=${SIX_STEP:-$here/../shared/bench/six-step.sh}
@@ -37,7 +37,7 @@ fi
 TAR=$(bench_tarball)
 fuse_uring_for_run
 trap fuse_uring_restore EXIT
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+random_key
 systems=(tmpfs chronicle gocryptfs securefs)
 declare -A best
 columns=(write read untar md5 ls rm)

@@ -8,17 +8,17 @@
 # mount options (`--io-uring` needs the kernel's enable_uring switch on).
 # scripts/bench-peers.sh runs the same steps against the peers. Needs root.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount and drop caches)"; exit 2; }
 LABEL=${1:?usage: bench-six.sh LABEL [RUNS]}
 RUNS=${2:-1}
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/scripts/lib.sh"
+need_root "needs to mount and drop caches"
 CHRONICLE_BIN=$(realpath "${CHRONICLE_BIN:-$here/target/release/chronicle}")
 SIX=${SIX_STEP:-$here/../shared/bench/six-step.sh}
 [ -f "$SIX" ] || { echo "no six-step benchmark at $SIX (set SIX_STEP)"; exit 2; }
 TAR=$(bench_tarball)
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+random_key
 for _ in $(seq "$RUNS"); do
   store=$(tmpfs_dir 3g)
   fs_mount chronicle "$store/cipher" "$store/mnt"

@@ -12,15 +12,15 @@
 # run to run than the wall time on a shared machine. CHRONICLE_MOUNT_ARGS
 # adds mount options. Needs root.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "run as root (needs to mount and drop caches)"; exit 2; }
 ROUNDS=${1:?usage: bench-untar.sh ROUNDS BIN...}
 shift
 [ $# -gt 0 ] || { echo "usage: bench-untar.sh ROUNDS BIN..."; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/scripts/lib.sh"
+need_root "needs to mount and drop caches"
 TAR=$(bench_tarball)
-export CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+random_key
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for _ in $(seq "$ROUNDS"); do
   for bin in "$@"; do

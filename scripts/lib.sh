@@ -9,8 +9,45 @@
 #                          used as is); CHRONICLE_BIN is the chronicle binary,
 #                          CHRONICLE_MOUNT_ARGS extra `chronicle mount` flags
 #   fs_unmount FS MNT
+#   need_root WHY          exits with a message unless run as root
+#   random_key             exports a random CHRONICLE_ENCRYPTION_KEY
+#   now                    the time in seconds, to the nanosecond
+#   drop_caches            writes back, then drops the kernel's caches
+#   work_dir NAME [SIZE]   a new WORK directory in /var/tmp (this machine's
+#                          disk) with MNT=$WORK/mnt and STORE=$WORK/store,
+#                          STORE on its own tmpfs of SIZE when given;
+#                          work_cleanup unmounts both and removes WORK
+#                          (the caller traps EXIT with it)
 
 BENCH_PASS=benchmark-password
+
+need_root() {
+  [ "$(id -u)" = 0 ] || { echo "run as root ($1)" >&2; exit 2; }
+}
+
+random_key() {
+  CHRONICLE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  export CHRONICLE_ENCRYPTION_KEY
+}
+
+now() { date +%s.%N; }
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+work_dir() {
+  WORK=$(mktemp -d "/var/tmp/chronicle-$1.XXXXXX")
+  MNT=$WORK/mnt
+  STORE=$WORK/store
+  mkdir -p "$MNT" "$STORE"
+  [ -z "${2:-}" ] || mount -t tmpfs -o "size=$2" tmpfs "$STORE"
+}
+
+work_cleanup() {
+  [ -n "${WORK:-}" ] || return 0
+  mountpoint -q "$MNT" 2>/dev/null && { umount "$MNT" 2>/dev/null || umount -l "$MNT"; }
+  mountpoint -q "$STORE" 2>/dev/null && umount -l "$STORE"
+  rm -rf "$WORK"
+}
 
 bench_tarball() {
   local tar=${BENCH_TAR:-/var/tmp/chronicle-bench-linux-10k.tar}
