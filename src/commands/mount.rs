@@ -22,6 +22,56 @@ pub struct MountRequest {
 }
 
 pub fn mount(req: MountRequest) -> Result<()> {
+    let foreground = req.foreground;
+    let log_file = req.log_file.clone();
+    let ready = prepare(req)?;
+    if foreground {
+        logging::init_foreground();
+        let hardening = hygiene::harden_process().context("cannot disable core dumps")?;
+        let mounted = ready.mount()?;
+        return ready.serve(mounted, &hardening);
+    }
+    match daemon::fork().context("cannot start the background mount process")? {
+        Side::Parent(reader) => match daemon::await_verdict(reader) {
+            Verdict::Ready => Ok(()),
+            Verdict::Failed(message) => bail!("{message}"),
+        },
+        Side::Child(writer) => {
+            // Memory locks are not inherited across fork: lock here.
+            let started = logging::init_background(log_file.as_deref())
+                .and_then(|()| hygiene::harden_process().context("cannot disable core dumps"))
+                .and_then(|hardening| Ok((ready.mount()?, hardening)));
+            let (mounted, hardening) = match started {
+                Ok(started) => started,
+                Err(e) => {
+                    daemon::report(writer, &Verdict::Failed(format!("{e:#}")));
+                    std::process::exit(1);
+                }
+            };
+            daemon::report(writer, &Verdict::Ready);
+            if let Err(e) = ready.serve(mounted, &hardening) {
+                log::error!("{e:#}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
+/// A volume opened with its key and locked for one mount at a mount point
+/// checked to be fit for it.
+struct Ready {
+    volume: Volume,
+    backing: PathBuf,
+    mountpoint: PathBuf,
+    options: MountOptions,
+    open_files: u64,
+    lock: chronicle_mount::lock::VolumeLock,
+}
+
+/// Everything a mount checks and takes before it mounts: the directories,
+/// the key, the volume lock; then the key leaves the environment.
+fn prepare(req: MountRequest) -> Result<Ready> {
     let dead_backing = clear_dead_mount(&req.mountpoint)?;
     let backing = existing_dir(&req.backing, "backing directory")?;
     let mountpoint = existing_dir(&req.mountpoint, "mountpoint")?;
@@ -72,112 +122,62 @@ pub fn mount(req: MountRequest) -> Result<()> {
         .as_deref()
         .unwrap_or(keysource::DEFAULT_KEY_ENV);
     hygiene::scrub_environment(&[key_env, "CHRONICLE_PASSPHRASE"]);
-    let open_files = hygiene::raise_open_file_limit();
-
-    if req.foreground {
-        logging::init_foreground();
-        let hardening = hygiene::harden_process().context("cannot disable core dumps")?;
-        let mounted = Mounted::new(&volume, &mountpoint, &req.options)
-            .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
-        return serve(
-            mounted,
-            &volume,
-            &backing,
-            &mountpoint,
-            &hardening,
-            open_files,
-            lock,
-        );
-    }
-
-    match daemon::fork().context("cannot start the background mount process")? {
-        Side::Parent(reader) => match daemon::await_verdict(reader) {
-            Verdict::Ready => Ok(()),
-            Verdict::Failed(message) => bail!("{message}"),
-        },
-        Side::Child(writer) => {
-            if let Err(e) = logging::init_background(req.log_file.as_deref()) {
-                daemon::report(writer, &Verdict::Failed(format!("{e:#}")));
-                std::process::exit(1);
-            }
-            // Memory locks are not inherited across fork: lock here.
-            let hardening = match hygiene::harden_process() {
-                Ok(hardening) => hardening,
-                Err(e) => {
-                    let message = format!("cannot disable core dumps: {e}");
-                    daemon::report(writer, &Verdict::Failed(message));
-                    std::process::exit(1);
-                }
-            };
-            match Mounted::new(&volume, &mountpoint, &req.options) {
-                Ok(mounted) => {
-                    daemon::report(writer, &Verdict::Ready);
-                    if let Err(e) = serve(
-                        mounted,
-                        &volume,
-                        &backing,
-                        &mountpoint,
-                        &hardening,
-                        open_files,
-                        lock,
-                    ) {
-                        log::error!("{e:#}");
-                        std::process::exit(1);
-                    }
-                    std::process::exit(0);
-                }
-                Err(e) => {
-                    let message = format!("cannot mount at {}: {e}", mountpoint.display());
-                    daemon::report(writer, &Verdict::Failed(message));
-                    std::process::exit(1);
-                }
-            }
-        }
-    }
+    Ok(Ready {
+        volume,
+        backing,
+        mountpoint,
+        options: req.options,
+        open_files: hygiene::raise_open_file_limit(),
+        lock,
+    })
 }
 
-/// Serves until unmounted; SIGINT, SIGTERM and SIGHUP unmount cleanly.
-fn serve(
-    mut mounted: Mounted,
-    volume: &Volume,
-    backing: &Path,
-    mountpoint: &Path,
-    hardening: &hygiene::Hardening,
-    open_files: u64,
-    lock: chronicle_mount::lock::VolumeLock,
-) -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("installing signal handlers")?;
-    let mut unmounter = mounted.unmounter();
-    let shown = mountpoint.display().to_string();
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            log::info!("signal {signal}: unmounting {shown}");
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmounting {shown}: {e}");
-            }
-        }
-    });
-    log::info!(
-        "mounted {} at {} ({})",
-        backing.display(),
-        mountpoint.display(),
-        volume.backend().name()
-    );
-    log::info!("open-file limit {open_files}: files in use at once are bounded by it");
-    if !hardening.memory_locked {
-        log::warn!(
-            "memory not locked (RLIMIT_MEMLOCK is limited and this is not root): keys may reach swap; core dumps are off"
-        );
+impl Ready {
+    fn mount(&self) -> Result<Mounted> {
+        Mounted::new(&self.volume, &self.mountpoint, &self.options)
+            .with_context(|| format!("cannot mount at {}", self.mountpoint.display()))
     }
-    // The volume is free for the next writer as soon as the session ends,
-    // before the flush of the backing file system, which may take a while.
-    mounted
-        .serve(volume, || drop(lock))
-        .context("serving the file system")?;
-    log::info!("unmounted {}", mountpoint.display());
-    Ok(())
+
+    /// Serves until unmounted; SIGINT, SIGTERM and SIGHUP unmount cleanly.
+    fn serve(self, mut mounted: Mounted, hardening: &hygiene::Hardening) -> Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .context("installing signal handlers")?;
+        let mut unmounter = mounted.unmounter();
+        let shown = self.mountpoint.display().to_string();
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::info!("signal {signal}: unmounting {shown}");
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmounting {shown}: {e}");
+                }
+            }
+        });
+        log::info!(
+            "mounted {} at {} ({})",
+            self.backing.display(),
+            self.mountpoint.display(),
+            self.volume.backend().name()
+        );
+        log::info!(
+            "open-file limit {}: files in use at once are bounded by it",
+            self.open_files
+        );
+        if !hardening.memory_locked {
+            log::warn!(
+                "memory not locked (RLIMIT_MEMLOCK is limited and this is not root): keys may reach swap; core dumps are off"
+            );
+        }
+        // The volume is free for the next writer as soon as the session
+        // ends, before the flush of the backing file system, which may take
+        // a while.
+        let lock = self.lock;
+        mounted
+            .serve(&self.volume, || drop(lock))
+            .context("serving the file system")?;
+        log::info!("unmounted {}", self.mountpoint.display());
+        Ok(())
+    }
 }
 
 /// How long a mount waits for the process of a dead mount it cleared to
