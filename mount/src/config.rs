@@ -369,29 +369,54 @@ impl VolumeConfig {
 
     /// Reads `BACKING/chronicle.volume`.
     pub fn load(backing: &Path) -> Result<Self> {
-        Self::load_in(open_backing_dir(backing)?.as_fd(), backing)
+        let dir = rustix::fs::open(
+            backing,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        match dir {
+            Ok(dir) => Self::load_in(dir.as_fd(), backing),
+            Err(rustix::io::Errno::NOENT) => Err(VolumeError::NotAVolume {
+                path: backing.to_path_buf(),
+            }),
+            Err(e) => Err(VolumeError::io(
+                format!("opening {}", backing.display()),
+                e.into(),
+            )),
+        }
     }
 
     /// Reads the configuration of the backing directory open as `dir`
-    /// (`backing` names it in messages).
+    /// (`backing` names it in messages): never through a planted symlink,
+    /// never blocking on a FIFO, never more than a configuration's size.
     pub fn load_in(dir: BorrowedFd<'_>, backing: &Path) -> Result<Self> {
         let path = config_path(backing);
-        let read = rustix::fs::openat(dir, CONFIG_NAME, read_flags(), Mode::empty())
-            .map(File::from)
-            .map_err(std::io::Error::from)
-            .and_then(|mut file| {
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes).map(|_| bytes)
-            });
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = match rustix::fs::openat(dir, CONFIG_NAME, flags, Mode::empty()) {
+            Ok(file) => File::from(file),
+            Err(rustix::io::Errno::NOENT) => {
                 return Err(VolumeError::NotAVolume {
                     path: backing.to_path_buf(),
                 })
             }
-            Err(e) => return Err(VolumeError::io(format!("reading {}", path.display()), e)),
+            Err(e) => {
+                return Err(VolumeError::io(
+                    format!("opening {}", path.display()),
+                    e.into(),
+                ))
+            }
         };
+        let regular = file.metadata().map(|m| m.is_file());
+        if !regular.context(|| format!("examining {}", path.display()))? {
+            return Err(VolumeError::io(
+                path.display().to_string(),
+                std::io::Error::other("not a regular file"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(CONFIG_LEN);
+        file.take(CONFIG_LEN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .context(|| format!("reading {}", path.display()))?;
         Self::decode(&bytes, &path)
     }
 
@@ -401,39 +426,59 @@ impl VolumeConfig {
     }
 
     /// Writes the configuration atomically into the backing directory open
-    /// as `dir`: a temporary file, fsync, rename over the old one, fsync of
-    /// the directory. Mode 0400. Through the descriptor, so that it lands
-    /// in the directory it was meant for even if another took its name.
+    /// as `dir`: a temporary file of its own name, fsync, rename over the
+    /// old one, fsync of the directory. Mode 0400. Through the descriptor,
+    /// so that it lands in the directory it was meant for even if another
+    /// took its name.
     pub fn store_in(&self, dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
-        let tmp_name = format!("{CONFIG_NAME}.tmp");
+        let suffix: [u8; 8] = crate::random::bytes();
+        let tmp_name = format!(
+            "{CONFIG_NAME}.tmp.{}",
+            suffix
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
         let tmp = backing.join(&tmp_name);
-        let io = |what: &str, e: rustix::io::Errno| {
-            VolumeError::io(format!("{what} {}", tmp.display()), e.into())
-        };
-        match rustix::fs::unlinkat(dir, &tmp_name, AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io("removing", e)),
-        }
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut file = rustix::fs::openat(dir, &tmp_name, flags, Mode::from_raw_mode(0o400))
+        let file = rustix::fs::openat(dir, &tmp_name, flags, Mode::from_raw_mode(0o400))
             .map(File::from)
-            .map_err(|e| io("creating", e))?;
-        file.write_all(&self.encode())
-            .and_then(|()| file.sync_all())
-            .context(|| format!("writing {}", tmp.display()))?;
-        // The mode asked of `openat` is cut by the umask; set it whole.
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o400))
-            .map_err(|e| io("setting the mode of", e))?;
-        rustix::fs::renameat(dir, &tmp_name, dir, CONFIG_NAME)
-            .map_err(|e| io("renaming into place", e))?;
+            .map_err(|e| VolumeError::io(format!("creating {}", tmp.display()), e.into()))?;
+        let placed = write_whole(file, &self.encode(), &tmp).and_then(|()| {
+            rustix::fs::renameat(dir, &tmp_name, dir, CONFIG_NAME).map_err(|e| {
+                VolumeError::io(format!("renaming {} into place", tmp.display()), e.into())
+            })
+        });
+        if placed.is_err() {
+            let _ = rustix::fs::unlinkat(dir, &tmp_name, AtFlags::empty());
+        }
+        placed?;
         rustix::fs::fsync(dir).map_err(|e| {
-            VolumeError::io(format!("syncing directory {}", backing.display()), e.into())
+            VolumeError::io(
+                format!(
+                    "syncing directory {} (the new configuration is in place, maybe not durably)",
+                    backing.display()
+                ),
+                e.into(),
+            )
         })
     }
 }
 
-/// The backing directory, open for `load_in` and `store_in`.
+/// Writes `bytes` into the new file `file`, mode 0400, durably.
+fn write_whole(mut file: File, bytes: &[u8], path: &Path) -> Result<()> {
+    // The mode asked of `openat` is cut by the umask; set it whole, before
+    // the sync that makes it durable with the bytes.
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o400)).map_err(|e| {
+        VolumeError::io(format!("setting the mode of {}", path.display()), e.into())
+    })?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .context(|| format!("writing {}", path.display()))
+}
+
+/// The backing directory, open for `load_in`, `store_in` and `ConfigLock`.
 pub fn open_backing_dir(backing: &Path) -> Result<OwnedFd> {
     rustix::fs::open(
         backing,
@@ -443,8 +488,35 @@ pub fn open_backing_dir(backing: &Path) -> Result<OwnedFd> {
     .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))
 }
 
-fn read_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+/// Taken by whatever replaces a volume's configuration (a new user key) or
+/// the whole volume (a re-encryption's swap), for the check that the
+/// configuration is still the one it read and the replacement after it:
+/// an exclusive `flock` on the backing directory, let go when `dir` is
+/// closed. Waits for the holder (each holds it for milliseconds). Where
+/// the backing file system cannot lock directories (some network file
+/// systems), it goes on unlocked and says so in the log.
+pub fn lock_config(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
+    loop {
+        match rustix::fs::flock(dir, rustix::fs::FlockOperation::LockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(
+                e @ (rustix::io::Errno::NOLCK
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::BADF
+                | rustix::io::Errno::INVAL),
+            ) => {
+                log::warn!("{}: cannot lock the directory ({e}): a concurrent change of its key is not kept out", backing.display());
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(VolumeError::io(
+                    format!("locking {}", backing.display()),
+                    e.into(),
+                ))
+            }
+        }
+    }
 }
 
 pub fn config_path(backing: &Path) -> PathBuf {

@@ -14,8 +14,10 @@
 //!   anything written to it since is in the new copy.
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use crate::config::{lock_config, open_backing_dir, VolumeConfig};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, UserKey};
 use crate::transfer::{self, Copied, Source};
@@ -86,8 +88,18 @@ pub fn reencrypt(
     crate::journal::Journal::refuse_pending_commits(&backing)?;
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
+    // A new key given to the volume while it was copied (`passwd` takes no
+    // volume lock) would be dropped by the swap without a word: the
+    // configuration must still be the one the copy began with, and stay so
+    // until the swap (`lock_config`, which `passwd` takes too).
+    let dir = open_backing_dir(&backing)?;
+    lock_config(dir.as_fd(), &backing)?;
+    if VolumeConfig::load_in(dir.as_fd(), &backing)? != *old.config() {
+        return Err(VolumeError::Changed { path: backing });
+    }
     mark(&staging)?;
     swap(&backing, &staging)?;
+    drop(dir);
     finish(&backing, &staging, new_key)?;
     Ok(Outcome::Done {
         copied,
@@ -202,4 +214,56 @@ fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .context(|| format!("syncing {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretKey;
+    use crate::names::NameMode;
+    use std::sync::Arc;
+
+    // Protects: a new key given to a volume while a re-encryption copies it
+    // is not thrown away by the swap: the re-encryption refuses, and the
+    // volume, untouched, opens with the new key.
+    #[test]
+    fn a_key_changed_during_the_copy_stops_the_swap() {
+        let old_key = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let parent = tempfile::tempdir().expect("tempdir");
+        let backing = parent.path().join("volume");
+        Volume::init(&backing, &old_key, None, NameMode::Encrypted).expect("init");
+        let file = Volume::open(&backing, &old_key)
+            .expect("open")
+            .backing_path(Path::new("data"))
+            .expect("name");
+        let created = fs::File::create(backing.join(&file)).expect("create");
+        let volume = Volume::open(&backing, &old_key).expect("open");
+        crate::content::EncryptedFile::create(created, Arc::clone(volume.crypto()), file.clone())
+            .and_then(|f| f.write_at(0, b"kept"))
+            .expect("write");
+
+        let passwd_key = UserKey::Raw(SecretKey::from_bytes([2; 32]));
+        let reencrypt_key = UserKey::Raw(SecretKey::from_bytes([3; 32]));
+        let mut changed = false;
+        let outcome = reencrypt(&backing, &old_key, &reencrypt_key, None, &mut |_| {
+            if !changed {
+                let mut volume = Volume::open(&backing, &old_key).expect("open");
+                volume.rewrap(&passwd_key, None).expect("passwd meanwhile");
+                changed = true;
+            }
+        });
+
+        assert!(changed, "the copy reported progress");
+        assert!(
+            matches!(outcome, Err(VolumeError::Changed { .. })),
+            "{outcome:?}"
+        );
+        let volume = Volume::open(&backing, &passwd_key).expect("opens with passwd's key");
+        let mut buf = [0u8; 4];
+        let read = volume
+            .open_file(Path::new("data"), false)
+            .and_then(|f| f.read_at(0, &mut buf))
+            .expect("read");
+        assert_eq!(&buf[..read], b"kept");
+    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cipher::{self, Backend};
-use crate::config::{config_path, open_backing_dir, VolumeConfig, VolumeFeatures};
+use crate::config::{config_path, lock_config, open_backing_dir, VolumeConfig, VolumeFeatures};
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
@@ -158,22 +158,44 @@ impl Volume {
     /// untouched; the old key stops working once the new configuration is in
     /// place (atomically).
     pub fn rewrap(&mut self, new_key: &UserKey, kdf: Option<KdfParams>) -> Result<()> {
+        self.rewrap_with(new_key, kdf, || {})
+    }
+
+    /// `rewrap`, calling `before_store` between the check and the store
+    /// (tests race it there).
+    fn rewrap_with(
+        &mut self,
+        new_key: &UserKey,
+        kdf: Option<KdfParams>,
+        before_store: impl FnOnce(),
+    ) -> Result<()> {
         let config = self.config.rewrap(self.crypto.master(), new_key, kdf)?;
-        // Deriving the new key takes seconds: a re-encryption may have
-        // swapped in a volume with another master key meanwhile, and may
-        // still do so at any moment. The new configuration goes into the
-        // directory whose configuration was just checked, through its
-        // descriptor, so it can never land over the other volume's (whose
-        // master key it would lose); if that directory is no longer BACKING
+        // Deriving the new key takes seconds: another `passwd` may have
+        // stored its configuration meanwhile, or a re-encryption swapped in
+        // a volume with another master key; a re-encryption may still swap
+        // at any moment (it checks under the same lock, but only where the
+        // backing file system can lock directories). So: the lock, then the
+        // check, and the store into the directory checked, through its
+        // descriptor, never over another volume's configuration (whose
+        // master key it would lose). If that directory is no longer BACKING
         // afterwards, the change went to the volume swapped out.
         let dir = open_backing_dir(&self.backing)?;
-        if VolumeConfig::load_in(dir.as_fd(), &self.backing)? != self.config {
+        lock_config(dir.as_fd(), &self.backing)?;
+        let stored = match self.is_still(dir.as_fd())?
+            && VolumeConfig::load_in(dir.as_fd(), &self.backing)? == self.config
+        {
+            true => {
+                before_store();
+                config.store_in(dir.as_fd(), &self.backing)
+            }
+            false => Err(self.changed()),
+        };
+        // A re-encryption finishing meanwhile deletes the directory from
+        // under the store: what failed then is that the volume changed.
+        if !self.is_still(dir.as_fd()).unwrap_or(false) {
             return Err(self.changed());
         }
-        config.store_in(dir.as_fd(), &self.backing)?;
-        if !self.is_still(dir.as_fd())? {
-            return Err(self.changed());
-        }
+        stored?;
         self.config = config;
         Ok(())
     }
@@ -340,11 +362,10 @@ mod tests {
         Volume::open(ours.path(), &user).expect("the swapped-in volume opens with its key");
     }
 
-    // Protects: what a re-wrap relies on when its volume is swapped out (a
-    // re-encryption's exchange of directories) between its check of the
-    // configuration and its store: the store goes into the directory it
-    // checked, never over the swapped-in volume's configuration (whose
-    // master key would be lost), and the swap is then seen.
+    // Protects: a re-wrap whose volume is swapped out (a re-encryption's
+    // exchange of directories) between its check of the configuration and
+    // its store never stores over the swapped-in volume's configuration
+    // (whose master key would be lost), and reports the swap.
     #[test]
     fn a_rewrap_raced_by_a_swap_touches_only_its_own_volume() {
         let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
@@ -353,35 +374,64 @@ mod tests {
         let other = parent.path().join("other");
         Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
         Volume::init(&other, &user, None, NameMode::Encrypted).expect("init");
-        let opened = Volume::open(&backing, &user).expect("open");
-        let checked = open_backing_dir(&backing).expect("open dir");
-        assert!(opened.is_still(checked.as_fd()).expect("stat"));
+        let mut opened = Volume::open(&backing, &user).expect("open");
+        let swapped_in = std::fs::read(config_path(&other)).expect("read");
 
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &backing,
-            rustix::fs::CWD,
-            &other,
-            rustix::fs::RenameFlags::EXCHANGE,
-        )
-        .expect("swap");
-        let swapped_in = std::fs::read(config_path(&backing)).expect("read");
         let new_key = UserKey::Raw(SecretKey::from_bytes([9; 32]));
-        let rewrapped = opened
-            .config()
-            .rewrap(opened.crypto().master(), &new_key, None)
-            .expect("rewrap");
-        rewrapped
-            .store_in(checked.as_fd(), &backing)
-            .expect("store");
+        let raced = opened.rewrap_with(&new_key, None, || {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &backing,
+                rustix::fs::CWD,
+                &other,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .expect("swap");
+        });
 
-        assert!(!opened.is_still(checked.as_fd()).expect("stat"));
+        assert!(
+            matches!(raced, Err(VolumeError::Changed { .. })),
+            "{raced:?}"
+        );
         assert_eq!(
             std::fs::read(config_path(&backing)).expect("read"),
             swapped_in,
             "the swapped-in volume keeps its configuration"
         );
-        Volume::open(&other, &new_key)
-            .expect("the new configuration is in the volume it was made for");
+        Volume::open(&backing, &user).expect("the swapped-in volume opens with its key");
+    }
+
+    // Protects: two re-wraps of one volume at once: the second waits for
+    // the first, then finds the configuration changed and stores nothing,
+    // so the key the first one reported is the key that opens the volume.
+    #[test]
+    fn a_second_rewrap_waits_then_refuses() {
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().to_path_buf();
+        Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
+        let mut first = Volume::open(&backing, &user).expect("open");
+        let first_key = UserKey::Raw(SecretKey::from_bytes([2; 32]));
+        let mut second_run = None;
+        first
+            .rewrap_with(&first_key, None, || {
+                let mut second = Volume::open(&backing, &user).expect("open");
+                let run = std::thread::spawn(move || {
+                    second.rewrap(&UserKey::Raw(SecretKey::from_bytes([3; 32])), None)
+                });
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                assert!(
+                    !run.is_finished(),
+                    "the second re-wrap went ahead of the lock"
+                );
+                second_run = Some(run);
+            })
+            .expect("the first re-wrap");
+        let second = second_run.expect("ran").join().expect("join");
+        assert!(
+            matches!(second, Err(VolumeError::Changed { .. })),
+            "{second:?}"
+        );
+        Volume::open(&backing, &first_key).expect("the first re-wrap's key opens it");
     }
 }
