@@ -153,14 +153,9 @@ impl fmt::Display for VolumeError {
     }
 }
 
-impl std::error::Error for VolumeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            VolumeError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+// No `source`: the message already ends with the I/O error's own, and
+// `{:#}` (how the program prints errors) would show it twice.
+impl std::error::Error for VolumeError {}
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = VolumeError> = std::result::Result<T, E>;

@@ -69,14 +69,9 @@ impl fmt::Display for EngineError {
     }
 }
 
-impl std::error::Error for EngineError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            EngineError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+// No `source`: the message already ends with the I/O error's own, and
+// `{:#}` (how the program prints errors) would show it twice.
+impl std::error::Error for EngineError {}
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
