@@ -488,35 +488,104 @@ pub fn open_backing_dir(backing: &Path) -> Result<OwnedFd> {
     .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))
 }
 
-/// Taken by whatever replaces a volume's configuration (a new user key) or
+/// File name of the key-change lock inside the backing directory (one of
+/// the volume's own names).
+pub const KEY_LOCK_NAME: &str = "chronicle.volume.keylock";
+
+/// How long a key change waits for another to finish before giving up.
+const KEY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Held by whatever replaces a volume's configuration (a new user key) or
 /// the whole volume (a re-encryption's swap), for the check that the
 /// configuration is still the one it read and the replacement after it:
-/// an exclusive `flock` on the backing directory, let go when `dir` is
-/// closed. Waits for the holder (each holds it for milliseconds). Where
-/// the backing file system cannot lock directories (some network file
-/// systems), it goes on unlocked and says so in the log.
-pub fn lock_config(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
-    loop {
-        match rustix::fs::flock(dir, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(
-                e @ (rustix::io::Errno::NOLCK
-                | rustix::io::Errno::OPNOTSUPP
-                | rustix::io::Errno::BADF
-                | rustix::io::Errno::INVAL),
-            ) => {
-                log::warn!("{}: cannot lock the directory ({e}): a concurrent change of its key is not kept out", backing.display());
-                return Ok(());
+/// an exclusive `flock` on `KEY_LOCK_NAME` in the backing directory open as
+/// `dir` (a file of mode 0600, so that only the volume's owner can hold
+/// it; found through `dir`, so that it follows the directory through a
+/// swap). Each holder keeps it for milliseconds: a wait beyond
+/// `KEY_LOCK_WAIT` is refused as the volume being busy. Where the backing
+/// file system cannot lock files, it goes on unlocked and says so in the
+/// log.
+pub struct KeyLock {
+    _file: Option<File>,
+}
+
+impl KeyLock {
+    pub fn acquire(dir: BorrowedFd<'_>, backing: &Path) -> Result<KeyLock> {
+        let path = backing.join(KEY_LOCK_NAME);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = rustix::fs::openat(dir, KEY_LOCK_NAME, flags, Mode::from_raw_mode(0o600))
+            .map(File::from)
+            .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))?;
+        let deadline = std::time::Instant::now() + KEY_LOCK_WAIT;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(KeyLock { _file: Some(file) }),
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(VolumeError::Busy {
+                        path: backing.to_path_buf(),
+                    })
+                }
+                Err(e @ (rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP)) => {
+                    log::warn!(
+                        "{}: cannot be locked ({e}): a concurrent change of the key is not kept out",
+                        path.display()
+                    );
+                    return Ok(KeyLock { _file: None });
+                }
+                Err(e) => {
+                    return Err(VolumeError::io(
+                        format!("locking {}", path.display()),
+                        e.into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Removes what earlier stores of the configuration left when they were
+/// cut short (`chronicle.volume.tmp*`): one may hold the master key
+/// wrapped under a key its user thinks was never set. Only under
+/// `KeyLock`, which every store into an existing volume holds.
+pub fn remove_stale_stores(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
+    let prefix = format!("{CONFIG_NAME}.tmp");
+    let io =
+        |e: rustix::io::Errno| VolumeError::io(format!("listing {}", backing.display()), e.into());
+    let listing = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io)?;
+    let mut stale = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&listing).map_err(io)? {
+        let name = entry.map_err(io)?.file_name().to_bytes().to_vec();
+        if name.starts_with(prefix.as_bytes()) {
+            stale.push(name);
+        }
+    }
+    for name in stale {
+        let shown = backing.join(String::from_utf8_lossy(&name).as_ref());
+        match rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {
+                log::info!(
+                    "removed {}, left by a key change cut short",
+                    shown.display()
+                )
             }
             Err(e) => {
                 return Err(VolumeError::io(
-                    format!("locking {}", backing.display()),
+                    format!("removing {}", shown.display()),
                     e.into(),
                 ))
             }
         }
     }
+    Ok(())
 }
 
 pub fn config_path(backing: &Path) -> PathBuf {

@@ -17,7 +17,7 @@ use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::config::{lock_config, open_backing_dir, VolumeConfig};
+use crate::config::{open_backing_dir, KeyLock, VolumeConfig};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, UserKey};
 use crate::transfer::{self, Copied, Source};
@@ -88,18 +88,25 @@ pub fn reencrypt(
     crate::journal::Journal::refuse_pending_commits(&backing)?;
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
-    // A new key given to the volume while it was copied (`passwd` takes no
-    // volume lock) would be dropped by the swap without a word: the
-    // configuration must still be the one the copy began with, and stay so
-    // until the swap (`lock_config`, which `passwd` takes too).
+    // A new key given to the volume while it was copied (`rotate-key`
+    // takes no volume lock) would be dropped by the swap without a word:
+    // the configuration must still be the one the copy began with, and
+    // stay so until the swap (`KeyLock`, which `rotate-key` takes too).
     let dir = open_backing_dir(&backing)?;
-    lock_config(dir.as_fd(), &backing)?;
+    let key_lock = KeyLock::acquire(dir.as_fd(), &backing)?;
     if VolumeConfig::load_in(dir.as_fd(), &backing)? != *old.config() {
+        drop(new);
+        fs::remove_dir_all(&staging)
+            .context(|| format!("removing the copy {}", staging.display()))?;
         return Err(VolumeError::Changed { path: backing });
     }
+    // The volume lock is a file in each directory: once they are swapped,
+    // BACKING's is the new volume's, held from now on so that no mount or
+    // repair starts while the old volume is deleted.
+    let _new_volume_lock = crate::lock::VolumeLock::acquire(&staging)?;
     mark(&staging)?;
     swap(&backing, &staging)?;
-    drop(dir);
+    drop(key_lock);
     finish(&backing, &staging, new_key)?;
     Ok(Outcome::Done {
         copied,

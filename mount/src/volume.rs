@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cipher::{self, Backend};
-use crate::config::{config_path, lock_config, open_backing_dir, VolumeConfig, VolumeFeatures};
+use crate::config::{
+    config_path, open_backing_dir, remove_stale_stores, KeyLock, VolumeConfig, VolumeFeatures,
+};
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
@@ -180,22 +182,24 @@ impl Volume {
         // master key it would lose). If that directory is no longer BACKING
         // afterwards, the change went to the volume swapped out.
         let dir = open_backing_dir(&self.backing)?;
-        lock_config(dir.as_fd(), &self.backing)?;
+        let _lock = KeyLock::acquire(dir.as_fd(), &self.backing)?;
         let stored = match self.is_still(dir.as_fd())?
             && VolumeConfig::load_in(dir.as_fd(), &self.backing)? == self.config
         {
             true => {
                 before_store();
-                config.store_in(dir.as_fd(), &self.backing)
+                remove_stale_stores(dir.as_fd(), &self.backing)
+                    .and_then(|()| config.store_in(dir.as_fd(), &self.backing))
             }
             false => Err(self.changed()),
         };
         // A re-encryption finishing meanwhile deletes the directory from
         // under the store: what failed then is that the volume changed.
-        if !self.is_still(dir.as_fd()).unwrap_or(false) {
-            return Err(self.changed());
+        match (stored, self.is_still(dir.as_fd())) {
+            (_, Ok(false)) => return Err(self.changed()),
+            (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+            (Ok(()), Ok(true)) => {}
         }
-        stored?;
         self.config = config;
         Ok(())
     }
@@ -433,5 +437,36 @@ mod tests {
             "{second:?}"
         );
         Volume::open(&backing, &first_key).expect("the first re-wrap's key opens it");
+    }
+
+    // Protects: a configuration store cut short (a crash between creating
+    // its temporary file and renaming it) leaves a file that may hold the
+    // master key under a key its user thinks was never set; the next key
+    // change removes it.
+    #[test]
+    fn a_rewrap_removes_what_a_cut_short_store_left() {
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut volume = Volume::init(dir.path(), &user, None, NameMode::Encrypted).expect("init");
+        let left = [
+            "chronicle.volume.tmp",
+            "chronicle.volume.tmp.0123456789abcdef",
+        ];
+        for name in left {
+            std::fs::write(dir.path().join(name), b"cut short").expect("write");
+        }
+        volume
+            .rewrap(&UserKey::Raw(SecretKey::from_bytes([2; 32])), None)
+            .expect("rewrap");
+        for name in left {
+            assert!(!dir.path().join(name).exists(), "{name} is left");
+        }
+        let lock = std::fs::metadata(dir.path().join(crate::config::KEY_LOCK_NAME)).expect("lock");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            lock.permissions().mode() & 0o777,
+            0o600,
+            "only the owner may hold it"
+        );
     }
 }
