@@ -43,6 +43,9 @@ pub enum VolumeError {
     /// The volume's configuration changed under a command that had read it
     /// (another command re-encrypted the volume or gave it a new key).
     Changed { path: PathBuf },
+    /// A re-encryption stopped after its swap; it must finish before the
+    /// key changes again.
+    ReencryptionUnfinished { path: PathBuf },
     /// A backing name, long name file, directory id or symlink target that
     /// does not authenticate.
     BadName { dir: PathBuf, what: String },
@@ -142,6 +145,11 @@ impl fmt::Display for VolumeError {
             VolumeError::Busy { path } => write!(
                 f,
                 "{} is in use by another chronicle process (a mount, fsck --repair or a re-encryption); unmount it or wait for it to finish",
+                path.display()
+            ),
+            VolumeError::ReencryptionUnfinished { path } => write!(
+                f,
+                "{} holds a re-encryption that was interrupted after its swap; finish it first: run the same `rotate-key --reencrypt` again",
                 path.display()
             ),
             VolumeError::Changed { path } => write!(

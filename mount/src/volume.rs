@@ -3,6 +3,8 @@
 
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::AtFlags;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -183,6 +185,14 @@ impl Volume {
         // afterwards, the change went to the volume swapped out.
         let dir = open_backing_dir(&self.backing)?;
         let _lock = KeyLock::acquire(dir.as_fd(), &self.backing)?;
+        // A re-encryption cut short after its swap is finished with its own
+        // new key: a key changed before then would keep it from finishing.
+        if rustix::fs::statat(&dir, crate::reencrypt::MARK_NAME, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        {
+            return Err(VolumeError::ReencryptionUnfinished {
+                path: self.backing.clone(),
+            });
+        }
         let stored = match self.is_still(dir.as_fd())?
             && VolumeConfig::load_in(dir.as_fd(), &self.backing)? == self.config
         {
@@ -468,5 +478,22 @@ mod tests {
             0o600,
             "only the owner may hold it"
         );
+    }
+
+    // Protects: a re-encryption interrupted after its swap finishes with
+    // its own new key; a key change before then is refused instead of
+    // leaving it unable to finish.
+    #[test]
+    fn a_rewrap_waits_for_an_unfinished_reencryption() {
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut volume = Volume::init(dir.path(), &user, None, NameMode::Encrypted).expect("init");
+        std::fs::write(dir.path().join(crate::reencrypt::MARK_NAME), b"").expect("mark");
+        let refused = volume.rewrap(&UserKey::Raw(SecretKey::from_bytes([2; 32])), None);
+        assert!(
+            matches!(refused, Err(VolumeError::ReencryptionUnfinished { .. })),
+            "{refused:?}"
+        );
+        Volume::open(dir.path(), &user).expect("the key is unchanged");
     }
 }

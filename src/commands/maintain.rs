@@ -141,8 +141,12 @@ fn reencrypt_volume(
             "Finished an interrupted re-encryption of {}: it opens with the new key only.",
             backing.display()
         ),
+        // An earlier run that finished and a plain `rotate-key` to the new
+        // key look alike here (the old key fails, the new one opens): say
+        // what is known and how to be sure.
         Outcome::AlreadyDone => println!(
-            "{} is already re-encrypted: it opens with the new key; nothing to do.",
+            "{} opens with the new key and not the old one, so nothing was done: an earlier run re-encrypted it, \
+             or its key was changed without --reencrypt (then run this again giving the new key as both keys).",
             backing.display()
         ),
         Outcome::Done {
