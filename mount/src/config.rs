@@ -478,7 +478,7 @@ fn write_whole(mut file: File, bytes: &[u8], path: &Path) -> Result<()> {
         .context(|| format!("writing {}", path.display()))
 }
 
-/// The backing directory, open for `load_in`, `store_in` and `ConfigLock`.
+/// The backing directory, open for `load_in`, `store_in` and `KeyLock`.
 pub fn open_backing_dir(backing: &Path) -> Result<OwnedFd> {
     rustix::fs::open(
         backing,
@@ -488,68 +488,10 @@ pub fn open_backing_dir(backing: &Path) -> Result<OwnedFd> {
     .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))
 }
 
-/// File name of the key-change lock inside the backing directory (one of
-/// the volume's own names).
-pub const KEY_LOCK_NAME: &str = "chronicle.volume.keylock";
-
-/// How long a key change waits for another to finish before giving up.
-const KEY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Held by whatever replaces a volume's configuration (a new user key) or
-/// the whole volume (a re-encryption's swap), for the check that the
-/// configuration is still the one it read and the replacement after it:
-/// an exclusive `flock` on `KEY_LOCK_NAME` in the backing directory open as
-/// `dir` (a file of mode 0600, so that only the volume's owner can hold
-/// it; found through `dir`, so that it follows the directory through a
-/// swap). Each holder keeps it for milliseconds: a wait beyond
-/// `KEY_LOCK_WAIT` is refused as the volume being busy. Where the backing
-/// file system cannot lock files, it goes on unlocked and says so in the
-/// log.
-pub struct KeyLock {
-    _file: Option<File>,
-}
-
-impl KeyLock {
-    pub fn acquire(dir: BorrowedFd<'_>, backing: &Path) -> Result<KeyLock> {
-        let path = backing.join(KEY_LOCK_NAME);
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let file = rustix::fs::openat(dir, KEY_LOCK_NAME, flags, Mode::from_raw_mode(0o600))
-            .map(File::from)
-            .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))?;
-        let deadline = std::time::Instant::now() + KEY_LOCK_WAIT;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(KeyLock { _file: Some(file) }),
-                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    return Err(VolumeError::Busy {
-                        path: backing.to_path_buf(),
-                    })
-                }
-                Err(e @ (rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP)) => {
-                    log::warn!(
-                        "{}: cannot be locked ({e}): a concurrent change of the key is not kept out",
-                        path.display()
-                    );
-                    return Ok(KeyLock { _file: None });
-                }
-                Err(e) => {
-                    return Err(VolumeError::io(
-                        format!("locking {}", path.display()),
-                        e.into(),
-                    ))
-                }
-            }
-        }
-    }
-}
-
 /// Removes what earlier stores of the configuration left when they were
 /// cut short (`chronicle.volume.tmp*`): one may hold the master key
 /// wrapped under a key its user thinks was never set. Only under
-/// `KeyLock`, which every store into an existing volume holds.
+/// `lock::KeyLock`, which every store into an existing volume holds.
 pub fn remove_stale_stores(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
     let prefix = format!("{CONFIG_NAME}.tmp");
     let io =

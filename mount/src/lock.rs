@@ -5,8 +5,13 @@
 //! file's last block and header). The lock lives on the open file, so a
 //! background mount keeps it across its fork, and the kernel drops it when
 //! the holder dies: there is never a stale lock to clear.
+//!
+//! A change of the volume's key is not a writer (a mounted volume may be
+//! given a new key) but must not meet another: `KeyLock`, a lock of its
+//! own, held for moments.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -81,6 +86,72 @@ impl VolumeLock {
             Ok(_free) => Ok(true),
             Err(VolumeError::Busy { .. }) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// File name of the key-change lock inside the backing directory (one of
+/// the volume's own names).
+pub const KEY_LOCK_NAME: &str = "chronicle.volume.keylock";
+
+/// How long a key change waits for another to finish before giving up.
+const KEY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Held by whatever replaces a volume's configuration (a new user key) or
+/// the whole volume (a re-encryption's swap), for the check that the
+/// configuration is still the one it read and the replacement after it:
+/// an exclusive `flock` on `KEY_LOCK_NAME` in the backing directory open as
+/// `dir` (a file of mode 0600, so that only the volume's owner can hold
+/// it; found through `dir`, so that it follows the directory through a
+/// swap). Each holder keeps it for milliseconds: a wait beyond
+/// `KEY_LOCK_WAIT` is refused as the volume being busy. Where the backing
+/// file system cannot lock files, it goes on unlocked and says so in the
+/// log.
+pub struct KeyLock {
+    _file: Option<File>,
+}
+
+impl KeyLock {
+    pub fn acquire(dir: BorrowedFd<'_>, backing: &Path) -> Result<KeyLock> {
+        let path = backing.join(KEY_LOCK_NAME);
+        let flags = rustix::fs::OFlags::RDWR
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC;
+        let file = rustix::fs::openat(
+            dir,
+            KEY_LOCK_NAME,
+            flags,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map(File::from)
+        .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))?;
+        let deadline = std::time::Instant::now() + KEY_LOCK_WAIT;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(KeyLock { _file: Some(file) }),
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(VolumeError::Busy {
+                        path: backing.to_path_buf(),
+                    })
+                }
+                Err(e @ (rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP)) => {
+                    log::warn!(
+                        "{}: cannot be locked ({e}): a concurrent change of the key is not kept out",
+                        path.display()
+                    );
+                    return Ok(KeyLock { _file: None });
+                }
+                Err(e) => {
+                    return Err(VolumeError::io(
+                        format!("locking {}", path.display()),
+                        e.into(),
+                    ))
+                }
+            }
         }
     }
 }

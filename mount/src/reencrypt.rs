@@ -17,9 +17,10 @@ use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::config::{open_backing_dir, KeyLock, VolumeConfig};
+use crate::config::{open_backing_dir, VolumeConfig};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, UserKey};
+use crate::lock::KeyLock;
 use crate::transfer::{self, Copied, Source};
 use crate::volume::Volume;
 

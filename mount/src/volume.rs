@@ -3,18 +3,19 @@
 
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
-
-use rustix::fs::AtFlags;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustix::fs::AtFlags;
+
 use crate::cipher::{self, Backend};
 use crate::config::{
-    config_path, open_backing_dir, remove_stale_stores, KeyLock, VolumeConfig, VolumeFeatures,
+    config_path, open_backing_dir, remove_stale_stores, VolumeConfig, VolumeFeatures,
 };
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, SecretKey, UserKey};
+use crate::lock::KeyLock;
 use crate::names::{NameError, Names};
 
 /// An opened volume.
@@ -471,7 +472,7 @@ mod tests {
         for name in left {
             assert!(!dir.path().join(name).exists(), "{name} is left");
         }
-        let lock = std::fs::metadata(dir.path().join(crate::config::KEY_LOCK_NAME)).expect("lock");
+        let lock = std::fs::metadata(dir.path().join(crate::lock::KEY_LOCK_NAME)).expect("lock");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             lock.permissions().mode() & 0o777,
