@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::cipher::{self, Backend, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{IoContext, Result, VolumeError};
@@ -505,26 +505,34 @@ pub fn remove_stale_stores(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
     .map_err(io)?;
     let mut stale = Vec::new();
     for entry in rustix::fs::Dir::read_from(&listing).map_err(io)? {
-        let name = entry.map_err(io)?.file_name().to_bytes().to_vec();
-        if name.starts_with(prefix.as_bytes()) {
-            stale.push(name);
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_bytes();
+        // Only files: anything else there is not a store's, and an entry
+        // that cannot be removed must not stop every later key change.
+        if !name.starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            FileType::Unknown => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_or(FileType::Unknown, |st| FileType::from_raw_mode(st.st_mode)),
+            kind => kind,
+        };
+        if kind == FileType::RegularFile {
+            stale.push(name.to_vec());
         }
     }
     for name in stale {
         let shown = backing.join(String::from_utf8_lossy(&name).as_ref());
         match rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {
-                log::info!(
-                    "removed {}, left by a key change cut short",
-                    shown.display()
-                )
-            }
-            Err(e) => {
-                return Err(VolumeError::io(
-                    format!("removing {}", shown.display()),
-                    e.into(),
-                ))
-            }
+            Ok(()) => log::info!(
+                "removed {}, left by a key change cut short",
+                shown.display()
+            ),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => log::warn!(
+                "cannot remove {}, left by a key change cut short: {e}",
+                shown.display()
+            ),
         }
     }
     Ok(())

@@ -40,6 +40,8 @@ pub enum VolumeError {
     NotAVolume { path: PathBuf },
     /// Another process (a mount, a repair, a re-encryption) holds the volume.
     Busy { path: PathBuf },
+    /// Another change of the volume's key holds the key lock.
+    KeyChangeBusy { path: PathBuf },
     /// The volume's configuration changed under a command that had read it
     /// (another command re-encrypted the volume or gave it a new key).
     Changed { path: PathBuf },
@@ -149,7 +151,12 @@ impl fmt::Display for VolumeError {
             ),
             VolumeError::ReencryptionUnfinished { path } => write!(
                 f,
-                "{} holds a re-encryption that was interrupted after its swap; finish it first: run the same `rotate-key --reencrypt` again",
+                "{} holds the mark of a re-encryption stopped after its swap; finish it first by running the same `rotate-key --reencrypt` again (if no re-encryption was ever run here, the mark chronicle.volume.reencrypted was planted: remove it)",
+                path.display()
+            ),
+            VolumeError::KeyChangeBusy { path } => write!(
+                f,
+                "another change of the key of {} (rotate-key) has been under way for 30 s; wait for it to finish, then run this again",
                 path.display()
             ),
             VolumeError::Changed { path } => write!(

@@ -11,11 +11,12 @@
 //! own, held for moments.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rustix::fs::FlockOperation;
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
 use crate::error::{IoContext, Result, VolumeError};
 
@@ -37,6 +38,72 @@ pub(crate) fn open_volume_file(path: &Path) -> Result<File> {
         .context(|| format!("opening {}", path.display()))
 }
 
+/// Opens (creating if missing) the lock file `name` in the backing
+/// directory open as `dir`, never through a symlink, and only if nobody
+/// but the volume's owner can hold it: whoever can open a lock file can
+/// hold the lock for ever. So it must be a regular file of one link (not a
+/// FIFO, not a link to another of the volume's files), owned by this user
+/// or the directory's owner, and it is made mode 0600 if it is not. One
+/// that root makes in another user's volume is handed to that user, who
+/// could not open it otherwise.
+fn open_lock_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<File> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let io = |what: &str, e: rustix::io::Errno| {
+        VolumeError::io(format!("{what} {}", shown.display()), e.into())
+    };
+    let file = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+        .map(File::from)
+        .map_err(|e| io("opening", e))?;
+    let stat = rustix::fs::fstat(&file).map_err(|e| io("examining", e))?;
+    let owner = rustix::fs::fstat(dir).map_err(|e| io("examining the directory of", e))?;
+    let me = rustix::process::geteuid().as_raw();
+    let own = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+        && stat.st_nlink == 1
+        && (stat.st_uid == me || stat.st_uid == owner.st_uid);
+    if !own {
+        return Err(VolumeError::io(
+            shown.display().to_string(),
+            std::io::Error::other(
+                "not a lock file the volume made (a regular file of one link, owned by \
+                 the volume's owner); it holds nothing: remove it",
+            ),
+        ));
+    }
+    if stat.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))
+            .map_err(|e| io("setting the mode of", e))?;
+    }
+    if stat.st_uid != owner.st_uid && me == 0 {
+        let ids = (
+            Some(rustix::process::Uid::from_raw(owner.st_uid)),
+            Some(rustix::process::Gid::from_raw(owner.st_gid)),
+        );
+        if let Err(e) = rustix::fs::fchown(&file, ids.0, ids.1) {
+            log::warn!(
+                "{}: cannot give it to the volume's owner: {e}",
+                shown.display()
+            );
+        }
+    }
+    Ok(file)
+}
+
+/// Tries an exclusive `flock` of `file` until `timeout` has passed: false
+/// if another process held it all along.
+fn lock_within(file: &File, timeout: Duration) -> rustix::io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Held while the volume is being written by this process.
 #[derive(Debug)]
 pub struct VolumeLock {
@@ -46,35 +113,31 @@ pub struct VolumeLock {
 impl VolumeLock {
     /// Takes the volume in `backing`, or says who may hold it.
     pub fn acquire(backing: &Path) -> Result<VolumeLock> {
+        VolumeLock::acquire_within(backing, Duration::ZERO)
+    }
+
+    /// Takes the volume in `backing`, waiting up to `timeout` for whoever
+    /// holds it to let it go: a process that has just died (its mount
+    /// cleared as dead) or whose session has ended drops the lock only when
+    /// its last descriptors are closed, a moment after its mount is gone.
+    pub fn acquire_within(backing: &Path, timeout: Duration) -> Result<VolumeLock> {
         let path = lock_path(backing);
-        let file = open_volume_file(&path)?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(VolumeLock { _file: file }),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(VolumeError::Busy {
+        let dir = rustix::fs::open(
+            backing,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))?;
+        let file = open_lock_file_at(dir.as_fd(), LOCK_NAME, &path)?;
+        match lock_within(&file, timeout) {
+            Ok(true) => Ok(VolumeLock { _file: file }),
+            Ok(false) => Err(VolumeError::Busy {
                 path: backing.to_path_buf(),
             }),
             Err(e) => Err(VolumeError::io(
                 format!("locking {}", path.display()),
                 e.into(),
             )),
-        }
-    }
-}
-
-impl VolumeLock {
-    /// Takes the volume in `backing`, waiting up to `timeout` for whoever
-    /// holds it to let it go: a process that has just died (its mount
-    /// cleared as dead) or whose session has ended drops the lock only when
-    /// its last descriptors are closed, a moment after its mount is gone.
-    pub fn acquire_within(backing: &Path, timeout: std::time::Duration) -> Result<VolumeLock> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match VolumeLock::acquire(backing) {
-                Err(VolumeError::Busy { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                taken => return taken,
-            }
         }
     }
 
@@ -95,16 +158,16 @@ impl VolumeLock {
 pub const KEY_LOCK_NAME: &str = "chronicle.volume.keylock";
 
 /// How long a key change waits for another to finish before giving up.
-const KEY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const KEY_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Held by whatever replaces a volume's configuration (a new user key) or
 /// the whole volume (a re-encryption's swap), for the check that the
 /// configuration is still the one it read and the replacement after it:
 /// an exclusive `flock` on `KEY_LOCK_NAME` in the backing directory open as
-/// `dir` (a file of mode 0600, so that only the volume's owner can hold
-/// it; found through `dir`, so that it follows the directory through a
-/// swap). Each holder keeps it for milliseconds: a wait beyond
-/// `KEY_LOCK_WAIT` is refused as the volume being busy. Where the backing
+/// `dir` (`open_lock_file_at`: only the volume's owner can hold it;
+/// found through `dir`, so that it follows the directory through a swap).
+/// Each holder keeps it for milliseconds: a wait beyond `KEY_LOCK_WAIT` is
+/// refused as another key change under way. Where the backing
 /// file system cannot lock files, it goes on unlocked and says so in the
 /// log.
 pub struct KeyLock {
@@ -114,44 +177,23 @@ pub struct KeyLock {
 impl KeyLock {
     pub fn acquire(dir: BorrowedFd<'_>, backing: &Path) -> Result<KeyLock> {
         let path = backing.join(KEY_LOCK_NAME);
-        let flags = rustix::fs::OFlags::RDWR
-            | rustix::fs::OFlags::CREATE
-            | rustix::fs::OFlags::NOFOLLOW
-            | rustix::fs::OFlags::CLOEXEC;
-        let file = rustix::fs::openat(
-            dir,
-            KEY_LOCK_NAME,
-            flags,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map(File::from)
-        .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))?;
-        let deadline = std::time::Instant::now() + KEY_LOCK_WAIT;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(KeyLock { _file: Some(file) }),
-                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    return Err(VolumeError::Busy {
-                        path: backing.to_path_buf(),
-                    })
-                }
-                Err(e @ (rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP)) => {
-                    log::warn!(
-                        "{}: cannot be locked ({e}): a concurrent change of the key is not kept out",
-                        path.display()
-                    );
-                    return Ok(KeyLock { _file: None });
-                }
-                Err(e) => {
-                    return Err(VolumeError::io(
-                        format!("locking {}", path.display()),
-                        e.into(),
-                    ))
-                }
+        let file = open_lock_file_at(dir, KEY_LOCK_NAME, &path)?;
+        match lock_within(&file, KEY_LOCK_WAIT) {
+            Ok(true) => Ok(KeyLock { _file: Some(file) }),
+            Ok(false) => Err(VolumeError::KeyChangeBusy {
+                path: backing.to_path_buf(),
+            }),
+            Err(e @ (rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP)) => {
+                log::warn!(
+                    "{}: cannot be locked ({e}): a concurrent change of the key is not kept out",
+                    path.display()
+                );
+                Ok(KeyLock { _file: None })
             }
+            Err(e) => Err(VolumeError::io(
+                format!("locking {}", path.display()),
+                e.into(),
+            )),
         }
     }
 }
@@ -200,5 +242,82 @@ mod tests {
             Err(VolumeError::Busy { .. })
         ));
         drop(second);
+    }
+
+    // Protects: a lock file someone else planted (a FIFO, a link to another
+    // file, another user's file) is refused rather than used, since whoever
+    // can open it can hold the lock for ever; one of the owner's own that
+    // others may open is made 0600.
+    #[test]
+    fn a_planted_lock_file_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        type Plant = fn(&Path);
+        let planted: [(&str, Plant); 3] = [
+            ("fifo", |p| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    p,
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .expect("mkfifo")
+            }),
+            ("hard link", |p| {
+                let other = p.with_file_name("elsewhere");
+                std::fs::write(&other, b"").expect("write");
+                std::fs::set_permissions(
+                    &other,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("chmod");
+                std::fs::hard_link(&other, p).expect("link");
+            }),
+            ("someone else's", |p| {
+                std::fs::write(p, b"").expect("write");
+                let nobody = rustix::process::Uid::from_raw(65534);
+                rustix::fs::chown(p, Some(nobody), None).expect("chown");
+            }),
+        ];
+        for (what, plant) in planted {
+            let dir = tempfile::tempdir().expect("tempdir");
+            plant(&lock_path(dir.path()));
+            let refused = VolumeLock::acquire(dir.path());
+            assert!(
+                matches!(&refused, Err(e) if e.to_string().contains("not a lock file the volume made")),
+                "{what}: {refused:?}"
+            );
+        }
+    }
+
+    // Protects: a lock file root makes in another user's volume is that
+    // user's, or the user could not mount the volume afterwards; one that
+    // others may open is made the owner's alone.
+    #[test]
+    fn a_lock_file_made_by_root_is_the_owners() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nobody = (
+            rustix::process::Uid::from_raw(65534),
+            rustix::process::Gid::from_raw(65534),
+        );
+        rustix::fs::chown(dir.path(), Some(nobody.0), Some(nobody.1)).expect("chown");
+        drop(VolumeLock::acquire(dir.path()).expect("lock"));
+        let made = rustix::fs::stat(lock_path(dir.path())).expect("stat");
+        assert_eq!((made.st_uid, made.st_gid), (65534, 65534));
+        std::fs::set_permissions(
+            lock_path(dir.path()),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .expect("chmod");
+        VolumeLock::acquire(dir.path()).expect("taken again");
+        let mode = rustix::fs::stat(lock_path(dir.path()))
+            .expect("stat")
+            .st_mode;
+        assert_eq!(mode & 0o777, 0o600, "made the owner's alone");
     }
 }

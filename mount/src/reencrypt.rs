@@ -14,7 +14,7 @@
 //!   anything written to it since is in the new copy.
 
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::{open_backing_dir, VolumeConfig};
@@ -67,7 +67,8 @@ pub fn reencrypt(
     let staging = staging_path(&backing)?;
     refuse_unswappable(&backing)?;
     let _lock = crate::lock::VolumeLock::acquire(&backing)?;
-    if backing.join(MARK_NAME).exists() {
+    let dir = open_backing_dir(&backing)?;
+    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))? {
         finish(&backing, &staging, new_key)?;
         return Ok(Outcome::Finished);
     }
@@ -87,18 +88,22 @@ pub fn reencrypt(
     };
     // The copy reads files as BACKING holds them.
     crate::journal::Journal::refuse_pending_commits(&backing)?;
+    // The key lock is taken again before the swap: whatever would keep it
+    // from being taken then is found now, not after hours of copying.
+    drop(KeyLock::acquire(dir.as_fd(), &backing)?);
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     // A new key given to the volume while it was copied (`rotate-key`
     // takes no volume lock) would be dropped by the swap without a word:
     // the configuration must still be the one the copy began with, and
     // stay so until the swap (`KeyLock`, which `rotate-key` takes too).
-    let dir = open_backing_dir(&backing)?;
     let key_lock = KeyLock::acquire(dir.as_fd(), &backing)?;
     if VolumeConfig::load_in(dir.as_fd(), &backing)? != *old.config() {
+        drop(key_lock);
         drop(new);
-        fs::remove_dir_all(&staging)
-            .context(|| format!("removing the copy {}", staging.display()))?;
+        if let Err(e) = fs::remove_dir_all(&staging) {
+            log::warn!("removing the copy {}: {e}", staging.display());
+        }
         return Err(VolumeError::Changed { path: backing });
     }
     // The volume lock is a file in each directory: once they are swapped,
@@ -113,6 +118,17 @@ pub fn reencrypt(
         copied,
         rolled_back,
     })
+}
+
+/// Whether the backing directory open as `dir` holds the mark of a
+/// re-encryption stopped after its swap (the mark itself, never what a
+/// link there points to; only its absence means no).
+pub fn is_unfinished(dir: BorrowedFd<'_>) -> std::io::Result<bool> {
+    match rustix::fs::statat(dir, MARK_NAME, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The swap is a rename beside BACKING: it cannot cross file systems, so

@@ -6,8 +6,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::AtFlags;
-
 use crate::cipher::{self, Backend};
 use crate::config::{
     config_path, open_backing_dir, remove_stale_stores, VolumeConfig, VolumeFeatures,
@@ -188,8 +186,9 @@ impl Volume {
         let _lock = KeyLock::acquire(dir.as_fd(), &self.backing)?;
         // A re-encryption cut short after its swap is finished with its own
         // new key: a key changed before then would keep it from finishing.
-        if rustix::fs::statat(&dir, crate::reencrypt::MARK_NAME, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-        {
+        let unfinished = crate::reencrypt::is_unfinished(dir.as_fd())
+            .context(|| format!("examining {}", self.backing.display()))?;
+        if unfinished {
             return Err(VolumeError::ReencryptionUnfinished {
                 path: self.backing.clone(),
             });
@@ -466,12 +465,16 @@ mod tests {
         for name in left {
             std::fs::write(dir.path().join(name), b"cut short").expect("write");
         }
+        // Not a store's: left alone, and no reason to refuse.
+        let planted = dir.path().join("chronicle.volume.tmp.dir");
+        std::fs::create_dir(&planted).expect("mkdir");
         volume
             .rewrap(&UserKey::Raw(SecretKey::from_bytes([2; 32])), None)
             .expect("rewrap");
         for name in left {
             assert!(!dir.path().join(name).exists(), "{name} is left");
         }
+        assert!(planted.is_dir());
         let lock = std::fs::metadata(dir.path().join(crate::lock::KEY_LOCK_NAME)).expect("lock");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
