@@ -184,6 +184,7 @@ impl Journal {
             .metadata()
             .context(|| format!("examining {}", path.display()))?;
         refuse_planted(&meta, &path)?;
+        crate::lock::give_to_owner_of(&file, backing, &path)?;
         // Its name must be durable before any copy in it is relied on.
         if !existed {
             File::open(backing)
@@ -908,6 +909,22 @@ fn read_records(file: &File, path: &Path) -> Result<(HashMap<ContentId, Vec<Carr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Protects: the journal that root makes when it mounts a user's volume
+    // is the user's, who could not mount the volume again otherwise.
+    #[test]
+    fn a_journal_made_by_root_is_the_owners() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nobody = rustix::process::Uid::from_raw(65534);
+        let nogroup = rustix::process::Gid::from_raw(65534);
+        rustix::fs::chown(dir.path(), Some(nobody), Some(nogroup)).expect("chown");
+        drop(Journal::open(dir.path()).expect("journal"));
+        let made = rustix::fs::stat(dir.path().join(JOURNAL_NAME)).expect("stat");
+        assert_eq!((made.st_uid, made.st_gid), (65534, 65534));
+    }
 
     // Protects: the record layout docs/FORMAT.md draws.
     #[test]

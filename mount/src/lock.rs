@@ -73,19 +73,36 @@ fn open_lock_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Fi
         rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))
             .map_err(|e| io("setting the mode of", e))?;
     }
-    if stat.st_uid != owner.st_uid && me == 0 {
-        let ids = (
-            Some(rustix::process::Uid::from_raw(owner.st_uid)),
-            Some(rustix::process::Gid::from_raw(owner.st_gid)),
-        );
-        if let Err(e) = rustix::fs::fchown(&file, ids.0, ids.1) {
-            log::warn!(
-                "{}: cannot give it to the volume's owner: {e}",
-                shown.display()
-            );
-        }
-    }
+    give_to_owner(&file, &stat, &owner, shown);
     Ok(file)
+}
+
+/// Hands `file` (`stat`) to the owner of the backing directory (`owner`)
+/// when this process is root and the file is not the owner's yet: a
+/// volume's own file that root makes (mounting or re-keying a user's
+/// volume) must stay usable by the user.
+fn give_to_owner(file: &File, stat: &rustix::fs::Stat, owner: &rustix::fs::Stat, shown: &Path) {
+    if stat.st_uid == owner.st_uid || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let uid = rustix::process::Uid::from_raw(owner.st_uid);
+    let gid = rustix::process::Gid::from_raw(owner.st_gid);
+    if let Err(e) = rustix::fs::fchown(file, Some(uid), Some(gid)) {
+        log::warn!(
+            "{}: cannot give it to the volume's owner: {e}",
+            shown.display()
+        );
+    }
+}
+
+/// `give_to_owner` for a file in the backing directory `backing`.
+pub(crate) fn give_to_owner_of(file: &File, backing: &Path, shown: &Path) -> Result<()> {
+    let stat = rustix::fs::fstat(file)
+        .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))?;
+    let owner = rustix::fs::stat(backing)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
+    give_to_owner(file, &stat, &owner, shown);
+    Ok(())
 }
 
 /// Tries an exclusive `flock` of `file` until `timeout` has passed: false
