@@ -445,11 +445,14 @@ impl VolumeConfig {
         let file = rustix::fs::openat(dir, &tmp_name, flags, Mode::from_raw_mode(0o400))
             .map(File::from)
             .map_err(|e| VolumeError::io(format!("creating {}", tmp.display()), e.into()))?;
-        let placed = write_whole(file, &self.encode(), &tmp).and_then(|()| {
-            rustix::fs::renameat(dir, &tmp_name, dir, CONFIG_NAME).map_err(|e| {
-                VolumeError::io(format!("renaming {} into place", tmp.display()), e.into())
-            })
-        });
+        // Root re-keying a user's volume: still the user's to open.
+        let placed = crate::lock::give_to_owner(&file, dir, &tmp)
+            .and_then(|()| write_whole(file, &self.encode(), &tmp))
+            .and_then(|()| {
+                rustix::fs::renameat(dir, &tmp_name, dir, CONFIG_NAME).map_err(|e| {
+                    VolumeError::io(format!("renaming {} into place", tmp.display()), e.into())
+                })
+            });
         if placed.is_err() {
             let _ = rustix::fs::unlinkat(dir, &tmp_name, AtFlags::empty());
         }

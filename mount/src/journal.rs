@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -176,17 +177,17 @@ impl Journal {
     /// and reads the copies an earlier session left in it.
     pub fn open(backing: &Path) -> Result<Journal> {
         let path = backing.join(JOURNAL_NAME);
-        let existed = path.exists();
-        let file = crate::lock::open_volume_file(&path)?;
+        let dir = crate::config::open_backing_dir(backing)?;
+        let crate::lock::OwnFile { file, created } =
+            crate::lock::open_own_file_at(dir.as_fd(), JOURNAL_NAME, &path)?;
         // Anything else planted under the name (a FIFO, a link to another
         // file) is refused rather than written through.
         let meta = file
             .metadata()
             .context(|| format!("examining {}", path.display()))?;
         refuse_planted(&meta, &path)?;
-        crate::lock::give_to_owner_of(&file, backing, &path)?;
         // Its name must be durable before any copy in it is relied on.
-        if !existed {
+        if created {
             File::open(backing)
                 .and_then(|dir| dir.sync_all())
                 .context(|| format!("syncing {}", backing.display()))?;

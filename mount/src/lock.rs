@@ -10,62 +10,113 @@
 //! given a new key) but must not meet another: `KeyLock`, a lock of its
 //! own, held for moments.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
-use crate::error::{IoContext, Result, VolumeError};
+use crate::error::{Result, VolumeError};
 
 /// File name of the lock inside the backing directory (hidden, like every
 /// name that begins with `chronicle.volume`).
 pub const LOCK_NAME: &str = "chronicle.volume.lock";
 
-/// Opens (creating if missing, mode 0600) one of the volume's own files in
-/// the backing root for reading and writing, never through a symlink.
-pub(crate) fn open_volume_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .context(|| format!("opening {}", path.display()))
+/// One of the volume's own files in the backing root, opened for reading
+/// and writing by `open_own_file_at`.
+pub(crate) struct OwnFile {
+    pub file: File,
+    /// This call made it (it did not exist).
+    pub created: bool,
+}
+
+/// Opens the volume's own file `name` in the backing directory open as
+/// `dir` for reading and writing, never through a symlink, creating it
+/// (mode 0600) if it is missing. A file that root creates in another
+/// user's volume (mounting or re-keying it) is handed to the directory's
+/// owner, who could not open it otherwise; never one that was already
+/// there, which anybody able to write the directory could have put there.
+pub(crate) fn open_own_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<OwnFile> {
+    let io =
+        |e: rustix::io::Errno| VolumeError::io(format!("opening {}", shown.display()), e.into());
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o600);
+    let (fd, created) = loop {
+        match rustix::fs::openat(dir, name, flags | OFlags::CREATE | OFlags::EXCL, mode) {
+            Ok(fd) => break (fd, true),
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io(e)),
+        }
+        match rustix::fs::openat(dir, name, flags, mode) {
+            Ok(fd) => break (fd, false),
+            // Removed in between: make it.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(io(e)),
+        }
+    };
+    let file = File::from(fd);
+    if created {
+        give_to_owner(&file, dir, shown)?;
+    }
+    Ok(OwnFile { file, created })
+}
+
+/// Hands `file`, which this process has just created in the backing
+/// directory open as `dir`, to the directory's owner when this process is
+/// root and the owner is another user.
+pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = rustix::fs::fstat(dir).map_err(|e| {
+        VolumeError::io(
+            format!("examining the directory of {}", shown.display()),
+            e.into(),
+        )
+    })?;
+    if owner.st_uid == 0 {
+        return Ok(());
+    }
+    let uid = rustix::process::Uid::from_raw(owner.st_uid);
+    let gid = rustix::process::Gid::from_raw(owner.st_gid);
+    rustix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| {
+        VolumeError::io(
+            format!("giving {} to the volume's owner", shown.display()),
+            e.into(),
+        )
+    })
 }
 
 /// Opens (creating if missing) the lock file `name` in the backing
-/// directory open as `dir`, never through a symlink, and only if nobody
-/// but the volume's owner can hold it: whoever can open a lock file can
-/// hold the lock for ever. So it must be a regular file of one link (not a
-/// FIFO, not a link to another of the volume's files), owned by this user
-/// or the directory's owner, and it is made mode 0600 if it is not. One
-/// that root makes in another user's volume is handed to that user, who
-/// could not open it otherwise.
+/// directory open as `dir`, and only if nobody but the volume's owner can
+/// hold it: whoever can open a lock file can hold the lock for ever. So it
+/// must be a regular file of one link (not a FIFO, not a link to another
+/// of the volume's files), owned by this user or the directory's owner,
+/// and it is made mode 0600 if it is not.
 fn open_lock_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<File> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = open_own_file_at(dir, name, shown)?.file;
     let io = |what: &str, e: rustix::io::Errno| {
         VolumeError::io(format!("{what} {}", shown.display()), e.into())
     };
-    let file = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
-        .map(File::from)
-        .map_err(|e| io("opening", e))?;
     let stat = rustix::fs::fstat(&file).map_err(|e| io("examining", e))?;
-    let owner = rustix::fs::fstat(dir).map_err(|e| io("examining the directory of", e))?;
+    let dir_stat = rustix::fs::fstat(dir).map_err(|e| io("examining the directory of", e))?;
     let me = rustix::process::geteuid().as_raw();
-    let own = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-        && stat.st_nlink == 1
-        && (stat.st_uid == me || stat.st_uid == owner.st_uid);
-    if !own {
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_nlink != 1 {
         return Err(VolumeError::io(
             shown.display().to_string(),
             std::io::Error::other(
-                "not a lock file the volume made (a regular file of one link, owned by \
-                 the volume's owner); it holds nothing: remove it",
+                "not a lock file the volume made (not a regular file, or linked elsewhere); \
+                 it holds nothing: remove it",
+            ),
+        ));
+    }
+    if stat.st_uid != me && stat.st_uid != dir_stat.st_uid {
+        return Err(VolumeError::io(
+            shown.display().to_string(),
+            std::io::Error::other(
+                "belongs to another user (root, if root used this volume with an earlier \
+                 version); it holds nothing: remove it while nothing uses the volume",
             ),
         ));
     }
@@ -73,36 +124,7 @@ fn open_lock_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Fi
         rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))
             .map_err(|e| io("setting the mode of", e))?;
     }
-    give_to_owner(&file, &stat, &owner, shown);
     Ok(file)
-}
-
-/// Hands `file` (`stat`) to the owner of the backing directory (`owner`)
-/// when this process is root and the file is not the owner's yet: a
-/// volume's own file that root makes (mounting or re-keying a user's
-/// volume) must stay usable by the user.
-fn give_to_owner(file: &File, stat: &rustix::fs::Stat, owner: &rustix::fs::Stat, shown: &Path) {
-    if stat.st_uid == owner.st_uid || !rustix::process::geteuid().is_root() {
-        return;
-    }
-    let uid = rustix::process::Uid::from_raw(owner.st_uid);
-    let gid = rustix::process::Gid::from_raw(owner.st_gid);
-    if let Err(e) = rustix::fs::fchown(file, Some(uid), Some(gid)) {
-        log::warn!(
-            "{}: cannot give it to the volume's owner: {e}",
-            shown.display()
-        );
-    }
-}
-
-/// `give_to_owner` for a file in the backing directory `backing`.
-pub(crate) fn give_to_owner_of(file: &File, backing: &Path, shown: &Path) -> Result<()> {
-    let stat = rustix::fs::fstat(file)
-        .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))?;
-    let owner = rustix::fs::stat(backing)
-        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
-    give_to_owner(file, &stat, &owner, shown);
-    Ok(())
 }
 
 /// Tries an exclusive `flock` of `file` until `timeout` has passed: false
@@ -303,7 +325,7 @@ mod tests {
             plant(&lock_path(dir.path()));
             let refused = VolumeLock::acquire(dir.path());
             assert!(
-                matches!(&refused, Err(e) if e.to_string().contains("not a lock file the volume made")),
+                matches!(&refused, Err(e) if e.to_string().contains("holds nothing: remove it")),
                 "{what}: {refused:?}"
             );
         }

@@ -92,6 +92,7 @@ pub fn reencrypt(
     // from being taken then is found now, not after hours of copying.
     drop(KeyLock::acquire(dir.as_fd(), &backing)?);
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
+    give_new_volume_to_owner(&staging, &backing)?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     // A new key given to the volume while it was copied (`rotate-key`
     // takes no volume lock) would be dropped by the swap without a word:
@@ -118,6 +119,55 @@ pub fn reencrypt(
         copied,
         rolled_back,
     })
+}
+
+/// When root re-encrypts another user's volume: the files `init` made in
+/// the new volume's root (its configuration, its root's id record) go to
+/// BACKING's owner, who could not open the volume otherwise. Done while the
+/// new volume's directory is still root's own (the copy gives it BACKING's
+/// owner at its end), so nobody else can have put anything there.
+fn give_new_volume_to_owner(staging: &Path, backing: &Path) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let examine = |path: &Path| {
+        rustix::fs::stat(path)
+            .map_err(|e| VolumeError::io(format!("examining {}", path.display()), e.into()))
+    };
+    let owner = examine(backing)?;
+    if owner.st_uid == 0 {
+        return Ok(());
+    }
+    let dir = open_backing_dir(staging)?;
+    let made = rustix::fs::fstat(&dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
+    if made.st_uid != 0 {
+        return Err(VolumeError::io(
+            staging.display().to_string(),
+            std::io::Error::other("made by another user meanwhile; remove it and run again"),
+        ));
+    }
+    let uid = rustix::process::Uid::from_raw(owner.st_uid);
+    let gid = rustix::process::Gid::from_raw(owner.st_gid);
+    for name in [crate::config::CONFIG_NAME, crate::name_cipher::DIR_ID_NAME] {
+        match rustix::fs::chownat(
+            &dir,
+            name,
+            Some(uid),
+            Some(gid),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                let shown = staging.join(name);
+                return Err(VolumeError::io(
+                    format!("giving {} to the volume's owner", shown.display()),
+                    e.into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether the backing directory open as `dir` holds the mark of a

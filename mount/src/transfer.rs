@@ -246,6 +246,20 @@ impl Copier<'_, '_> {
             .names()
             .init_dir(dir.as_fd())
             .map_err(|e| name_error(e, visit.relative))?;
+        // The directory's id record goes with it to its owner, who could
+        // not read it (mode 0400) to list the directory otherwise. The new
+        // directory is still root's alone here.
+        if self.as_root {
+            let owner = (
+                Some(rustix::fs::Uid::from_raw(visit.stat.st_uid)),
+                Some(rustix::fs::Gid::from_raw(visit.stat.st_gid)),
+            );
+            let name = crate::name_cipher::DIR_ID_NAME;
+            match rustix::fs::chownat(&dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(VolumeError::io("keeping a directory's owner", e.into())),
+            }
+        }
         let source_key = match &self.source_names {
             None => DirKey::Plain,
             Some(names) => {

@@ -298,3 +298,73 @@ fn killed_reencryption_resumes_or_rolls_back() {
     }
     assert!(interrupted > 0, "seed {seed}: no kill landed inside a run");
 }
+
+/// Every entry below `root` whose owner is not `uid`.
+fn not_owned_by(root: &Path, uid: u32) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("list").flatten() {
+            let meta = fs::symlink_metadata(entry.path()).expect("stat");
+            if meta.uid() != uid {
+                wrong.push(format!("{} ({})", entry.path().display(), meta.uid()));
+            }
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    wrong
+}
+
+// Protects: root giving a user's volume a new key, or re-encrypting it,
+// leaves nothing in it that is root's: a configuration, lock file or
+// directory record of root's (mode 0400 or 0600) would keep the user
+// from opening or mounting the volume again.
+#[test]
+fn a_users_volume_rekeyed_by_root_stays_the_users() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    fs::create_dir_all(plain.join("a/b")).expect("mkdir");
+    fs::write(plain.join("a/b/f"), b"kept").expect("write");
+    let backing = dir.path().join("backing");
+    let out = run(
+        &[
+            &["encrypt", path_str(&plain), path_str(&backing)][..],
+            names_flag(),
+        ]
+        .concat(),
+        Some(KEY),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let chowned = std::process::Command::new("chown")
+        .args(["-R", "65534:65534", path_str(&backing)])
+        .status()
+        .expect("chown");
+    assert!(chowned.success());
+
+    let out = bin()
+        .args(["rotate-key", path_str(&backing), "--new-key-env", "NEWK"])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .env("NEWK", WRONG_KEY)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        not_owned_by(&backing, 65534),
+        Vec::<String>::new(),
+        "after rotate-key"
+    );
+
+    let out = rotate(&backing, WRONG_KEY, KEY).output().expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        not_owned_by(&backing, 65534),
+        Vec::<String>::new(),
+        "after --reencrypt"
+    );
+    assert!(opens_with(&backing, KEY));
+}
