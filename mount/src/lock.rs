@@ -42,7 +42,11 @@ pub(crate) fn open_own_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) ->
         |e: rustix::io::Errno| VolumeError::io(format!("opening {}", shown.display()), e.into());
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mode = Mode::from_raw_mode(0o600);
+    // Bounded: someone making and removing the name as fast as it is
+    // tried would otherwise keep this turning.
+    let mut tries = 0;
     let (fd, created) = loop {
+        tries += 1;
         match rustix::fs::openat(dir, name, flags | OFlags::CREATE | OFlags::EXCL, mode) {
             Ok(fd) => break (fd, true),
             Err(rustix::io::Errno::EXIST) => {}
@@ -51,7 +55,7 @@ pub(crate) fn open_own_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) ->
         match rustix::fs::openat(dir, name, flags, mode) {
             Ok(fd) => break (fd, false),
             // Removed in between: make it.
-            Err(rustix::io::Errno::NOENT) => continue,
+            Err(rustix::io::Errno::NOENT) if tries < 10 => continue,
             Err(e) => return Err(io(e)),
         }
     };
@@ -69,23 +73,42 @@ pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> R
     if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
-    let owner = rustix::fs::fstat(dir).map_err(|e| {
-        VolumeError::io(
-            format!("examining the directory of {}", shown.display()),
-            e.into(),
-        )
-    })?;
-    if owner.st_uid == 0 {
+    let examine = |fd: BorrowedFd<'_>| {
+        rustix::fs::fstat(fd)
+            .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))
+    };
+    let owner = examine(dir)?;
+    if owner.st_uid == 0 || examine(file.as_fd())?.st_uid == owner.st_uid {
         return Ok(());
     }
     let uid = rustix::process::Uid::from_raw(owner.st_uid);
     let gid = rustix::process::Gid::from_raw(owner.st_gid);
-    rustix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| {
-        VolumeError::io(
+    match rustix::fs::fchown(file, Some(uid), Some(gid)) {
+        Ok(()) => Ok(()),
+        // Where root may not give files away (NFS with root_squash, some
+        // FUSE file systems), the file stays as it is, as it did before.
+        Err(e) if cannot_give_away(e) => {
+            log::warn!(
+                "{}: cannot give it to the volume's owner: {e}",
+                shown.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(VolumeError::io(
             format!("giving {} to the volume's owner", shown.display()),
             e.into(),
-        )
-    })
+        )),
+    }
+}
+
+/// Whether `e`, from a chown by root, means the file system does not let
+/// root give files away (rather than that something is wrong).
+pub(crate) fn cannot_give_away(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        e,
+        Errno::PERM | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS
+    )
 }
 
 /// Opens (creating if missing) the lock file `name` in the backing

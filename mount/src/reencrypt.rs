@@ -141,7 +141,7 @@ fn give_new_volume_to_owner(staging: &Path, backing: &Path) -> Result<()> {
     let dir = open_backing_dir(staging)?;
     let made = rustix::fs::fstat(&dir)
         .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
-    if made.st_uid != 0 {
+    if made.st_uid != 0 || made.st_mode & 0o077 != 0 {
         return Err(VolumeError::io(
             staging.display().to_string(),
             std::io::Error::other("made by another user meanwhile; remove it and run again"),
@@ -158,6 +158,12 @@ fn give_new_volume_to_owner(staging: &Path, backing: &Path) -> Result<()> {
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         ) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) if crate::lock::cannot_give_away(e) => {
+                log::warn!(
+                    "{}: cannot give it to the volume's owner: {e}",
+                    staging.join(name).display()
+                );
+            }
             Err(e) => {
                 let shown = staging.join(name);
                 return Err(VolumeError::io(

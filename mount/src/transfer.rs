@@ -241,6 +241,29 @@ impl Copier<'_, '_> {
             Mode::empty(),
         )
         .map_err(|e| VolumeError::io("opening a new directory", e.into()))?;
+        // As root, what goes on inside is done by name (the id record, the
+        // owners of special files): only in a directory that is root's
+        // alone, never in one someone put in its place between the mkdir
+        // and the open.
+        if self.as_root {
+            let made = rustix::fs::fstat(&dir)
+                .map_err(|e| VolumeError::io("examining a new directory", e.into()))?;
+            if made.st_uid != 0 || made.st_mode & 0o077 != 0 {
+                return Err(VolumeError::io(
+                    format!(
+                        "{}",
+                        self.dest
+                            .backing()
+                            .join(&level.dest_path)
+                            .join(&entry)
+                            .display()
+                    ),
+                    io::Error::other(
+                        "replaced by another user's directory while it was being made",
+                    ),
+                ));
+            }
+        }
         let dest_key = self
             .dest
             .names()
@@ -248,7 +271,7 @@ impl Copier<'_, '_> {
             .map_err(|e| name_error(e, visit.relative))?;
         // The directory's id record goes with it to its owner, who could
         // not read it (mode 0400) to list the directory otherwise. The new
-        // directory is still root's alone here.
+        // directory is still root's alone here (checked above).
         if self.as_root {
             let owner = (
                 Some(rustix::fs::Uid::from_raw(visit.stat.st_uid)),
