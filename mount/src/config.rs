@@ -369,12 +369,7 @@ impl VolumeConfig {
 
     /// Reads `BACKING/chronicle.volume`.
     pub fn load(backing: &Path) -> Result<Self> {
-        let dir = rustix::fs::open(
-            backing,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        );
-        match dir {
+        match find_backing_dir(backing) {
             Ok(dir) => Self::load_in(dir.as_fd(), backing),
             Err(rustix::io::Errno::NOENT) => Err(VolumeError::NotAVolume {
                 path: backing.to_path_buf(),
@@ -479,6 +474,16 @@ fn write_whole(mut file: File, bytes: &[u8], path: &Path) -> Result<()> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .context(|| format!("writing {}", path.display()))
+}
+
+/// The backing directory, found (`O_PATH`: searching it is all that is
+/// needed) for what opens its own files through it.
+pub fn find_backing_dir(backing: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::open(
+        backing,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// The backing directory, open for `load_in`, `store_in` and `KeyLock`.

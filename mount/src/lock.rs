@@ -73,20 +73,30 @@ pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> R
     if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
-    let examine = |fd: BorrowedFd<'_>| {
-        rustix::fs::fstat(fd)
-            .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))
-    };
-    let owner = examine(dir)?;
-    if owner.st_uid == 0 || examine(file.as_fd())?.st_uid == owner.st_uid {
+    let owner = rustix::fs::fstat(dir).map_err(|e| {
+        VolumeError::io(
+            format!("examining the directory of {}", shown.display()),
+            e.into(),
+        )
+    })?;
+    give_to(file, &owner, shown)
+}
+
+/// Hands `file`, which this process (root) has just created, to the owner
+/// of `owner` (a directory's status) unless that is root or has it
+/// already. Where the file system does not let root give files away, the
+/// file stays as it is, with a warning.
+pub(crate) fn give_to(file: &File, owner: &rustix::fs::Stat, shown: &Path) -> Result<()> {
+    let mine = rustix::fs::fstat(file)
+        .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))?;
+    if owner.st_uid == 0 || mine.st_uid == owner.st_uid {
         return Ok(());
     }
     let uid = rustix::process::Uid::from_raw(owner.st_uid);
     let gid = rustix::process::Gid::from_raw(owner.st_gid);
     match rustix::fs::fchown(file, Some(uid), Some(gid)) {
         Ok(()) => Ok(()),
-        // Where root may not give files away (NFS with root_squash, some
-        // FUSE file systems), the file stays as it is, as it did before.
+        // NFS with root_squash, some FUSE file systems: as before.
         Err(e) if cannot_give_away(e) => {
             log::warn!(
                 "{}: cannot give it to the volume's owner: {e}",
@@ -101,9 +111,15 @@ pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> R
     }
 }
 
+/// Whether a directory's status says it is root's alone: nobody else can
+/// have put anything in it, so what root does in it by name is safe.
+pub(crate) fn is_roots_alone(dir: &rustix::fs::Stat) -> bool {
+    dir.st_uid == 0 && dir.st_mode & 0o077 == 0
+}
+
 /// Whether `e`, from a chown by root, means the file system does not let
 /// root give files away (rather than that something is wrong).
-pub(crate) fn cannot_give_away(e: rustix::io::Errno) -> bool {
+fn cannot_give_away(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
     matches!(
         e,
@@ -184,12 +200,8 @@ impl VolumeLock {
     /// its last descriptors are closed, a moment after its mount is gone.
     pub fn acquire_within(backing: &Path, timeout: Duration) -> Result<VolumeLock> {
         let path = lock_path(backing);
-        let dir = rustix::fs::open(
-            backing,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))?;
+        let dir = crate::config::find_backing_dir(backing)
+            .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))?;
         let file = open_lock_file_at(dir.as_fd(), LOCK_NAME, &path)?;
         match lock_within(&file, timeout) {
             Ok(true) => Ok(VolumeLock { _file: file }),

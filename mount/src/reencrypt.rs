@@ -17,6 +17,8 @@ use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
+
 use crate::config::{open_backing_dir, VolumeConfig};
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, UserKey};
@@ -130,46 +132,32 @@ fn give_new_volume_to_owner(staging: &Path, backing: &Path) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
-    let examine = |path: &Path| {
-        rustix::fs::stat(path)
-            .map_err(|e| VolumeError::io(format!("examining {}", path.display()), e.into()))
-    };
-    let owner = examine(backing)?;
+    let owner = rustix::fs::stat(backing)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
     if owner.st_uid == 0 {
         return Ok(());
     }
     let dir = open_backing_dir(staging)?;
     let made = rustix::fs::fstat(&dir)
         .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
-    if made.st_uid != 0 || made.st_mode & 0o077 != 0 {
+    if !crate::lock::is_roots_alone(&made) {
         return Err(VolumeError::io(
             staging.display().to_string(),
             std::io::Error::other("made by another user meanwhile; remove it and run again"),
         ));
     }
-    let uid = rustix::process::Uid::from_raw(owner.st_uid);
-    let gid = rustix::process::Gid::from_raw(owner.st_gid);
     for name in [crate::config::CONFIG_NAME, crate::name_cipher::DIR_ID_NAME] {
-        match rustix::fs::chownat(
-            &dir,
-            name,
-            Some(uid),
-            Some(gid),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) if crate::lock::cannot_give_away(e) => {
-                log::warn!(
-                    "{}: cannot give it to the volume's owner: {e}",
-                    staging.join(name).display()
-                );
-            }
+        let shown = staging.join(name);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+            Ok(file) => crate::lock::give_to(&fs::File::from(file), &owner, &shown)?,
+            // A volume with plaintext names has no id records.
+            Err(rustix::io::Errno::NOENT) => {}
             Err(e) => {
-                let shown = staging.join(name);
                 return Err(VolumeError::io(
-                    format!("giving {} to the volume's owner", shown.display()),
+                    format!("opening {}", shown.display()),
                     e.into(),
-                ));
+                ))
             }
         }
     }

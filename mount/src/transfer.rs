@@ -248,7 +248,7 @@ impl Copier<'_, '_> {
         if self.as_root {
             let made = rustix::fs::fstat(&dir)
                 .map_err(|e| VolumeError::io("examining a new directory", e.into()))?;
-            if made.st_uid != 0 || made.st_mode & 0o077 != 0 {
+            if !crate::lock::is_roots_alone(&made) {
                 return Err(VolumeError::io(
                     format!(
                         "{}",
