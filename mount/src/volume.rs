@@ -173,11 +173,11 @@ impl Volume {
         before_store: impl FnOnce(),
     ) -> Result<()> {
         let config = self.config.rewrap(self.crypto.master(), new_key, kdf)?;
-        // Deriving the new key takes seconds: another `passwd` may have
+        // Deriving the new key takes seconds: another `rotate-key` may have
         // stored its configuration meanwhile, or a re-encryption swapped in
         // a volume with another master key; a re-encryption may still swap
         // at any moment (it checks under the same lock, but only where the
-        // backing file system can lock directories). So: the lock, then the
+        // backing file system can lock files). So: the lock, then the
         // check, and the store into the directory checked, through its
         // descriptor, never over another volume's configuration (whose
         // master key it would lose). If that directory is no longer BACKING
