@@ -220,7 +220,7 @@ impl VolumeConfig {
     /// the file was edited: `ConfigTampered`.
     pub fn unwrap(&self, user: &UserKey, path: &Path) -> Result<SecretKey> {
         let kek = self.key_encryption_key(user)?;
-        if !constant_time_eq(&key_check(&kek, &self.volume_id), &self.key_check) {
+        if !crate::keys::constant_time_eq(&key_check(&kek, &self.volume_id), &self.key_check) {
             return Err(VolumeError::KeyMismatch);
         }
         let wrap_key = wrap_key(&kek, &self.volume_id);
@@ -559,10 +559,6 @@ fn key_check(kek: &SecretKey, volume_id: &[u8; 16]) -> [u8; 16] {
 
 fn wrap_key(kek: &SecretKey, volume_id: &[u8; 16]) -> SecretKey {
     kek.derive_salted(volume_id, &[b"chronicle master key wrap v2"])
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Copies a slice whose length the caller derived from the layout constants.

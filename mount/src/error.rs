@@ -48,6 +48,9 @@ pub enum VolumeError {
     /// A re-encryption stopped after its swap; it must finish before the
     /// key changes again.
     ReencryptionUnfinished { path: PathBuf },
+    /// A re-encryption mark that a re-encryption of this volume did not
+    /// write (`why` says how it fails).
+    ForeignMark { path: PathBuf, why: String },
     /// A backing name, long name file, directory id or symlink target that
     /// does not authenticate.
     BadName { dir: PathBuf, what: String },
@@ -152,6 +155,11 @@ impl fmt::Display for VolumeError {
             VolumeError::ReencryptionUnfinished { path } => write!(
                 f,
                 "{} holds the mark of a re-encryption stopped after its swap; finish it first by running the same `rotate-key --reencrypt` again (if no re-encryption was ever run here, the mark chronicle.volume.reencrypted was planted: remove it)",
+                path.display()
+            ),
+            VolumeError::ForeignMark { path, why } => write!(
+                f,
+                "{} is not the mark of a re-encryption of this volume ({why}): it was planted or put back, so nothing was deleted; check the volume with `chronicle fsck`, remove the mark, and run again",
                 path.display()
             ),
             VolumeError::KeyChangeBusy { path } => write!(

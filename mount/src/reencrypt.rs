@@ -12,6 +12,15 @@
 //! - otherwise a directory beside BACKING is an unfinished copy: roll it
 //!   back (delete it) and copy again. BACKING itself was never touched, and
 //!   anything written to it since is in the new copy.
+//!
+//! Whoever can write BACKING can put a mark there, so a mark is believed
+//! only as far as it proves: it names the old volume's id and carries a MAC
+//! under the new volume's master key. A mark that fails its MAC is refused;
+//! a genuine mark whose old volume is not the one beside BACKING (one kept
+//! from an earlier re-encryption and put back) is refused too; and a mark
+//! with nothing beside it to delete finishes nothing: the run goes on to
+//! re-encrypt as asked, since doing a re-encryption twice costs time and
+//! skipping one leaves a key the operator meant to retire in use.
 
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -28,6 +37,9 @@ use crate::volume::Volume;
 
 /// The mark a complete new volume carries until the old one is gone.
 pub const MARK_NAME: &str = "chronicle.volume.reencrypted";
+
+/// The mark's bytes: the old volume's id, then the MAC.
+const MARK_LEN: usize = 16 + 32;
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +82,9 @@ pub fn reencrypt(
     refuse_unswappable(&backing)?;
     let _lock = crate::lock::VolumeLock::acquire(&backing)?;
     let dir = open_backing_dir(&backing)?;
-    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))? {
-        finish(&backing, &staging, new_key)?;
+    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))?
+        && finish(&backing, &staging, new_key)? == Finish::OldVolumeRemoved
+    {
         return Ok(Outcome::Finished);
     }
     let rolled_back = staging.exists();
@@ -113,7 +126,7 @@ pub fn reencrypt(
     // BACKING's is the new volume's, held from now on so that no mount or
     // repair starts while the old volume is deleted.
     let _new_volume_lock = crate::lock::VolumeLock::acquire(&staging)?;
-    mark(&staging)?;
+    mark(&staging, &new, old.config())?;
     swap(&backing, &staging)?;
     drop(key_lock);
     finish(&backing, &staging, new_key)?;
@@ -226,13 +239,64 @@ fn owners(backing: &Path) -> Result<(u64, u64)> {
     Ok((count.0, count.1))
 }
 
-/// Marks the new volume complete, durably.
-fn mark(staging: &Path) -> Result<()> {
+/// Marks the new volume complete, durably: the old volume's id and the
+/// MAC that binds it to the new one.
+fn mark(staging: &Path, new: &Volume, old: &VolumeConfig) -> Result<()> {
     let path = staging.join(MARK_NAME);
-    let file = fs::File::create(&path).context(|| format!("creating {}", path.display()))?;
-    file.sync_all()
-        .context(|| format!("syncing {}", path.display()))?;
+    let mut bytes = [0u8; MARK_LEN];
+    bytes[..16].copy_from_slice(&old.volume_id);
+    bytes[16..].copy_from_slice(&mark_tag(new, &old.volume_id));
+    let mut file = fs::File::create(&path).context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, &bytes)
+        .and_then(|()| file.sync_all())
+        .context(|| format!("writing {}", path.display()))?;
     sync_dir(staging)
+}
+
+/// HKDF-SHA256 of the new volume's master key over both volumes' ids: a
+/// MAC nobody without that key can make.
+fn mark_tag(new: &Volume, old_id: &[u8; 16]) -> [u8; 32] {
+    let derived = new.crypto().master().derive(&[
+        b"chronicle reencryption mark v1",
+        &new.config().volume_id,
+        old_id,
+    ]);
+    *derived.as_bytes()
+}
+
+/// The old volume's id from the mark in the backing directory open as
+/// `dir`, once its MAC proves that a re-encryption into `new` wrote it.
+fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<[u8; 16]> {
+    use std::io::Read;
+    let path = backing.join(MARK_NAME);
+    let planted = |why: &str| VolumeError::ForeignMark {
+        path: path.clone(),
+        why: why.to_string(),
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = rustix::fs::openat(dir, MARK_NAME, flags, Mode::empty())
+        .map(fs::File::from)
+        .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))?;
+    if !file
+        .metadata()
+        .context(|| format!("examining {}", path.display()))?
+        .is_file()
+    {
+        return Err(planted("it is not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(MARK_LEN);
+    file.take(MARK_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .context(|| format!("reading {}", path.display()))?;
+    if bytes.len() != MARK_LEN {
+        return Err(planted("it is not a mark's size"));
+    }
+    let old_id: [u8; 16] = bytes[..16].try_into().expect("16 bytes");
+    let tag = mark_tag(new, &old_id);
+    if !crate::keys::constant_time_eq(&tag, &bytes[16..]) {
+        return Err(planted("its MAC does not verify under this volume's key"));
+    }
+    Ok(old_id)
 }
 
 /// Exchanges the two directories atomically, durably.
@@ -256,13 +320,54 @@ fn swap(backing: &Path, staging: &Path) -> Result<()> {
     }
 }
 
+/// What finishing found beside BACKING.
+#[derive(Debug, PartialEq, Eq)]
+enum Finish {
+    /// The volume the mark names, now deleted.
+    OldVolumeRemoved,
+    /// No old volume (an earlier finish deleted it before its mark, or the
+    /// mark is an old one put back): only the mark was removed.
+    MarkOnly,
+}
+
 /// After the swap: the new volume is in `backing`; delete the old one
-/// beside it and the mark.
-fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<()> {
+/// beside it, at `old`, and the mark.
+fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<Finish> {
     // The new key must open what is now in place before anything is deleted.
-    Volume::open(backing, new_key)?;
-    if old.exists() {
-        fs::remove_dir_all(old).context(|| format!("removing the old volume {}", old.display()))?;
+    let new = Volume::open(backing, new_key)?;
+    // Opened here, after the swap: a descriptor from before it would be
+    // the old volume's directory.
+    let dir = open_backing_dir(backing)?;
+    let old_id = read_mark(dir.as_fd(), backing, &new)?;
+    let beside = match fs::symlink_metadata(old) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(VolumeError::io(format!("examining {}", old.display()), e)),
+    };
+    let found = match &beside {
+        Some(meta) if meta.is_dir() => match VolumeConfig::load(old) {
+            Ok(config) if config.volume_id == old_id => Finish::OldVolumeRemoved,
+            Ok(_) => {
+                return Err(VolumeError::ForeignMark {
+                    path: backing.join(MARK_NAME),
+                    why: format!("the volume it replaced is not the one in {}", old.display()),
+                })
+            }
+            // An empty directory: the last step of a deletion, or the first
+            // of a copy; either way nothing in it is kept.
+            Err(VolumeError::NotAVolume { .. }) => Finish::MarkOnly,
+            Err(e) => return Err(e),
+        },
+        Some(_) => {
+            return Err(VolumeError::io(
+                old.display().to_string(),
+                std::io::Error::other("not a directory; move it away and run again"),
+            ))
+        }
+        None => Finish::MarkOnly,
+    };
+    if beside.is_some() {
+        remove_old_volume(old)?;
     }
     // The old volume's removal is durable before the mark goes: a power cut
     // must not bring the old volume back beside an unmarked new one.
@@ -272,10 +377,36 @@ fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<()> {
     let mark = backing.join(MARK_NAME);
     fs::remove_file(&mark).context(|| format!("removing {}", mark.display()))?;
     sync_dir(backing)?;
-    match backing.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
+    if let Some(parent) = backing.parent() {
+        sync_dir(parent)?;
     }
+    Ok(found)
+}
+
+/// Deletes the old volume with its configuration last, so that a deletion
+/// cut short leaves either a directory whose configuration still names it
+/// or an empty one: never files that nothing identifies.
+fn remove_old_volume(old: &Path) -> Result<()> {
+    let removing = || format!("removing the old volume {}", old.display());
+    for entry in fs::read_dir(old).context(removing)? {
+        let entry = entry.context(removing)?;
+        if entry.file_name() == crate::config::CONFIG_NAME {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().context(removing)?.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.context(|| format!("removing {}", path.display()))?;
+    }
+    match fs::remove_file(old.join(crate::config::CONFIG_NAME)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(removing),
+    }
+    fs::remove_dir(old).context(removing)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -290,6 +421,155 @@ mod tests {
     use crate::keys::SecretKey;
     use crate::names::NameMode;
     use std::sync::Arc;
+
+    fn key(byte: u8) -> UserKey {
+        UserKey::Raw(SecretKey::from_bytes([byte; 32]))
+    }
+
+    /// A volume in `backing` whose file `data` holds `text`.
+    fn volume_with(backing: &Path, key: &UserKey, text: &[u8]) -> Volume {
+        Volume::init(backing, key, None, NameMode::Encrypted).expect("init");
+        let volume = Volume::open(backing, key).expect("open");
+        let file = volume.backing_path(Path::new("data")).expect("name");
+        let created = fs::File::create(backing.join(&file)).expect("create");
+        crate::content::EncryptedFile::create(created, Arc::clone(volume.crypto()), file)
+            .and_then(|f| f.write_at(0, text))
+            .expect("write");
+        volume
+    }
+
+    fn data(backing: &Path, key: &UserKey) -> Vec<u8> {
+        let mut got = Vec::new();
+        Volume::open(backing, key)
+            .expect("open")
+            .open_file(Path::new("data"), false)
+            .and_then(|f| f.read_to_end(&mut got))
+            .expect("read");
+        got
+    }
+
+    fn volume_id(backing: &Path) -> [u8; 16] {
+        VolumeConfig::load(backing).expect("config").volume_id
+    }
+
+    /// BACKING and its staging path in a new temporary directory.
+    fn paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let backing = parent.path().join("volume");
+        let staging = staging_path(&backing).expect("staging");
+        (parent, backing, staging)
+    }
+
+    // Protects: a re-encryption stopped right after its swap (the new
+    // volume in BACKING with its mark, the old one beside) is finished by
+    // the next run, and so is one whose deletion of the old volume was cut
+    // short with only the old configuration left.
+    #[test]
+    fn a_run_stopped_after_its_swap_is_finished() {
+        for cut_short in [false, true] {
+            let (_parent, backing, staging) = paths();
+            let old = volume_with(&backing, &key(1), b"kept");
+            let new = Volume::init(&staging, &key(2), None, NameMode::Encrypted).expect("init");
+            transfer::copy_tree(&backing, Source::Volume(&old), &new, true, &mut |_| {})
+                .expect("copy");
+            mark(&staging, &new, old.config()).expect("mark");
+            swap(&backing, &staging).expect("swap");
+            if cut_short {
+                for entry in fs::read_dir(&staging).expect("list") {
+                    let entry = entry.expect("entry");
+                    if entry.file_name() != crate::config::CONFIG_NAME {
+                        let path = entry.path();
+                        if path.is_dir() {
+                            fs::remove_dir_all(path).expect("remove");
+                        } else {
+                            fs::remove_file(path).expect("remove");
+                        }
+                    }
+                }
+            }
+
+            let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+
+            assert_eq!(outcome.expect("finish"), Outcome::Finished, "{cut_short}");
+            assert!(!staging.exists() && !backing.join(MARK_NAME).exists());
+            assert_eq!(data(&backing, &key(2)), b"kept");
+        }
+    }
+
+    // Protects: a mark planted in BACKING (anyone who can write there can
+    // make one) neither deletes the copy beside BACKING nor ends the
+    // re-encryption: it is refused, and everything stays as it was.
+    #[test]
+    fn a_planted_mark_is_refused() {
+        for planted in [&[][..], &[7u8; MARK_LEN][..]] {
+            let (_parent, backing, staging) = paths();
+            volume_with(&backing, &key(1), b"kept");
+            Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("a copy");
+            fs::write(backing.join(MARK_NAME), planted).expect("plant");
+
+            let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
+
+            assert!(
+                matches!(outcome, Err(VolumeError::ForeignMark { .. })),
+                "{outcome:?}"
+            );
+            assert!(staging.join(crate::config::CONFIG_NAME).exists());
+            assert!(backing.join(MARK_NAME).exists());
+            assert_eq!(data(&backing, &key(1)), b"kept");
+        }
+    }
+
+    // Protects: a genuine mark kept from an earlier re-encryption into
+    // this volume and put back while a later one is copying is refused: it
+    // names an old volume other than the copy beside BACKING, which stays.
+    #[test]
+    fn a_mark_put_back_from_an_earlier_run_is_refused() {
+        let (parent, backing, staging) = paths();
+        let earlier = Volume::init(
+            &parent.path().join("earlier"),
+            &key(1),
+            None,
+            NameMode::Encrypted,
+        )
+        .expect("init");
+        let current = volume_with(&backing, &key(1), b"kept");
+        mark(&backing, &current, earlier.config()).expect("an earlier run's mark");
+        Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("this run's copy");
+
+        let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
+
+        assert!(
+            matches!(outcome, Err(VolumeError::ForeignMark { .. })),
+            "{outcome:?}"
+        );
+        assert!(staging.join(crate::config::CONFIG_NAME).exists());
+        assert_eq!(volume_id(&backing), current.config().volume_id);
+    }
+
+    // Protects: a genuine mark with no old volume beside it (an earlier
+    // finish cut short after deleting it, or a mark put back) does not let
+    // the run report a re-encryption it did not do: with the same key as
+    // old and new, the volume still gets a new master key.
+    #[test]
+    fn a_mark_with_nothing_beside_does_not_skip_the_reencryption() {
+        let (parent, backing, _staging) = paths();
+        let earlier = Volume::init(
+            &parent.path().join("earlier"),
+            &key(1),
+            None,
+            NameMode::Encrypted,
+        )
+        .expect("init");
+        let current = volume_with(&backing, &key(1), b"kept");
+        mark(&backing, &current, earlier.config()).expect("an earlier run's mark");
+
+        let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
+
+        assert!(matches!(outcome, Ok(Outcome::Done { .. })), "{outcome:?}");
+        assert_ne!(volume_id(&backing), current.config().volume_id);
+        assert!(!backing.join(MARK_NAME).exists());
+        assert_eq!(data(&backing, &key(1)), b"kept");
+    }
 
     // Protects: a new key given to a volume while a re-encryption copies it
     // is not thrown away by the swap: the re-encryption refuses, and the

@@ -482,7 +482,7 @@ impl EncryptedFile {
             Err(e) => Header::Damaged(e.to_string()),
             Ok((header, tag)) => {
                 let expected = self.crypto.header_tag(&header.encode_unsigned());
-                if constant_time_eq(&expected, &tag) {
+                if crate::keys::constant_time_eq(&expected, &tag) {
                     Header::Valid(header)
                 } else {
                     Header::Damaged("the header fails authentication".into())
@@ -635,8 +635,4 @@ impl EncryptedFile {
 /// Plaintext bytes in block `index` of a file of `size` bytes.
 fn block_len(size: u64, index: u64) -> u64 {
     size.saturating_sub(index * BLOCK_SIZE).min(BLOCK_SIZE)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
