@@ -82,10 +82,15 @@ pub fn reencrypt(
     refuse_unswappable(&backing)?;
     let _lock = crate::lock::VolumeLock::acquire(&backing)?;
     let dir = open_backing_dir(&backing)?;
-    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))?
-        && finish(&backing, &staging, new_key)? == Finish::OldVolumeRemoved
-    {
-        return Ok(Outcome::Finished);
+    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))? {
+        let found = finish(&backing, &staging, old_key, new_key, Swapped::Earlier)?;
+        // A mark proves that this volume was once made from the one
+        // beside it, not that the run being finished made it: while the
+        // old key still opens the volume (the same key given twice), the
+        // re-encryption asked for is done again rather than reported done.
+        if found == Finish::OldVolumeRemoved && Volume::open(&backing, old_key).is_err() {
+            return Ok(Outcome::Finished);
+        }
     }
     let rolled_back = staging.exists();
     if rolled_back {
@@ -129,7 +134,7 @@ pub fn reencrypt(
     mark(&staging, &new, old.config())?;
     swap(&backing, &staging)?;
     drop(key_lock);
-    finish(&backing, &staging, new_key)?;
+    finish(&backing, &staging, old_key, new_key, Swapped::Here)?;
     Ok(Outcome::Done {
         copied,
         rolled_back,
@@ -246,7 +251,13 @@ fn mark(staging: &Path, new: &Volume, old: &VolumeConfig) -> Result<()> {
     let mut bytes = [0u8; MARK_LEN];
     bytes[..16].copy_from_slice(&old.volume_id);
     bytes[16..].copy_from_slice(&mark_tag(new, &old.volume_id));
-    let mut file = fs::File::create(&path).context(|| format!("creating {}", path.display()))?;
+    // A new file, never what a name planted there leads to: the copy may
+    // have given the new volume's directory to a user already.
+    let dir = open_backing_dir(staging)?;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut file = rustix::fs::openat(&dir, MARK_NAME, flags, Mode::from_raw_mode(0o600))
+        .map(fs::File::from)
+        .map_err(|e| VolumeError::io(format!("creating {}", path.display()), e.into()))?;
     std::io::Write::write_all(&mut file, &bytes)
         .and_then(|()| file.sync_all())
         .context(|| format!("writing {}", path.display()))?;
@@ -274,9 +285,16 @@ fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<[u8; 1
         why: why.to_string(),
     };
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = rustix::fs::openat(dir, MARK_NAME, flags, Mode::empty())
-        .map(fs::File::from)
-        .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))?;
+    let file = match rustix::fs::openat(dir, MARK_NAME, flags, Mode::empty()) {
+        Ok(file) => fs::File::from(file),
+        Err(rustix::io::Errno::LOOP) => return Err(planted("it is a symlink")),
+        Err(e) => {
+            return Err(VolumeError::io(
+                format!("opening {}", path.display()),
+                e.into(),
+            ))
+        }
+    };
     if !file
         .metadata()
         .context(|| format!("examining {}", path.display()))?
@@ -330,11 +348,42 @@ enum Finish {
     MarkOnly,
 }
 
+/// Which run swapped the volumes that `finish` finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Swapped {
+    /// This one, a moment ago: the mark is its own and the directory
+    /// beside BACKING is the old volume (nobody else writes BACKING's
+    /// parent), whatever has been done to the mark since.
+    Here,
+    /// An earlier run, as far as its mark proves.
+    Earlier,
+}
+
 /// After the swap: the new volume is in `backing`; delete the old one
 /// beside it, at `old`, and the mark.
-fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<Finish> {
+fn finish(
+    backing: &Path,
+    old: &Path,
+    old_key: &UserKey,
+    new_key: &UserKey,
+    swapped: Swapped,
+) -> Result<Finish> {
+    let mark = backing.join(MARK_NAME);
     // The new key must open what is now in place before anything is deleted.
-    let new = Volume::open(backing, new_key)?;
+    let new = match Volume::open(backing, new_key) {
+        Err(VolumeError::KeyMismatch) if Volume::open(backing, old_key).is_ok() => {
+            return Err(VolumeError::ForeignMark {
+                path: mark,
+                why: "the old key opens this volume and the new one does not, so no swap happened"
+                    .to_string(),
+            })
+        }
+        other => other?,
+    };
+    if swapped == Swapped::Here {
+        remove_old_volume(old)?;
+        return remove_mark(backing, &mark).map(|()| Finish::OldVolumeRemoved);
+    }
     // Opened here, after the swap: a descriptor from before it would be
     // the old volume's directory.
     let dir = open_backing_dir(backing)?;
@@ -349,12 +398,12 @@ fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<Finish> {
             Ok(config) if config.volume_id == old_id => Finish::OldVolumeRemoved,
             Ok(_) => {
                 return Err(VolumeError::ForeignMark {
-                    path: backing.join(MARK_NAME),
+                    path: mark,
                     why: format!("the volume it replaced is not the one in {}", old.display()),
                 })
             }
-            // An empty directory: the last step of a deletion, or the first
-            // of a copy; either way nothing in it is kept.
+            // No configuration: the end of a deletion (it goes last) or
+            // the start of a copy (it comes first); nothing in it is kept.
             Err(VolumeError::NotAVolume { .. }) => Finish::MarkOnly,
             Err(e) => return Err(e),
         },
@@ -369,18 +418,21 @@ fn finish(backing: &Path, old: &Path, new_key: &UserKey) -> Result<Finish> {
     if beside.is_some() {
         remove_old_volume(old)?;
     }
-    // The old volume's removal is durable before the mark goes: a power cut
-    // must not bring the old volume back beside an unmarked new one.
+    remove_mark(backing, &mark).map(|()| found)
+}
+
+/// Removes the mark once the old volume's removal is durable: a power cut
+/// must not bring the old volume back beside an unmarked new one.
+fn remove_mark(backing: &Path, mark: &Path) -> Result<()> {
     if let Some(parent) = backing.parent() {
         sync_dir(parent)?;
     }
-    let mark = backing.join(MARK_NAME);
-    fs::remove_file(&mark).context(|| format!("removing {}", mark.display()))?;
+    fs::remove_file(mark).context(|| format!("removing {}", mark.display()))?;
     sync_dir(backing)?;
-    if let Some(parent) = backing.parent() {
-        sync_dir(parent)?;
+    match backing.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
-    Ok(found)
 }
 
 /// Deletes the old volume with its configuration last, so that a deletion
@@ -401,6 +453,8 @@ fn remove_old_volume(old: &Path) -> Result<()> {
         };
         removed.context(|| format!("removing {}", path.display()))?;
     }
+    // Durably, before the configuration goes.
+    sync_dir(old)?;
     match fs::remove_file(old.join(crate::config::CONFIG_NAME)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -496,26 +550,87 @@ mod tests {
         }
     }
 
+    // Protects: with one key given as both old and new, a mark cannot show
+    // that the run being finished made the volume in place (an earlier
+    // run's mark and its old volume may have been put back), so finishing
+    // is followed by the re-encryption asked for, never reported alone.
+    #[test]
+    fn with_one_key_a_finished_swap_is_followed_by_a_new_copy() {
+        let (_parent, backing, staging) = paths();
+        let old = volume_with(&backing, &key(1), b"kept");
+        let new = Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("init");
+        transfer::copy_tree(&backing, Source::Volume(&old), &new, true, &mut |_| {}).expect("copy");
+        mark(&staging, &new, old.config()).expect("mark");
+        swap(&backing, &staging).expect("swap");
+
+        let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
+
+        assert!(matches!(outcome, Ok(Outcome::Done { .. })), "{outcome:?}");
+        let now = volume_id(&backing);
+        assert!(now != old.config().volume_id && now != new.config().volume_id);
+        assert!(!staging.exists() && !backing.join(MARK_NAME).exists());
+        assert_eq!(data(&backing, &key(1)), b"kept");
+    }
+
+    // Protects: whatever sits at the mark's name when the new volume is
+    // marked (its directory may be a user's by then) is never written
+    // through: a symlink there stops the run and its target is untouched.
+    #[test]
+    fn marking_never_writes_through_a_planted_name() {
+        let (parent, backing, staging) = paths();
+        let old = volume_with(&backing, &key(1), b"kept");
+        let new = Volume::init(&staging, &key(2), None, NameMode::Encrypted).expect("init");
+        let target = parent.path().join("precious");
+        fs::write(&target, b"precious").expect("write");
+        std::os::unix::fs::symlink(&target, staging.join(MARK_NAME)).expect("plant");
+
+        assert!(mark(&staging, &new, old.config()).is_err());
+        assert_eq!(fs::read(&target).expect("read"), b"precious");
+    }
+
     // Protects: a mark planted in BACKING (anyone who can write there can
     // make one) neither deletes the copy beside BACKING nor ends the
     // re-encryption: it is refused, and everything stays as it was.
     #[test]
     fn a_planted_mark_is_refused() {
-        for planted in [&[][..], &[7u8; MARK_LEN][..]] {
-            let (_parent, backing, staging) = paths();
-            volume_with(&backing, &key(1), b"kept");
-            Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("a copy");
-            fs::write(backing.join(MARK_NAME), planted).expect("plant");
+        type Plant = fn(&Path);
+        let plants: [(&str, Plant); 5] = [
+            ("empty", |at| fs::write(at, b"").expect("plant")),
+            ("forged", |at| {
+                fs::write(at, [7u8; MARK_LEN]).expect("plant")
+            }),
+            ("symlink", |at| {
+                std::os::unix::fs::symlink("chronicle.volume", at).expect("plant")
+            }),
+            ("directory", |at| fs::create_dir(at).expect("plant")),
+            ("fifo", |at| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    at,
+                    rustix::fs::FileType::Fifo,
+                    Mode::RUSR,
+                    0,
+                )
+                .expect("plant")
+            }),
+        ];
+        for (what, plant) in plants {
+            for new_key in [key(1), key(2)] {
+                let (_parent, backing, staging) = paths();
+                volume_with(&backing, &key(1), b"kept");
+                Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("a copy");
+                plant(&backing.join(MARK_NAME));
 
-            let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
+                let outcome = reencrypt(&backing, &key(1), &new_key, None, &mut |_| {});
 
-            assert!(
-                matches!(outcome, Err(VolumeError::ForeignMark { .. })),
-                "{outcome:?}"
-            );
-            assert!(staging.join(crate::config::CONFIG_NAME).exists());
-            assert!(backing.join(MARK_NAME).exists());
-            assert_eq!(data(&backing, &key(1)), b"kept");
+                assert!(
+                    matches!(outcome, Err(VolumeError::ForeignMark { .. })),
+                    "{what}: {outcome:?}"
+                );
+                assert!(staging.join(crate::config::CONFIG_NAME).exists(), "{what}");
+                assert!(fs::symlink_metadata(backing.join(MARK_NAME)).is_ok());
+                assert_eq!(data(&backing, &key(1)), b"kept");
+            }
         }
     }
 

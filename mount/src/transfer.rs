@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -512,13 +512,32 @@ impl Copier<'_, '_> {
                 rustix::fs::futimens(fd, &times)?;
             }
             Some(name) => {
+                // Whoever can write this directory (the copy's top one may be
+                // a user's own while root copies) could swap the entry just
+                // made for a symlink or a hard link to a file of root's: the
+                // entry is opened once, without following, checked to be a
+                // lone file of the kind made, and changed through that
+                // descriptor only.
+                let kind = FileType::from_raw_mode(stat.st_mode);
+                let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let node = rustix::fs::openat(fd, name, flags, Mode::empty())?;
+                let made = rustix::fs::fstat(&node)?;
+                if FileType::from_raw_mode(made.st_mode) != kind || made.st_nlink != 1 {
+                    return Err(io::Error::other(
+                        "replaced by another file while it was being made",
+                    ));
+                }
                 if self.as_root {
-                    rustix::fs::chownat(fd, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+                    rustix::fs::chownat(&node, "", owner.0, owner.1, AtFlags::EMPTY_PATH)?;
                 }
-                if FileType::from_raw_mode(stat.st_mode) != FileType::Symlink {
-                    rustix::fs::chmodat(fd, name, mode, AtFlags::empty())?;
+                if kind != FileType::Symlink {
+                    // fchmodat takes no empty path; the descriptor's /proc
+                    // link resolves to the inode checked above.
+                    let path = format!("/proc/self/fd/{}", node.as_raw_fd());
+                    rustix::fs::chmod(path.as_str(), mode)?;
                 }
-                rustix::fs::utimensat(fd, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+                let at_node = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+                rustix::fs::utimensat(&node, "", &times, at_node)?;
             }
         }
         Ok(())

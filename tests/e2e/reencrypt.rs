@@ -37,16 +37,31 @@ fn rich_tree(root: &Path) {
         ("dir", 1235, 0o750),
         ("dir/deeper", 0, 0o700),
         ("empty", 1236, 0o4755),
+        ("fifo", 1237, 0o620),
     ] {
         let path = root.join(path);
         std::os::unix::fs::chown(&path, Some(uid), Some(uid + 1)).expect("chown");
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
     }
+    std::os::unix::fs::lchown(root.join("symlink"), Some(1238), Some(1239)).expect("lchown");
     let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     fs::File::open(root.join("dir/data"))
         .expect("open")
         .set_modified(old)
         .expect("mtime");
+    // A fifo and a symlink are not opened: their times are set by name.
+    let then = rustix::fs::Timespec {
+        tv_sec: 1_100_000_000,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: then,
+        last_modification: then,
+    };
+    for name in ["fifo", "symlink"] {
+        let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+        rustix::fs::utimensat(rustix::fs::CWD, root.join(name), &times, nofollow).expect("times");
+    }
 }
 
 /// Asserts that the mounted view `view` keeps what `rich_tree` made in `source`.
@@ -58,6 +73,8 @@ fn assert_same_tree(source: &Path, view: &Path) {
         "empty",
         "link_to_data",
         "sparse",
+        "fifo",
+        "symlink",
     ] {
         let a = fs::symlink_metadata(source.join(name)).expect("source");
         let b = fs::symlink_metadata(view.join(name)).expect("view");
@@ -66,6 +83,8 @@ fn assert_same_tree(source: &Path, view: &Path) {
         assert_eq!(a.len(), b.len(), "{name}: size");
         if !a.is_dir() {
             assert_eq!(a.mtime(), b.mtime(), "{name}: mtime");
+        }
+        if a.is_file() {
             assert_eq!(
                 fs::read(source.join(name)).ok(),
                 fs::read(view.join(name)).ok(),
