@@ -22,11 +22,13 @@
 //! re-encrypt as asked, since doing a re-encryption twice costs time and
 //! skipping one leaves a key the operator meant to retire in use.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::config::{open_backing_dir, VolumeConfig};
 use crate::error::{IoContext, Result, VolumeError};
@@ -82,15 +84,10 @@ pub fn reencrypt(
     refuse_unswappable(&backing)?;
     let _lock = crate::lock::VolumeLock::acquire(&backing)?;
     let dir = open_backing_dir(&backing)?;
-    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))? {
-        let found = finish(&backing, &staging, old_key, new_key, Swapped::Earlier)?;
-        // A mark proves that this volume was once made from the one
-        // beside it, not that the run being finished made it: while the
-        // old key still opens the volume (the same key given twice), the
-        // re-encryption asked for is done again rather than reported done.
-        if found == Finish::OldVolumeRemoved && Volume::open(&backing, old_key).is_err() {
-            return Ok(Outcome::Finished);
-        }
+    if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))?
+        && finish(&backing, old_key, new_key, Swapped::Earlier)? == Finish::Finished
+    {
+        return Ok(Outcome::Finished);
     }
     let rolled_back = staging.exists();
     if rolled_back {
@@ -132,9 +129,17 @@ pub fn reencrypt(
     // repair starts while the old volume is deleted.
     let _new_volume_lock = crate::lock::VolumeLock::acquire(&staging)?;
     mark(&staging, &new, old.config())?;
+    let before = rustix::fs::fstat(&dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
     swap(&backing, &staging)?;
     drop(key_lock);
-    finish(&backing, &staging, old_key, new_key, Swapped::Here)?;
+    let old_volume = (before.st_dev, before.st_ino);
+    finish(
+        &backing,
+        old_key,
+        new_key,
+        Swapped::Here { old: old_volume },
+    )?;
     Ok(Outcome::Done {
         copied,
         rolled_back,
@@ -338,32 +343,37 @@ fn swap(backing: &Path, staging: &Path) -> Result<()> {
     }
 }
 
-/// What finishing found beside BACKING.
-#[derive(Debug, PartialEq, Eq)]
-enum Finish {
-    /// The volume the mark names, now deleted.
-    OldVolumeRemoved,
-    /// No old volume (an earlier finish deleted it before its mark, or the
-    /// mark is an old one put back): only the mark was removed.
-    MarkOnly,
-}
-
 /// Which run swapped the volumes that `finish` finishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Swapped {
-    /// This one, a moment ago: the mark is its own and the directory
-    /// beside BACKING is the old volume (nobody else writes BACKING's
-    /// parent), whatever has been done to the mark since.
-    Here,
+    /// This one, a moment ago: the mark is its own and the old volume is
+    /// the directory that was BACKING before the swap (its device and
+    /// inode), whatever has been done to the mark since.
+    Here { old: (u64, u64) },
     /// An earlier run, as far as its mark proves.
     Earlier,
 }
 
+/// What finishing leaves to the run.
+#[derive(Debug, PartialEq, Eq)]
+enum Finish {
+    /// The re-encryption is complete: report it finished.
+    Finished,
+    /// Go on and re-encrypt as asked: nothing beside BACKING was the old
+    /// volume (an earlier finish deleted it before its mark, or the mark
+    /// is an old one put back), or the old key still opens the volume.
+    GoOn,
+}
+
 /// After the swap: the new volume is in `backing`; delete the old one
-/// beside it, at `old`, and the mark.
+/// beside it and the mark.
+///
+/// Whoever owns BACKING's parent (a user, when root re-encrypts the
+/// user's volume) can rename what is in it at any moment, so everything
+/// beside BACKING is reached through one descriptor of the parent, opened
+/// without following symlinks, checked, and deleted through descriptors.
 fn finish(
     backing: &Path,
-    old: &Path,
     old_key: &UserKey,
     new_key: &UserKey,
     swapped: Swapped,
@@ -374,93 +384,196 @@ fn finish(
         Err(VolumeError::KeyMismatch) if Volume::open(backing, old_key).is_ok() => {
             return Err(VolumeError::ForeignMark {
                 path: mark,
-                why: "the old key opens this volume and the new one does not, so no swap happened"
+                why: "the new key does not open this volume and the old one does, so no \
+                      re-encryption to the new key swapped it in; if an earlier run to another \
+                      key stopped after its swap, give that run's keys"
                     .to_string(),
             })
         }
         other => other?,
     };
-    if swapped == Swapped::Here {
-        remove_old_volume(old)?;
-        return remove_mark(backing, &mark).map(|()| Finish::OldVolumeRemoved);
-    }
-    // Opened here, after the swap: a descriptor from before it would be
-    // the old volume's directory.
-    let dir = open_backing_dir(backing)?;
-    let old_id = read_mark(dir.as_fd(), backing, &new)?;
-    let beside = match fs::symlink_metadata(old) {
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(VolumeError::io(format!("examining {}", old.display()), e)),
-    };
-    let found = match &beside {
-        Some(meta) if meta.is_dir() => match VolumeConfig::load(old) {
-            Ok(config) if config.volume_id == old_id => Finish::OldVolumeRemoved,
-            Ok(_) => {
-                return Err(VolumeError::ForeignMark {
-                    path: mark,
-                    why: format!("the volume it replaced is not the one in {}", old.display()),
-                })
+    let staging = staging_path(backing)?;
+    let (parent, backing_name, old_name) = beside(backing, &staging)?;
+    let dir = open_dir_at(&parent, backing_name, backing)?.ok_or_else(|| {
+        VolumeError::io(
+            backing.display().to_string(),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })?;
+    let old = open_dir_at(&parent, old_name, &staging)?;
+    let is_old_volume = match (swapped, &old) {
+        (Swapped::Here { old: expected }, Some(old)) => {
+            let found = rustix::fs::fstat(old).map_err(|e| {
+                VolumeError::io(format!("examining {}", staging.display()), e.into())
+            })?;
+            if (found.st_dev, found.st_ino) != expected {
+                return Err(VolumeError::io(
+                    staging.display().to_string(),
+                    std::io::Error::other(
+                        "replaced after the swap; the re-encrypted volume is in place: \
+                         remove what is there by hand",
+                    ),
+                ));
             }
-            // No configuration: the end of a deletion (it goes last) or
-            // the start of a copy (it comes first); nothing in it is kept.
-            Err(VolumeError::NotAVolume { .. }) => Finish::MarkOnly,
-            Err(e) => return Err(e),
-        },
-        Some(_) => {
+            true
+        }
+        (Swapped::Here { .. }, None) => {
             return Err(VolumeError::io(
-                old.display().to_string(),
-                std::io::Error::other("not a directory; move it away and run again"),
+                staging.display().to_string(),
+                std::io::Error::other("gone after the swap, before this run deleted it"),
             ))
         }
-        None => Finish::MarkOnly,
-    };
-    if beside.is_some() {
-        remove_old_volume(old)?;
-    }
-    remove_mark(backing, &mark).map(|()| found)
-}
-
-/// Removes the mark once the old volume's removal is durable: a power cut
-/// must not bring the old volume back beside an unmarked new one.
-fn remove_mark(backing: &Path, mark: &Path) -> Result<()> {
-    if let Some(parent) = backing.parent() {
-        sync_dir(parent)?;
-    }
-    fs::remove_file(mark).context(|| format!("removing {}", mark.display()))?;
-    sync_dir(backing)?;
-    match backing.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
-}
-
-/// Deletes the old volume with its configuration last, so that a deletion
-/// cut short leaves either a directory whose configuration still names it
-/// or an empty one: never files that nothing identifies.
-fn remove_old_volume(old: &Path) -> Result<()> {
-    let removing = || format!("removing the old volume {}", old.display());
-    for entry in fs::read_dir(old).context(removing)? {
-        let entry = entry.context(removing)?;
-        if entry.file_name() == crate::config::CONFIG_NAME {
-            continue;
+        (Swapped::Earlier, Some(old)) => {
+            let old_id = read_mark(dir.as_fd(), backing, &new)?;
+            match VolumeConfig::load_in(old.as_fd(), &staging) {
+                Ok(config) if config.volume_id == old_id => true,
+                Ok(_) => {
+                    return Err(VolumeError::ForeignMark {
+                        path: mark,
+                        why: format!(
+                            "the volume it replaced is not the one in {}",
+                            staging.display()
+                        ),
+                    })
+                }
+                // No configuration: the end of a deletion (it goes last) or
+                // the start of a copy (it comes first); either leaves the
+                // directory empty, and only an empty one is removed below.
+                Err(VolumeError::NotAVolume { .. }) => false,
+                Err(e) => return Err(e),
+            }
         }
-        let path = entry.path();
-        let removed = if entry.file_type().context(removing)?.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        removed.context(|| format!("removing {}", path.display()))?;
+        (Swapped::Earlier, None) => {
+            read_mark(dir.as_fd(), backing, &new)?;
+            false
+        }
+    };
+    // A mark proves that this volume was once made from the one beside
+    // it, not that the run being finished made it: while the old key still
+    // opens the volume (one key given as both), the re-encryption asked for
+    // is done again rather than reported done. Decided on the configuration
+    // read above, not on what BACKING holds a moment later.
+    let old_key_opens = match new
+        .config()
+        .unwrap(old_key, &crate::config::config_path(backing))
+    {
+        Ok(_) => true,
+        Err(VolumeError::KeyMismatch) => false,
+        Err(e) => return Err(e),
+    };
+    if let Some(old) = old {
+        let removing = || format!("removing the old volume {}", staging.display());
+        if is_old_volume {
+            remove_old_volume(old, &staging)?;
+        }
+        rustix::fs::unlinkat(&parent, old_name, AtFlags::REMOVEDIR)
+            .map_err(|e| VolumeError::io(removing(), e.into()))?;
+    }
+    // The old volume's removal is durable before the mark goes: a power cut
+    // must not bring the old volume back beside an unmarked new one.
+    let parent_shown = backing.parent().unwrap_or(backing);
+    sync_fd(&parent, parent_shown)?;
+    match rustix::fs::unlinkat(&dir, MARK_NAME, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => {
+            return Err(VolumeError::io(
+                format!("removing {}", mark.display()),
+                e.into(),
+            ))
+        }
+    }
+    sync_fd(&dir, backing)?;
+    sync_fd(&parent, parent_shown)?;
+    Ok(if is_old_volume && !old_key_opens {
+        Finish::Finished
+    } else {
+        Finish::GoOn
+    })
+}
+
+/// BACKING's parent, open, and the names of BACKING and of `staging` in it.
+fn beside<'a>(backing: &'a Path, staging: &'a Path) -> Result<(OwnedFd, &'a OsStr, &'a OsStr)> {
+    let names = backing
+        .parent()
+        .zip(backing.file_name())
+        .zip(staging.file_name());
+    let ((parent, backing_name), staging_name) = names.ok_or_else(|| {
+        VolumeError::io(
+            format!("{} has no parent directory", backing.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let parent_fd = rustix::fs::open(parent, flags, Mode::empty())
+        .map_err(|e| VolumeError::io(format!("opening {}", parent.display()), e.into()))?;
+    Ok((parent_fd, backing_name, staging_name))
+}
+
+/// The directory `name` in `parent`, never through a symlink; `None` if
+/// there is none.
+fn open_dir_at(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<OwnedFd>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => Err(VolumeError::io(
+            shown.display().to_string(),
+            std::io::Error::other("not a directory; move it away and run again"),
+        )),
+        Err(e) => Err(VolumeError::io(
+            format!("opening {}", shown.display()),
+            e.into(),
+        )),
+    }
+}
+
+/// Deletes what the old volume's directory `old` holds, through its
+/// descriptor, with the configuration last, so that a deletion cut short
+/// leaves either a directory whose configuration still names it or an
+/// empty one: never files that nothing identifies.
+fn remove_old_volume(old: OwnedFd, shown: &Path) -> Result<()> {
+    use remove_dir_all::RemoveDir;
+    let removing = |e: std::io::Error| {
+        VolumeError::io(format!("removing the old volume {}", shown.display()), e)
+    };
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&old).map_err(|e| removing(e.into()))? {
+        let name = entry
+            .map_err(|e| removing(e.into()))?
+            .file_name()
+            .to_owned();
+        if ![&b"."[..], b"..", crate::config::CONFIG_NAME.as_bytes()].contains(&name.to_bytes()) {
+            names.push(name);
+        }
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for name in names {
+        match rustix::fs::openat(&old, name.as_c_str(), flags, Mode::empty()) {
+            Ok(sub) => {
+                let sub_shown = shown.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                fs::File::from(sub)
+                    .remove_dir_contents(Some(&sub_shown))
+                    .map_err(removing)?;
+                rustix::fs::unlinkat(&old, name.as_c_str(), AtFlags::REMOVEDIR)
+            }
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                rustix::fs::unlinkat(&old, name.as_c_str(), AtFlags::empty())
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| removing(e.into()))?;
     }
     // Durably, before the configuration goes.
-    sync_dir(old)?;
-    match fs::remove_file(old.join(crate::config::CONFIG_NAME)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context(removing),
+    sync_fd(&old, shown)?;
+    match rustix::fs::unlinkat(&old, crate::config::CONFIG_NAME, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(removing(e.into())),
     }
-    fs::remove_dir(old).context(removing)
+}
+
+fn sync_fd(dir: &OwnedFd, shown: &Path) -> Result<()> {
+    rustix::fs::fsync(dir)
+        .map_err(|e| VolumeError::io(format!("syncing {}", shown.display()), e.into()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -474,6 +587,7 @@ mod tests {
     use super::*;
     use crate::keys::SecretKey;
     use crate::names::NameMode;
+    use std::os::unix::fs::MetadataExt;
     use std::sync::Arc;
 
     fn key(byte: u8) -> UserKey {
@@ -514,6 +628,23 @@ mod tests {
         (parent, backing, staging)
     }
 
+    /// What a re-encryption of a volume holding `data` from `old_key` to
+    /// `new_key` leaves when stopped right after its swap: the old and the
+    /// new volume.
+    fn stopped_after_swap(
+        backing: &Path,
+        staging: &Path,
+        old_key: &UserKey,
+        new_key: &UserKey,
+    ) -> (Volume, Volume) {
+        let old = volume_with(backing, old_key, b"kept");
+        let new = Volume::init(staging, new_key, None, NameMode::Encrypted).expect("init");
+        transfer::copy_tree(backing, Source::Volume(&old), &new, true, &mut |_| {}).expect("copy");
+        mark(staging, &new, old.config()).expect("mark");
+        swap(backing, staging).expect("swap");
+        (old, new)
+    }
+
     // Protects: a re-encryption stopped right after its swap (the new
     // volume in BACKING with its mark, the old one beside) is finished by
     // the next run, and so is one whose deletion of the old volume was cut
@@ -522,12 +653,7 @@ mod tests {
     fn a_run_stopped_after_its_swap_is_finished() {
         for cut_short in [false, true] {
             let (_parent, backing, staging) = paths();
-            let old = volume_with(&backing, &key(1), b"kept");
-            let new = Volume::init(&staging, &key(2), None, NameMode::Encrypted).expect("init");
-            transfer::copy_tree(&backing, Source::Volume(&old), &new, true, &mut |_| {})
-                .expect("copy");
-            mark(&staging, &new, old.config()).expect("mark");
-            swap(&backing, &staging).expect("swap");
+            stopped_after_swap(&backing, &staging, &key(1), &key(2));
             if cut_short {
                 for entry in fs::read_dir(&staging).expect("list") {
                     let entry = entry.expect("entry");
@@ -557,11 +683,7 @@ mod tests {
     #[test]
     fn with_one_key_a_finished_swap_is_followed_by_a_new_copy() {
         let (_parent, backing, staging) = paths();
-        let old = volume_with(&backing, &key(1), b"kept");
-        let new = Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("init");
-        transfer::copy_tree(&backing, Source::Volume(&old), &new, true, &mut |_| {}).expect("copy");
-        mark(&staging, &new, old.config()).expect("mark");
-        swap(&backing, &staging).expect("swap");
+        let (old, new) = stopped_after_swap(&backing, &staging, &key(1), &key(1));
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
 
@@ -570,6 +692,58 @@ mod tests {
         assert!(now != old.config().volume_id && now != new.config().volume_id);
         assert!(!staging.exists() && !backing.join(MARK_NAME).exists());
         assert_eq!(data(&backing, &key(1)), b"kept");
+    }
+
+    // Protects: the owner of BACKING's parent (a user, when root
+    // re-encrypts the user's volume) cannot have a finish delete anything
+    // but the old volume: a symlink put in its place, a directory put in
+    // its place after this run's swap, and a directory without a
+    // configuration that holds files are all refused, untouched.
+    #[test]
+    fn finishing_deletes_only_the_old_volume() {
+        let victim_with = |parent: &Path| {
+            let victim = parent.join("victim");
+            fs::create_dir(&victim).expect("mkdir");
+            fs::write(victim.join("precious"), b"precious").expect("write");
+            victim
+        };
+        // A symlink where the old volume was.
+        let (parent, backing, staging) = paths();
+        stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        fs::rename(&staging, parent.path().join("moved")).expect("move");
+        let victim = victim_with(parent.path());
+        std::os::unix::fs::symlink(&victim, &staging).expect("plant");
+        let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+        assert!(outcome.is_err(), "{outcome:?}");
+        let moved = fs::metadata(parent.path().join("moved")).expect("stat");
+        let here = Swapped::Here {
+            old: (moved.dev(), moved.ino()),
+        };
+        let outcome = finish(&backing, &key(1), &key(2), here);
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(victim.join("precious").exists());
+
+        // Another directory where this run's old volume was.
+        let (parent, backing, staging) = paths();
+        stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        fs::rename(&staging, parent.path().join("moved")).expect("move");
+        let victim = victim_with(parent.path());
+        fs::rename(&victim, &staging).expect("plant");
+        let before_swap = fs::metadata(parent.path().join("moved")).expect("stat");
+        let here = Swapped::Here {
+            old: (before_swap.dev(), before_swap.ino()),
+        };
+        let outcome = finish(&backing, &key(1), &key(2), here);
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(staging.join("precious").exists());
+
+        // A directory with files and no configuration.
+        let (_parent, backing, staging) = paths();
+        stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        fs::remove_file(staging.join(crate::config::CONFIG_NAME)).expect("unconfigure");
+        let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(staging.join(crate::name_cipher::DIR_ID_NAME).exists());
     }
 
     // Protects: whatever sits at the mark's name when the new volume is

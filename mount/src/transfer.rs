@@ -151,7 +151,9 @@ struct Copier<'a, 'p> {
     dest_root: OwnedFd,
     /// Source (device, inode) of multiply linked files → where the first
     /// copy went, relative to the destination root.
-    links: HashMap<(u64, u64), PathBuf>,
+    /// Where the first link of each multiply linked source file was copied
+    /// to (relative to the destination's root), and its inode there.
+    links: HashMap<(u64, u64), (PathBuf, u64)>,
     as_root: bool,
     owners_not_kept: std::cell::Cell<u64>,
     buf: Vec<u8>,
@@ -312,8 +314,8 @@ impl Copier<'_, '_> {
         let here = &level.fd;
         if visit.stat.st_nlink > 1 {
             if let Some(first) = self.links.get(&key) {
-                return rustix::fs::linkat(&self.dest_root, first, here, &entry, AtFlags::empty())
-                    .map_err(|e| VolumeError::io("linking", e.into()));
+                return link_again(&self.dest_root, first, here, &entry)
+                    .map_err(|e| VolumeError::io("linking", e));
             }
         }
         let created = rustix::fs::openat(
@@ -365,7 +367,9 @@ impl Copier<'_, '_> {
             .context(|| "keeping owner, mode and times".to_string())?;
         to.sync(false)?;
         if visit.stat.st_nlink > 1 {
-            self.links.insert(key, dest_path);
+            let made = rustix::fs::fstat(to.backing())
+                .map_err(|e| VolumeError::io("examining a copied file", e.into()))?;
+            self.links.insert(key, (dest_path, made.st_ino));
         }
         self.copied.files += 1;
         Ok(())
@@ -476,8 +480,14 @@ impl Copier<'_, '_> {
     }
 
     /// Owner (as root), mode and times of a copied node: `fd` itself, or
-    /// the entry `name` in directory `fd` for a symlink or special file.
-    fn finish_node(&self, fd: &impl AsFd, name: Option<&OsStr>, stat: &Stat) -> io::Result<()> {
+    /// the entry `name` in directory `fd` for a symlink or special file,
+    /// with what was made there to know it by.
+    fn finish_node(
+        &self,
+        fd: &impl AsFd,
+        name: Option<(&OsStr, Made<'_>)>,
+        stat: &Stat,
+    ) -> io::Result<()> {
         if !self.as_root
             && (stat.st_uid, stat.st_gid)
                 != (
@@ -511,18 +521,17 @@ impl Copier<'_, '_> {
                 rustix::fs::fchmod(fd, mode)?;
                 rustix::fs::futimens(fd, &times)?;
             }
-            Some(name) => {
+            Some((name, what)) => {
                 // Whoever can write this directory (the copy's top one may be
                 // a user's own while root copies) could swap the entry just
-                // made for a symlink or a hard link to a file of root's: the
-                // entry is opened once, without following, checked to be a
-                // lone file of the kind made, and changed through that
-                // descriptor only.
+                // made for a symlink, a hard link to a file of root's, or a
+                // node made earlier: the entry is opened once, without
+                // following, checked to be what was just made, and changed
+                // through that descriptor only.
                 let kind = FileType::from_raw_mode(stat.st_mode);
                 let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let node = rustix::fs::openat(fd, name, flags, Mode::empty())?;
-                let made = rustix::fs::fstat(&node)?;
-                if FileType::from_raw_mode(made.st_mode) != kind || made.st_nlink != 1 {
+                if !what.is(&node, stat)? {
                     return Err(io::Error::other(
                         "replaced by another file while it was being made",
                     ));
@@ -578,8 +587,16 @@ impl Copier<'_, '_> {
         let (_, entry) = self.dest_entry(visit)?;
         let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
         match sealed {
-            Some(sealed) => rustix::fs::symlinkat(sealed.as_os_str(), here, &entry)
-                .map_err(|e| VolumeError::io("creating a symlink", e.into()))?,
+            Some(sealed) => {
+                rustix::fs::symlinkat(sealed.as_os_str(), here, &entry)
+                    .map_err(|e| VolumeError::io("creating a symlink", e.into()))?;
+                // A symlink's status (the source may hold it as a file).
+                let mut stat = *visit.stat;
+                stat.st_mode = libc::S_IFLNK | 0o777;
+                let made = Made::Symlink(sealed.as_os_str());
+                self.finish_node(here, Some((&entry, made)), &stat)
+                    .context(|| "keeping the symlink's owner and times".to_string())
+            }
             None => {
                 let sealed = self.dest.names().seal_target_any(&target);
                 let made = crate::symlink_file::create(
@@ -598,31 +615,92 @@ impl Copier<'_, '_> {
                 }
                 let mut stat = *visit.stat;
                 stat.st_mode = libc::S_IFREG | crate::symlink_file::FILE_FORM_MODE;
-                return self
-                    .finish_node(made.backing(), None, &stat)
-                    .context(|| "keeping the symlink's times".to_string());
+                self.finish_node(made.backing(), None, &stat)
+                    .context(|| "keeping the symlink's times".to_string())
             }
         }
-        // A symlink's status (the source may hold it as a file).
-        let mut stat = *visit.stat;
-        stat.st_mode = libc::S_IFLNK | 0o777;
-        self.finish_node(here, Some(&entry), &stat)
-            .context(|| "keeping the symlink's owner and times".to_string())
     }
 
     fn copy_special(&mut self, visit: &Visit) -> Result<()> {
         let (_, entry) = self.dest_entry(visit)?;
         let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
+        // Mode 0 until finish_node has checked it: how it knows the node.
         rustix::fs::mknodat(
             here,
             &entry,
             visit.kind(),
-            Mode::from_raw_mode(visit.stat.st_mode & 0o7777),
+            Mode::empty(),
             visit.stat.st_rdev,
         )
         .map_err(|e| VolumeError::io("creating a special file", e.into()))?;
-        self.finish_node(here, Some(&entry), visit.stat)
+        self.finish_node(here, Some((&entry, Made::Special)), visit.stat)
             .context(|| "keeping the special file's owner, mode and times".to_string())
+    }
+}
+
+/// Links `first` (a path under `root` and the inode copied there) again
+/// as `name` in `dir`. The directories on the way may be users' by now, so
+/// the path is resolved beneath `root` without symlinks and the inode
+/// checked before it is linked, through its descriptor.
+fn link_again(
+    root: &OwnedFd,
+    first: &(PathBuf, u64),
+    dir: &OwnedFd,
+    name: &OsStr,
+) -> io::Result<()> {
+    use rustix::fs::ResolveFlags;
+    let (path, ino) = first;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let node = rustix::fs::openat2(root, path, flags, Mode::empty(), beneath)?;
+    if rustix::fs::fstat(&node)?.st_ino != *ino {
+        return Err(io::Error::other("replaced while the copy went on"));
+    }
+    // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's
+    // /proc link, followed, names the same inode for anyone.
+    let proc_path = format!("/proc/self/fd/{}", node.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc_path.as_str(),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )?;
+    Ok(())
+}
+
+/// What the copy has just made by name, as `finish_node` must find it.
+#[derive(Clone, Copy)]
+enum Made<'a> {
+    /// A symlink with this (stored) target.
+    Symlink(&'a OsStr),
+    /// A special file of the source's kind and device, made with mode 0
+    /// (its mode comes after the check).
+    Special,
+}
+
+impl Made<'_> {
+    /// Whether `node` (opened with `O_PATH|O_NOFOLLOW`) is what was made
+    /// for `source`: this process's, one link, and the target or the
+    /// kind, device and empty mode it was made with.
+    fn is(self, node: &OwnedFd, source: &Stat) -> io::Result<bool> {
+        let found = rustix::fs::fstat(node)?;
+        if found.st_uid != rustix::process::geteuid().as_raw() || found.st_nlink != 1 {
+            return Ok(false);
+        }
+        let kind = FileType::from_raw_mode(found.st_mode);
+        Ok(match self {
+            Made::Symlink(target) => {
+                kind == FileType::Symlink
+                    && rustix::fs::readlinkat(node, "", Vec::new())?.as_bytes()
+                        == std::os::unix::ffi::OsStrExt::as_bytes(target)
+            }
+            Made::Special => {
+                kind == FileType::from_raw_mode(source.st_mode)
+                    && found.st_mode & 0o7777 == 0
+                    && found.st_rdev == source.st_rdev
+            }
+        })
     }
 }
 
@@ -645,4 +723,85 @@ fn get_xattr(fd: &impl AsFd, name: &OsStr) -> io::Result<Vec<u8>> {
     let got = rustix::fs::fgetxattr(fd, name, &mut value[..])?;
     value.truncate(got);
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_node(dir: &Path, name: &str) -> OwnedFd {
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::open(dir.join(name), flags, Mode::empty()).expect("open")
+    }
+
+    // Protects: a hard link is made again only to the file the copy made,
+    // never through a directory swapped for a symlink meanwhile (a file
+    // outside the destination must not gain a link inside it).
+    #[test]
+    fn a_second_link_never_reaches_outside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root_path = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        for d in [root_path.join("sub"), outside.clone()] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(root_path.join("sub/f"), b"copied").expect("write");
+        std::fs::write(outside.join("f"), b"secret").expect("write");
+        let ino = |p: &Path| rustix::fs::stat(p).expect("stat").st_ino;
+        let open = |p: &Path| {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            rustix::fs::open(p, flags, Mode::empty()).expect("open")
+        };
+        let root = open(&root_path);
+        let first = (PathBuf::from("sub/f"), ino(&root_path.join("sub/f")));
+
+        link_again(&root, &first, &root, OsStr::new("again")).expect("link");
+        assert_eq!(ino(&root_path.join("again")), first.1);
+
+        // The same name and inode number, but through a symlink.
+        std::fs::rename(root_path.join("sub"), dir.path().join("moved")).expect("move");
+        std::os::unix::fs::symlink(&outside, root_path.join("sub")).expect("plant");
+        let outside_first = (PathBuf::from("sub/f"), ino(&outside.join("f")));
+        assert!(link_again(&root, &outside_first, &root, OsStr::new("leak")).is_err());
+        assert!(!root_path.join("leak").exists());
+    }
+
+    // Protects: finish_node knows the node the copy made from anything an
+    // attacker who can write the directory could put in its place: another
+    // kind, a node made earlier (its mode already set), a second link, or
+    // a symlink with another target.
+    #[test]
+    fn a_node_is_known_by_what_was_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |name: &str| dir.path().join(name);
+        let fifo = FileType::Fifo;
+        rustix::fs::mknodat(rustix::fs::CWD, at("fifo"), fifo, Mode::empty(), 0).expect("mkfifo");
+        std::os::unix::fs::symlink("target", at("link")).expect("symlink");
+        let source = rustix::fs::lstat(at("fifo")).expect("stat");
+
+        assert!(Made::Special
+            .is(&open_node(dir.path(), "fifo"), &source)
+            .expect("examine"));
+        assert!(!Made::Special
+            .is(&open_node(dir.path(), "link"), &source)
+            .expect("examine"));
+        let target = OsStr::new("target");
+        assert!(Made::Symlink(target)
+            .is(&open_node(dir.path(), "link"), &source)
+            .expect("examine"));
+        let other = OsStr::new("elsewhere");
+        assert!(!Made::Symlink(other)
+            .is(&open_node(dir.path(), "link"), &source)
+            .expect("examine"));
+
+        rustix::fs::chmod(at("fifo"), Mode::from_raw_mode(0o600)).expect("chmod");
+        assert!(!Made::Special
+            .is(&open_node(dir.path(), "fifo"), &source)
+            .expect("examine"));
+        rustix::fs::chmod(at("fifo"), Mode::empty()).expect("chmod");
+        std::fs::hard_link(at("fifo"), at("second")).expect("link");
+        assert!(!Made::Special
+            .is(&open_node(dir.path(), "fifo"), &source)
+            .expect("examine"));
+    }
 }
