@@ -65,7 +65,7 @@ pub fn copy_tree(
         )
         .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
     };
-    let dest_root = open_dir(dest.backing())?;
+    let dest_root = dest.open_root()?;
     let source_dir = open_dir(source_root)?;
     let (root_kind, source_names, source_key) = match &source {
         Source::Plain => (Root::Plain, None, DirKey::Plain),
@@ -91,7 +91,7 @@ pub fn copy_tree(
         dest,
         dest_sealer: XattrSealer::new(dest.crypto()),
         dirs: vec![Level {
-            fd: open_dir(dest.backing())?,
+            fd: dest.open_root()?,
             source_key,
             dest_key,
             dest_path: PathBuf::new(),
@@ -732,6 +732,30 @@ mod tests {
     fn open_node(dir: &Path, name: &str) -> OwnedFd {
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         rustix::fs::open(dir.join(name), flags, Mode::empty()).expect("open")
+    }
+
+    // Protects: a copy goes only into the directory its destination
+    // volume was made in: put a symlink (to anywhere) in its place after
+    // `init`, and the copy refuses before writing a thing.
+    #[test]
+    fn a_copy_goes_only_where_its_volume_was_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).expect("mkdir");
+        std::fs::write(source.join("f"), b"data").expect("write");
+        let dest = dir.path().join("dest");
+        let key = crate::keys::UserKey::Raw(crate::keys::SecretKey::from_bytes([1; 32]));
+        let volume =
+            Volume::init(&dest, &key, None, crate::names::NameMode::Encrypted).expect("init");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::rename(&dest, dir.path().join("moved")).expect("move");
+        std::os::unix::fs::symlink(&elsewhere, &dest).expect("plant");
+
+        let copied = copy_tree(&source, Source::Plain, &volume, false, &mut |_| {});
+
+        assert!(copied.is_err(), "{copied:?}");
+        assert_eq!(std::fs::read_dir(&elsewhere).expect("list").count(), 0);
     }
 
     // Protects: a hard link is made again only to the file the copy made,

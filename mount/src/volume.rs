@@ -2,7 +2,7 @@
 //! with the right key, the content crypto that reads and writes its files.
 
 use std::fs;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ use crate::names::{NameError, Names};
 /// An opened volume.
 pub struct Volume {
     backing: PathBuf,
+    /// BACKING's device and inode when the volume was opened.
+    root: (u64, u64),
     config: VolumeConfig,
     crypto: Arc<ContentCrypto>,
     names: Arc<Names>,
@@ -43,27 +45,42 @@ impl Volume {
                 .create(backing)
                 .context(|| format!("creating {}", backing.display()))?;
         }
-        let path = config_path(backing);
-        if path.exists() {
-            return Err(VolumeError::AlreadyInitialized {
-                path: backing.to_path_buf(),
-            });
+        // From here on through one descriptor: the directory checked empty
+        // is the one the configuration goes into.
+        let root = open_backing_dir(backing)?;
+        let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+        match rustix::fs::statat(&root, crate::config::CONFIG_NAME, nofollow) {
+            Err(rustix::io::Errno::NOENT) => {}
+            Ok(_) => {
+                return Err(VolumeError::AlreadyInitialized {
+                    path: backing.to_path_buf(),
+                })
+            }
+            Err(e) => {
+                let path = config_path(backing);
+                return Err(VolumeError::io(
+                    format!("examining {}", path.display()),
+                    e.into(),
+                ));
+            }
         }
         // Files already there would be read as ciphertext they are not.
-        let mut entries =
-            fs::read_dir(backing).context(|| format!("listing {}", backing.display()))?;
-        if entries.next().is_some() {
-            return Err(VolumeError::NotEmpty {
-                path: backing.to_path_buf(),
-            });
+        let listing = |e: rustix::io::Errno| {
+            VolumeError::io(format!("listing {}", backing.display()), e.into())
+        };
+        for entry in rustix::fs::Dir::read_from(&root).map_err(listing)? {
+            if ![&b"."[..], b".."].contains(&entry.map_err(listing)?.file_name().to_bytes()) {
+                return Err(VolumeError::NotEmpty {
+                    path: backing.to_path_buf(),
+                });
+            }
         }
         let master = SecretKey::random()?;
         let config = VolumeConfig::create(&master, user, kdf, features)?;
-        config.store(backing)?;
-        let volume = Self::assemble(backing, config, master);
+        config.store_in(root.as_fd(), backing)?;
+        let volume = Self::assemble(backing, root.as_fd(), config, master)?;
         // The root's id record (encrypted names). A crash before it leaves
         // an empty root, which gets one when it is first read.
-        let root = open_backing_dir(backing)?;
         volume
             .names
             .init_dir(root.as_fd())
@@ -73,20 +90,46 @@ impl Volume {
 
     /// Opens an existing volume. A key that does not open it is `KeyMismatch`.
     pub fn open(backing: &Path, user: &UserKey) -> Result<Volume> {
-        let config = VolumeConfig::load(backing)?;
+        let root = open_backing_dir(backing)?;
+        let config = VolumeConfig::load_in(root.as_fd(), backing)?;
         let master = config.unwrap(user, &config_path(backing))?;
-        Ok(Self::assemble(backing, config, master))
+        Self::assemble(backing, root.as_fd(), config, master)
     }
 
-    fn assemble(backing: &Path, config: VolumeConfig, master: SecretKey) -> Volume {
+    fn assemble(
+        backing: &Path,
+        root: BorrowedFd<'_>,
+        config: VolumeConfig,
+        master: SecretKey,
+    ) -> Result<Volume> {
+        let root = rustix::fs::fstat(root)
+            .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
         let crypto = Arc::new(ContentCrypto::new(master, cipher::fastest()));
         let names = Arc::new(Names::new(config.name_mode(), &crypto));
-        Volume {
+        Ok(Volume {
             backing: backing.to_path_buf(),
+            root: (root.st_dev, root.st_ino),
             config,
             crypto,
             names,
+        })
+    }
+
+    /// BACKING, open, if it is still the directory this volume was opened
+    /// in: a command that works on it for long (a copy) must not follow
+    /// its name somewhere else if someone renames things meanwhile.
+    pub fn open_root(&self) -> Result<OwnedFd> {
+        let root = open_backing_dir(&self.backing)?;
+        let found = rustix::fs::fstat(&root).map_err(|e| {
+            VolumeError::io(format!("examining {}", self.backing.display()), e.into())
+        })?;
+        if (found.st_dev, found.st_ino) != self.root {
+            return Err(VolumeError::io(
+                self.backing.display().to_string(),
+                std::io::Error::other("replaced by another directory while this command ran"),
+            ));
         }
+        Ok(root)
     }
 
     /// How this volume's names are stored and translated.
