@@ -20,6 +20,7 @@ pub mod name_cipher;
 pub mod names;
 pub mod random;
 pub mod reencrypt;
+pub mod remove;
 pub mod replay;
 pub mod symlink_file;
 pub mod transfer;

@@ -199,10 +199,20 @@ impl VolumeLock {
     /// cleared as dead) or whose session has ended drops the lock only when
     /// its last descriptors are closed, a moment after its mount is gone.
     pub fn acquire_within(backing: &Path, timeout: Duration) -> Result<VolumeLock> {
-        let path = lock_path(backing);
         let dir = crate::config::find_backing_dir(backing)
             .map_err(|e| VolumeError::io(format!("opening {}", backing.display()), e.into()))?;
-        let file = open_lock_file_at(dir.as_fd(), LOCK_NAME, &path)?;
+        VolumeLock::acquire_in(dir.as_fd(), backing, timeout)
+    }
+
+    /// Takes the volume in the backing directory open as `dir` (`backing`
+    /// names it in messages).
+    pub fn acquire_in(
+        dir: BorrowedFd<'_>,
+        backing: &Path,
+        timeout: Duration,
+    ) -> Result<VolumeLock> {
+        let path = lock_path(backing);
+        let file = open_lock_file_at(dir, LOCK_NAME, &path)?;
         match lock_within(&file, timeout) {
             Ok(true) => Ok(VolumeLock { _file: file }),
             Ok(false) => Err(VolumeError::Busy {

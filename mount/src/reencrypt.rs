@@ -22,15 +22,16 @@
 //! re-encrypt as asked, since doing a re-encryption twice costs time and
 //! skipping one leaves a key the operator meant to retire in use.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::config::{open_backing_dir, VolumeConfig};
+use crate::config::VolumeConfig;
 use crate::error::{IoContext, Result, VolumeError};
 use crate::keys::{KdfParams, UserKey};
 use crate::lock::KeyLock;
@@ -82,17 +83,21 @@ pub fn reencrypt(
         .context(|| format!("finding {}", backing.display()))?;
     let staging = staging_path(&backing)?;
     refuse_unswappable(&backing)?;
-    let _lock = crate::lock::VolumeLock::acquire(&backing)?;
-    let dir = open_backing_dir(&backing)?;
+    // Whoever owns BACKING's parent (a user, when root re-encrypts the
+    // user's volume) can rename what is in it at any moment: BACKING and
+    // the new volume beside it are reached through the parent, never
+    // through a symlink, and checked to be the directories they were.
+    let beside = Beside::open(&backing, &staging)?;
+    let dir = beside.backing()?;
+    let _lock = crate::lock::VolumeLock::acquire_in(dir.as_fd(), &backing, Duration::ZERO)?;
     if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))?
-        && finish(&backing, old_key, new_key, Swapped::Earlier)? == Finish::Finished
+        && finish(&backing, &beside, old_key, new_key, Swapped::Earlier)? == Finish::Finished
     {
         return Ok(Outcome::Finished);
     }
-    let rolled_back = staging.exists();
+    let rolled_back = beside.staging_exists()?;
     if rolled_back {
-        fs::remove_dir_all(&staging)
-            .context(|| format!("removing the unfinished copy {}", staging.display()))?;
+        beside.remove_staging()?;
     }
     let old = match Volume::open(&backing, old_key) {
         // A run that was stopped after it finished: nothing left to do.
@@ -103,13 +108,16 @@ pub fn reencrypt(
         }
         other => other?,
     };
+    if old.root_id() != identity(dir.as_fd(), &backing)? {
+        return Err(VolumeError::Changed { path: backing });
+    }
     // The copy reads files as BACKING holds them.
     crate::journal::Journal::refuse_pending_commits(&backing)?;
     // The key lock is taken again before the swap: whatever would keep it
     // from being taken then is found now, not after hours of copying.
     drop(KeyLock::acquire(dir.as_fd(), &backing)?);
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
-    give_new_volume_to_owner(&staging, &backing)?;
+    give_new_volume_to_owner(&new, dir.as_fd())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
     // A new key given to the volume while it was copied (`rotate-key`
     // takes no volume lock) would be dropped by the swap without a word:
@@ -118,8 +126,7 @@ pub fn reencrypt(
     let key_lock = KeyLock::acquire(dir.as_fd(), &backing)?;
     if VolumeConfig::load_in(dir.as_fd(), &backing)? != *old.config() {
         drop(key_lock);
-        drop(new);
-        if let Err(e) = fs::remove_dir_all(&staging) {
+        if let Err(e) = beside.remove_staging_if(new.root_id()) {
             log::warn!("removing the copy {}: {e}", staging.display());
         }
         return Err(VolumeError::Changed { path: backing });
@@ -127,23 +134,159 @@ pub fn reencrypt(
     // The volume lock is a file in each directory: once they are swapped,
     // BACKING's is the new volume's, held from now on so that no mount or
     // repair starts while the old volume is deleted.
-    let _new_volume_lock = crate::lock::VolumeLock::acquire(&staging)?;
-    mark(&staging, &new, old.config())?;
-    let before = rustix::fs::fstat(&dir)
-        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
-    swap(&backing, &staging)?;
+    let staging_dir = new.open_root()?;
+    let _new_volume_lock =
+        crate::lock::VolumeLock::acquire_in(staging_dir.as_fd(), &staging, Duration::ZERO)?;
+    mark(staging_dir.as_fd(), &staging, &new, old.config())?;
+    beside.swap()?;
     drop(key_lock);
-    let old_volume = (before.st_dev, before.st_ino);
-    finish(
-        &backing,
-        old_key,
-        new_key,
-        Swapped::Here { old: old_volume },
-    )?;
+    let here = Swapped::Here {
+        old: old.root_id(),
+        new: new.root_id(),
+    };
+    finish(&backing, &beside, old_key, new_key, here)?;
     Ok(Outcome::Done {
         copied,
         rolled_back,
     })
+}
+
+/// A directory's device and inode.
+fn identity(dir: BorrowedFd<'_>, shown: &Path) -> Result<(u64, u64)> {
+    let stat = rustix::fs::fstat(dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// BACKING's parent, open, with the names of BACKING and of the new volume
+/// beside it: everything a re-encryption does beside BACKING goes through
+/// here.
+struct Beside<'a> {
+    parent: OwnedFd,
+    /// The parent's file system: nothing of another is deleted.
+    dev: u64,
+    backing: &'a Path,
+    staging: &'a Path,
+    backing_name: std::ffi::CString,
+    staging_name: std::ffi::CString,
+}
+
+impl<'a> Beside<'a> {
+    fn open(backing: &'a Path, staging: &'a Path) -> Result<Self> {
+        let invalid = || {
+            VolumeError::io(
+                format!("{} has no parent directory", backing.display()),
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            )
+        };
+        let parent = backing.parent().ok_or_else(invalid)?;
+        let c_name = |name: Option<&OsStr>| {
+            name.and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
+                .ok_or_else(invalid)
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let parent_fd = rustix::fs::open(parent, flags, Mode::empty())
+            .map_err(|e| VolumeError::io(format!("opening {}", parent.display()), e.into()))?;
+        let dev = identity(parent_fd.as_fd(), parent)?.0;
+        Ok(Beside {
+            parent: parent_fd,
+            dev,
+            backing,
+            staging,
+            backing_name: c_name(backing.file_name())?,
+            staging_name: c_name(staging.file_name())?,
+        })
+    }
+
+    /// BACKING, which must be a directory.
+    fn backing(&self) -> Result<OwnedFd> {
+        self.open_dir(&self.backing_name, self.backing)?
+            .ok_or_else(|| {
+                VolumeError::io(
+                    self.backing.display().to_string(),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                )
+            })
+    }
+
+    /// The directory beside BACKING, if there is one.
+    fn staging(&self) -> Result<Option<OwnedFd>> {
+        self.open_dir(&self.staging_name, self.staging)
+    }
+
+    fn staging_exists(&self) -> Result<bool> {
+        let nofollow = AtFlags::SYMLINK_NOFOLLOW;
+        match rustix::fs::statat(&self.parent, self.staging_name.as_c_str(), nofollow) {
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(VolumeError::io(
+                format!("examining {}", self.staging.display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Deletes whatever is beside BACKING (an unfinished copy).
+    fn remove_staging(&self) -> Result<()> {
+        crate::remove::remove_tree_at(self.parent.as_fd(), &self.staging_name, self.dev).map_err(
+            |e| {
+                VolumeError::io(
+                    format!("removing the unfinished copy {}", self.staging.display()),
+                    e,
+                )
+            },
+        )
+    }
+
+    /// Deletes the directory beside BACKING if it is still the one with
+    /// device and inode `id`.
+    fn remove_staging_if(&self, id: (u64, u64)) -> Result<()> {
+        match self.staging()? {
+            Some(dir) if identity(dir.as_fd(), self.staging)? == id => self.remove_staging(),
+            _ => Ok(()),
+        }
+    }
+
+    fn open_dir(&self, name: &CStr, shown: &Path) -> Result<Option<OwnedFd>> {
+        match crate::remove::open_subdir(self.parent.as_fd(), name) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                Err(VolumeError::io(
+                    shown.display().to_string(),
+                    std::io::Error::other("not a directory; move it away and run again"),
+                ))
+            }
+            Err(e) => Err(VolumeError::io(format!("opening {}", shown.display()), e)),
+        }
+    }
+
+    /// Exchanges BACKING and the directory beside it atomically, durably.
+    fn swap(&self) -> Result<()> {
+        rustix::fs::renameat_with(
+            &self.parent,
+            self.backing_name.as_c_str(),
+            &self.parent,
+            self.staging_name.as_c_str(),
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| {
+            VolumeError::io(
+                format!(
+                    "swapping {} and {}",
+                    self.backing.display(),
+                    self.staging.display()
+                ),
+                e.into(),
+            )
+        })?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        let shown = self.backing.parent().unwrap_or(self.backing);
+        sync_fd(&self.parent, shown)
+    }
 }
 
 /// When root re-encrypts another user's volume: the files `init` made in
@@ -151,16 +294,17 @@ pub fn reencrypt(
 /// BACKING's owner, who could not open the volume otherwise. Done while the
 /// new volume's directory is still root's own (the copy gives it BACKING's
 /// owner at its end), so nobody else can have put anything there.
-fn give_new_volume_to_owner(staging: &Path, backing: &Path) -> Result<()> {
+fn give_new_volume_to_owner(new: &Volume, backing: BorrowedFd<'_>) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
-    let owner = rustix::fs::stat(backing)
-        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
+    let staging = new.backing();
+    let owner = rustix::fs::fstat(backing)
+        .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
     if owner.st_uid == 0 {
         return Ok(());
     }
-    let dir = open_backing_dir(staging)?;
+    let dir = new.open_root()?;
     let made = rustix::fs::fstat(&dir)
         .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
     if !crate::lock::is_roots_alone(&made) {
@@ -249,24 +393,24 @@ fn owners(backing: &Path) -> Result<(u64, u64)> {
     Ok((count.0, count.1))
 }
 
-/// Marks the new volume complete, durably: the old volume's id and the
-/// MAC that binds it to the new one.
-fn mark(staging: &Path, new: &Volume, old: &VolumeConfig) -> Result<()> {
+/// Marks the new volume, open as `dir` (`staging` names it), complete,
+/// durably: the old volume's id and the MAC that binds it to the new one.
+fn mark(dir: BorrowedFd<'_>, staging: &Path, new: &Volume, old: &VolumeConfig) -> Result<()> {
     let path = staging.join(MARK_NAME);
     let mut bytes = [0u8; MARK_LEN];
     bytes[..16].copy_from_slice(&old.volume_id);
     bytes[16..].copy_from_slice(&mark_tag(new, &old.volume_id));
     // A new file, never what a name planted there leads to: the copy may
     // have given the new volume's directory to a user already.
-    let dir = open_backing_dir(staging)?;
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut file = rustix::fs::openat(&dir, MARK_NAME, flags, Mode::from_raw_mode(0o600))
+    let mut file = rustix::fs::openat(dir, MARK_NAME, flags, Mode::from_raw_mode(0o600))
         .map(fs::File::from)
         .map_err(|e| VolumeError::io(format!("creating {}", path.display()), e.into()))?;
     std::io::Write::write_all(&mut file, &bytes)
         .and_then(|()| file.sync_all())
         .context(|| format!("writing {}", path.display()))?;
-    sync_dir(staging)
+    rustix::fs::fsync(dir)
+        .map_err(|e| VolumeError::io(format!("syncing {}", staging.display()), e.into()))
 }
 
 /// HKDF-SHA256 of the new volume's master key over both volumes' ids: a
@@ -322,34 +466,14 @@ fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<[u8; 1
     Ok(old_id)
 }
 
-/// Exchanges the two directories atomically, durably.
-fn swap(backing: &Path, staging: &Path) -> Result<()> {
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        backing,
-        rustix::fs::CWD,
-        staging,
-        rustix::fs::RenameFlags::EXCHANGE,
-    )
-    .map_err(|e| {
-        VolumeError::io(
-            format!("swapping {} and {}", backing.display(), staging.display()),
-            e.into(),
-        )
-    })?;
-    match backing.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
-}
-
 /// Which run swapped the volumes that `finish` finishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Swapped {
-    /// This one, a moment ago: the mark is its own and the old volume is
-    /// the directory that was BACKING before the swap (its device and
-    /// inode), whatever has been done to the mark since.
-    Here { old: (u64, u64) },
+    /// This one, a moment ago: the mark is its own, the old volume is
+    /// the directory that was BACKING before the swap and the new one the
+    /// directory this run made (their devices and inodes), whatever has
+    /// been done to the mark since.
+    Here { old: (u64, u64), new: (u64, u64) },
     /// An earlier run, as far as its mark proves.
     Earlier,
 }
@@ -374,11 +498,13 @@ enum Finish {
 /// without following symlinks, checked, and deleted through descriptors.
 fn finish(
     backing: &Path,
+    beside: &Beside<'_>,
     old_key: &UserKey,
     new_key: &UserKey,
     swapped: Swapped,
 ) -> Result<Finish> {
     let mark = backing.join(MARK_NAME);
+    let staging = beside.staging;
     // The new key must open what is now in place before anything is deleted.
     let new = match Volume::open(backing, new_key) {
         Err(VolumeError::KeyMismatch) if Volume::open(backing, old_key).is_ok() => {
@@ -392,26 +518,29 @@ fn finish(
         }
         other => other?,
     };
-    let staging = staging_path(backing)?;
-    let (parent, backing_name, old_name) = beside(backing, &staging)?;
-    let dir = open_dir_at(&parent, backing_name, backing)?.ok_or_else(|| {
-        VolumeError::io(
-            backing.display().to_string(),
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        )
-    })?;
-    let old = open_dir_at(&parent, old_name, &staging)?;
+    // Opened here, after the swap: a descriptor from before it would be
+    // the old volume's directory. It must be the directory just opened.
+    let dir = beside.backing()?;
+    if identity(dir.as_fd(), backing)? != new.root_id() {
+        return Err(VolumeError::Changed {
+            path: backing.to_path_buf(),
+        });
+    }
+    let old = beside.staging()?;
     let is_old_volume = match (swapped, &old) {
-        (Swapped::Here { old: expected }, Some(old)) => {
-            let found = rustix::fs::fstat(old).map_err(|e| {
-                VolumeError::io(format!("examining {}", staging.display()), e.into())
-            })?;
-            if (found.st_dev, found.st_ino) != expected {
+        (
+            Swapped::Here {
+                old: was,
+                new: made,
+            },
+            Some(old),
+        ) => {
+            if new.root_id() != made || identity(old.as_fd(), staging)? != was {
                 return Err(VolumeError::io(
                     staging.display().to_string(),
                     std::io::Error::other(
-                        "replaced after the swap; the re-encrypted volume is in place: \
-                         remove what is there by hand",
+                        "BACKING or the directory beside it was replaced during the swap; \
+                         nothing was deleted: check both by hand",
                     ),
                 ));
             }
@@ -425,7 +554,7 @@ fn finish(
         }
         (Swapped::Earlier, Some(old)) => {
             let old_id = read_mark(dir.as_fd(), backing, &new)?;
-            match VolumeConfig::load_in(old.as_fd(), &staging) {
+            match VolumeConfig::load_in(old.as_fd(), staging) {
                 Ok(config) if config.volume_id == old_id => true,
                 Ok(_) => {
                     return Err(VolumeError::ForeignMark {
@@ -462,17 +591,24 @@ fn finish(
         Err(e) => return Err(e),
     };
     if let Some(old) = old {
-        let removing = || format!("removing the old volume {}", staging.display());
         if is_old_volume {
-            remove_old_volume(old, &staging)?;
+            remove_old_volume(old.as_fd(), beside.dev, staging)?;
         }
-        rustix::fs::unlinkat(&parent, old_name, AtFlags::REMOVEDIR)
-            .map_err(|e| VolumeError::io(removing(), e.into()))?;
+        rustix::fs::unlinkat(
+            &beside.parent,
+            beside.staging_name.as_c_str(),
+            AtFlags::REMOVEDIR,
+        )
+        .map_err(|e| {
+            VolumeError::io(
+                format!("removing the old volume {}", staging.display()),
+                e.into(),
+            )
+        })?;
     }
     // The old volume's removal is durable before the mark goes: a power cut
     // must not bring the old volume back beside an unmarked new one.
-    let parent_shown = backing.parent().unwrap_or(backing);
-    sync_fd(&parent, parent_shown)?;
+    beside.sync()?;
     match rustix::fs::unlinkat(&dir, MARK_NAME, AtFlags::empty()) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => {}
         Err(e) => {
@@ -483,7 +619,7 @@ fn finish(
         }
     }
     sync_fd(&dir, backing)?;
-    sync_fd(&parent, parent_shown)?;
+    beside.sync()?;
     Ok(if is_old_volume && !old_key_opens {
         Finish::Finished
     } else {
@@ -491,81 +627,18 @@ fn finish(
     })
 }
 
-/// BACKING's parent, open, and the names of BACKING and of `staging` in it.
-fn beside<'a>(backing: &'a Path, staging: &'a Path) -> Result<(OwnedFd, &'a OsStr, &'a OsStr)> {
-    let names = backing
-        .parent()
-        .zip(backing.file_name())
-        .zip(staging.file_name());
-    let ((parent, backing_name), staging_name) = names.ok_or_else(|| {
-        VolumeError::io(
-            format!("{} has no parent directory", backing.display()),
-            std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        )
-    })?;
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let parent_fd = rustix::fs::open(parent, flags, Mode::empty())
-        .map_err(|e| VolumeError::io(format!("opening {}", parent.display()), e.into()))?;
-    Ok((parent_fd, backing_name, staging_name))
-}
-
-/// The directory `name` in `parent`, never through a symlink; `None` if
-/// there is none.
-fn open_dir_at(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<OwnedFd>> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
-        Ok(fd) => Ok(Some(fd)),
-        Err(rustix::io::Errno::NOENT) => Ok(None),
-        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => Err(VolumeError::io(
-            shown.display().to_string(),
-            std::io::Error::other("not a directory; move it away and run again"),
-        )),
-        Err(e) => Err(VolumeError::io(
-            format!("opening {}", shown.display()),
-            e.into(),
-        )),
-    }
-}
-
-/// Deletes what the old volume's directory `old` holds, through its
-/// descriptor, with the configuration last, so that a deletion cut short
-/// leaves either a directory whose configuration still names it or an
-/// empty one: never files that nothing identifies.
-fn remove_old_volume(old: OwnedFd, shown: &Path) -> Result<()> {
-    use remove_dir_all::RemoveDir;
+/// Deletes what the old volume's directory `old` (on device `dev`) holds,
+/// through its descriptor, with the configuration last, so that a deletion
+/// cut short leaves either a directory whose configuration still names it
+/// or an empty one: never files that nothing identifies.
+fn remove_old_volume(old: BorrowedFd<'_>, dev: u64, shown: &Path) -> Result<()> {
     let removing = |e: std::io::Error| {
         VolumeError::io(format!("removing the old volume {}", shown.display()), e)
     };
-    let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&old).map_err(|e| removing(e.into()))? {
-        let name = entry
-            .map_err(|e| removing(e.into()))?
-            .file_name()
-            .to_owned();
-        if ![&b"."[..], b"..", crate::config::CONFIG_NAME.as_bytes()].contains(&name.to_bytes()) {
-            names.push(name);
-        }
-    }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    for name in names {
-        match rustix::fs::openat(&old, name.as_c_str(), flags, Mode::empty()) {
-            Ok(sub) => {
-                let sub_shown = shown.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-                fs::File::from(sub)
-                    .remove_dir_contents(Some(&sub_shown))
-                    .map_err(removing)?;
-                rustix::fs::unlinkat(&old, name.as_c_str(), AtFlags::REMOVEDIR)
-            }
-            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
-                rustix::fs::unlinkat(&old, name.as_c_str(), AtFlags::empty())
-            }
-            Err(e) => Err(e),
-        }
-        .map_err(|e| removing(e.into()))?;
-    }
+    crate::remove::remove_contents(old, dev, &[crate::config::CONFIG_NAME]).map_err(removing)?;
     // Durably, before the configuration goes.
-    sync_fd(&old, shown)?;
-    match rustix::fs::unlinkat(&old, crate::config::CONFIG_NAME, AtFlags::empty()) {
+    rustix::fs::fsync(old).map_err(|e| removing(e.into()))?;
+    match rustix::fs::unlinkat(old, crate::config::CONFIG_NAME, AtFlags::empty()) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(e) => Err(removing(e.into())),
     }
@@ -574,12 +647,6 @@ fn remove_old_volume(old: OwnedFd, shown: &Path) -> Result<()> {
 fn sync_fd(dir: &OwnedFd, shown: &Path) -> Result<()> {
     rustix::fs::fsync(dir)
         .map_err(|e| VolumeError::io(format!("syncing {}", shown.display()), e.into()))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .context(|| format!("syncing {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -640,8 +707,11 @@ mod tests {
         let old = volume_with(backing, old_key, b"kept");
         let new = Volume::init(staging, new_key, None, NameMode::Encrypted).expect("init");
         transfer::copy_tree(backing, Source::Volume(&old), &new, true, &mut |_| {}).expect("copy");
-        mark(staging, &new, old.config()).expect("mark");
-        swap(backing, staging).expect("swap");
+        let dir = new.open_root().expect("open");
+        mark(dir.as_fd(), staging, &new, old.config()).expect("mark");
+        Beside::open(backing, staging)
+            .and_then(|beside| beside.swap())
+            .expect("swap");
         (old, new)
     }
 
@@ -708,34 +778,51 @@ mod tests {
             victim
         };
         // A symlink where the old volume was.
+        let finish_here = |backing: &Path, staging: &Path, old: (u64, u64), new: &Volume| {
+            let beside = Beside::open(backing, staging).expect("parent");
+            let here = Swapped::Here {
+                old,
+                new: new.root_id(),
+            };
+            finish(backing, &beside, &key(1), &key(2), here)
+        };
+        let id = |path: &Path| {
+            let meta = fs::metadata(path).expect("stat");
+            (meta.dev(), meta.ino())
+        };
         let (parent, backing, staging) = paths();
-        stopped_after_swap(&backing, &staging, &key(1), &key(2));
-        fs::rename(&staging, parent.path().join("moved")).expect("move");
+        let (_, new) = stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        let moved = parent.path().join("moved");
+        fs::rename(&staging, &moved).expect("move");
         let victim = victim_with(parent.path());
         std::os::unix::fs::symlink(&victim, &staging).expect("plant");
         let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
         assert!(outcome.is_err(), "{outcome:?}");
-        let moved = fs::metadata(parent.path().join("moved")).expect("stat");
-        let here = Swapped::Here {
-            old: (moved.dev(), moved.ino()),
-        };
-        let outcome = finish(&backing, &key(1), &key(2), here);
+        let outcome = finish_here(&backing, &staging, id(&moved), &new);
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(victim.join("precious").exists());
 
         // Another directory where this run's old volume was.
         let (parent, backing, staging) = paths();
-        stopped_after_swap(&backing, &staging, &key(1), &key(2));
-        fs::rename(&staging, parent.path().join("moved")).expect("move");
+        let (_, new) = stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        let moved = parent.path().join("moved");
+        fs::rename(&staging, &moved).expect("move");
         let victim = victim_with(parent.path());
         fs::rename(&victim, &staging).expect("plant");
-        let before_swap = fs::metadata(parent.path().join("moved")).expect("stat");
-        let here = Swapped::Here {
-            old: (before_swap.dev(), before_swap.ino()),
-        };
-        let outcome = finish(&backing, &key(1), &key(2), here);
+        let outcome = finish_here(&backing, &staging, id(&moved), &new);
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(staging.join("precious").exists());
+
+        // Another directory where this run's new volume went: the swap
+        // did not put it in place, so the old volume beside stays.
+        let (parent, backing, staging) = paths();
+        let (_, new) = stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        let old = id(&staging);
+        fs::rename(&backing, parent.path().join("moved")).expect("move");
+        Volume::init(&backing, &key(2), None, NameMode::Encrypted).expect("a planted volume");
+        let outcome = finish_here(&backing, &staging, old, &new);
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(staging.join(crate::config::CONFIG_NAME).exists());
 
         // A directory with files and no configuration.
         let (_parent, backing, staging) = paths();
@@ -758,7 +845,8 @@ mod tests {
         fs::write(&target, b"precious").expect("write");
         std::os::unix::fs::symlink(&target, staging.join(MARK_NAME)).expect("plant");
 
-        assert!(mark(&staging, &new, old.config()).is_err());
+        let dir = new.open_root().expect("open");
+        assert!(mark(dir.as_fd(), &staging, &new, old.config()).is_err());
         assert_eq!(fs::read(&target).expect("read"), b"precious");
     }
 
@@ -822,7 +910,8 @@ mod tests {
         )
         .expect("init");
         let current = volume_with(&backing, &key(1), b"kept");
-        mark(&backing, &current, earlier.config()).expect("an earlier run's mark");
+        let dir = current.open_root().expect("open");
+        mark(dir.as_fd(), &backing, &current, earlier.config()).expect("an earlier run's mark");
         Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("this run's copy");
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
@@ -850,7 +939,8 @@ mod tests {
         )
         .expect("init");
         let current = volume_with(&backing, &key(1), b"kept");
-        mark(&backing, &current, earlier.config()).expect("an earlier run's mark");
+        let dir = current.open_root().expect("open");
+        mark(dir.as_fd(), &backing, &current, earlier.config()).expect("an earlier run's mark");
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
 

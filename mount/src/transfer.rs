@@ -66,7 +66,11 @@ pub fn copy_tree(
         .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
     };
     let dest_root = dest.open_root()?;
-    let source_dir = open_dir(source_root)?;
+    // A volume's own directory, not whatever its name leads to by now.
+    let source_dir = match &source {
+        Source::Volume(volume) => volume.open_root()?,
+        Source::Plain => open_dir(source_root)?,
+    };
     let (root_kind, source_names, source_key) = match &source {
         Source::Plain => (Root::Plain, None, DirKey::Plain),
         Source::Volume(v) => {
@@ -104,7 +108,7 @@ pub fn copy_tree(
         copied: Copied::default(),
         progress,
     };
-    tree::walk(source_root, root_kind, &mut copier)
+    tree::walk_in(&source_dir, root_kind, &mut copier)
         .map_err(|e| VolumeError::io(format!("copying {}", source_root.display()), e))?;
     let root = copier.dirs.pop().ok_or_else(|| {
         VolumeError::io(
@@ -114,7 +118,7 @@ pub fn copy_tree(
     })?;
     copier.copy_xattrs(&source_dir, &root.fd, Owner::Other, Owner::Other)?;
     if keep_root {
-        let stat = rustix::fs::stat(source_root).map_err(|e| {
+        let stat = rustix::fs::fstat(&source_dir).map_err(|e| {
             VolumeError::io(format!("examining {}", source_root.display()), e.into())
         })?;
         copier
@@ -153,7 +157,7 @@ struct Copier<'a, 'p> {
     /// copy went, relative to the destination root.
     /// Where the first link of each multiply linked source file was copied
     /// to (relative to the destination's root), and its inode there.
-    links: HashMap<(u64, u64), (PathBuf, u64)>,
+    links: HashMap<(u64, u64), FirstLink>,
     as_root: bool,
     owners_not_kept: std::cell::Cell<u64>,
     buf: Vec<u8>,
@@ -309,15 +313,16 @@ impl Copier<'_, '_> {
     fn copy_file(&mut self, visit: &Visit) -> Result<()> {
         let key = (visit.stat.st_dev, visit.stat.st_ino);
         let (_, entry) = self.dest_entry(visit)?;
-        let level = self.level()?;
-        let dest_path = level.dest_path.join(&entry);
-        let here = &level.fd;
         if visit.stat.st_nlink > 1 {
-            if let Some(first) = self.links.get(&key) {
-                return link_again(&self.dest_root, first, here, &entry)
+            // Fields borrowed one by one: the first link changes as it is used.
+            if let (Some(first), Some(level)) = (self.links.get_mut(&key), self.dirs.last()) {
+                return link_again(&self.dest_root, first, &level.fd, &entry)
                     .map_err(|e| VolumeError::io("linking", e));
             }
         }
+        let level = self.level()?;
+        let dest_path = level.dest_path.join(&entry);
+        let here = &level.fd;
         let created = rustix::fs::openat(
             here,
             &entry,
@@ -369,7 +374,7 @@ impl Copier<'_, '_> {
         if visit.stat.st_nlink > 1 {
             let made = rustix::fs::fstat(to.backing())
                 .map_err(|e| VolumeError::io("examining a copied file", e.into()))?;
-            self.links.insert(key, (dest_path, made.st_ino));
+            self.links.insert(key, FirstLink::seen(dest_path, &made));
         }
         self.copied.files += 1;
         Ok(())
@@ -638,23 +643,55 @@ impl Copier<'_, '_> {
     }
 }
 
-/// Links `first` (a path under `root` and the inode copied there) again
-/// as `name` in `dir`. The directories on the way may be users' by now, so
-/// the path is resolved beneath `root` without symlinks and the inode
-/// checked before it is linked, through its descriptor.
+/// The first link of a multiply linked file, as copied: its path under
+/// the destination's root and what it was when last seen there.
+struct FirstLink {
+    path: PathBuf,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl FirstLink {
+    fn seen(path: PathBuf, stat: &Stat) -> FirstLink {
+        FirstLink {
+            path,
+            ino: stat.st_ino,
+            ctime: (stat.st_ctime, stat.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// Links `first` again as `name` in `dir`. The directories on the way may
+/// be users' by now, so the path is walked from `root` one directory at a
+/// time without following symlinks, and the file checked to be the one
+/// the copy made (inode and change time: an inode number alone may be
+/// reused) before it is linked, through its descriptor.
 fn link_again(
     root: &OwnedFd,
-    first: &(PathBuf, u64),
+    first: &mut FirstLink,
     dir: &OwnedFd,
     name: &OsStr,
 ) -> io::Result<()> {
-    use rustix::fs::ResolveFlags;
-    let (path, ino) = first;
-    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    let node = rustix::fs::openat2(root, path, flags, Mode::empty(), beneath)?;
-    if rustix::fs::fstat(&node)?.st_ino != *ino {
-        return Err(io::Error::other("replaced while the copy went on"));
+    use std::path::Component;
+    let replaced = || io::Error::other("replaced while the copy went on");
+    let mut components = first.path.components().peekable();
+    let mut at = rustix::io::dup(root)?;
+    let mut node = None;
+    while let Some(component) = components.next() {
+        let Component::Normal(part) = component else {
+            return Err(replaced());
+        };
+        if components.peek().is_some() {
+            at = crate::remove::open_subdir(at.as_fd(), part)?;
+        } else {
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            node = Some(rustix::fs::openat(&at, part, flags, Mode::empty())?);
+        }
+    }
+    let node = node.ok_or_else(replaced)?;
+    let found = rustix::fs::fstat(&node)?;
+    if (found.st_ino, (found.st_ctime, found.st_ctime_nsec as i64)) != (first.ino, first.ctime) {
+        return Err(replaced());
     }
     // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's
     // /proc link, followed, names the same inode for anyone.
@@ -666,6 +703,8 @@ fn link_again(
         name,
         AtFlags::SYMLINK_FOLLOW,
     )?;
+    // A link changes the change time: what the next one must find.
+    *first = FirstLink::seen(first.path.clone(), &rustix::fs::fstat(&node)?);
     Ok(())
 }
 
@@ -685,7 +724,11 @@ impl Made<'_> {
     /// kind, device and empty mode it was made with.
     fn is(self, node: &OwnedFd, source: &Stat) -> io::Result<bool> {
         let found = rustix::fs::fstat(node)?;
-        if found.st_uid != rustix::process::geteuid().as_raw() || found.st_nlink != 1 {
+        // Root's own; another user's may show as someone else on some file
+        // systems (sshfs, CIFS with uid=, NFS mapping to nobody), and only
+        // root's copy has anything to fear from a swapped node.
+        let euid = rustix::process::geteuid();
+        if (euid.is_root() && found.st_uid != 0) || found.st_nlink != 1 {
             return Ok(false);
         }
         let kind = FileType::from_raw_mode(found.st_mode);
@@ -696,9 +739,10 @@ impl Made<'_> {
                         == std::os::unix::ffi::OsStrExt::as_bytes(target)
             }
             Made::Special => {
+                let device = matches!(kind, FileType::BlockDevice | FileType::CharacterDevice);
                 kind == FileType::from_raw_mode(source.st_mode)
                     && found.st_mode & 0o7777 == 0
-                    && found.st_rdev == source.st_rdev
+                    && (!device || found.st_rdev == source.st_rdev)
             }
         })
     }
@@ -777,17 +821,26 @@ mod tests {
             rustix::fs::open(p, flags, Mode::empty()).expect("open")
         };
         let root = open(&root_path);
-        let first = (PathBuf::from("sub/f"), ino(&root_path.join("sub/f")));
+        let seen = |path: &Path| rustix::fs::stat(path).expect("stat");
+        let mut first = FirstLink::seen(PathBuf::from("sub/f"), &seen(&root_path.join("sub/f")));
 
-        link_again(&root, &first, &root, OsStr::new("again")).expect("link");
-        assert_eq!(ino(&root_path.join("again")), first.1);
+        link_again(&root, &mut first, &root, OsStr::new("again")).expect("link");
+        link_again(&root, &mut first, &root, OsStr::new("third")).expect("link");
+        assert_eq!(ino(&root_path.join("third")), ino(&root_path.join("sub/f")));
 
-        // The same name and inode number, but through a symlink.
+        // The same name, inode number and change time, but through a symlink.
         std::fs::rename(root_path.join("sub"), dir.path().join("moved")).expect("move");
         std::os::unix::fs::symlink(&outside, root_path.join("sub")).expect("plant");
-        let outside_first = (PathBuf::from("sub/f"), ino(&outside.join("f")));
-        assert!(link_again(&root, &outside_first, &root, OsStr::new("leak")).is_err());
+        let mut outside_first = FirstLink::seen(PathBuf::from("sub/f"), &seen(&outside.join("f")));
+        assert!(link_again(&root, &mut outside_first, &root, OsStr::new("leak")).is_err());
         assert!(!root_path.join("leak").exists());
+
+        // The same path and inode number, another change time (a file
+        // made in its place, reusing the number).
+        std::fs::remove_file(root_path.join("sub")).expect("unplant");
+        std::fs::rename(dir.path().join("moved"), root_path.join("sub")).expect("back");
+        first.ctime.1 += 1;
+        assert!(link_again(&root, &mut first, &root, OsStr::new("reused")).is_err());
     }
 
     // Protects: finish_node knows the node the copy made from anything an

@@ -81,6 +81,11 @@ pub fn walk(root: &Path, kind: Root, visitor: &mut dyn Visitor) -> io::Result<()
     walk_dir(&fd, PathBuf::new(), kind, visitor)
 }
 
+/// Like `walk`, from the directory already open as `root`.
+pub fn walk_in(root: &OwnedFd, kind: Root, visitor: &mut dyn Visitor) -> io::Result<()> {
+    walk_dir(root, PathBuf::new(), kind, visitor)
+}
+
 /// Sums what `walk` would visit: regular files and their bytes.
 pub fn total_bytes(root: &Path, kind: Root) -> io::Result<(u64, u64)> {
     struct Sum(u64, u64);

@@ -3,6 +3,8 @@
 
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::OFlags;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,18 +38,7 @@ impl Volume {
         kdf: Option<KdfParams>,
         features: impl Into<VolumeFeatures>,
     ) -> Result<Volume> {
-        // Only the owner may list it: names and sizes are visible there.
-        if !backing.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(backing)
-                .context(|| format!("creating {}", backing.display()))?;
-        }
-        // From here on through one descriptor: the directory checked empty
-        // is the one the configuration goes into.
-        let root = open_backing_dir(backing)?;
+        let root = make_backing_dir(backing)?;
         let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
         match rustix::fs::statat(&root, crate::config::CONFIG_NAME, nofollow) {
             Err(rustix::io::Errno::NOENT) => {}
@@ -113,6 +104,11 @@ impl Volume {
             crypto,
             names,
         })
+    }
+
+    /// BACKING's device and inode when this volume was made or opened.
+    pub fn root_id(&self) -> (u64, u64) {
+        self.root
     }
 
     /// BACKING, open, if it is still the directory this volume was opened
@@ -319,6 +315,68 @@ fn dir_flags() -> rustix::fs::OFlags {
 }
 
 /// A name that cannot be translated, as the volume's error.
+/// BACKING for `init`: created (mode 0700: only the owner may list it,
+/// names and sizes are visible there) unless it exists, and opened through
+/// its parent without following a symlink. Whoever can write the parent
+/// (a user, when root makes a volume in the user's directory) could put a
+/// symlink there at any moment; a symlinked BACKING is refused, so give
+/// the directory it points to.
+fn make_backing_dir(backing: &Path) -> Result<OwnedFd> {
+    let shown = || backing.display().to_string();
+    // `.` or `..`: named by its parent.
+    let canonical;
+    let backing = match backing.file_name() {
+        Some(_) => backing,
+        None => {
+            canonical = backing
+                .canonicalize()
+                .context(|| format!("finding {}", shown()))?;
+            canonical.as_path()
+        }
+    };
+    let (parent, name) = match (backing.parent(), backing.file_name()) {
+        (Some(parent), Some(name)) => (parent, name),
+        _ => {
+            return Err(VolumeError::io(
+                shown(),
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            ))
+        }
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .context(|| format!("creating {}", parent.display()))?;
+    }
+    let parent = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| VolumeError::io(format!("opening {}", parent.display()), e.into()))?;
+    match rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(VolumeError::io(format!("creating {}", shown()), e.into())),
+    }
+    crate::remove::open_subdir(parent.as_fd(), name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => VolumeError::io(
+            shown(),
+            std::io::Error::other(
+                "not a directory (a symlink is not followed here: give the directory it points to)",
+            ),
+        ),
+        _ => VolumeError::io(format!("opening {}", shown()), e),
+    })
+}
+
 pub fn name_error(e: NameError, at: &Path) -> VolumeError {
     match e {
         NameError::Io(e) => VolumeError::io(format!("reading names in {}", at.display()), e),

@@ -185,7 +185,7 @@ pub fn encrypt(
     }
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(backing, &user, params, features)?;
+    let volume = Volume::init(&super::volume::resolved(backing), &user, params, features)?;
     let (_, total) = tree::total_bytes(plain_dir, Root::Plain)?;
     let bar = progress(total, "encrypting");
     let copied = transfer::copy_tree(plain_dir, Source::Plain, &volume, false, &mut |n| {
