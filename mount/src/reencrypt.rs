@@ -41,8 +41,9 @@ use crate::volume::Volume;
 /// The mark a complete new volume carries until the old one is gone.
 pub const MARK_NAME: &str = "chronicle.volume.reencrypted";
 
-/// The mark's bytes: the old volume's id, then the MAC.
-const MARK_LEN: usize = 16 + 32;
+/// The mark's bytes: the old volume's id, its directory's device and
+/// inode (little-endian u64 each), then the MAC.
+const MARK_LEN: usize = 16 + 8 + 8 + 32;
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,9 +79,7 @@ pub fn reencrypt(
     kdf: Option<KdfParams>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
-    let backing = backing
-        .canonicalize()
-        .context(|| format!("finding {}", backing.display()))?;
+    let backing = crate::volume::resolve_named_dir(backing)?;
     let staging = staging_path(&backing)?;
     refuse_unswappable(&backing)?;
     // Whoever owns BACKING's parent (a user, when root re-encrypts the
@@ -97,7 +96,7 @@ pub fn reencrypt(
     }
     let rolled_back = beside.staging_exists()?;
     if rolled_back {
-        beside.remove_staging()?;
+        beside.remove_unfinished_copy()?;
     }
     let old = match Volume::open(&backing, old_key) {
         // A run that was stopped after it finished: nothing left to do.
@@ -118,7 +117,7 @@ pub fn reencrypt(
     drop(KeyLock::acquire(dir.as_fd(), &backing)?);
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
     give_new_volume_to_owner(&new, dir.as_fd())?;
-    let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, true, progress)?;
+    let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, progress)?;
     // A new key given to the volume while it was copied (`rotate-key`
     // takes no volume lock) would be dropped by the swap without a word:
     // the configuration must still be the one the copy began with, and
@@ -137,7 +136,11 @@ pub fn reencrypt(
     let staging_dir = new.open_root()?;
     let _new_volume_lock =
         crate::lock::VolumeLock::acquire_in(staging_dir.as_fd(), &staging, Duration::ZERO)?;
-    mark(staging_dir.as_fd(), &staging, &new, old.config())?;
+    let replaced = Replaced {
+        volume_id: old.config().volume_id,
+        dir: old.root_id(),
+    };
+    mark(staging_dir.as_fd(), &staging, &new, replaced)?;
     beside.swap()?;
     drop(key_lock);
     let here = Swapped::Here {
@@ -226,7 +229,36 @@ impl<'a> Beside<'a> {
         }
     }
 
-    /// Deletes whatever is beside BACKING (an unfinished copy).
+    /// Deletes the unfinished copy an earlier run left beside BACKING. It
+    /// is a directory that the run made and nobody else could write (it
+    /// becomes the volume's only after the swap): as root, anything else
+    /// there (a user's own directory renamed to that name, holding what
+    /// the user could not delete) is refused, not deleted.
+    fn remove_unfinished_copy(&self) -> Result<()> {
+        if rustix::process::geteuid().is_root() {
+            let theirs = match self.staging()? {
+                Some(dir) => {
+                    let stat = rustix::fs::fstat(&dir).map_err(|e| {
+                        VolumeError::io(format!("examining {}", self.staging.display()), e.into())
+                    })?;
+                    !crate::lock::is_roots_alone(&stat)
+                }
+                None => false,
+            };
+            if theirs {
+                return Err(VolumeError::io(
+                    self.staging.display().to_string(),
+                    std::io::Error::other(
+                        "is not an unfinished copy of this command's (not root's alone); \
+                         nothing was deleted: check it, move it away, and run again",
+                    ),
+                ));
+            }
+        }
+        self.remove_staging()
+    }
+
+    /// Deletes whatever is beside BACKING.
     fn remove_staging(&self) -> Result<()> {
         crate::remove::remove_tree_at(self.parent.as_fd(), &self.staging_name, self.dev).map_err(
             |e| {
@@ -331,6 +363,21 @@ fn give_new_volume_to_owner(new: &Volume, backing: BorrowedFd<'_>) -> Result<()>
     Ok(())
 }
 
+/// The volume lock this run made in the new volume (root's, while the
+/// directory was root's alone) goes to the directory's owner with the rest.
+fn give_lock_to_owner(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
+    let path = crate::lock::lock_path(backing);
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    match rustix::fs::openat(dir, crate::lock::LOCK_NAME, flags, Mode::empty()) {
+        Ok(file) => crate::lock::give_to_owner(&fs::File::from(file), dir, &path),
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(VolumeError::io(
+            format!("opening {}", path.display()),
+            e.into(),
+        )),
+    }
+}
+
 /// Whether the backing directory open as `dir` holds the mark of a
 /// re-encryption stopped after its swap (the mark itself, never what a
 /// link there points to; only its absence means no).
@@ -393,13 +440,32 @@ fn owners(backing: &Path) -> Result<(u64, u64)> {
     Ok((count.0, count.1))
 }
 
+/// Which volume a mark says was replaced: its id, and its directory's
+/// device and inode (what is found beside BACKING after the swap must be
+/// that very directory, not one holding a copy of its configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replaced {
+    volume_id: [u8; 16],
+    dir: (u64, u64),
+}
+
+impl Replaced {
+    fn unsigned(&self) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(&self.volume_id);
+        bytes[16..24].copy_from_slice(&self.dir.0.to_le_bytes());
+        bytes[24..].copy_from_slice(&self.dir.1.to_le_bytes());
+        bytes
+    }
+}
+
 /// Marks the new volume, open as `dir` (`staging` names it), complete,
-/// durably: the old volume's id and the MAC that binds it to the new one.
-fn mark(dir: BorrowedFd<'_>, staging: &Path, new: &Volume, old: &VolumeConfig) -> Result<()> {
+/// durably: what it replaces and the MAC that binds that to it.
+fn mark(dir: BorrowedFd<'_>, staging: &Path, new: &Volume, old: Replaced) -> Result<()> {
     let path = staging.join(MARK_NAME);
     let mut bytes = [0u8; MARK_LEN];
-    bytes[..16].copy_from_slice(&old.volume_id);
-    bytes[16..].copy_from_slice(&mark_tag(new, &old.volume_id));
+    bytes[..32].copy_from_slice(&old.unsigned());
+    bytes[32..].copy_from_slice(&mark_tag(new, &old));
     // A new file, never what a name planted there leads to: the copy may
     // have given the new volume's directory to a user already.
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -413,20 +479,20 @@ fn mark(dir: BorrowedFd<'_>, staging: &Path, new: &Volume, old: &VolumeConfig) -
         .map_err(|e| VolumeError::io(format!("syncing {}", staging.display()), e.into()))
 }
 
-/// HKDF-SHA256 of the new volume's master key over both volumes' ids: a
-/// MAC nobody without that key can make.
-fn mark_tag(new: &Volume, old_id: &[u8; 16]) -> [u8; 32] {
+/// HKDF-SHA256 of the new volume's master key over its id and what it
+/// replaced: a MAC nobody without that key can make.
+fn mark_tag(new: &Volume, old: &Replaced) -> [u8; 32] {
     let derived = new.crypto().master().derive(&[
-        b"chronicle reencryption mark v1",
+        b"chronicle reencryption mark v2",
         &new.config().volume_id,
-        old_id,
+        &old.unsigned(),
     ]);
     *derived.as_bytes()
 }
 
-/// The old volume's id from the mark in the backing directory open as
-/// `dir`, once its MAC proves that a re-encryption into `new` wrote it.
-fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<[u8; 16]> {
+/// What the mark in the backing directory open as `dir` says was
+/// replaced, once its MAC proves that a re-encryption into `new` wrote it.
+fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<Replaced> {
     use std::io::Read;
     let path = backing.join(MARK_NAME);
     let planted = |why: &str| VolumeError::ForeignMark {
@@ -458,12 +524,15 @@ fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<[u8; 1
     if bytes.len() != MARK_LEN {
         return Err(planted("it is not a mark's size"));
     }
-    let old_id: [u8; 16] = bytes[..16].try_into().expect("16 bytes");
-    let tag = mark_tag(new, &old_id);
-    if !crate::keys::constant_time_eq(&tag, &bytes[16..]) {
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let old = Replaced {
+        volume_id: bytes[..16].try_into().expect("16 bytes"),
+        dir: (u64_at(16), u64_at(24)),
+    };
+    if !crate::keys::constant_time_eq(&mark_tag(new, &old), &bytes[32..]) {
         return Err(planted("its MAC does not verify under this volume's key"));
     }
-    Ok(old_id)
+    Ok(old)
 }
 
 /// Which run swapped the volumes that `finish` finishes.
@@ -553,9 +622,22 @@ fn finish(
             ))
         }
         (Swapped::Earlier, Some(old)) => {
-            let old_id = read_mark(dir.as_fd(), backing, &new)?;
+            let replaced = read_mark(dir.as_fd(), backing, &new)?;
             match VolumeConfig::load_in(old.as_fd(), staging) {
-                Ok(config) if config.volume_id == old_id => true,
+                Ok(config) if config.volume_id == replaced.volume_id => {
+                    // Its configuration can be copied; its directory cannot.
+                    if identity(old.as_fd(), staging)? != replaced.dir {
+                        return Err(VolumeError::io(
+                            staging.display().to_string(),
+                            std::io::Error::other(
+                                "holds the replaced volume's configuration but is not the \
+                                 directory the swap moved there; nothing was deleted: check \
+                                 it, delete it by hand, and run again",
+                            ),
+                        ));
+                    }
+                    true
+                }
                 Ok(_) => {
                     return Err(VolumeError::ForeignMark {
                         path: mark,
@@ -592,6 +674,16 @@ fn finish(
     };
     if let Some(old) = old {
         if is_old_volume {
+            // Until now the new volume's directory was the run's alone,
+            // so nobody could put anything in it; now it becomes the
+            // volume's, with the old directory's owner, mode and times.
+            let was = rustix::fs::fstat(&old).map_err(|e| {
+                VolumeError::io(format!("examining {}", staging.display()), e.into())
+            })?;
+            transfer::keep_metadata(dir.as_fd(), &was)
+                .and_then(|()| Ok(rustix::fs::fsync(&dir)?))
+                .context(|| format!("giving {} its owner and mode", backing.display()))?;
+            give_lock_to_owner(dir.as_fd(), backing)?;
             remove_old_volume(old.as_fd(), beside.dev, staging)?;
         }
         rustix::fs::unlinkat(
@@ -706,9 +798,13 @@ mod tests {
     ) -> (Volume, Volume) {
         let old = volume_with(backing, old_key, b"kept");
         let new = Volume::init(staging, new_key, None, NameMode::Encrypted).expect("init");
-        transfer::copy_tree(backing, Source::Volume(&old), &new, true, &mut |_| {}).expect("copy");
+        transfer::copy_tree(backing, Source::Volume(&old), &new, &mut |_| {}).expect("copy");
         let dir = new.open_root().expect("open");
-        mark(dir.as_fd(), staging, &new, old.config()).expect("mark");
+        let replaced = Replaced {
+            volume_id: old.config().volume_id,
+            dir: old.root_id(),
+        };
+        mark(dir.as_fd(), staging, &new, replaced).expect("mark");
         Beside::open(backing, staging)
             .and_then(|beside| beside.swap())
             .expect("swap");
@@ -833,6 +929,48 @@ mod tests {
         assert!(staging.join(crate::name_cipher::DIR_ID_NAME).exists());
     }
 
+    // Protects: as root, what sits beside BACKING is rolled back only if it
+    // is an unfinished copy of root's own (root's alone): a user's
+    // directory renamed to that name, holding what the user could not
+    // delete, is refused, untouched.
+    #[test]
+    fn only_roots_own_copy_is_rolled_back() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let (_parent, backing, staging) = paths();
+        volume_with(&backing, &key(1), b"kept");
+        fs::create_dir(&staging).expect("mkdir");
+        fs::write(staging.join("not theirs"), b"precious").expect("write");
+        std::os::unix::fs::chown(&staging, Some(65534), Some(65534)).expect("chown");
+
+        let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(staging.join("not theirs").exists());
+        assert_eq!(data(&backing, &key(1)), b"kept");
+    }
+
+    // Protects: after a swap, a directory beside BACKING holding a copy of
+    // the replaced volume's configuration (anyone who can read it can
+    // copy it) is not taken for the old volume: the mark names the
+    // directory too, and a stranger is refused, untouched.
+    #[test]
+    fn a_copied_configuration_does_not_make_an_old_volume() {
+        let (parent, backing, staging) = paths();
+        stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        let config = fs::read(staging.join(crate::config::CONFIG_NAME)).expect("read");
+        fs::rename(&staging, parent.path().join("moved")).expect("move");
+        fs::create_dir(&staging).expect("mkdir");
+        fs::write(staging.join(crate::config::CONFIG_NAME), config).expect("copy");
+        fs::write(staging.join("precious"), b"precious").expect("write");
+
+        let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(staging.join("precious").exists());
+    }
+
     // Protects: whatever sits at the mark's name when the new volume is
     // marked (its directory may be a user's by then) is never written
     // through: a symlink there stops the run and its target is untouched.
@@ -846,7 +984,11 @@ mod tests {
         std::os::unix::fs::symlink(&target, staging.join(MARK_NAME)).expect("plant");
 
         let dir = new.open_root().expect("open");
-        assert!(mark(dir.as_fd(), &staging, &new, old.config()).is_err());
+        let replaced = Replaced {
+            volume_id: old.config().volume_id,
+            dir: old.root_id(),
+        };
+        assert!(mark(dir.as_fd(), &staging, &new, replaced).is_err());
         assert_eq!(fs::read(&target).expect("read"), b"precious");
     }
 
@@ -911,7 +1053,11 @@ mod tests {
         .expect("init");
         let current = volume_with(&backing, &key(1), b"kept");
         let dir = current.open_root().expect("open");
-        mark(dir.as_fd(), &backing, &current, earlier.config()).expect("an earlier run's mark");
+        let replaced = Replaced {
+            volume_id: earlier.config().volume_id,
+            dir: earlier.root_id(),
+        };
+        mark(dir.as_fd(), &backing, &current, replaced).expect("an earlier run's mark");
         Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("this run's copy");
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
@@ -940,7 +1086,11 @@ mod tests {
         .expect("init");
         let current = volume_with(&backing, &key(1), b"kept");
         let dir = current.open_root().expect("open");
-        mark(dir.as_fd(), &backing, &current, earlier.config()).expect("an earlier run's mark");
+        let replaced = Replaced {
+            volume_id: earlier.config().volume_id,
+            dir: earlier.root_id(),
+        };
+        mark(dir.as_fd(), &backing, &current, replaced).expect("an earlier run's mark");
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
 

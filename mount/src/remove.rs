@@ -21,7 +21,12 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &CStr, dev: u64) -> io::Resu
         Err(Errno::ISDIR) => {}
         Err(e) => return Err(e.into()),
     }
-    let dir = open_subdir(parent, name)?;
+    let dir = match open_subdir(parent, name) {
+        Ok(dir) => dir,
+        // Gone meanwhile: removed all the same.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     if rustix::fs::fstat(&dir)?.st_dev != dev {
         return Err(io::Error::other(format!(
             "{} is on another file system (a mount point?); not removed",

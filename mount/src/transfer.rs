@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,14 +47,14 @@ pub struct Copied {
 const CHUNK: usize = 1 << 20;
 
 /// Copies the tree under `source_root` into `dest` (an empty volume).
-/// `progress` hears of every chunk of plaintext bytes copied. With
-/// `keep_root`, the destination root takes the source root's mode, owner
-/// and times too (re-encryption; `encrypt` keeps a new volume private).
+/// `progress` hears of every chunk of plaintext bytes copied. The
+/// destination root keeps its own owner, mode and times (a re-encryption
+/// gives it the old root's with `keep_metadata` once nobody else can
+/// reach it by name; `encrypt` keeps a new volume private).
 pub fn copy_tree(
     source_root: &Path,
     source: Source,
     dest: &Volume,
-    keep_root: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Copied> {
     let open_dir = |path: &Path| {
@@ -117,14 +117,6 @@ pub fn copy_tree(
         )
     })?;
     copier.copy_xattrs(&source_dir, &root.fd, Owner::Other, Owner::Other)?;
-    if keep_root {
-        let stat = rustix::fs::fstat(&source_dir).map_err(|e| {
-            VolumeError::io(format!("examining {}", source_root.display()), e.into())
-        })?;
-        copier
-            .finish_node(&root.fd, None, &stat)
-            .context(|| format!("keeping the metadata of {}", source_root.display()))?;
-    }
     rustix::fs::fsync(&root.fd).map_err(|e| VolumeError::io("syncing the new volume", e.into()))?;
     Ok(Copied {
         owners_not_kept: copier.owners_not_kept.get(),
@@ -372,7 +364,11 @@ impl Copier<'_, '_> {
             .context(|| "keeping owner, mode and times".to_string())?;
         to.sync(false)?;
         if visit.stat.st_nlink > 1 {
-            let made = rustix::fs::fstat(to.backing())
+            // Seen once the copy is closed: nothing changes it after.
+            let kept = rustix::io::dup(to.backing())
+                .map_err(|e| VolumeError::io("examining a copied file", e.into()))?;
+            drop(to);
+            let made = rustix::fs::fstat(&kept)
                 .map_err(|e| VolumeError::io("examining a copied file", e.into()))?;
             self.links.insert(key, FirstLink::seen(dest_path, &made));
         }
@@ -502,30 +498,14 @@ impl Copier<'_, '_> {
         {
             self.owners_not_kept.set(self.owners_not_kept.get() + 1);
         }
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: stat.st_atime,
-                tv_nsec: stat.st_atime_nsec as _,
-            },
-            last_modification: Timespec {
-                tv_sec: stat.st_mtime,
-                tv_nsec: stat.st_mtime_nsec as _,
-            },
-        };
+        let times = times_of(stat);
         let owner = (
             Some(rustix::fs::Uid::from_raw(stat.st_uid)),
             Some(rustix::fs::Gid::from_raw(stat.st_gid)),
         );
         let mode = Mode::from_raw_mode(stat.st_mode & 0o7777);
         match name {
-            None => {
-                if self.as_root {
-                    rustix::fs::fchown(fd, owner.0, owner.1)?;
-                }
-                // After chown, which clears set-user-id bits.
-                rustix::fs::fchmod(fd, mode)?;
-                rustix::fs::futimens(fd, &times)?;
-            }
+            None => keep_metadata(fd.as_fd(), stat)?,
             Some((name, what)) => {
                 // Whoever can write this directory (the copy's top one may be
                 // a user's own while root copies) could swap the entry just
@@ -640,6 +620,32 @@ impl Copier<'_, '_> {
         .map_err(|e| VolumeError::io("creating a special file", e.into()))?;
         self.finish_node(here, Some((&entry, Made::Special)), visit.stat)
             .context(|| "keeping the special file's owner, mode and times".to_string())
+    }
+}
+
+/// Gives the node open as `fd` the mode, times and (as root) owner of
+/// `stat`.
+pub fn keep_metadata(fd: BorrowedFd<'_>, stat: &Stat) -> io::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        let uid = rustix::fs::Uid::from_raw(stat.st_uid);
+        let gid = rustix::fs::Gid::from_raw(stat.st_gid);
+        rustix::fs::fchown(fd, Some(uid), Some(gid))?;
+    }
+    // After chown, which clears set-user-id bits.
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(stat.st_mode & 0o7777))?;
+    Ok(rustix::fs::futimens(fd, &times_of(stat))?)
+}
+
+fn times_of(stat: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: stat.st_atime,
+            tv_nsec: stat.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: stat.st_mtime,
+            tv_nsec: stat.st_mtime_nsec as _,
+        },
     }
 }
 
@@ -796,7 +802,7 @@ mod tests {
         std::fs::rename(&dest, dir.path().join("moved")).expect("move");
         std::os::unix::fs::symlink(&elsewhere, &dest).expect("plant");
 
-        let copied = copy_tree(&source, Source::Plain, &volume, false, &mut |_| {});
+        let copied = copy_tree(&source, Source::Plain, &volume, &mut |_| {});
 
         assert!(copied.is_err(), "{copied:?}");
         assert_eq!(std::fs::read_dir(&elsewhere).expect("list").count(), 0);

@@ -315,6 +315,32 @@ fn dir_flags() -> rustix::fs::OFlags {
 }
 
 /// A name that cannot be translated, as the volume's error.
+/// A directory the operator named on the command line, with the symlinks
+/// in its path resolved once, before anything else (the key prompt
+/// included): `init` never follows a symlink at BACKING itself, since a
+/// user who can write its parent could plant one while a command runs.
+/// As root, a symlink there that someone else owns is refused.
+pub fn resolve_named_dir(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = fs::symlink_metadata(dir) {
+        if meta.file_type().is_symlink() && rustix::process::geteuid().is_root() && meta.uid() != 0
+        {
+            return Err(VolumeError::io(
+                dir.display().to_string(),
+                std::io::Error::other(format!(
+                    "a symlink owned by uid {}: as root, name the directory itself",
+                    meta.uid()
+                )),
+            ));
+        }
+    }
+    match dir.canonicalize() {
+        Ok(resolved) => Ok(resolved),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+        Err(e) => Err(VolumeError::io(format!("finding {}", dir.display()), e)),
+    }
+}
+
 /// BACKING for `init`: created (mode 0700: only the owner may list it,
 /// names and sizes are visible there) unless it exists, and opened through
 /// its parent without following a symlink. Whoever can write the parent
@@ -441,6 +467,28 @@ pub fn usage(backing: &Path) -> std::io::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Protects: as root, a directory named through a symlink that another
+    // user owns is refused (the user could point it anywhere); one of
+    // root's own is followed, and a path not made yet is taken as given.
+    #[test]
+    fn a_named_directory_is_resolved_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert_eq!(
+            resolve_named_dir(&link).expect("resolve"),
+            real.canonicalize().expect("canonical")
+        );
+        let new = dir.path().join("new");
+        assert_eq!(resolve_named_dir(&new).expect("resolve"), new);
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).expect("lchown");
+            assert!(resolve_named_dir(&link).is_err());
+        }
+    }
     use crate::keys::SecretKey;
     use crate::names::NameMode;
 

@@ -99,6 +99,8 @@ pub fn rotate_key(
     if !new_key.is_given() {
         bail!("no new key given: use --new-key-file, --new-key-env, --new-key-command or --new-passphrase");
     }
+    // Resolved before the keys are asked for, as re-encryption will.
+    let backing = &chronicle_mount::volume::resolve_named_dir(backing)?;
     if reencrypt {
         ensure_not_mounted(backing, "re-encrypting it")?;
     }
@@ -177,6 +179,7 @@ pub fn encrypt(
     if !plain_dir.is_dir() {
         bail!("{} is not a directory", plain_dir.display());
     }
+    let backing = &chronicle_mount::volume::resolve_named_dir(backing)?;
     if backing.exists() && fs::read_dir(backing)?.next().is_some() {
         bail!(
             "{} is not empty; encrypt needs a new or empty directory",
@@ -185,12 +188,10 @@ pub fn encrypt(
     }
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(&super::volume::resolved(backing), &user, params, features)?;
+    let volume = Volume::init(backing, &user, params, features)?;
     let (_, total) = tree::total_bytes(plain_dir, Root::Plain)?;
     let bar = progress(total, "encrypting");
-    let copied = transfer::copy_tree(plain_dir, Source::Plain, &volume, false, &mut |n| {
-        bar.inc(n)
-    })?;
+    let copied = transfer::copy_tree(plain_dir, Source::Plain, &volume, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
     println!(
         "Encrypted {} files from {} into {}. Check it, then remove the plaintext copy.",

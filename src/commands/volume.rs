@@ -24,14 +24,6 @@ pub fn kdf_params(user: &UserKey, kdf: &KdfArgs) -> Result<Option<KdfParams>> {
     })
 }
 
-/// A directory named on the command line, with any symlinks in its path
-/// resolved now: `Volume::init` never follows one at BACKING itself (a
-/// user who can write its parent could plant one while a command runs),
-/// but one the operator named is meant.
-pub fn resolved(dir: &Path) -> std::path::PathBuf {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
-}
-
 /// `--plaintext-names` and `--xattrs` as the library's volume features.
 pub fn features(plaintext_names: bool, xattrs: bool) -> VolumeFeatures {
     VolumeFeatures {
@@ -45,9 +37,10 @@ pub fn features(plaintext_names: bool, xattrs: bool) -> VolumeFeatures {
 }
 
 pub fn init(backing: &Path, key: &KeyArgs, kdf: &KdfArgs, features: VolumeFeatures) -> Result<()> {
+    let backing = &chronicle_mount::volume::resolve_named_dir(backing)?;
     let user = keysource::resolve(key, Purpose::Create, "CHRONICLE_PASSPHRASE")?;
     let params = kdf_params(&user, kdf)?;
-    let volume = Volume::init(&resolved(backing), &user, params, features)?;
+    let volume = Volume::init(backing, &user, params, features)?;
     println!(
         "Created an encrypted volume in {} ({}).",
         backing.display(),
