@@ -79,21 +79,21 @@ pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> R
             e.into(),
         )
     })?;
-    give_to(file, &owner, shown)
+    give_to(file, (owner.st_uid, owner.st_gid), shown)
 }
 
-/// Hands `file`, which this process (root) has just created, to the owner
-/// of `owner` (a directory's status) unless that is root or has it
-/// already. Where the file system does not let root give files away, the
-/// file stays as it is, with a warning.
-pub(crate) fn give_to(file: &File, owner: &rustix::fs::Stat, shown: &Path) -> Result<()> {
+/// Hands `file`, which this process (root) has just created, to `uid` and
+/// `gid` (the volume's owner) unless that is root or has it already. Where
+/// the file system does not let root give files away, the file stays as
+/// it is, with a warning.
+pub(crate) fn give_to(file: &File, (uid, gid): (u32, u32), shown: &Path) -> Result<()> {
     let mine = rustix::fs::fstat(file)
         .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e.into()))?;
-    if owner.st_uid == 0 || mine.st_uid == owner.st_uid {
+    if uid == 0 || mine.st_uid == uid {
         return Ok(());
     }
-    let uid = rustix::process::Uid::from_raw(owner.st_uid);
-    let gid = rustix::process::Gid::from_raw(owner.st_gid);
+    let uid = rustix::process::Uid::from_raw(uid);
+    let gid = rustix::process::Gid::from_raw(gid);
     match rustix::fs::fchown(file, Some(uid), Some(gid)) {
         Ok(()) => Ok(()),
         // NFS with root_squash, some FUSE file systems: as before.
@@ -223,6 +223,26 @@ impl VolumeLock {
                 e.into(),
             )),
         }
+    }
+
+    /// Hands the lock file this process holds (made by root while its
+    /// directory was root's alone) to `owner` (uid, gid), through the
+    /// descriptor: never a file put at its name since.
+    pub fn hand_to(&self, owner: (u32, u32), backing: &Path) -> Result<()> {
+        if !rustix::process::geteuid().is_root() {
+            return Ok(());
+        }
+        let path = lock_path(backing);
+        let stat = rustix::fs::fstat(&self._file)
+            .map_err(|e| VolumeError::io(format!("examining {}", path.display()), e.into()))?;
+        let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file();
+        if !regular || stat.st_nlink != 1 {
+            return Err(VolumeError::io(
+                path.display().to_string(),
+                std::io::Error::other("not a lone regular file; move it away and run again"),
+            ));
+        }
+        give_to(&self._file, owner, &path)
     }
 
     /// Waits up to `timeout` for whoever holds the volume in `backing` to

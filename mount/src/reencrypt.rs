@@ -41,9 +41,8 @@ use crate::volume::Volume;
 /// The mark a complete new volume carries until the old one is gone.
 pub const MARK_NAME: &str = "chronicle.volume.reencrypted";
 
-/// The mark's bytes: the old volume's id, its directory's device and
-/// inode (little-endian u64 each), then the MAC.
-const MARK_LEN: usize = 16 + 8 + 8 + 32;
+/// The mark's bytes: what it replaced (`Replaced`), then the MAC.
+const MARK_LEN: usize = REPLACED_LEN + 32;
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +87,9 @@ pub fn reencrypt(
     // through a symlink, and checked to be the directories they were.
     let beside = Beside::open(&backing, &staging)?;
     let dir = beside.backing()?;
-    let _lock = crate::lock::VolumeLock::acquire_in(dir.as_fd(), &backing, Duration::ZERO)?;
+    let lock = crate::lock::VolumeLock::acquire_in(dir.as_fd(), &backing, Duration::ZERO)?;
     if is_unfinished(dir.as_fd()).context(|| format!("examining {}", backing.display()))?
-        && finish(&backing, &beside, old_key, new_key, Swapped::Earlier)? == Finish::Finished
+        && finish(&backing, &beside, &lock, old_key, new_key, Swapped::Earlier)? == Finish::Finished
     {
         return Ok(Outcome::Finished);
     }
@@ -134,20 +133,20 @@ pub fn reencrypt(
     // BACKING's is the new volume's, held from now on so that no mount or
     // repair starts while the old volume is deleted.
     let staging_dir = new.open_root()?;
-    let _new_volume_lock =
+    let new_volume_lock =
         crate::lock::VolumeLock::acquire_in(staging_dir.as_fd(), &staging, Duration::ZERO)?;
-    let replaced = Replaced {
-        volume_id: old.config().volume_id,
-        dir: old.root_id(),
-    };
+    let was = rustix::fs::fstat(&dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
+    let replaced = Replaced::of(old.config(), &was);
     mark(staging_dir.as_fd(), &staging, &new, replaced)?;
     beside.swap()?;
     drop(key_lock);
     let here = Swapped::Here {
         old: old.root_id(),
         new: new.root_id(),
+        replaced,
     };
-    finish(&backing, &beside, old_key, new_key, here)?;
+    finish(&backing, &beside, &new_volume_lock, old_key, new_key, here)?;
     Ok(Outcome::Done {
         copied,
         rolled_back,
@@ -235,47 +234,55 @@ impl<'a> Beside<'a> {
     /// there (a user's own directory renamed to that name, holding what
     /// the user could not delete) is refused, not deleted.
     fn remove_unfinished_copy(&self) -> Result<()> {
-        if rustix::process::geteuid().is_root() {
-            let theirs = match self.staging()? {
-                Some(dir) => {
-                    let stat = rustix::fs::fstat(&dir).map_err(|e| {
-                        VolumeError::io(format!("examining {}", self.staging.display()), e.into())
-                    })?;
-                    !crate::lock::is_roots_alone(&stat)
-                }
-                None => false,
-            };
-            if theirs {
-                return Err(VolumeError::io(
-                    self.staging.display().to_string(),
-                    std::io::Error::other(
-                        "is not an unfinished copy of this command's (not root's alone); \
-                         nothing was deleted: check it, move it away, and run again",
-                    ),
-                ));
-            }
+        let Some(dir) = self.staging()? else {
+            return Ok(());
+        };
+        let stat = rustix::fs::fstat(&dir).map_err(|e| {
+            VolumeError::io(format!("examining {}", self.staging.display()), e.into())
+        })?;
+        if rustix::process::geteuid().is_root() && !crate::lock::is_roots_alone(&stat) {
+            return Err(VolumeError::io(
+                self.staging.display().to_string(),
+                std::io::Error::other(format!(
+                    "not root's alone (owner uid {}, mode {:o}), so it may not be an \
+                     unfinished copy of this command's; nothing was deleted: check it, move \
+                     it away, and run again",
+                    stat.st_uid,
+                    stat.st_mode & 0o7777
+                )),
+            ));
         }
-        self.remove_staging()
-    }
-
-    /// Deletes whatever is beside BACKING.
-    fn remove_staging(&self) -> Result<()> {
-        crate::remove::remove_tree_at(self.parent.as_fd(), &self.staging_name, self.dev).map_err(
-            |e| {
-                VolumeError::io(
-                    format!("removing the unfinished copy {}", self.staging.display()),
-                    e,
-                )
-            },
-        )
+        self.remove(dir)
     }
 
     /// Deletes the directory beside BACKING if it is still the one with
     /// device and inode `id`.
     fn remove_staging_if(&self, id: (u64, u64)) -> Result<()> {
         match self.staging()? {
-            Some(dir) if identity(dir.as_fd(), self.staging)? == id => self.remove_staging(),
+            Some(dir) if identity(dir.as_fd(), self.staging)? == id => self.remove(dir),
             _ => Ok(()),
+        }
+    }
+
+    /// Deletes the directory beside BACKING that is open as `dir`: what is
+    /// in it through that descriptor (the one checked), then the name,
+    /// which only goes if it still names an empty directory.
+    fn remove(&self, dir: OwnedFd) -> Result<()> {
+        let removing =
+            |e: std::io::Error| VolumeError::io(format!("removing {}", self.staging.display()), e);
+        if identity(dir.as_fd(), self.staging)?.0 != self.dev {
+            return Err(removing(std::io::Error::other(
+                "on another file system (a mount point?); not removed",
+            )));
+        }
+        crate::remove::remove_contents(dir.as_fd(), self.dev, &[]).map_err(removing)?;
+        match rustix::fs::unlinkat(
+            &self.parent,
+            self.staging_name.as_c_str(),
+            AtFlags::REMOVEDIR,
+        ) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(removing(e.into())),
         }
     }
 
@@ -283,12 +290,17 @@ impl<'a> Beside<'a> {
         match crate::remove::open_subdir(self.parent.as_fd(), name) {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
-                Err(VolumeError::io(
-                    shown.display().to_string(),
-                    std::io::Error::other("not a directory; move it away and run again"),
-                ))
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(VolumeError::io(
+                shown.display().to_string(),
+                std::io::Error::other(
+                    "a symlink, which is not followed here: give the directory it points \
+                     to, or move it away",
+                ),
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(VolumeError::io(
+                shown.display().to_string(),
+                std::io::Error::other("not a directory; move it away and run again"),
+            )),
             Err(e) => Err(VolumeError::io(format!("opening {}", shown.display()), e)),
         }
     }
@@ -324,8 +336,8 @@ impl<'a> Beside<'a> {
 /// When root re-encrypts another user's volume: the files `init` made in
 /// the new volume's root (its configuration, its root's id record) go to
 /// BACKING's owner, who could not open the volume otherwise. Done while the
-/// new volume's directory is still root's own (the copy gives it BACKING's
-/// owner at its end), so nobody else can have put anything there.
+/// new volume's directory is root's alone (finishing gives it BACKING's
+/// owner, after the swap), so nobody else can have put anything there.
 fn give_new_volume_to_owner(new: &Volume, backing: BorrowedFd<'_>) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         return Ok(());
@@ -349,7 +361,10 @@ fn give_new_volume_to_owner(new: &Volume, backing: BorrowedFd<'_>) -> Result<()>
         let shown = staging.join(name);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
-            Ok(file) => crate::lock::give_to(&fs::File::from(file), &owner, &shown)?,
+            Ok(file) => {
+                let to = (owner.st_uid, owner.st_gid);
+                crate::lock::give_to(&fs::File::from(file), to, &shown)?
+            }
             // A volume with plaintext names has no id records.
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => {
@@ -361,21 +376,6 @@ fn give_new_volume_to_owner(new: &Volume, backing: BorrowedFd<'_>) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// The volume lock this run made in the new volume (root's, while the
-/// directory was root's alone) goes to the directory's owner with the rest.
-fn give_lock_to_owner(dir: BorrowedFd<'_>, backing: &Path) -> Result<()> {
-    let path = crate::lock::lock_path(backing);
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    match rustix::fs::openat(dir, crate::lock::LOCK_NAME, flags, Mode::empty()) {
-        Ok(file) => crate::lock::give_to_owner(&fs::File::from(file), dir, &path),
-        Err(rustix::io::Errno::NOENT) => Ok(()),
-        Err(e) => Err(VolumeError::io(
-            format!("opening {}", path.display()),
-            e.into(),
-        )),
-    }
 }
 
 /// Whether the backing directory open as `dir` holds the mark of a
@@ -440,22 +440,68 @@ fn owners(backing: &Path) -> Result<(u64, u64)> {
     Ok((count.0, count.1))
 }
 
-/// Which volume a mark says was replaced: its id, and its directory's
-/// device and inode (what is found beside BACKING after the swap must be
-/// that very directory, not one holding a copy of its configuration).
+/// Which volume a mark says was replaced: its id, its directory's inode
+/// (what is found beside BACKING after the swap must be that very
+/// directory, not one holding a copy of its configuration; device numbers
+/// are left out, since they may change across a reboot), and the
+/// directory's owner and mode, which the new volume's directory takes when
+/// the re-encryption finishes, whether or not the old one is still there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Replaced {
     volume_id: [u8; 16],
-    dir: (u64, u64),
+    ino: u64,
+    uid: u32,
+    gid: u32,
+    mode: u32,
 }
 
+/// Bytes of `Replaced` in a mark.
+const REPLACED_LEN: usize = 16 + 8 + 4 + 4 + 4;
+
 impl Replaced {
-    fn unsigned(&self) -> [u8; 32] {
-        let mut bytes = [0u8; 32];
+    /// The volume `old`, whose directory has status `dir`.
+    fn of(old: &VolumeConfig, dir: &rustix::fs::Stat) -> Replaced {
+        Replaced {
+            volume_id: old.volume_id,
+            ino: dir.st_ino,
+            uid: dir.st_uid,
+            gid: dir.st_gid,
+            mode: dir.st_mode & 0o7777,
+        }
+    }
+
+    fn unsigned(&self) -> [u8; REPLACED_LEN] {
+        let mut bytes = [0u8; REPLACED_LEN];
         bytes[..16].copy_from_slice(&self.volume_id);
-        bytes[16..24].copy_from_slice(&self.dir.0.to_le_bytes());
-        bytes[24..].copy_from_slice(&self.dir.1.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.ino.to_le_bytes());
+        bytes[24..28].copy_from_slice(&self.uid.to_le_bytes());
+        bytes[28..32].copy_from_slice(&self.gid.to_le_bytes());
+        bytes[32..].copy_from_slice(&self.mode.to_le_bytes());
         bytes
+    }
+
+    fn parse(bytes: &[u8; REPLACED_LEN]) -> Replaced {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        Replaced {
+            volume_id: bytes[..16].try_into().expect("16 bytes"),
+            ino: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            uid: u32_at(24),
+            gid: u32_at(28),
+            mode: u32_at(32),
+        }
+    }
+
+    /// Gives the new volume's directory, open as `dir`, the old one's
+    /// owner (as root) and mode, durably.
+    fn hand_over(&self, dir: BorrowedFd<'_>) -> std::io::Result<()> {
+        if rustix::process::geteuid().is_root() {
+            let uid = rustix::fs::Uid::from_raw(self.uid);
+            let gid = rustix::fs::Gid::from_raw(self.gid);
+            rustix::fs::fchown(dir, Some(uid), Some(gid))?;
+        }
+        // After chown, which clears set-user-id bits.
+        rustix::fs::fchmod(dir, Mode::from_raw_mode(self.mode))?;
+        Ok(rustix::fs::fsync(dir)?)
     }
 }
 
@@ -464,8 +510,8 @@ impl Replaced {
 fn mark(dir: BorrowedFd<'_>, staging: &Path, new: &Volume, old: Replaced) -> Result<()> {
     let path = staging.join(MARK_NAME);
     let mut bytes = [0u8; MARK_LEN];
-    bytes[..32].copy_from_slice(&old.unsigned());
-    bytes[32..].copy_from_slice(&mark_tag(new, &old));
+    bytes[..REPLACED_LEN].copy_from_slice(&old.unsigned());
+    bytes[REPLACED_LEN..].copy_from_slice(&mark_tag(new, &old));
     // A new file, never what a name planted there leads to: the copy may
     // have given the new volume's directory to a user already.
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -483,7 +529,7 @@ fn mark(dir: BorrowedFd<'_>, staging: &Path, new: &Volume, old: Replaced) -> Res
 /// replaced: a MAC nobody without that key can make.
 fn mark_tag(new: &Volume, old: &Replaced) -> [u8; 32] {
     let derived = new.crypto().master().derive(&[
-        b"chronicle reencryption mark v2",
+        b"chronicle reencryption mark v3",
         &new.config().volume_id,
         &old.unsigned(),
     ]);
@@ -524,12 +570,8 @@ fn read_mark(dir: BorrowedFd<'_>, backing: &Path, new: &Volume) -> Result<Replac
     if bytes.len() != MARK_LEN {
         return Err(planted("it is not a mark's size"));
     }
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let old = Replaced {
-        volume_id: bytes[..16].try_into().expect("16 bytes"),
-        dir: (u64_at(16), u64_at(24)),
-    };
-    if !crate::keys::constant_time_eq(&mark_tag(new, &old), &bytes[32..]) {
+    let old = Replaced::parse(bytes[..REPLACED_LEN].try_into().expect("length checked"));
+    if !crate::keys::constant_time_eq(&mark_tag(new, &old), &bytes[REPLACED_LEN..]) {
         return Err(planted("its MAC does not verify under this volume's key"));
     }
     Ok(old)
@@ -542,7 +584,11 @@ enum Swapped {
     /// the directory that was BACKING before the swap and the new one the
     /// directory this run made (their devices and inodes), whatever has
     /// been done to the mark since.
-    Here { old: (u64, u64), new: (u64, u64) },
+    Here {
+        old: (u64, u64),
+        new: (u64, u64),
+        replaced: Replaced,
+    },
     /// An earlier run, as far as its mark proves.
     Earlier,
 }
@@ -568,6 +614,7 @@ enum Finish {
 fn finish(
     backing: &Path,
     beside: &Beside<'_>,
+    lock: &crate::lock::VolumeLock,
     old_key: &UserKey,
     new_key: &UserKey,
     swapped: Swapped,
@@ -596,11 +643,12 @@ fn finish(
         });
     }
     let old = beside.staging()?;
-    let is_old_volume = match (swapped, &old) {
+    let (is_old_volume, replaced) = match (swapped, &old) {
         (
             Swapped::Here {
                 old: was,
                 new: made,
+                replaced,
             },
             Some(old),
         ) => {
@@ -613,12 +661,15 @@ fn finish(
                     ),
                 ));
             }
-            true
+            (true, replaced)
         }
         (Swapped::Here { .. }, None) => {
             return Err(VolumeError::io(
                 staging.display().to_string(),
-                std::io::Error::other("gone after the swap, before this run deleted it"),
+                std::io::Error::other(
+                    "gone after the swap, before this run deleted it; run the same command \
+                     again to finish",
+                ),
             ))
         }
         (Swapped::Earlier, Some(old)) => {
@@ -626,7 +677,8 @@ fn finish(
             match VolumeConfig::load_in(old.as_fd(), staging) {
                 Ok(config) if config.volume_id == replaced.volume_id => {
                     // Its configuration can be copied; its directory cannot.
-                    if identity(old.as_fd(), staging)? != replaced.dir {
+                    let (dev, ino) = identity(old.as_fd(), staging)?;
+                    if (dev, ino) != (beside.dev, replaced.ino) {
                         return Err(VolumeError::io(
                             staging.display().to_string(),
                             std::io::Error::other(
@@ -636,7 +688,7 @@ fn finish(
                             ),
                         ));
                     }
-                    true
+                    (true, replaced)
                 }
                 Ok(_) => {
                     return Err(VolumeError::ForeignMark {
@@ -650,14 +702,11 @@ fn finish(
                 // No configuration: the end of a deletion (it goes last) or
                 // the start of a copy (it comes first); either leaves the
                 // directory empty, and only an empty one is removed below.
-                Err(VolumeError::NotAVolume { .. }) => false,
+                Err(VolumeError::NotAVolume { .. }) => (false, replaced),
                 Err(e) => return Err(e),
             }
         }
-        (Swapped::Earlier, None) => {
-            read_mark(dir.as_fd(), backing, &new)?;
-            false
-        }
+        (Swapped::Earlier, None) => (false, read_mark(dir.as_fd(), backing, &new)?),
     };
     // A mark proves that this volume was once made from the one beside
     // it, not that the run being finished made it: while the old key still
@@ -672,18 +721,17 @@ fn finish(
         Err(VolumeError::KeyMismatch) => false,
         Err(e) => return Err(e),
     };
+    // Until now the new volume's directory was the run's alone, so nobody
+    // could put anything in it; now it becomes the volume's, with the old
+    // directory's owner and mode (from the mark: the old directory may be
+    // gone), and so does the lock file this run made in it, through the
+    // descriptor it holds.
+    lock.hand_to((replaced.uid, replaced.gid), backing)?;
+    replaced
+        .hand_over(dir.as_fd())
+        .context(|| format!("giving {} its owner and mode", backing.display()))?;
     if let Some(old) = old {
         if is_old_volume {
-            // Until now the new volume's directory was the run's alone,
-            // so nobody could put anything in it; now it becomes the
-            // volume's, with the old directory's owner, mode and times.
-            let was = rustix::fs::fstat(&old).map_err(|e| {
-                VolumeError::io(format!("examining {}", staging.display()), e.into())
-            })?;
-            transfer::keep_metadata(dir.as_fd(), &was)
-                .and_then(|()| Ok(rustix::fs::fsync(&dir)?))
-                .context(|| format!("giving {} its owner and mode", backing.display()))?;
-            give_lock_to_owner(dir.as_fd(), backing)?;
             remove_old_volume(old.as_fd(), beside.dev, staging)?;
         }
         rustix::fs::unlinkat(
@@ -787,6 +835,12 @@ mod tests {
         (parent, backing, staging)
     }
 
+    /// What a mark says of the volume `old` it replaced.
+    fn replaced_by(old: &Volume) -> Replaced {
+        let stat = rustix::fs::stat(old.backing()).expect("stat");
+        Replaced::of(old.config(), &stat)
+    }
+
     /// What a re-encryption of a volume holding `data` from `old_key` to
     /// `new_key` leaves when stopped right after its swap: the old and the
     /// new volume.
@@ -800,10 +854,7 @@ mod tests {
         let new = Volume::init(staging, new_key, None, NameMode::Encrypted).expect("init");
         transfer::copy_tree(backing, Source::Volume(&old), &new, &mut |_| {}).expect("copy");
         let dir = new.open_root().expect("open");
-        let replaced = Replaced {
-            volume_id: old.config().volume_id,
-            dir: old.root_id(),
-        };
+        let replaced = replaced_by(&old);
         mark(dir.as_fd(), staging, &new, replaced).expect("mark");
         Beside::open(backing, staging)
             .and_then(|beside| beside.swap())
@@ -876,11 +927,13 @@ mod tests {
         // A symlink where the old volume was.
         let finish_here = |backing: &Path, staging: &Path, old: (u64, u64), new: &Volume| {
             let beside = Beside::open(backing, staging).expect("parent");
+            let lock = crate::lock::VolumeLock::acquire(backing).expect("lock");
             let here = Swapped::Here {
                 old,
                 new: new.root_id(),
+                replaced: replaced_by(new),
             };
-            finish(backing, &beside, &key(1), &key(2), here)
+            finish(backing, &beside, &lock, &key(1), &key(2), here)
         };
         let id = |path: &Path| {
             let meta = fs::metadata(path).expect("stat");
@@ -951,6 +1004,31 @@ mod tests {
         assert_eq!(data(&backing, &key(1)), b"kept");
     }
 
+    // Protects: a user's volume re-encrypted by root gets its owner and
+    // mode back when the re-encryption finishes even if the old volume
+    // beside it is gone by then (the mark carries them): it never stays
+    // root's, locked away from its owner.
+    #[test]
+    fn the_owner_gets_the_volume_back_without_the_old_one() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let (_parent, backing, staging) = paths();
+        fs::create_dir(&backing).expect("mkdir");
+        std::os::unix::fs::chown(&backing, Some(65534), Some(65534)).expect("chown");
+        rustix::fs::chmod(&backing, Mode::from_raw_mode(0o750)).expect("chmod");
+        stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        fs::remove_dir_all(&staging).expect("the old volume, gone");
+
+        let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+
+        assert_eq!(outcome.expect("finish"), Outcome::AlreadyDone);
+        let stat = rustix::fs::stat(&backing).expect("stat");
+        assert_eq!((stat.st_uid, stat.st_mode & 0o7777), (65534, 0o750));
+        let lock = rustix::fs::stat(crate::lock::lock_path(&backing)).expect("lock");
+        assert_eq!(lock.st_uid, 65534);
+    }
+
     // Protects: after a swap, a directory beside BACKING holding a copy of
     // the replaced volume's configuration (anyone who can read it can
     // copy it) is not taken for the old volume: the mark names the
@@ -984,10 +1062,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, staging.join(MARK_NAME)).expect("plant");
 
         let dir = new.open_root().expect("open");
-        let replaced = Replaced {
-            volume_id: old.config().volume_id,
-            dir: old.root_id(),
-        };
+        let replaced = replaced_by(&old);
         assert!(mark(dir.as_fd(), &staging, &new, replaced).is_err());
         assert_eq!(fs::read(&target).expect("read"), b"precious");
     }
@@ -1053,10 +1128,7 @@ mod tests {
         .expect("init");
         let current = volume_with(&backing, &key(1), b"kept");
         let dir = current.open_root().expect("open");
-        let replaced = Replaced {
-            volume_id: earlier.config().volume_id,
-            dir: earlier.root_id(),
-        };
+        let replaced = replaced_by(&earlier);
         mark(dir.as_fd(), &backing, &current, replaced).expect("an earlier run's mark");
         Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("this run's copy");
 
@@ -1086,10 +1158,7 @@ mod tests {
         .expect("init");
         let current = volume_with(&backing, &key(1), b"kept");
         let dir = current.open_root().expect("open");
-        let replaced = Replaced {
-            volume_id: earlier.config().volume_id,
-            dir: earlier.root_id(),
-        };
+        let replaced = replaced_by(&earlier);
         mark(dir.as_fd(), &backing, &current, replaced).expect("an earlier run's mark");
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});

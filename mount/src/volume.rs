@@ -314,30 +314,33 @@ fn dir_flags() -> rustix::fs::OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// A name that cannot be translated, as the volume's error.
 /// A directory the operator named on the command line, with the symlinks
 /// in its path resolved once, before anything else (the key prompt
-/// included): `init` never follows a symlink at BACKING itself, since a
-/// user who can write its parent could plant one while a command runs.
-/// As root, a symlink there that someone else owns is refused.
+/// included). As root, the last component is left as named: a user who can
+/// write its parent could swap it for a symlink between any check and any
+/// use, so it is never followed (`init` and re-encryption open it with
+/// `O_NOFOLLOW` and say so if it is a symlink).
 pub fn resolve_named_dir(dir: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(meta) = fs::symlink_metadata(dir) {
-        if meta.file_type().is_symlink() && rustix::process::geteuid().is_root() && meta.uid() != 0
-        {
-            return Err(VolumeError::io(
-                dir.display().to_string(),
-                std::io::Error::other(format!(
-                    "a symlink owned by uid {}: as root, name the directory itself",
-                    meta.uid()
-                )),
-            ));
-        }
+    let finding = |e: std::io::Error| VolumeError::io(format!("finding {}", dir.display()), e);
+    if !rustix::process::geteuid().is_root() {
+        return match dir.canonicalize() {
+            Ok(resolved) => Ok(resolved),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+            Err(e) => Err(finding(e)),
+        };
     }
-    match dir.canonicalize() {
-        Ok(resolved) => Ok(resolved),
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return dir.canonicalize().map_err(finding);
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    match parent.canonicalize() {
+        Ok(resolved) => Ok(resolved.join(name)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
-        Err(e) => Err(VolumeError::io(format!("finding {}", dir.display()), e)),
+        Err(e) => Err(finding(e)),
     }
 }
 
@@ -403,6 +406,7 @@ fn make_backing_dir(backing: &Path) -> Result<OwnedFd> {
     })
 }
 
+/// A name that cannot be translated, as the volume's error.
 pub fn name_error(e: NameError, at: &Path) -> VolumeError {
     match e {
         NameError::Io(e) => VolumeError::io(format!("reading names in {}", at.display()), e),
@@ -468,9 +472,11 @@ pub fn usage(backing: &Path) -> std::io::Result<Usage> {
 mod tests {
     use super::*;
 
-    // Protects: as root, a directory named through a symlink that another
-    // user owns is refused (the user could point it anywhere); one of
-    // root's own is followed, and a path not made yet is taken as given.
+    // Protects: a directory named through a symlink is resolved for a
+    // user; as root the last component is never followed (a user who can
+    // write its parent could swap it at any moment) and a symlink there
+    // is refused when the volume is made; a path not made yet is taken as
+    // given.
     #[test]
     fn a_named_directory_is_resolved_once() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -478,17 +484,19 @@ mod tests {
         std::fs::create_dir(&real).expect("mkdir");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
-        assert_eq!(
-            resolve_named_dir(&link).expect("resolve"),
-            real.canonicalize().expect("canonical")
-        );
         let new = dir.path().join("new");
         assert_eq!(resolve_named_dir(&new).expect("resolve"), new);
+        let resolved = resolve_named_dir(&link).expect("resolve");
         if rustix::process::geteuid().is_root() {
-            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).expect("lchown");
-            assert!(resolve_named_dir(&link).is_err());
+            assert_eq!(resolved, link);
+            let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+            assert!(Volume::init(&resolved, &user, None, NameMode::Encrypted).is_err());
+            assert_eq!(std::fs::read_dir(&real).expect("list").count(), 0);
+        } else {
+            assert_eq!(resolved, real.canonicalize().expect("canonical"));
         }
     }
+
     use crate::keys::SecretKey;
     use crate::names::NameMode;
 
