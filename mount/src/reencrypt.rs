@@ -724,12 +724,30 @@ fn finish(
     // Until now the new volume's directory was the run's alone, so nobody
     // could put anything in it; now it becomes the volume's, with the old
     // directory's owner and mode (from the mark: the old directory may be
-    // gone), and so does the lock file this run made in it, through the
-    // descriptor it holds.
-    lock.hand_to((replaced.uid, replaced.gid), backing)?;
-    replaced
-        .hand_over(dir.as_fd())
-        .context(|| format!("giving {} its owner and mode", backing.display()))?;
+    // gone), and so does the lock file the run made in it, through the
+    // descriptor it holds. Only while the directory is still the run's
+    // alone: once handed over, its owner (who may also know the key, and
+    // so could make a mark) could have put anything there, mark and lock
+    // file included.
+    let now = rustix::fs::fstat(&dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e.into()))?;
+    let ours = match rustix::process::geteuid().is_root() {
+        true => crate::lock::is_roots_alone(&now),
+        false => now.st_uid == rustix::process::geteuid().as_raw(),
+    };
+    if ours {
+        lock.hand_to((replaced.uid, replaced.gid), backing)?;
+        replaced
+            .hand_over(dir.as_fd())
+            .context(|| format!("giving {} its owner and mode", backing.display()))?;
+    } else if now.st_uid != replaced.uid {
+        log::warn!(
+            "{}: owned by uid {} already, not the uid {} its re-encryption recorded; left as it is",
+            backing.display(),
+            now.st_uid,
+            replaced.uid
+        );
+    }
     if let Some(old) = old {
         if is_old_volume {
             remove_old_volume(old.as_fd(), beside.dev, staging)?;
@@ -1027,6 +1045,30 @@ mod tests {
         assert_eq!((stat.st_uid, stat.st_mode & 0o7777), (65534, 0o750));
         let lock = rustix::fs::stat(crate::lock::lock_path(&backing)).expect("lock");
         assert_eq!(lock.st_uid, 65534);
+    }
+
+    // Protects: a mark's owner and mode are given only to a directory that
+    // is still the run's alone: once the volume is someone's, whoever owns
+    // it (and may know the key, so could make a mark) decides, and a
+    // finish leaves owner and mode as they are.
+    #[test]
+    fn a_handed_over_volume_keeps_its_owner() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let (_parent, backing, staging) = paths();
+        fs::create_dir(&backing).expect("mkdir");
+        std::os::unix::fs::chown(&backing, Some(65534), Some(65534)).expect("chown");
+        stopped_after_swap(&backing, &staging, &key(1), &key(2));
+        std::os::unix::fs::chown(&backing, Some(65533), Some(65533)).expect("someone's");
+        rustix::fs::chmod(&backing, Mode::from_raw_mode(0o750)).expect("chmod");
+        fs::remove_dir_all(&staging).expect("the old volume, gone");
+
+        let outcome = reencrypt(&backing, &key(1), &key(2), None, &mut |_| {});
+
+        assert_eq!(outcome.expect("finish"), Outcome::AlreadyDone);
+        let stat = rustix::fs::stat(&backing).expect("stat");
+        assert_eq!((stat.st_uid, stat.st_mode & 0o7777), (65533, 0o750));
     }
 
     // Protects: after a swap, a directory beside BACKING holding a copy of

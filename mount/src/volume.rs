@@ -323,11 +323,11 @@ fn dir_flags() -> rustix::fs::OFlags {
 pub fn resolve_named_dir(dir: &Path) -> Result<PathBuf> {
     let finding = |e: std::io::Error| VolumeError::io(format!("finding {}", dir.display()), e);
     if !rustix::process::geteuid().is_root() {
-        return match dir.canonicalize() {
-            Ok(resolved) => Ok(resolved),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
-            Err(e) => Err(finding(e)),
-        };
+        match dir.canonicalize() {
+            Ok(resolved) => return Ok(resolved),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(finding(e)),
+        }
     }
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return dir.canonicalize().map_err(finding);
@@ -485,10 +485,14 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
         let new = dir.path().join("new");
-        assert_eq!(resolve_named_dir(&new).expect("resolve"), new);
+        let canonical = dir.path().canonicalize().expect("canonical");
+        assert_eq!(
+            resolve_named_dir(&new).expect("resolve"),
+            canonical.join("new")
+        );
         let resolved = resolve_named_dir(&link).expect("resolve");
         if rustix::process::geteuid().is_root() {
-            assert_eq!(resolved, link);
+            assert_eq!(resolved, canonical.join("link"));
             let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
             assert!(Volume::init(&resolved, &user, None, NameMode::Encrypted).is_err());
             assert_eq!(std::fs::read_dir(&real).expect("list").count(), 0);
