@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -75,19 +75,30 @@ pub fn create_whole(
     let contents =
         EncryptedFile::create_new(File::from(fd), Arc::clone(crypto), PathBuf::from(entry))?;
     fill(&contents)?;
-    let path = format!("/proc/self/fd/{}", contents.backing().as_raw_fd());
-    rustix::fs::linkat(
-        rustix::fs::CWD,
-        path.as_str(),
-        dir,
-        entry,
-        AtFlags::SYMLINK_FOLLOW,
-    )
-    .map_err(|e| match e {
+    link_fd_at(contents.backing().as_fd(), dir, entry).map_err(|e| match e {
         rustix::io::Errno::EXIST => CreateError::Exists,
         e => io("linking a new file", e),
     })?;
     Ok(reopen_by_name(dir, entry, contents))
+}
+
+/// Links the file open as `fd` (an `O_TMPFILE` or an `O_PATH` descriptor)
+/// as `name` in `dir`. `linkat` with `AT_EMPTY_PATH` needs
+/// `CAP_DAC_READ_SEARCH`; the descriptor's `/proc` link, followed, names
+/// the same inode for anyone.
+pub(crate) fn link_fd_at(
+    fd: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> rustix::io::Result<()> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        path.as_str(),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
 }
 
 /// A descriptor from `O_TMPFILE` keeps its anonymous name in

@@ -1155,23 +1155,24 @@ mod tests {
         }
     }
 
+    /// A volume in `backing` holding `data`, carrying the genuine mark of
+    /// an earlier re-encryption into it (from a volume made in `parent`).
+    fn with_an_earlier_runs_mark(parent: &Path, backing: &Path) -> Volume {
+        let earlier = Volume::init(&parent.join("earlier"), &key(1), None, NameMode::Encrypted)
+            .expect("init");
+        let current = volume_with(backing, &key(1), b"kept");
+        let dir = current.open_root().expect("open");
+        mark(dir.as_fd(), backing, &current, replaced_by(&earlier)).expect("an earlier mark");
+        current
+    }
+
     // Protects: a genuine mark kept from an earlier re-encryption into
     // this volume and put back while a later one is copying is refused: it
     // names an old volume other than the copy beside BACKING, which stays.
     #[test]
     fn a_mark_put_back_from_an_earlier_run_is_refused() {
         let (parent, backing, staging) = paths();
-        let earlier = Volume::init(
-            &parent.path().join("earlier"),
-            &key(1),
-            None,
-            NameMode::Encrypted,
-        )
-        .expect("init");
-        let current = volume_with(&backing, &key(1), b"kept");
-        let dir = current.open_root().expect("open");
-        let replaced = replaced_by(&earlier);
-        mark(dir.as_fd(), &backing, &current, replaced).expect("an earlier run's mark");
+        let current = with_an_earlier_runs_mark(parent.path(), &backing);
         Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("this run's copy");
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
@@ -1191,17 +1192,7 @@ mod tests {
     #[test]
     fn a_mark_with_nothing_beside_does_not_skip_the_reencryption() {
         let (parent, backing, _staging) = paths();
-        let earlier = Volume::init(
-            &parent.path().join("earlier"),
-            &key(1),
-            None,
-            NameMode::Encrypted,
-        )
-        .expect("init");
-        let current = volume_with(&backing, &key(1), b"kept");
-        let dir = current.open_root().expect("open");
-        let replaced = replaced_by(&earlier);
-        mark(dir.as_fd(), &backing, &current, replaced).expect("an earlier run's mark");
+        let current = with_an_earlier_runs_mark(parent.path(), &backing);
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
 

@@ -699,16 +699,7 @@ fn link_again(
     if (found.st_ino, (found.st_ctime, found.st_ctime_nsec as i64)) != (first.ino, first.ctime) {
         return Err(replaced());
     }
-    // linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's
-    // /proc link, followed, names the same inode for anyone.
-    let proc_path = format!("/proc/self/fd/{}", node.as_raw_fd());
-    rustix::fs::linkat(
-        rustix::fs::CWD,
-        proc_path.as_str(),
-        dir,
-        name,
-        AtFlags::SYMLINK_FOLLOW,
-    )?;
+    crate::create::link_fd_at(node.as_fd(), dir.as_fd(), name)?;
     // A link changes the change time: what the next one must find.
     *first = FirstLink::seen(first.path.clone(), &rustix::fs::fstat(&node)?);
     Ok(())
