@@ -290,17 +290,15 @@ impl<'a> Beside<'a> {
         match crate::remove::open_subdir(self.parent.as_fd(), name) {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(VolumeError::io(
-                shown.display().to_string(),
-                std::io::Error::other(
-                    "a symlink, which is not followed here: give the directory it points \
-                     to, or move it away",
-                ),
-            )),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(VolumeError::io(
-                shown.display().to_string(),
-                std::io::Error::other("not a directory; move it away and run again"),
-            )),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                Err(VolumeError::io(
+                    shown.display().to_string(),
+                    std::io::Error::other(
+                        "not a directory (a symlink is not followed here: give the directory \
+                         it points to, or move it away)",
+                    ),
+                ))
+            }
             Err(e) => Err(VolumeError::io(format!("opening {}", shown.display()), e)),
         }
     }

@@ -57,19 +57,14 @@ pub fn copy_tree(
     dest: &Volume,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Copied> {
-    let open_dir = |path: &Path| {
-        rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| VolumeError::io(format!("opening {}", path.display()), e.into()))
-    };
     let dest_root = dest.open_root()?;
-    // A volume's own directory, not whatever its name leads to by now.
+    // A volume's own directory, not whatever its name leads to by now; a
+    // plaintext tree's top never through a symlink (the caller resolves
+    // the path it was given first): whoever can write its parent could
+    // point one anywhere.
     let source_dir = match &source {
         Source::Volume(volume) => volume.open_root()?,
-        Source::Plain => open_dir(source_root)?,
+        Source::Plain => open_dir_nofollow(source_root)?,
     };
     let (root_kind, source_names, source_key) = match &source {
         Source::Plain => (Root::Plain, None, DirKey::Plain),
@@ -607,6 +602,9 @@ impl Copier<'_, '_> {
     }
 
     fn copy_special(&mut self, visit: &Visit) -> Result<()> {
+        if self.as_root && is_device(visit.kind()) {
+            refuse_foreign_device(visit)?;
+        }
         let (_, entry) = self.dest_entry(visit)?;
         let here = self.here().map_err(|e| VolumeError::io("copying", e))?;
         // Mode 0 until finish_node has checked it: how it knows the node.
@@ -621,6 +619,46 @@ impl Copier<'_, '_> {
         self.finish_node(here, Some((&entry, Made::Special)), visit.stat)
             .context(|| "keeping the special file's owner, mode and times".to_string())
     }
+}
+
+/// The directory at `path`, its last component never followed.
+fn open_dir_nofollow(path: &Path) -> Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
+        let why = match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::other(
+                "not a directory (a symlink is not followed here: give the directory it points to)",
+            ),
+            e => e.into(),
+        };
+        VolumeError::io(format!("opening {}", path.display()), why)
+    })
+}
+
+fn is_device(kind: FileType) -> bool {
+    matches!(kind, FileType::BlockDevice | FileType::CharacterDevice)
+}
+
+/// Root re-creates a device node only if it is root's on a file system
+/// that honours device nodes: a user's FUSE mount or a mounted image of
+/// theirs (mounted `nodev`) can show any device, owned by anyone, and a
+/// copy of it made by root would be a live one.
+fn refuse_foreign_device(visit: &Visit) -> Result<()> {
+    let nodev = rustix::fs::fstatvfs(visit.dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", visit.relative.display()), e.into()))?
+        .f_flag
+        .contains(rustix::fs::StatVfsMountFlags::NODEV);
+    if nodev || visit.stat.st_uid != 0 {
+        return Err(VolumeError::io(
+            visit.relative.display().to_string(),
+            io::Error::other(
+                "a device node that is not root's on a file system that honours device nodes; \
+                 root does not re-create it (remove it from the source, or make it again \
+                 in the volume by hand)",
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Gives the node open as `fd` the mode, times and (as root) owner of
@@ -797,6 +835,52 @@ mod tests {
 
         assert!(copied.is_err(), "{copied:?}");
         assert_eq!(std::fs::read_dir(&elsewhere).expect("list").count(), 0);
+    }
+
+    // Protects: as root, a plaintext tree's top is never read through a
+    // symlink (whoever can write its parent could point it at another
+    // user's files, which the copy would then disclose to whoever knows
+    // the volume's key), and a device node that is not root's is never
+    // re-created (a user's FUSE mount or image can show any device).
+    #[test]
+    fn root_copies_neither_through_a_symlink_nor_a_users_device() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).expect("mkdir");
+        std::fs::write(source.join("f"), b"data").expect("write");
+        let key = crate::keys::UserKey::Raw(crate::keys::SecretKey::from_bytes([1; 32]));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&source, &link).expect("symlink");
+        let volume = Volume::init(
+            &dir.path().join("a"),
+            &key,
+            None,
+            crate::names::NameMode::Encrypted,
+        )
+        .expect("init");
+        let through_link = copy_tree(&link, Source::Plain, &volume, &mut |_| {});
+        let refused = matches!(&through_link, Err(e) if e.to_string().contains("symlink"));
+        assert!(refused, "{through_link:?}");
+
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let device = source.join("device");
+        let char_device = FileType::CharacterDevice;
+        let null = rustix::fs::makedev(1, 3);
+        rustix::fs::mknodat(rustix::fs::CWD, &device, char_device, Mode::RUSR, null)
+            .expect("mknod");
+        std::os::unix::fs::lchown(&device, Some(65534), Some(65534)).expect("chown");
+        let volume = Volume::init(
+            &dir.path().join("b"),
+            &key,
+            None,
+            crate::names::NameMode::Encrypted,
+        )
+        .expect("init");
+        let copied = copy_tree(&source, Source::Plain, &volume, &mut |_| {});
+        let refused = matches!(&copied, Err(e) if e.to_string().contains("device node"));
+        assert!(refused, "{copied:?}");
     }
 
     // Protects: a hard link is made again only to the file the copy made,

@@ -172,10 +172,12 @@ fn open_checked(
     expected: &Stat,
     shown: &Path,
 ) -> io::Result<OwnedFd> {
+    // Never blocking: a FIFO swapped in for a listed file would otherwise
+    // hold the walk until someone opened it for writing.
     let fd = rustix::fs::openat(
         dir,
         name,
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| with_path(e.into(), shown))?;

@@ -81,7 +81,16 @@ impl Volume {
 
     /// Opens an existing volume. A key that does not open it is `KeyMismatch`.
     pub fn open(backing: &Path, user: &UserKey) -> Result<Volume> {
-        let root = open_backing_dir(backing)?;
+        let root = match open_backing_dir(backing) {
+            Err(VolumeError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(VolumeError::NotAVolume {
+                    path: backing.to_path_buf(),
+                })
+            }
+            other => other?,
+        };
         let config = VolumeConfig::load_in(root.as_fd(), backing)?;
         let master = config.unwrap(user, &config_path(backing))?;
         Self::assemble(backing, root.as_fd(), config, master)
@@ -385,17 +394,20 @@ fn make_backing_dir(backing: &Path) -> Result<OwnedFd> {
             .create(parent)
             .context(|| format!("creating {}", parent.display()))?;
     }
+    // O_PATH: searching the parent is all that is needed.
     let parent = rustix::fs::open(
         parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| VolumeError::io(format!("opening {}", parent.display()), e.into()))?;
-    match rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+    let made = match rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
         Err(e) => return Err(VolumeError::io(format!("creating {}", shown()), e.into())),
-    }
-    crate::remove::open_subdir(parent.as_fd(), name).map_err(|e| match e.raw_os_error() {
+    };
+    let dir = crate::remove::open_subdir(parent.as_fd(), name).map_err(|e| {
+        match e.raw_os_error() {
         Some(libc::ELOOP) | Some(libc::ENOTDIR) => VolumeError::io(
             shown(),
             std::io::Error::other(
@@ -403,7 +415,21 @@ fn make_backing_dir(backing: &Path) -> Result<OwnedFd> {
             ),
         ),
         _ => VolumeError::io(format!("opening {}", shown()), e),
-    })
+    }
+    })?;
+    // As root: the directory just made must be the one opened (whoever can
+    // write the parent could rename it away and put one of theirs there).
+    if made && rustix::process::geteuid().is_root() {
+        let stat = rustix::fs::fstat(&dir)
+            .map_err(|e| VolumeError::io(format!("examining {}", shown()), e.into()))?;
+        if !crate::lock::is_roots_alone(&stat) {
+            return Err(VolumeError::io(
+                shown(),
+                std::io::Error::other("replaced by another user's directory as it was made"),
+            ));
+        }
+    }
+    Ok(dir)
 }
 
 /// A name that cannot be translated, as the volume's error.
@@ -471,6 +497,16 @@ pub fn usage(backing: &Path) -> std::io::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Protects: a BACKING that does not exist is "not a chronicle volume",
+    // as before opening went through one descriptor.
+    #[test]
+    fn a_missing_backing_is_not_a_volume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let opened = Volume::open(&dir.path().join("missing"), &user);
+        assert!(matches!(opened, Err(VolumeError::NotAVolume { .. })));
+    }
 
     // Protects: a directory named through a symlink is resolved for a
     // user; as root the last component is never followed (a user who can

@@ -176,6 +176,7 @@ pub fn encrypt(
     kdf: &KdfArgs,
     features: chronicle_mount::config::VolumeFeatures,
 ) -> Result<()> {
+    let plain_dir = &chronicle_mount::volume::resolve_named_dir(plain_dir)?;
     if !plain_dir.is_dir() {
         bail!("{} is not a directory", plain_dir.display());
     }
