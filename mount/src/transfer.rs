@@ -652,9 +652,9 @@ fn refuse_foreign_device(visit: &Visit) -> Result<()> {
         return Err(VolumeError::io(
             visit.relative.display().to_string(),
             io::Error::other(
-                "a device node that is not root's on a file system that honours device nodes; \
-                 root does not re-create it (remove it from the source, or make it again \
-                 in the volume by hand)",
+                "a device node that is not root's, or on a file system mounted nodev, which \
+                 root does not re-create (remove it from the source, or make it again in \
+                 the volume by hand)",
             ),
         ));
     }
