@@ -150,7 +150,10 @@ fn open_lock_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Fi
             ),
         ));
     }
-    if stat.st_uid != me && stat.st_uid != dir_stat.st_uid {
+    // In a directory that is root's alone only root can have made it (a
+    // re-encryption cut short while handing its new volume over).
+    let roots_own = me == 0 && is_roots_alone(&dir_stat);
+    if stat.st_uid != me && stat.st_uid != dir_stat.st_uid && !roots_own {
         return Err(VolumeError::io(
             shown.display().to_string(),
             std::io::Error::other(
@@ -346,6 +349,23 @@ mod tests {
             Err(VolumeError::Busy { .. })
         ));
         drop(second);
+    }
+
+    // Protects: a lock file of another user's in a directory that is
+    // root's alone (a re-encryption cut short while handing its new volume
+    // over) does not lock root out: only root can have put it there.
+    #[test]
+    fn roots_own_directory_takes_any_lock_file_it_holds() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        rustix::fs::chmod(dir.path(), Mode::from_raw_mode(0o700)).expect("chmod");
+        let lock = lock_path(dir.path());
+        std::fs::write(&lock, b"").expect("write");
+        std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).expect("chown");
+
+        assert!(VolumeLock::acquire(dir.path()).is_ok());
     }
 
     // Protects: a lock file someone else planted (a FIFO, a link to another

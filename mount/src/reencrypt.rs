@@ -115,6 +115,7 @@ pub fn reencrypt(
     // from being taken then is found now, not after hours of copying.
     drop(KeyLock::acquire(dir.as_fd(), &backing)?);
     let new = Volume::init(&staging, new_key, kdf, old.config().features())?;
+    refuse_unless_ours_alone(&new)?;
     give_new_volume_to_owner(&new, dir.as_fd())?;
     let copied = transfer::copy_tree(&backing, Source::Volume(&old), &new, progress)?;
     // A new key given to the volume while it was copied (`rotate-key`
@@ -331,6 +332,30 @@ impl<'a> Beside<'a> {
     }
 }
 
+/// The new volume's directory must be this run's alone until the swap:
+/// one that someone else made at its name first (`init` accepts an empty
+/// directory) would put the re-encrypted volume, the only copy once the
+/// old one is deleted, in their hands.
+fn refuse_unless_ours_alone(new: &Volume) -> Result<()> {
+    let staging = new.backing();
+    let dir = new.open_root()?;
+    let stat = rustix::fs::fstat(&dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if stat.st_uid != me || stat.st_mode & 0o077 != 0 {
+        return Err(VolumeError::io(
+            staging.display().to_string(),
+            std::io::Error::other(format!(
+                "made by someone else meanwhile (owner uid {}, mode {:o}); nothing was \
+                 copied: move it away and run again",
+                stat.st_uid,
+                stat.st_mode & 0o7777
+            )),
+        ));
+    }
+    Ok(())
+}
+
 /// When root re-encrypts another user's volume: the files `init` made in
 /// the new volume's root (its configuration, its root's id record) go to
 /// BACKING's owner, who could not open the volume otherwise. Done while the
@@ -347,14 +372,6 @@ fn give_new_volume_to_owner(new: &Volume, backing: BorrowedFd<'_>) -> Result<()>
         return Ok(());
     }
     let dir = new.open_root()?;
-    let made = rustix::fs::fstat(&dir)
-        .map_err(|e| VolumeError::io(format!("examining {}", staging.display()), e.into()))?;
-    if !crate::lock::is_roots_alone(&made) {
-        return Err(VolumeError::io(
-            staging.display().to_string(),
-            std::io::Error::other("made by another user meanwhile; remove it and run again"),
-        ));
-    }
     for name in [crate::config::CONFIG_NAME, crate::name_cipher::DIR_ID_NAME] {
         let shown = staging.join(name);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -1087,6 +1104,26 @@ mod tests {
 
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(staging.join("precious").exists());
+    }
+
+    // Protects: a directory someone else made at the new volume's name
+    // before the run's `init` (which accepts an empty directory) is
+    // refused before anything is copied into it: the re-encrypted volume
+    // would be the only copy, in their hands.
+    #[test]
+    fn a_staging_directory_made_by_another_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let (_parent, backing, staging) = paths();
+        volume_with(&backing, &key(1), b"kept");
+        let old = Volume::open(&backing, &key(1)).expect("open");
+        fs::create_dir(&staging).expect("mkdir");
+        std::os::unix::fs::chown(&staging, Some(65534), Some(65534)).expect("chown");
+        let new = Volume::init(&staging, &key(2), None, NameMode::Encrypted).expect("init");
+
+        assert!(refuse_unless_ours_alone(&new).is_err());
+        assert!(refuse_unless_ours_alone(&old).is_ok());
     }
 
     // Protects: whatever sits at the mark's name when the new volume is
