@@ -288,20 +288,7 @@ impl<'a> Beside<'a> {
     }
 
     fn open_dir(&self, name: &CStr, shown: &Path) -> Result<Option<OwnedFd>> {
-        match crate::remove::open_subdir(self.parent.as_fd(), name) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
-                Err(VolumeError::io(
-                    shown.display().to_string(),
-                    std::io::Error::other(
-                        "not a directory (a symlink is not followed here: give the directory \
-                         it points to, or move it away)",
-                    ),
-                ))
-            }
-            Err(e) => Err(VolumeError::io(format!("opening {}", shown.display()), e)),
-        }
+        crate::remove::open_dir_at(self.parent.as_fd(), name, shown)
     }
 
     /// Exchanges BACKING and the directory beside it atomically, durably.

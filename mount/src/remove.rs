@@ -7,6 +7,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -66,10 +67,48 @@ pub fn open_subdir(parent: BorrowedFd<'_>, name: impl rustix::path::Arg) -> io::
     Ok(rustix::fs::openat(parent, name, flags, Mode::empty())?)
 }
 
+/// The directory `name` in `parent` (`shown` in messages), never through a
+/// symlink and without blocking; `None` if there is nothing by that name.
+pub fn open_dir_at(
+    parent: BorrowedFd<'_>,
+    name: impl rustix::path::Arg,
+    shown: &Path,
+) -> crate::error::Result<Option<OwnedFd>> {
+    use crate::error::VolumeError;
+    match open_subdir(parent, name) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        // O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+            Err(VolumeError::io(
+                shown.display().to_string(),
+                io::Error::other(
+                    "not a directory (a symlink is not followed here: give the directory it \
+                     points to)",
+                ),
+            ))
+        }
+        Err(e) => Err(VolumeError::io(format!("opening {}", shown.display()), e)),
+    }
+}
+
+/// Like `open_dir_at`, for a directory that must be there.
+pub fn open_existing_dir_at(
+    parent: BorrowedFd<'_>,
+    name: impl rustix::path::Arg,
+    shown: &Path,
+) -> crate::error::Result<OwnedFd> {
+    open_dir_at(parent, name, shown)?.ok_or_else(|| {
+        crate::error::VolumeError::io(
+            format!("opening {}", shown.display()),
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn open(path: &Path) -> OwnedFd {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;

@@ -64,7 +64,9 @@ pub fn copy_tree(
     // point one anywhere.
     let source_dir = match &source {
         Source::Volume(volume) => volume.open_root()?,
-        Source::Plain => open_dir_nofollow(source_root)?,
+        Source::Plain => {
+            crate::remove::open_existing_dir_at(rustix::fs::CWD, source_root, source_root)?
+        }
     };
     let (root_kind, source_names, source_key) = match &source {
         Source::Plain => (Root::Plain, None, DirKey::Plain),
@@ -619,20 +621,6 @@ impl Copier<'_, '_> {
         self.finish_node(here, Some((&entry, Made::Special)), visit.stat)
             .context(|| "keeping the special file's owner, mode and times".to_string())
     }
-}
-
-/// The directory at `path`, its last component never followed.
-fn open_dir_nofollow(path: &Path) -> Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
-        let why = match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::other(
-                "not a directory (a symlink is not followed here: give the directory it points to)",
-            ),
-            e => e.into(),
-        };
-        VolumeError::io(format!("opening {}", path.display()), why)
-    })
 }
 
 fn is_device(kind: FileType) -> bool {

@@ -406,17 +406,7 @@ fn make_backing_dir(backing: &Path) -> Result<OwnedFd> {
         Err(rustix::io::Errno::EXIST) => false,
         Err(e) => return Err(VolumeError::io(format!("creating {}", shown()), e.into())),
     };
-    let dir = crate::remove::open_subdir(parent.as_fd(), name).map_err(|e| {
-        match e.raw_os_error() {
-        Some(libc::ELOOP) | Some(libc::ENOTDIR) => VolumeError::io(
-            shown(),
-            std::io::Error::other(
-                "not a directory (a symlink is not followed here: give the directory it points to)",
-            ),
-        ),
-        _ => VolumeError::io(format!("opening {}", shown()), e),
-    }
-    })?;
+    let dir = crate::remove::open_existing_dir_at(parent.as_fd(), name, backing)?;
     // As root: the directory just made must be the one opened (whoever can
     // write the parent could rename it away and put one of theirs there).
     if made && rustix::process::geteuid().is_root() {

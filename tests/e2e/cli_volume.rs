@@ -303,14 +303,7 @@ fn encrypt_then_inspect_and_fsck() {
     let plain = dir.path().join("plain");
     write_plain_tree(&plain);
     let b = dir.path().join("enc");
-    let out = run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&b)][..],
-            names_flag(),
-        ]
-        .concat(),
-        Some(KEY),
-    );
+    let out = encrypt(&plain, &b, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stored = std::fs::read_link(backing_path(&b, "sub/link")).expect("link");
     if crate::PLAINTEXT_NAMES {
@@ -364,16 +357,7 @@ fn fsck_reports_and_repairs() {
     std::fs::write(plain.join("data"), vec![1u8; 5 * 4096]).expect("write");
     std::fs::write(plain.join("tail"), vec![2u8; 3 * 4096 + 100]).expect("write");
     let b = dir.path().join("enc");
-    assert!(run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&b)][..],
-            names_flag()
-        ]
-        .concat(),
-        Some(KEY)
-    )
-    .status
-    .success());
+    assert!(encrypt(&plain, &b, &[]).status.success());
     let data = backing_path(&b, "data");
     let mut raw = std::fs::read(&data).expect("raw");
     use chronicle_mount::layout::block_offset;
@@ -428,16 +412,7 @@ fn rotate_key_both_ways() {
     let plain = dir.path().join("plain");
     write_plain_tree(&plain);
     let b = dir.path().join("enc");
-    assert!(run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&b)][..],
-            names_flag()
-        ]
-        .concat(),
-        Some(KEY)
-    )
-    .status
-    .success());
+    assert!(encrypt(&plain, &b, &[]).status.success());
     let raw_before = std::fs::read(backing_path(&b, "a.txt")).expect("raw");
     let out = bin()
         .args(["rotate-key", path_str(&b), "--new-key-env", "NEWK"])

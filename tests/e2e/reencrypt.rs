@@ -129,27 +129,13 @@ fn encrypt_and_reencrypt_keep_everything() {
     // Without --xattrs the tree's extended attributes are refused, never
     // dropped.
     let refused = dir.path().join("refused");
-    let out = run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&refused)][..],
-            names_flag(),
-        ]
-        .concat(),
-        Some(KEY),
-    );
+    let out = encrypt(&plain, &refused, &[]);
     assert!(
         !out.status.success(),
         "a tree with xattrs went into a volume without them"
     );
     assert!(stderr(&out).contains("--xattrs"), "{}", stderr(&out));
-    let out = run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&backing), "--xattrs"][..],
-            names_flag(),
-        ]
-        .concat(),
-        Some(KEY),
-    );
+    let out = encrypt(&plain, &backing, &["--xattrs"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let sparse = fs::metadata(backing_path(&backing, "sparse")).expect("raw");
     assert!(sparse.blocks() * 512 < 1 << 20, "holes stay holes");
@@ -238,16 +224,7 @@ fn killed_reencryption_resumes_or_rolls_back() {
         }
     }
     let backing = dir.path().join("backing");
-    assert!(run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&backing)][..],
-            names_flag()
-        ]
-        .concat(),
-        Some(KEY)
-    )
-    .status
-    .success());
+    assert!(encrypt(&plain, &backing, &[]).status.success());
     // How long one run takes here, to spread the kills over it.
     let start = Instant::now();
     let out = rotate(&backing, KEY, WRONG_KEY).output().expect("run");
@@ -350,14 +327,7 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
     fs::create_dir_all(plain.join("a/b")).expect("mkdir");
     fs::write(plain.join("a/b/f"), b"kept").expect("write");
     let backing = dir.path().join("backing");
-    let out = run(
-        &[
-            &["encrypt", path_str(&plain), path_str(&backing)][..],
-            names_flag(),
-        ]
-        .concat(),
-        Some(KEY),
-    );
+    let out = encrypt(&plain, &backing, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let chowned = std::process::Command::new("chown")
         .args(["-R", "65534:65534", path_str(&backing)])

@@ -57,6 +57,17 @@ pub fn names_flag() -> &'static [&'static str] {
 
 /// The backing path of plaintext path `plain` in the volume in `backing`
 /// (which opens with `key`), through the volume's names.
+/// `chronicle encrypt PLAIN BACKING EXTRA…` with the run's name flag and
+/// the test key.
+pub fn encrypt(plain: &Path, backing: &Path, extra: &[&str]) -> Output {
+    let args = [
+        &["encrypt", path_str(plain), path_str(backing)][..],
+        extra,
+        names_flag(),
+    ];
+    run(&args.concat(), Some(KEY))
+}
+
 pub fn backing_path_with(backing: &Path, plain: &str, key: &str) -> PathBuf {
     let key = chronicle_mount::UserKey::from_hex(key, "test").expect("key");
     let volume = chronicle_mount::Volume::open(backing, &key).expect("open the volume");
