@@ -220,6 +220,19 @@ impl Names {
         }
     }
 
+    /// The name of the file that holds the long name of the backing entry
+    /// `entry`, if `entry` is a long name's.
+    pub fn long_name_file(&self, entry: &OsStr) -> Option<OsString> {
+        // A short encrypted name is base64url, which has no '.'; with
+        // plaintext names every name is stored as it is.
+        let is_long = self.cipher.is_some() && entry.as_bytes().starts_with(LONG_PREFIX.as_bytes());
+        is_long.then(|| {
+            let mut file = entry.to_os_string();
+            file.push(LONG_NAME_SUFFIX);
+            file
+        })
+    }
+
     /// After the entry `name` is gone from `dir`: removes a long name's file.
     pub fn remove_entry(&self, dir: BorrowedFd, key: &DirKey, name: &OsStr) {
         if let Ok(BackingName::Long {
@@ -444,11 +457,18 @@ mod tests {
         assert_eq!(decoded.expect("decodes"), long);
         let mut file = entry.clone();
         file.push(LONG_NAME_SUFFIX);
+        assert!(tmp.path().join(&file).is_file());
+        assert_eq!(n.long_name_file(&entry), Some(file.clone()));
+        let short = n
+            .create_entry(dir.as_fd(), &key, OsStr::new("short"), false)
+            .expect("create");
+        assert_eq!(n.long_name_file(&short), None);
         assert!(n.is_internal(&file, false));
         assert!(n.is_internal(OsStr::new(DIR_ID_NAME), false));
         n.remove_entry(dir.as_fd(), &key, &long);
         assert!(!tmp.path().join(&file).exists());
         let plain = names(NameMode::Plaintext);
+        assert_eq!(plain.long_name_file(&entry), None, "stored as it is");
         assert!(!plain.is_internal(OsStr::new("chronicle.notes"), false));
         assert!(plain.is_internal(OsStr::new("chronicle.volume"), true));
         assert!(matches!(

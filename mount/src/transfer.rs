@@ -216,12 +216,33 @@ impl Copier<'_, '_> {
                 }
             },
         };
-        let entry = self
-            .dest
-            .names()
+        let names = self.dest.names();
+        let entry = names
             .create_entry(level.fd.as_fd(), &level.dest_key, &plain, in_root)
             .map_err(|e| name_error(e, visit.relative))?;
+        // A long name's file goes to the entry's owner, whose own mount
+        // could not read it (mode 0400) to list the directory otherwise.
+        if let Some(file) = names.long_name_file(&entry) {
+            self.give_internal_file(level.fd.as_fd(), &file, &visit.stat)?;
+        }
         Ok((plain, entry))
+    }
+
+    /// As root, gives the volume's own file `name` in `dir` (an id record,
+    /// a long name's file) to the owner in `stat`. `dir` is one this copy
+    /// made and found root's alone, so nobody else can have put a
+    /// different file at `name`.
+    fn give_internal_file(&self, dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat) -> Result<()> {
+        if !self.as_root {
+            return Ok(());
+        }
+        let uid = Some(rustix::fs::Uid::from_raw(stat.st_uid));
+        let gid = Some(rustix::fs::Gid::from_raw(stat.st_gid));
+        match rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW) {
+            // A volume with plaintext names has no id records.
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(VolumeError::io("keeping an entry's owner", e.into())),
+        }
     }
 
     fn enter_dir(&mut self, visit: &Visit) -> Result<()> {
@@ -267,17 +288,8 @@ impl Copier<'_, '_> {
         // The directory's id record goes with it to its owner, who could
         // not read it (mode 0400) to list the directory otherwise. The new
         // directory is still root's alone here (checked above).
-        if self.as_root {
-            let owner = (
-                Some(rustix::fs::Uid::from_raw(visit.stat.st_uid)),
-                Some(rustix::fs::Gid::from_raw(visit.stat.st_gid)),
-            );
-            let name = crate::name_cipher::DIR_ID_NAME;
-            match rustix::fs::chownat(&dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(VolumeError::io("keeping a directory's owner", e.into())),
-            }
-        }
+        let record = OsStr::new(crate::name_cipher::DIR_ID_NAME);
+        self.give_internal_file(dir.as_fd(), record, &visit.stat)?;
         let source_key = match &self.source_names {
             None => DirKey::Plain,
             Some(names) => {

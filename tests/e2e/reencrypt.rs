@@ -326,6 +326,9 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
     let plain = dir.path().join("plain");
     fs::create_dir_all(plain.join("a/b")).expect("mkdir");
     fs::write(plain.join("a/b/f"), b"kept").expect("write");
+    // A long name is kept in a file of its own, which the owner's mount
+    // must be able to read too.
+    fs::write(plain.join("a").join("l".repeat(200)), b"long").expect("write");
     let backing = dir.path().join("backing");
     let out = encrypt(&plain, &backing, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
