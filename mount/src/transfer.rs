@@ -223,7 +223,7 @@ impl Copier<'_, '_> {
         // A long name's file goes to the entry's owner, whose own mount
         // could not read it (mode 0400) to list the directory otherwise.
         if let Some(file) = names.long_name_file(&entry) {
-            self.give_internal_file(level.fd.as_fd(), &file, &visit.stat)?;
+            self.give_internal_file(level.fd.as_fd(), &file, visit.stat)?;
         }
         Ok((plain, entry))
     }
@@ -289,7 +289,7 @@ impl Copier<'_, '_> {
         // not read it (mode 0400) to list the directory otherwise. The new
         // directory is still root's alone here (checked above).
         let record = OsStr::new(crate::name_cipher::DIR_ID_NAME);
-        self.give_internal_file(dir.as_fd(), record, &visit.stat)?;
+        self.give_internal_file(dir.as_fd(), record, visit.stat)?;
         let source_key = match &self.source_names {
             None => DirKey::Plain,
             Some(names) => {

@@ -414,12 +414,7 @@ fn rotate_key_both_ways() {
     let b = dir.path().join("enc");
     assert!(encrypt(&plain, &b, &[]).status.success());
     let raw_before = std::fs::read(backing_path(&b, "a.txt")).expect("raw");
-    let out = bin()
-        .args(["rotate-key", path_str(&b), "--new-key-env", "NEWK"])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .env("NEWK", WRONG_KEY)
-        .output()
-        .expect("run");
+    let out = rotate_key(&b, KEY, WRONG_KEY, &[]).output().expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         std::fs::read(backing_path_with(&b, "a.txt", WRONG_KEY)).expect("raw"),
@@ -434,16 +429,7 @@ fn rotate_key_both_ways() {
         .status
         .success());
 
-    let out = bin()
-        .args([
-            "rotate-key",
-            path_str(&b),
-            "--new-key-env",
-            "NEWK",
-            "--reencrypt",
-        ])
-        .env("CHRONICLE_ENCRYPTION_KEY", WRONG_KEY)
-        .env("NEWK", KEY)
+    let out = rotate_key(&b, WRONG_KEY, KEY, &["--reencrypt"])
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", stderr(&out));

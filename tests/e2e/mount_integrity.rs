@@ -180,16 +180,8 @@ fn rewrites_refused_while_mounted() {
     let out = run(&["fsck", m.fixture.b(), "--repair"], Some(KEY));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is mounted at"), "{}", stderr(&out));
-    let out = bin()
-        .args([
-            "rotate-key",
-            m.fixture.b(),
-            "--new-key-env",
-            "NEWK",
-            "--reencrypt",
-        ])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .env("NEWK", WRONG_KEY)
+    let backing = std::path::Path::new(m.fixture.b());
+    let out = rotate_key(backing, KEY, WRONG_KEY, &["--reencrypt"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));

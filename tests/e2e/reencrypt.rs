@@ -147,18 +147,7 @@ fn encrypt_and_reencrypt_keep_everything() {
         let m = Mounted::with_fixture(fixture, &[]);
         assert_same_tree(&plain, &m.mnt);
     }
-    let out = bin()
-        .args([
-            "rotate-key",
-            path_str(&backing),
-            "--new-key-env",
-            "NEWK",
-            "--reencrypt",
-        ])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .env("NEWK", WRONG_KEY)
-        .output()
-        .expect("run");
+    let out = rotate(&backing, KEY, WRONG_KEY).output().expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
     let fixture = Fixture {
         dir: tempfile::tempdir().expect("tempdir"),
@@ -180,19 +169,7 @@ fn encrypt_and_reencrypt_keep_everything() {
 }
 
 fn rotate(backing: &Path, from: &str, to: &str) -> std::process::Command {
-    let mut cmd = bin();
-    cmd.args([
-        "rotate-key",
-        path_str(backing),
-        "--new-key-env",
-        "NEWK",
-        "--reencrypt",
-    ])
-    .env("CHRONICLE_ENCRYPTION_KEY", from)
-    .env("NEWK", to)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    cmd
+    rotate_key(backing, from, to, &["--reencrypt"])
 }
 
 fn opens_with(backing: &Path, key: &str) -> bool {
@@ -338,10 +315,7 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
         .expect("chown");
     assert!(chowned.success());
 
-    let out = bin()
-        .args(["rotate-key", path_str(&backing), "--new-key-env", "NEWK"])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .env("NEWK", WRONG_KEY)
+    let out = rotate_key(&backing, KEY, WRONG_KEY, &[])
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", stderr(&out));

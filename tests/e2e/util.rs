@@ -55,6 +55,19 @@ pub fn names_flag() -> &'static [&'static str] {
     }
 }
 
+/// `chronicle rotate-key BACKING --new-key-env NEWK EXTRA…`, from the key
+/// `from` to the key `to`, its output piped.
+pub fn rotate_key(backing: &Path, from: &str, to: &str, extra: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.args(["rotate-key", path_str(backing), "--new-key-env", "NEWK"])
+        .args(extra)
+        .env("CHRONICLE_ENCRYPTION_KEY", from)
+        .env("NEWK", to)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// The backing path of plaintext path `plain` in the volume in `backing`
 /// (which opens with `key`), through the volume's names.
 /// `chronicle encrypt PLAIN BACKING EXTRA…` with the run's name flag and
