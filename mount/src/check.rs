@@ -15,7 +15,7 @@ use rustix::fs::{FileType, OFlags};
 use crate::content::{EncryptedFile, TailRepair};
 use crate::error::{Result, VolumeError};
 use crate::journal::Journal;
-use crate::names::DirKey;
+use crate::names::{DirKey, NameError};
 use crate::symlink_file;
 use crate::tree::{self, Root, Visit, Visitor};
 use crate::volume::{name_error, Volume};
@@ -36,6 +36,9 @@ pub enum Event<'a> {
     },
     /// Damage in `file` that a crash does not leave: left as it is.
     NotRepaired { file: &'a Path, reason: &'a str },
+    /// A name, id record or long name's file that could not be read (its
+    /// permissions, an I/O error): not checked, and not a forgery either.
+    Unreadable { error: &'a VolumeError },
     /// Another file done; its backing size.
     Progress(u64),
 }
@@ -46,6 +49,8 @@ pub struct Summary {
     pub files: u64,
     pub blocks: u64,
     pub failures: u64,
+    /// Names that could not be read (`Event::Unreadable`).
+    pub unreadable: u64,
     pub repaired: u64,
 }
 
@@ -128,7 +133,7 @@ impl Checker<'_, '_> {
                 let key = match names.dir_key(visit.dir) {
                     Ok(key) => Some(key),
                     Err(e) => {
-                        self.bad(name_error(e, &self.volume.backing().join(&parent)));
+                        self.name_failed(e, &self.volume.backing().join(&parent));
                         None
                     }
                 };
@@ -141,7 +146,7 @@ impl Checker<'_, '_> {
         };
         let in_root = parent.as_os_str().is_empty();
         if let Some(Err(e)) = names.decode(visit.dir, &key, visit.name, in_root) {
-            self.bad(name_error(e, &self.volume.backing().join(visit.relative)));
+            self.name_failed(e, &self.volume.backing().join(visit.relative));
             return;
         }
         let shown = self.volume.backing().join(visit.relative);
@@ -178,6 +183,20 @@ impl Checker<'_, '_> {
             self.bad(e);
         }
         Ok(())
+    }
+
+    /// A name that did not authenticate is bad; one that could not be
+    /// read is told apart (a wrong owner is not a forgery).
+    fn name_failed(&mut self, e: NameError, at: &Path) {
+        let unreadable = matches!(e, NameError::Io(_));
+        let error = name_error(e, at);
+        match unreadable {
+            true => {
+                self.summary.unreadable += 1;
+                (self.report)(Event::Unreadable { error: &error });
+            }
+            false => self.bad(error),
+        }
     }
 
     fn bad(&mut self, error: VolumeError) {

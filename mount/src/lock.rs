@@ -82,6 +82,17 @@ pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> R
     give_to(file, (owner.st_uid, owner.st_gid), shown)
 }
 
+/// Who files this process makes in the backing directory open as `dir`
+/// are given to: the directory's owner, when this process is root and the
+/// owner is another user (whose own mount must read them).
+pub(crate) fn owner_to_give_to(dir: BorrowedFd<'_>) -> std::io::Result<Option<(u32, u32)>> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let owner = rustix::fs::fstat(dir)?;
+    Ok((owner.st_uid != 0).then_some((owner.st_uid, owner.st_gid)))
+}
+
 /// Hands `file`, which this process (root) has just created, to `uid` and
 /// `gid` (the volume's owner) unless that is root or has it already. Where
 /// the file system does not let root give files away, the file stays as
@@ -119,7 +130,7 @@ pub(crate) fn is_roots_alone(dir: &rustix::fs::Stat) -> bool {
 
 /// Whether `e`, from a chown by root, means the file system does not let
 /// root give files away (rather than that something is wrong).
-fn cannot_give_away(e: rustix::io::Errno) -> bool {
+pub(crate) fn cannot_give_away(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
     matches!(
         e,

@@ -108,7 +108,7 @@ impl Names {
         let record = match read_small(dir, OsStr::new(DIR_ID_NAME), DIR_ID_RECORD_LEN as u64 + 1) {
             Ok(bytes) => bytes,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.is_empty_dir(dir)? => {
-                return self.init_dir(dir);
+                return self.init_dir(dir, None);
             }
             Err(e) => return Err(e.into()),
         };
@@ -120,13 +120,14 @@ impl Names {
 
     /// Gives a new, empty directory its id record, durably; returns its key.
     /// Never replaces a record: if another thread or process gave the
-    /// directory one meanwhile, that one is read and used.
-    pub fn init_dir(&self, dir: BorrowedFd) -> Result<DirKey, NameError> {
+    /// directory one meanwhile, that one is read and used. `owner`: see
+    /// `create_entry`.
+    pub fn init_dir(&self, dir: BorrowedFd, owner: Option<Owner>) -> Result<DirKey, NameError> {
         let Some(cipher) = &self.cipher else {
             return Ok(DirKey::Plain);
         };
         let (id, record) = cipher.new_dir_id();
-        match write_durably(dir, OsStr::new(DIR_ID_NAME), &record) {
+        match write_durably(dir, OsStr::new(DIR_ID_NAME), &record, owner) {
             Ok(()) => Ok(DirKey::Id(id)),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let winner =
@@ -193,13 +194,16 @@ impl Names {
 
     /// Like `entry`, for an entry about to be made: a long name's file is
     /// written (durably) first, so that a crash never leaves an entry whose
-    /// name cannot be read.
+    /// name cannot be read. `owner`, for root copying a tree: who the
+    /// file is given to before it takes its name (the owner `dir` will
+    /// have, whose mount must read it); `None` leaves it this process's.
     pub fn create_entry(
         &self,
         dir: BorrowedFd,
         key: &DirKey,
         name: &OsStr,
         in_root: bool,
+        owner: Option<Owner>,
     ) -> Result<OsString, NameError> {
         match self.stored(key, name, in_root)? {
             BackingName::Short(entry) => Ok(entry),
@@ -209,7 +213,7 @@ impl Names {
             } => {
                 let mut file = digest_name.clone();
                 file.push(LONG_NAME_SUFFIX);
-                match write_durably(dir, &file, &encoded) {
+                match write_durably(dir, &file, &encoded, owner) {
                     // The name's file is there already (the entry exists,
                     // or a crash left it): the encoding is deterministic.
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -218,19 +222,6 @@ impl Names {
                 Ok(digest_name)
             }
         }
-    }
-
-    /// The name of the file that holds the long name of the backing entry
-    /// `entry`, if `entry` is a long name's.
-    pub fn long_name_file(&self, entry: &OsStr) -> Option<OsString> {
-        // A short encrypted name is base64url, which has no '.'; with
-        // plaintext names every name is stored as it is.
-        let is_long = self.cipher.is_some() && entry.as_bytes().starts_with(LONG_PREFIX.as_bytes());
-        is_long.then(|| {
-            let mut file = entry.to_os_string();
-            file.push(LONG_NAME_SUFFIX);
-            file
-        })
     }
 
     /// After the entry `name` is gone from `dir`: removes a long name's file.
@@ -334,12 +325,23 @@ pub fn is_internal(mode: NameMode, backing: &OsStr, in_root: bool) -> bool {
 
 /// Puts a directory's id record back (after a failed removal).
 pub fn restore_record(dir: BorrowedFd, record: &[u8]) -> io::Result<()> {
-    write_durably(dir, OsStr::new(DIR_ID_NAME), record)
+    write_durably(dir, OsStr::new(DIR_ID_NAME), record, None)
 }
 
+/// A user and group id to give a file to.
+pub type Owner = (u32, u32);
+
 /// Writes a small file of the volume's own, durably: a temporary name,
-/// fsync, then rename into place (a crash leaves the old file or the new).
-fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+/// given to `owner` (if any) and synced, then renamed into place (a crash
+/// leaves the old file or the new). The file is given away through its
+/// own descriptor before it has its name: whoever can write `dir` could
+/// put another file (a hard link to one of root's) at the name by then.
+fn write_durably(
+    dir: BorrowedFd,
+    name: &OsStr,
+    bytes: &[u8],
+    owner: Option<Owner>,
+) -> io::Result<()> {
     let mut tmp = OsString::from("chronicle.tmp.");
     tmp.push(OsString::from_vec(
         crate::random::bytes::<6>()
@@ -354,8 +356,8 @@ fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> 
         Mode::from_raw_mode(0o400),
     )?;
     let mut file = std::fs::File::from(fd);
-    let written = file
-        .write_all(bytes)
+    let written = give_to(&file, owner)
+        .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .and_then(|()| {
             // Never over an existing file: a concurrent writer's stands.
@@ -367,6 +369,25 @@ fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> 
         return Err(e);
     }
     Ok(())
+}
+
+/// Gives `file` to `owner`. Where the file system does not let root give
+/// files away (NFS with root_squash, some FUSE file systems), the file
+/// stays this process's, with a warning.
+fn give_to(file: &std::fs::File, owner: Option<Owner>) -> io::Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let uid = rustix::fs::Uid::from_raw(uid);
+    let gid = rustix::fs::Gid::from_raw(gid);
+    match rustix::fs::fchown(file, Some(uid), Some(gid)) {
+        Ok(()) => Ok(()),
+        Err(e) if crate::lock::cannot_give_away(e) => {
+            log::warn!("a name file of the volume's: cannot give it to its owner: {e}");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads at most `limit` bytes of the volume's own small file `name`:
@@ -413,7 +434,7 @@ mod tests {
         let n = names(NameMode::Encrypted);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = open_dir(tmp.path());
-        let key = n.init_dir(dir.as_fd()).expect("init");
+        let key = n.init_dir(dir.as_fd(), None).expect("init");
         assert_eq!(n.dir_key(dir.as_fd()).expect("read"), key);
         std::fs::remove_file(tmp.path().join(DIR_ID_NAME)).expect("rm");
         let fresh = n
@@ -436,6 +457,49 @@ mod tests {
         );
     }
 
+    // Protects: as root, the volume's own files made for another user (a
+    // copy of her volume) are hers from before they have their names; a
+    // file someone put at a long name's file beforehand (a hard link to
+    // one of root's) is neither replaced nor given away.
+    #[test]
+    fn files_made_for_an_owner_are_given_before_they_are_named() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let n = names(NameMode::Encrypted);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = open_dir(tmp.path());
+        let nobody = Some((65534, 65534));
+        let key = n.init_dir(dir.as_fd(), nobody).expect("init");
+        let owner = |name: &OsStr| {
+            let stat = rustix::fs::lstat(tmp.path().join(name)).expect("stat");
+            (stat.st_uid, stat.st_gid)
+        };
+        assert_eq!(owner(OsStr::new(DIR_ID_NAME)), (65534, 65534));
+        let long = OsString::from("m".repeat(255));
+        let entry = n
+            .create_entry(dir.as_fd(), &key, &long, false, nobody)
+            .expect("create");
+        let mut file = entry.clone();
+        file.push(LONG_NAME_SUFFIX);
+        assert_eq!(owner(&file), (65534, 65534));
+
+        let planted_long = OsString::from("p".repeat(255));
+        let BackingName::Long { digest_name, .. } =
+            n.stored(&key, &planted_long, false).expect("stored")
+        else {
+            panic!("a long name");
+        };
+        let mut planted = digest_name;
+        planted.push(LONG_NAME_SUFFIX);
+        std::fs::write(tmp.path().join(&planted), b"root's").expect("plant");
+        n.create_entry(dir.as_fd(), &key, &planted_long, false, nobody)
+            .expect("create");
+        assert_eq!(owner(&planted), (0, 0), "not given away");
+        let kept = std::fs::read(tmp.path().join(&planted)).expect("read");
+        assert_eq!(kept, b"root's", "not replaced");
+    }
+
     // Protects: long names get their file before the entry exists and lose
     // it after; decoding reads it; internal names are hidden in both modes.
     #[test]
@@ -443,10 +507,10 @@ mod tests {
         let n = names(NameMode::Encrypted);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = open_dir(tmp.path());
-        let key = n.init_dir(dir.as_fd()).expect("init");
+        let key = n.init_dir(dir.as_fd(), None).expect("init");
         let long = OsString::from("n".repeat(255));
         let entry = n
-            .create_entry(dir.as_fd(), &key, &long, false)
+            .create_entry(dir.as_fd(), &key, &long, false, None)
             .expect("create");
         assert!(entry.as_bytes().starts_with(LONG_PREFIX.as_bytes()));
         assert!(
@@ -458,17 +522,11 @@ mod tests {
         let mut file = entry.clone();
         file.push(LONG_NAME_SUFFIX);
         assert!(tmp.path().join(&file).is_file());
-        assert_eq!(n.long_name_file(&entry), Some(file.clone()));
-        let short = n
-            .create_entry(dir.as_fd(), &key, OsStr::new("short"), false)
-            .expect("create");
-        assert_eq!(n.long_name_file(&short), None);
         assert!(n.is_internal(&file, false));
         assert!(n.is_internal(OsStr::new(DIR_ID_NAME), false));
         n.remove_entry(dir.as_fd(), &key, &long);
         assert!(!tmp.path().join(&file).exists());
         let plain = names(NameMode::Plaintext);
-        assert_eq!(plain.long_name_file(&entry), None, "stored as it is");
         assert!(!plain.is_internal(OsStr::new("chronicle.notes"), false));
         assert!(plain.is_internal(OsStr::new("chronicle.volume"), true));
         assert!(matches!(

@@ -82,6 +82,18 @@ pub fn copy_tree(
         .names()
         .dir_key(dest_root.as_fd())
         .map_err(|e| name_error(e, dest.backing()))?;
+    // The owner the top directory will have: its own (`encrypt` into a
+    // user's empty directory), unless it is root's (a re-encryption gives
+    // it the old root's owner at the end).
+    let examining =
+        |e: io::Error| VolumeError::io(format!("examining {}", dest.backing().display()), e);
+    let top_owner = match crate::lock::owner_to_give_to(dest_root.as_fd()).map_err(examining)? {
+        Some(owner) => owner,
+        None => {
+            let source_top = rustix::fs::fstat(&source_dir).map_err(|e| examining(e.into()))?;
+            (source_top.st_uid, source_top.st_gid)
+        }
+    };
     let mut copier = Copier {
         source_sealer: match &source {
             Source::Plain => None,
@@ -96,6 +108,7 @@ pub fn copy_tree(
             source_key,
             dest_key,
             dest_path: PathBuf::new(),
+            owner: top_owner,
         }],
         dest_root,
         links: HashMap::new(),
@@ -130,6 +143,8 @@ struct Level {
     dest_key: DirKey,
     /// This directory, relative to the destination root, in backing names.
     dest_path: PathBuf,
+    /// The owner this directory will have: its source's.
+    owner: (u32, u32),
 }
 
 struct Copier<'a, 'p> {
@@ -216,33 +231,25 @@ impl Copier<'_, '_> {
                 }
             },
         };
-        let names = self.dest.names();
-        let entry = names
-            .create_entry(level.fd.as_fd(), &level.dest_key, &plain, in_root)
+        let entry = self
+            .dest
+            .names()
+            .create_entry(
+                level.fd.as_fd(),
+                &level.dest_key,
+                &plain,
+                in_root,
+                self.heir(level.owner),
+            )
             .map_err(|e| name_error(e, visit.relative))?;
-        // A long name's file goes to the entry's owner, whose own mount
-        // could not read it (mode 0400) to list the directory otherwise.
-        if let Some(file) = names.long_name_file(&entry) {
-            self.give_internal_file(level.fd.as_fd(), &file, visit.stat)?;
-        }
         Ok((plain, entry))
     }
 
-    /// As root, gives the volume's own file `name` in `dir` (an id record,
-    /// a long name's file) to the owner in `stat`. `dir` is one this copy
-    /// made and found root's alone, so nobody else can have put a
-    /// different file at `name`.
-    fn give_internal_file(&self, dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat) -> Result<()> {
-        if !self.as_root {
-            return Ok(());
-        }
-        let uid = Some(rustix::fs::Uid::from_raw(stat.st_uid));
-        let gid = Some(rustix::fs::Gid::from_raw(stat.st_gid));
-        match rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW) {
-            // A volume with plaintext names has no id records.
-            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(VolumeError::io("keeping an entry's owner", e.into())),
-        }
+    /// Who the volume's own files (id records, long names' files) in a new
+    /// directory are made for: as root, the owner the directory will have,
+    /// whose own mount could not read them (mode 0400) otherwise.
+    fn heir(&self, owner: (u32, u32)) -> Option<(u32, u32)> {
+        self.as_root.then_some(owner)
     }
 
     fn enter_dir(&mut self, visit: &Visit) -> Result<()> {
@@ -280,16 +287,12 @@ impl Copier<'_, '_> {
                 ));
             }
         }
+        let owner = (visit.stat.st_uid, visit.stat.st_gid);
         let dest_key = self
             .dest
             .names()
-            .init_dir(dir.as_fd())
+            .init_dir(dir.as_fd(), self.heir(owner))
             .map_err(|e| name_error(e, visit.relative))?;
-        // The directory's id record goes with it to its owner, who could
-        // not read it (mode 0400) to list the directory otherwise. The new
-        // directory is still root's alone here (checked above).
-        let record = OsStr::new(crate::name_cipher::DIR_ID_NAME);
-        self.give_internal_file(dir.as_fd(), record, visit.stat)?;
         let source_key = match &self.source_names {
             None => DirKey::Plain,
             Some(names) => {
@@ -304,6 +307,7 @@ impl Copier<'_, '_> {
         let dest_path = level.dest_path.join(&entry);
         self.dirs.push(Level {
             fd: dir,
+            owner,
             source_key,
             dest_key,
             dest_path,

@@ -71,10 +71,13 @@ impl Volume {
         config.store_in(root.as_fd(), backing)?;
         let volume = Self::assemble(backing, root.as_fd(), config, master)?;
         // The root's id record (encrypted names). A crash before it leaves
-        // an empty root, which gets one when it is first read.
+        // an empty root, which gets one when it is first read. Made by root
+        // in a user's directory, it is hers, as the configuration is.
+        let owner = crate::lock::owner_to_give_to(root.as_fd())
+            .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e))?;
         volume
             .names
-            .init_dir(root.as_fd())
+            .init_dir(root.as_fd(), owner)
             .map_err(|e| name_error(e, backing))?;
         Ok(volume)
     }
@@ -529,6 +532,25 @@ mod tests {
 
     use crate::keys::SecretKey;
     use crate::names::NameMode;
+
+    // Protects: a volume root makes in a user's empty directory is hers to
+    // mount: its configuration and its root's id record are hers.
+    #[test]
+    fn a_volume_made_by_root_in_a_users_directory_is_hers() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backing = dir.path().join("vol");
+        std::fs::create_dir(&backing).expect("mkdir");
+        std::os::unix::fs::chown(&backing, Some(65534), Some(65534)).expect("chown");
+        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
+        for name in [crate::config::CONFIG_NAME, crate::name_cipher::DIR_ID_NAME] {
+            let stat = rustix::fs::lstat(backing.join(name)).expect("stat");
+            assert_eq!((stat.st_uid, stat.st_gid), (65534, 65534), "{name}");
+        }
+    }
 
     // Protects: a command that opened a volume notices when another one
     // swapped in a volume with another master key (a re-encryption) before

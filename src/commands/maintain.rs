@@ -75,16 +75,27 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
                 file.display()
             )
         }),
+        Event::Unreadable { error } => bar.suspend(|| println!("{error}")),
         Event::Progress(bytes) => bar.inc(bytes),
     }
     })?;
     bar.finish_and_clear();
+    let unreadable = match summary.unreadable {
+        0 => String::new(),
+        n => format!(", {n} name(s) could not be read"),
+    };
     println!(
-        "{} files, {} blocks checked, {} failed authentication, {} repaired",
+        "{} files, {} blocks checked, {} failed authentication, {} repaired{unreadable}",
         summary.files, summary.blocks, summary.failures, summary.repaired
     );
     if summary.failures > 0 {
         return Err(BlocksFailed(summary.failures).into());
+    }
+    if summary.unreadable > 0 {
+        bail!(
+            "{} name(s) could not be read (see above); where it says permission denied, run fsck as the volume's owner",
+            summary.unreadable
+        );
     }
     Ok(())
 }

@@ -347,6 +347,60 @@ fn encrypt_then_inspect_and_fsck() {
     );
 }
 
+// Protects: a name fsck cannot read (a long name's file left root's in a
+// user's volume) is reported as unreadable, with what to do, and not as a
+// failed authentication (exit 1, not 26).
+#[test]
+fn fsck_tells_an_unreadable_name_from_a_forged_one() {
+    if crate::PLAINTEXT_NAMES || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).expect("mkdir");
+    std::fs::write(plain.join("l".repeat(200)), b"long").expect("write");
+    let b = dir.path().join("enc");
+    assert!(encrypt(&plain, &b, &[]).status.success());
+    let chowned = std::process::Command::new("chown")
+        .args(["-R", "65534:65534", path_str(&b)])
+        .status()
+        .expect("chown");
+    assert!(chowned.success());
+    let name_file = std::fs::read_dir(&b)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "name"))
+        .expect("a long name's file");
+    std::os::unix::fs::chown(&name_file, Some(0), Some(0)).expect("chown");
+
+    let out = bin()
+        .args(["fsck", path_str(&b)])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Permission denied"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("0 failed authentication, 0 repaired, 1 name(s) could not be read"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("run fsck as the volume's owner"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 // Protects: fsck names every failing block and exits 26; --repair cuts a
 // torn tail (a crash mid-write) and then passes.
 #[test]

@@ -304,8 +304,13 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
     fs::create_dir_all(plain.join("a/b")).expect("mkdir");
     fs::write(plain.join("a/b/f"), b"kept").expect("write");
     // A long name is kept in a file of its own, which the owner's mount
-    // must be able to read too.
-    fs::write(plain.join("a").join("l".repeat(200)), b"long").expect("write");
+    // must be able to read too: at the top, in a directory, of a file, a
+    // directory and a symlink.
+    for dir in [plain.clone(), plain.join("a")] {
+        fs::write(dir.join("l".repeat(200)), b"long").expect("write");
+        fs::create_dir(dir.join("d".repeat(200))).expect("mkdir");
+        std::os::unix::fs::symlink("f", dir.join("s".repeat(200))).expect("symlink");
+    }
     let backing = dir.path().join("backing");
     let out = encrypt(&plain, &backing, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -333,4 +338,17 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
         "after --reencrypt"
     );
     assert!(opens_with(&backing, KEY));
+
+    // And she can use it: `fsck` run as her reads every name and block.
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = bin()
+        .args(["fsck", path_str(&backing)])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "fsck as the owner: {}", stderr(&out));
 }

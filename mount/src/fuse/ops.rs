@@ -341,7 +341,7 @@ impl Ops {
     fn new_backing_name(&self, parent: &Pinned, name: &OsStr) -> Result<OsString, Errno> {
         let key = self.dir_key(parent)?;
         self.names
-            .create_entry(parent.fd.as_fd(), &key, name, parent.ino == ROOT_INO)
+            .create_entry(parent.fd.as_fd(), &key, name, parent.ino == ROOT_INO, None)
             .map_err(|e| self.name_errno(e, parent))
     }
 
@@ -993,7 +993,7 @@ impl Ops {
         )
         .map_err(sys)?;
         self.names
-            .init_dir(dir.as_fd())
+            .init_dir(dir.as_fd(), None)
             .map_err(|e| self.name_errno(e, parent))?;
         rustix::fs::fchmod(&dir, mode).map_err(sys)
     }
