@@ -36,8 +36,8 @@ pub enum Event<'a> {
     },
     /// Damage in `file` that a crash does not leave: left as it is.
     NotRepaired { file: &'a Path, reason: &'a str },
-    /// A name, id record or long name's file that could not be read (its
-    /// permissions, an I/O error): not checked, and not a forgery either.
+    /// A name, id record or long name's file that this user may not read
+    /// (permission denied): not checked, and not reported as a forgery.
     Unreadable { error: &'a VolumeError },
     /// Another file done; its backing size.
     Progress(u64),
@@ -185,10 +185,14 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
-    /// A name that did not authenticate is bad; one that could not be
-    /// read is told apart (a wrong owner is not a forgery).
+    /// A name that did not authenticate is bad; one that this user may not
+    /// read is told apart (a wrong owner is not a forgery). Any other
+    /// error counts as bad: someone who can write BACKING could delete a
+    /// long name's file or put a symlink or FIFO there, which a crash
+    /// never leaves.
     fn name_failed(&mut self, e: NameError, at: &Path) {
-        let unreadable = matches!(e, NameError::Io(_));
+        let denied = [Some(libc::EACCES), Some(libc::EPERM)];
+        let unreadable = matches!(&e, NameError::Io(io) if denied.contains(&io.raw_os_error()));
         let error = name_error(e, at);
         match unreadable {
             true => {

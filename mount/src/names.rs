@@ -108,7 +108,10 @@ impl Names {
         let record = match read_small(dir, OsStr::new(DIR_ID_NAME), DIR_ID_RECORD_LEN as u64 + 1) {
             Ok(bytes) => bytes,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.is_empty_dir(dir)? => {
-                return self.init_dir(dir, None);
+                // Made by root (a check, a mount) in a user's volume, the
+                // new record is hers, or her own mount could not read it.
+                let owner = crate::lock::owner_to_give_to(dir)?;
+                return self.init_dir(dir, owner);
             }
             Err(e) => return Err(e.into()),
         };
@@ -342,21 +345,9 @@ fn write_durably(
     bytes: &[u8],
     owner: Option<Owner>,
 ) -> io::Result<()> {
-    let mut tmp = OsString::from("chronicle.tmp.");
-    tmp.push(OsString::from_vec(
-        crate::random::bytes::<6>()
-            .iter()
-            .map(|b| b"abcdefghijklmnop"[usize::from(b & 15)])
-            .collect(),
-    ));
-    let fd = rustix::fs::openat(
-        dir,
-        &tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o400),
-    )?;
+    let (tmp, fd) = create_temporary(dir)?;
     let mut file = std::fs::File::from(fd);
-    let written = give_to(&file, owner)
+    let written = give_to(&file, owner, name)
         .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .and_then(|()| {
@@ -371,10 +362,37 @@ fn write_durably(
     Ok(())
 }
 
-/// Gives `file` to `owner`. Where the file system does not let root give
-/// files away (NFS with root_squash, some FUSE file systems), the file
-/// stays this process's, with a warning.
-fn give_to(file: &std::fs::File, owner: Option<Owner>) -> io::Result<()> {
+/// Creates a new temporary file of the volume's own in `dir`. A name
+/// already taken (a crash's leftover, or one someone put there) is not
+/// the file's: another name is tried.
+fn create_temporary(dir: BorrowedFd) -> io::Result<(OsString, rustix::fd::OwnedFd)> {
+    let mut tries = 0;
+    loop {
+        let mut tmp = OsString::from("chronicle.tmp.");
+        tmp.push(OsString::from_vec(
+            crate::random::bytes::<12>()
+                .iter()
+                .map(|b| b"abcdefghijklmnop"[usize::from(b & 15)])
+                .collect(),
+        ));
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o400)) {
+            Ok(fd) => return Ok((tmp, fd)),
+            Err(rustix::io::Errno::EXIST) if tries < 8 => tries += 1,
+            // Not EEXIST: the caller reads that as the file being there.
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(io::Error::other("no free temporary name"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Gives `file`, to be named `name`, to `owner`. Where the file system
+/// does not let root give files away (NFS with root_squash, some FUSE file
+/// systems), the file stays this process's, with a warning.
+fn give_to(file: &std::fs::File, owner: Option<Owner>, name: &OsStr) -> io::Result<()> {
     let Some((uid, gid)) = owner else {
         return Ok(());
     };
@@ -383,7 +401,11 @@ fn give_to(file: &std::fs::File, owner: Option<Owner>) -> io::Result<()> {
     match rustix::fs::fchown(file, Some(uid), Some(gid)) {
         Ok(()) => Ok(()),
         Err(e) if crate::lock::cannot_give_away(e) => {
-            log::warn!("a name file of the volume's: cannot give it to its owner: {e}");
+            log::warn!(
+                "{}: cannot give it to uid {}: {e}; that user's mount cannot read it",
+                name.to_string_lossy(),
+                uid.as_raw()
+            );
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -394,7 +416,8 @@ fn give_to(file: &std::fs::File, owner: Option<Owner>) -> io::Result<()> {
 /// never through a symlink, never blocking on a fifo planted in its place,
 /// and only from a regular file.
 pub fn read_small(dir: BorrowedFd, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
     let stat = rustix::fs::fstat(&fd)?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
@@ -476,6 +499,14 @@ mod tests {
             (stat.st_uid, stat.st_gid)
         };
         assert_eq!(owner(OsStr::new(DIR_ID_NAME)), (65534, 65534));
+        // A record root gives anew to a user's empty directory (a check or
+        // a mount after a crash in rmdir) is hers too.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).expect("mkdir");
+        std::os::unix::fs::chown(&empty, Some(65533), Some(65533)).expect("chown");
+        n.dir_key(open_dir(&empty).as_fd()).expect("key");
+        let record = rustix::fs::lstat(empty.join(DIR_ID_NAME)).expect("stat");
+        assert_eq!((record.st_uid, record.st_gid), (65533, 65533));
         let long = OsString::from("m".repeat(255));
         let entry = n
             .create_entry(dir.as_fd(), &key, &long, false, nobody)

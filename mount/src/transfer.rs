@@ -82,18 +82,16 @@ pub fn copy_tree(
         .names()
         .dir_key(dest_root.as_fd())
         .map_err(|e| name_error(e, dest.backing()))?;
-    // The owner the top directory will have: its own (`encrypt` into a
-    // user's empty directory), unless it is root's (a re-encryption gives
-    // it the old root's owner at the end).
-    let examining =
-        |e: io::Error| VolumeError::io(format!("examining {}", dest.backing().display()), e);
-    let top_owner = match crate::lock::owner_to_give_to(dest_root.as_fd()).map_err(examining)? {
-        Some(owner) => owner,
-        None => {
-            let source_top = rustix::fs::fstat(&source_dir).map_err(|e| examining(e.into()))?;
-            (source_top.st_uid, source_top.st_gid)
-        }
+    // As root, who the volume's own files at the top are made for: a
+    // copied volume's owner (a re-encryption hands the new volume to
+    // whoever had the old), or the owner of the directory a plain tree is
+    // copied into (a user's empty directory; a new one stays root's).
+    let top_dir = match &source {
+        Source::Volume(_) => source_dir.as_fd(),
+        Source::Plain => dest_root.as_fd(),
     };
+    let top_owner = crate::lock::owner_to_give_to(top_dir)
+        .map_err(|e| VolumeError::io(format!("examining {}", source_root.display()), e))?;
     let mut copier = Copier {
         source_sealer: match &source {
             Source::Plain => None,
@@ -143,8 +141,10 @@ struct Level {
     dest_key: DirKey,
     /// This directory, relative to the destination root, in backing names.
     dest_path: PathBuf,
-    /// The owner this directory will have: its source's.
-    owner: (u32, u32),
+    /// As root, who the volume's own files made in this directory (id
+    /// record, long names' files) are given to; None: they stay this
+    /// process's.
+    owner: Option<(u32, u32)>,
 }
 
 struct Copier<'a, 'p> {
@@ -239,17 +239,10 @@ impl Copier<'_, '_> {
                 &level.dest_key,
                 &plain,
                 in_root,
-                self.heir(level.owner),
+                level.owner,
             )
             .map_err(|e| name_error(e, visit.relative))?;
         Ok((plain, entry))
-    }
-
-    /// Who the volume's own files (id records, long names' files) in a new
-    /// directory are made for: as root, the owner the directory will have,
-    /// whose own mount could not read them (mode 0400) otherwise.
-    fn heir(&self, owner: (u32, u32)) -> Option<(u32, u32)> {
-        self.as_root.then_some(owner)
     }
 
     fn enter_dir(&mut self, visit: &Visit) -> Result<()> {
@@ -287,11 +280,16 @@ impl Copier<'_, '_> {
                 ));
             }
         }
-        let owner = (visit.stat.st_uid, visit.stat.st_gid);
+        // As root, the directory's own files are made for the owner it
+        // will have (its source's), whose mount could not read them (mode
+        // 0400) otherwise.
+        let owner = self
+            .as_root
+            .then_some((visit.stat.st_uid, visit.stat.st_gid));
         let dest_key = self
             .dest
             .names()
-            .init_dir(dir.as_fd(), self.heir(owner))
+            .init_dir(dir.as_fd(), owner)
             .map_err(|e| name_error(e, visit.relative))?;
         let source_key = match &self.source_names {
             None => DirKey::Plain,
@@ -815,6 +813,50 @@ mod tests {
     fn open_node(dir: &Path, name: &str) -> OwnedFd {
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         rustix::fs::open(dir.join(name), flags, Mode::empty()).expect("open")
+    }
+
+    // Protects: as root, the volume's own files at the top of a plain
+    // tree's copy are for the destination directory's owner: a user's
+    // empty directory gets hers, a new volume (root's) stays root's alone,
+    // whoever owns the tree copied; below, each directory's owner's.
+    #[test]
+    fn roots_copy_makes_the_volumes_files_for_their_directorys_owner() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("source");
+        std::fs::create_dir_all(source.join("sub")).expect("mkdir");
+        for at in [source.clone(), source.join("sub")] {
+            std::fs::write(at.join("l".repeat(200)), b"long").expect("write");
+        }
+        std::os::unix::fs::chown(&source, Some(65534), Some(65534)).expect("chown");
+        std::os::unix::fs::chown(source.join("sub"), Some(65533), Some(65533)).expect("chown");
+        let key = crate::keys::UserKey::Raw(crate::keys::SecretKey::from_bytes([1; 32]));
+        let hers = dir.path().join("hers");
+        std::fs::create_dir(&hers).expect("mkdir");
+        std::os::unix::fs::chown(&hers, Some(65532), Some(65532)).expect("chown");
+        for (dest, top) in [(dir.path().join("new"), 0), (hers, 65532)] {
+            let volume =
+                Volume::init(&dest, &key, None, crate::names::NameMode::Encrypted).expect("init");
+            copy_tree(&source, Source::Plain, &volume, &mut |_| {}).expect("copy");
+            let owners = |at: &Path| -> Vec<u32> {
+                std::fs::read_dir(at)
+                    .expect("list")
+                    .map(|e| e.expect("entry").path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "name" || x == "dirid"))
+                    .map(|p| rustix::fs::lstat(&p).expect("stat").st_uid)
+                    .collect()
+            };
+            assert_eq!(owners(&dest), vec![top; 2], "{}", dest.display());
+            let sub = volume.backing_path(Path::new("sub")).expect("sub");
+            assert_eq!(
+                owners(&dest.join(sub)),
+                vec![65533; 2],
+                "{}",
+                dest.display()
+            );
+        }
     }
 
     // Protects: a copy goes only into the directory its destination

@@ -347,9 +347,10 @@ fn encrypt_then_inspect_and_fsck() {
     );
 }
 
-// Protects: a name fsck cannot read (a long name's file left root's in a
+// Protects: a name fsck may not read (a long name's file left root's in a
 // user's volume) is reported as unreadable, with what to do, and not as a
-// failed authentication (exit 1, not 26).
+// failed authentication (exit 1, not 26); a missing or symlinked one is a
+// failure (26).
 #[test]
 fn fsck_tells_an_unreadable_name_from_a_forged_one() {
     if crate::PLAINTEXT_NAMES || !rustix::process::geteuid().is_root() {
@@ -399,6 +400,15 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
         "{}",
         stderr(&out)
     );
+
+    // Gone, or a symlink in its place, is what someone who can write
+    // BACKING leaves, never a crash: a failure, as a forgery is.
+    std::fs::remove_file(&name_file).expect("rm");
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert_eq!(out.status.code(), Some(26), "{}", stdout(&out));
+    std::os::unix::fs::symlink("/etc/passwd", &name_file).expect("symlink");
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert_eq!(out.status.code(), Some(26), "{}", stdout(&out));
 }
 
 // Protects: fsck names every failing block and exits 26; --repair cuts a
