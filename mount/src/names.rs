@@ -125,7 +125,11 @@ impl Names {
     /// Never replaces a record: if another thread or process gave the
     /// directory one meanwhile, that one is read and used. `owner`: see
     /// `create_entry`.
-    pub fn init_dir(&self, dir: BorrowedFd, owner: Option<Owner>) -> Result<DirKey, NameError> {
+    pub fn init_dir(
+        &self,
+        dir: BorrowedFd,
+        owner: Option<(u32, u32)>,
+    ) -> Result<DirKey, NameError> {
         let Some(cipher) = &self.cipher else {
             return Ok(DirKey::Plain);
         };
@@ -206,7 +210,7 @@ impl Names {
         key: &DirKey,
         name: &OsStr,
         in_root: bool,
-        owner: Option<Owner>,
+        owner: Option<(u32, u32)>,
     ) -> Result<OsString, NameError> {
         match self.stored(key, name, in_root)? {
             BackingName::Short(entry) => Ok(entry),
@@ -331,9 +335,6 @@ pub fn restore_record(dir: BorrowedFd, record: &[u8]) -> io::Result<()> {
     write_durably(dir, OsStr::new(DIR_ID_NAME), record, None)
 }
 
-/// A user and group id to give a file to.
-pub type Owner = (u32, u32);
-
 /// Writes a small file of the volume's own, durably: a temporary name,
 /// given to `owner` (if any) and synced, then renamed into place (a crash
 /// leaves the old file or the new). The file is given away through its
@@ -343,7 +344,7 @@ fn write_durably(
     dir: BorrowedFd,
     name: &OsStr,
     bytes: &[u8],
-    owner: Option<Owner>,
+    owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     let (tmp, fd) = create_temporary(dir)?;
     let mut file = std::fs::File::from(fd);
@@ -392,7 +393,7 @@ fn create_temporary(dir: BorrowedFd) -> io::Result<(OsString, rustix::fd::OwnedF
 /// Gives `file`, to be named `name`, to `owner`. Where the file system
 /// does not let root give files away (NFS with root_squash, some FUSE file
 /// systems), the file stays this process's, with a warning.
-fn give_to(file: &std::fs::File, owner: Option<Owner>, name: &OsStr) -> io::Result<()> {
+fn give_to(file: &std::fs::File, owner: Option<(u32, u32)>, name: &OsStr) -> io::Result<()> {
     let Some((uid, gid)) = owner else {
         return Ok(());
     };

@@ -86,12 +86,12 @@ pub fn copy_tree(
     // copied volume's owner (a re-encryption hands the new volume to
     // whoever had the old), or the owner of the directory a plain tree is
     // copied into (a user's empty directory; a new one stays root's).
-    let top_dir = match &source {
-        Source::Volume(_) => source_dir.as_fd(),
-        Source::Plain => dest_root.as_fd(),
+    let (top_dir, shown) = match &source {
+        Source::Volume(_) => (source_dir.as_fd(), source_root),
+        Source::Plain => (dest_root.as_fd(), dest.backing()),
     };
     let top_owner = crate::lock::owner_to_give_to(top_dir)
-        .map_err(|e| VolumeError::io(format!("examining {}", source_root.display()), e))?;
+        .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e))?;
     let mut copier = Copier {
         source_sealer: match &source {
             Source::Plain => None,

@@ -357,7 +357,6 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
         return;
     }
     use std::os::unix::fs::PermissionsExt as _;
-    use std::os::unix::process::CommandExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let plain = dir.path().join("plain");
@@ -365,11 +364,7 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
     std::fs::write(plain.join("l".repeat(200)), b"long").expect("write");
     let b = dir.path().join("enc");
     assert!(encrypt(&plain, &b, &[]).status.success());
-    let chowned = std::process::Command::new("chown")
-        .args(["-R", "65534:65534", path_str(&b)])
-        .status()
-        .expect("chown");
-    assert!(chowned.success());
+    chown_tree(&b, 65534);
     let name_file = std::fs::read_dir(&b)
         .expect("list")
         .map(|e| e.expect("entry").path())
@@ -377,13 +372,7 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
         .expect("a long name's file");
     std::os::unix::fs::chown(&name_file, Some(0), Some(0)).expect("chown");
 
-    let out = bin()
-        .args(["fsck", path_str(&b)])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run");
+    let out = run_as(65534, &["fsck", path_str(&b)], KEY);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stdout(&out).contains("Permission denied"),

@@ -314,11 +314,7 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
     let backing = dir.path().join("backing");
     let out = encrypt(&plain, &backing, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let chowned = std::process::Command::new("chown")
-        .args(["-R", "65534:65534", path_str(&backing)])
-        .status()
-        .expect("chown");
-    assert!(chowned.success());
+    chown_tree(&backing, 65534);
 
     let out = rotate_key(&backing, KEY, WRONG_KEY, &[])
         .output()
@@ -340,15 +336,7 @@ fn a_users_volume_rekeyed_by_root_stays_the_users() {
     assert!(opens_with(&backing, KEY));
 
     // And she can use it: `fsck` run as her reads every name and block.
-    use std::os::unix::fs::PermissionsExt as _;
-    use std::os::unix::process::CommandExt as _;
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = bin()
-        .args(["fsck", path_str(&backing)])
-        .env("CHRONICLE_ENCRYPTION_KEY", KEY)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run");
+    let out = run_as(65534, &["fsck", path_str(&backing)], KEY);
     assert!(out.status.success(), "fsck as the owner: {}", stderr(&out));
 }

@@ -27,6 +27,29 @@ pub fn run(args: &[&str], key: Option<&str>) -> Output {
     cmd.output().expect("run chronicle")
 }
 
+/// Runs the binary as the user and group `id` (root only), with
+/// `CHRONICLE_ENCRYPTION_KEY=key`.
+pub fn run_as(id: u32, args: &[&str], key: &str) -> Output {
+    use std::os::unix::process::CommandExt as _;
+    bin()
+        .args(args)
+        .env("CHRONICLE_ENCRYPTION_KEY", key)
+        .uid(id)
+        .gid(id)
+        .output()
+        .expect("run chronicle")
+}
+
+/// Gives everything under `path`, itself included, to the user and
+/// group `id` (root only).
+pub fn chown_tree(path: &Path, id: u32) {
+    let chowned = Command::new("chown")
+        .args(["-R", &format!("{id}:{id}"), path_str(path)])
+        .status()
+        .expect("chown");
+    assert!(chowned.success());
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
