@@ -108,10 +108,7 @@ impl Names {
         let record = match read_small(dir, OsStr::new(DIR_ID_NAME), DIR_ID_RECORD_LEN as u64 + 1) {
             Ok(bytes) => bytes,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.is_empty_dir(dir)? => {
-                // Made by root (a check, a mount) in a user's volume, the
-                // new record is hers, or her own mount could not read it.
-                let owner = crate::lock::owner_to_give_to(dir)?;
-                return self.init_dir(dir, owner);
+                return self.init_dir(dir, GiveTo::DirOwner);
             }
             Err(e) => return Err(e.into()),
         };
@@ -123,13 +120,8 @@ impl Names {
 
     /// Gives a new, empty directory its id record, durably; returns its key.
     /// Never replaces a record: if another thread or process gave the
-    /// directory one meanwhile, that one is read and used. `owner`: see
-    /// `create_entry`.
-    pub fn init_dir(
-        &self,
-        dir: BorrowedFd,
-        owner: Option<(u32, u32)>,
-    ) -> Result<DirKey, NameError> {
+    /// directory one meanwhile, that one is read and used.
+    pub fn init_dir(&self, dir: BorrowedFd, owner: GiveTo) -> Result<DirKey, NameError> {
         let Some(cipher) = &self.cipher else {
             return Ok(DirKey::Plain);
         };
@@ -201,16 +193,14 @@ impl Names {
 
     /// Like `entry`, for an entry about to be made: a long name's file is
     /// written (durably) first, so that a crash never leaves an entry whose
-    /// name cannot be read. `owner`, for root copying a tree: who the
-    /// file is given to before it takes its name (the owner `dir` will
-    /// have, whose mount must read it); `None` leaves it this process's.
+    /// name cannot be read.
     pub fn create_entry(
         &self,
         dir: BorrowedFd,
         key: &DirKey,
         name: &OsStr,
         in_root: bool,
-        owner: Option<(u32, u32)>,
+        owner: GiveTo,
     ) -> Result<OsString, NameError> {
         match self.stored(key, name, in_root)? {
             BackingName::Short(entry) => Ok(entry),
@@ -332,7 +322,39 @@ pub fn is_internal(mode: NameMode, backing: &OsStr, in_root: bool) -> bool {
 
 /// Puts a directory's id record back (after a failed removal).
 pub fn restore_record(dir: BorrowedFd, record: &[u8]) -> io::Result<()> {
-    write_durably(dir, OsStr::new(DIR_ID_NAME), record, None)
+    write_durably(dir, OsStr::new(DIR_ID_NAME), record, GiveTo::DirOwner)
+}
+
+/// Who the volume's own small files (id records, long names' files, mode
+/// 0400) that this process makes are given to. Made by root in a user's
+/// volume they must be hers, or her own mount could not read them and
+/// the directory holding them could not be listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveTo {
+    /// Nobody: they stay this process's.
+    Nobody,
+    /// This user and group (root copying a tree: the owner the directory
+    /// they are made in will have).
+    User(u32, u32),
+    /// As root, the owner of the directory they are made in, when that is
+    /// another user (`lock::owner_to_give_to`); looked up only when a file
+    /// is written.
+    DirOwner,
+}
+
+impl GiveTo {
+    /// `User(uid, gid)` when `who` is Some, else `Nobody`.
+    pub fn user(who: Option<(u32, u32)>) -> GiveTo {
+        who.map_or(GiveTo::Nobody, |(uid, gid)| GiveTo::User(uid, gid))
+    }
+
+    fn resolve(self, dir: BorrowedFd) -> io::Result<Option<(u32, u32)>> {
+        match self {
+            GiveTo::Nobody => Ok(None),
+            GiveTo::User(uid, gid) => Ok(Some((uid, gid))),
+            GiveTo::DirOwner => crate::lock::owner_to_give_to(dir),
+        }
+    }
 }
 
 /// Writes a small file of the volume's own, durably: a temporary name,
@@ -340,12 +362,8 @@ pub fn restore_record(dir: BorrowedFd, record: &[u8]) -> io::Result<()> {
 /// leaves the old file or the new). The file is given away through its
 /// own descriptor before it has its name: whoever can write `dir` could
 /// put another file (a hard link to one of root's) at the name by then.
-fn write_durably(
-    dir: BorrowedFd,
-    name: &OsStr,
-    bytes: &[u8],
-    owner: Option<(u32, u32)>,
-) -> io::Result<()> {
+fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8], owner: GiveTo) -> io::Result<()> {
+    let owner = owner.resolve(dir)?;
     let (tmp, fd) = create_temporary(dir)?;
     let mut file = std::fs::File::from(fd);
     let written = give_to(&file, owner, name)
@@ -458,7 +476,7 @@ mod tests {
         let n = names(NameMode::Encrypted);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = open_dir(tmp.path());
-        let key = n.init_dir(dir.as_fd(), None).expect("init");
+        let key = n.init_dir(dir.as_fd(), GiveTo::Nobody).expect("init");
         assert_eq!(n.dir_key(dir.as_fd()).expect("read"), key);
         std::fs::remove_file(tmp.path().join(DIR_ID_NAME)).expect("rm");
         let fresh = n
@@ -482,18 +500,20 @@ mod tests {
     }
 
     // Protects: as root, the volume's own files made for another user (a
-    // copy of her volume) are hers from before they have their names; a
-    // file someone put at a long name's file beforehand (a hard link to
-    // one of root's) is neither replaced nor given away.
+    // copy of her volume, a mount in her directory) are hers; a file
+    // someone put at a long name's file beforehand (a hard link to one of
+    // root's) is neither replaced nor given away. (That they are hers
+    // before they have their names is `write_durably`'s order, read, not
+    // tested: a race would be needed.)
     #[test]
-    fn files_made_for_an_owner_are_given_before_they_are_named() {
+    fn files_made_for_an_owner_are_hers_and_a_planted_one_is_left() {
         if !rustix::process::geteuid().is_root() {
             return;
         }
         let n = names(NameMode::Encrypted);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = open_dir(tmp.path());
-        let nobody = Some((65534, 65534));
+        let nobody = GiveTo::User(65534, 65534);
         let key = n.init_dir(dir.as_fd(), nobody).expect("init");
         let owner = |name: &OsStr| {
             let stat = rustix::fs::lstat(tmp.path().join(name)).expect("stat");
@@ -508,6 +528,16 @@ mod tests {
         n.dir_key(open_dir(&empty).as_fd()).expect("key");
         let record = rustix::fs::lstat(empty.join(DIR_ID_NAME)).expect("stat");
         assert_eq!((record.st_uid, record.st_gid), (65533, 65533));
+        // And a long name's file made in her directory for its owner.
+        let hers = open_dir(&empty);
+        let her_key = n.dir_key(hers.as_fd()).expect("key");
+        let her_long = OsString::from("h".repeat(255));
+        let mut file = n
+            .create_entry(hers.as_fd(), &her_key, &her_long, false, GiveTo::DirOwner)
+            .expect("create");
+        file.push(LONG_NAME_SUFFIX);
+        let made = rustix::fs::lstat(empty.join(&file)).expect("stat");
+        assert_eq!((made.st_uid, made.st_gid), (65533, 65533));
         let long = OsString::from("m".repeat(255));
         let entry = n
             .create_entry(dir.as_fd(), &key, &long, false, nobody)
@@ -539,10 +569,10 @@ mod tests {
         let n = names(NameMode::Encrypted);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = open_dir(tmp.path());
-        let key = n.init_dir(dir.as_fd(), None).expect("init");
+        let key = n.init_dir(dir.as_fd(), GiveTo::Nobody).expect("init");
         let long = OsString::from("n".repeat(255));
         let entry = n
-            .create_entry(dir.as_fd(), &key, &long, false, None)
+            .create_entry(dir.as_fd(), &key, &long, false, GiveTo::Nobody)
             .expect("create");
         assert!(entry.as_bytes().starts_with(LONG_PREFIX.as_bytes()));
         assert!(

@@ -20,7 +20,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 
 use crate::content::EncryptedFile;
 use crate::error::{IoContext, Result, VolumeError};
-use crate::names::{DirKey, Names};
+use crate::names::{DirKey, GiveTo, Names};
 use crate::tree::{self, Root, Visit, Visitor};
 use crate::volume::name_error;
 use crate::volume::Volume;
@@ -91,6 +91,7 @@ pub fn copy_tree(
         Source::Plain => (dest_root.as_fd(), dest.backing()),
     };
     let top_owner = crate::lock::owner_to_give_to(top_dir)
+        .map(GiveTo::user)
         .map_err(|e| VolumeError::io(format!("examining {}", shown.display()), e))?;
     let mut copier = Copier {
         source_sealer: match &source {
@@ -141,10 +142,9 @@ struct Level {
     dest_key: DirKey,
     /// This directory, relative to the destination root, in backing names.
     dest_path: PathBuf,
-    /// As root, who the volume's own files made in this directory (id
-    /// record, long names' files) are given to; None: they stay this
-    /// process's.
-    owner: Option<(u32, u32)>,
+    /// Who the volume's own files made in this directory (id record, long
+    /// names' files) are given to.
+    owner: GiveTo,
 }
 
 struct Copier<'a, 'p> {
@@ -283,9 +283,10 @@ impl Copier<'_, '_> {
         // As root, the directory's own files are made for the owner it
         // will have (its source's), whose mount could not read them (mode
         // 0400) otherwise.
-        let owner = self
-            .as_root
-            .then_some((visit.stat.st_uid, visit.stat.st_gid));
+        let owner = GiveTo::user(
+            self.as_root
+                .then_some((visit.stat.st_uid, visit.stat.st_gid)),
+        );
         let dest_key = self
             .dest
             .names()

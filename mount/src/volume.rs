@@ -73,11 +73,9 @@ impl Volume {
         // The root's id record (encrypted names). A crash before it leaves
         // an empty root, which gets one when it is first read. Made by root
         // in a user's directory, it is hers, as the configuration is.
-        let owner = crate::lock::owner_to_give_to(root.as_fd())
-            .map_err(|e| VolumeError::io(format!("examining {}", backing.display()), e))?;
         volume
             .names
-            .init_dir(root.as_fd(), owner)
+            .init_dir(root.as_fd(), crate::names::GiveTo::DirOwner)
             .map_err(|e| name_error(e, backing))?;
         Ok(volume)
     }

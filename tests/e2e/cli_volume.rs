@@ -370,6 +370,8 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
         .map(|e| e.expect("entry").path())
         .find(|p| p.extension().is_some_and(|x| x == "name"))
         .expect("a long name's file");
+    let out = run(&["fsck", path_str(&b)], Some(KEY));
+    assert!(out.status.success(), "root reads it: {}", stdout(&out));
     std::os::unix::fs::chown(&name_file, Some(0), Some(0)).expect("chown");
 
     let out = run_as(65534, &["fsck", path_str(&b)], KEY);
@@ -393,11 +395,19 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
     // Gone, or a symlink in its place, is what someone who can write
     // BACKING leaves, never a crash: a failure, as a forgery is.
     std::fs::remove_file(&name_file).expect("rm");
-    let out = run(&["fsck", path_str(&b)], Some(KEY));
-    assert_eq!(out.status.code(), Some(26), "{}", stdout(&out));
-    std::os::unix::fs::symlink("/etc/passwd", &name_file).expect("symlink");
-    let out = run(&["fsck", path_str(&b)], Some(KEY));
-    assert_eq!(out.status.code(), Some(26), "{}", stdout(&out));
+    let entry = name_file.with_extension("");
+    for planted in ["missing", "symlink"] {
+        if planted == "symlink" {
+            std::os::unix::fs::symlink("/etc/passwd", &name_file).expect("symlink");
+        }
+        let out = run(&["fsck", path_str(&b)], Some(KEY));
+        assert_eq!(out.status.code(), Some(26), "{planted}: {}", stdout(&out));
+        assert!(
+            stdout(&out).contains(&format!("reading names in {}", entry.display())),
+            "{planted}: {}",
+            stdout(&out)
+        );
+    }
 }
 
 // Protects: fsck names every failing block and exits 26; --repair cuts a

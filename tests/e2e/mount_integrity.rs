@@ -152,6 +152,40 @@ fn allow_other_with_permissions() {
     );
 }
 
+// Protects: a user's volume that root mounts for her (--allow-other) stays
+// hers to use: the id record of a directory she makes there and the files
+// of her long names are hers, so `fsck` run as her reads every name after.
+#[test]
+fn a_users_volume_mounted_by_root_stays_hers() {
+    if crate::PLAINTEXT_NAMES || !rustix::process::geteuid().is_root() || !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt as _;
+    let fixture = Fixture::new();
+    chown_tree(&fixture.backing, 65534);
+    fs::set_permissions(fixture.dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("chmod parent");
+    let m = Mounted::with_fixture(fixture, &["--allow-other"]);
+    let long = "l".repeat(200);
+    let as_her = |program: &str, path: std::path::PathBuf| {
+        let status = std::process::Command::new(program)
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .expect("run");
+        assert!(status.success(), "{program} {}", path.display());
+    };
+    as_her("mkdir", m.path("d"));
+    as_her("touch", m.path(&format!("d/{long}")));
+    as_her("touch", m.path(&long));
+    m.unmount();
+    let out = run_as(65534, &["fsck", m.fixture.b()], KEY);
+    assert!(out.status.success(), "fsck as her: {}", stdout(&out));
+    assert!(stdout(&out).contains("2 files"), "{}", stdout(&out));
+}
+
 // Protects: mounting over files (which would hide them) or over an existing
 // mount is refused with a clear line, and nothing is mounted.
 #[test]

@@ -26,7 +26,7 @@ use crate::content::{ContentCrypto, EncryptedFile};
 use crate::create::{self, CreateError};
 use crate::error::VolumeError;
 use crate::journal::{Journal, Mtime};
-use crate::names::{DirKey, NameError, NameMode, Names, MKDIR_PREFIX};
+use crate::names::{DirKey, GiveTo, NameError, NameMode, Names, MKDIR_PREFIX};
 use crate::symlink_file;
 use crate::xattrs::Owner;
 
@@ -341,7 +341,13 @@ impl Ops {
     fn new_backing_name(&self, parent: &Pinned, name: &OsStr) -> Result<OsString, Errno> {
         let key = self.dir_key(parent)?;
         self.names
-            .create_entry(parent.fd.as_fd(), &key, name, parent.ino == ROOT_INO, None)
+            .create_entry(
+                parent.fd.as_fd(),
+                &key,
+                name,
+                parent.ino == ROOT_INO,
+                GiveTo::DirOwner,
+            )
             .map_err(|e| self.name_errno(e, parent))
     }
 
@@ -965,7 +971,12 @@ impl Ops {
         // into place: no crash leaves a directory without its record.
         let tmp = format!("{MKDIR_PREFIX}{}", hex_id(&crate::random::bytes::<8>()));
         rustix::fs::mkdirat(&parent.fd, tmp.as_str(), Mode::from_raw_mode(0o700)).map_err(sys)?;
-        let made = self.make_dir_record(&parent, &tmp, mode).and_then(|()| {
+        // The record goes to whoever the directory is made for (below).
+        let owner = self
+            .owner_for(caller)
+            .map(|(u, g)| (u.as_raw(), g.as_raw()));
+        let made = self.make_dir_record(&parent, &tmp, mode, GiveTo::user(owner));
+        let made = made.and_then(|()| {
             rustix::fs::renameat_with(
                 &parent.fd,
                 tmp.as_str(),
@@ -983,8 +994,15 @@ impl Ops {
         self.created(caller, &parent, &backing)
     }
 
-    /// Writes the id record into the new directory `tmp` and gives it its mode.
-    fn make_dir_record(&self, parent: &Pinned, tmp: &str, mode: Mode) -> Result<(), Errno> {
+    /// Writes the id record (for `owner`) into the new directory `tmp` and
+    /// gives the directory its mode.
+    fn make_dir_record(
+        &self,
+        parent: &Pinned,
+        tmp: &str,
+        mode: Mode,
+        owner: GiveTo,
+    ) -> Result<(), Errno> {
         let dir = rustix::fs::openat(
             &parent.fd,
             tmp,
@@ -993,7 +1011,7 @@ impl Ops {
         )
         .map_err(sys)?;
         self.names
-            .init_dir(dir.as_fd(), None)
+            .init_dir(dir.as_fd(), owner)
             .map_err(|e| self.name_errno(e, parent))?;
         rustix::fs::fchmod(&dir, mode).map_err(sys)
     }
