@@ -129,12 +129,14 @@ pub(crate) fn is_roots_alone(dir: &rustix::fs::Stat) -> bool {
 }
 
 /// Whether `e`, from a chown by root, means the file system does not let
-/// root give files away (rather than that something is wrong).
+/// root give files away (NFS with root_squash, some FUSE file systems: EPERM,
+/// EACCES, ...) or the new owner cannot take it (EDQUOT: over her quota),
+/// rather than that something is wrong.
 pub(crate) fn cannot_give_away(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
     matches!(
         e,
-        Errno::PERM | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS
+        Errno::PERM | Errno::ACCESS | Errno::DQUOT | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS
     )
 }
 

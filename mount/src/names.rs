@@ -420,11 +420,17 @@ fn give_to(file: &std::fs::File, owner: Option<(u32, u32)>, name: &OsStr) -> io:
     match rustix::fs::fchown(file, Some(uid), Some(gid)) {
         Ok(()) => Ok(()),
         Err(e) if crate::lock::cannot_give_away(e) => {
-            log::warn!(
-                "{}: cannot give it to uid {}: {e}; that user's mount cannot read it",
-                name.to_string_lossy(),
-                uid.as_raw()
-            );
+            // Once: on such a file system every long name would say it.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!(
+                    "{}: cannot give it to uid {}: {e}; that user's own mount cannot read it \
+                     (further files not given away are not reported)",
+                    name.to_string_lossy(),
+                    uid.as_raw()
+                );
+            }
             Ok(())
         }
         Err(e) => Err(e.into()),
