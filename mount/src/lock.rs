@@ -70,16 +70,13 @@ pub(crate) fn open_own_file_at(dir: BorrowedFd<'_>, name: &str, shown: &Path) ->
 /// directory open as `dir`, to the directory's owner when this process is
 /// root and the owner is another user.
 pub(crate) fn give_to_owner(file: &File, dir: BorrowedFd<'_>, shown: &Path) -> Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        return Ok(());
-    }
-    let owner = rustix::fs::fstat(dir).map_err(|e| {
-        VolumeError::io(
-            format!("examining the directory of {}", shown.display()),
-            e.into(),
-        )
+    let owner = owner_to_give_to(dir).map_err(|e| {
+        VolumeError::io(format!("examining the directory of {}", shown.display()), e)
     })?;
-    give_to(file, (owner.st_uid, owner.st_gid), shown)
+    match owner {
+        Some(owner) => give_to(file, owner, shown),
+        None => Ok(()),
+    }
 }
 
 /// Who files this process makes in the backing directory open as `dir`

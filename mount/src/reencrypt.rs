@@ -812,14 +812,10 @@ fn sync_fd(dir: &OwnedFd, shown: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::SecretKey;
     use crate::names::NameMode;
+    use crate::volume::testing::{key, new_volume};
     use std::os::unix::fs::MetadataExt;
     use std::sync::Arc;
-
-    fn key(byte: u8) -> UserKey {
-        UserKey::Raw(SecretKey::from_bytes([byte; 32]))
-    }
 
     /// A volume in `backing` whose file `data` holds `text`.
     fn volume_with(backing: &Path, key: &UserKey, text: &[u8]) -> Volume {
@@ -988,7 +984,7 @@ mod tests {
         let (_, new) = stopped_after_swap(&backing, &staging, &key(1), &key(2));
         let old = id(&staging);
         fs::rename(&backing, parent.path().join("moved")).expect("move");
-        Volume::init(&backing, &key(2), None, NameMode::Encrypted).expect("a planted volume");
+        new_volume(&backing, 2);
         let outcome = finish_here(&backing, &staging, old, &new);
         assert!(outcome.is_err(), "{outcome:?}");
         assert!(staging.join(crate::config::CONFIG_NAME).exists());
@@ -1107,7 +1103,7 @@ mod tests {
         let old = Volume::open(&backing, &key(1)).expect("open");
         fs::create_dir(&staging).expect("mkdir");
         std::os::unix::fs::chown(&staging, Some(65534), Some(65534)).expect("chown");
-        let new = Volume::init(&staging, &key(2), None, NameMode::Encrypted).expect("init");
+        let new = new_volume(&staging, 2);
 
         assert!(refuse_unless_ours_alone(&new).is_err());
         assert!(refuse_unless_ours_alone(&old).is_ok());
@@ -1120,7 +1116,7 @@ mod tests {
     fn marking_never_writes_through_a_planted_name() {
         let (parent, backing, staging) = paths();
         let old = volume_with(&backing, &key(1), b"kept");
-        let new = Volume::init(&staging, &key(2), None, NameMode::Encrypted).expect("init");
+        let new = new_volume(&staging, 2);
         let target = parent.path().join("precious");
         fs::write(&target, b"precious").expect("write");
         std::os::unix::fs::symlink(&target, staging.join(MARK_NAME)).expect("plant");
@@ -1161,7 +1157,7 @@ mod tests {
             for new_key in [key(1), key(2)] {
                 let (_parent, backing, staging) = paths();
                 volume_with(&backing, &key(1), b"kept");
-                Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("a copy");
+                new_volume(&staging, 1);
                 plant(&backing.join(MARK_NAME));
 
                 let outcome = reencrypt(&backing, &key(1), &new_key, None, &mut |_| {});
@@ -1180,8 +1176,7 @@ mod tests {
     /// A volume in `backing` holding `data`, carrying the genuine mark of
     /// an earlier re-encryption into it (from a volume made in `parent`).
     fn with_an_earlier_runs_mark(parent: &Path, backing: &Path) -> Volume {
-        let earlier = Volume::init(&parent.join("earlier"), &key(1), None, NameMode::Encrypted)
-            .expect("init");
+        let earlier = new_volume(&parent.join("earlier"), 1);
         let current = volume_with(backing, &key(1), b"kept");
         let dir = current.open_root().expect("open");
         mark(dir.as_fd(), backing, &current, replaced_by(&earlier)).expect("an earlier mark");
@@ -1195,7 +1190,7 @@ mod tests {
     fn a_mark_put_back_from_an_earlier_run_is_refused() {
         let (parent, backing, staging) = paths();
         let current = with_an_earlier_runs_mark(parent.path(), &backing);
-        Volume::init(&staging, &key(1), None, NameMode::Encrypted).expect("this run's copy");
+        new_volume(&staging, 1);
 
         let outcome = reencrypt(&backing, &key(1), &key(1), None, &mut |_| {});
 
@@ -1229,7 +1224,7 @@ mod tests {
     // volume, untouched, opens with the new key.
     #[test]
     fn a_key_changed_during_the_copy_stops_the_swap() {
-        let old_key = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let old_key = key(1);
         let parent = tempfile::tempdir().expect("tempdir");
         let backing = parent.path().join("volume");
         Volume::init(&backing, &old_key, None, NameMode::Encrypted).expect("init");
@@ -1243,8 +1238,8 @@ mod tests {
             .and_then(|f| f.write_at(0, b"kept"))
             .expect("write");
 
-        let passwd_key = UserKey::Raw(SecretKey::from_bytes([2; 32]));
-        let reencrypt_key = UserKey::Raw(SecretKey::from_bytes([3; 32]));
+        let passwd_key = key(2);
+        let reencrypt_key = key(3);
         let mut changed = false;
         let outcome = reencrypt(&backing, &old_key, &reencrypt_key, None, &mut |_| {
             if !changed {

@@ -103,7 +103,9 @@ pub fn copy_tree(
         dest,
         dest_sealer: XattrSealer::new(dest.crypto()),
         dirs: vec![Level {
-            fd: dest.open_root()?,
+            // The directory `dest_root` is, not a second look-up by path.
+            fd: rustix::io::fcntl_dupfd_cloexec(&dest_root, 0)
+                .map_err(|e| VolumeError::io("opening the new volume", e.into()))?,
             source_key,
             dest_key,
             dest_path: PathBuf::new(),
@@ -810,6 +812,7 @@ fn get_xattr(fd: &impl AsFd, name: &OsStr) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume::testing::new_volume;
 
     fn open_node(dir: &Path, name: &str) -> OwnedFd {
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -833,13 +836,11 @@ mod tests {
         }
         std::os::unix::fs::chown(&source, Some(65534), Some(65534)).expect("chown");
         std::os::unix::fs::chown(source.join("sub"), Some(65533), Some(65533)).expect("chown");
-        let key = crate::keys::UserKey::Raw(crate::keys::SecretKey::from_bytes([1; 32]));
         let hers = dir.path().join("hers");
         std::fs::create_dir(&hers).expect("mkdir");
         std::os::unix::fs::chown(&hers, Some(65532), Some(65532)).expect("chown");
         for (dest, top) in [(dir.path().join("new"), 0), (hers, 65532)] {
-            let volume =
-                Volume::init(&dest, &key, None, crate::names::NameMode::Encrypted).expect("init");
+            let volume = new_volume(&dest, 1);
             copy_tree(&source, Source::Plain, &volume, &mut |_| {}).expect("copy");
             let owners = |at: &Path| -> Vec<u32> {
                 std::fs::read_dir(at)
@@ -870,9 +871,7 @@ mod tests {
         std::fs::create_dir(&source).expect("mkdir");
         std::fs::write(source.join("f"), b"data").expect("write");
         let dest = dir.path().join("dest");
-        let key = crate::keys::UserKey::Raw(crate::keys::SecretKey::from_bytes([1; 32]));
-        let volume =
-            Volume::init(&dest, &key, None, crate::names::NameMode::Encrypted).expect("init");
+        let volume = new_volume(&dest, 1);
         let elsewhere = dir.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).expect("mkdir");
         std::fs::rename(&dest, dir.path().join("moved")).expect("move");
@@ -895,16 +894,9 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::create_dir(&source).expect("mkdir");
         std::fs::write(source.join("f"), b"data").expect("write");
-        let key = crate::keys::UserKey::Raw(crate::keys::SecretKey::from_bytes([1; 32]));
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&source, &link).expect("symlink");
-        let volume = Volume::init(
-            &dir.path().join("a"),
-            &key,
-            None,
-            crate::names::NameMode::Encrypted,
-        )
-        .expect("init");
+        let volume = new_volume(&dir.path().join("a"), 1);
         let through_link = copy_tree(&link, Source::Plain, &volume, &mut |_| {});
         let refused = matches!(&through_link, Err(e) if e.to_string().contains("symlink"));
         assert!(refused, "{through_link:?}");
@@ -918,13 +910,7 @@ mod tests {
         rustix::fs::mknodat(rustix::fs::CWD, &device, char_device, Mode::RUSR, null)
             .expect("mknod");
         std::os::unix::fs::lchown(&device, Some(65534), Some(65534)).expect("chown");
-        let volume = Volume::init(
-            &dir.path().join("b"),
-            &key,
-            None,
-            crate::names::NameMode::Encrypted,
-        )
-        .expect("init");
+        let volume = new_volume(&dir.path().join("b"), 1);
         let copied = copy_tree(&source, Source::Plain, &volume, &mut |_| {});
         let refused = matches!(&copied, Err(e) if e.to_string().contains("device node"));
         assert!(refused, "{copied:?}");

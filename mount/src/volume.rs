@@ -485,6 +485,24 @@ pub fn usage(backing: &Path) -> std::io::Result<Usage> {
     Ok(count.0)
 }
 
+/// What the tests of the modules that make volumes share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::keys::SecretKey;
+    use crate::names::NameMode;
+
+    /// A raw user key of 32 `byte`s.
+    pub fn key(byte: u8) -> UserKey {
+        UserKey::Raw(SecretKey::from_bytes([byte; 32]))
+    }
+
+    /// A new volume with encrypted names in `backing`, under `key(byte)`.
+    pub fn new_volume(backing: &Path, byte: u8) -> Volume {
+        Volume::init(backing, &key(byte), None, NameMode::Encrypted).expect("init")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,7 +512,7 @@ mod tests {
     #[test]
     fn a_missing_backing_is_not_a_volume() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let user = testing::key(1);
         let opened = Volume::open(&dir.path().join("missing"), &user);
         assert!(matches!(opened, Err(VolumeError::NotAVolume { .. })));
     }
@@ -520,7 +538,7 @@ mod tests {
         let resolved = resolve_named_dir(&link).expect("resolve");
         if rustix::process::geteuid().is_root() {
             assert_eq!(resolved, canonical.join("link"));
-            let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+            let user = testing::key(1);
             assert!(Volume::init(&resolved, &user, None, NameMode::Encrypted).is_err());
             assert_eq!(std::fs::read_dir(&real).expect("list").count(), 0);
         } else {
@@ -528,7 +546,6 @@ mod tests {
         }
     }
 
-    use crate::keys::SecretKey;
     use crate::names::NameMode;
 
     // Protects: a volume root makes in a user's empty directory is hers to
@@ -542,8 +559,7 @@ mod tests {
         let backing = dir.path().join("vol");
         std::fs::create_dir(&backing).expect("mkdir");
         std::os::unix::fs::chown(&backing, Some(65534), Some(65534)).expect("chown");
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
-        Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
+        testing::new_volume(&backing, 1);
         for name in [crate::config::CONFIG_NAME, crate::name_cipher::DIR_ID_NAME] {
             let stat = rustix::fs::lstat(backing.join(name)).expect("stat");
             assert_eq!((stat.st_uid, stat.st_gid), (65534, 65534), "{name}");
@@ -556,11 +572,11 @@ mod tests {
     // re-wrap stores nothing over the swapped-in volume's configuration.
     #[test]
     fn a_volume_swapped_in_meanwhile_is_noticed() {
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let user = testing::key(1);
         let ours = tempfile::tempdir().expect("tempdir");
         let other = tempfile::tempdir().expect("tempdir");
-        Volume::init(ours.path(), &user, None, NameMode::Encrypted).expect("init");
-        Volume::init(other.path(), &user, None, NameMode::Encrypted).expect("init");
+        testing::new_volume(ours.path(), 1);
+        testing::new_volume(other.path(), 1);
         let mut opened = Volume::open(ours.path(), &user).expect("open");
         opened.still_current().expect("unchanged");
 
@@ -570,7 +586,7 @@ mod tests {
             opened.still_current(),
             Err(VolumeError::Changed { .. })
         ));
-        let new_key = UserKey::Raw(SecretKey::from_bytes([9; 32]));
+        let new_key = testing::key(9);
         assert!(matches!(
             opened.rewrap(&new_key, None),
             Err(VolumeError::Changed { .. })
@@ -589,16 +605,16 @@ mod tests {
     // (whose master key would be lost), and reports the swap.
     #[test]
     fn a_rewrap_raced_by_a_swap_touches_only_its_own_volume() {
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let user = testing::key(1);
         let parent = tempfile::tempdir().expect("tempdir");
         let backing = parent.path().join("volume");
         let other = parent.path().join("other");
-        Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
-        Volume::init(&other, &user, None, NameMode::Encrypted).expect("init");
+        testing::new_volume(&backing, 1);
+        testing::new_volume(&other, 1);
         let mut opened = Volume::open(&backing, &user).expect("open");
         let swapped_in = std::fs::read(config_path(&other)).expect("read");
 
-        let new_key = UserKey::Raw(SecretKey::from_bytes([9; 32]));
+        let new_key = testing::key(9);
         let raced = opened.rewrap_with(&new_key, None, || {
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
@@ -627,19 +643,17 @@ mod tests {
     // so the key the first one reported is the key that opens the volume.
     #[test]
     fn a_second_rewrap_waits_then_refuses() {
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let user = testing::key(1);
         let dir = tempfile::tempdir().expect("tempdir");
         let backing = dir.path().to_path_buf();
-        Volume::init(&backing, &user, None, NameMode::Encrypted).expect("init");
+        testing::new_volume(&backing, 1);
         let mut first = Volume::open(&backing, &user).expect("open");
-        let first_key = UserKey::Raw(SecretKey::from_bytes([2; 32]));
+        let first_key = testing::key(2);
         let mut second_run = None;
         first
             .rewrap_with(&first_key, None, || {
                 let mut second = Volume::open(&backing, &user).expect("open");
-                let run = std::thread::spawn(move || {
-                    second.rewrap(&UserKey::Raw(SecretKey::from_bytes([3; 32])), None)
-                });
+                let run = std::thread::spawn(move || second.rewrap(&testing::key(3), None));
                 std::thread::sleep(std::time::Duration::from_millis(300));
                 assert!(
                     !run.is_finished(),
@@ -662,9 +676,8 @@ mod tests {
     // change removes it.
     #[test]
     fn a_rewrap_removes_what_a_cut_short_store_left() {
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut volume = Volume::init(dir.path(), &user, None, NameMode::Encrypted).expect("init");
+        let mut volume = testing::new_volume(dir.path(), 1);
         let left = [
             "chronicle.volume.tmp",
             "chronicle.volume.tmp.0123456789abcdef",
@@ -675,9 +688,7 @@ mod tests {
         // Not a store's: left alone, and no reason to refuse.
         let planted = dir.path().join("chronicle.volume.tmp.dir");
         std::fs::create_dir(&planted).expect("mkdir");
-        volume
-            .rewrap(&UserKey::Raw(SecretKey::from_bytes([2; 32])), None)
-            .expect("rewrap");
+        volume.rewrap(&testing::key(2), None).expect("rewrap");
         for name in left {
             assert!(!dir.path().join(name).exists(), "{name} is left");
         }
@@ -696,11 +707,11 @@ mod tests {
     // leaving it unable to finish.
     #[test]
     fn a_rewrap_waits_for_an_unfinished_reencryption() {
-        let user = UserKey::Raw(SecretKey::from_bytes([1; 32]));
+        let user = testing::key(1);
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut volume = Volume::init(dir.path(), &user, None, NameMode::Encrypted).expect("init");
+        let mut volume = testing::new_volume(dir.path(), 1);
         std::fs::write(dir.path().join(crate::reencrypt::MARK_NAME), b"").expect("mark");
-        let refused = volume.rewrap(&UserKey::Raw(SecretKey::from_bytes([2; 32])), None);
+        let refused = volume.rewrap(&testing::key(2), None);
         assert!(
             matches!(refused, Err(VolumeError::ReencryptionUnfinished { .. })),
             "{refused:?}"
