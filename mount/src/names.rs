@@ -325,10 +325,10 @@ pub fn restore_record(dir: BorrowedFd, record: &[u8]) -> io::Result<()> {
     write_durably(dir, OsStr::new(DIR_ID_NAME), record, GiveTo::DirOwner)
 }
 
-/// Who the volume's own small files (id records, long names' files, mode
-/// 0400) that this process makes are given to. Made by root in a user's
-/// volume they must be hers, or her own mount could not read them and
-/// the directory holding them could not be listed.
+/// Who the volume's own small files (id records, long names' files) that
+/// this process makes are given to. Made by root in a user's volume they
+/// are hers, as everything else her directories hold: her own mount can
+/// then also remove them where a directory is sticky.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GiveTo {
     /// Nobody: they stay this process's.
@@ -357,16 +357,27 @@ impl GiveTo {
     }
 }
 
+/// The mode of the volume's own small files: read-only, and readable by
+/// everyone, whatever the umask. Who may read a directory's names is
+/// decided by the directory's own mode, as on any file system; these
+/// files hold nothing secret (a directory's random id, a name already
+/// encrypted), and one that only its owner could read would keep every
+/// other user's mount from listing her directory.
+pub const SMALL_FILE_MODE: u32 = 0o444;
+
 /// Writes a small file of the volume's own, durably: a temporary name,
-/// given to `owner` (if any) and synced, then renamed into place (a crash
-/// leaves the old file or the new). The file is given away through its
-/// own descriptor before it has its name: whoever can write `dir` could
-/// put another file (a hard link to one of root's) at the name by then.
+/// given to `owner` (if any), made readable by all and synced, then
+/// renamed into place (a crash leaves the old file or the new). The file
+/// is given away through its own descriptor before it has its name:
+/// whoever can write `dir` could put another file (a hard link to one of
+/// root's) at the name by then.
 fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8], owner: GiveTo) -> io::Result<()> {
     let owner = owner.resolve(dir)?;
     let (tmp, fd) = create_temporary(dir)?;
     let mut file = std::fs::File::from(fd);
-    let written = give_to(&file, owner, name)
+    let written = rustix::fs::fchmod(&file, Mode::from_raw_mode(SMALL_FILE_MODE))
+        .map_err(io::Error::from)
+        .and_then(|()| give_to(&file, owner, name))
         .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .and_then(|()| {
@@ -396,7 +407,7 @@ fn create_temporary(dir: BorrowedFd) -> io::Result<(OsString, rustix::fd::OwnedF
         ));
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o400)) {
+        match rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(SMALL_FILE_MODE)) {
             Ok(fd) => return Ok((tmp, fd)),
             Err(rustix::io::Errno::EXIST) if tries < 8 => tries += 1,
             // Not EEXIST: the caller reads that as the file being there.
@@ -425,8 +436,9 @@ fn give_to(file: &std::fs::File, owner: Option<(u32, u32)>, name: &OsStr) -> io:
                 std::sync::atomic::AtomicBool::new(false);
             if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 log::warn!(
-                    "{}: cannot give it to uid {}: {e}; that user's own mount cannot read it \
-                     (further files not given away are not reported)",
+                    "{}: cannot give it to uid {}: {e}; it stays root's, which that user's own \
+                     mount cannot remove from a sticky directory (further files not given away \
+                     are not reported)",
                     name.to_string_lossy(),
                     uid.as_raw()
                 );

@@ -283,8 +283,7 @@ impl Copier<'_, '_> {
             }
         }
         // As root, the directory's own files are made for the owner it
-        // will have (its source's), whose mount could not read them (mode
-        // 0400) otherwise.
+        // will have (its source's), as everything else it holds.
         let owner = GiveTo::user(
             self.as_root
                 .then_some((visit.stat.st_uid, visit.stat.st_gid)),

@@ -347,9 +347,10 @@ fn encrypt_then_inspect_and_fsck() {
     );
 }
 
-// Protects: a name fsck may not read (a long name's file left root's in a
-// user's volume) is reported as unreadable, with what to do, and not as a
-// failed authentication (exit 1, not 26); a missing or symlinked one is a
+// Protects: a name fsck may not read (a long name's file of root's that
+// only root may read, as volumes made before its mode was 0444 have) is
+// reported as unreadable, with what to do, and not as a failed
+// authentication (exit 1, not 26); a missing or symlinked one is a
 // failure (26).
 #[test]
 fn fsck_tells_an_unreadable_name_from_a_forged_one() {
@@ -373,6 +374,7 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
     let out = run(&["fsck", path_str(&b)], Some(KEY));
     assert!(out.status.success(), "root reads it: {}", stdout(&out));
     std::os::unix::fs::chown(&name_file, Some(0), Some(0)).expect("chown");
+    std::fs::set_permissions(&name_file, std::fs::Permissions::from_mode(0o400)).expect("chmod");
 
     let out = run_as(65534, &["fsck", path_str(&b)], KEY);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

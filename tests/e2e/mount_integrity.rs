@@ -186,6 +186,63 @@ fn a_users_volume_mounted_by_root_stays_hers() {
     assert!(stdout(&out).contains("2 files"), "{}", stdout(&out));
 }
 
+// Protects: in a volume whose directories belong to different users,
+// names read as the directories' own modes allow: the volume's small
+// files (id records, long names' files) are readable by all, whatever
+// the umask of the command that made them. Before, they were their
+// owner's alone (0400), so her `fsck` (or her own mount) could not read
+// the names in root's directory, nor in a directory root gave her.
+#[test]
+fn names_in_other_users_directories_read_as_their_modes_allow() {
+    if crate::PLAINTEXT_NAMES || !rustix::process::geteuid().is_root() || !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    chown_tree(&fixture.backing, 65534);
+    fs::set_permissions(fixture.dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("chmod parent");
+    let m = Mounted::with_fixture(fixture, &["--allow-other"]);
+    let long = "l".repeat(200);
+    for dir in ["roots", "given"] {
+        fs::create_dir(m.path(dir)).expect("mkdir");
+        fs::set_permissions(m.path(dir), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let file = m.path(&format!("{dir}/{long}"));
+        fs::write(&file, b"readable").expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    for path in [m.path("given"), m.path(&format!("given/{long}"))] {
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+    }
+    m.unmount();
+    let backing = m.fixture.b();
+    let out = run_as(65534, &["fsck", backing], KEY);
+    assert!(
+        out.status.success(),
+        "fsck as her: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("2 files"), "{}", stdout(&out));
+
+    // Root's copy under a strict umask makes them readable all the same.
+    let out = under_umask(
+        &mut rotate_key(&m.fixture.backing, KEY, WRONG_KEY, &["--reencrypt"]),
+        0o077,
+    )
+    .output()
+    .expect("run");
+    assert!(out.status.success(), "rotate-key: {}", stderr(&out));
+    let out = run_as(65534, &["fsck", backing], WRONG_KEY);
+    assert!(
+        out.status.success(),
+        "fsck as her after the copy: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("2 files"), "{}", stdout(&out));
+}
+
 // Protects: mounting over files (which would hide them) or over an existing
 // mount is refused with a clear line, and nothing is mounted.
 #[test]

@@ -40,6 +40,19 @@ pub fn run_as(id: u32, args: &[&str], key: &str) -> Output {
         .expect("run chronicle")
 }
 
+/// Makes `cmd` run under the file-creation mask `mask`.
+pub fn under_umask(cmd: &mut Command, mask: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec the child calls only umask(2), which
+    // is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask as libc::mode_t);
+            Ok(())
+        })
+    }
+}
+
 /// Gives everything under `path`, itself included, to the user and
 /// group `id` (root only).
 pub fn chown_tree(path: &Path, id: u32) {
