@@ -366,7 +366,7 @@ impl GiveTo {
 pub const SMALL_FILE_MODE: u32 = 0o444;
 
 /// Writes a small file of the volume's own, durably: a temporary name,
-/// given to `owner` (if any), made readable by all and synced, then
+/// made readable by all, given to `owner` (if any) and synced, then
 /// renamed into place (a crash leaves the old file or the new). The file
 /// is given away through its own descriptor before it has its name:
 /// whoever can write `dir` could put another file (a hard link to one of
@@ -375,9 +375,8 @@ fn write_durably(dir: BorrowedFd, name: &OsStr, bytes: &[u8], owner: GiveTo) -> 
     let owner = owner.resolve(dir)?;
     let (tmp, fd) = create_temporary(dir)?;
     let mut file = std::fs::File::from(fd);
-    let written = rustix::fs::fchmod(&file, Mode::from_raw_mode(SMALL_FILE_MODE))
-        .map_err(io::Error::from)
-        .and_then(|()| give_to(&file, owner, name))
+    make_readable(&file, name);
+    let written = give_to(&file, owner, name)
         .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .and_then(|()| {
@@ -415,6 +414,23 @@ fn create_temporary(dir: BorrowedFd) -> io::Result<(OsString, rustix::fd::OwnedF
                 return Err(io::Error::other("no free temporary name"))
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sets `file`'s mode to `SMALL_FILE_MODE` whatever the umask. Where the
+/// backing file system refuses modes (vfat, some network and FUSE file
+/// systems) the file keeps the mode it was made with, never a wider one:
+/// a warning, not a failure, or such a store could not hold a long name.
+fn make_readable(file: &std::fs::File, name: &OsStr) {
+    if let Err(e) = rustix::fs::fchmod(file, Mode::from_raw_mode(SMALL_FILE_MODE)) {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "{}: cannot make it readable by all: {e}; other users' mounts may not list \
+                 its directory (further such files are not reported)",
+                name.to_string_lossy()
+            );
         }
     }
 }

@@ -93,7 +93,7 @@ pub fn fsck(backing: &Path, key: &KeyArgs, repair: bool) -> Result<()> {
     }
     if summary.unreadable > 0 {
         bail!(
-            "{} name(s) could not be read (see above); where it says permission denied, run fsck as the volume's owner",
+            "{} name(s) could not be read (see above); where it says permission denied, run fsck as the volume's owner, or as root",
             summary.unreadable
         );
     }

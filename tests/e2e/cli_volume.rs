@@ -412,6 +412,48 @@ fn fsck_tells_an_unreadable_name_from_a_forged_one() {
     }
 }
 
+// Protects: the volume's small files (id records, long names' files) are
+// mode 0444 even when the command that made them runs under umask 077, so
+// that a directory's own mode, not theirs, decides who lists its names.
+#[test]
+fn small_files_are_readable_by_all_whatever_the_umask() {
+    if crate::PLAINTEXT_NAMES {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(plain.join("sub")).expect("mkdir");
+    std::fs::write(plain.join("sub").join("l".repeat(200)), b"long").expect("write");
+    let b = dir.path().join("enc");
+    let mut cmd = bin();
+    cmd.args(["encrypt", path_str(&plain), path_str(&b)])
+        .env("CHRONICLE_ENCRYPTION_KEY", KEY);
+    let out = under_umask(&mut cmd, 0o077).output().expect("run");
+    assert!(out.status.success(), "encrypt: {}", stderr(&out));
+    let mut modes = Vec::new();
+    let mut dirs = vec![b.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("stat");
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if name == "chronicle.dirid" || name.ends_with(".name") {
+                modes.push((name, meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    // Two directories' records and one long name's file.
+    assert_eq!(modes.len(), 3, "{modes:?}");
+    assert!(modes.iter().all(|(_, mode)| *mode == 0o444), "{modes:?}");
+}
+
 // Protects: fsck names every failing block and exits 26; --repair cuts a
 // torn tail (a crash mid-write) and then passes.
 #[test]
