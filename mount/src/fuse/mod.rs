@@ -236,13 +236,18 @@ fn open_journal(volume: &Volume) -> io::Result<Journal> {
     Ok(journal)
 }
 
-/// Readahead the kernel will do for this mount, in KiB.
-const READAHEAD_KIB: u32 = 1024;
+/// Readahead the kernel will do for this mount, in KiB: four of our
+/// largest requests, so that a sequential reader keeps several in flight
+/// and both CPUs decrypt while it copies (docs/PERFORMANCE.md, "Four
+/// requests of read-ahead"). A file's first read still starts small: the
+/// kernel grows the window only while reads stay sequential.
+const READAHEAD_KIB: u32 = 4096;
 
-/// The kernel caps a FUSE mount's readahead at its default (128 KiB);
-/// 1 MiB matches our largest request and more than doubles sequential reads
-/// (docs/PERFORMANCE.md). The device number comes from mountinfo, not from
-/// a stat of the mount point, which would wait on the not-yet-serving mount.
+/// The kernel caps a FUSE mount's readahead at its default (128 KiB) and
+/// the `max_readahead` of INIT can only lower it, so it is raised through
+/// the mount's backing device (docs/PERFORMANCE.md). The device number
+/// comes from mountinfo, not from a stat of the mount point, which would
+/// wait on the not-yet-serving mount.
 fn raise_readahead(mountpoint: &Path) {
     let Ok(canonical) = mountpoint.canonicalize() else {
         return;
