@@ -66,6 +66,9 @@ pub fn decode_point(text: &str, line: u64) -> Result<Point> {
             }
         },
     };
+    if let Some(detail) = crate::model::timestamp_refused(parsed.timestamp) {
+        return Err(EngineError::BadInput { line, detail });
+    }
     let series = SeriesKey::new(parsed.metric, parsed.tags.into_iter().collect());
     if !series.fits_record() {
         return Err(EngineError::BadInput {

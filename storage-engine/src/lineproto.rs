@@ -190,6 +190,9 @@ pub fn parse_line_in<'a>(
             .checked_mul(precision.nanos_per_unit())
             .ok_or_else(|| bad("timestamp out of range for its precision"))?
     };
+    if let Some(why) = crate::model::timestamp_refused(timestamp) {
+        return Err(bad(&why));
+    }
     if fields.is_empty() {
         return Err(bad("no fields"));
     }
@@ -293,6 +296,16 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    // Protects: a timestamp past the latest the engine stores (i64::MAX,
+    // which no range reaches) is refused with its line; the latest is not.
+    #[test]
+    fn the_latest_timestamp_and_one_past() {
+        let latest = crate::model::LATEST_TIMESTAMP;
+        assert_eq!(parse(&format!("m v=1 {latest}")).expect("ok")[0].2, latest);
+        let refused = parse(&format!("m v=1 {}", i64::MAX)).expect_err("past");
+        assert!(refused.to_string().contains("past the latest"), "{refused}");
     }
 
     // Protects: escaping in names and values; a missing timestamp is "now".

@@ -68,6 +68,19 @@ pub const NANOS_PER_SECOND: i64 = 1_000_000_000;
 /// Partitions span one hour.
 pub const PARTITION_NANOS: i64 = 3600 * NANOS_PER_SECOND;
 
+/// The latest time a point may have. Every range the engine reads (a
+/// query's, compaction's) ends before its end, at most `i64::MAX`: a point
+/// at `i64::MAX` could be written and acknowledged, but never read, and
+/// compaction would drop it.
+pub const LATEST_TIMESTAMP: i64 = i64::MAX - 1;
+
+/// Why a point at `ts` cannot be stored, if it cannot.
+pub fn timestamp_refused(ts: i64) -> Option<String> {
+    (ts > LATEST_TIMESTAMP).then(|| {
+        format!("timestamp {ts} is past the latest the engine stores ({LATEST_TIMESTAMP} ns)")
+    })
+}
+
 /// The partition (its start time) a timestamp falls in.
 pub fn partition_of(ts: i64) -> i64 {
     // Saturating: the hour of a timestamp near i64::MIN starts before it.

@@ -57,7 +57,11 @@ pub fn parse_time(text: &str) -> Result<i64> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
+        // Bytes, not a slice: byte 3 may be inside a character.
+        tz if tz.len() == 6
+            && (tz.starts_with('+') || tz.starts_with('-'))
+            && tz.as_bytes()[3] == b':' =>
+        {
             let h: i64 = tz[1..3].parse().map_err(|_| bad())?;
             let m: i64 = tz[4..6].parse().map_err(|_| bad())?;
             let sign = if tz.starts_with('-') { -1 } else { 1 };
@@ -154,6 +158,8 @@ mod tests {
             Some(1_700_000_000 * NS)
         );
         assert!(parse_time("yesterday").is_err());
+        // A zone whose fourth byte is inside a character (a panic before).
+        assert!(parse_time("2026-01-01T00:00:00+0\u{e9}00").is_err());
         assert_eq!(format_time(1_700_000_000 * NS), "2023-11-14T22:13:20Z");
         assert_eq!(format_time(-1), "1969-12-31T23:59:59.999999999Z");
         for t in [0i64, 1_234_567_890_123_456_789, -86_400 * NS * 365] {

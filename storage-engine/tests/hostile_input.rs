@@ -37,6 +37,80 @@ fn line_protocol_never_panics() {
     }
 }
 
+// Protects: query times as people type them (RFC 3339 with any bytes in
+// the zone) give an error, never a panic.
+#[test]
+fn query_times_never_panic() {
+    let (_, mut rng) = rng();
+    let chars: Vec<char> = "0123456789-:+TZ.é€ ".chars().collect();
+    for _ in 0..20_000 {
+        let mut text = String::from("2026-01-01T00:00:00");
+        for _ in 0..rng.random_range(0..8) {
+            text.push(chars[rng.random_range(0..chars.len())]);
+        }
+        let _ = chronicle_engine::timefmt::parse_time(&text);
+    }
+}
+
+// Protects: the latest timestamp the engine accepts is one it can read
+// back after compaction; one past it (i64::MAX, which no range reaches)
+// is refused by every way in, with nothing written.
+#[test]
+fn the_latest_timestamp_is_kept_and_one_past_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        sync: SyncPolicy::Never,
+        memtable_points: usize::MAX,
+        retention: None,
+    };
+    let e = Engine::open(dir.path(), options).expect("open");
+    let latest = chronicle_engine::model::LATEST_TIMESTAMP;
+    let point = |ts: i64| Point {
+        series: SeriesKey::new("m", vec![("k".into(), "points".into())]),
+        timestamp: ts,
+        value: 1.0,
+    };
+    let refused = e
+        .write(&[point(latest), point(i64::MAX)])
+        .expect_err("i64::MAX");
+    assert!(
+        refused.to_string().contains("line 2: timestamp"),
+        "{refused}"
+    );
+    let line = format!("m,k=lines value=2 {}", i64::MAX);
+    let refused = e.write_lines(line.as_bytes(), 1).expect_err("i64::MAX");
+    assert!(refused.to_string().contains("past the latest"), "{refused}");
+    let json = format!(r#"{{"metric":"m","timestamp":{},"value":3}}"#, i64::MAX);
+    assert!(chronicle_engine::jsonl::decode_point(&json, 1).is_err());
+    assert_eq!(
+        e.stats().expect("stats").points,
+        0,
+        "nothing of a refused call"
+    );
+
+    e.write(&[point(latest)]).expect("write");
+    e.write_lines(format!("m,k=lines value=2 {latest}").as_bytes(), 1)
+        .expect("write lines");
+    e.flush().expect("flush");
+    e.write_lines(format!("m,k=lines value=4 {}", latest - 1).as_bytes(), 1)
+        .expect("write lines");
+    e.compact().expect("compact");
+    let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
+    else {
+        panic!("raw points");
+    };
+    let mut times: Vec<i64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .collect();
+    times.sort_unstable();
+    let shown: Vec<_> = series
+        .iter()
+        .map(|s| (s.tags.clone(), s.points.clone()))
+        .collect();
+    assert_eq!(times, vec![latest - 1, latest, latest], "{shown:?}");
+}
+
 // Protects: damaged segments, WAL files and manifests give errors, never a
 // panic, whatever byte is changed or wherever the file is cut.
 #[test]

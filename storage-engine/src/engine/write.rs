@@ -16,8 +16,18 @@ use crate::wal::{self, SyncPolicy};
 
 impl Engine {
     /// Writes points; returns once they are in the WAL (and fsynced, with
-    /// `SyncPolicy::Always`).
+    /// `SyncPolicy::Always`). A point the engine cannot store fails the
+    /// call (`BadInput`, its line the point's place in `points`, from 1),
+    /// and nothing is written.
     pub fn write(&self, points: &[Point]) -> Result<()> {
+        for (i, p) in points.iter().enumerate() {
+            if let Some(detail) = crate::model::timestamp_refused(p.timestamp) {
+                return Err(EngineError::BadInput {
+                    line: i as u64 + 1,
+                    detail,
+                });
+            }
+        }
         if let Some(p) = points.iter().find(|p| !p.series.fits_record()) {
             return Err(EngineError::TooLarge(format!(
                 "series {:.64}...: a name or tag over 65,535 bytes, or over 65,535 tags",
