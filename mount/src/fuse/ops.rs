@@ -506,23 +506,46 @@ impl Ops {
         })
     }
 
-    /// Gives a new node to its creator when we run as root: through the
-    /// node's own descriptor, so a name swapped in BACKING meanwhile cannot
-    /// make us give away another file.
-    fn chown_new(&self, caller: Caller, node: &Pinned) -> Result<(), Errno> {
+    /// Gives a node the mount just made by name (a directory, special
+    /// file or symlink) to its creator when we run as root, through the
+    /// node's own descriptor, and only if it is still what was made: of
+    /// the kind asked for, ours, and (all but a directory, which cannot be
+    /// linked) with one name. Whoever can write BACKING could have put a
+    /// hard link to one of root's files at the name meanwhile (where
+    /// `fs.protected_hardlinks` is off); that is refused, never given away.
+    fn chown_new(&self, caller: Caller, node: &Pinned, kind: RawType) -> Result<(), Errno> {
         let Some((uid, gid)) = self.owner_for(caller) else {
             return Ok(());
         };
+        let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
+        let ours = node.kind == kind
+            && stat.st_uid == rustix::process::geteuid().as_raw()
+            && (kind == RawType::Directory || stat.st_nlink == 1);
+        if !ours {
+            log::error!(
+                "{}: replaced in the backing directory before the mount could give it to its \
+                 creator (uid {}); left as it is",
+                node.backing_path().display(),
+                uid.as_raw()
+            );
+            return Err(Errno::EIO);
+        }
         rustix::fs::chownat(&node.fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH).map_err(sys)
     }
 
-    /// Looks up a node the mount just created by name and gives it to its
-    /// creator; the node is what the lookup found, so the owner, the
-    /// reply's attributes and the inode all name one file.
-    fn created(&self, caller: Caller, parent: &Pinned, backing: &OsStr) -> Result<FileAttr, Errno> {
+    /// Looks up a node of `kind` the mount just created by name and gives
+    /// it to its creator; the node is what the lookup found, so the owner,
+    /// the reply's attributes and the inode all name one file.
+    fn created(
+        &self,
+        caller: Caller,
+        parent: &Pinned,
+        backing: &OsStr,
+        kind: RawType,
+    ) -> Result<FileAttr, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
         self.or_uncounted(&node, || {
-            self.chown_new(caller, &node)?;
+            self.chown_new(caller, &node, kind)?;
             self.stat_attr(&node)
         })
     }
@@ -965,7 +988,7 @@ impl Ops {
         let mode = Mode::from_raw_mode(mode);
         if self.names.mode() == NameMode::Plaintext {
             rustix::fs::mkdirat(&parent.fd, &backing, mode).map_err(sys)?;
-            return self.created(caller, &parent, &backing);
+            return self.created(caller, &parent, &backing, RawType::Directory);
         }
         // Made under a temporary name, given its id record, then renamed
         // into place: no crash leaves a directory without its record.
@@ -991,7 +1014,7 @@ impl Ops {
             let _ = rustix::fs::unlinkat(&parent.fd, tmp.as_str(), AtFlags::REMOVEDIR);
             return Err(e);
         }
-        self.created(caller, &parent, &backing)
+        self.created(caller, &parent, &backing, RawType::Directory)
     }
 
     /// Writes the id record (for `owner`) into the new directory `tmp` and
@@ -1119,7 +1142,7 @@ impl Ops {
             u64::from(rdev),
         )
         .map_err(sys)?;
-        self.created(caller, &parent, &backing)
+        self.created(caller, &parent, &backing, kind)
     }
 
     pub fn symlink(
@@ -1153,7 +1176,7 @@ impl Ops {
                 )
             }
         }
-        self.created(caller, &parent, &backing)
+        self.created(caller, &parent, &backing, RawType::Symlink)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
@@ -1582,5 +1605,74 @@ impl Ops {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .upgrade()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::Backend;
+    use crate::keys::SecretKey;
+
+    fn ops_on(dir: &std::path::Path) -> Ops {
+        let crypto = Arc::new(ContentCrypto::new(
+            SecretKey::from_bytes([9; 32]),
+            Backend::Ring,
+        ));
+        let names = Arc::new(Names::new(NameMode::Plaintext, &crypto));
+        let root =
+            rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).expect("open");
+        Ops::new(
+            root,
+            crypto,
+            names,
+            None,
+            false,
+            64,
+            Arc::new(PruneSignal::new()),
+        )
+        .expect("ops")
+    }
+
+    // Protects: a node the mount made by name is given to its creator only
+    // if it is still what was made; a hard link to one of root's files put
+    // at the name (by whoever can write BACKING, where protected_hardlinks
+    // is off) is refused and stays root's.
+    #[test]
+    fn a_new_node_swapped_for_a_link_to_roots_is_not_given_away() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ops = ops_on(tmp.path());
+        let root = ops.node(ROOT_INO).expect("root");
+        let her = Caller {
+            uid: 65534,
+            gid: 65534,
+        };
+        let fifo = |name: &str| {
+            rustix::fs::mknodat(&root.fd, name, RawType::Fifo, Mode::from_raw_mode(0o600), 0)
+                .expect("mkfifo")
+        };
+        let owner = |name: &str| {
+            let stat = rustix::fs::lstat(tmp.path().join(name)).expect("stat");
+            (stat.st_uid, stat.st_nlink)
+        };
+        fifo("fresh");
+        ops.created(her, &root, OsStr::new("fresh"), RawType::Fifo)
+            .expect("a fresh node is hers");
+        assert_eq!(owner("fresh"), (65534, 1));
+
+        fifo("roots");
+        rustix::fs::linkat(&root.fd, "roots", &root.fd, "swapped", AtFlags::empty()).expect("link");
+        let refused = ops.created(her, &root, OsStr::new("swapped"), RawType::Fifo);
+        assert_eq!(refused.err(), Some(Errno::EIO));
+        assert_eq!(owner("roots"), (0, 2), "root's file is still root's");
+
+        // Another kind than the one made is refused too.
+        std::fs::write(tmp.path().join("file"), b"root's").expect("write");
+        let refused = ops.created(her, &root, OsStr::new("file"), RawType::Symlink);
+        assert_eq!(refused.err(), Some(Errno::EIO));
+        assert_eq!(owner("file"), (0, 1));
     }
 }
