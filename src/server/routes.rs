@@ -14,7 +14,8 @@ use super::{write, App};
 use crate::engine_args::QueryArgs;
 use crate::query_output;
 
-/// The most points a query answers with (as JSON, about 40 bytes each).
+/// The most points (or windows) a query answers with (as JSON, about 40
+/// bytes each).
 const MAX_QUERY_POINTS: u64 = 5_000_000;
 
 /// The version InfluxDB 1.x clients read from `/ping`.
@@ -75,10 +76,9 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
     };
     let engine = Arc::clone(&app.engine);
     let answered = tokio::task::spawn_blocking(move || {
-        engine.query(&q).map(|result| {
-            (result.points() <= MAX_QUERY_POINTS)
-                .then(|| query_output::json_document(&args, &q, &result))
-        })
+        engine
+            .query_at_most(&q, MAX_QUERY_POINTS)
+            .map(|answer| answer.map(|result| query_output::json_document(&args, &q, &result)))
     })
     .await;
     match answered {
@@ -86,8 +86,8 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
         Ok(Ok(None)) => body::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
-                "the answer holds over {MAX_QUERY_POINTS} points: narrow the time range, \
-                 aggregate with window and agg, or use /api/v1/export"
+                "the answer holds over {MAX_QUERY_POINTS} points or windows: narrow the time \
+                 range, aggregate with window and agg (or a wider window), or use /api/v1/export"
             ),
             None,
         ),

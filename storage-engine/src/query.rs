@@ -252,10 +252,20 @@ pub enum QueryResult {
 }
 
 impl QueryResult {
+    /// The stored points the answer was made from (those aggregated, for
+    /// an aggregated answer).
     pub fn points(&self) -> u64 {
         match self {
             QueryResult::Raw(s) => s.iter().map(|s| s.points.len() as u64).sum(),
             QueryResult::Aggregated(g) => g.iter().flat_map(|g| &g.windows).map(|w| w.count).sum(),
+        }
+    }
+
+    /// The values the answer holds: its points, or one per window.
+    pub fn answer_size(&self) -> u64 {
+        match self {
+            QueryResult::Raw(_) => self.points(),
+            QueryResult::Aggregated(g) => g.iter().map(|g| g.windows.len() as u64).sum(),
         }
     }
 }

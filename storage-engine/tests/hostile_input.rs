@@ -111,6 +111,43 @@ fn the_latest_timestamp_is_kept_and_one_past_is_refused() {
     assert_eq!(times, vec![latest - 1, latest, latest], "{shown:?}");
 }
 
+// Protects: a query is refused once its answer would hold more values than
+// asked (raw points, read no further than the series that passes the
+// limit), while an aggregated answer counts its windows, not the points
+// behind them.
+#[test]
+fn a_query_is_answered_within_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        sync: SyncPolicy::Never,
+        memtable_points: usize::MAX,
+        retention: None,
+    };
+    let e = Engine::open(dir.path(), options).expect("open");
+    let points: Vec<Point> = (0..100)
+        .map(|i| Point {
+            series: SeriesKey::new("m", vec![("k".into(), format!("s{}", i % 4))]),
+            timestamp: 1_700_000_000_000_000_000 + i * 1_000_000_000,
+            value: i as f64,
+        })
+        .collect();
+    e.write(&points).expect("write");
+    e.flush().expect("flush");
+    let raw = Query::new("m");
+    assert!(e.query_at_most(&raw, 99).expect("query").is_none());
+    let answer = e.query_at_most(&raw, 100).expect("query").expect("fits");
+    assert_eq!((answer.points(), answer.answer_size()), (100, 100));
+    // 100 points a second apart: ten windows of ten seconds.
+    let mut windowed = Query::new("m");
+    windowed.window = Some((10_000_000_000, chronicle_engine::Aggregate::Mean));
+    let answer = e
+        .query_at_most(&windowed, 10)
+        .expect("query")
+        .expect("fits");
+    assert_eq!((answer.points(), answer.answer_size()), (100, 10));
+    assert!(e.query_at_most(&windowed, 9).expect("query").is_none());
+}
+
 // Protects: damaged segments, WAL files and manifests give errors, never a
 // panic, whatever byte is changed or wherever the file is cut.
 #[test]

@@ -19,9 +19,19 @@ type Matched = (SeriesId, SeriesKey, SeriesPoints);
 impl Engine {
     /// Runs a query over the segments and the memtable.
     pub fn query(&self, q: &Query) -> Result<QueryResult> {
+        let answer = self.query_at_most(q, u64::MAX)?;
+        Ok(answer.expect("an answer within u64::MAX values"))
+    }
+
+    /// Runs a query whose answer may hold at most `max` values (points, or
+    /// windows when aggregated); `None` if it would hold more. A raw query
+    /// stops reading once past `max`, so that a query over more points than
+    /// memory holds is refused, not run.
+    pub fn query_at_most(&self, q: &Query, max: u64) -> Result<Option<QueryResult>> {
         let (matched, sources) = self.select(q);
         let Some((width, agg)) = q.window else {
-            return raw_points(q, &matched, &sources).map(QueryResult::Raw);
+            let points = raw_points(q, &matched, &sources, max)?;
+            return Ok(points.map(QueryResult::Raw));
         };
         let mut groups: BTreeMap<Option<String>, Windows> = BTreeMap::new();
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
@@ -54,7 +64,8 @@ impl Engine {
                     .collect(),
             })
             .collect();
-        Ok(QueryResult::Aggregated(result))
+        let answer = QueryResult::Aggregated(result);
+        Ok((answer.answer_size() <= max).then_some(answer))
     }
 
     /// Under the lock: the matching series (in series order) with their
@@ -74,14 +85,21 @@ impl Engine {
     }
 }
 
+/// The matched series' points, or `None` once they number over `max`.
 fn raw_points(
     q: &Query,
     matched: &[Matched],
     sources: &[Arc<Segment>],
-) -> Result<Vec<query::SeriesPoints>> {
+    max: u64,
+) -> Result<Option<Vec<query::SeriesPoints>>> {
     let mut out = Vec::with_capacity(matched.len());
+    let mut total = 0u64;
     for (id, key, memory) in matched {
         let points = read_merged(sources, memory, *id, q.start, q.end)?;
+        total = total.saturating_add(points.len() as u64);
+        if total > max {
+            return Ok(None);
+        }
         if !points.is_empty() {
             out.push(query::SeriesPoints {
                 metric: key.metric.clone(),
@@ -90,7 +108,7 @@ fn raw_points(
             });
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The points of `id` in [start, end) from `sources` (oldest first) and then
