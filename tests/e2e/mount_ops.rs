@@ -848,3 +848,50 @@ fn new_files_are_whole_and_belong_to_their_makers() {
         assert_eq!(meta.mode() & 0o7777, 0o4755, "{place:?}");
     }
 }
+
+// Protects: in a set-group-id directory, what another user of a root
+// --allow-other mount makes belongs to the directory's group, and a new
+// directory there is set-group-id too, as on a local file system (the
+// mount, creating as root, gave them the maker's own group before).
+#[test]
+fn set_group_id_directories_pass_on_their_group() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(m) = mount_or_skip(&["--allow-other"]) else {
+        return;
+    };
+    use std::os::unix::process::CommandExt as _;
+    let project = m.path("project");
+    fs::create_dir(&project).expect("mkdir");
+    std::os::unix::fs::chown(&project, None, Some(4242)).expect("chgrp");
+    fs::set_permissions(&project, fs::Permissions::from_mode(0o2777)).expect("chmod");
+    for (dir, mode) in [
+        (m.mnt.clone(), 0o755),
+        (m.fixture.dir.path().to_path_buf(), 0o755),
+    ] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let script = "touch project/file && mkdir project/dir && mkfifo project/fifo";
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&m.mnt)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .expect("run");
+    assert!(status.success(), "nobody makes entries in a 2777 directory");
+    for name in ["file", "dir", "fifo"] {
+        let path = format!("project/{name}");
+        for place in [m.path(&path), m.backing(&path)] {
+            let meta = fs::symlink_metadata(&place).expect("stat");
+            assert_eq!((meta.uid(), meta.gid()), (65534, 4242), "{place:?}");
+        }
+    }
+    let dir = fs::metadata(m.path("project/dir")).expect("stat");
+    assert_ne!(
+        dir.mode() & 0o2000,
+        0,
+        "a directory made in it is set-group-id"
+    );
+}

@@ -495,15 +495,30 @@ impl Ops {
         self.stat_attr(&node)
     }
 
-    /// Who a node made for `caller` must belong to, when it is not this
-    /// process already: the caller, when we run as root.
-    fn owner_for(&self, caller: Caller) -> Option<(rustix::fs::Uid, rustix::fs::Gid)> {
-        (self.as_root && (caller.uid != 0 || caller.gid != 0)).then(|| {
-            (
-                rustix::fs::Uid::from_raw(caller.uid),
-                rustix::fs::Gid::from_raw(caller.gid),
-            )
-        })
+    /// Who a node made for `caller` in `parent` must belong to, when it is
+    /// not this process already: the caller, when we run as root, with the
+    /// group a local file system gives it (the parent's when the parent is
+    /// set-group-id, the caller's otherwise).
+    fn owner_for(
+        &self,
+        caller: Caller,
+        parent: &Pinned,
+    ) -> Result<Option<(rustix::fs::Uid, rustix::fs::Gid)>, Errno> {
+        if !(self.as_root && (caller.uid != 0 || caller.gid != 0)) {
+            return Ok(None);
+        }
+        let gid = self.inherited_group(parent)?.unwrap_or(caller.gid);
+        Ok(Some((
+            rustix::fs::Uid::from_raw(caller.uid),
+            rustix::fs::Gid::from_raw(gid),
+        )))
+    }
+
+    /// The group of `parent` when it is set-group-id: what new entries in
+    /// it belong to (and new directories in it are set-group-id too).
+    fn inherited_group(&self, parent: &Pinned) -> Result<Option<u32>, Errno> {
+        let dir = rustix::fs::fstat(&parent.fd).map_err(sys)?;
+        Ok((dir.st_mode & libc::S_ISGID != 0).then_some(dir.st_gid))
     }
 
     /// Gives a node the mount just made by name (a directory, special
@@ -513,8 +528,13 @@ impl Ops {
     /// linked) with one name. Whoever can write BACKING could have put a
     /// hard link to one of root's files at the name meanwhile (where
     /// `fs.protected_hardlinks` is off); that is refused, never given away.
-    fn chown_new(&self, caller: Caller, node: &Pinned, kind: RawType) -> Result<(), Errno> {
-        let Some((uid, gid)) = self.owner_for(caller) else {
+    fn chown_new(
+        &self,
+        owner: Option<(rustix::fs::Uid, rustix::fs::Gid)>,
+        node: &Pinned,
+        kind: RawType,
+    ) -> Result<(), Errno> {
+        let Some((uid, gid)) = owner else {
             return Ok(());
         };
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
@@ -545,7 +565,7 @@ impl Ops {
     ) -> Result<FileAttr, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
         self.or_uncounted(&node, || {
-            self.chown_new(caller, &node, kind)?;
+            self.chown_new(self.owner_for(caller, parent)?, &node, kind)?;
             self.stat_attr(&node)
         })
     }
@@ -650,7 +670,7 @@ impl Ops {
         mode: u32,
     ) -> Result<FileAttr, Errno> {
         let mode = Mode::from_raw_mode(file_mode(RawType::RegularFile, mode));
-        let owner = self.owner_for(caller);
+        let owner = self.owner_for(caller, parent)?;
         // A change of owner drops set-user-id and set-group-id, even done by
         // root; the creator asked for them on a file of their own.
         let special = Mode::SUID | Mode::SGID;
@@ -990,14 +1010,20 @@ impl Ops {
             rustix::fs::mkdirat(&parent.fd, &backing, mode).map_err(sys)?;
             return self.created(caller, &parent, &backing, RawType::Directory);
         }
+        // The record goes to whoever the directory is made for (below).
+        let owner = self
+            .owner_for(caller, &parent)?
+            .map(|(u, g)| (u.as_raw(), g.as_raw()));
+        // In a set-group-id directory a new one is set-group-id too (the
+        // mode given it below would drop what `mkdirat` inherited).
+        let mode = match self.inherited_group(&parent)? {
+            Some(_) => mode | Mode::SGID,
+            None => mode,
+        };
         // Made under a temporary name, given its id record, then renamed
         // into place: no crash leaves a directory without its record.
         let tmp = format!("{MKDIR_PREFIX}{}", hex_id(&crate::random::bytes::<8>()));
         rustix::fs::mkdirat(&parent.fd, tmp.as_str(), Mode::from_raw_mode(0o700)).map_err(sys)?;
-        // The record goes to whoever the directory is made for (below).
-        let owner = self
-            .owner_for(caller)
-            .map(|(u, g)| (u.as_raw(), g.as_raw()));
         let made = self.make_dir_record(&parent, &tmp, mode, GiveTo::user(owner));
         let made = made.and_then(|()| {
             rustix::fs::renameat_with(
