@@ -523,11 +523,14 @@ impl Ops {
 
     /// Gives a node the mount just made by name (a directory, special
     /// file or symlink) to its creator when we run as root, through the
-    /// node's own descriptor, and only if it is still what was made: of
-    /// the kind asked for, ours, and (all but a directory, which cannot be
-    /// linked) with one name. Whoever can write BACKING could have put a
-    /// hard link to one of root's files at the name meanwhile (where
-    /// `fs.protected_hardlinks` is off); that is refused, never given away.
+    /// node's own descriptor, and only if it still looks like what was
+    /// made: of the kind asked for, ours, and new: a directory empty but
+    /// for the volume's id record, anything else with one name. Whoever can
+    /// write the parent in BACKING could have put another of root's nodes
+    /// at the name meanwhile (a hard link, or one renamed from beside it);
+    /// that is refused with EIO, not given away. What is left: a FIFO,
+    /// socket or symlink of root's that was already in that directory with
+    /// one name (docs/SECURITY.md).
     fn chown_new(
         &self,
         owner: Option<(rustix::fs::Uid, rustix::fs::Gid)>,
@@ -538,19 +541,42 @@ impl Ops {
             return Ok(());
         };
         let stat = rustix::fs::fstat(&node.fd).map_err(sys)?;
-        let ours = node.kind == kind
-            && stat.st_uid == rustix::process::geteuid().as_raw()
-            && (kind == RawType::Directory || stat.st_nlink == 1);
-        if !ours {
+        let new = match kind {
+            RawType::Directory => self.holds_only_records(node)?,
+            _ => stat.st_nlink == 1,
+        };
+        let ours = stat.st_uid == rustix::process::geteuid().as_raw();
+        if node.kind != kind || !ours || !new {
             log::error!(
-                "{}: replaced in the backing directory before the mount could give it to its \
-                 creator (uid {}); left as it is",
+                "{}: not the {kind:?} the mount just made for uid {} (found a {:?} of uid {} \
+                 with {} link(s){}): replaced in the backing directory, or a backing file \
+                 system that does not let root own what it makes; left as it is",
                 node.backing_path().display(),
-                uid.as_raw()
+                uid.as_raw(),
+                node.kind,
+                stat.st_uid,
+                stat.st_nlink,
+                if new { "" } else { ", not new" },
             );
             return Err(Errno::EIO);
         }
         rustix::fs::chownat(&node.fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH).map_err(sys)
+    }
+
+    /// Whether the directory `node` holds nothing but the volume's own
+    /// files (a new directory's id record).
+    fn holds_only_records(&self, node: &Pinned) -> Result<bool, Errno> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = rustix::fs::openat(&node.fd, ".", flags, Mode::empty()).map_err(sys)?;
+        let mut listing = rustix::fs::Dir::read_from(&dir).map_err(sys)?;
+        while let Some(entry) = listing.read() {
+            let entry = entry.map_err(sys)?;
+            let raw = OsStr::from_bytes(entry.file_name().to_bytes());
+            if raw != "." && raw != ".." && !self.names.is_internal(raw, false) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Looks up a node of `kind` the mount just created by name and gives
@@ -1661,11 +1687,12 @@ mod tests {
     }
 
     // Protects: a node the mount made by name is given to its creator only
-    // if it is still what was made; a hard link to one of root's files put
-    // at the name (by whoever can write BACKING, where protected_hardlinks
-    // is off) is refused and stays root's.
+    // if it still looks new; a hard link to one of root's files put at the
+    // name, or a directory of root's with something in it renamed there
+    // (by whoever can write that directory in BACKING), is refused and
+    // stays root's.
     #[test]
-    fn a_new_node_swapped_for_a_link_to_roots_is_not_given_away() {
+    fn a_new_node_swapped_for_one_of_roots_is_not_given_away() {
         if !rustix::process::geteuid().is_root() {
             return;
         }
@@ -1694,6 +1721,19 @@ mod tests {
         let refused = ops.created(her, &root, OsStr::new("swapped"), RawType::Fifo);
         assert_eq!(refused.err(), Some(Errno::EIO));
         assert_eq!(owner("roots"), (0, 2), "root's file is still root's");
+
+        // A directory of root's renamed to the name (no link needed) is
+        // refused unless it is as empty as a new one.
+        std::fs::create_dir(tmp.path().join("fresh_dir")).expect("mkdir");
+        ops.created(her, &root, OsStr::new("fresh_dir"), RawType::Directory)
+            .expect("a fresh directory is hers");
+        assert_eq!(owner("fresh_dir").0, 65534);
+        std::fs::create_dir(tmp.path().join("roots_dir")).expect("mkdir");
+        std::fs::write(tmp.path().join("roots_dir/secret"), b"root's").expect("write");
+        std::fs::rename(tmp.path().join("roots_dir"), tmp.path().join("renamed")).expect("rename");
+        let refused = ops.created(her, &root, OsStr::new("renamed"), RawType::Directory);
+        assert_eq!(refused.err(), Some(Errno::EIO));
+        assert_eq!(owner("renamed").0, 0, "root's directory is still root's");
 
         // Another kind than the one made is refused too.
         std::fs::write(tmp.path().join("file"), b"root's").expect("write");
