@@ -91,6 +91,41 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// a blocking thread while its client reads.
 const READS_IN_FLIGHT: usize = 4;
 
+/// How long a request waits for a write or read slot before it is told to
+/// come back (503 with Retry-After): clients slow to send or to read, which
+/// hold the slots, must not hold every other request for as long as they
+/// last. InfluxDB clients retry a 503.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// A slot from `acquire` (a semaphore's), or the answer to give instead:
+/// 503 when none came free within `SLOT_WAIT`, or when the server is
+/// stopping.
+async fn take_slot<P>(
+    what: &str,
+    acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
+) -> Result<P, hyper::Response<body::Body>> {
+    let busy = match tokio::time::timeout(SLOT_WAIT, acquire).await {
+        Ok(Ok(slot)) => return Ok(slot),
+        Ok(Err(_)) => {
+            return Err(body::error(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                "the server is stopping",
+                None,
+            ))
+        }
+        Err(_) => format!(
+            "every {what} slot stayed taken for {SLOT_WAIT:?} (slow or large requests in \
+             flight): try again"
+        ),
+    };
+    let mut answer = body::error(hyper::StatusCode::SERVICE_UNAVAILABLE, &busy, None);
+    answer.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    Err(answer)
+}
+
 /// How long requests in flight may take to finish once a stop is asked.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -67,12 +67,9 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
         Ok(q) => q,
         Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
-    let Ok(_permit) = app.read_permits.acquire().await else {
-        return body::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is stopping",
-            None,
-        );
+    let _permit = match super::take_slot("read", app.read_permits.acquire()).await {
+        Ok(permit) => permit,
+        Err(answer) => return answer,
     };
     let engine = Arc::clone(&app.engine);
     let answered = tokio::task::spawn_blocking(move || {
@@ -107,12 +104,10 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
 
 /// Every point as JSON Lines, streamed as the engine reads it.
 async fn export(app: &Arc<App>) -> Response<Body> {
-    let Ok(permit) = Arc::clone(&app.read_permits).acquire_owned().await else {
-        return body::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is stopping",
-            None,
-        );
+    let permit = match super::take_slot("read", Arc::clone(&app.read_permits).acquire_owned()).await
+    {
+        Ok(permit) => permit,
+        Err(answer) => return answer,
     };
     let (writer, stream) = body::channel();
     let engine = Arc::clone(&app.engine);

@@ -61,12 +61,9 @@ pub async fn write(app: Arc<App>, request: Request<Incoming>) -> Response<Body> 
     }
     // Bounds the memory that bodies in flight take (see App::write_permits).
     // Held until the write is done: the body stays in memory until then.
-    let Ok(_permit) = app.write_permits.acquire().await else {
-        return body::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is stopping",
-            None,
-        );
+    let _permit = match super::take_slot("write", app.write_permits.acquire()).await {
+        Ok(permit) => permit,
+        Err(answer) => return answer,
     };
     let collect = Limited::new(request.into_body(), limit).collect();
     let received = match tokio::time::timeout(BODY_TIMEOUT, collect).await {

@@ -622,3 +622,54 @@ fn maintenance_runs_on_a_schedule() {
     let (status, said) = server.stop();
     assert!(status.success(), "{said}");
 }
+
+// Protects: clients that hold every write slot (each sent its headers and
+// then nothing of its body) make another writer wait at most the slot
+// wait, then get 503 with Retry-After instead of hanging; once they go,
+// writes are taken again.
+#[test]
+fn held_write_slots_give_503_then_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("db"), &[]);
+    let holders: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr()).expect("connect");
+            let head = format!(
+                "POST /write HTTP/1.1\r\nHost: {}\r\nContent-Length: 100\r\n\r\n",
+                server.addr()
+            );
+            stream.write_all(head.as_bytes()).expect("send the headers");
+            stream
+        })
+        .collect();
+    // Let the server take their slots before the writer comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let refused = ureq::post(&server.url("/write")).send_bytes(b"cpu,host=a value=1 1\n");
+    let waited = started.elapsed();
+    let Err(ureq::Error::Status(503, response)) = refused else {
+        panic!("expected 503, got {refused:?}");
+    };
+    assert_eq!(response.header("Retry-After"), Some("1"));
+    let body = response.into_string().expect("body");
+    assert!(body.contains("every write slot stayed taken"), "{body}");
+    assert!(
+        waited >= Duration::from_secs(9),
+        "answered after {waited:?}"
+    );
+    drop(holders);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = post(&server.url("/write"), b"cpu,host=a value=1 1\n");
+        if code == 204 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {code}: {body}");
+    }
+    assert_eq!(
+        hosts(&server, "cpu"),
+        vec![("a".to_string(), vec![(1, 1.0)])]
+    );
+    let (status, said) = server.stop();
+    assert!(status.success(), "{said}");
+}
