@@ -15,6 +15,15 @@ fn rng() -> (u64, rand::rngs::StdRng) {
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
+/// No syncs, and points stay in memory until a test flushes them.
+fn in_memory_until_flushed() -> Options {
+    Options {
+        sync: SyncPolicy::Never,
+        memtable_points: usize::MAX,
+        retention: None,
+    }
+}
+
 // Protects: the line-protocol parser answers every input, however mangled.
 #[test]
 fn line_protocol_never_panics() {
@@ -58,12 +67,7 @@ fn query_times_never_panic() {
 #[test]
 fn the_latest_timestamp_is_kept_and_one_past_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = Options {
-        sync: SyncPolicy::Never,
-        memtable_points: usize::MAX,
-        retention: None,
-    };
-    let e = Engine::open(dir.path(), options).expect("open");
+    let e = Engine::open(dir.path(), in_memory_until_flushed()).expect("open");
     let latest = chronicle_engine::model::LATEST_TIMESTAMP;
     let point = |ts: i64| Point {
         series: SeriesKey::new("m", vec![("k".into(), "points".into())]),
@@ -118,12 +122,7 @@ fn the_latest_timestamp_is_kept_and_one_past_is_refused() {
 #[test]
 fn a_query_is_answered_within_its_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = Options {
-        sync: SyncPolicy::Never,
-        memtable_points: usize::MAX,
-        retention: None,
-    };
-    let e = Engine::open(dir.path(), options).expect("open");
+    let e = Engine::open(dir.path(), in_memory_until_flushed()).expect("open");
     let points: Vec<Point> = (0..100)
         .map(|i| Point {
             series: SeriesKey::new("m", vec![("k".into(), format!("s{}", i % 4))]),
@@ -154,11 +153,7 @@ fn a_query_is_answered_within_its_limit() {
 fn damaged_files_never_panic() {
     let (seed, mut rng) = rng();
     let source = tempfile::tempdir().expect("tempdir");
-    let options = Options {
-        sync: SyncPolicy::Never,
-        memtable_points: usize::MAX,
-        retention: None,
-    };
+    let options = in_memory_until_flushed();
     {
         let e = Engine::open(source.path(), options.clone()).expect("open");
         let points: Vec<Point> = (0..3000)

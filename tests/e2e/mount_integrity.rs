@@ -152,6 +152,17 @@ fn allow_other_with_permissions() {
     );
 }
 
+/// A volume of uid 65534's (BACKING hers, its parent searchable by her),
+/// mounted by root with `--allow-other`.
+fn users_volume_mounted_by_root() -> Mounted {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    chown_tree(&fixture.backing, 65534);
+    fs::set_permissions(fixture.dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("chmod parent");
+    Mounted::with_fixture(fixture, &["--allow-other"])
+}
+
 // Protects: a user's volume that root mounts for her (--allow-other) stays
 // hers to use: the id record of a directory she makes there and the files
 // of her long names are hers, so `fsck` run as her reads every name after.
@@ -160,13 +171,8 @@ fn a_users_volume_mounted_by_root_stays_hers() {
     if crate::PLAINTEXT_NAMES || !rustix::process::geteuid().is_root() || !fuse_available() {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt as _;
-    let fixture = Fixture::new();
-    chown_tree(&fixture.backing, 65534);
-    fs::set_permissions(fixture.dir.path(), fs::Permissions::from_mode(0o755))
-        .expect("chmod parent");
-    let m = Mounted::with_fixture(fixture, &["--allow-other"]);
+    let m = users_volume_mounted_by_root();
     let long = "l".repeat(200);
     let as_her = |program: &str, path: std::path::PathBuf| {
         let status = std::process::Command::new(program)
@@ -198,11 +204,7 @@ fn names_in_other_users_directories_read_as_their_modes_allow() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let fixture = Fixture::new();
-    chown_tree(&fixture.backing, 65534);
-    fs::set_permissions(fixture.dir.path(), fs::Permissions::from_mode(0o755))
-        .expect("chmod parent");
-    let m = Mounted::with_fixture(fixture, &["--allow-other"]);
+    let m = users_volume_mounted_by_root();
     let long = "l".repeat(200);
     for dir in ["roots", "given"] {
         fs::create_dir(m.path(dir)).expect("mkdir");
