@@ -24,6 +24,31 @@ pub struct Metrics {
     /// (route, status) → responses. Routes are the fixed set `route_label`
     /// returns, so a scanner cannot grow this map.
     responses: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Per `Slot`: requests answered 503 because no slot came free in time.
+    slot_timeouts: [AtomicU64; 2],
+}
+
+/// The two kinds of slot a request may wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Write,
+    Read,
+}
+
+impl Slot {
+    pub fn label(self) -> &'static str {
+        match self {
+            Slot::Write => "write",
+            Slot::Read => "read",
+        }
+    }
+}
+
+/// Slots free at a moment, write and read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotsFree {
+    pub write: usize,
+    pub read: usize,
 }
 
 /// The label for a request path: a known route, or `other`.
@@ -59,12 +84,17 @@ impl Metrics {
         *responses.entry((route, status)).or_default() += 1;
     }
 
+    /// A request answered 503 after waiting for a `slot` in vain.
+    pub fn slot_wait_timed_out(&self, slot: Slot) {
+        self.slot_timeouts[slot as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn points_written(&self) -> u64 {
         self.points_written.load(Ordering::Relaxed)
     }
 
     /// Every figure, in the Prometheus text exposition format.
-    pub fn render(&self, stats: &Stats, activity: &Activity) -> String {
+    pub fn render(&self, stats: &Stats, activity: &Activity, free: SlotsFree) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -123,7 +153,29 @@ impl Metrics {
         );
         self.render_latency(&mut out);
         self.render_responses(&mut out);
+        self.render_slots(&mut out, free);
         out
+    }
+
+    fn render_slots(&self, out: &mut String, free: SlotsFree) {
+        let name = "chronicle_http_slots_free";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Write and read slots free now (a request takes one while it runs).\n\
+             # TYPE {name} gauge\n\
+             {name}{{kind=\"write\"}} {}\n{name}{{kind=\"read\"}} {}",
+            free.write, free.read
+        );
+        let name = "chronicle_http_slot_timeouts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests answered 503 because no slot came free in time.\n\
+             # TYPE {name} counter"
+        );
+        for slot in [Slot::Write, Slot::Read] {
+            let n = self.slot_timeouts[slot as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {n}", slot.label());
+        }
     }
 
     fn render_latency(&self, out: &mut String) {
@@ -170,7 +222,9 @@ mod tests {
         m.write_acknowledged(1, Duration::from_secs(9));
         m.responded(route_label("/write"), 204);
         m.responded(route_label("/wp-admin"), 404);
-        let text = m.render(&Stats::default(), &Activity::default());
+        m.slot_wait_timed_out(Slot::Read);
+        let free = SlotsFree { write: 4, read: 3 };
+        let text = m.render(&Stats::default(), &Activity::default(), free);
         assert!(
             text.contains("chronicle_points_written_total 16\n"),
             "{text}"
@@ -180,6 +234,12 @@ mod tests {
         assert!(text.contains("chronicle_write_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("chronicle_write_duration_seconds_count 3\n"));
         assert!(text.contains("chronicle_http_responses_total{route=\"other\",code=\"404\"} 1\n"));
+        assert!(
+            text.contains("chronicle_http_slots_free{kind=\"read\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("chronicle_http_slot_timeouts_total{kind=\"read\"} 1\n"));
+        assert!(text.contains("chronicle_http_slot_timeouts_total{kind=\"write\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().expect("name");
             let family = family

@@ -101,7 +101,8 @@ const SLOT_WAIT: Duration = Duration::from_secs(10);
 /// 503 when none came free within `SLOT_WAIT`, or when the server is
 /// stopping.
 async fn take_slot<P>(
-    what: &str,
+    app: &App,
+    slot: metrics::Slot,
     acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
 ) -> Result<P, hyper::Response<body::Body>> {
     let busy = match tokio::time::timeout(SLOT_WAIT, acquire).await {
@@ -113,10 +114,14 @@ async fn take_slot<P>(
                 None,
             ))
         }
-        Err(_) => format!(
-            "every {what} slot stayed taken for {SLOT_WAIT:?} (slow or large requests in \
-             flight): try again"
-        ),
+        Err(_) => {
+            app.metrics.slot_wait_timed_out(slot);
+            format!(
+                "every {} slot stayed taken for {SLOT_WAIT:?} (slow or large requests in \
+                 flight): try again",
+                slot.label()
+            )
+        }
     };
     let mut answer = body::error(hyper::StatusCode::SERVICE_UNAVAILABLE, &busy, None);
     answer.headers_mut().insert(
@@ -124,6 +129,16 @@ async fn take_slot<P>(
         hyper::header::HeaderValue::from_static("1"),
     );
     Err(answer)
+}
+
+impl App {
+    /// Write and read slots free now.
+    fn slots_free(&self) -> metrics::SlotsFree {
+        metrics::SlotsFree {
+            write: self.write_permits.available_permits(),
+            read: self.read_permits.available_permits(),
+        }
+    }
 }
 
 /// How long requests in flight may take to finish once a stop is asked.

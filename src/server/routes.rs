@@ -9,7 +9,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::{self, Body};
-use super::metrics::route_label;
+use super::metrics::{route_label, Slot};
 use super::{write, App};
 use crate::engine_args::QueryArgs;
 use crate::query_output;
@@ -67,7 +67,7 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
         Ok(q) => q,
         Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
-    let _permit = match super::take_slot("read", app.read_permits.acquire()).await {
+    let _permit = match super::take_slot(app, Slot::Read, app.read_permits.acquire()).await {
         Ok(permit) => permit,
         Err(answer) => return answer,
     };
@@ -104,7 +104,12 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
 
 /// Every point as JSON Lines, streamed as the engine reads it.
 async fn export(app: &Arc<App>) -> Response<Body> {
-    let permit = match super::take_slot("read", Arc::clone(&app.read_permits).acquire_owned()).await
+    let permit = match super::take_slot(
+        app,
+        Slot::Read,
+        Arc::clone(&app.read_permits).acquire_owned(),
+    )
+    .await
     {
         Ok(permit) => permit,
         Err(answer) => return answer,
@@ -143,7 +148,7 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         Ok(Ok((stats, activity))) => body::bytes(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            app.metrics.render(&stats, &activity),
+            app.metrics.render(&stats, &activity, app.slots_free()),
         ),
         Ok(Err(e)) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
         Err(e) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),

@@ -21,6 +21,7 @@ use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use hyper::{Request, Response, StatusCode};
 
 use super::body::{self, Body};
+use super::metrics::Slot;
 use super::App;
 
 /// Points one request may carry: InfluxDB clients send batches of a few
@@ -61,7 +62,7 @@ pub async fn write(app: Arc<App>, request: Request<Incoming>) -> Response<Body> 
     }
     // Bounds the memory that bodies in flight take (see App::write_permits).
     // Held until the write is done: the body stays in memory until then.
-    let _permit = match super::take_slot("write", app.write_permits.acquire()).await {
+    let _permit = match super::take_slot(&app, Slot::Write, app.write_permits.acquire()).await {
         Ok(permit) => permit,
         Err(answer) => return answer,
     };

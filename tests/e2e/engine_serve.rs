@@ -642,8 +642,18 @@ fn held_write_slots_give_503_then_free() {
             stream
         })
         .collect();
-    // Let the server take their slots before the writer comes.
-    std::thread::sleep(Duration::from_millis(300));
+    // The server has taken their slots before the writer comes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(&server.url("/metrics"))
+        .1
+        .contains("chronicle_http_slots_free{kind=\"write\"} 0\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the holders never took the slots"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     let refused = ureq::post(&server.url("/write")).send_bytes(b"cpu,host=a value=1 1\n");
     let waited = started.elapsed();
@@ -656,6 +666,11 @@ fn held_write_slots_give_503_then_free() {
     assert!(
         waited >= Duration::from_secs(9),
         "answered after {waited:?}"
+    );
+    let (_, metrics) = get(&server.url("/metrics"));
+    assert!(
+        metrics.contains("chronicle_http_slot_timeouts_total{kind=\"write\"} 1\n"),
+        "{metrics}"
     );
     drop(holders);
     let deadline = Instant::now() + Duration::from_secs(10);
