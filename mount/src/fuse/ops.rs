@@ -199,6 +199,9 @@ fn timespec(t: TimeOrNow) -> Timespec {
     }
 }
 
+/// Who a node the mount makes is given to.
+type NodeOwner = (rustix::fs::Uid, rustix::fs::Gid);
+
 const OMIT: Timespec = Timespec {
     tv_sec: 0,
     tv_nsec: rustix::fs::UTIME_OMIT,
@@ -499,19 +502,27 @@ impl Ops {
     /// not this process already: the caller, when we run as root, with the
     /// group a local file system gives it (the parent's when the parent is
     /// set-group-id, the caller's otherwise).
-    fn owner_for(
-        &self,
-        caller: Caller,
-        parent: &Pinned,
-    ) -> Result<Option<(rustix::fs::Uid, rustix::fs::Gid)>, Errno> {
-        if !(self.as_root && (caller.uid != 0 || caller.gid != 0)) {
+    fn owner_for(&self, caller: Caller, parent: &Pinned) -> Result<Option<NodeOwner>, Errno> {
+        if !self.gives_away(caller) {
             return Ok(None);
         }
-        let gid = self.inherited_group(parent)?.unwrap_or(caller.gid);
-        Ok(Some((
-            rustix::fs::Uid::from_raw(caller.uid),
-            rustix::fs::Gid::from_raw(gid),
-        )))
+        Ok(self.owner_in(caller, self.inherited_group(parent)?))
+    }
+
+    /// `owner_for` where the parent's inherited group is known already.
+    fn owner_in(&self, caller: Caller, inherited: Option<u32>) -> Option<NodeOwner> {
+        self.gives_away(caller).then(|| {
+            (
+                rustix::fs::Uid::from_raw(caller.uid),
+                rustix::fs::Gid::from_raw(inherited.unwrap_or(caller.gid)),
+            )
+        })
+    }
+
+    /// Whether what the mount makes for `caller` must be given to them:
+    /// we run as root, and they are not root.
+    fn gives_away(&self, caller: Caller) -> bool {
+        self.as_root && (caller.uid != 0 || caller.gid != 0)
     }
 
     /// The group of `parent` when it is set-group-id: what new entries in
@@ -533,7 +544,7 @@ impl Ops {
     /// one name (docs/SECURITY.md).
     fn chown_new(
         &self,
-        owner: Option<(rustix::fs::Uid, rustix::fs::Gid)>,
+        owner: Option<NodeOwner>,
         node: &Pinned,
         kind: RawType,
     ) -> Result<(), Errno> {
@@ -568,30 +579,43 @@ impl Ops {
     fn holds_only_records(&self, node: &Pinned) -> Result<bool, Errno> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let dir = rustix::fs::openat(&node.fd, ".", flags, Mode::empty()).map_err(sys)?;
-        let mut listing = rustix::fs::Dir::read_from(&dir).map_err(sys)?;
+        Ok(self.only_internal_entries(&dir)?.is_some())
+    }
+
+    /// The entries of the directory open as `dir` when they are all the
+    /// volume's own (id records, leftovers of interrupted operations);
+    /// `None` as soon as one is not.
+    fn only_internal_entries(&self, dir: &OwnedFd) -> Result<Option<Vec<OsString>>, Errno> {
+        let mut internal = Vec::new();
+        let mut listing = rustix::fs::Dir::read_from(dir).map_err(sys)?;
         while let Some(entry) = listing.read() {
             let entry = entry.map_err(sys)?;
             let raw = OsStr::from_bytes(entry.file_name().to_bytes());
-            if raw != "." && raw != ".." && !self.names.is_internal(raw, false) {
-                return Ok(false);
+            if raw == "." || raw == ".." {
+                continue;
             }
+            if !self.names.is_internal(raw, false) {
+                return Ok(None);
+            }
+            internal.push(raw.to_os_string());
         }
-        Ok(true)
+        Ok(Some(internal))
     }
 
     /// Looks up a node of `kind` the mount just created by name and gives
-    /// it to its creator; the node is what the lookup found, so the owner,
-    /// the reply's attributes and the inode all name one file.
+    /// it to `owner` (`owner_for` its creator); the node is what the lookup
+    /// found, so the owner, the reply's attributes and the inode all name
+    /// one file.
     fn created(
         &self,
-        caller: Caller,
         parent: &Pinned,
         backing: &OsStr,
         kind: RawType,
+        owner: Option<NodeOwner>,
     ) -> Result<FileAttr, Errno> {
         let (node, _) = self.lookup_backing(parent, backing)?;
         self.or_uncounted(&node, || {
-            self.chown_new(self.owner_for(caller, parent)?, &node, kind)?;
+            self.chown_new(owner, &node, kind)?;
             self.stat_attr(&node)
         })
     }
@@ -1033,16 +1057,15 @@ impl Ops {
         let _gained = parent.gaining_entries();
         let mode = Mode::from_raw_mode(mode);
         if self.names.mode() == NameMode::Plaintext {
+            let owner = self.owner_for(caller, &parent)?;
             rustix::fs::mkdirat(&parent.fd, &backing, mode).map_err(sys)?;
-            return self.created(caller, &parent, &backing, RawType::Directory);
+            return self.created(&parent, &backing, RawType::Directory, owner);
         }
-        // The record goes to whoever the directory is made for (below).
-        let owner = self
-            .owner_for(caller, &parent)?
-            .map(|(u, g)| (u.as_raw(), g.as_raw()));
+        let inherited = self.inherited_group(&parent)?;
+        let owner = self.owner_in(caller, inherited);
         // In a set-group-id directory a new one is set-group-id too (the
         // mode given it below would drop what `mkdirat` inherited).
-        let mode = match self.inherited_group(&parent)? {
+        let mode = match inherited {
             Some(_) => mode | Mode::SGID,
             None => mode,
         };
@@ -1050,7 +1073,9 @@ impl Ops {
         // into place: no crash leaves a directory without its record.
         let tmp = format!("{MKDIR_PREFIX}{}", hex_id(&crate::random::bytes::<8>()));
         rustix::fs::mkdirat(&parent.fd, tmp.as_str(), Mode::from_raw_mode(0o700)).map_err(sys)?;
-        let made = self.make_dir_record(&parent, &tmp, mode, GiveTo::user(owner));
+        // The record goes to whoever the directory is made for.
+        let record_owner = GiveTo::user(owner.map(|(u, g)| (u.as_raw(), g.as_raw())));
+        let made = self.make_dir_record(&parent, &tmp, mode, record_owner);
         let made = made.and_then(|()| {
             rustix::fs::renameat_with(
                 &parent.fd,
@@ -1066,7 +1091,7 @@ impl Ops {
             let _ = rustix::fs::unlinkat(&parent.fd, tmp.as_str(), AtFlags::REMOVEDIR);
             return Err(e);
         }
-        self.created(caller, &parent, &backing, RawType::Directory)
+        self.created(&parent, &backing, RawType::Directory, owner)
     }
 
     /// Writes the id record (for `owner`) into the new directory `tmp` and
@@ -1103,26 +1128,14 @@ impl Ops {
             Mode::empty(),
         )
         .map_err(sys)?;
-        let mut internal = Vec::new();
-        let mut listing = rustix::fs::Dir::read_from(&dir).map_err(sys)?;
-        while let Some(entry) = listing.read() {
-            let entry = entry.map_err(sys)?;
-            let raw = OsStr::from_bytes(entry.file_name().to_bytes());
-            if raw == "." || raw == ".." {
-                continue;
-            }
-            if !self.names.is_internal(raw, false) {
-                return Err(Errno::ENOTEMPTY);
-            }
-            internal.push((raw.to_os_string(), entry.file_type() == RawType::Directory));
-        }
+        let internal = self.only_internal_entries(&dir)?.ok_or(Errno::ENOTEMPTY)?;
         let record = crate::names::read_small(
             dir.as_fd(),
             OsStr::new(crate::name_cipher::DIR_ID_NAME),
             crate::name_cipher::DIR_ID_RECORD_LEN as u64 + 1,
         )
         .unwrap_or_default();
-        for (name, _) in internal {
+        for name in internal {
             let is_dir = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
                 .is_ok_and(|st| RawType::from_raw_mode(st.st_mode) == RawType::Directory);
             if is_dir {
@@ -1186,6 +1199,7 @@ impl Ops {
             // The kernel makes every new regular file this way (`fs::create`).
             return self.make_file(caller, &parent, &backing, mode & 0o7777);
         }
+        let owner = self.owner_for(caller, &parent)?;
         rustix::fs::mknodat(
             &parent.fd,
             &backing,
@@ -1194,7 +1208,7 @@ impl Ops {
             u64::from(rdev),
         )
         .map_err(sys)?;
-        self.created(caller, &parent, &backing, kind)
+        self.created(&parent, &backing, kind, owner)
     }
 
     pub fn symlink(
@@ -1212,6 +1226,7 @@ impl Ops {
         };
         let backing = self.new_backing_name(&parent, name)?;
         let _gained = parent.gaining_entries();
+        let owner = self.owner_for(caller, &parent)?;
         match stored {
             Some(stored) => rustix::fs::symlinkat(&stored, &parent.fd, &backing).map_err(sys)?,
             // Too long to seal into a backing symlink: the file form.
@@ -1228,7 +1243,7 @@ impl Ops {
                 )
             }
         }
-        self.created(caller, &parent, &backing, RawType::Symlink)
+        self.created(&parent, &backing, RawType::Symlink, owner)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString, Errno> {
@@ -1703,6 +1718,7 @@ mod tests {
             uid: 65534,
             gid: 65534,
         };
+        let hers = ops.owner_for(her, &root).expect("owner");
         let fifo = |name: &str| {
             rustix::fs::mknodat(&root.fd, name, RawType::Fifo, Mode::from_raw_mode(0o600), 0)
                 .expect("mkfifo")
@@ -1712,32 +1728,32 @@ mod tests {
             (stat.st_uid, stat.st_nlink)
         };
         fifo("fresh");
-        ops.created(her, &root, OsStr::new("fresh"), RawType::Fifo)
+        ops.created(&root, OsStr::new("fresh"), RawType::Fifo, hers)
             .expect("a fresh node is hers");
         assert_eq!(owner("fresh"), (65534, 1));
 
         fifo("roots");
         rustix::fs::linkat(&root.fd, "roots", &root.fd, "swapped", AtFlags::empty()).expect("link");
-        let refused = ops.created(her, &root, OsStr::new("swapped"), RawType::Fifo);
+        let refused = ops.created(&root, OsStr::new("swapped"), RawType::Fifo, hers);
         assert_eq!(refused.err(), Some(Errno::EIO));
         assert_eq!(owner("roots"), (0, 2), "root's file is still root's");
 
         // A directory of root's renamed to the name (no link needed) is
         // refused unless it is as empty as a new one.
         std::fs::create_dir(tmp.path().join("fresh_dir")).expect("mkdir");
-        ops.created(her, &root, OsStr::new("fresh_dir"), RawType::Directory)
+        ops.created(&root, OsStr::new("fresh_dir"), RawType::Directory, hers)
             .expect("a fresh directory is hers");
         assert_eq!(owner("fresh_dir").0, 65534);
         std::fs::create_dir(tmp.path().join("roots_dir")).expect("mkdir");
         std::fs::write(tmp.path().join("roots_dir/secret"), b"root's").expect("write");
         std::fs::rename(tmp.path().join("roots_dir"), tmp.path().join("renamed")).expect("rename");
-        let refused = ops.created(her, &root, OsStr::new("renamed"), RawType::Directory);
+        let refused = ops.created(&root, OsStr::new("renamed"), RawType::Directory, hers);
         assert_eq!(refused.err(), Some(Errno::EIO));
         assert_eq!(owner("renamed").0, 0, "root's directory is still root's");
 
         // Another kind than the one made is refused too.
         std::fs::write(tmp.path().join("file"), b"root's").expect("write");
-        let refused = ops.created(her, &root, OsStr::new("file"), RawType::Symlink);
+        let refused = ops.created(&root, OsStr::new("file"), RawType::Symlink, hers);
         assert_eq!(refused.err(), Some(Errno::EIO));
         assert_eq!(owner("file"), (0, 1));
     }
