@@ -9,6 +9,7 @@
 //! engine, which flushes everything to segments.
 
 mod body;
+mod browsers;
 mod metrics;
 mod routes;
 mod write;
@@ -50,7 +51,10 @@ Serve the database in DIR over HTTP until SIGTERM or Ctrl-C.
 
 The database and retention policy named by clients (db, bucket, org) are
 ignored: the server has one database. It has no authentication: it listens on
-the loopback address unless told otherwise.
+the loopback address unless told otherwise, and refuses requests that web
+pages make (403: any with an Origin or a cross-site Sec-Fetch-Site header,
+and, on the loopback address, any whose Host is not 127.0.0.1, [::1] or
+localhost, which is how a page that rebinds its DNS name would ask).
 
 Example, on an encrypted mount:
   chronicle mount /srv/metrics.enc /srv/metrics
@@ -149,6 +153,9 @@ pub struct App {
     engine: Arc<Engine>,
     metrics: Metrics,
     max_body_bytes: usize,
+    /// Listening on a loopback address only: then every request names
+    /// a loopback host (`browsers`).
+    loopback: bool,
     write_permits: Semaphore,
     read_permits: Arc<Semaphore>,
 }
@@ -180,6 +187,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         engine: Arc::new(engine),
         metrics: Metrics::default(),
         max_body_bytes: args.max_body_size,
+        loopback: bound.ip().is_loopback(),
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
     });

@@ -10,7 +10,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::{self, Body};
 use super::metrics::{route_label, Slot};
-use super::{write, App};
+use super::{browsers, write, App};
 use crate::engine_args::QueryArgs;
 use crate::query_output;
 
@@ -23,6 +23,10 @@ const VERSION_HEADER: &str = concat!("chronicle-", env!("CARGO_PKG_VERSION"));
 
 pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let route = route_label(request.uri().path());
+    if let Some(why) = browsers::refusal(request.headers(), app.loopback) {
+        app.metrics.responded(route, StatusCode::FORBIDDEN.as_u16());
+        return body::error(StatusCode::FORBIDDEN, &why, None);
+    }
     let response = match (request.method(), route) {
         (&Method::POST, "/write" | "/api/v2/write") => {
             write::write(Arc::clone(&app), request).await

@@ -23,6 +23,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on(dir, "127.0.0.1:0", extra)
+    }
+
+    fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = bin()
             .args([
                 "engine",
@@ -30,22 +34,32 @@ impl Server {
                 "--data-dir",
                 path_str(dir),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the server");
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut first = String::new();
-        stderr
-            .read_line(&mut first)
-            .expect("read the server's first line");
-        let addr = first
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("the server did not start: {first}"));
+        // Warnings may come before the line that gives the address.
+        let mut said = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).unwrap_or(0);
+            said.push_str(&line);
+            if let Some(addr) = line
+                .split("http://")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                break addr.to_string();
+            }
+            if read == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not start: {said}");
+            }
+        };
         Server {
             base: format!("http://{addr}"),
             child,
@@ -374,7 +388,8 @@ fn oversized_bodies_get_413() {
     let mut stream = TcpStream::connect(server.addr()).expect("connect");
     write!(
         stream,
-        "POST /write HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000000\r\n\r\n"
+        "POST /write HTTP/1.1\r\nHost: {}\r\nContent-Length: 1000000000000000\r\n\r\n",
+        server.addr()
     )
     .expect("send headers");
     let mut reply = [0u8; 64];
@@ -400,7 +415,8 @@ fn a_disconnect_mid_request_writes_nothing() {
         let mut stream = TcpStream::connect(server.addr()).expect("connect");
         write!(
             stream,
-            "POST /write HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            "POST /write HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            server.addr(),
             lines.len() + 1000
         )
         .expect("headers");
@@ -685,6 +701,82 @@ fn held_write_slots_give_503_then_free() {
         hosts(&server, "cpu"),
         vec![("a".to_string(), vec![(1, 1.0)])]
     );
+    let (status, said) = server.stop();
+    assert!(status.success(), "{said}");
+}
+
+/// The status line and body of a GET sent with exactly this Host.
+fn get_as_host(server: &Server, path: &str, host: &str) -> String {
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+}
+
+/// A page in the operator's browser can post to a loopback server without
+/// asking, and read its answers once it rebinds its own name to 127.0.0.1:
+/// what browsers add to such requests (Origin, Sec-Fetch-Site, the page's
+/// name in Host) gets them refused; programs' requests are served.
+#[test]
+fn requests_from_web_pages_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("db"), &[]);
+    let posted = ureq::post(&server.url("/write"))
+        .set("Origin", "https://evil.example")
+        .set("Content-Type", "text/plain")
+        .send_bytes(b"cpu,host=page value=1 1\n");
+    let (code, body) = answer(posted);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Origin: https://evil.example"), "{body}");
+    let (code, body) = answer(
+        ureq::get(&server.url("/api/v1/export"))
+            .set("Sec-Fetch-Site", "cross-site")
+            .call(),
+    );
+    assert_eq!(code, 403, "{body}");
+
+    assert_eq!(
+        post(&server.url("/write"), b"cpu,host=program value=2 2\n").0,
+        204
+    );
+    let port = server.addr().rsplit(':').next().expect("port");
+    let rebound = get_as_host(&server, "/api/v1/export", &format!("evil.example:{port}"));
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(rebound.contains("DNS rebinding"), "{rebound}");
+    assert!(!rebound.contains("program"), "{rebound}");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let served = get_as_host(&server, "/api/v1/export", &host);
+        assert!(served.starts_with("HTTP/1.1 200"), "{host}: {served}");
+        assert!(served.contains("\"host\":\"program\""), "{host}: {served}");
+    }
+    // The refused write wrote nothing.
+    assert_eq!(
+        hosts(&server, "cpu"),
+        vec![("program".to_string(), vec![(2, 2.0)])]
+    );
+    let (_, metrics) = get(&server.url("/metrics"));
+    assert!(
+        metrics.contains("chronicle_http_responses_total{route=\"/write\",code=\"403\"} 1\n"),
+        "{metrics}"
+    );
+    let (status, said) = server.stop();
+    assert!(status.success(), "{said}");
+    assert_eq!(said.matches("refused: a web page").count(), 1, "{said}");
+
+    // Listening beyond the loopback address, the server is asked for by
+    // names its operator chooses; pages are still refused.
+    let server = Server::start_on(&dir.path().join("db"), "0.0.0.0:0", &[]);
+    let port = server.addr().rsplit(':').next().expect("port");
+    let named = get_as_host(&server, "/health", &format!("metrics.internal:{port}"));
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+    let (code, body) = answer(
+        ureq::post(&server.url("/write"))
+            .set("Origin", "null")
+            .send_bytes(b"cpu,host=page value=1 1\n"),
+    );
+    assert_eq!(code, 403, "{body}");
     let (status, said) = server.stop();
     assert!(status.success(), "{said}");
 }
