@@ -44,11 +44,14 @@ impl Slot {
     }
 }
 
-/// Slots free at a moment, write and read.
+/// The server's room at a moment: write and read slots free, and
+/// connections open against their limit.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SlotsFree {
+pub struct Room {
     pub write: usize,
     pub read: usize,
+    pub connections_open: usize,
+    pub connection_limit: usize,
 }
 
 /// The label for a request path: a known route, or `other`.
@@ -94,7 +97,7 @@ impl Metrics {
     }
 
     /// Every figure, in the Prometheus text exposition format.
-    pub fn render(&self, stats: &Stats, activity: &Activity, free: SlotsFree) -> String {
+    pub fn render(&self, stats: &Stats, activity: &Activity, room: Room) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -153,18 +156,31 @@ impl Metrics {
         );
         self.render_latency(&mut out);
         self.render_responses(&mut out);
-        self.render_slots(&mut out, free);
+        self.render_room(&mut out, room);
         out
     }
 
-    fn render_slots(&self, out: &mut String, free: SlotsFree) {
+    fn render_room(&self, out: &mut String, room: Room) {
         let name = "chronicle_http_slots_free";
         let _ = writeln!(
             out,
             "# HELP {name} Write and read slots free now (a request takes one while it runs).\n\
              # TYPE {name} gauge\n\
              {name}{{kind=\"write\"}} {}\n{name}{{kind=\"read\"}} {}",
-            free.write, free.read
+            room.write, room.read
+        );
+        let name = "chronicle_http_connections_open";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Client connections open now.\n# TYPE {name} gauge\n{name} {}",
+            room.connections_open
+        );
+        let name = "chronicle_http_connection_limit";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections served at once (--max-connections); more wait to be accepted.\n\
+             # TYPE {name} gauge\n{name} {}",
+            room.connection_limit
         );
         let name = "chronicle_http_slot_timeouts_total";
         let _ = writeln!(
@@ -223,8 +239,13 @@ mod tests {
         m.responded(route_label("/write"), 204);
         m.responded(route_label("/wp-admin"), 404);
         m.slot_wait_timed_out(Slot::Read);
-        let free = SlotsFree { write: 4, read: 3 };
-        let text = m.render(&Stats::default(), &Activity::default(), free);
+        let room = Room {
+            write: 4,
+            read: 3,
+            connections_open: 2,
+            connection_limit: 1024,
+        };
+        let text = m.render(&Stats::default(), &Activity::default(), room);
         assert!(
             text.contains("chronicle_points_written_total 16\n"),
             "{text}"
@@ -239,6 +260,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("chronicle_http_slot_timeouts_total{kind=\"read\"} 1\n"));
+        assert!(
+            text.contains("chronicle_http_connections_open 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chronicle_http_connection_limit 1024\n"),
+            "{text}"
+        );
         assert!(text.contains("chronicle_http_slot_timeouts_total{kind=\"write\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().expect("name");

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// Drop hours older than DUR (e.g. 30d); kept forever when absent
     #[arg(long, value_name = "DUR")]
     retention: Option<String>,
+    /// Client connections served at once; more wait to be accepted until
+    /// one closes (an idle one closes after 30 s). By default 1024, or
+    /// fewer where the open-file limit leaves less beside the 256
+    /// descriptors kept for the database
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 /// Write requests whose bodies may be in memory at once. With the default
@@ -136,12 +142,46 @@ async fn take_slot<P>(
 }
 
 impl App {
-    /// Write and read slots free now.
-    fn slots_free(&self) -> metrics::SlotsFree {
-        metrics::SlotsFree {
+    /// Slots and connections free now.
+    fn room(&self) -> metrics::Room {
+        metrics::Room {
             write: self.write_permits.available_permits(),
             read: self.read_permits.available_permits(),
+            connections_open: self
+                .connection_limit
+                .saturating_sub(self.connections.available_permits()),
+            connection_limit: self.connection_limit,
         }
+    }
+}
+
+/// Descriptors kept for the database (its WAL, lock and manifest, the
+/// segments a flush or compaction writes) and the runtime, whatever the
+/// clients do: connections beyond the limit wait to be accepted rather
+/// than leave the engine unable to open a file.
+const DESCRIPTORS_KEPT: u64 = 256;
+
+/// The default connection limit where descriptors allow it.
+const DEFAULT_CONNECTIONS: u64 = 1024;
+
+/// How many connections to serve at once with `open_files` descriptors:
+/// the number asked for, if it leaves `DESCRIPTORS_KEPT`; by default as
+/// many as leave them, up to `DEFAULT_CONNECTIONS`.
+fn connection_limit(asked: Option<usize>, open_files: u64) -> Result<usize> {
+    let room = open_files.saturating_sub(DESCRIPTORS_KEPT);
+    match asked {
+        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+        Some(n) if n as u64 > room => anyhow::bail!(
+            "--max-connections {n} leaves too few of this process's {open_files} open files \
+             for the database (it keeps {DESCRIPTORS_KEPT}): ask for at most {room}, or raise \
+             the limit (ulimit -n, LimitNOFILE=)"
+        ),
+        Some(n) => Ok(n),
+        None if room == 0 => anyhow::bail!(
+            "an open-file limit of {open_files} leaves no connections beside the {DESCRIPTORS_KEPT} \
+             descriptors kept for the database: raise it (ulimit -n, LimitNOFILE=)"
+        ),
+        None => Ok(room.min(DEFAULT_CONNECTIONS) as usize),
     }
 }
 
@@ -158,11 +198,18 @@ pub struct App {
     loopback: bool,
     write_permits: Semaphore,
     read_permits: Arc<Semaphore>,
+    /// One permit per connection served; see `connection_limit`.
+    connections: Arc<Semaphore>,
+    connection_limit: usize,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let compact_every = nanos_to_duration(parse_duration(&args.compact_every)?);
     let retention = args.retention.as_deref().map(parse_duration).transpose()?;
+    let connection_limit = connection_limit(
+        args.max_connections,
+        crate::hygiene::raise_open_file_limit(),
+    )?;
     let engine = Engine::open(
         &args.data_dir,
         Options {
@@ -190,6 +237,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         loopback: bound.ip().is_loopback(),
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
+        connections: Arc::new(Semaphore::new(connection_limit)),
+        connection_limit,
     });
     // Blocking threads: the write and read slots' worth, and room for
     // maintenance and metrics.
@@ -229,7 +278,25 @@ async fn serve(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let maintenance = tokio::spawn(maintain(Arc::clone(&app), compact_every, retention));
     let graceful = GracefulShutdown::new();
+    let mut told_full = false;
     loop {
+        // A connection is accepted only with a permit in hand: beyond the
+        // limit, clients wait in the listen queue, not in our descriptors.
+        let permit = tokio::select! {
+            permit = Arc::clone(&app.connections).acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        if app.connections.available_permits() == 0 && !told_full {
+            told_full = true;
+            log::warn!(
+                "serving {} connections, the limit (--max-connections): more wait to be \
+                 accepted until one closes (idle ones close after 30 s); told once",
+                app.connection_limit
+            );
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -252,6 +319,7 @@ async fn serve(
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = connection.await {
                         log::debug!("connection: {e}");
                     }
@@ -313,5 +381,28 @@ fn close(app: Arc<App>) -> Result<()> {
         Err(e) => {
             Err(e.context("the database was not closed cleanly; its WAL replays on the next start"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_leave_descriptors_for_the_database() {
+        assert_eq!(connection_limit(None, 20_000).ok(), Some(1024));
+        assert_eq!(connection_limit(None, 1024).ok(), Some(768));
+        assert_eq!(connection_limit(None, 257).ok(), Some(1));
+        assert!(connection_limit(None, 256).is_err());
+        assert_eq!(connection_limit(Some(4), 1024).ok(), Some(4));
+        assert_eq!(connection_limit(Some(768), 1024).ok(), Some(768));
+        let Err(refused) = connection_limit(Some(769), 1024) else {
+            panic!("769 of 1024 descriptors accepted");
+        };
+        assert!(
+            refused.to_string().contains("ask for at most 768"),
+            "{refused}"
+        );
+        assert!(connection_limit(Some(0), 1024).is_err());
     }
 }

@@ -152,7 +152,7 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         Ok(Ok((stats, activity))) => body::bytes(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            app.metrics.render(&stats, &activity, app.slots_free()),
+            app.metrics.render(&stats, &activity, app.room()),
         ),
         Ok(Err(e)) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
         Err(e) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),

@@ -780,3 +780,64 @@ fn requests_from_web_pages_are_refused() {
     let (status, said) = server.stop();
     assert!(status.success(), "{said}");
 }
+
+/// Connections beyond --max-connections wait to be accepted (in the
+/// kernel's listen queue, not in the server's descriptors, which the
+/// database needs) and are served once one closes.
+#[test]
+fn connections_beyond_the_limit_wait_to_be_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("db"), &["--max-connections", "2"]);
+    let holders: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    let (done, answered) = std::sync::mpsc::channel();
+    let url = server.url("/write");
+    let writer = std::thread::spawn(move || {
+        let code = post(&url, b"cpu,host=a value=1 1\n").0;
+        let _ = done.send(code);
+    });
+    assert!(
+        answered.recv_timeout(Duration::from_secs(2)).is_err(),
+        "a third connection was served beside two held ones"
+    );
+    drop(holders);
+    let code = answered
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the waiting writer was served once the holders went");
+    assert_eq!(code, 204);
+    writer.join().expect("writer");
+    let (_, metrics) = get(&server.url("/metrics"));
+    assert!(
+        metrics.contains("chronicle_http_connection_limit 2\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        hosts(&server, "cpu"),
+        vec![("a".to_string(), vec![(1, 1.0)])]
+    );
+    let (status, said) = server.stop();
+    assert!(status.success(), "{said}");
+}
+
+#[test]
+fn a_connection_limit_that_leaves_no_descriptors_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .args(["engine", "serve", "--data-dir"])
+        .arg(dir.path().join("db"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "18446744073709551615",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--max-connections 18446744073709551615 leaves too few"),
+        "{said}"
+    );
+}
