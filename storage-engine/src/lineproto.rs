@@ -86,7 +86,10 @@ fn parse_value(raw: &[u8]) -> Option<Option<f64>> {
     if let Some(uint) = text.strip_suffix('u') {
         return uint.parse::<u64>().ok().map(|v| Some(v as f64));
     }
-    text.parse::<f64>().ok().map(Some)
+    // Rust reads `NaN`, `inf` and `1e999` (infinite) as floats; InfluxDB
+    // refuses them, and a point that poisons every sum and mean over it
+    // is better refused with its line than stored.
+    text.parse::<f64>().ok().filter(|v| v.is_finite()).map(Some)
 }
 
 /// The unit of the timestamps in a request (`precision` in the InfluxDB
@@ -218,7 +221,7 @@ pub fn parse_line_in<'a>(
             Some(None) => {}
             None => {
                 return Err(bad(&format!(
-                    "field value {:?} is not a number",
+                    "field value {:?} is not a finite number",
                     String::from_utf8_lossy(value)
                 )))
             }
@@ -362,5 +365,34 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert!(err.to_string().starts_with("line 7: "), "{bad:?}: {err}");
         }
+    }
+
+    // Protects: NaN and infinities, which InfluxDB refuses and which would
+    // turn every sum and mean over them into nothing, are refused with
+    // their line; so is a float too large to be finite.
+    #[test]
+    fn values_that_are_not_finite_are_refused() {
+        for bad in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "+Infinity",
+            "INF",
+            "1e999",
+            "-1e400",
+        ] {
+            let err = parse(&format!("cpu value={bad} 1"))
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                err.to_string().contains("is not a finite number"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(
+            parse("cpu value=1.7976931348623157e308 1").expect("the largest finite")[0].1,
+            f64::MAX
+        );
     }
 }
