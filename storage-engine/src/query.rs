@@ -174,24 +174,28 @@ pub struct Windows {
 impl Windows {
     #[inline]
     pub fn add_all(&mut self, width: i64, ts: &[i64], vals: &[f64]) {
-        let mut current: Option<(i64, Accumulator)> = None;
-        for (&t, &v) in ts.iter().zip(vals) {
-            let start = t.div_euclid(width).saturating_mul(width);
-            match &mut current {
-                Some((s, acc)) if *s == start => acc.add(t, v),
-                _ => {
-                    if let Some((s, acc)) = current.take() {
-                        self.merge(s, acc);
-                    }
-                    let mut acc = Accumulator::new(t, v);
-                    acc.add(t, v);
-                    current = Some((start, acc));
-                }
-            }
+        let mut series = self.series(width);
+        series.add(ts, vals);
+        series.finish();
+    }
+
+    /// One series' points, added in time order in as many slices as the
+    /// reader takes (a partition at a time).
+    pub fn series(&mut self, width: i64) -> SeriesWindows<'_> {
+        SeriesWindows {
+            into: self,
+            width,
+            current: None,
         }
-        if let Some((s, acc)) = current {
-            self.merge(s, acc);
-        }
+    }
+
+    /// Windows held.
+    pub fn len(&self) -> usize {
+        self.by_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_start.is_empty()
     }
 
     fn merge(&mut self, start: i64, acc: Accumulator) {
@@ -216,6 +220,49 @@ impl Windows {
                     into.last = acc.last;
                 }
             }
+        }
+    }
+}
+
+/// One series being added to `Windows`: the window being filled carries
+/// over from one slice to the next, so each window's accumulator sees its
+/// points one by one, as from a single slice, whatever the slicing.
+pub struct SeriesWindows<'a> {
+    into: &'a mut Windows,
+    width: i64,
+    current: Option<(i64, Accumulator)>,
+}
+
+impl SeriesWindows<'_> {
+    /// Adds the next points of the series (after every point added so far).
+    #[inline]
+    pub fn add(&mut self, ts: &[i64], vals: &[f64]) {
+        for (&t, &v) in ts.iter().zip(vals) {
+            let start = t.div_euclid(self.width).saturating_mul(self.width);
+            match &mut self.current {
+                Some((s, acc)) if *s == start => acc.add(t, v),
+                _ => {
+                    if let Some((s, acc)) = self.current.take() {
+                        self.into.merge(s, acc);
+                    }
+                    let mut acc = Accumulator::new(t, v);
+                    acc.add(t, v);
+                    self.current = Some((start, acc));
+                }
+            }
+        }
+    }
+
+    /// Windows of the group so far, not counting the one being filled
+    /// (which may be one it holds already): the group will hold at least
+    /// these.
+    pub fn windows_at_least(&self) -> usize {
+        self.into.len()
+    }
+
+    pub fn finish(mut self) {
+        if let Some((s, acc)) = self.current.take() {
+            self.into.merge(s, acc);
         }
     }
 }

@@ -367,3 +367,120 @@ fn oversized_requests_write_nothing() {
     assert_eq!(engine.stats().expect("stats").series, 0);
     assert_eq!(engine.stats().expect("stats").points, 0);
 }
+
+/// A group's windows as (start, the value's bits, count).
+type GroupBits = (Option<String>, Vec<(i64, u64, u64)>);
+
+// Protects: a query reads a series one hour partition at a time (so that
+// it never holds a whole long series); windows that span partitions (7
+// minutes, a day, 13 seconds) come out bit for bit as from the whole
+// series in one slice, with points in segments, rewrites in later
+// segments and in the memtable, and groups of several series.
+#[test]
+fn windows_across_partitions_match_the_whole_series() {
+    let seed = seed();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), options()).expect("open");
+    let s = 1_000_000_000i64;
+    let start = 1_700_000_000 * s;
+    let point = |host: usize, t: i64, value: f64| Point {
+        series: key(host, 0),
+        timestamp: t,
+        value,
+    };
+    let mut batch = Vec::new();
+    for i in 0..3000i64 {
+        for host in 0..3 {
+            batch.push(point(host, start + i * 37 * s, rng.random_range(-1e3..1e3)));
+        }
+        if batch.len() >= 600 {
+            e.write(&batch).expect("write");
+            batch.clear();
+        }
+    }
+    e.write(&batch).expect("write");
+    e.flush().expect("flush");
+    // Rewrites: some flushed to segments of their own, some left in memory.
+    for round in 0..2 {
+        let rewrites: Vec<Point> = (0..300)
+            .map(|_| {
+                let i = rng.random_range(0..3000i64);
+                point(
+                    rng.random_range(0..3),
+                    start + i * 37 * s,
+                    rng.random_range(-1e6..1e6),
+                )
+            })
+            .collect();
+        e.write(&rewrites).expect("rewrite");
+        if round == 0 {
+            e.flush().expect("flush");
+        }
+    }
+    let QueryResult::Raw(series) = e.query(&Query::new("m0")).expect("raw") else {
+        panic!("a raw query answered with windows")
+    };
+    assert_eq!(series.len(), 3);
+    let aggregates = [
+        Aggregate::Count,
+        Aggregate::Sum,
+        Aggregate::Mean,
+        Aggregate::Min,
+        Aggregate::Max,
+        Aggregate::First,
+        Aggregate::Last,
+        Aggregate::Stddev,
+    ];
+    for width in [13 * s, 7 * 60 * s, 3600 * s, 86_400 * s] {
+        for group_by in [None, Some("dc".to_string())] {
+            let mut whole: BTreeMap<Option<String>, chronicle_engine::query::Windows> =
+                BTreeMap::new();
+            for one in &series {
+                let group = group_by.as_ref().map(|tag| one.tags[tag].clone());
+                let (ts, vals): (Vec<i64>, Vec<f64>) = one.points.iter().copied().unzip();
+                whole.entry(group).or_default().add_all(width, &ts, &vals);
+            }
+            for agg in aggregates {
+                let mut q = Query::new("m0");
+                q.window = Some((width, agg));
+                q.group_by = group_by.clone();
+                let QueryResult::Aggregated(got) = e.query(&q).expect("query") else {
+                    panic!("an aggregated query answered with points")
+                };
+                let want: Vec<GroupBits> = whole
+                    .iter()
+                    .map(|(g, w)| {
+                        let windows = w
+                            .by_start
+                            .iter()
+                            .map(|(&t, acc)| (t, acc.result(agg).to_bits(), acc.count))
+                            .collect();
+                        (g.clone(), windows)
+                    })
+                    .collect();
+                let got: Vec<GroupBits> = got
+                    .iter()
+                    .map(|g| {
+                        let windows = g
+                            .windows
+                            .iter()
+                            .map(|w| (w.start, w.value.to_bits(), w.count))
+                            .collect();
+                        (g.group.clone(), windows)
+                    })
+                    .collect();
+                let differs = got.iter().zip(&want).find_map(|((g, gw), (w, ww))| {
+                    let first = gw.iter().zip(ww).find(|(a, b)| a != b);
+                    (g != w || gw.len() != ww.len() || first.is_some())
+                        .then(|| format!("group {g:?}: {first:?} (got, wanted)"))
+                });
+                assert!(
+                    got.len() == want.len() && differs.is_none(),
+                    "width {width}, {agg:?}, group by {group_by:?}: {differs:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! Queries: the matching series are chosen and their memtable points
 //! copied under the lock; segments are decoded after it is released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::{lock, Engine};
 use crate::error::Result;
 use crate::memtable::sort_last_wins;
-use crate::model::{SeriesId, SeriesKey};
+use crate::model::{partition_of, SeriesId, SeriesKey};
 use crate::query::{self, GroupWindows, Query, QueryResult, WindowValue, Windows};
 use crate::segment::Segment;
 
@@ -28,27 +28,47 @@ impl Engine {
     /// stops reading once past `max`, so that a query over more points than
     /// memory holds is refused, not run.
     pub fn query_at_most(&self, q: &Query, max: u64) -> Result<Option<QueryResult>> {
-        let (matched, sources) = self.select(q);
+        let (matched, partitions) = self.select(q);
         let Some((width, agg)) = q.window else {
-            let points = raw_points(q, &matched, &sources, max)?;
+            let points = raw_points(q, &matched, &partitions, max)?;
             return Ok(points.map(QueryResult::Raw));
         };
         let mut groups: BTreeMap<Option<String>, Windows> = BTreeMap::new();
+        // Windows finished in the groups other than the one being added to.
+        let mut elsewhere = 0u64;
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         for (id, key, memory) in &matched {
-            ts.clear();
-            vals.clear();
-            read_columns(&sources, memory, *id, q.start, q.end, &mut ts, &mut vals)?;
-            if ts.is_empty() {
-                // No points here: the series adds no group of its own.
-                continue;
-            }
             let group = q
                 .group_by
                 .as_ref()
                 .map(|tag| key.tag(tag).unwrap_or("").to_string());
-            groups.entry(group).or_default().add_all(width, &ts, &vals);
+            let windows = groups.entry(group).or_default();
+            elsewhere -= windows.len() as u64;
+            let mut series = windows.series(width);
+            let mut over = false;
+            let each = |ts: &[i64], vals: &[f64]| {
+                series.add(ts, vals);
+                over = elsewhere + series.windows_at_least() as u64 > max;
+                !over
+            };
+            each_partition(
+                &partitions,
+                memory,
+                *id,
+                q.start,
+                q.end,
+                &mut ts,
+                &mut vals,
+                each,
+            )?;
+            if over {
+                return Ok(None);
+            }
+            series.finish();
+            elsewhere += windows.len() as u64;
         }
+        // A series with no points in the range adds no group of its own.
+        groups.retain(|_, windows| !windows.is_empty());
         let result = groups
             .into_iter()
             .map(|(group, w)| GroupWindows {
@@ -69,8 +89,9 @@ impl Engine {
     }
 
     /// Under the lock: the matching series (in series order) with their
-    /// memtable points, and the segments overlapping the time range.
-    fn select(&self, q: &Query) -> (Vec<Matched>, Vec<Arc<Segment>>) {
+    /// memtable points, and the segments overlapping the time range by
+    /// partition.
+    fn select(&self, q: &Query) -> (Vec<Matched>, Partitions) {
         let st = lock(&self.state);
         let mut matched: Vec<Matched> = st
             .series
@@ -81,22 +102,40 @@ impl Engine {
             .map(|(id, k)| (id, k.clone(), st.memtable.range(id, q.start, q.end)))
             .collect();
         matched.sort_by(|a, b| a.1.cmp(&b.1));
-        (matched, st.segments.overlapping(q.start, q.end))
+        let mut partitions = Partitions::new();
+        for (partition, segment) in st.segments.overlapping(q.start, q.end) {
+            partitions.entry(partition).or_default().push(segment);
+        }
+        (matched, partitions)
     }
 }
+
+/// The segments a query reads, by hour partition, oldest first in each.
+type Partitions = BTreeMap<i64, Vec<Arc<Segment>>>;
 
 /// The matched series' points, or `None` once they number over `max`.
 fn raw_points(
     q: &Query,
     matched: &[Matched],
-    sources: &[Arc<Segment>],
+    partitions: &Partitions,
     max: u64,
 ) -> Result<Option<Vec<query::SeriesPoints>>> {
     let mut out = Vec::with_capacity(matched.len());
     let mut total = 0u64;
+    let (mut ts, mut vals) = (Vec::new(), Vec::new());
     for (id, key, memory) in matched {
-        let points = read_merged(sources, memory, *id, q.start, q.end)?;
-        total = total.saturating_add(points.len() as u64);
+        let mut points = Vec::new();
+        let each = |ts: &[i64], vals: &[f64]| {
+            total = total.saturating_add(ts.len() as u64);
+            if total > max {
+                return false;
+            }
+            points.extend(ts.iter().copied().zip(vals.iter().copied()));
+            true
+        };
+        each_partition(
+            partitions, memory, *id, q.start, q.end, &mut ts, &mut vals, each,
+        )?;
         if total > max {
             return Ok(None);
         }
@@ -109,6 +148,42 @@ fn raw_points(
         }
     }
     Ok(Some(out))
+}
+
+/// Hands `each` the points of `id` in [start, end), merged as
+/// `read_merged` merges them, one hour partition at a time in time order,
+/// until it returns false: a query holds one partition of one series at a
+/// time, not the whole series, however long it is. `memory` is the
+/// series' memtable points, sorted.
+#[allow(clippy::too_many_arguments)]
+fn each_partition(
+    partitions: &Partitions,
+    memory: &[(i64, f64)],
+    id: SeriesId,
+    start: i64,
+    end: i64,
+    ts: &mut Vec<i64>,
+    vals: &mut Vec<f64>,
+    mut each: impl FnMut(&[i64], &[f64]) -> bool,
+) -> Result<()> {
+    let mut hours: BTreeSet<i64> = partitions.keys().copied().collect();
+    hours.extend(memory.iter().map(|p| partition_of(p.0)));
+    let mut memory = memory;
+    for hour in hours {
+        // `partition_of` never decreases with time, so the memtable's
+        // points of this hour come first in what is left of them.
+        let here = memory.partition_point(|p| partition_of(p.0) <= hour);
+        let (in_hour, later) = memory.split_at(here);
+        memory = later;
+        let segments = partitions.get(&hour).map_or(&[][..], Vec::as_slice);
+        ts.clear();
+        vals.clear();
+        read_columns(segments, in_hour, id, start, end, ts, vals)?;
+        if !ts.is_empty() && !each(ts, vals) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The points of `id` in [start, end) from `sources` (oldest first) and then
@@ -154,4 +229,56 @@ fn read_columns(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PARTITION_NANOS;
+
+    // Protects: a reader is handed one hour partition at a time, in time
+    // order, and reading stops when it says so: what bounds a query's
+    // memory to one partition of one series.
+    #[test]
+    fn each_partition_hands_one_hour_at_a_time() {
+        let hour = PARTITION_NANOS;
+        let memory: Vec<(i64, f64)> = (0..30).map(|i| (i * hour / 10, i as f64)).collect();
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        let mut seen = Vec::new();
+        each_partition(
+            &Partitions::new(),
+            &memory,
+            0,
+            0,
+            i64::MAX,
+            &mut ts,
+            &mut vals,
+            |ts, _| {
+                seen.push(ts.to_vec());
+                true
+            },
+        )
+        .expect("read");
+        assert_eq!(seen.len(), 3);
+        for (i, slice) in seen.iter().enumerate() {
+            assert_eq!(slice.len(), 10);
+            assert!(slice.iter().all(|&t| partition_of(t) == i as i64 * hour));
+        }
+        let mut calls = 0;
+        each_partition(
+            &Partitions::new(),
+            &memory,
+            0,
+            0,
+            i64::MAX,
+            &mut ts,
+            &mut vals,
+            |_, _| {
+                calls += 1;
+                false
+            },
+        )
+        .expect("read");
+        assert_eq!(calls, 1);
+    }
 }

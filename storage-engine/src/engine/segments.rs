@@ -90,12 +90,13 @@ impl SegmentSet {
         self.live.retain(keep);
     }
 
-    /// The open segments overlapping [start, end), oldest first.
-    pub fn overlapping(&self, start: i64, end: i64) -> Vec<Arc<Segment>> {
+    /// The open segments overlapping [start, end) with their partitions,
+    /// oldest first.
+    pub fn overlapping(&self, start: i64, end: i64) -> Vec<(i64, Arc<Segment>)> {
         self.live
             .iter()
             .filter(|l| l.entry.max_ts >= start && l.entry.min_ts < end)
-            .map(|l| Arc::clone(&l.segment))
+            .map(|l| (l.entry.partition, Arc::clone(&l.segment)))
             .collect()
     }
 }
