@@ -8,13 +8,18 @@
 //!   browsers send without asking first); the browser labels it with
 //!   `Origin`, which a page cannot leave out or forge, and with
 //!   `Sec-Fetch-Site` in current browsers;
-//! - a page that rebinds its own DNS name to 127.0.0.1 reads the answers
-//!   too, since the browser then takes the server for the page's own
-//!   origin; it asks for that name in `Host`, and a listener on the
-//!   loopback address is reached by no name but a loopback one.
+//! - a page that rebinds its own DNS name to 127.0.0.1 (or to an address
+//!   of the machine) reads the answers too, since the browser then takes
+//!   the server for the page's own origin; it asks for that name in
+//!   `Host`. So `Host` must be `localhost`, an address (no page can be
+//!   served from this server's own address and port but the server), or a
+//!   name the operator allowed (`--allow-host`). The unspecified address
+//!   (`0.0.0.0`, `[::]`) is refused too: browsers send to it without the
+//!   `Sec-Fetch-Site` they give loopback requests.
 //!
-//! Programs (curl, Telegraf, the InfluxDB client libraries, proxies) send
-//! none of these, so they are not affected.
+//! Programs (curl, Telegraf, the InfluxDB client libraries, a proxy that
+//! asks for the address it forwards to) send none of these, so they are
+//! not affected.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,16 +29,11 @@ use hyper::http::uri::Authority;
 
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
-/// Why the request with these headers is refused, if it is. `loopback`:
-/// the server listens on a loopback address only.
-pub fn refusal(headers: &HeaderMap, loopback: bool) -> Option<String> {
-    let why = from_a_page(headers).or_else(|| {
-        if loopback {
-            not_a_loopback_name(headers)
-        } else {
-            None
-        }
-    })?;
+/// Why the request with these headers is refused, if it is. `allowed`:
+/// host names besides `localhost` that the server may be asked for,
+/// lowercase.
+pub fn refusal(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
+    let why = from_a_page(headers).or_else(|| not_this_server(headers, allowed))?;
     log_the_first(&why);
     Some(why)
 }
@@ -58,26 +58,29 @@ fn from_a_page(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-/// A listener on the loopback address is asked for by a loopback name,
-/// unless a page rebound a name of its own to it.
-fn not_a_loopback_name(headers: &HeaderMap) -> Option<String> {
+/// A request that names, in `Host`, a host this server is not known by:
+/// what a page that rebound its DNS name to the server sends.
+fn not_this_server(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
     // HTTP/1.0 clients may send no Host; browsers always do.
     let host = headers.get(HOST)?;
-    if host.to_str().ok().is_some_and(names_loopback) {
+    if host
+        .to_str()
+        .ok()
+        .is_some_and(|h| names_this_server(h, allowed))
+    {
         return None;
     }
     Some(format!(
-        "refused: Host {:?} does not name this server, which listens on the loopback address \
-         (a guard against DNS rebinding); ask for 127.0.0.1, [::1] or localhost, and have a \
-         proxy in front pass such a Host",
+        "refused: Host {:?} is not an address of this server, localhost or a name given with \
+         --allow-host (a guard against DNS rebinding); ask for the server's address, or start \
+         it with --allow-host NAME for each name it is reached by",
         String::from_utf8_lossy(host.as_bytes())
     ))
 }
 
-/// `localhost` or an IP address, with or without a port. Any address is
-/// safe to accept: a page cannot be served from an address that reaches
-/// this listener without being this server's own origin.
-fn names_loopback(host: &str) -> bool {
+/// `localhost`, an address other than the unspecified one, or an allowed
+/// name; with or without a port.
+fn names_this_server(host: &str, allowed: &[String]) -> bool {
     // A Host names a host and port, never a user.
     if host.contains('@') {
         return false;
@@ -86,15 +89,18 @@ fn names_loopback(host: &str) -> bool {
         return false;
     };
     let name = authority.host();
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.eq_ignore_ascii_case("localhost") {
+    if name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| name.eq_ignore_ascii_case(a))
+    {
         return true;
     }
     let literal = name
         .strip_prefix('[')
         .and_then(|n| n.strip_suffix(']'))
         .unwrap_or(name);
-    literal.parse::<IpAddr>().is_ok()
+    literal
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| !ip.to_canonical().is_unspecified())
 }
 
 /// The first refusal goes to the log, so that the operator learns that a
@@ -121,19 +127,21 @@ mod tests {
     }
 
     #[test]
-    fn loopback_names_are_addresses_and_localhost() {
+    fn hosts_are_addresses_localhost_and_allowed_names() {
+        let allowed = ["metrics.internal".to_string()];
         for host in [
             "127.0.0.1",
             "127.0.0.1:8086",
             "127.1.2.3:80",
             "localhost",
             "LocalHost:8086",
-            "localhost.:8086",
             "[::1]:8086",
             "[::1]",
             "10.0.0.7:8086",
+            "metrics.internal",
+            "Metrics.Internal:8086",
         ] {
-            assert!(names_loopback(host), "{host}");
+            assert!(names_this_server(host, &allowed), "{host}");
         }
         for host in [
             "",
@@ -141,22 +149,28 @@ mod tests {
             "evil.example:8086",
             "127.0.0.1.nip.io:8086",
             "localhost.evil.example",
+            "localhost.",
             "xlocalhost",
             "::1",
             "[::1",
             "user@localhost",
+            "0.0.0.0:8086",
+            "[::]:8086",
+            "[::ffff:0.0.0.0]",
+            "metrics.internal.evil.example",
         ] {
-            assert!(!names_loopback(host), "{host}");
+            assert!(!names_this_server(host, &allowed), "{host}");
         }
     }
 
     #[test]
     fn pages_are_told_apart_by_what_browsers_add() {
-        assert!(refusal(&headers(&[("host", "127.0.0.1:8086")]), true).is_none());
-        assert!(refusal(&headers(&[]), true).is_none());
+        let none: [String; 0] = [];
+        assert!(refusal(&headers(&[("host", "127.0.0.1:8086")]), &none).is_none());
+        assert!(refusal(&headers(&[]), &none).is_none());
         assert!(refusal(
             &headers(&[("host", "localhost:8086"), ("sec-fetch-site", "none")]),
-            true
+            &none
         )
         .is_none());
         let from_page = refusal(
@@ -164,7 +178,7 @@ mod tests {
                 ("host", "127.0.0.1:8086"),
                 ("origin", "https://evil.example"),
             ]),
-            true,
+            &none,
         )
         .expect("refused");
         assert!(
@@ -173,17 +187,16 @@ mod tests {
         );
         assert!(refusal(
             &headers(&[("host", "127.0.0.1:8086"), ("sec-fetch-site", "cross-site")]),
-            true
+            &none
         )
         .is_some());
-        let rebound = refusal(&headers(&[("host", "evil.example:8086")]), true).expect("refused");
+        let rebound = refusal(&headers(&[("host", "evil.example:8086")]), &none).expect("refused");
         assert!(rebound.contains("DNS rebinding"), "{rebound}");
-        // A server listening on other addresses is asked for by names of
-        // its operator's choosing; pages are still refused.
-        assert!(refusal(&headers(&[("host", "metrics.internal:8086")]), false).is_none());
+        let allowed = ["metrics.internal".to_string()];
+        assert!(refusal(&headers(&[("host", "metrics.internal:8086")]), &allowed).is_none());
         assert!(refusal(
             &headers(&[("host", "metrics.internal:8086"), ("origin", "null")]),
-            false
+            &allowed
         )
         .is_some());
     }

@@ -17,6 +17,7 @@ mod write;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,9 +53,10 @@ Serve the database in DIR over HTTP until SIGTERM or Ctrl-C.
 The database and retention policy named by clients (db, bucket, org) are
 ignored: the server has one database. It has no authentication: it listens on
 the loopback address unless told otherwise, and refuses requests that web
-pages make (403: any with an Origin or a cross-site Sec-Fetch-Site header,
-and, on the loopback address, any whose Host is not 127.0.0.1, [::1] or
-localhost, which is how a page that rebinds its DNS name would ask).
+pages make (403): any with an Origin or a cross-site Sec-Fetch-Site header,
+and any whose Host is not an address of the server, localhost or a name
+given with --allow-host (a page that rebinds its DNS name to the server
+asks for that name).
 
 Example, on an encrypted mount:
   chronicle mount /srv/metrics.enc /srv/metrics
@@ -84,11 +86,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR")]
     retention: Option<String>,
     /// Client connections served at once; more wait to be accepted until
-    /// one closes (an idle one closes after 30 s). By default 1024, or
+    /// one closes (an idle one closes after 30 s, one whose client reads
+    /// nothing of its answer for 60 s is closed). By default 1024, or
     /// fewer where the open-file limit leaves less beside the 256
     /// descriptors kept for the database
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// A host name clients reach the server by, besides its addresses and
+    /// localhost (repeat for each): requests naming any other host in
+    /// `Host` are refused, as a page that rebinds its DNS name would send
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
 }
 
 /// Write requests whose bodies may be in memory at once. With the default
@@ -147,9 +155,7 @@ impl App {
         metrics::Room {
             write: self.write_permits.available_permits(),
             read: self.read_permits.available_permits(),
-            connections_open: self
-                .connection_limit
-                .saturating_sub(self.connections.available_permits()),
+            connections_open: self.connections_open.load(Ordering::Relaxed),
             connection_limit: self.connection_limit,
         }
     }
@@ -160,6 +166,10 @@ impl App {
 /// clients do: connections beyond the limit wait to be accepted rather
 /// than leave the engine unable to open a file.
 const DESCRIPTORS_KEPT: u64 = 256;
+
+/// How long an answer may make no progress (the client reads none of
+/// it) before its connection is closed, giving its place to another.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// The default connection limit where descriptors allow it.
 const DEFAULT_CONNECTIONS: u64 = 1024;
@@ -193,14 +203,38 @@ pub struct App {
     engine: Arc<Engine>,
     metrics: Metrics,
     max_body_bytes: usize,
-    /// Listening on a loopback address only: then every request names
-    /// a loopback host (`browsers`).
-    loopback: bool,
+    /// Host names besides addresses and localhost, lowercase (`browsers`).
+    allowed_hosts: Vec<String>,
     write_permits: Semaphore,
     read_permits: Arc<Semaphore>,
-    /// One permit per connection served; see `connection_limit`.
+    /// One permit per connection served (the accept loop takes one before
+    /// it accepts); see `connection_limit`.
     connections: Arc<Semaphore>,
     connection_limit: usize,
+    connections_open: Arc<AtomicUsize>,
+}
+
+/// A connection being served: its permit, and its count in
+/// `App::connections_open`, both given back when it ends.
+struct Served {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
+}
+
+impl Served {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, open: &Arc<AtomicUsize>) -> Served {
+        open.fetch_add(1, Ordering::Relaxed);
+        Served {
+            _permit: permit,
+            open: Arc::clone(open),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -224,7 +258,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     listener.set_nonblocking(true)?;
     // The address actually bound (the port, when asked for port 0).
     let bound = listener.local_addr()?;
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().to_canonical().is_loopback() {
         log::warn!(
             "listening on {} without authentication: anyone who can reach it can read and write",
             args.listen
@@ -234,11 +268,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         engine: Arc::new(engine),
         metrics: Metrics::default(),
         max_body_bytes: args.max_body_size,
-        loopback: bound.ip().is_loopback(),
+        allowed_hosts: args
+            .allow_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
         connections: Arc::new(Semaphore::new(connection_limit)),
         connection_limit,
+        connections_open: Arc::new(AtomicUsize::new(0)),
     });
     // Blocking threads: the write and read slots' worth, and room for
     // maintenance and metrics.
@@ -289,14 +328,6 @@ async fn serve(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        if app.connections.available_permits() == 0 && !told_full {
-            told_full = true;
-            log::warn!(
-                "serving {} connections, the limit (--max-connections): more wait to be \
-                 accepted until one closes (idle ones close after 30 s); told once",
-                app.connection_limit
-            );
-        }
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -308,6 +339,19 @@ async fn serve(
                         continue;
                     }
                 };
+                let served = Served::new(permit, &app.connections_open);
+                if app.connections.available_permits() == 0 && !told_full {
+                    told_full = true;
+                    log::warn!(
+                        "serving {} connections, the limit (--max-connections): more wait to be \
+                         accepted until one closes; told once",
+                        app.connection_limit
+                    );
+                }
+                // A client that stops reading its answer would otherwise
+                // hold its connection for as long as it likes.
+                let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+                stream.set_write_timeout(Some(WRITE_STALL));
                 let app = Arc::clone(&app);
                 let service = service_fn(move |request| {
                     let app = Arc::clone(&app);
@@ -316,10 +360,10 @@ async fn serve(
                 let connection = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(Box::pin(stream)), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _served = served;
                     if let Err(e) = connection.await {
                         log::debug!("connection: {e}");
                     }

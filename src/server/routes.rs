@@ -23,7 +23,7 @@ const VERSION_HEADER: &str = concat!("chronicle-", env!("CARGO_PKG_VERSION"));
 
 pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let route = route_label(request.uri().path());
-    if let Some(why) = browsers::refusal(request.headers(), app.loopback) {
+    if let Some(why) = browsers::refusal(request.headers(), &app.allowed_hosts) {
         app.metrics.responded(route, StatusCode::FORBIDDEN.as_u16());
         return body::error(StatusCode::FORBIDDEN, &why, None);
     }
