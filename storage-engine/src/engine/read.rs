@@ -51,16 +51,14 @@ impl Engine {
                 over = elsewhere + series.windows_at_least() as u64 > max;
                 !over
             };
-            each_partition(
-                &partitions,
+            let range = SeriesRange {
+                partitions: &partitions,
                 memory,
-                *id,
-                q.start,
-                q.end,
-                &mut ts,
-                &mut vals,
-                each,
-            )?;
+                id: *id,
+                start: q.start,
+                end: q.end,
+            };
+            range.each_partition(&mut ts, &mut vals, each)?;
             if over {
                 return Ok(None);
             }
@@ -133,9 +131,14 @@ fn raw_points(
             points.extend(ts.iter().copied().zip(vals.iter().copied()));
             true
         };
-        each_partition(
-            partitions, memory, *id, q.start, q.end, &mut ts, &mut vals, each,
-        )?;
+        let range = SeriesRange {
+            partitions,
+            memory,
+            id: *id,
+            start: q.start,
+            end: q.end,
+        };
+        range.each_partition(&mut ts, &mut vals, each)?;
         if total > max {
             return Ok(None);
         }
@@ -150,40 +153,46 @@ fn raw_points(
     Ok(Some(out))
 }
 
-/// Hands `each` the points of `id` in [start, end), merged as
-/// `read_merged` merges them, one hour partition at a time in time order,
-/// until it returns false: a query holds one partition of one series at a
-/// time, not the whole series, however long it is. `memory` is the
-/// series' memtable points, sorted.
-#[allow(clippy::too_many_arguments)]
-fn each_partition(
-    partitions: &Partitions,
-    memory: &[(i64, f64)],
+/// One matched series over a query's time range: where its points are.
+struct SeriesRange<'a> {
+    partitions: &'a Partitions,
+    /// The series' memtable points in the range, sorted.
+    memory: &'a [(i64, f64)],
     id: SeriesId,
     start: i64,
     end: i64,
-    ts: &mut Vec<i64>,
-    vals: &mut Vec<f64>,
-    mut each: impl FnMut(&[i64], &[f64]) -> bool,
-) -> Result<()> {
-    let mut hours: BTreeSet<i64> = partitions.keys().copied().collect();
-    hours.extend(memory.iter().map(|p| partition_of(p.0)));
-    let mut memory = memory;
-    for hour in hours {
-        // `partition_of` never decreases with time, so the memtable's
-        // points of this hour come first in what is left of them.
-        let here = memory.partition_point(|p| partition_of(p.0) <= hour);
-        let (in_hour, later) = memory.split_at(here);
-        memory = later;
-        let segments = partitions.get(&hour).map_or(&[][..], Vec::as_slice);
-        ts.clear();
-        vals.clear();
-        read_columns(segments, in_hour, id, start, end, ts, vals)?;
-        if !ts.is_empty() && !each(ts, vals) {
-            break;
+}
+
+impl SeriesRange<'_> {
+    /// Hands `each` the series' points, merged as `read_merged` merges
+    /// them, one hour partition at a time in time order, until it returns
+    /// false: a query holds one partition of one series at a time, not the
+    /// whole series, however long it is. `ts` and `vals` are scratch.
+    fn each_partition(
+        &self,
+        ts: &mut Vec<i64>,
+        vals: &mut Vec<f64>,
+        mut each: impl FnMut(&[i64], &[f64]) -> bool,
+    ) -> Result<()> {
+        let mut hours: BTreeSet<i64> = self.partitions.keys().copied().collect();
+        hours.extend(self.memory.iter().map(|p| partition_of(p.0)));
+        let mut memory = self.memory;
+        for hour in hours {
+            // `partition_of` never decreases with time, so the memtable's
+            // points of this hour come first in what is left of them.
+            let here = memory.partition_point(|p| partition_of(p.0) <= hour);
+            let (in_hour, later) = memory.split_at(here);
+            memory = later;
+            let segments = self.partitions.get(&hour).map_or(&[][..], Vec::as_slice);
+            ts.clear();
+            vals.clear();
+            read_columns(segments, in_hour, self.id, self.start, self.end, ts, vals)?;
+            if !ts.is_empty() && !each(ts, vals) {
+                break;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The points of `id` in [start, end) from `sources` (oldest first) and then
@@ -243,42 +252,34 @@ mod tests {
     fn each_partition_hands_one_hour_at_a_time() {
         let hour = PARTITION_NANOS;
         let memory: Vec<(i64, f64)> = (0..30).map(|i| (i * hour / 10, i as f64)).collect();
+        let none = Partitions::new();
+        let range = SeriesRange {
+            partitions: &none,
+            memory: &memory,
+            id: 0,
+            start: 0,
+            end: i64::MAX,
+        };
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut seen = Vec::new();
-        each_partition(
-            &Partitions::new(),
-            &memory,
-            0,
-            0,
-            i64::MAX,
-            &mut ts,
-            &mut vals,
-            |ts, _| {
+        range
+            .each_partition(&mut ts, &mut vals, |ts, _| {
                 seen.push(ts.to_vec());
                 true
-            },
-        )
-        .expect("read");
+            })
+            .expect("read");
         assert_eq!(seen.len(), 3);
         for (i, slice) in seen.iter().enumerate() {
             assert_eq!(slice.len(), 10);
             assert!(slice.iter().all(|&t| partition_of(t) == i as i64 * hour));
         }
         let mut calls = 0;
-        each_partition(
-            &Partitions::new(),
-            &memory,
-            0,
-            0,
-            i64::MAX,
-            &mut ts,
-            &mut vals,
-            |_, _| {
+        range
+            .each_partition(&mut ts, &mut vals, |_, _| {
                 calls += 1;
                 false
-            },
-        )
-        .expect("read");
+            })
+            .expect("read");
         assert_eq!(calls, 1);
     }
 }
