@@ -71,9 +71,9 @@ fn not_this_server(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
         return None;
     }
     Some(format!(
-        "refused: Host {:?} is not an address of this server, localhost or a name given with \
-         --allow-host (a guard against DNS rebinding); ask for the server's address, or start \
-         it with --allow-host NAME for each name it is reached by",
+        "refused: Host {:?} is not an IP address, localhost or a name given with --allow-host \
+         (a guard against DNS rebinding); ask for the server by its address, or start it with \
+         --allow-host NAME for each name it is reached by",
         String::from_utf8_lossy(host.as_bytes())
     ))
 }

@@ -54,7 +54,7 @@ The database and retention policy named by clients (db, bucket, org) are
 ignored: the server has one database. It has no authentication: it listens on
 the loopback address unless told otherwise, and refuses requests that web
 pages make (403): any with an Origin or a cross-site Sec-Fetch-Site header,
-and any whose Host is not an address of the server, localhost or a name
+and any whose Host is not an IP address, localhost or a name
 given with --allow-host (a page that rebinds its DNS name to the server
 asks for that name).
 
@@ -92,7 +92,7 @@ pub struct ServeArgs {
     /// descriptors kept for the database
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// A host name clients reach the server by, besides its addresses and
+    /// A host name clients reach the server by, besides IP addresses and
     /// localhost (repeat for each): requests naming any other host in
     /// `Host` are refused, as a page that rebinds its DNS name would send
     #[arg(long = "allow-host", value_name = "NAME")]
