@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, IoContext, Result};
 use crate::framing::sync_dir;
+use crate::model::partition_of;
 
 pub const MANIFEST: &str = "MANIFEST";
 /// The next manifest while it is written; renamed over `MANIFEST`.
@@ -24,6 +25,18 @@ pub struct SegmentEntry {
     pub max_ts: i64,
     pub points: u64,
     pub bytes: u64,
+}
+
+impl SegmentEntry {
+    /// Whether the segment's times all lie in the hour it is recorded in:
+    /// queries, compaction and retention take a segment's points to be
+    /// in its partition, so one that is not (a damaged manifest) would
+    /// come out of order and never be merged with its hour.
+    pub fn within_its_partition(&self) -> bool {
+        self.min_ts <= self.max_ts
+            && partition_of(self.min_ts) == self.partition
+            && partition_of(self.max_ts) == self.partition
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +93,16 @@ impl Manifest {
                 file: path,
                 found: manifest.format,
             });
+        }
+        if let Some(entry) = manifest.segments.iter().find(|e| !e.within_its_partition()) {
+            return Err(EngineError::corrupt(
+                &path,
+                format!(
+                    "segment {} is recorded in the hour starting at {} but holds times {}..={}; \
+                     restore the database from a snapshot or an export",
+                    entry.file, entry.partition, entry.min_ts, entry.max_ts
+                ),
+            ));
         }
         Ok(Some(manifest))
     }

@@ -227,6 +227,7 @@ impl Windows {
 /// One series being added to `Windows`: the window being filled carries
 /// over from one slice to the next, so each window's accumulator sees its
 /// points one by one, as from a single slice, whatever the slicing.
+#[must_use = "the window being filled reaches `Windows` only at `finish`"]
 pub struct SeriesWindows<'a> {
     into: &'a mut Windows,
     width: i64,

@@ -371,10 +371,27 @@ fn oversized_requests_write_nothing() {
 /// A group's windows as (start, the value's bits, count).
 type GroupBits = (Option<String>, Vec<(i64, u64, u64)>);
 
+/// The windows of `model`'s series of `metric`, each series added whole
+/// in one slice (in series order), grouped by `group_by`.
+fn model_windows(
+    model: &Model,
+    metric: &str,
+    width: i64,
+    group_by: Option<&str>,
+) -> BTreeMap<Option<String>, chronicle_engine::query::Windows> {
+    let mut whole: BTreeMap<Option<String>, chronicle_engine::query::Windows> = BTreeMap::new();
+    for (key, points) in model.iter().filter(|(k, _)| k.metric == metric) {
+        let group = group_by.map(|tag| key.tag(tag).unwrap_or("").to_string());
+        let (ts, vals): (Vec<i64>, Vec<f64>) = points.iter().map(|(&t, &v)| (t, v)).unzip();
+        whole.entry(group).or_default().add_all(width, &ts, &vals);
+    }
+    whole
+}
+
 // Protects: a query reads a series one hour partition at a time (so that
-// it never holds a whole long series); windows that span partitions (7
-// minutes, a day, 13 seconds) come out bit for bit as from the whole
-// series in one slice, with points in segments, rewrites in later
+// it never holds a whole long series); windows that span partitions (70
+// s, 7 minutes, a day) come out bit for bit as from the whole series in
+// one slice, with points in several segments an hour, rewrites in later
 // segments and in the memtable, and groups of several series.
 #[test]
 fn windows_across_partitions_match_the_whole_series() {
@@ -383,46 +400,51 @@ fn windows_across_partitions_match_the_whole_series() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let e = Engine::open(dir.path(), options()).expect("open");
+    let mut model = Model::new();
+    let mut write = |e: &Engine, points: &[Point]| {
+        e.write(points).expect("write");
+        for p in points {
+            model
+                .entry(p.series.clone())
+                .or_default()
+                .insert(p.timestamp, p.value);
+        }
+    };
     let s = 1_000_000_000i64;
     let start = 1_700_000_000 * s;
-    let point = |host: usize, t: i64, value: f64| Point {
+    let point = |host: usize, i: i64, value: f64| Point {
         series: key(host, 0),
-        timestamp: t,
+        timestamp: start + i * 30 * s,
         value,
     };
     let mut batch = Vec::new();
     for i in 0..3000i64 {
         for host in 0..3 {
-            batch.push(point(host, start + i * 37 * s, rng.random_range(-1e3..1e3)));
+            batch.push(point(host, i, rng.random_range(-1e3..1e3)));
         }
         if batch.len() >= 600 {
-            e.write(&batch).expect("write");
+            write(&e, &batch);
             batch.clear();
         }
     }
-    e.write(&batch).expect("write");
+    write(&e, &batch);
     e.flush().expect("flush");
     // Rewrites: some flushed to segments of their own, some left in memory.
     for round in 0..2 {
         let rewrites: Vec<Point> = (0..300)
             .map(|_| {
                 let i = rng.random_range(0..3000i64);
-                point(
-                    rng.random_range(0..3),
-                    start + i * 37 * s,
-                    rng.random_range(-1e6..1e6),
-                )
+                point(rng.random_range(0..3), i, rng.random_range(-1e6..1e6))
             })
             .collect();
-        e.write(&rewrites).expect("rewrite");
+        write(&e, &rewrites);
         if round == 0 {
             e.flush().expect("flush");
         }
     }
-    let QueryResult::Raw(series) = e.query(&Query::new("m0")).expect("raw") else {
-        panic!("a raw query answered with windows")
-    };
-    assert_eq!(series.len(), 3);
+    let stats = e.stats().expect("stats");
+    assert!(stats.points_in_memory > 0, "{stats:?}");
+    assert!(stats.segments > stats.partitions, "{stats:?}");
     let aggregates = [
         Aggregate::Count,
         Aggregate::Sum,
@@ -433,19 +455,13 @@ fn windows_across_partitions_match_the_whole_series() {
         Aggregate::Last,
         Aggregate::Stddev,
     ];
-    for width in [13 * s, 7 * 60 * s, 3600 * s, 86_400 * s] {
-        for group_by in [None, Some("dc".to_string())] {
-            let mut whole: BTreeMap<Option<String>, chronicle_engine::query::Windows> =
-                BTreeMap::new();
-            for one in &series {
-                let group = group_by.as_ref().map(|tag| one.tags[tag].clone());
-                let (ts, vals): (Vec<i64>, Vec<f64>) = one.points.iter().copied().unzip();
-                whole.entry(group).or_default().add_all(width, &ts, &vals);
-            }
+    for width in [70 * s, 7 * 60 * s, 3600 * s, 86_400 * s] {
+        for group_by in [None, Some("dc")] {
+            let whole = model_windows(&model, "m0", width, group_by);
             for agg in aggregates {
                 let mut q = Query::new("m0");
                 q.window = Some((width, agg));
-                q.group_by = group_by.clone();
+                q.group_by = group_by.map(str::to_string);
                 let QueryResult::Aggregated(got) = e.query(&q).expect("query") else {
                     panic!("an aggregated query answered with points")
                 };
@@ -483,4 +499,51 @@ fn windows_across_partitions_match_the_whole_series() {
             }
         }
     }
+}
+
+// Protects: the limit on an answer counts what it holds: an aggregated
+// query whose groups come back in turn (series in key order alternate
+// between them) is answered at exactly its number of windows and refused
+// one below; a raw query likewise at its number of points.
+#[test]
+fn answers_are_refused_just_past_their_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), options()).expect("open");
+    let s = 1_000_000_000i64;
+    // Series in key order: a=1 (g=p), a=2 (g=q), a=3 (g=p).
+    let series = |a: &str, g: &str| {
+        SeriesKey::new("m", vec![("a".into(), a.into()), ("g".into(), g.into())])
+    };
+    let keys = [series("1", "p"), series("2", "q"), series("3", "p")];
+    let points: Vec<Point> = keys
+        .iter()
+        .enumerate()
+        .flat_map(|(n, key)| {
+            (0..500i64).map(move |i| Point {
+                series: key.clone(),
+                timestamp: 1_700_000_000 * s + i * 61 * s + n as i64 * 7 * s,
+                value: i as f64,
+            })
+        })
+        .collect();
+    e.write(&points).expect("write");
+    e.flush().expect("flush");
+    let mut q = Query::new("m");
+    q.window = Some((300 * s, Aggregate::Mean));
+    q.group_by = Some("g".into());
+    let answer = e.query(&q).expect("query");
+    let windows = answer.answer_size();
+    let QueryResult::Aggregated(groups) = &answer else {
+        panic!("windows expected")
+    };
+    assert_eq!(groups.len(), 2);
+    assert!(windows > 100, "{windows}");
+    assert_eq!(
+        e.query_at_most(&q, windows).expect("query").as_ref(),
+        Some(&answer)
+    );
+    assert!(e.query_at_most(&q, windows - 1).expect("query").is_none());
+    let raw = Query::new("m");
+    assert!(e.query_at_most(&raw, 1500).expect("query").is_some());
+    assert!(e.query_at_most(&raw, 1499).expect("query").is_none());
 }

@@ -540,3 +540,33 @@ fn a_failed_compaction_leaves_nothing_in_the_way() {
     let e = Engine::open(dir.path(), no_flush()).expect("reopen");
     assert_eq!(count(&e, "load"), 4100);
 }
+
+// Protects: a manifest that records a segment in an hour its points are
+// not in (damage, or a build that computed hours with wrapping arithmetic)
+// is refused at open with the segment named: queries, compaction and
+// retention take each segment's points to lie in its hour.
+#[test]
+fn a_segment_recorded_in_the_wrong_hour_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = one_segment(dir.path(), 100);
+    let manifest = dir.path().join("MANIFEST");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("read")).expect("json");
+    let entry = &mut doc["segments"][0];
+    let hour = entry["partition"].as_i64().expect("partition");
+    entry["partition"] = (hour + 3_600_000_000_000).into();
+    std::fs::write(&manifest, serde_json::to_vec(&doc).expect("json")).expect("write");
+    let Err(err) = Engine::open(dir.path(), no_flush()) else {
+        panic!("a segment in the wrong hour was accepted");
+    };
+    let text = err.to_string();
+    let name = seg
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        text.contains(&name) && text.contains("is recorded in the hour"),
+        "{text}"
+    );
+}

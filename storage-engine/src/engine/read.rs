@@ -1,7 +1,7 @@
 //! Queries: the matching series are chosen and their memtable points
 //! copied under the lock; segments are decoded after it is released.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{lock, Engine};
@@ -24,9 +24,10 @@ impl Engine {
     }
 
     /// Runs a query whose answer may hold at most `max` values (points, or
-    /// windows when aggregated); `None` if it would hold more. A raw query
-    /// stops reading once past `max`, so that a query over more points than
-    /// memory holds is refused, not run.
+    /// windows when aggregated); `None` if it would hold more. Series are
+    /// read an hour partition at a time, and reading stops once the answer
+    /// is past `max`, so that a query over more points than memory holds is
+    /// refused, not run.
     pub fn query_at_most(&self, q: &Query, max: u64) -> Result<Option<QueryResult>> {
         let (matched, partitions) = self.select(q);
         let Some((width, agg)) = q.window else {
@@ -174,16 +175,26 @@ impl SeriesRange<'_> {
         vals: &mut Vec<f64>,
         mut each: impl FnMut(&[i64], &[f64]) -> bool,
     ) -> Result<()> {
-        let mut hours: BTreeSet<i64> = self.partitions.keys().copied().collect();
-        hours.extend(self.memory.iter().map(|p| partition_of(p.0)));
+        let mut segments_by_hour = self.partitions.iter().peekable();
         let mut memory = self.memory;
-        for hour in hours {
+        loop {
+            // The next hour with segments or memtable points, in time order.
+            let next_with_segments = segments_by_hour.peek().map(|(&hour, _)| hour);
+            let next_in_memory = memory.first().map(|p| partition_of(p.0));
+            let Some(hour) = next_with_segments.into_iter().chain(next_in_memory).min() else {
+                break;
+            };
+            let segments = match next_with_segments == Some(hour) {
+                true => segments_by_hour
+                    .next()
+                    .map_or(&[][..], |(_, s)| s.as_slice()),
+                false => &[],
+            };
             // `partition_of` never decreases with time, so the memtable's
             // points of this hour come first in what is left of them.
             let here = memory.partition_point(|p| partition_of(p.0) <= hour);
             let (in_hour, later) = memory.split_at(here);
             memory = later;
-            let segments = self.partitions.get(&hour).map_or(&[][..], Vec::as_slice);
             ts.clear();
             vals.clear();
             read_columns(segments, in_hour, self.id, self.start, self.end, ts, vals)?;
