@@ -10,6 +10,7 @@
 
 mod body;
 mod browsers;
+mod connections;
 mod metrics;
 mod routes;
 mod write;
@@ -17,7 +18,6 @@ mod write;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,43 +155,9 @@ impl App {
         metrics::Room {
             write: self.write_permits.available_permits(),
             read: self.read_permits.available_permits(),
-            connections_open: self.connections_open.load(Ordering::Relaxed),
-            connection_limit: self.connection_limit,
+            connections_open: self.connections.open(),
+            connection_limit: self.connections.limit(),
         }
-    }
-}
-
-/// Descriptors kept for the database (its WAL, lock and manifest, the
-/// segments a flush or compaction writes) and the runtime, whatever the
-/// clients do: connections beyond the limit wait to be accepted rather
-/// than leave the engine unable to open a file.
-const DESCRIPTORS_KEPT: u64 = 256;
-
-/// How long an answer may make no progress (the client reads none of
-/// it) before its connection is closed, giving its place to another.
-const WRITE_STALL: Duration = Duration::from_secs(60);
-
-/// The default connection limit where descriptors allow it.
-const DEFAULT_CONNECTIONS: u64 = 1024;
-
-/// How many connections to serve at once with `open_files` descriptors:
-/// the number asked for, if it leaves `DESCRIPTORS_KEPT`; by default as
-/// many as leave them, up to `DEFAULT_CONNECTIONS`.
-fn connection_limit(asked: Option<usize>, open_files: u64) -> Result<usize> {
-    let room = open_files.saturating_sub(DESCRIPTORS_KEPT);
-    match asked {
-        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
-        Some(n) if n as u64 > room => anyhow::bail!(
-            "--max-connections {n} leaves too few of this process's {open_files} open files \
-             for the database (it keeps {DESCRIPTORS_KEPT}): ask for at most {room}, or raise \
-             the limit (ulimit -n, LimitNOFILE=)"
-        ),
-        Some(n) => Ok(n),
-        None if room == 0 => anyhow::bail!(
-            "an open-file limit of {open_files} leaves no connections beside the {DESCRIPTORS_KEPT} \
-             descriptors kept for the database: raise it (ulimit -n, LimitNOFILE=)"
-        ),
-        None => Ok(room.min(DEFAULT_CONNECTIONS) as usize),
     }
 }
 
@@ -207,40 +173,13 @@ pub struct App {
     allowed_hosts: Vec<String>,
     write_permits: Semaphore,
     read_permits: Arc<Semaphore>,
-    /// One permit per connection served (the accept loop takes one before
-    /// it accepts); see `connection_limit`.
-    connections: Arc<Semaphore>,
-    connection_limit: usize,
-    connections_open: Arc<AtomicUsize>,
-}
-
-/// A connection being served: its permit, and its count in
-/// `App::connections_open`, both given back when it ends.
-struct Served {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    open: Arc<AtomicUsize>,
-}
-
-impl Served {
-    fn new(permit: tokio::sync::OwnedSemaphorePermit, open: &Arc<AtomicUsize>) -> Served {
-        open.fetch_add(1, Ordering::Relaxed);
-        Served {
-            _permit: permit,
-            open: Arc::clone(open),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
+    connections: connections::Connections,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let compact_every = nanos_to_duration(parse_duration(&args.compact_every)?);
     let retention = args.retention.as_deref().map(parse_duration).transpose()?;
-    let connection_limit = connection_limit(
+    let connection_limit = connections::limit(
         args.max_connections,
         crate::hygiene::raise_open_file_limit(),
     )?;
@@ -275,9 +214,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .collect(),
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
-        connections: Arc::new(Semaphore::new(connection_limit)),
-        connection_limit,
-        connections_open: Arc::new(AtomicUsize::new(0)),
+        connections: connections::Connections::new(connection_limit),
     });
     // Blocking threads: the write and read slots' worth, and room for
     // maintenance and metrics.
@@ -321,10 +258,8 @@ async fn serve(
     loop {
         // A connection is accepted only with a permit in hand: beyond the
         // limit, clients wait in the listen queue, not in our descriptors.
-        let permit = tokio::select! {
-            permit = Arc::clone(&app.connections).acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
+        let room = tokio::select! {
+            room = app.connections.room() => room,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
@@ -339,19 +274,15 @@ async fn serve(
                         continue;
                     }
                 };
-                let served = Served::new(permit, &app.connections_open);
-                if app.connections.available_permits() == 0 && !told_full {
+                let (served, stream) = app.connections.serve(room, stream);
+                if app.connections.full() && !told_full {
                     told_full = true;
                     log::warn!(
                         "serving {} connections, the limit (--max-connections): more wait to be \
                          accepted until one closes; told once",
-                        app.connection_limit
+                        app.connections.limit()
                     );
                 }
-                // A client that stops reading its answer would otherwise
-                // hold its connection for as long as it likes.
-                let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-                stream.set_write_timeout(Some(WRITE_STALL));
                 let app = Arc::clone(&app);
                 let service = service_fn(move |request| {
                     let app = Arc::clone(&app);
@@ -360,7 +291,7 @@ async fn serve(
                 let connection = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(Box::pin(stream)), service);
+                    .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _served = served;
@@ -425,28 +356,5 @@ fn close(app: Arc<App>) -> Result<()> {
         Err(e) => {
             Err(e.context("the database was not closed cleanly; its WAL replays on the next start"))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_leave_descriptors_for_the_database() {
-        assert_eq!(connection_limit(None, 20_000).ok(), Some(1024));
-        assert_eq!(connection_limit(None, 1024).ok(), Some(768));
-        assert_eq!(connection_limit(None, 257).ok(), Some(1));
-        assert!(connection_limit(None, 256).is_err());
-        assert_eq!(connection_limit(Some(4), 1024).ok(), Some(4));
-        assert_eq!(connection_limit(Some(768), 1024).ok(), Some(768));
-        let Err(refused) = connection_limit(Some(769), 1024) else {
-            panic!("769 of 1024 descriptors accepted");
-        };
-        assert!(
-            refused.to_string().contains("ask for at most 768"),
-            "{refused}"
-        );
-        assert!(connection_limit(Some(0), 1024).is_err());
     }
 }
