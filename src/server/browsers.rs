@@ -103,6 +103,19 @@ fn names_this_server(host: &str, allowed: &[String]) -> bool {
         .is_ok_and(|ip| !ip.to_canonical().is_unspecified())
 }
 
+/// An `--allow-host` value as `refusal` compares it: the host of a name
+/// given with or without a port, lowercase.
+pub fn allowed_host(arg: &str) -> Result<String, String> {
+    match arg.parse::<Authority>() {
+        Ok(authority) if !arg.contains('@') && !authority.host().is_empty() => {
+            Ok(authority.host().to_ascii_lowercase())
+        }
+        _ => Err(format!(
+            "{arg:?} is not a host name (such as metrics.example.com)"
+        )),
+    }
+}
+
 /// The first refusal goes to the log, so that the operator learns that a
 /// page is trying; the rest are counted in /metrics (status 403), not
 /// logged, so that a page cannot fill the log.
@@ -160,6 +173,21 @@ mod tests {
             "metrics.internal.evil.example",
         ] {
             assert!(!names_this_server(host, &allowed), "{host}");
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_without_their_ports() {
+        assert_eq!(
+            allowed_host("Metrics.Internal").as_deref(),
+            Ok("metrics.internal")
+        );
+        assert_eq!(
+            allowed_host("metrics.internal:8086").as_deref(),
+            Ok("metrics.internal")
+        );
+        for bad in ["", "user@host", "a b", "http://x/"] {
+            assert!(allowed_host(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -95,7 +95,7 @@ pub struct ServeArgs {
     /// A host name clients reach the server by, besides IP addresses and
     /// localhost (repeat for each): requests naming any other host in
     /// `Host` are refused, as a page that rebinds its DNS name would send
-    #[arg(long = "allow-host", value_name = "NAME")]
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = browsers::allowed_host)]
     allow_hosts: Vec<String>,
 }
 
@@ -207,11 +207,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         engine: Arc::new(engine),
         metrics: Metrics::default(),
         max_body_bytes: args.max_body_size,
-        allowed_hosts: args
-            .allow_hosts
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        allowed_hosts: args.allow_hosts,
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
         connections: connections::Connections::new(connection_limit),
