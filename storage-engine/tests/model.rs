@@ -18,6 +18,25 @@ fn seed() -> u64 {
         .unwrap_or_else(rand::random)
 }
 
+/// `seed()`, printed so that a failure can be replayed, and a generator
+/// from it.
+fn seeded_rng() -> (u64, rand::rngs::StdRng) {
+    let seed = seed();
+    println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
+/// Writes `points` to the engine and to the model (last write wins).
+fn write_both(e: &Engine, model: &mut Model, points: &[Point]) {
+    e.write(points).expect("write");
+    for p in points {
+        model
+            .entry(p.series.clone())
+            .or_default()
+            .insert(p.timestamp, p.value);
+    }
+}
+
 fn key(host: usize, metric: usize) -> SeriesKey {
     SeriesKey::new(
         format!("m{metric}"),
@@ -62,9 +81,7 @@ fn model_range(
 // interleaving of writes, flushes, compactions and reopens.
 #[test]
 fn random_operations_match_a_model() {
-    let seed = seed();
-    println!("seed {seed} (replay with CHRONICLE_TEST_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut engine = Some(Engine::open(dir.path(), options()).expect("open"));
     let mut model: Model = BTreeMap::new();
@@ -83,13 +100,7 @@ fn random_operations_match_a_model() {
                         value: rng.random_range(-1000..1000) as f64 / 4.0,
                     })
                     .collect();
-                e.write(&points).expect("write");
-                for p in points {
-                    model
-                        .entry(p.series)
-                        .or_default()
-                        .insert(p.timestamp, p.value);
-                }
+                write_both(e, &mut model, &points);
             }
             60..=67 => e.flush().expect("flush"),
             68..=72 => {
@@ -395,21 +406,10 @@ fn model_windows(
 // segments and in the memtable, and groups of several series.
 #[test]
 fn windows_across_partitions_match_the_whole_series() {
-    let seed = seed();
-    eprintln!("seed {seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (_, mut rng) = seeded_rng();
     let dir = tempfile::tempdir().expect("tempdir");
     let e = Engine::open(dir.path(), options()).expect("open");
     let mut model = Model::new();
-    let mut write = |e: &Engine, points: &[Point]| {
-        e.write(points).expect("write");
-        for p in points {
-            model
-                .entry(p.series.clone())
-                .or_default()
-                .insert(p.timestamp, p.value);
-        }
-    };
     let s = 1_000_000_000i64;
     let start = 1_700_000_000 * s;
     let point = |host: usize, i: i64, value: f64| Point {
@@ -423,11 +423,11 @@ fn windows_across_partitions_match_the_whole_series() {
             batch.push(point(host, i, rng.random_range(-1e3..1e3)));
         }
         if batch.len() >= 600 {
-            write(&e, &batch);
+            write_both(&e, &mut model, &batch);
             batch.clear();
         }
     }
-    write(&e, &batch);
+    write_both(&e, &mut model, &batch);
     e.flush().expect("flush");
     // Rewrites: some flushed to segments of their own, some left in memory.
     for round in 0..2 {
@@ -437,7 +437,7 @@ fn windows_across_partitions_match_the_whole_series() {
                 point(rng.random_range(0..3), i, rng.random_range(-1e6..1e6))
             })
             .collect();
-        write(&e, &rewrites);
+        write_both(&e, &mut model, &rewrites);
         if round == 0 {
             e.flush().expect("flush");
         }

@@ -52,14 +52,8 @@ impl Engine {
                 over = elsewhere + series.windows_at_least() as u64 > max;
                 !over
             };
-            let range = SeriesRange {
-                partitions: &partitions,
-                memory,
-                id: *id,
-                start: q.start,
-                end: q.end,
-            };
-            range.each_partition(&mut ts, &mut vals, each)?;
+            SeriesRange::of(q, &partitions, *id, memory)
+                .each_partition(&mut ts, &mut vals, each)?;
             if over {
                 return Ok(None);
             }
@@ -132,14 +126,7 @@ fn raw_points(
             points.extend(ts.iter().copied().zip(vals.iter().copied()));
             true
         };
-        let range = SeriesRange {
-            partitions,
-            memory,
-            id: *id,
-            start: q.start,
-            end: q.end,
-        };
-        range.each_partition(&mut ts, &mut vals, each)?;
+        SeriesRange::of(q, partitions, *id, memory).each_partition(&mut ts, &mut vals, each)?;
         if total > max {
             return Ok(None);
         }
@@ -164,7 +151,18 @@ struct SeriesRange<'a> {
     end: i64,
 }
 
-impl SeriesRange<'_> {
+impl<'a> SeriesRange<'a> {
+    /// Series `id` over `q`'s time range, its memtable points `memory`.
+    fn of(q: &Query, partitions: &'a Partitions, id: SeriesId, memory: &'a [(i64, f64)]) -> Self {
+        SeriesRange {
+            partitions,
+            memory,
+            id,
+            start: q.start,
+            end: q.end,
+        }
+    }
+
     /// Hands `each` the series' points, merged as `read_merged` merges
     /// them, one hour partition at a time in time order, until it returns
     /// false: a query holds one partition of one series at a time, not the
