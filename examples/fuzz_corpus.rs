@@ -122,6 +122,7 @@ fn engine(dir: &Path, segments: &Path) -> Result<(), Box<dyn std::error::Error>>
         sync: SyncPolicy::Never,
         memtable_points: 500,
         retention: None,
+        ..Options::default()
     };
     {
         let engine = Engine::open(&db, options)?;

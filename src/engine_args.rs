@@ -1,10 +1,13 @@
 //! Arguments that several `chronicle engine` commands share: the WAL sync
-//! policy, and the parameters of a query (given as flags to `engine query`
+//! policy, the database's limits, and the parameters of a query (given as flags to `engine query`
 //! and as URL parameters to `engine serve`'s `/api/v1/query`).
 
 use anyhow::Result;
 use chronicle_engine::timefmt::{parse_duration, parse_time};
-use chronicle_engine::{Aggregate, Query, SyncPolicy, TagFilter};
+use chronicle_engine::{
+    Aggregate, Options, Query, SyncPolicy, TagFilter, DEFAULT_MAX_PARTITIONS, DEFAULT_MAX_SERIES,
+    MAPS_PER_PARTITION,
+};
 use clap::{Args, ValueEnum};
 
 /// When the write-ahead log is fsynced (`--sync`).
@@ -25,6 +28,68 @@ impl SyncArg {
             SyncArg::Interval => SyncPolicy::default(),
             SyncArg::Never => SyncPolicy::Never,
         }
+    }
+}
+
+/// How much the database may hold: writes past a limit are refused.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct LimitArgs {
+    /// Hour partitions the database may hold; a write that would make more
+    /// is refused. Each is a file and needs up to three memory maps, so
+    /// above about 20,000 raise vm.max_map_count first
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PARTITIONS,
+          value_parser = max_partitions)]
+    pub max_partitions: usize,
+    /// Series (metric, tags and field) the database may hold; a write that
+    /// would make more is refused. Each is held in memory while the
+    /// database is open
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SERIES)]
+    pub max_series: usize,
+}
+
+impl LimitArgs {
+    /// `options` with these limits.
+    pub fn apply(self, options: Options) -> Options {
+        Options {
+            max_partitions: self.max_partitions,
+            max_series: self.max_series,
+            ..options
+        }
+    }
+}
+
+/// Memory maps left for the program itself (libraries, thread stacks,
+/// heap) beside the segments'.
+const MAPS_FOR_THE_PROGRAM: usize = 4096;
+
+/// `--max-partitions`, checked against this machine's `vm.max_map_count`.
+fn max_partitions(value: &str) -> Result<usize, String> {
+    let asked = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of partitions"))?;
+    let allowed = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    partitions_within_maps(asked, allowed)
+}
+
+/// Refuses a partition limit of 0, or one whose segments could need more
+/// memory maps than `max_map_count` (when known) allows: mapping a segment
+/// would then fail, and with it every flush.
+fn partitions_within_maps(asked: usize, max_map_count: Option<usize>) -> Result<usize, String> {
+    if asked == 0 {
+        return Err("a database needs at least one partition".into());
+    }
+    let maps = asked
+        .saturating_mul(MAPS_PER_PARTITION)
+        .saturating_add(MAPS_FOR_THE_PROGRAM);
+    match max_map_count {
+        Some(allowed) if maps > allowed => Err(format!(
+            "{asked} partitions may need {maps} memory maps, more than this machine's \
+             vm.max_map_count ({allowed}) allows: raise it (sysctl -w vm.max_map_count={maps}) \
+             or ask for fewer partitions"
+        )),
+        _ => Ok(asked),
     }
 }
 
@@ -112,6 +177,24 @@ impl QueryArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Protects: a partition limit whose segments the kernel could not map
+    // is refused at start, not at the flush that needs the maps; the
+    // default fits Linux's default vm.max_map_count.
+    #[test]
+    fn a_partition_limit_must_fit_the_memory_maps() {
+        let linux_default = Some(65_530);
+        assert_eq!(
+            partitions_within_maps(DEFAULT_MAX_PARTITIONS, linux_default),
+            Ok(DEFAULT_MAX_PARTITIONS)
+        );
+        let refused = partitions_within_maps(30_000, linux_default).expect_err("too many maps");
+        assert!(refused.contains("vm.max_map_count"), "{refused}");
+        assert_eq!(partitions_within_maps(30_000, Some(1 << 20)), Ok(30_000));
+        assert_eq!(partitions_within_maps(30_000, None), Ok(30_000));
+        assert!(partitions_within_maps(0, None).is_err());
+        assert!(max_partitions("ten").is_err());
+    }
 
     // Protects: URL parameters build the same query as the flags, and
     // mistakes are refused with a message instead of being ignored.

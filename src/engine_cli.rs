@@ -10,7 +10,7 @@ use chronicle_engine::{Engine, Options, SyncPolicy};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::engine_args::{QueryArgs, SyncArg};
+use crate::engine_args::{LimitArgs, QueryArgs, SyncArg};
 use crate::query_output::{self, Format};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -28,6 +28,8 @@ pub enum EngineCommand {
         /// When the write-ahead log is fsynced
         #[arg(long, value_enum, default_value_t = SyncArg::Interval)]
         sync: SyncArg,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Query raw points or windowed aggregates
     Query {
@@ -55,6 +57,8 @@ pub enum EngineCommand {
         #[arg(long, value_enum, default_value_t = DataFormat::Json)]
         format: DataFormat,
         file: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Merge each hour's segments into one (and apply --retention)
     Compact {
@@ -97,13 +101,13 @@ pub enum EngineCommand {
 }
 
 /// Opens the database for writing, creating it if it does not exist.
-fn open(dir: &Path, sync: SyncPolicy) -> Result<Engine> {
+fn open(dir: &Path, sync: SyncPolicy, limits: LimitArgs) -> Result<Engine> {
     Engine::open(
         dir,
-        Options {
+        limits.apply(Options {
             sync,
             ..Options::default()
-        },
+        }),
     )
     .with_context(|| format!("cannot open the database in {}", dir.display()))
 }
@@ -118,7 +122,14 @@ fn open_existing(dir: &Path) -> Result<Engine> {
             chronicle_engine::manifest::MANIFEST
         );
     }
-    open(dir, SyncPolicy::Never)
+    let opened = Engine::open(
+        dir,
+        Options {
+            sync: SyncPolicy::Never,
+            ..Options::default()
+        },
+    );
+    opened.with_context(|| format!("cannot open the database in {}", dir.display()))
 }
 
 fn input(file: Option<&Path>) -> Result<Box<dyn BufRead>> {
@@ -137,8 +148,9 @@ pub fn run(command: EngineCommand) -> Result<()> {
             data_dir,
             file,
             sync,
+            limits,
         } => {
-            let engine = open(&data_dir, sync.policy())?;
+            let engine = open(&data_dir, sync.policy(), limits)?;
             let points = write_lines(&engine, input(file.as_deref())?)?;
             engine.close()?;
             eprintln!("wrote {points} points to {}", data_dir.display());
@@ -178,8 +190,13 @@ pub fn run(command: EngineCommand) -> Result<()> {
             eprintln!("exported {n} points");
             Ok(())
         }
-        EngineCommand::Import { data_dir, file, .. } => {
-            let engine = open(&data_dir, SyncPolicy::default())?;
+        EngineCommand::Import {
+            data_dir,
+            file,
+            limits,
+            ..
+        } => {
+            let engine = open(&data_dir, SyncPolicy::default(), limits)?;
             let n = engine.import_json(&mut input(file.as_deref())?)?;
             engine.close()?;
             eprintln!("imported {n} points into {}", data_dir.display());

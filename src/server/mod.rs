@@ -32,7 +32,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 
-use crate::engine_args::SyncArg;
+use crate::engine_args::{LimitArgs, SyncArg};
 use metrics::Metrics;
 
 pub const LONG_ABOUT: &str = "\
@@ -85,6 +85,8 @@ pub struct ServeArgs {
     /// Drop hours older than DUR (e.g. 30d); kept forever when absent
     #[arg(long, value_name = "DUR")]
     retention: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Client connections served at once; more wait to be accepted until
     /// one closes (an idle one closes after 30 s, one whose client reads
     /// nothing of its answer for 60 s is closed). By default 1024, or
@@ -185,11 +187,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     )?;
     let engine = Engine::open(
         &args.data_dir,
-        Options {
+        args.limits.apply(Options {
             sync: args.sync.policy(),
             retention,
             ..Options::default()
-        },
+        }),
     )
     .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
     let listener = std::net::TcpListener::bind(args.listen)

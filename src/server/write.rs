@@ -113,6 +113,9 @@ pub async fn write(app: Arc<App>, request: Request<Incoming>) -> Response<Body> 
         Ok(Err(Refused::Engine(e @ EngineError::TooLarge(_)))) => {
             body::error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
         }
+        Ok(Err(Refused::Engine(e @ EngineError::Limit(_)))) => {
+            body::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string(), None)
+        }
         Ok(Err(Refused::Engine(e @ EngineError::Broken(_)))) => {
             log::error!("write refused: {e}");
             body::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), None)

@@ -20,6 +20,8 @@ pub enum EngineError {
     Broken(String),
     /// A write larger than one WAL record can hold.
     TooLarge(String),
+    /// A write that would take the database past one of its limits.
+    Limit(String),
     /// A format version this build cannot read.
     UnsupportedVersion { file: PathBuf, found: u32 },
 }
@@ -58,7 +60,7 @@ impl fmt::Display for EngineError {
                 f,
                 "the database refuses writes until it is reopened: {why}"
             ),
-            EngineError::TooLarge(what) => write!(f, "{what}"),
+            EngineError::TooLarge(what) | EngineError::Limit(what) => write!(f, "{what}"),
             EngineError::UnsupportedVersion { file, found } => write!(
                 f,
                 "{} has format version {found}, which this build cannot read \

@@ -29,7 +29,10 @@ pub mod wal;
 pub mod workload;
 
 pub use counters::Activity;
-pub use engine::{CompactStats, Engine, Options, Stats};
+pub use engine::{
+    CompactStats, Engine, Options, Stats, DEFAULT_MAX_PARTITIONS, DEFAULT_MAX_SERIES,
+    MAPS_PER_PARTITION,
+};
 pub use error::{EngineError, Result};
 pub use model::{Point, SeriesKey};
 pub use query::{Aggregate, Query, QueryResult, TagFilter};

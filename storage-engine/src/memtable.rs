@@ -1,13 +1,19 @@
 //! Points written since the last flush, per series, in arrival order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::SeriesId;
+use crate::model::{partition_of, SeriesId};
 
 #[derive(Default)]
 pub struct Memtable {
     series: BTreeMap<SeriesId, Vec<(i64, f64)>>,
     points: usize,
+    /// The hour partitions the points fall in: a flush writes a segment
+    /// for each.
+    hours: BTreeSet<i64>,
+    /// The partition of the last point inserted: points mostly come in
+    /// time order, so most inserts need no lookup in `hours`.
+    last_hour: Option<i64>,
 }
 
 /// Sorts by timestamp keeping, of equal timestamps, the one written last.
@@ -30,6 +36,16 @@ impl Memtable {
     pub fn insert(&mut self, id: SeriesId, ts: i64, value: f64) {
         self.series.entry(id).or_default().push((ts, value));
         self.points += 1;
+        let hour = partition_of(ts);
+        if self.last_hour != Some(hour) {
+            self.hours.insert(hour);
+            self.last_hour = Some(hour);
+        }
+    }
+
+    /// The hour partitions the points fall in.
+    pub fn hours(&self) -> &BTreeSet<i64> {
+        &self.hours
     }
 
     pub fn len(&self) -> usize {
@@ -43,6 +59,8 @@ impl Memtable {
     /// Everything, sorted and deduplicated per series; leaves the table empty.
     pub fn take(&mut self) -> BTreeMap<SeriesId, Vec<(i64, f64)>> {
         self.points = 0;
+        self.hours.clear();
+        self.last_hour = None;
         let mut all = std::mem::take(&mut self.series);
         for points in all.values_mut() {
             sort_last_wins(points);
@@ -54,8 +72,9 @@ impl Memtable {
     /// was inserted since: the engine holds its lock throughout).
     pub fn restore(&mut self, data: BTreeMap<SeriesId, Vec<(i64, f64)>>) {
         for (id, points) in data {
-            self.points += points.len();
-            self.series.entry(id).or_default().extend(points);
+            for &(ts, value) in &points {
+                self.insert(id, ts, value);
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! crash), and is appended to `series.log` (a framed record file) before any
 //! segment refers to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::error::{EngineError, Result};
@@ -160,12 +160,21 @@ impl SeriesIndex {
     /// how many were forgotten.
     pub fn forget_unwritten(&mut self) -> usize {
         let forgotten = self.keys.len() - self.in_wal;
+        let mut metrics = HashSet::new();
         for key in self.keys.drain(self.in_wal..) {
             self.ids.remove(&key);
-            if let Some(ids) = self.by_metric.get_mut(&key.metric) {
-                ids.retain(|&id| (id as usize) < self.in_wal);
+            metrics.insert(key.metric);
+        }
+        // Once per metric, not once per series: a request that adds many
+        // series to a large metric and then fails would otherwise take
+        // time in their product, holding the engine's lock.
+        for metric in metrics {
+            if let Some(ids) = self.by_metric.get_mut(&metric) {
+                // Ids are pushed in the order they are assigned.
+                let kept = ids.partition_point(|&id| (id as usize) < self.in_wal);
+                ids.truncate(kept);
                 if ids.is_empty() {
-                    self.by_metric.remove(&key.metric);
+                    self.by_metric.remove(&metric);
                 }
             }
         }
@@ -217,6 +226,11 @@ impl SeriesIndex {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Series resolved since the last batch was written.
+    pub fn unwritten(&self) -> usize {
+        self.keys.len() - self.in_wal
     }
 
     pub fn metrics(&self) -> impl Iterator<Item = &String> {

@@ -21,6 +21,7 @@ fn in_memory_until_flushed() -> Options {
         sync: SyncPolicy::Never,
         memtable_points: usize::MAX,
         retention: None,
+        ..Options::default()
     }
 }
 
@@ -113,6 +114,157 @@ fn the_latest_timestamp_is_kept_and_one_past_is_refused() {
         .map(|s| (s.tags.clone(), s.points.clone()))
         .collect();
     assert_eq!(times, vec![latest - 1, latest, latest], "{shown:?}");
+}
+
+const HOUR: i64 = 3_600_000_000_000;
+
+/// Line protocol with one point in each of `hours`, valued `value`.
+fn one_point_an_hour(hours: std::ops::Range<i64>, value: i64) -> Vec<u8> {
+    hours
+        .flat_map(|h| format!("m,k=hours value={value} {}\n", h * HOUR).into_bytes())
+        .collect()
+}
+
+// Protects: a write whose points lie in more hour partitions than the
+// database may hold is refused whole, before its segments (a file and a
+// memory map each) are made; hours already held still take points, and
+// the count survives reopening. Without the limit, one request of 70,000
+// lines an hour apart made every later flush fail for want of memory maps.
+#[test]
+fn a_write_past_the_partition_limit_is_refused_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        max_partitions: 50,
+        ..in_memory_until_flushed()
+    };
+    let e = Engine::open(dir.path(), options.clone()).expect("open");
+    let refused = e
+        .write_lines(&one_point_an_hour(0..51, 1), 1)
+        .expect_err("51 hours");
+    assert!(
+        matches!(refused, chronicle_engine::EngineError::Limit(_)),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("--max-partitions"),
+        "{refused}"
+    );
+    let stats = e.stats().expect("stats");
+    assert_eq!((stats.series, stats.points), (0, 0), "nothing of it");
+
+    e.write_lines(&one_point_an_hour(0..30, 1), 1)
+        .expect("30 hours");
+    e.flush().expect("flush");
+    e.write_lines(&one_point_an_hour(20..50, 2), 1)
+        .expect("20 more, 10 of them held in segments");
+    let point_at = |hour: i64| Point {
+        series: SeriesKey::new("m", vec![("k".into(), "points".into())]),
+        timestamp: hour * HOUR + 1,
+        value: 3.0,
+    };
+    assert!(matches!(
+        e.write(&[point_at(0), point_at(50)]),
+        Err(chronicle_engine::EngineError::Limit(_))
+    ));
+    e.write(&[point_at(0), point_at(49)])
+        .expect("held hours, in segments and in memory");
+    e.close().expect("close");
+
+    let e = Engine::open(dir.path(), options).expect("reopen");
+    assert_eq!(e.stats().expect("stats").partitions, 50);
+    assert!(e.write_lines(&one_point_an_hour(-1..0, 4), 1).is_err());
+    e.write_lines(&one_point_an_hour(0..50, 4), 1)
+        .expect("every held hour");
+    assert_eq!(e.query(&Query::new("m")).expect("query").points(), 50 + 2);
+}
+
+/// Line protocol with one point in each of `series` (a tag value each).
+fn one_point_a_series(series: std::ops::Range<u32>) -> Vec<u8> {
+    series
+        .flat_map(|s| format!("m,s={s} value=1 {s}\n").into_bytes())
+        .collect()
+}
+
+// Protects: a write that would make more series than the database may
+// hold (each is held in memory while it is open) is refused whole, new
+// series and all, while the series it holds still take points, before
+// and after reopening; a refused write leaves its metric's other series
+// listed.
+#[test]
+fn a_write_past_the_series_limit_is_refused_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        max_series: 100,
+        ..in_memory_until_flushed()
+    };
+    let series_of_m = |e: &Engine| match e.query(&Query::new("m")).expect("query") {
+        chronicle_engine::QueryResult::Raw(series) => series.len(),
+        other => panic!("raw points, not {other:?}"),
+    };
+    let e = Engine::open(dir.path(), options.clone()).expect("open");
+    let refused = e
+        .write_lines(&one_point_a_series(0..101), 1)
+        .expect_err("101 series");
+    assert!(
+        matches!(refused, chronicle_engine::EngineError::Limit(_)),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("--max-series"), "{refused}");
+    assert_eq!(e.stats().expect("stats").series, 0, "nothing of it");
+    e.write_lines(&one_point_a_series(0..60), 1)
+        .expect("60 series");
+    assert!(e.write_lines(&one_point_a_series(30..101), 1).is_err());
+    assert_eq!(series_of_m(&e), 60, "the refused write's series are gone");
+    e.write_lines(&one_point_a_series(30..100), 1)
+        .expect("40 new, 30 held");
+    e.close().expect("close");
+
+    let e = Engine::open(dir.path(), options).expect("reopen");
+    assert!(e.write_lines(b"m,s=new value=1 1", 1).is_err());
+    e.write_lines(&one_point_a_series(0..100), 1)
+        .expect("every held series");
+    assert_eq!(series_of_m(&e), 100);
+}
+
+// Protects: flushes leave at most two segments per partition allowed (a
+// flush that would leave more merges each hour's segments instead), so
+// the memory maps stay within `MAPS_PER_PARTITION` of the limit however
+// often the same hours are written between compactions; no point is lost
+// or reordered by the merges.
+#[test]
+fn flushes_keep_the_segments_within_twice_the_partition_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = 20;
+    let e = Engine::open(
+        dir.path(),
+        Options {
+            max_partitions: limit,
+            memtable_points: limit,
+            ..in_memory_until_flushed()
+        },
+    )
+    .expect("open");
+    for round in 0..10 {
+        e.write_lines(&one_point_an_hour(0..limit as i64, round), 1)
+            .expect("write");
+        let stats = e.stats().expect("stats");
+        assert_eq!(
+            stats.points_in_memory, 0,
+            "round {round}: the write flushed"
+        );
+        assert!(
+            stats.segments <= 2 * limit as u64,
+            "round {round}: {} segments",
+            stats.segments
+        );
+    }
+    let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
+    else {
+        panic!("raw points");
+    };
+    let expected: Vec<(i64, f64)> = (0..limit as i64).map(|h| (h * HOUR, 9.0)).collect();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0].points, expected, "the last round's values");
 }
 
 // Protects: a query is refused once its answer would hold more values than

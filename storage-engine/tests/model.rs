@@ -52,6 +52,7 @@ fn options() -> Options {
         sync: SyncPolicy::Never,
         memtable_points: 700,
         retention: None,
+        ..Options::default()
     }
 }
 
@@ -273,6 +274,7 @@ fn concurrent_writers_with_group_commit() {
         sync: SyncPolicy::Always,
         memtable_points: 5_000,
         retention: None,
+        ..Options::default()
     };
     let engine = std::sync::Arc::new(Engine::open(dir.path(), options.clone()).expect("open"));
     let writers: Vec<_> = (0..8)

@@ -25,6 +25,7 @@ fn no_flush() -> Options {
         sync: SyncPolicy::Always,
         memtable_points: usize::MAX,
         retention: None,
+        ..Options::default()
     }
 }
 
@@ -159,6 +160,7 @@ fn crash_child() {
             sync: SyncPolicy::Always,
             memtable_points: 5000,
             retention: None,
+            ..Options::default()
         },
     )
     .expect("child open");

@@ -404,6 +404,29 @@ fn oversized_bodies_get_413() {
     server.kill();
 }
 
+// Protects: a request whose points lie in more hours than --max-partitions
+// allows gets 422 naming the limit, with nothing of it written; a request
+// within the limit is taken. Before the limit, one request of lines an
+// hour apart made the server's flushes fail for want of memory maps.
+#[test]
+fn writes_past_the_partition_limit_get_422() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--max-partitions", "10"]);
+    let hours = |n: u64| -> Vec<u8> {
+        (0..n)
+            .flat_map(|h| format!("cpu,host=h{h} value=1 {}\n", h * 3600).into_bytes())
+            .collect()
+    };
+    let url = server.url("/write?precision=s");
+    let (code, body) = post(&url, &hours(11));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("--max-partitions"), "{body}");
+    assert!(hosts(&server, "cpu").is_empty(), "nothing of it");
+    assert_eq!(post(&url, &hours(10)).0, 204);
+    assert_eq!(hosts(&server, "cpu").len(), 10);
+    server.kill();
+}
+
 // Protects: a client that disconnects in the middle of its body leaves
 // nothing written, even of the complete lines it sent.
 #[test]

@@ -965,6 +965,7 @@ fn engine_on_a_full_backing_store_keeps_acknowledged_points() {
         sync: SyncPolicy::Always,
         memtable_points: 5_000,
         retention: None,
+        ..Options::default()
     };
     let db = m.path("db");
     let engine = Engine::open(&db, options()).expect("open");

@@ -650,6 +650,7 @@ fn engine(mnt: &Path, acked: &AtomicU64, stop: &AtomicBool) {
         sync: SyncPolicy::Always,
         memtable_points: 2000,
         retention: None,
+        ..Options::default()
     };
     let Ok(e) = Engine::open(&mnt.join("db"), options) else {
         return;

@@ -37,7 +37,27 @@ pub struct Options {
     pub memtable_points: usize,
     /// Drop partitions older than this (nanoseconds), if set.
     pub retention: Option<i64>,
+    /// Hour partitions the database may hold: a write that would make more
+    /// is refused. Each partition is a segment file, and each segment is a
+    /// memory map: see `MAPS_PER_PARTITION`.
+    pub max_partitions: usize,
+    /// Series the database may hold: a write that would make more is
+    /// refused. Every series is held in memory while the database is open.
+    pub max_series: usize,
 }
+
+/// Memory maps the segments may need per partition allowed: the engine
+/// keeps at most two segments per partition between compactions (a flush
+/// that would leave more merges instead), and a compaction maps its new
+/// segment beside the old ones until they are retired.
+pub const MAPS_PER_PARTITION: usize = 3;
+
+/// The default `max_partitions`: 20,000 hours, over two years, within the
+/// 65,530 memory maps Linux allows a process by default.
+pub const DEFAULT_MAX_PARTITIONS: usize = 20_000;
+
+/// The default `max_series`, InfluxDB's own default.
+pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
 
 impl Default for Options {
     fn default() -> Self {
@@ -45,6 +65,8 @@ impl Default for Options {
             sync: SyncPolicy::default(),
             memtable_points: 1_000_000,
             retention: None,
+            max_partitions: DEFAULT_MAX_PARTITIONS,
+            max_series: DEFAULT_MAX_SERIES,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! never disagree. Changed by building a new set, storing its manifest, and
 //! only then swapping it in: a failure leaves the old set in force.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ pub(super) struct SegmentSet {
     /// WAL files numbered below this are covered by the segments.
     pub wal_checkpoint: u64,
     live: Vec<LiveSegment>,
+    /// Segments per hour partition.
+    hours: BTreeMap<i64, usize>,
 }
 
 impl SegmentSet {
@@ -35,11 +38,14 @@ impl SegmentSet {
                 Ok(LiveSegment { entry, segment })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(SegmentSet {
+        let mut set = SegmentSet {
             next_file: manifest.next_file,
             wal_checkpoint: manifest.wal_checkpoint,
             live,
-        })
+            hours: BTreeMap::new(),
+        };
+        set.count_hours();
+        Ok(set)
     }
 
     pub fn manifest(&self) -> Manifest {
@@ -83,11 +89,29 @@ impl SegmentSet {
 
     /// Adds a segment as the newest.
     pub fn push(&mut self, live: LiveSegment) {
+        *self.hours.entry(live.entry.partition).or_default() += 1;
         self.live.push(live);
     }
 
     pub fn retain(&mut self, keep: impl FnMut(&LiveSegment) -> bool) {
         self.live.retain(keep);
+        self.count_hours();
+    }
+
+    /// The hour partitions the segments hold.
+    pub fn hours(&self) -> usize {
+        self.hours.len()
+    }
+
+    pub fn holds_hour(&self, partition: i64) -> bool {
+        self.hours.contains_key(&partition)
+    }
+
+    fn count_hours(&mut self) {
+        self.hours.clear();
+        for l in &self.live {
+            *self.hours.entry(l.entry.partition).or_default() += 1;
+        }
     }
 
     /// The open segments overlapping [start, end) with their partitions,

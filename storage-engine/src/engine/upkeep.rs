@@ -5,7 +5,7 @@
 //! the manifest (atomically), and only then swaps the set in and removes
 //! retired files: a crash at any point leaves the old set or the new one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -94,6 +94,14 @@ impl Engine {
     fn flush_locked(&self, st: &mut State) -> Result<()> {
         if st.memtable.is_empty() {
             return Ok(());
+        }
+        let segments_after = st.segments.len() + st.memtable.hours().len();
+        if segments_after > self.options.max_partitions.saturating_mul(2) {
+            // More than two segments a partition allows: merging instead
+            // leaves one per partition, so that the memory maps stay
+            // within `MAPS_PER_PARTITION` of the partition limit.
+            let (_, retired) = self.merge_locked(st)?;
+            return self.remove_files(&retired);
         }
         self.write_out(st, |partitions, next, written| {
             let jobs: Vec<SegmentJob> = partitions
@@ -269,18 +277,24 @@ impl Engine {
     /// files removed.
     pub fn compact(&self) -> Result<CompactStats> {
         let mut st = lock(&self.state);
-        let mut retired: Vec<String> = Vec::new();
-        let stats = self.write_out(&mut st, |fresh, next, written| {
-            self.merge_partitions(fresh, next, written, &mut retired)
-        })?;
-        if stats.partitions > 0 {
-            self.counters.compacted();
-        }
+        let (stats, retired) = self.merge_locked(&mut st)?;
         // The manifest no longer names them and file names are never handed
         // out again: writers need not wait for the removals.
         drop(st);
         self.remove_files(&retired)?;
         Ok(stats)
+    }
+
+    /// `compact` but for removing the files it retired, which it returns.
+    fn merge_locked(&self, st: &mut State) -> Result<(CompactStats, Vec<String>)> {
+        let mut retired: Vec<String> = Vec::new();
+        let stats = self.write_out(st, |fresh, next, written| {
+            self.merge_partitions(fresh, next, written, &mut retired)
+        })?;
+        if stats.partitions > 0 {
+            self.counters.compacted();
+        }
+        Ok((stats, retired))
     }
 
     /// Compaction's part of `write_out`: one new segment for every
@@ -318,16 +332,21 @@ impl Engine {
         }
         let results = self.write_segments(&jobs, written);
         let mut stats = CompactStats::default();
+        let mut compacted = Vec::with_capacity(jobs.len());
         for (job, result) in jobs.iter().zip(results) {
-            let compacted = result?;
-            let old: Vec<&str> = job.members.iter().map(|l| l.entry.file.as_str()).collect();
-            next.retain(|l| !old.contains(&l.entry.file.as_str()));
-            next.push(compacted);
+            compacted.push(result?);
             if job.merges() {
                 stats.partitions += 1;
                 stats.segments_merged += job.members.len() as u64;
             }
-            retired.extend(old.iter().map(|f| f.to_string()));
+            retired.extend(job.members.iter().map(|l| l.entry.file.clone()));
+        }
+        // One pass over the set, not one per job: a compaction of many
+        // partitions would otherwise take time in their square.
+        let replaced: HashSet<&str> = retired.iter().map(String::as_str).collect();
+        next.retain(|l| !replaced.contains(l.entry.file.as_str()));
+        for live in compacted {
+            next.push(live);
         }
         Ok(stats)
     }

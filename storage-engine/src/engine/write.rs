@@ -3,6 +3,7 @@
 //! write returns after an fsync shared with every writer that appended
 //! before it (group commit).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use super::{lock, now_nanos, Engine, State};
 use crate::counters::Counters;
 use crate::error::{EngineError, Result};
 use crate::lineproto::{self, Precision};
-use crate::model::{Point, SeriesId};
+use crate::model::{partition_of, Point, SeriesId};
 use crate::wal::{self, SyncPolicy};
 
 impl Engine {
@@ -130,6 +131,12 @@ impl Engine {
         if batch.is_empty() {
             return Ok(st.appended);
         }
+        let within_limits = within_series_limit(st, self.options.max_series)
+            .and_then(|()| within_partition_limit(st, batch, self.options.max_partitions));
+        if let Err(e) = within_limits {
+            abandon_unwritten(st);
+            return Err(e);
+        }
         // New series travel in the same WAL record as their first points.
         let new_series = st.series.take_unwritten();
         let mut framed = Vec::with_capacity(batch.len() * 20 + 16);
@@ -188,6 +195,55 @@ impl Engine {
         let lsn = lock(&self.state).appended;
         self.sync_through(lsn)
     }
+}
+
+/// Refuses a batch that adds series past `limit`: each is held in memory
+/// (its key, twice, and its place in its metric's list) while the database
+/// is open, and one request could otherwise add a million.
+fn within_series_limit(st: &State, limit: usize) -> Result<()> {
+    if st.series.unwritten() == 0 || st.series.len() <= limit {
+        return Ok(());
+    }
+    Err(EngineError::Limit(format!(
+        "these points would make the database hold more than {limit} series, its limit \
+         (each is held in memory): raise --max-series, or move a value that seldom \
+         repeats (an id, a time) from a tag to a field"
+    )))
+}
+
+/// Refuses a batch that would make the database hold more than `limit`
+/// hour partitions (in its segments and memtable together): each is a
+/// segment file and a memory map, and a request whose points lie an hour
+/// apart would otherwise make as many as it has points.
+fn within_partition_limit(st: &State, batch: &[(SeriesId, i64, f64)], limit: usize) -> Result<()> {
+    let held = |hour: i64| st.segments.holds_hour(hour) || st.memtable.hours().contains(&hour);
+    let mut count = st.segments.hours()
+        + st.memtable
+            .hours()
+            .iter()
+            .filter(|&&h| !st.segments.holds_hour(h))
+            .count();
+    let mut new = BTreeSet::new();
+    let mut last = None;
+    for &(_, ts, _) in batch {
+        let hour = partition_of(ts);
+        if last == Some(hour) {
+            continue;
+        }
+        last = Some(hour);
+        if !held(hour) && new.insert(hour) {
+            count += 1;
+            if count > limit {
+                return Err(EngineError::Limit(format!(
+                    "these points would make the database hold more than {limit} hour \
+                     partitions, its limit (each is a file and a memory map): raise \
+                     --max-partitions, drop old hours with --retention, or write fewer \
+                     distinct hours"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Drops the series a failed write resolved, so that nothing of it stays.
