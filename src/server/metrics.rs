@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chronicle_engine::{Activity, Stats};
+use chronicle_engine::{Activity, Options, Stats};
 
 /// Upper bounds (seconds) of the write-latency histogram's buckets: from a
 /// write that needs no fsync to one that waits behind a slow disk.
@@ -97,7 +97,14 @@ impl Metrics {
     }
 
     /// Every figure, in the Prometheus text exposition format.
-    pub fn render(&self, stats: &Stats, activity: &Activity, room: Room) -> String {
+    /// `options` gives the database's limits, beside what it holds.
+    pub fn render(
+        &self,
+        stats: &Stats,
+        activity: &Activity,
+        options: &Options,
+        room: Room,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -136,6 +143,24 @@ impl Metrics {
             stats.segments,
         );
         metric("chronicle_series", "gauge", "Series known.", stats.series);
+        metric(
+            "chronicle_series_limit",
+            "gauge",
+            "Series the database may hold (--max-series); writes past it get 422.",
+            options.max_series as u64,
+        );
+        metric(
+            "chronicle_partitions",
+            "gauge",
+            "Hour partitions in the segments.",
+            stats.partitions,
+        );
+        metric(
+            "chronicle_partition_limit",
+            "gauge",
+            "Hour partitions the database may hold (--max-partitions); writes past it get 422.",
+            options.max_partitions as u64,
+        );
         metric(
             "chronicle_points",
             "gauge",
@@ -245,7 +270,16 @@ mod tests {
             connections_open: 2,
             connection_limit: 1024,
         };
-        let text = m.render(&Stats::default(), &Activity::default(), room);
+        let stats = Stats {
+            series: 7,
+            partitions: 3,
+            ..Stats::default()
+        };
+        let text = m.render(&stats, &Activity::default(), &Options::default(), room);
+        assert!(text.contains("chronicle_series 7\n"));
+        assert!(text.contains("chronicle_series_limit 1000000\n"));
+        assert!(text.contains("chronicle_partitions 3\n"));
+        assert!(text.contains("chronicle_partition_limit 20000\n"));
         assert!(
             text.contains("chronicle_points_written_total 16\n"),
             "{text}"

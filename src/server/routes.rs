@@ -152,7 +152,8 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         Ok(Ok((stats, activity))) => body::bytes(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            app.metrics.render(&stats, &activity, app.room()),
+            app.metrics
+                .render(&stats, &activity, app.engine.options(), app.room()),
         ),
         Ok(Err(e)) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
         Err(e) => body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),

@@ -424,6 +424,12 @@ fn writes_past_the_partition_limit_get_422() {
     assert!(hosts(&server, "cpu").is_empty(), "nothing of it");
     assert_eq!(post(&url, &hours(10)).0, 204);
     assert_eq!(hosts(&server, "cpu").len(), 10);
+    let (code, metrics) = get(&server.url("/metrics"));
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("\nchronicle_partition_limit 10\n"),
+        "{metrics}"
+    );
     server.kill();
 }
 

@@ -174,6 +174,11 @@ impl Engine {
         &self.dir
     }
 
+    /// The settings the database was opened with (its limits among them).
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     /// WAL syncs, flushes and compactions since the engine was opened.
     pub fn activity(&self) -> Activity {
         self.counters.read()
