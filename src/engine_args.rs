@@ -93,6 +93,9 @@ fn partitions_within_maps(asked: usize, max_map_count: Option<usize>) -> Result<
     }
 }
 
+/// Tag filters a query may have (`--tag` and `--tag-regex` together).
+pub const MAX_TAG_FILTERS: usize = 64;
+
 /// What to select and how to aggregate it.
 #[derive(Args, Clone, Debug, Default)]
 pub struct QueryArgs {
@@ -153,6 +156,13 @@ impl QueryArgs {
     }
 
     pub fn to_query(&self) -> Result<Query> {
+        let filters = self.tags.len() + self.tag_regexes.len();
+        if filters > MAX_TAG_FILTERS {
+            anyhow::bail!(
+                "{filters} tag filters: at most {MAX_TAG_FILTERS} (each is checked against every \
+                 series of the metric)"
+            );
+        }
         let mut q = Query::new(self.metric.clone());
         for t in &self.tags {
             q.filters.push(TagFilter::parse(t)?);
@@ -229,5 +239,14 @@ mod tests {
         assert!(refused(&[("tag", "a=b")]).contains("metric"));
         assert!(refused(&[("metric", "m"), ("window", "1m")]).contains("window"));
         assert!(refused(&[("metric", "m"), ("limit", "3")]).contains("limit"));
+        let many: Vec<(&str, &str)> = std::iter::once(("metric", "m"))
+            .chain(std::iter::repeat_n(
+                ("tag_regex", "k=a+"),
+                MAX_TAG_FILTERS + 1,
+            ))
+            .collect();
+        let args = QueryArgs::from_params(many.into_iter()).expect("parameters");
+        let refused = args.to_query().expect_err("too many filters").to_string();
+        assert!(refused.contains("at most 64"), "{refused}");
     }
 }

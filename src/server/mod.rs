@@ -175,6 +175,8 @@ pub struct App {
     allowed_hosts: Vec<String>,
     write_permits: Semaphore,
     read_permits: Arc<Semaphore>,
+    /// Taken by each `/metrics` while it gathers its figures.
+    metrics_gate: tokio::sync::Mutex<()>,
     connections: connections::Connections,
 }
 
@@ -212,6 +214,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         allowed_hosts: args.allow_hosts,
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
+        metrics_gate: tokio::sync::Mutex::new(()),
         connections: connections::Connections::new(connection_limit),
     });
     // Blocking threads: the write and read slots' worth, and room for

@@ -67,19 +67,22 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
         Ok(args) => args,
         Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
-    let q = match args.to_query() {
-        Ok(q) => q,
-        Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
-    };
     let _permit = match super::take_slot(app, Slot::Read, app.read_permits.acquire()).await {
         Ok(permit) => permit,
         Err(answer) => return answer,
     };
     let engine = Arc::clone(&app.engine);
+    // Compiling the tag regexes takes CPU too: in the slot, off the async
+    // workers.
     let answered = tokio::task::spawn_blocking(move || {
+        let q = match args.to_query() {
+            Ok(q) => q,
+            Err(e) => return Err(Refused::Query(e.to_string())),
+        };
         engine
             .query_at_most(&q, MAX_QUERY_POINTS)
             .map(|answer| answer.map(|result| query_output::json_document(&args, &q, &result)))
+            .map_err(Refused::Engine)
     })
     .await;
     match answered {
@@ -92,10 +95,11 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
             ),
             None,
         ),
-        Ok(Err(e @ chronicle_engine::EngineError::BadQuery(_))) => {
+        Ok(Err(Refused::Query(e))) => body::error(StatusCode::BAD_REQUEST, &e, None),
+        Ok(Err(Refused::Engine(e @ chronicle_engine::EngineError::BadQuery(_)))) => {
             body::error(StatusCode::BAD_REQUEST, &e.to_string(), None)
         }
-        Ok(Err(e)) => {
+        Ok(Err(Refused::Engine(e))) => {
             log::error!("query failed: {e}");
             body::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None)
         }
@@ -104,6 +108,13 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
             body::error(StatusCode::INTERNAL_SERVER_ERROR, "the query failed", None)
         }
     }
+}
+
+/// Why a query was not answered.
+enum Refused {
+    /// Its parameters do not make a query.
+    Query(String),
+    Engine(chronicle_engine::EngineError),
 }
 
 /// Every point as JSON Lines, streamed as the engine reads it.
@@ -145,6 +156,9 @@ async fn export(app: &Arc<App>) -> Response<Body> {
 }
 
 async fn metrics(app: &Arc<App>) -> Response<Body> {
+    // One at a time: each lists the data directory on a blocking thread,
+    // and scrapes sent at once would otherwise take the whole pool.
+    let _one_at_a_time = app.metrics_gate.lock().await;
     let engine = Arc::clone(&app.engine);
     let stats =
         tokio::task::spawn_blocking(move || engine.stats().map(|s| (s, engine.activity()))).await;

@@ -1,14 +1,31 @@
 //! Read-only memory maps of immutable segment files. The only unsafe code
 //! of the engine.
+//!
+//! A segment smaller than a page is read into memory instead: a map of it
+//! would take a whole page all the same, and one of the memory maps a
+//! process may have (65,530 by default on Linux), which many small hours
+//! would spend. A segment the kernel refuses to map for want of maps is
+//! read too, so that running out of them slows nothing but memory.
 #![allow(unsafe_code)]
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{IoContext, Result};
 
+/// Segments this long or longer are mapped; shorter ones are read.
+const SMALLEST_MAPPED: u64 = 4096;
+
 pub struct Mapped {
-    map: Option<memmap2::Mmap>,
+    bytes: Bytes,
+}
+
+enum Bytes {
+    Empty,
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
 }
 
 impl Mapped {
@@ -24,7 +41,12 @@ impl Mapped {
             .context(|| format!("examining {}", path.display()))?
             .len();
         if len == 0 {
-            return Ok(Mapped { map: None });
+            return Ok(Mapped {
+                bytes: Bytes::Empty,
+            });
+        }
+        if len < SMALLEST_MAPPED {
+            return Self::read(file, len, path);
         }
         // SAFETY: segment files are immutable once written and synced, which
         // is before they are mapped (a new segment is mapped through the
@@ -35,12 +57,41 @@ impl Mapped {
         // processes out. A file removed while mapped stays mapped until
         // dropped. Another program truncating it would be a SIGBUS; that is
         // outside what the lock can prevent and is documented.
-        let map = unsafe { memmap2::Mmap::map(file) }
-            .context(|| format!("mapping {}", path.display()))?;
-        Ok(Mapped { map: Some(map) })
+        match unsafe { memmap2::Mmap::map(file) } {
+            Ok(map) => Ok(Mapped {
+                bytes: Bytes::Mapped(map),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "the kernel refused to map {} ({e}): segments are read into \
+                         memory while maps are short (raise vm.max_map_count)",
+                        path.display()
+                    );
+                }
+                Self::read(file, len, path)
+            }
+            Err(e) => Err(e).context(|| format!("mapping {}", path.display())),
+        }
+    }
+
+    /// The whole of `file`, `len` bytes long, read into memory (from its
+    /// start, wherever its offset is).
+    fn read(file: &File, len: u64, path: &Path) -> Result<Self> {
+        let mut buf = vec![0; len as usize];
+        file.read_exact_at(&mut buf, 0)
+            .context(|| format!("reading {}", path.display()))?;
+        Ok(Mapped {
+            bytes: Bytes::Read(buf),
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.bytes {
+            Bytes::Empty => &[],
+            Bytes::Mapped(map) => map,
+            Bytes::Read(buf) => buf,
+        }
     }
 }

@@ -25,6 +25,16 @@ impl SeriesKey {
                 .all(|(k, v)| k.len() <= MAX_KEY_PART && v.len() <= MAX_KEY_PART)
     }
 
+    /// Bytes of its name and tags.
+    pub fn byte_len(&self) -> usize {
+        self.metric.len()
+            + self
+                .tags
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     pub fn new(metric: impl Into<String>, mut tags: Vec<(String, String)>) -> Self {
         tags.sort();
         tags.dedup_by(|a, b| a.0 == b.0);

@@ -3,11 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::model::SeriesKey;
+
+/// Bytes a tag filter's regex may compile to (and its lazy DFA use): a
+/// tenth of the regex crate's default, plenty for the patterns tags need.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub enum TagFilter {
@@ -33,7 +37,12 @@ impl TagFilter {
         let (k, re) = text
             .split_once('=')
             .ok_or_else(|| EngineError::BadQuery(format!("tag regex {text:?} is not KEY=REGEX")))?;
-        let re = Regex::new(&format!("^(?:{re})$"))
+        // Bounded: an expression like `\w{1000}` compiles to megabytes
+        // and takes the CPU for as long.
+        let re = RegexBuilder::new(&format!("^(?:{re})$"))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_SIZE_LIMIT)
+            .build()
             .map_err(|e| EngineError::BadQuery(format!("bad regex for tag {k}: {e}")))?;
         Ok(TagFilter::Matches(k.to_string(), re))
     }
@@ -315,5 +324,24 @@ impl QueryResult {
             QueryResult::Raw(_) => self.points(),
             QueryResult::Aggregated(g) => g.iter().map(|g| g.windows.len() as u64).sum(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Protects: a tag regex that compiles to megabytes (and takes the CPU
+    // for as long) is refused as a bad query; ordinary patterns still work.
+    #[test]
+    fn huge_regexes_are_refused() {
+        let refused = TagFilter::parse_regex(r"k=\w{200}").expect_err("too large");
+        assert!(
+            matches!(refused, EngineError::BadQuery(ref m) if m.contains("size limit")),
+            "{refused}"
+        );
+        let key = SeriesKey::new("m", vec![("k".into(), "web-12".into())]);
+        let filter = TagFilter::parse_regex(r"k=web-\d+").expect("ordinary");
+        assert!(filter.matches(&key));
     }
 }

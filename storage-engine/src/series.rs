@@ -24,6 +24,8 @@ pub struct SeriesIndex {
     logged: usize,
     /// Series (by id, 0..in_wal) already written into a WAL batch or log.
     in_wal: usize,
+    /// Bytes of every series' name and tags (`SeriesKey::byte_len`).
+    key_bytes: usize,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -111,6 +113,7 @@ impl SeriesIndex {
             log,
             logged: 0,
             in_wal: 0,
+            key_bytes: 0,
         };
         for key in keys {
             index.insert(key);
@@ -122,6 +125,7 @@ impl SeriesIndex {
 
     fn insert(&mut self, key: SeriesKey) -> SeriesId {
         let id = self.keys.len() as SeriesId;
+        self.key_bytes += key.byte_len();
         self.by_metric
             .entry(key.metric.clone())
             .or_default()
@@ -163,6 +167,7 @@ impl SeriesIndex {
         let mut metrics = HashSet::new();
         for key in self.keys.drain(self.in_wal..) {
             self.ids.remove(&key);
+            self.key_bytes -= key.byte_len();
             metrics.insert(key.metric);
         }
         // Once per metric, not once per series: a request that adds many
@@ -226,6 +231,11 @@ impl SeriesIndex {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Bytes of every series' name and tags.
+    pub fn key_bytes(&self) -> usize {
+        self.key_bytes
     }
 
     /// Series resolved since the last batch was written.

@@ -226,11 +226,71 @@ fn a_write_past_the_series_limit_is_refused_whole() {
     assert_eq!(series_of_m(&e), 100);
 }
 
+// Protects: series' names and tags are bounded in bytes as well as in
+// number (1 KiB a series on average under --max-series), and a line whose
+// long tags are counted again for each of its many fields is refused once
+// a request has gone through 256 MiB of them, before it holds the engine
+// for minutes; nothing of either is written.
+#[test]
+fn long_tags_are_bounded_in_memory_and_in_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(
+        dir.path(),
+        Options {
+            max_series: 10,
+            ..in_memory_until_flushed()
+        },
+    )
+    .expect("open");
+    let long = "x".repeat(20_000);
+    let refused = e
+        .write_lines(format!("m,k={long} value=1 1").as_bytes(), 1)
+        .expect_err("20 kB of tags under a 10 kB budget");
+    assert!(
+        matches!(refused, chronicle_engine::EngineError::Limit(ref m) if m.contains("shorten the tags")),
+        "{refused}"
+    );
+    e.write_lines(format!("m,k={} value=1 1", &long[..5_000]).as_bytes(), 1)
+        .expect("5 kB of tags");
+
+    assert_eq!(
+        e.stats().expect("stats").series,
+        1,
+        "nothing of the refused"
+    );
+    drop(e);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(
+        dir.path(),
+        Options {
+            max_series: 100,
+            ..in_memory_until_flushed()
+        },
+    )
+    .expect("open");
+    // One series (its 65 kB tag within 100 kB), written 4,200 times.
+    let line = format!(
+        "n,k={} {} 1",
+        "y".repeat(65_000),
+        vec!["f=1"; 4_200].join(",")
+    );
+    let refused = e
+        .write_lines(line.as_bytes(), 1)
+        .expect_err("273 MB of keys");
+    assert!(
+        matches!(refused, chronicle_engine::EngineError::TooLarge(ref m) if m.contains("series and field names")),
+        "{refused}"
+    );
+    assert_eq!(e.stats().expect("stats").series, 0, "nothing of it");
+}
+
 // Protects: flushes leave at most two segments per partition allowed (a
-// flush that would leave more merges each hour's segments instead), so
-// the memory maps stay within `MAPS_PER_PARTITION` of the limit however
-// often the same hours are written between compactions; no point is lost
-// or reordered by the merges.
+// flush that would leave more merges the hours it writes with their
+// segments, or every hour when that is not enough), so the memory maps
+// stay within `MAPS_PER_PARTITION` of the limit however often the same
+// hours are written between compactions; retired files go, and every
+// hour reads back the last value written to it after every flush.
 #[test]
 fn flushes_keep_the_segments_within_twice_the_partition_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -239,14 +299,40 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
         dir.path(),
         Options {
             max_partitions: limit,
-            memtable_points: limit,
+            memtable_points: limit / 2,
             ..in_memory_until_flushed()
         },
     )
     .expect("open");
-    for round in 0..10 {
-        e.write_lines(&one_point_an_hour(0..limit as i64, round), 1)
+    let segment_files = || {
+        std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter(|f| {
+                let name = f.as_ref().expect("entry").file_name();
+                name.to_string_lossy().ends_with(".seg")
+            })
+            .count() as u64
+    };
+    let mut last = std::collections::BTreeMap::new();
+    // Four times the first half (four segments an hour), then the second
+    // half (new hours: merging them alone would not do), then each half in
+    // turn.
+    let halves = [
+        0..10,
+        0..10,
+        0..10,
+        0..10,
+        10..20,
+        0..10,
+        10..20,
+        0..10,
+        10..20,
+    ];
+    for (round, hours) in halves.into_iter().enumerate() {
+        let value = round as i64;
+        e.write_lines(&one_point_an_hour(hours.clone(), value), 1)
             .expect("write");
+        last.extend(hours.map(|h| (h * HOUR, value as f64)));
         let stats = e.stats().expect("stats");
         assert_eq!(
             stats.points_in_memory, 0,
@@ -257,14 +343,19 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
             "round {round}: {} segments",
             stats.segments
         );
+        assert_eq!(
+            segment_files(),
+            stats.segments,
+            "round {round}: retired files go"
+        );
+        let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
+        else {
+            panic!("raw points");
+        };
+        let expected: Vec<(i64, f64)> = last.iter().map(|(&t, &v)| (t, v)).collect();
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].points, expected, "round {round}");
     }
-    let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
-    else {
-        panic!("raw points");
-    };
-    let expected: Vec<(i64, f64)> = (0..limit as i64).map(|h| (h * HOUR, 9.0)).collect();
-    assert_eq!(series.len(), 1);
-    assert_eq!(series[0].points, expected, "the last round's values");
 }
 
 // Protects: a query is refused once its answer would hold more values than

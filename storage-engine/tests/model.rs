@@ -78,6 +78,67 @@ fn model_range(
         .collect()
 }
 
+/// The engine's raw answer to `q`, as the model holds series.
+fn raw_answer(e: &Engine, q: &Query) -> Vec<(SeriesKey, Vec<(i64, f64)>)> {
+    let QueryResult::Raw(got) = e.query(q).expect("query") else {
+        panic!("raw expected")
+    };
+    got.into_iter()
+        .map(|s| {
+            (
+                SeriesKey::new(s.metric, s.tags.into_iter().collect()),
+                s.points,
+            )
+        })
+        .collect()
+}
+
+// Protects: a metric of many series, each in a few of many hours (where a
+// query lists every segment's series instead of looking each series up in
+// every segment, which cost series × segments), reads back every point of
+// every series, with rewrites in later segments and in the memtable, as a
+// query for one series (looked up) does.
+#[test]
+fn many_series_over_many_hours_are_all_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), options()).expect("open");
+    let mut model = Model::new();
+    let hour: i64 = 3_600_000_000_000;
+    for round in 0..3i64 {
+        let points: Vec<Point> = (0..150usize)
+            .flat_map(|h| {
+                let hours = [h as i64 % 50, (h as i64 * 7 + round) % 50];
+                hours.map(|at| Point {
+                    series: key(h, 0),
+                    timestamp: at * hour + h as i64,
+                    value: (round * 1000) as f64 + h as f64,
+                })
+            })
+            .collect();
+        write_both(&e, &mut model, &points);
+        if round < 2 {
+            e.flush().expect("flush");
+        }
+    }
+    assert!(e.stats().expect("stats").points_in_memory > 0);
+    let everything = raw_answer(&e, &Query::new("m0"));
+    assert_eq!(everything.len(), 150);
+    assert_eq!(
+        everything,
+        model_range(&model, "m0", |_| true, i64::MIN, i64::MAX)
+    );
+    for host in [0, 77, 149] {
+        let mut q = Query::new("m0");
+        q.filters
+            .push(TagFilter::parse(&format!("host=h{host}")).expect("filter"));
+        let want = |k: &SeriesKey| k.tag("host") == Some(format!("h{host}").as_str());
+        assert_eq!(
+            raw_answer(&e, &q),
+            model_range(&model, "m0", want, i64::MIN, i64::MAX)
+        );
+    }
+}
+
 // Protects: what the engine returns always equals the model, whatever the
 // interleaving of writes, flushes, compactions and reopens.
 #[test]

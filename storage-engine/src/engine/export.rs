@@ -1,6 +1,6 @@
 //! JSON Lines export and import (the line format is jsonl.rs's).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -18,50 +18,44 @@ impl Engine {
     /// Streams every point as JSON Lines, partition by partition, so memory
     /// stays bounded by one partition of one series. Returns points written.
     pub fn export_json(&self, out: &mut dyn Write) -> Result<u64> {
-        let (keys, sources, memory_partitions) = {
+        let (keys, mut segments, mut memory) = {
             let st = lock(&self.state);
-            let keys: Vec<(SeriesId, SeriesKey)> = (0..st.series.len() as SeriesId)
-                .filter_map(|id| st.series.key(id).map(|k| (id, k.clone())))
+            let keys: Vec<SeriesKey> = (0..st.series.len() as SeriesId)
+                .filter_map(|id| st.series.key(id).cloned())
                 .collect();
-            let mut partitions: BTreeMap<i64, Vec<(SeriesId, SeriesPoints)>> = BTreeMap::new();
+            let mut memory: BTreeMap<i64, BTreeMap<SeriesId, SeriesPoints>> = BTreeMap::new();
             for id in st.memtable.series_ids().collect::<Vec<_>>() {
                 for (ts, v) in st.memtable.range(id, i64::MIN, i64::MAX) {
-                    let list = partitions.entry(partition_of(ts)).or_default();
-                    match list.last_mut() {
-                        Some((last, pts)) if *last == id => pts.push((ts, v)),
-                        _ => list.push((id, vec![(ts, v)])),
-                    }
+                    let in_hour = memory.entry(partition_of(ts)).or_default();
+                    in_hour.entry(id).or_default().push((ts, v));
                 }
             }
-            let sources: Vec<(i64, Arc<Segment>)> = st
-                .segments
-                .iter()
-                .map(|l| (l.entry.partition, Arc::clone(&l.segment)))
-                .collect();
-            (keys, sources, partitions)
+            let mut segments: BTreeMap<i64, Vec<Arc<Segment>>> = BTreeMap::new();
+            for live in st.segments.iter() {
+                let in_hour = segments.entry(live.entry.partition).or_default();
+                in_hour.push(Arc::clone(&live.segment));
+            }
+            (keys, segments, memory)
         };
-        let mut all: std::collections::BTreeSet<i64> = sources.iter().map(|(p, _)| *p).collect();
-        all.extend(memory_partitions.keys());
+        let mut hours: BTreeSet<i64> = segments.keys().copied().collect();
+        hours.extend(memory.keys());
         let mut written = 0u64;
         let mut line = Vec::with_capacity(256);
-        for partition in all {
-            let segs: Vec<Arc<Segment>> = sources
-                .iter()
-                .filter(|(p, _)| *p == partition)
-                .map(|(_, s)| Arc::clone(s))
-                .collect();
-            let memory = memory_partitions.get(&partition);
-            for (id, key) in &keys {
-                let mem: &[(i64, f64)] = memory
-                    .and_then(|m| m.iter().find(|(i, _)| i == id))
-                    .map_or(&[], |(_, p)| p.as_slice());
-                let points = read_merged(
-                    &segs,
-                    mem,
-                    *id,
-                    partition,
-                    partition.saturating_add(PARTITION_NANOS),
-                )?;
+        for hour in hours {
+            // Each hour's files go as soon as it is written, not at the end.
+            let segs = segments.remove(&hour).unwrap_or_default();
+            let in_memory = memory.remove(&hour).unwrap_or_default();
+            // Only the series this hour holds: the database's other series
+            // would each cost a search in every segment of every hour.
+            let mut ids: BTreeSet<SeriesId> = segs.iter().flat_map(|s| s.series()).collect();
+            ids.extend(in_memory.keys());
+            for id in ids {
+                let Some(key) = keys.get(id as usize) else {
+                    continue;
+                };
+                let mem = in_memory.get(&id).map_or(&[][..], Vec::as_slice);
+                let points =
+                    read_merged(&segs, mem, id, hour, hour.saturating_add(PARTITION_NANOS))?;
                 for (ts, v) in points {
                     line.clear();
                     jsonl::encode_point(key, ts, v, &mut line);

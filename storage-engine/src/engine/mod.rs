@@ -125,6 +125,17 @@ pub struct Engine {
     _lock: DirLock,
 }
 
+impl State {
+    /// The hour partitions held, in the segments or the memtable.
+    fn hours_held(&self) -> usize {
+        let in_memory_only = self.memtable.hours().iter();
+        self.segments.hours()
+            + in_memory_only
+                .filter(|&&h| !self.segments.holds_hour(h))
+                .count()
+    }
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic mid-update leaves the memtable possibly partial, but every
     // acknowledged write is in the WAL, which is what reopening trusts.
@@ -142,7 +153,19 @@ impl Engine {
     pub fn open(dir: &Path, options: Options) -> Result<Engine> {
         std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
         let lock_guard = DirLock::acquire(dir)?;
-        let state = Arc::new(Mutex::new(recovery::recover(dir)?));
+        let state = recovery::recover(dir)?;
+        let (hours, series) = (state.hours_held(), state.series.len());
+        if hours > options.max_partitions || series > options.max_series {
+            log::warn!(
+                "{} holds {hours} hour partitions and {series} series, past its limits \
+                 ({} and {}): writes to new hours or series are refused until they are \
+                 raised (--max-partitions, --max-series)",
+                dir.display(),
+                options.max_partitions,
+                options.max_series
+            );
+        }
+        let state = Arc::new(Mutex::new(state));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let syncer = match options.sync {

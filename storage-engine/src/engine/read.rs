@@ -1,7 +1,7 @@
 //! Queries: the matching series are chosen and their memtable points
 //! copied under the lock; segments are decoded after it is released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{lock, Engine};
@@ -30,8 +30,9 @@ impl Engine {
     /// refused, not run.
     pub fn query_at_most(&self, q: &Query, max: u64) -> Result<Option<QueryResult>> {
         let (matched, partitions) = self.select(q);
+        let hours = SeriesHours::of(&matched, &partitions);
         let Some((width, agg)) = q.window else {
-            let points = raw_points(q, &matched, &partitions, max)?;
+            let points = raw_points(q, &matched, &hours, max)?;
             return Ok(points.map(QueryResult::Raw));
         };
         let mut groups: BTreeMap<Option<String>, Windows> = BTreeMap::new();
@@ -52,8 +53,7 @@ impl Engine {
                 over = elsewhere + series.windows_at_least() as u64 > max;
                 !over
             };
-            SeriesRange::of(q, &partitions, *id, memory)
-                .each_partition(&mut ts, &mut vals, each)?;
+            SeriesRange::of(q, &hours, *id, memory).each_partition(&mut ts, &mut vals, each)?;
             if over {
                 return Ok(None);
             }
@@ -110,7 +110,7 @@ type Partitions = BTreeMap<i64, Vec<Arc<Segment>>>;
 fn raw_points(
     q: &Query,
     matched: &[Matched],
-    partitions: &Partitions,
+    hours: &SeriesHours,
     max: u64,
 ) -> Result<Option<Vec<query::SeriesPoints>>> {
     let mut out = Vec::with_capacity(matched.len());
@@ -126,7 +126,7 @@ fn raw_points(
             points.extend(ts.iter().copied().zip(vals.iter().copied()));
             true
         };
-        SeriesRange::of(q, partitions, *id, memory).each_partition(&mut ts, &mut vals, each)?;
+        SeriesRange::of(q, hours, *id, memory).each_partition(&mut ts, &mut vals, each)?;
         if total > max {
             return Ok(None);
         }
@@ -141,9 +141,67 @@ fn raw_points(
     Ok(Some(out))
 }
 
+/// Where a query finds each matched series' points in the segments: by
+/// looking the series up in every segment of the range, or, when listing
+/// the series of every segment costs less (a metric of many series over
+/// many hours, where each lookup would cost a search and most find
+/// nothing), from that listing.
+struct SeriesHours<'a> {
+    partitions: &'a Partitions,
+    /// The hours with segments holding each series, in time order; `None`
+    /// when every series is looked up in every hour.
+    listed: Option<HashMap<SeriesId, Vec<i64>>>,
+}
+
+impl<'a> SeriesHours<'a> {
+    fn of(matched: &[Matched], partitions: &'a Partitions) -> Self {
+        let segments = || partitions.values().flatten();
+        let lookups = matched.len().saturating_mul(segments().count());
+        let listing: usize = segments().map(|s| s.index().len()).sum();
+        if listing >= lookups {
+            return SeriesHours {
+                partitions,
+                listed: None,
+            };
+        }
+        let wanted: HashSet<SeriesId> = matched.iter().map(|m| m.0).collect();
+        let mut listed: HashMap<SeriesId, Vec<i64>> = HashMap::new();
+        for (&hour, in_hour) in partitions {
+            for id in in_hour.iter().flat_map(|s| s.series()) {
+                if wanted.contains(&id) {
+                    let hours = listed.entry(id).or_default();
+                    if hours.last() != Some(&hour) {
+                        hours.push(hour);
+                    }
+                }
+            }
+        }
+        SeriesHours {
+            partitions,
+            listed: Some(listed),
+        }
+    }
+
+    /// The hours (with their segments, oldest first) where `id` may have
+    /// points, in time order.
+    fn of_series(&self, id: SeriesId) -> Box<dyn Iterator<Item = (i64, &'a [Arc<Segment>])> + '_> {
+        let partitions = self.partitions;
+        match &self.listed {
+            None => Box::new(partitions.iter().map(|(&h, s)| (h, s.as_slice()))),
+            Some(listed) => Box::new(
+                listed
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .map(move |h| (*h, partitions[h].as_slice())),
+            ),
+        }
+    }
+}
+
 /// One matched series over a query's time range: where its points are.
 struct SeriesRange<'a> {
-    partitions: &'a Partitions,
+    hours: &'a SeriesHours<'a>,
     /// The series' memtable points in the range, sorted.
     memory: &'a [(i64, f64)],
     id: SeriesId,
@@ -153,9 +211,9 @@ struct SeriesRange<'a> {
 
 impl<'a> SeriesRange<'a> {
     /// Series `id` over `q`'s time range, its memtable points `memory`.
-    fn of(q: &Query, partitions: &'a Partitions, id: SeriesId, memory: &'a [(i64, f64)]) -> Self {
+    fn of(q: &Query, hours: &'a SeriesHours, id: SeriesId, memory: &'a [(i64, f64)]) -> Self {
         SeriesRange {
-            partitions,
+            hours,
             memory,
             id,
             start: q.start,
@@ -173,19 +231,17 @@ impl<'a> SeriesRange<'a> {
         vals: &mut Vec<f64>,
         mut each: impl FnMut(&[i64], &[f64]) -> bool,
     ) -> Result<()> {
-        let mut segments_by_hour = self.partitions.iter().peekable();
+        let mut segments_by_hour = self.hours.of_series(self.id).peekable();
         let mut memory = self.memory;
         loop {
             // The next hour with segments or memtable points, in time order.
-            let next_with_segments = segments_by_hour.peek().map(|(&hour, _)| hour);
+            let next_with_segments = segments_by_hour.peek().map(|&(hour, _)| hour);
             let next_in_memory = memory.first().map(|p| partition_of(p.0));
             let Some(hour) = next_with_segments.into_iter().chain(next_in_memory).min() else {
                 break;
             };
             let segments = match next_with_segments == Some(hour) {
-                true => segments_by_hour
-                    .next()
-                    .map_or(&[][..], |(_, s)| s.as_slice()),
+                true => segments_by_hour.next().map_or(&[][..], |(_, s)| s),
                 false => &[],
             };
             // `partition_of` never decreases with time, so the memtable's
@@ -262,8 +318,12 @@ mod tests {
         let hour = PARTITION_NANOS;
         let memory: Vec<(i64, f64)> = (0..30).map(|i| (i * hour / 10, i as f64)).collect();
         let none = Partitions::new();
-        let range = SeriesRange {
+        let hours = SeriesHours {
             partitions: &none,
+            listed: None,
+        };
+        let range = SeriesRange {
+            hours: &hours,
             memory: &memory,
             id: 0,
             start: 0,

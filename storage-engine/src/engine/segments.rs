@@ -107,6 +107,11 @@ impl SegmentSet {
         self.hours.contains_key(&partition)
     }
 
+    /// Segments of one hour partition.
+    pub fn in_hour(&self, partition: i64) -> usize {
+        self.hours.get(&partition).copied().unwrap_or(0)
+    }
+
     fn count_hours(&mut self) {
         self.hours.clear();
         for l in &self.live {

@@ -95,13 +95,31 @@ impl Engine {
         if st.memtable.is_empty() {
             return Ok(());
         }
-        let segments_after = st.segments.len() + st.memtable.hours().len();
-        if segments_after > self.options.max_partitions.saturating_mul(2) {
-            // More than two segments a partition allows: merging instead
-            // leaves one per partition, so that the memory maps stay
-            // within `MAPS_PER_PARTITION` of the partition limit.
-            let (_, retired) = self.merge_locked(st)?;
-            return self.remove_files(&retired);
+        let most = self.options.max_partitions.saturating_mul(2);
+        let hours = st.memtable.hours();
+        let after_flush = st.segments.len() + hours.len();
+        if after_flush > most {
+            // More than two segments a partition allows: the memtable's
+            // hours are merged with their segments instead, one segment
+            // each, so that the set never grows past that and the memory
+            // maps stay within `MAPS_PER_PARTITION` of the partition
+            // limit. Only those hours, when that is enough: a writer pays
+            // for rewriting the hours it wrote, not the whole database.
+            let replaced: usize = hours.iter().map(|&h| st.segments.in_hour(h)).sum();
+            let which = match after_flush - replaced <= most {
+                true => Merge::FreshOnly,
+                false => Merge::Every,
+            };
+            let mut retired = Vec::new();
+            self.write_out(st, |fresh, next, written| {
+                self.merge_partitions(fresh, which, next, written, &mut retired)
+            })?;
+            // The new manifest is in place: a file left here goes at the
+            // next open, and the flush itself succeeded.
+            if let Err(e) = self.remove_files(&retired) {
+                log::warn!("{e}; the next open removes it");
+            }
+            return Ok(());
         }
         self.write_out(st, |partitions, next, written| {
             let jobs: Vec<SegmentJob> = partitions
@@ -289,7 +307,7 @@ impl Engine {
     fn merge_locked(&self, st: &mut State) -> Result<(CompactStats, Vec<String>)> {
         let mut retired: Vec<String> = Vec::new();
         let stats = self.write_out(st, |fresh, next, written| {
-            self.merge_partitions(fresh, next, written, &mut retired)
+            self.merge_partitions(fresh, Merge::Every, next, written, &mut retired)
         })?;
         if stats.partitions > 0 {
             self.counters.compacted();
@@ -298,11 +316,13 @@ impl Engine {
     }
 
     /// Compaction's part of `write_out`: one new segment for every
-    /// partition with more than one source or with the memtable's points;
-    /// the segments it replaces are added to `retired`.
+    /// partition with the memtable's points and, with `Merge::Every`, for
+    /// every other partition with more than one segment; the segments it
+    /// replaces are added to `retired`.
     fn merge_partitions(
         &self,
         fresh: &Partitions,
+        which: Merge,
         next: &mut SegmentSet,
         written: &mut Vec<String>,
         retired: &mut Vec<String>,
@@ -323,7 +343,11 @@ impl Engine {
                 fresh: fresh.get(&partition),
                 file: String::new(),
             };
-            if job.merges() || job.fresh.is_some() {
+            let wanted = match which {
+                Merge::Every => job.merges() || job.fresh.is_some(),
+                Merge::FreshOnly => job.fresh.is_some(),
+            };
+            if wanted {
                 jobs.push(job);
             }
         }
@@ -422,6 +446,17 @@ impl Engine {
         manifest.wal_checkpoint = st.wal.number();
         manifest.store(dest)
     }
+}
+
+/// The partitions a merge rewrites.
+#[derive(Clone, Copy)]
+enum Merge {
+    /// Every partition with more than one segment or with memtable points
+    /// (compaction).
+    Every,
+    /// Only the partitions with memtable points (a flush that would leave
+    /// too many segments).
+    FreshOnly,
 }
 
 /// Encoding threads at most (flush and compaction): each holds a whole

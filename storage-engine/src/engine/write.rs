@@ -15,6 +15,11 @@ use crate::lineproto::{self, Precision};
 use crate::model::{partition_of, Point, SeriesId};
 use crate::wal::{self, SyncPolicy};
 
+/// Bytes of series and field names one write may go through (its lines'
+/// series once for each of their fields): sixteen times the server's
+/// default body limit.
+const MAX_KEY_BYTES_PER_WRITE: usize = 256 << 20;
+
 impl Engine {
     /// Writes points; returns once they are in the WAL (and fsynced, with
     /// `SyncPolicy::Always`). A point the engine cannot store fails the
@@ -69,10 +74,27 @@ impl Engine {
             let st = &mut *guard;
             let mut batch = Vec::with_capacity(text.len() / 40);
             let mut key = Vec::with_capacity(128);
+            let mut key_bytes = 0usize;
+            let max_series = self.options.max_series;
             for (i, line) in text.split(|&b| b == b'\n').enumerate() {
                 let line_no = first_line + i as u64;
-                let mut not_utf8 = false;
+                let mut refused = None;
                 let parsed = lineproto::parse_line_in(line, line_no, now, precision, |f| {
+                    if refused.is_some() {
+                        return;
+                    }
+                    // Every field copies and hashes its line's series: a
+                    // line of long tags and many fields would otherwise
+                    // cost their product, holding the engine's lock.
+                    key_bytes += f.series.len() + f.field.len();
+                    if key_bytes > MAX_KEY_BYTES_PER_WRITE {
+                        refused = Some(EngineError::TooLarge(format!(
+                            "over {MAX_KEY_BYTES_PER_WRITE} bytes of series and field names \
+                             in one request (each field counts its line's tags again): send \
+                             smaller batches"
+                        )));
+                        return;
+                    }
                     key.clear();
                     key.extend_from_slice(f.series);
                     key.push(0);
@@ -85,26 +107,30 @@ impl Engine {
                             if std::str::from_utf8(f.series).is_err()
                                 || std::str::from_utf8(f.field).is_err()
                             {
-                                not_utf8 = true;
+                                refused = Some(EngineError::BadInput {
+                                    line: line_no,
+                                    detail: "a measurement, tag or field name that is not UTF-8"
+                                        .into(),
+                                });
                                 return;
                             }
                             let id = st.series.resolve(&lineproto::series_key(f.series, f.field));
+                            // Checked as each series comes, so that a
+                            // request refused for its series never holds
+                            // more of them than the limits allow.
+                            if let Err(e) = within_series_limit(st, max_series) {
+                                refused = Some(e);
+                                return;
+                            }
                             st.line_cache.insert(key.clone().into_boxed_slice(), id);
                             id
                         }
                     };
                     batch.push((id, f.timestamp, f.value));
                 });
-                if let Err(e) = parsed {
+                if let Some(e) = parsed.err().or(refused) {
                     abandon_unwritten(st);
                     return Err(e);
-                }
-                if not_utf8 {
-                    abandon_unwritten(st);
-                    return Err(EngineError::BadInput {
-                        line: line_no,
-                        detail: "a measurement, tag or field name that is not UTF-8".into(),
-                    });
                 }
                 if batch.len() > max_points {
                     abandon_unwritten(st);
@@ -197,19 +223,36 @@ impl Engine {
     }
 }
 
-/// Refuses a batch that adds series past `limit`: each is held in memory
-/// (its key, twice, and its place in its metric's list) while the database
-/// is open, and one request could otherwise add a million.
+/// Refuses a batch that adds series past `limit`, or whose series' names
+/// and tags would take more than `KEY_BYTES_PER_SERIES` each on average:
+/// each is held in memory (its key three times: in the index, its map and
+/// the line cache) while the database is open, and one request could
+/// otherwise add a million, or a few thousand of 65,535-byte tags.
 fn within_series_limit(st: &State, limit: usize) -> Result<()> {
-    if st.series.unwritten() == 0 || st.series.len() <= limit {
+    if st.series.unwritten() == 0 {
         return Ok(());
     }
-    Err(EngineError::Limit(format!(
-        "these points would make the database hold more than {limit} series, its limit \
-         (each is held in memory): raise --max-series, or move a value that seldom \
-         repeats (an id, a time) from a tag to a field"
-    )))
+    let key_limit = limit.saturating_mul(KEY_BYTES_PER_SERIES);
+    if st.series.len() > limit {
+        return Err(EngineError::Limit(format!(
+            "these points would make the database hold more than {limit} series, its limit \
+             (each is held in memory): raise --max-series, or move a value that seldom \
+             repeats (an id, a time) from a tag to a field"
+        )));
+    }
+    if st.series.key_bytes() > key_limit {
+        return Err(EngineError::Limit(format!(
+            "these points would make the series' names and tags take more than {key_limit} \
+             bytes ({KEY_BYTES_PER_SERIES} a series on average under --max-series {limit}; \
+             they are held in memory): raise --max-series, or shorten the tags"
+        )));
+    }
+    Ok(())
 }
+
+/// The bytes of name and tags a series may take on average: `max_series`
+/// of them bound the memory the series' keys take.
+const KEY_BYTES_PER_SERIES: usize = 1024;
 
 /// Refuses a batch that would make the database hold more than `limit`
 /// hour partitions (in its segments and memtable together): each is a
@@ -217,33 +260,28 @@ fn within_series_limit(st: &State, limit: usize) -> Result<()> {
 /// apart would otherwise make as many as it has points.
 fn within_partition_limit(st: &State, batch: &[(SeriesId, i64, f64)], limit: usize) -> Result<()> {
     let held = |hour: i64| st.segments.holds_hour(hour) || st.memtable.hours().contains(&hour);
-    let mut count = st.segments.hours()
-        + st.memtable
-            .hours()
-            .iter()
-            .filter(|&&h| !st.segments.holds_hour(h))
-            .count();
     let mut new = BTreeSet::new();
     let mut last = None;
     for &(_, ts, _) in batch {
         let hour = partition_of(ts);
-        if last == Some(hour) {
-            continue;
+        if last != Some(hour) && !held(hour) {
+            new.insert(hour);
         }
         last = Some(hour);
-        if !held(hour) && new.insert(hour) {
-            count += 1;
-            if count > limit {
-                return Err(EngineError::Limit(format!(
-                    "these points would make the database hold more than {limit} hour \
-                     partitions, its limit (each is a file and a memory map): raise \
-                     --max-partitions, drop old hours with --retention, or write fewer \
-                     distinct hours"
-                )));
-            }
-        }
     }
-    Ok(())
+    if new.is_empty() {
+        // The usual case, a write to the current hours: nothing to count.
+        return Ok(());
+    }
+    let count = st.hours_held() + new.len();
+    if count <= limit {
+        return Ok(());
+    }
+    Err(EngineError::Limit(format!(
+        "these points would make the database hold {count} hour partitions, more than its \
+         limit of {limit} (each is a file and a memory map): raise --max-partitions, drop \
+         old hours with --retention, or write fewer distinct hours"
+    )))
 }
 
 /// Drops the series a failed write resolved, so that nothing of it stays.
