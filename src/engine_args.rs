@@ -155,7 +155,16 @@ impl QueryArgs {
         Ok(args)
     }
 
+    /// The query, tag regexes and all.
     pub fn to_query(&self) -> Result<Query> {
+        let mut q = self.to_query_but_regexes()?;
+        self.add_regexes(&mut q)?;
+        Ok(q)
+    }
+
+    /// Everything but the tag regexes, whose compiling takes CPU: what a
+    /// server can check before it gives the query a slot.
+    pub fn to_query_but_regexes(&self) -> Result<Query> {
         let filters = self.tags.len() + self.tag_regexes.len();
         if filters > MAX_TAG_FILTERS {
             anyhow::bail!(
@@ -166,9 +175,6 @@ impl QueryArgs {
         let mut q = Query::new(self.metric.clone());
         for t in &self.tags {
             q.filters.push(TagFilter::parse(t)?);
-        }
-        for t in &self.tag_regexes {
-            q.filters.push(TagFilter::parse_regex(t)?);
         }
         if let Some(s) = &self.start {
             q.start = parse_time(s)?;
@@ -181,6 +187,14 @@ impl QueryArgs {
         }
         q.group_by = self.group_by.clone();
         Ok(q)
+    }
+
+    /// Compiles the tag regexes into `q`'s filters.
+    pub fn add_regexes(&self, q: &mut Query) -> Result<()> {
+        for t in &self.tag_regexes {
+            q.filters.push(TagFilter::parse_regex(t)?);
+        }
+        Ok(())
     }
 }
 

@@ -176,7 +176,7 @@ pub struct App {
     write_permits: Semaphore,
     read_permits: Arc<Semaphore>,
     /// Taken by each `/metrics` while it gathers its figures.
-    metrics_gate: tokio::sync::Mutex<()>,
+    metrics_gate: Arc<tokio::sync::Mutex<()>>,
     connections: connections::Connections,
 }
 
@@ -214,7 +214,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         allowed_hosts: args.allow_hosts,
         write_permits: Semaphore::new(WRITES_IN_FLIGHT),
         read_permits: Arc::new(Semaphore::new(READS_IN_FLIGHT)),
-        metrics_gate: tokio::sync::Mutex::new(()),
+        metrics_gate: Arc::new(tokio::sync::Mutex::new(())),
         connections: connections::Connections::new(connection_limit),
     });
     // Blocking threads: the write and read slots' worth, and room for

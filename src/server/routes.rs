@@ -67,7 +67,19 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
         Ok(args) => args,
         Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
-    let _permit = match super::take_slot(app, Slot::Read, app.read_permits.acquire()).await {
+    let mut q = match args.to_query_but_regexes() {
+        Ok(q) => q,
+        Err(e) => return body::error(StatusCode::BAD_REQUEST, &e.to_string(), None),
+    };
+    // Owned, and moved into the work: a client that hangs up drops this
+    // handler, and the slot must stay taken until the work is done.
+    let permit = match super::take_slot(
+        app,
+        Slot::Read,
+        Arc::clone(&app.read_permits).acquire_owned(),
+    )
+    .await
+    {
         Ok(permit) => permit,
         Err(answer) => return answer,
     };
@@ -75,10 +87,10 @@ async fn query(app: &Arc<App>, url_query: Option<&str>) -> Response<Body> {
     // Compiling the tag regexes takes CPU too: in the slot, off the async
     // workers.
     let answered = tokio::task::spawn_blocking(move || {
-        let q = match args.to_query() {
-            Ok(q) => q,
-            Err(e) => return Err(Refused::Query(e.to_string())),
-        };
+        let _permit = permit;
+        if let Err(e) = args.add_regexes(&mut q) {
+            return Err(Refused::Query(e.to_string()));
+        }
         engine
             .query_at_most(&q, MAX_QUERY_POINTS)
             .map(|answer| answer.map(|result| query_output::json_document(&args, &q, &result)))
@@ -157,11 +169,15 @@ async fn export(app: &Arc<App>) -> Response<Body> {
 
 async fn metrics(app: &Arc<App>) -> Response<Body> {
     // One at a time: each lists the data directory on a blocking thread,
-    // and scrapes sent at once would otherwise take the whole pool.
-    let _one_at_a_time = app.metrics_gate.lock().await;
+    // and scrapes sent at once would otherwise take the whole pool. Owned
+    // and moved into the work, as a query's slot is.
+    let one_at_a_time = Arc::clone(&app.metrics_gate).lock_owned().await;
     let engine = Arc::clone(&app.engine);
-    let stats =
-        tokio::task::spawn_blocking(move || engine.stats().map(|s| (s, engine.activity()))).await;
+    let stats = tokio::task::spawn_blocking(move || {
+        let _one_at_a_time = one_at_a_time;
+        engine.stats().map(|s| (s, engine.activity()))
+    })
+    .await;
     match stats {
         Ok(Ok((stats, activity))) => body::bytes(
             StatusCode::OK,

@@ -79,7 +79,15 @@ impl Mapped {
     /// The whole of `file`, `len` bytes long, read into memory (from its
     /// start, wherever its offset is).
     fn read(file: &File, len: u64, path: &Path) -> Result<Self> {
-        let mut buf = vec![0; len as usize];
+        // Refused, not aborted on: memory may be short where maps are.
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len as usize).map_err(|e| {
+            crate::error::EngineError::io(
+                format!("reading {} into memory", path.display()),
+                std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+            )
+        })?;
+        buf.resize(len as usize, 0);
         file.read_exact_at(&mut buf, 0)
             .context(|| format!("reading {}", path.display()))?;
         Ok(Mapped {

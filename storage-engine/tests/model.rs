@@ -29,6 +29,11 @@ fn seeded_rng() -> (u64, rand::rngs::StdRng) {
 /// Writes `points` to the engine and to the model (last write wins).
 fn write_both(e: &Engine, model: &mut Model, points: &[Point]) {
     e.write(points).expect("write");
+    remember(model, points);
+}
+
+/// Writes `points` to the model only (last write wins).
+fn remember(model: &mut Model, points: &[Point]) {
     for p in points {
         model
             .entry(p.series.clone())
@@ -137,6 +142,77 @@ fn many_series_over_many_hours_are_all_found() {
             model_range(&model, "m0", want, i64::MIN, i64::MAX)
         );
     }
+}
+
+// Protects: compaction merges segments without the engine's lock, so a
+// write, a flush and retention that come meanwhile neither wait for it nor
+// are undone by it: points flushed into an hour while its older segments
+// were being merged win over them, an hour dropped meanwhile stays
+// dropped (its merge goes unused, and its file), and points still in the
+// memtable are merged in.
+#[test]
+fn compaction_lets_writes_go_on_and_keeps_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = std::sync::Arc::new(Engine::open(dir.path(), options()).expect("open"));
+    let mut model = Model::new();
+    let hour: i64 = 3_600_000_000_000;
+    let points = |hours: std::ops::Range<i64>, value: f64| -> Vec<Point> {
+        hours
+            .flat_map(|h| (0..5).map(move |i| (h, i)))
+            .map(|(h, i)| Point {
+                series: key(0, 0),
+                timestamp: h * hour + i,
+                value,
+            })
+            .collect()
+    };
+    for round in 0..3 {
+        write_both(&e, &mut model, &points(0..4, f64::from(round)));
+        e.flush().expect("flush");
+    }
+    let meanwhile = {
+        let e = std::sync::Arc::clone(&e);
+        let (late_flushed, late_in_memory) = (points(1..2, 10.0), points(2..3, 20.0));
+        remember(&mut model, &late_flushed);
+        remember(&mut model, &late_in_memory);
+        model
+            .values_mut()
+            .for_each(|pts| pts.retain(|&t, _| t >= hour));
+        move || {
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                e.write(&late_flushed).expect("write");
+                e.flush().expect("flush");
+                e.write(&late_in_memory).expect("write");
+                let keep = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_nanos() as i64
+                    - hour;
+                assert_eq!(e.apply_retention(keep).expect("retention"), 1, "hour 0");
+                let _ = done.send(());
+            });
+            finished
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a write during compaction went on without waiting for it");
+        }
+    };
+    let stats = e.compact_with(meanwhile).expect("compact");
+    assert!(stats.partitions >= 3, "{stats:?}");
+    assert_eq!(
+        raw_answer(&e, &Query::new("m0")),
+        model_range(&model, "m0", |_| true, i64::MIN, i64::MAX)
+    );
+    let after = e.stats().expect("stats");
+    assert_eq!(after.points_in_memory, 0);
+    let segment_files = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter(|f| {
+            let name = f.as_ref().expect("entry").file_name();
+            name.to_string_lossy().ends_with(".seg")
+        })
+        .count() as u64;
+    assert_eq!(segment_files, after.segments, "unused merges' files go");
 }
 
 // Protects: what the engine returns always equals the model, whatever the

@@ -3,7 +3,7 @@
 //! never disagree. Changed by building a new set, storing its manifest, and
 //! only then swapping it in: a failure leaves the old set in force.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,6 +96,42 @@ impl SegmentSet {
     pub fn retain(&mut self, keep: impl FnMut(&LiveSegment) -> bool) {
         self.live.retain(keep);
         self.count_hours();
+    }
+
+    /// Puts each merge's segment in place of the segments it was made
+    /// from, at the oldest one's place (so that segments added since stay
+    /// newer and win), when they are all still in the set: a merge made
+    /// without the engine's lock may find some retired meanwhile, and is
+    /// then not used. Returns, for each merge, whether it was. One pass
+    /// over the set for all of them.
+    pub fn replace(&mut self, merges: Vec<(Vec<String>, LiveSegment)>) -> Vec<bool> {
+        let (froms, merged): (Vec<Vec<String>>, Vec<LiveSegment>) = merges.into_iter().unzip();
+        let mut merge_of: HashMap<&str, usize> = HashMap::new();
+        for (i, from) in froms.iter().enumerate() {
+            merge_of.extend(from.iter().map(|f| (f.as_str(), i)));
+        }
+        let mut present = vec![0usize; froms.len()];
+        for l in &self.live {
+            if let Some(&i) = merge_of.get(l.entry.file.as_str()) {
+                present[i] += 1;
+            }
+        }
+        let used: Vec<bool> = froms
+            .iter()
+            .zip(&present)
+            .map(|(from, &n)| n == from.len())
+            .collect();
+        let mut merged: Vec<Option<LiveSegment>> = merged.into_iter().map(Some).collect();
+        let mut live = Vec::with_capacity(self.live.len());
+        for l in self.live.drain(..) {
+            match merge_of.get(l.entry.file.as_str()) {
+                Some(&i) if used[i] => live.extend(merged[i].take()),
+                _ => live.push(l),
+            }
+        }
+        self.live = live;
+        self.count_hours();
+        used
     }
 
     /// The hour partitions the segments hold.

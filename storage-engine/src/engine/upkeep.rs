@@ -114,10 +114,10 @@ impl Engine {
             self.write_out(st, |fresh, next, written| {
                 self.merge_partitions(fresh, which, next, written, &mut retired)
             })?;
-            // The new manifest is in place: a file left here goes at the
+            // The new manifest is in place: files left here go at the
             // next open, and the flush itself succeeded.
             if let Err(e) = self.remove_files(&retired) {
-                log::warn!("{e}; the next open removes it");
+                log::warn!("{e}; the next open removes what is left");
             }
             return Ok(());
         }
@@ -286,33 +286,103 @@ impl Engine {
     }
 
     /// Merges each partition's segments, and the memtable's points in it,
-    /// into one segment. The memtable is not flushed first: its points go
-    /// straight into the merged segments (a partition it alone has points
-    /// in gets a segment of its own, as a flush would), so late writes cost
-    /// no short-lived segments. Crash-safe: the new segments are written
-    /// and synced first, the manifest swapped atomically (with the WAL
-    /// checkpoint past the memtable's points), and only then are the old
-    /// files removed.
+    /// into one segment. The segments are merged without the engine's
+    /// lock, so that writes and queries go on meanwhile; only the
+    /// memtable's hours are merged under it. The memtable is not flushed
+    /// first: its points go straight into the merged segments (a partition
+    /// it alone has points in gets a segment of its own, as a flush would),
+    /// so late writes cost no short-lived segments. Crash-safe: the new
+    /// segments are written and synced first, the manifest swapped
+    /// atomically (with the WAL checkpoint past the memtable's points), and
+    /// only then are the old files removed.
     pub fn compact(&self) -> Result<CompactStats> {
+        self.compact_with(|| {})
+    }
+
+    /// `compact`, calling `meanwhile` once the merged segments are written
+    /// and before they go in, while the engine's lock is free: tests use it
+    /// to write, flush and drop hours in the middle of a compaction.
+    #[doc(hidden)]
+    pub fn compact_with(&self, meanwhile: impl FnOnce()) -> Result<CompactStats> {
+        // Which hours to merge, and the names of their new files: briefly
+        // under the lock.
+        let jobs: Vec<SegmentJob> = {
+            let mut st = lock(&self.state);
+            let mut members: BTreeMap<i64, Vec<LiveSegment>> = BTreeMap::new();
+            for live in st.segments.iter() {
+                let in_hour = members.entry(live.entry.partition).or_default();
+                in_hour.push(live.clone());
+            }
+            let mut jobs: Vec<SegmentJob> = members
+                .into_iter()
+                .filter(|(_, members)| members.len() > 1)
+                .map(|(partition, members)| SegmentJob {
+                    partition,
+                    members,
+                    fresh: None,
+                    file: String::new(),
+                })
+                .collect();
+            for job in &mut jobs {
+                job.file = st.segments.new_file_name();
+            }
+            jobs
+        };
+        // The merging itself without it: writes, flushes and queries go on
+        // (segments are immutable, and the ones read here stay open).
+        let mut written = Vec::new();
+        let merged = self.write_segments(&jobs, &mut written);
+        let merged = match merged.into_iter().collect::<Result<Vec<_>>>() {
+            Ok(merged) => merged,
+            Err(e) => {
+                self.discard(&written);
+                return Err(e);
+            }
+        };
+        meanwhile();
+        // Under the lock again: the merges whose segments are all still
+        // there replace them, and the memtable's points are merged into
+        // their hours, in one new manifest.
         let mut st = lock(&self.state);
-        let (stats, retired) = self.merge_locked(&mut st)?;
+        let mut retired: Vec<String> = Vec::new();
+        let stats = self.write_out(&mut st, |fresh, next, new_files| {
+            new_files.extend(written.iter().cloned());
+            let froms: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|job| job.members.iter().map(|l| l.entry.file.clone()).collect())
+                .collect();
+            let used = next.replace(froms.iter().cloned().zip(merged).collect());
+            let mut stats = CompactStats::default();
+            for (from, used) in froms.iter().zip(used) {
+                if used {
+                    stats.partitions += 1;
+                    stats.segments_merged += from.len() as u64;
+                    retired.extend(from.iter().cloned());
+                }
+            }
+            // The unused ones were made for segments retired meanwhile.
+            let used: HashSet<&str> = next.iter().map(|l| l.entry.file.as_str()).collect();
+            retired.extend(
+                written
+                    .iter()
+                    .filter(|f| !used.contains(f.as_str()))
+                    .cloned(),
+            );
+            let fresh_stats =
+                self.merge_partitions(fresh, Merge::FreshOnly, next, new_files, &mut retired)?;
+            stats.partitions += fresh_stats.partitions;
+            stats.segments_merged += fresh_stats.segments_merged;
+            Ok(stats)
+        });
+        let stats = stats?;
+        if stats.partitions > 0 {
+            self.counters.compacted();
+        }
         // The manifest no longer names them and file names are never handed
         // out again: writers need not wait for the removals.
         drop(st);
         self.remove_files(&retired)?;
         Ok(stats)
-    }
-
-    /// `compact` but for removing the files it retired, which it returns.
-    fn merge_locked(&self, st: &mut State) -> Result<(CompactStats, Vec<String>)> {
-        let mut retired: Vec<String> = Vec::new();
-        let stats = self.write_out(st, |fresh, next, written| {
-            self.merge_partitions(fresh, Merge::Every, next, written, &mut retired)
-        })?;
-        if stats.partitions > 0 {
-            self.counters.compacted();
-        }
-        Ok((stats, retired))
     }
 
     /// Compaction's part of `write_out`: one new segment for every
@@ -408,12 +478,19 @@ impl Engine {
         }
     }
 
+    /// Removes retired files, each one tried; the first failure is
+    /// returned (what is left goes at the next open).
     fn remove_files(&self, files: &[String]) -> Result<()> {
+        let mut first_failure = Ok(());
         for file in files {
             let path = self.dir.join(file);
-            std::fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+            let removed =
+                std::fs::remove_file(&path).context(|| format!("removing {}", path.display()));
+            if first_failure.is_ok() {
+                first_failure = removed;
+            }
         }
-        Ok(())
+        first_failure
     }
 
     /// A consistent copy in `dest` that opens as a database.
