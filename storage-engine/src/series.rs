@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::framing::{self, RecordFile};
@@ -16,8 +17,10 @@ const MAGIC: [u8; 8] = *b"CHRSERS1";
 const VERSION: u32 = 1;
 
 pub struct SeriesIndex {
-    keys: Vec<SeriesKey>,
-    ids: HashMap<SeriesKey, SeriesId>,
+    /// Each key once, shared by `keys` and `ids` (and by the queries and
+    /// exports that read them without the engine's lock).
+    keys: Vec<Arc<SeriesKey>>,
+    ids: HashMap<Arc<SeriesKey>, SeriesId>,
     by_metric: HashMap<String, Vec<SeriesId>>,
     log: RecordFile,
     /// Series (by id, 0..logged) already in `series.log`.
@@ -130,7 +133,8 @@ impl SeriesIndex {
             .entry(key.metric.clone())
             .or_default()
             .push(id);
-        self.ids.insert(key.clone(), id);
+        let key = Arc::new(key);
+        self.ids.insert(Arc::clone(&key), id);
         self.keys.push(key);
         id
     }
@@ -168,7 +172,7 @@ impl SeriesIndex {
         for key in self.keys.drain(self.in_wal..) {
             self.ids.remove(&key);
             self.key_bytes -= key.byte_len();
-            metrics.insert(key.metric);
+            metrics.insert(key.metric.clone());
         }
         // Once per metric, not once per series: a request that adds many
         // series to a large metric and then fails would otherwise take
@@ -197,7 +201,7 @@ impl SeriesIndex {
                 self.in_wal = self.keys.len();
                 Ok(())
             }
-            std::cmp::Ordering::Less if self.keys[id as usize] == key => Ok(()),
+            std::cmp::Ordering::Less if *self.keys[id as usize] == key => Ok(()),
             _ => Err(EngineError::corrupt(
                 source,
                 format!("series id {id} does not follow the series log"),
@@ -221,7 +225,7 @@ impl SeriesIndex {
         Ok(())
     }
 
-    pub fn key(&self, id: SeriesId) -> Option<&SeriesKey> {
+    pub fn key(&self, id: SeriesId) -> Option<&Arc<SeriesKey>> {
         self.keys.get(id as usize)
     }
 

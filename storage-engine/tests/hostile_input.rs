@@ -356,6 +356,10 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].points, expected, "round {round}");
     }
+    // The flush that found no room (round 7) had a compaction make it: one
+    // segment an hour, then the last round's ten. Merging only the hours
+    // being flushed would have left 40, and every later flush merging.
+    assert_eq!(e.stats().expect("stats").segments, 30);
 }
 
 // Protects: a query is refused once its answer would hold more values than

@@ -20,7 +20,8 @@ impl Engine {
     pub fn export_json(&self, out: &mut dyn Write) -> Result<u64> {
         let (keys, mut segments, mut memory) = {
             let st = lock(&self.state);
-            let keys: Vec<SeriesKey> = (0..st.series.len() as SeriesId)
+            // Shared, not copied: a million keys cost a million pointers.
+            let keys: Vec<Arc<SeriesKey>> = (0..st.series.len() as SeriesId)
                 .filter_map(|id| st.series.key(id).cloned())
                 .collect();
             let mut memory: BTreeMap<i64, BTreeMap<SeriesId, SeriesPoints>> = BTreeMap::new();

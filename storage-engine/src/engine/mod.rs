@@ -119,6 +119,9 @@ pub struct Engine {
     state: Arc<Mutex<State>>,
     /// Serializes fsyncs so that one covers every batch appended before it.
     sync_gate: Mutex<()>,
+    /// Held by a compaction from start to end: one at a time, and a flush
+    /// that finds no room waits for the one running to make it.
+    compacting: Mutex<()>,
     stop: Arc<AtomicBool>,
     syncer: Option<std::thread::JoinHandle<()>>,
     counters: Arc<Counters>,
@@ -182,6 +185,7 @@ impl Engine {
             options,
             state,
             sync_gate: Mutex::new(()),
+            compacting: Mutex::new(()),
             stop,
             syncer,
             counters,

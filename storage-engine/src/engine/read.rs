@@ -14,7 +14,7 @@ use crate::segment::Segment;
 /// Points of one series: (timestamp, value), sorted.
 pub(super) type SeriesPoints = Vec<(i64, f64)>;
 /// A matched series: id, key, and its points in the memtable.
-type Matched = (SeriesId, SeriesKey, SeriesPoints);
+type Matched = (SeriesId, Arc<SeriesKey>, SeriesPoints);
 
 impl Engine {
     /// Runs a query over the segments and the memtable.
@@ -81,20 +81,33 @@ impl Engine {
         Ok((answer.answer_size() <= max).then_some(answer))
     }
 
-    /// Under the lock: the matching series (in series order) with their
-    /// memtable points, and the segments overlapping the time range by
-    /// partition.
+    /// The matching series (in series order) with their memtable points,
+    /// and the segments overlapping the time range by partition. The tag
+    /// filters run without the engine's lock (64 regexes over a million
+    /// series would hold writes for as long): the metric's series are
+    /// taken under it, then filtered, then their memtable points and the
+    /// segments taken under it again, together, so that a flush in
+    /// between moves no point out of the query's sight.
     fn select(&self, q: &Query) -> (Vec<Matched>, Partitions) {
-        let st = lock(&self.state);
-        let mut matched: Vec<Matched> = st
-            .series
-            .of_metric(&q.metric)
-            .iter()
-            .filter_map(|&id| st.series.key(id).map(|k| (id, k)))
+        let of_metric: Vec<(SeriesId, Arc<SeriesKey>)> = {
+            let st = lock(&self.state);
+            let ids = st.series.of_metric(&q.metric).iter();
+            ids.filter_map(|&id| st.series.key(id).map(|k| (id, Arc::clone(k))))
+                .collect()
+        };
+        let mut chosen: Vec<(SeriesId, Arc<SeriesKey>)> = of_metric
+            .into_iter()
             .filter(|(_, k)| q.filters.iter().all(|f| f.matches(k)))
-            .map(|(id, k)| (id, k.clone(), st.memtable.range(id, q.start, q.end)))
             .collect();
-        matched.sort_by(|a, b| a.1.cmp(&b.1));
+        chosen.sort_by(|a, b| a.1.cmp(&b.1));
+        let st = lock(&self.state);
+        let matched: Vec<Matched> = chosen
+            .into_iter()
+            .map(|(id, k)| {
+                let memory = st.memtable.range(id, q.start, q.end);
+                (id, k, memory)
+            })
+            .collect();
         let mut partitions = Partitions::new();
         for (partition, segment) in st.segments.overlapping(q.start, q.end) {
             partitions.entry(partition).or_default().push(segment);

@@ -87,24 +87,41 @@ impl SegmentJob<'_> {
 impl Engine {
     /// Writes the memtable out as segments and moves the WAL checkpoint.
     pub fn flush(&self) -> Result<()> {
+        let no_room = {
+            let st = lock(&self.state);
+            st.segments.len() + st.memtable.hours().len() > self.segment_bound()
+        };
+        if no_room {
+            // A compaction makes room without holding writers, and takes
+            // the memtable's points into their hours as it ends; merging
+            // the memtable's hours under the lock (below) would have to be
+            // done again at every flush until one ran.
+            self.compact()?;
+        }
         let mut st = lock(&self.state);
         self.flush_locked(&mut st)
+    }
+
+    /// Segments the set may hold after a flush: two per partition allowed.
+    fn segment_bound(&self) -> usize {
+        self.options.max_partitions.saturating_mul(2)
     }
 
     fn flush_locked(&self, st: &mut State) -> Result<()> {
         if st.memtable.is_empty() {
             return Ok(());
         }
-        let most = self.options.max_partitions.saturating_mul(2);
+        let most = self.segment_bound();
         let hours = st.memtable.hours();
         let after_flush = st.segments.len() + hours.len();
         if after_flush > most {
-            // More than two segments a partition allows: the memtable's
-            // hours are merged with their segments instead, one segment
-            // each, so that the set never grows past that and the memory
-            // maps stay within `MAPS_PER_PARTITION` of the partition
-            // limit. Only those hours, when that is enough: a writer pays
-            // for rewriting the hours it wrote, not the whole database.
+            // More than two segments a partition allows, and no
+            // compaction made room (`flush` asks for one first; a snapshot
+            // or close holds the lock): the memtable's hours are merged
+            // with their segments instead, one segment each, so that the
+            // set never grows past that and the memory maps stay within
+            // `MAPS_PER_PARTITION` of the partition limit. Only those
+            // hours, when that is enough.
             let replaced: usize = hours.iter().map(|&h| st.segments.in_hour(h)).sum();
             let which = match after_flush - replaced <= most {
                 true => Merge::FreshOnly,
@@ -304,6 +321,10 @@ impl Engine {
     /// to write, flush and drop hours in the middle of a compaction.
     #[doc(hidden)]
     pub fn compact_with(&self, meanwhile: impl FnOnce()) -> Result<CompactStats> {
+        // One at a time: each pins the segments it merges and maps their
+        // merges beside them, and flushes that find no room wait here
+        // rather than retire what a compaction is reading.
+        let _one_at_a_time = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         // Which hours to merge, and the names of their new files: briefly
         // under the lock.
         let jobs: Vec<SegmentJob> = {
@@ -379,9 +400,12 @@ impl Engine {
             self.counters.compacted();
         }
         // The manifest no longer names them and file names are never handed
-        // out again: writers need not wait for the removals.
+        // out again: writers need not wait for the removals. The
+        // compaction is done whatever happens to them.
         drop(st);
-        self.remove_files(&retired)?;
+        if let Err(e) = self.remove_files(&retired) {
+            log::warn!("{e}; the next open removes what is left");
+        }
         Ok(stats)
     }
 

@@ -225,9 +225,9 @@ impl Engine {
 
 /// Refuses a batch that adds series past `limit`, or whose series' names
 /// and tags would take more than `KEY_BYTES_PER_SERIES` each on average:
-/// each is held in memory (its key three times: in the index, its map and
-/// the line cache) while the database is open, and one request could
-/// otherwise add a million, or a few thousand of 65,535-byte tags.
+/// each is held in memory (its key in the index, and its raw line-protocol
+/// form in the line cache) while the database is open, and one request
+/// could otherwise add a million, or a few thousand of 65,535-byte tags.
 fn within_series_limit(st: &State, limit: usize) -> Result<()> {
     if st.series.unwritten() == 0 {
         return Ok(());
