@@ -286,10 +286,9 @@ fn long_tags_are_bounded_in_memory_and_in_work() {
 }
 
 // Protects: flushes leave at most two segments per partition allowed (a
-// flush that would leave more merges the hours it writes with their
-// segments, or every hour when that is not enough), so the memory maps
-// stay within `MAPS_PER_PARTITION` of the limit however often the same
-// hours are written between compactions; retired files go, and every
+// flush that finds no room has a compaction make it first), so the memory
+// maps stay within `MAPS_PER_PARTITION` of the limit however often the
+// same hours are written between compactions; retired files go, and every
 // hour reads back the last value written to it after every flush.
 #[test]
 fn flushes_keep_the_segments_within_twice_the_partition_limit() {
@@ -314,14 +313,13 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
             .count() as u64
     };
     let mut last = std::collections::BTreeMap::new();
-    // Four times the first half (four segments an hour), then the second
-    // half (new hours: merging them alone would not do), then each half in
-    // turn.
+    // Three times the first half (three segments an hour), then the
+    // second half twice (the second time, no room), then each half in turn.
     let halves = [
         0..10,
         0..10,
         0..10,
-        0..10,
+        10..20,
         10..20,
         0..10,
         10..20,
@@ -348,6 +346,13 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
             stats.segments,
             "round {round}: retired files go"
         );
+        if round == 4 {
+            // The flush that found no room had a compaction make it: one
+            // segment an hour, then this round's ten. Merging only the
+            // hours being flushed would have left 40, and the next flush
+            // merging them again.
+            assert_eq!(stats.segments, 30);
+        }
         let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
         else {
             panic!("raw points");
@@ -356,10 +361,47 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].points, expected, "round {round}");
     }
-    // The flush that found no room (round 7) had a compaction make it: one
-    // segment an hour, then the last round's ten. Merging only the hours
-    // being flushed would have left 40, and every later flush merging.
-    assert_eq!(e.stats().expect("stats").segments, 30);
+}
+
+// Protects: a snapshot, which flushes holding the engine's lock (no
+// compaction can make room for it), merges the memtable's hours with
+// their segments instead when a flush would pass twice the partition
+// limit, or every hour when that is not enough; the copy holds every
+// point.
+#[test]
+fn a_snapshot_that_finds_no_room_merges_under_the_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = 20;
+    let e = Engine::open(
+        dir.path(),
+        Options {
+            max_partitions: limit,
+            ..in_memory_until_flushed()
+        },
+    )
+    .expect("open");
+    for round in 0..4 {
+        e.write_lines(&one_point_an_hour(0..10, round), 1)
+            .expect("write");
+        e.flush().expect("flush");
+    }
+    assert_eq!(e.stats().expect("stats").segments, 40);
+    // New hours: merging them alone would leave 50.
+    e.write_lines(&one_point_an_hour(10..20, 9), 1)
+        .expect("write");
+    let copy = tempfile::tempdir().expect("tempdir");
+    let dest = copy.path().join("db");
+    e.snapshot(&dest).expect("snapshot");
+    assert_eq!(e.stats().expect("stats").segments, 20, "every hour merged");
+    let copied = Engine::open(&dest, in_memory_until_flushed()).expect("open the copy");
+    let chronicle_engine::QueryResult::Raw(series) = copied.query(&Query::new("m")).expect("query")
+    else {
+        panic!("raw points");
+    };
+    let expected: Vec<(i64, f64)> = (0..20)
+        .map(|h| (h * HOUR, if h < 10 { 3.0 } else { 9.0 }))
+        .collect();
+    assert_eq!(series[0].points, expected);
 }
 
 // Protects: a query is refused once its answer would hold more values than

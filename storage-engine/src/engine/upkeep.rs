@@ -87,19 +87,29 @@ impl SegmentJob<'_> {
 impl Engine {
     /// Writes the memtable out as segments and moves the WAL checkpoint.
     pub fn flush(&self) -> Result<()> {
-        let no_room = {
-            let st = lock(&self.state);
-            st.segments.len() + st.memtable.hours().len() > self.segment_bound()
-        };
-        if no_room {
-            // A compaction makes room without holding writers, and takes
-            // the memtable's points into their hours as it ends; merging
-            // the memtable's hours under the lock (below) would have to be
-            // done again at every flush until one ran.
-            self.compact()?;
+        if self.no_room() {
+            // A compaction makes room without holding the engine's lock;
+            // merging the memtable's hours under it (`flush_locked`) would
+            // have to be done again at every flush until one ran. Writers
+            // that find no room at once wait for one compaction, not one
+            // each; and a compaction that fails leaves the flush to that
+            // merge rather than failing writes whose points are in the WAL.
+            let _one_at_a_time = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+            if self.no_room() {
+                if let Err(e) = self.compact_holding_gate(|| {}, Memtable::Leave) {
+                    log::error!("compacting to make room for a flush: {e}");
+                }
+            }
         }
         let mut st = lock(&self.state);
         self.flush_locked(&mut st)
+    }
+
+    /// Whether flushing the memtable now would take the segments past
+    /// `segment_bound`.
+    fn no_room(&self) -> bool {
+        let st = lock(&self.state);
+        st.segments.len() + st.memtable.hours().len() > self.segment_bound()
     }
 
     /// Segments the set may hold after a flush: two per partition allowed.
@@ -117,7 +127,8 @@ impl Engine {
         if after_flush > most {
             // More than two segments a partition allows, and no
             // compaction made room (`flush` asks for one first; a snapshot
-            // or close holds the lock): the memtable's hours are merged
+            // holds the lock, and a compaction may have failed or been
+            // outrun by other writers): the memtable's hours are merged
             // with their segments instead, one segment each, so that the
             // set never grows past that and the memory maps stay within
             // `MAPS_PER_PARTITION` of the partition limit. Only those
@@ -128,7 +139,7 @@ impl Engine {
                 false => Merge::Every,
             };
             let mut retired = Vec::new();
-            self.write_out(st, |fresh, next, written| {
+            self.write_out(st, Memtable::Take, |fresh, next, written| {
                 self.merge_partitions(fresh, which, next, written, &mut retired)
             })?;
             // The new manifest is in place: files left here go at the
@@ -138,7 +149,7 @@ impl Engine {
             }
             return Ok(());
         }
-        self.write_out(st, |partitions, next, written| {
+        self.write_out(st, Memtable::Take, |partitions, next, written| {
             let jobs: Vec<SegmentJob> = partitions
                 .iter()
                 .map(|(&partition, series)| SegmentJob {
@@ -169,9 +180,10 @@ impl Engine {
     fn write_out<T>(
         &self,
         st: &mut State,
+        memtable: Memtable,
         build: impl FnOnce(&Partitions, &mut SegmentSet, &mut Vec<String>) -> Result<T>,
     ) -> Result<T> {
-        let data = match st.memtable.is_empty() {
+        let data = match memtable == Memtable::Leave || st.memtable.is_empty() {
             true => BTreeMap::new(),
             false => {
                 st.series.persist()?;
@@ -325,6 +337,16 @@ impl Engine {
         // merges beside them, and flushes that find no room wait here
         // rather than retire what a compaction is reading.
         let _one_at_a_time = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        self.compact_holding_gate(meanwhile, Memtable::Take)
+    }
+
+    /// `compact_with`, for a caller that holds `compacting`; the memtable
+    /// is merged in, or left to the caller's flush.
+    fn compact_holding_gate(
+        &self,
+        meanwhile: impl FnOnce(),
+        memtable: Memtable,
+    ) -> Result<CompactStats> {
         // Which hours to merge, and the names of their new files: briefly
         // under the lock.
         let jobs: Vec<SegmentJob> = {
@@ -362,16 +384,18 @@ impl Engine {
         };
         meanwhile();
         // Under the lock again: the merges whose segments are all still
-        // there replace them, and the memtable's points are merged into
-        // their hours, in one new manifest.
+        // there replace them, in a manifest of their own.
         let mut st = lock(&self.state);
         let mut retired: Vec<String> = Vec::new();
-        let stats = self.write_out(&mut st, |fresh, next, new_files| {
+        let froms: Vec<Vec<String>> = jobs
+            .iter()
+            .map(|job| job.members.iter().map(|l| l.entry.file.clone()).collect())
+            .collect();
+        // The merged segments are held by the set from here on, not by
+        // the jobs: the ones they replace are unmapped once retired.
+        drop(jobs);
+        let mut stats = self.write_out(&mut st, Memtable::Leave, |_, next, new_files| {
             new_files.extend(written.iter().cloned());
-            let froms: Vec<Vec<String>> = jobs
-                .iter()
-                .map(|job| job.members.iter().map(|l| l.entry.file.clone()).collect())
-                .collect();
             let used = next.replace(froms.iter().cloned().zip(merged).collect());
             let mut stats = CompactStats::default();
             for (from, used) in froms.iter().zip(used) {
@@ -389,22 +413,38 @@ impl Engine {
                     .filter(|f| !used.contains(f.as_str()))
                     .cloned(),
             );
-            let fresh_stats =
-                self.merge_partitions(fresh, Merge::FreshOnly, next, new_files, &mut retired)?;
-            stats.partitions += fresh_stats.partitions;
-            stats.segments_merged += fresh_stats.segments_merged;
             Ok(stats)
-        });
-        let stats = stats?;
-        if stats.partitions > 0 {
-            self.counters.compacted();
-        }
+        })?;
+        // Then the memtable's points into their hours, in another: the
+        // segments retired above are out of the set by then, so the maps
+        // never hold the old segments, their merges and these at once.
+        let fresh = match memtable {
+            Memtable::Take => {
+                // Its own list: segments it would retire stay if it fails.
+                let mut retired_here = Vec::new();
+                let merged = self.write_out(&mut st, Memtable::Take, |fresh, next, new_files| {
+                    let merge = Merge::FreshOnly;
+                    self.merge_partitions(fresh, merge, next, new_files, &mut retired_here)
+                });
+                if merged.is_ok() {
+                    retired.extend(retired_here);
+                }
+                merged
+            }
+            Memtable::Leave => Ok(CompactStats::default()),
+        };
         // The manifest no longer names them and file names are never handed
         // out again: writers need not wait for the removals. The
         // compaction is done whatever happens to them.
         drop(st);
         if let Err(e) = self.remove_files(&retired) {
             log::warn!("{e}; the next open removes what is left");
+        }
+        let fresh = fresh?;
+        stats.partitions += fresh.partitions;
+        stats.segments_merged += fresh.segments_merged;
+        if stats.partitions > 0 {
+            self.counters.compacted();
         }
         Ok(stats)
     }
@@ -547,6 +587,13 @@ impl Engine {
         manifest.wal_checkpoint = st.wal.number();
         manifest.store(dest)
     }
+}
+
+/// Whether a `write_out` takes the memtable's points.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Memtable {
+    Take,
+    Leave,
 }
 
 /// The partitions a merge rewrites.
