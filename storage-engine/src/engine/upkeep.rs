@@ -356,9 +356,13 @@ impl Engine {
                 let in_hour = members.entry(live.entry.partition).or_default();
                 in_hour.push(live.clone());
             }
+            // Hours the memtable has points in are merged once, with
+            // them, at the end (when it is taken): not twice.
+            let merged_at_the_end =
+                |hour: &i64| memtable == Memtable::Take && st.memtable.hours().contains(hour);
             let mut jobs: Vec<SegmentJob> = members
                 .into_iter()
-                .filter(|(_, members)| members.len() > 1)
+                .filter(|(hour, members)| members.len() > 1 && !merged_at_the_end(hour))
                 .map(|(partition, members)| SegmentJob {
                     partition,
                     members,
