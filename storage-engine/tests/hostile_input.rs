@@ -15,6 +15,14 @@ fn rng() -> (u64, rand::rngs::StdRng) {
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
+/// The raw points of every series of `metric`.
+fn raw_series(e: &Engine, metric: &str) -> Vec<chronicle_engine::query::SeriesPoints> {
+    match e.query(&Query::new(metric)).expect("query") {
+        chronicle_engine::QueryResult::Raw(series) => series,
+        other => panic!("raw points, not {other:?}"),
+    }
+}
+
 /// No syncs, and points stay in memory until a test flushes them.
 fn in_memory_until_flushed() -> Options {
     Options {
@@ -100,10 +108,7 @@ fn the_latest_timestamp_is_kept_and_one_past_is_refused() {
     e.write_lines(format!("m,k=lines value=4 {}", latest - 1).as_bytes(), 1)
         .expect("write lines");
     e.compact().expect("compact");
-    let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
-    else {
-        panic!("raw points");
-    };
+    let series = raw_series(&e, "m");
     let mut times: Vec<i64> = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -197,10 +202,7 @@ fn a_write_past_the_series_limit_is_refused_whole() {
         max_series: 100,
         ..in_memory_until_flushed()
     };
-    let series_of_m = |e: &Engine| match e.query(&Query::new("m")).expect("query") {
-        chronicle_engine::QueryResult::Raw(series) => series.len(),
-        other => panic!("raw points, not {other:?}"),
-    };
+    let series_of_m = |e: &Engine| raw_series(e, "m").len();
     let e = Engine::open(dir.path(), options.clone()).expect("open");
     let refused = e
         .write_lines(&one_point_a_series(0..101), 1)
@@ -353,10 +355,7 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
             // merging them again.
             assert_eq!(stats.segments, 30);
         }
-        let chronicle_engine::QueryResult::Raw(series) = e.query(&Query::new("m")).expect("query")
-        else {
-            panic!("raw points");
-        };
+        let series = raw_series(&e, "m");
         let expected: Vec<(i64, f64)> = last.iter().map(|(&t, &v)| (t, v)).collect();
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].points, expected, "round {round}");
@@ -394,10 +393,7 @@ fn a_snapshot_that_finds_no_room_merges_under_the_lock() {
     e.snapshot(&dest).expect("snapshot");
     assert_eq!(e.stats().expect("stats").segments, 20, "every hour merged");
     let copied = Engine::open(&dest, in_memory_until_flushed()).expect("open the copy");
-    let chronicle_engine::QueryResult::Raw(series) = copied.query(&Query::new("m")).expect("query")
-    else {
-        panic!("raw points");
-    };
+    let series = raw_series(&copied, "m");
     let expected: Vec<(i64, f64)> = (0..20)
         .map(|h| (h * HOUR, if h < 10 { 3.0 } else { 9.0 }))
         .collect();

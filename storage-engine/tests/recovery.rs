@@ -359,6 +359,42 @@ fn compaction_merges_the_memtable_without_flushing_it_first() {
     assert_eq!(value_of_10(&e), Some(-1.0));
 }
 
+// Protects: an hour with several segments and points in the memtable is
+// merged once, with them, at the end of a compaction, not first without
+// them and then again; the late points win.
+#[test]
+fn an_hour_with_memtable_points_is_merged_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    for part in [0..500, 500..1000] {
+        e.write(&part.map(point).collect::<Vec<_>>())
+            .expect("write");
+        e.flush().expect("flush");
+    }
+    let rewrite = Point {
+        value: -1.0,
+        ..point(10)
+    };
+    e.write(&[rewrite]).expect("late rewrite");
+    let compacted = e.compact().expect("compact");
+    assert_eq!(
+        (compacted.partitions, compacted.segments_merged),
+        (1, 2),
+        "one merge of the hour's two segments and the memtable"
+    );
+    let stats = e.stats().expect("stats");
+    assert_eq!((stats.segments, stats.points_in_memory), (1, 0));
+    assert_eq!(count(&e, "load"), 1000);
+    let QueryResult::Raw(series) = e.query(&Query::new("load")).expect("query") else {
+        panic!("a raw query");
+    };
+    let ten = series
+        .iter()
+        .flat_map(|s| &s.points)
+        .find(|p| p.0 == point(10).timestamp);
+    assert_eq!(ten.map(|p| p.1), Some(-1.0));
+}
+
 // Protects: a compaction that fails while the memtable's points are being
 // merged gives them back: nothing is lost, nothing is left in the way, and
 // the next compaction merges them.

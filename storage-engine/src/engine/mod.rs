@@ -46,10 +46,13 @@ pub struct Options {
     pub max_series: usize,
 }
 
-/// Memory maps the segments may need per partition allowed: the engine
-/// keeps at most two segments per partition between compactions (a flush
-/// that would leave more merges instead), and a compaction maps its new
-/// segment beside the old ones until they are retired.
+/// Memory maps the segments may need per partition allowed: a flush
+/// leaves at most two segments per partition allowed (one that would leave
+/// more has a compaction make room, or merges), and a compaction maps its
+/// merges beside the segments they replace until those are retired.
+/// Segments under a page are read, not mapped. Not counted: segments that
+/// slow readers still hold, and those a snapshot's merge retires while a
+/// compaction is merging them.
 pub const MAPS_PER_PARTITION: usize = 3;
 
 /// The default `max_partitions`: 20,000 hours, over two years, within the

@@ -112,6 +112,18 @@ impl Engine {
         st.segments.len() + st.memtable.hours().len() > self.segment_bound()
     }
 
+    /// How to merge the memtable's hours with their segments within
+    /// `segment_bound`: those hours alone when that is enough, else every
+    /// hour.
+    fn memtable_merge(&self, st: &State) -> Merge {
+        let hours = st.memtable.hours();
+        let replaced: usize = hours.iter().map(|&h| st.segments.in_hour(h)).sum();
+        match st.segments.len() + hours.len() - replaced <= self.segment_bound() {
+            true => Merge::FreshOnly,
+            false => Merge::Every,
+        }
+    }
+
     /// Segments the set may hold after a flush: two per partition allowed.
     fn segment_bound(&self) -> usize {
         self.options.max_partitions.saturating_mul(2)
@@ -133,11 +145,7 @@ impl Engine {
             // set never grows past that and the memory maps stay within
             // `MAPS_PER_PARTITION` of the partition limit. Only those
             // hours, when that is enough.
-            let replaced: usize = hours.iter().map(|&h| st.segments.in_hour(h)).sum();
-            let which = match after_flush - replaced <= most {
-                true => Merge::FreshOnly,
-                false => Merge::Every,
-            };
+            let which = self.memtable_merge(st);
             let mut retired = Vec::new();
             self.write_out(st, Memtable::Take, |fresh, next, written| {
                 self.merge_partitions(fresh, which, next, written, &mut retired)
@@ -317,13 +325,15 @@ impl Engine {
     /// Merges each partition's segments, and the memtable's points in it,
     /// into one segment. The segments are merged without the engine's
     /// lock, so that writes and queries go on meanwhile; only the
-    /// memtable's hours are merged under it. The memtable is not flushed
-    /// first: its points go straight into the merged segments (a partition
-    /// it alone has points in gets a segment of its own, as a flush would),
-    /// so late writes cost no short-lived segments. Crash-safe: the new
-    /// segments are written and synced first, the manifest swapped
-    /// atomically (with the WAL checkpoint past the memtable's points), and
-    /// only then are the old files removed.
+    /// memtable's hours are merged under it, last. The memtable is not
+    /// flushed first: its points go straight into the merged segments (a
+    /// partition it alone has points in gets a segment of its own, as a
+    /// flush would), so late writes cost no short-lived segments.
+    /// Crash-safe: the new segments are written and synced first; the
+    /// merges go in by one manifest (the WAL checkpoint unchanged), the
+    /// memtable's hours by a second (the checkpoint past its points), so a
+    /// crash between them leaves the merges in and the memtable's points
+    /// in the WAL; old files are removed only once no manifest names them.
     pub fn compact(&self) -> Result<CompactStats> {
         self.compact_with(|| {})
     }
@@ -426,9 +436,12 @@ impl Engine {
             Memtable::Take => {
                 // Its own list: segments it would retire stay if it fails.
                 let mut retired_here = Vec::new();
+                // Flushes that found room while the merges ran may have
+                // filled it: every hour, when the memtable's alone would
+                // not keep the set within its bound.
+                let which = self.memtable_merge(&st);
                 let merged = self.write_out(&mut st, Memtable::Take, |fresh, next, new_files| {
-                    let merge = Merge::FreshOnly;
-                    self.merge_partitions(fresh, merge, next, new_files, &mut retired_here)
+                    self.merge_partitions(fresh, which, next, new_files, &mut retired_here)
                 });
                 if merged.is_ok() {
                     retired.extend(retired_here);
