@@ -222,6 +222,80 @@ fn compaction_lets_writes_go_on_and_keeps_them() {
     assert_eq!(segment_files, after.segments, "unused merges' files go");
 }
 
+// Protects: compactions, flushes and queries running while writers write
+// (compaction merging without the engine's lock) lose, duplicate or revive
+// no point: each writer rewrites its own series' points at random over a
+// few hours, with a small partition limit so that flushes find no room and
+// have compactions make it; at the end, and after reopening, every series
+// holds exactly its writer's last values. The seed is printed.
+#[test]
+fn compactions_flushes_and_writes_at_once_keep_every_last_value() {
+    let (seed, _) = seeded_rng();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        memtable_points: 300,
+        max_partitions: 8,
+        ..options()
+    };
+    let e = std::sync::Arc::new(Engine::open(dir.path(), options.clone()).expect("open"));
+    let hour: i64 = 3_600_000_000_000;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3usize)
+        .map(|w| {
+            let e = std::sync::Arc::clone(&e);
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w as u64));
+                let mut model = Model::new();
+                for round in 0..150 {
+                    let points: Vec<Point> = (0..20)
+                        .map(|i| Point {
+                            series: key(w * 2 + i % 2, 0),
+                            timestamp: rng.random_range(0..8) * hour + rng.random_range(0..40),
+                            value: f64::from(round * 100 + i as i32),
+                        })
+                        .collect();
+                    write_both(&e, &mut model, &points);
+                }
+                model
+            })
+        })
+        .collect();
+    let busy = |work: fn(&Engine)| {
+        let (e, done) = (std::sync::Arc::clone(&e), std::sync::Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                work(&e);
+            }
+        })
+    };
+    let compactor = busy(|e| {
+        e.compact().expect("compact");
+    });
+    let flusher = busy(|e| e.flush().expect("flush"));
+    let reader = busy(|e| {
+        e.query(&Query::new("m0")).expect("query");
+    });
+    let mut model = Model::new();
+    for writer in writers {
+        model.extend(writer.join().expect("writer"));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in [compactor, flusher, reader] {
+        thread.join().expect("background work");
+    }
+    let everything = model_range(&model, "m0", |_| true, i64::MIN, i64::MAX);
+    assert_eq!(raw_answer(&e, &Query::new("m0")), everything, "seed {seed}");
+    assert!(e.stats().expect("stats").segments <= 16, "seed {seed}");
+    let e = std::sync::Arc::try_unwrap(e).unwrap_or_else(|_| panic!("one engine"));
+    e.close().expect("close");
+    let e = Engine::open(dir.path(), options).expect("reopen");
+    assert_eq!(
+        raw_answer(&e, &Query::new("m0")),
+        everything,
+        "seed {seed}: reopened"
+    );
+}
+
 // Protects: what the engine returns always equals the model, whatever the
 // interleaving of writes, flushes, compactions and reopens.
 #[test]
