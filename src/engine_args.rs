@@ -45,6 +45,11 @@ pub struct LimitArgs {
     /// database is open
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SERIES)]
     pub max_series: usize,
+    /// Refuse points timestamped more than DUR after now (e.g. 1d); any
+    /// time by default. With --retention it bounds the hours a client can
+    /// make the database hold
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub max_future: Option<i64>,
 }
 
 impl LimitArgs {
@@ -53,9 +58,15 @@ impl LimitArgs {
         Options {
             max_partitions: self.max_partitions,
             max_series: self.max_series,
+            max_future: self.max_future,
             ..options
         }
     }
+}
+
+/// A duration argument (10s, 5m, 1h, 7d), in nanoseconds.
+fn duration(value: &str) -> Result<i64, String> {
+    parse_duration(value).map_err(|e| e.to_string())
 }
 
 /// Memory maps left for the program itself (libraries, thread stacks,

@@ -287,6 +287,47 @@ fn long_tags_are_bounded_in_memory_and_in_work() {
     assert_eq!(e.stats().expect("stats").series, 0, "nothing of it");
 }
 
+// Protects: with `max_future`, a point timestamped further ahead than it
+// allows is refused with its line (by line protocol and by `write`), and
+// nothing of its request is written; points within it are taken. It is
+// what bounds, with retention, the hours a client can make a database
+// hold: retention drops only past hours.
+#[test]
+fn points_too_far_in_the_future_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(
+        dir.path(),
+        Options {
+            max_future: Some(HOUR),
+            ..in_memory_until_flushed()
+        },
+    )
+    .expect("open");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    let lines = format!("m value=1 {}\nm value=2 {}\n", now, now + 2 * HOUR);
+    let refused = e
+        .write_lines(lines.as_bytes(), 1)
+        .expect_err("two hours ahead");
+    assert!(
+        matches!(refused, chronicle_engine::EngineError::BadInput { line: 2, ref detail } if detail.contains("--max-future")),
+        "{refused}"
+    );
+    let point = |ts: i64| Point {
+        series: SeriesKey::new("m", vec![]),
+        timestamp: ts,
+        value: 3.0,
+    };
+    assert!(e.write(&[point(now), point(now + 2 * HOUR)]).is_err());
+    assert_eq!(e.stats().expect("stats").points, 0, "nothing of either");
+    e.write_lines(format!("m value=1 {}", now + HOUR / 2).as_bytes(), 1)
+        .expect("half an hour ahead");
+    e.write(&[point(now)]).expect("now");
+    assert_eq!(e.stats().expect("stats").points, 2);
+}
+
 // Protects: flushes leave at most two segments per partition allowed (a
 // flush that finds no room has a compaction make it first), so the memory
 // maps stay within `MAPS_PER_PARTITION` of the limit however often the

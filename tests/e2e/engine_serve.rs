@@ -411,7 +411,10 @@ fn oversized_bodies_get_413() {
 #[test]
 fn writes_past_the_partition_limit_get_422() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &["--max-partitions", "10"]);
+    let server = Server::start(
+        dir.path(),
+        &["--max-partitions", "10", "--max-future", "1d"],
+    );
     let hours = |n: u64| -> Vec<u8> {
         (0..n)
             .flat_map(|h| format!("cpu,host=h{h} value=1 {}\n", h * 3600).into_bytes())
@@ -429,6 +432,16 @@ fn writes_past_the_partition_limit_get_422() {
     assert!(
         metrics.contains("\nchronicle_partition_limit 10\n"),
         "{metrics}"
+    );
+    // A point a year ahead, past --max-future: 400 naming its line.
+    let (code, body) = post(
+        &url,
+        b"cpu,host=h0 value=1 1700000000\ncpu,host=h0 value=2 4102444800\n",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("line 2") && body.contains("--max-future"),
+        "{body}"
     );
     server.kill();
 }

@@ -44,6 +44,11 @@ pub struct Options {
     /// Series the database may hold: a write that would make more is
     /// refused. Every series is held in memory while the database is open.
     pub max_series: usize,
+    /// Refuse points timestamped more than this (nanoseconds) after the
+    /// write, if set: with `retention`, it bounds the hours a database can
+    /// be made to hold, which points far in the future otherwise fill for
+    /// good (retention drops only past hours).
+    pub max_future: Option<i64>,
 }
 
 /// Memory maps the segments may need per partition allowed: a flush
@@ -70,6 +75,7 @@ impl Default for Options {
             retention: None,
             max_partitions: DEFAULT_MAX_PARTITIONS,
             max_series: DEFAULT_MAX_SERIES,
+            max_future: None,
         }
     }
 }

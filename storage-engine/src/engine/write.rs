@@ -26,8 +26,11 @@ impl Engine {
     /// call (`BadInput`, its line the point's place in `points`, from 1),
     /// and nothing is written.
     pub fn write(&self, points: &[Point]) -> Result<()> {
+        let latest = self.latest_accepted(now_nanos());
         for (i, p) in points.iter().enumerate() {
-            if let Some(detail) = crate::model::timestamp_refused(p.timestamp) {
+            let refused = crate::model::timestamp_refused(p.timestamp)
+                .or_else(|| self.too_far_ahead(p.timestamp, latest));
+            if let Some(detail) = refused {
                 return Err(EngineError::BadInput {
                     line: i as u64 + 1,
                     detail,
@@ -69,6 +72,7 @@ impl Engine {
         max_points: usize,
     ) -> Result<u64> {
         let now = now_nanos();
+        let latest = self.latest_accepted(now);
         let (lsn, points) = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
@@ -81,6 +85,13 @@ impl Engine {
                 let mut refused = None;
                 let parsed = lineproto::parse_line_in(line, line_no, now, precision, |f| {
                     if refused.is_some() {
+                        return;
+                    }
+                    if let Some(detail) = self.too_far_ahead(f.timestamp, latest) {
+                        refused = Some(EngineError::BadInput {
+                            line: line_no,
+                            detail,
+                        });
                         return;
                     }
                     // Every field copies and hashes its line's series: a
@@ -146,6 +157,23 @@ impl Engine {
         };
         self.after_write(lsn)?;
         Ok(points)
+    }
+
+    /// The latest timestamp a write at `now` may carry (`max_future`).
+    fn latest_accepted(&self, now: i64) -> i64 {
+        self.options
+            .max_future
+            .map_or(i64::MAX, |ahead| now.saturating_add(ahead))
+    }
+
+    /// Why `ts` is refused as too far in the future, if it is.
+    fn too_far_ahead(&self, ts: i64, latest: i64) -> Option<String> {
+        (ts > latest).then(|| {
+            format!(
+                "timestamp {ts} is more than --max-future ({} s) after now",
+                self.options.max_future.unwrap_or(0) / 1_000_000_000
+            )
+        })
     }
 
     fn append_locked(&self, st: &mut State, batch: &[(SeriesId, i64, f64)]) -> Result<u64> {
