@@ -351,7 +351,7 @@ fn flushes_keep_the_segments_within_twice_the_partition_limit() {
             .expect("list")
             .filter(|f| {
                 let name = f.as_ref().expect("entry").file_name();
-                name.to_string_lossy().ends_with(".seg")
+                chronicle_engine::manifest::is_segment_file(&name.to_string_lossy())
             })
             .count() as u64
     };

@@ -216,7 +216,7 @@ fn compaction_lets_writes_go_on_and_keeps_them() {
         .expect("list")
         .filter(|f| {
             let name = f.as_ref().expect("entry").file_name();
-            name.to_string_lossy().ends_with(".seg")
+            chronicle_engine::manifest::is_segment_file(&name.to_string_lossy())
         })
         .count() as u64;
     assert_eq!(segment_files, after.segments, "unused merges' files go");

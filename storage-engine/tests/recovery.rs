@@ -340,16 +340,6 @@ fn compaction_merges_the_memtable_without_flushing_it_first() {
             .count()
     };
     assert_eq!(segments(dir.path()), 3, "the replaced segment is removed");
-    let value_of_10 = |e: &Engine| {
-        let QueryResult::Raw(series) = e.query(&Query::new("load")).expect("query") else {
-            panic!("a raw query");
-        };
-        series
-            .iter()
-            .flat_map(|s| &s.points)
-            .find(|p| p.0 == point(10).timestamp)
-            .map(|p| p.1)
-    };
     assert_eq!(value_of_10(&e), Some(-1.0), "the late rewrite wins");
     assert_eq!(count(&e, "load"), 2200);
     e.close().expect("close");
@@ -385,14 +375,7 @@ fn an_hour_with_memtable_points_is_merged_once() {
     let stats = e.stats().expect("stats");
     assert_eq!((stats.segments, stats.points_in_memory), (1, 0));
     assert_eq!(count(&e, "load"), 1000);
-    let QueryResult::Raw(series) = e.query(&Query::new("load")).expect("query") else {
-        panic!("a raw query");
-    };
-    let ten = series
-        .iter()
-        .flat_map(|s| &s.points)
-        .find(|p| p.0 == point(10).timestamp);
-    assert_eq!(ten.map(|p| p.1), Some(-1.0));
+    assert_eq!(value_of_10(&e), Some(-1.0), "the late rewrite wins");
 }
 
 // Protects: a compaction that fails while the memtable's points are being
@@ -419,6 +402,18 @@ fn a_failed_compaction_gives_the_memtable_back() {
     e.close().expect("close");
     let e = Engine::open(dir.path(), no_flush()).expect("reopen");
     assert_eq!(count(&e, "load"), 1100);
+}
+
+/// The value stored at `point(10)`'s time, if any.
+fn value_of_10(e: &Engine) -> Option<f64> {
+    let QueryResult::Raw(series) = e.query(&Query::new("load")).expect("query") else {
+        panic!("a raw query");
+    };
+    series
+        .iter()
+        .flat_map(|s| &s.points)
+        .find(|p| p.0 == point(10).timestamp)
+        .map(|p| p.1)
 }
 
 fn series_point(series: usize, i: i64) -> Point {

@@ -108,7 +108,11 @@ impl Engine {
     /// Whether flushing the memtable now would take the segments past
     /// `segment_bound`.
     fn no_room(&self) -> bool {
-        let st = lock(&self.state);
+        self.no_room_in(&lock(&self.state))
+    }
+
+    /// `no_room`, for a caller holding the lock.
+    fn no_room_in(&self, st: &State) -> bool {
         st.segments.len() + st.memtable.hours().len() > self.segment_bound()
     }
 
@@ -133,10 +137,7 @@ impl Engine {
         if st.memtable.is_empty() {
             return Ok(());
         }
-        let most = self.segment_bound();
-        let hours = st.memtable.hours();
-        let after_flush = st.segments.len() + hours.len();
-        if after_flush > most {
+        if self.no_room_in(st) {
             // More than two segments a partition allows, and no
             // compaction made room (`flush` asks for one first; a snapshot
             // holds the lock, and a compaction may have failed or been
@@ -405,6 +406,7 @@ impl Engine {
             .iter()
             .map(|job| job.members.iter().map(|l| l.entry.file.clone()).collect())
             .collect();
+        let files: Vec<String> = jobs.iter().map(|job| job.file.clone()).collect();
         // The merged segments are held by the set from here on, not by
         // the jobs: the ones they replace are unmapped once retired.
         drop(jobs);
@@ -412,21 +414,16 @@ impl Engine {
             new_files.extend(written.iter().cloned());
             let used = next.replace(froms.iter().cloned().zip(merged).collect());
             let mut stats = CompactStats::default();
-            for (from, used) in froms.iter().zip(used) {
+            for ((from, file), used) in froms.iter().zip(&files).zip(used) {
                 if used {
                     stats.partitions += 1;
                     stats.segments_merged += from.len() as u64;
                     retired.extend(from.iter().cloned());
+                } else {
+                    // Made for segments retired meanwhile.
+                    retired.push(file.clone());
                 }
             }
-            // The unused ones were made for segments retired meanwhile.
-            let used: HashSet<&str> = next.iter().map(|l| l.entry.file.as_str()).collect();
-            retired.extend(
-                written
-                    .iter()
-                    .filter(|f| !used.contains(f.as_str()))
-                    .cloned(),
-            );
             Ok(stats)
         })?;
         // Then the memtable's points into their hours, in another: the
