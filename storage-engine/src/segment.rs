@@ -91,83 +91,155 @@ pub struct Encoded {
     bytes: Vec<u8>,
 }
 
+impl Encoded {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Encodes sorted, deduplicated points per series as a segment: the work
 /// of `write` without the file, so that callers can encode on one thread
 /// and store on another.
 pub fn encode(data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<Encoded> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 4096);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    let mut index = Vec::new();
-    let mut stats = SegmentStats {
-        min_ts: i64::MAX,
-        max_ts: i64::MIN,
-        ..SegmentStats::default()
-    };
-    let mut ts = Vec::with_capacity(BLOCK_POINTS);
-    let mut vals = Vec::with_capacity(BLOCK_POINTS);
-    let mut encoded = Vec::with_capacity(codec::max_encoded_len(BLOCK_POINTS));
-    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)
-        .context(|| "starting the zstd compressor".to_string())?;
+    let mut encoder = Encoder::new()?;
     for (&series, points) in data {
+        encoder.add(series, points)?;
+    }
+    encoder.finish()
+}
+
+/// A segment encoded one series at a time, in series order: what a merge
+/// uses, so that it holds one series' points decoded at a time beside the
+/// compressed segment, not every point of the hour.
+pub struct Encoder {
+    out: Vec<u8>,
+    index: Vec<IndexEntry>,
+    stats: SegmentStats,
+    last_series: Option<SeriesId>,
+    /// A block's points encoded, before compression.
+    encoded: Vec<u8>,
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl Encoder {
+    pub fn new() -> Result<Encoder> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 4096);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        Ok(Encoder {
+            out,
+            index: Vec::new(),
+            stats: SegmentStats {
+                min_ts: i64::MAX,
+                max_ts: i64::MIN,
+                ..SegmentStats::default()
+            },
+            last_series: None,
+            encoded: Vec::with_capacity(codec::max_encoded_len(BLOCK_POINTS)),
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                .context(|| "starting the zstd compressor".to_string())?,
+        })
+    }
+
+    /// Adds one series' points, sorted and deduplicated.
+    pub fn add(&mut self, series: SeriesId, points: &[(i64, f64)]) -> Result<()> {
+        self.next_series(series);
+        let (mut ts, mut vals) = ([0i64; BLOCK_POINTS], [0f64; BLOCK_POINTS]);
         for chunk in points.chunks(BLOCK_POINTS) {
-            ts.clear();
-            vals.clear();
-            ts.extend(chunk.iter().map(|p| p.0));
-            vals.extend(chunk.iter().map(|p| p.1));
-            let (Some(&min_ts), Some(&max_ts)) = (ts.first(), ts.last()) else {
-                continue;
-            };
-            encoded.clear();
-            codec::encode(&ts, &vals, &mut encoded);
-            let compressed = zstd
-                .compress(&encoded)
-                .context(|| "compressing a segment block".to_string())?;
-            let (compression, payload) = if compressed.len() < encoded.len() {
-                (ZSTD, compressed.as_slice())
-            } else {
-                (RAW, encoded.as_slice())
-            };
-            let offset = out.len() as u64;
-            intpack::put_varint(
-                &mut out,
-                (payload.len() as i64) << 1 | i64::from(compression),
-            );
-            out.extend_from_slice(payload);
-            let crc = crc32fast::hash(&out[offset as usize..]);
-            out.extend_from_slice(&crc.to_le_bytes());
-            index.push(IndexEntry {
-                series,
-                count: chunk.len() as u32,
-                min_ts,
-                max_ts,
-                offset,
-            });
-            stats.points += chunk.len() as u64;
-            stats.min_ts = stats.min_ts.min(min_ts);
-            stats.max_ts = stats.max_ts.max(max_ts);
+            for (i, &(t, v)) in chunk.iter().enumerate() {
+                (ts[i], vals[i]) = (t, v);
+            }
+            self.add_block(series, &ts[..chunk.len()], &vals[..chunk.len()])?;
         }
+        Ok(())
     }
-    let index_offset = out.len() as u64;
-    let raw_index = encode_index(&index);
-    let compressed_index = zstd
-        .compress(&raw_index)
-        .context(|| "compressing a segment index".to_string())?;
-    if compressed_index.len() < raw_index.len() {
-        out.push(ZSTD);
-        out.extend_from_slice(&compressed_index);
-    } else {
-        out.push(RAW);
-        out.extend_from_slice(&raw_index);
+
+    /// Adds the next of a series' points, as columns, sorted, deduplicated
+    /// and after any added before: a series may come in several slices,
+    /// which make the blocks the whole would when each but the last holds
+    /// a multiple of `BLOCK_POINTS`.
+    pub fn add_columns(&mut self, series: SeriesId, ts: &[i64], vals: &[f64]) -> Result<()> {
+        self.next_series(series);
+        for (ts, vals) in ts.chunks(BLOCK_POINTS).zip(vals.chunks(BLOCK_POINTS)) {
+            self.add_block(series, ts, vals)?;
+        }
+        Ok(())
     }
-    let index_crc = crc32fast::hash(&out[index_offset as usize..]);
-    out.extend_from_slice(&index_offset.to_le_bytes());
-    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
-    out.extend_from_slice(&index_crc.to_le_bytes());
-    out.extend_from_slice(&INDEX_MAGIC);
-    stats.bytes = out.len() as u64;
-    Ok(Encoded { stats, bytes: out })
+
+    /// Series come in increasing order, each whole before the next: out
+    /// of order, the index would hide blocks from queries.
+    fn next_series(&mut self, series: SeriesId) {
+        assert!(
+            self.last_series.is_none_or(|last| series >= last),
+            "series {series:?} added to a segment after {:?}",
+            self.last_series
+        );
+        self.last_series = Some(series);
+    }
+
+    fn add_block(&mut self, series: SeriesId, ts: &[i64], vals: &[f64]) -> Result<()> {
+        let (Some(&min_ts), Some(&max_ts)) = (ts.first(), ts.last()) else {
+            return Ok(());
+        };
+        self.encoded.clear();
+        codec::encode(ts, vals, &mut self.encoded);
+        let compressed = self
+            .zstd
+            .compress(&self.encoded)
+            .context(|| "compressing a segment block".to_string())?;
+        let (compression, payload) = if compressed.len() < self.encoded.len() {
+            (ZSTD, compressed.as_slice())
+        } else {
+            (RAW, self.encoded.as_slice())
+        };
+        let out = &mut self.out;
+        let offset = out.len() as u64;
+        intpack::put_varint(out, (payload.len() as i64) << 1 | i64::from(compression));
+        out.extend_from_slice(payload);
+        let crc = crc32fast::hash(&out[offset as usize..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        self.index.push(IndexEntry {
+            series,
+            count: ts.len() as u32,
+            min_ts,
+            max_ts,
+            offset,
+        });
+        self.stats.points += ts.len() as u64;
+        self.stats.min_ts = self.stats.min_ts.min(min_ts);
+        self.stats.max_ts = self.stats.max_ts.max(max_ts);
+        Ok(())
+    }
+
+    /// The segment's bytes: the blocks added, then the index and trailer.
+    pub fn finish(mut self) -> Result<Encoded> {
+        let out = &mut self.out;
+        let index_offset = out.len() as u64;
+        let raw_index = encode_index(&self.index);
+        let compressed_index = self
+            .zstd
+            .compress(&raw_index)
+            .context(|| "compressing a segment index".to_string())?;
+        if compressed_index.len() < raw_index.len() {
+            out.push(ZSTD);
+            out.extend_from_slice(&compressed_index);
+        } else {
+            out.push(RAW);
+            out.extend_from_slice(&raw_index);
+        }
+        let index_crc = crc32fast::hash(&out[index_offset as usize..]);
+        out.extend_from_slice(&index_offset.to_le_bytes());
+        out.extend_from_slice(&(self.index.len() as u32).to_le_bytes());
+        out.extend_from_slice(&index_crc.to_le_bytes());
+        out.extend_from_slice(&INDEX_MAGIC);
+        self.stats.bytes = out.len() as u64;
+        Ok(Encoded {
+            stats: self.stats,
+            bytes: self.out,
+        })
+    }
 }
 
 /// Writes an encoded segment to the new file `path`, fsyncs it and opens
@@ -248,29 +320,46 @@ impl Segment {
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
     ) -> Result<()> {
+        for entry in self.blocks_of(series) {
+            self.read_block(entry, start, end, ts, vals)?;
+        }
+        Ok(())
+    }
+
+    /// The index entries of `series`' blocks, in time order.
+    pub fn blocks_of(&self, series: SeriesId) -> &[IndexEntry] {
         let first = self.index.partition_point(|e| e.series < series);
-        for entry in self.index[first..]
-            .iter()
-            .take_while(|e| e.series == series)
-        {
-            if entry.max_ts < start || entry.min_ts >= end {
-                continue;
-            }
-            let from = ts.len();
-            self.decode_block(entry, ts, vals)?;
-            if entry.min_ts < start || entry.max_ts >= end {
-                // Keep only the points inside the range.
-                let mut keep = from;
-                for i in from..ts.len() {
-                    if ts[i] >= start && ts[i] < end {
-                        ts[keep] = ts[i];
-                        vals[keep] = vals[i];
-                        keep += 1;
-                    }
+        let len = self.index[first..].partition_point(|e| e.series == series);
+        &self.index[first..first + len]
+    }
+
+    /// Appends the points of `entry`'s block in [start, end) to
+    /// `ts`/`vals`, in order (none when the block lies outside).
+    pub fn read_block(
+        &self,
+        entry: &IndexEntry,
+        start: i64,
+        end: i64,
+        ts: &mut Vec<i64>,
+        vals: &mut Vec<f64>,
+    ) -> Result<()> {
+        if entry.max_ts < start || entry.min_ts >= end {
+            return Ok(());
+        }
+        let from = ts.len();
+        self.decode_block(entry, ts, vals)?;
+        if entry.min_ts < start || entry.max_ts >= end {
+            // Keep only the points inside the range.
+            let mut keep = from;
+            for i in from..ts.len() {
+                if ts[i] >= start && ts[i] < end {
+                    ts[keep] = ts[i];
+                    vals[keep] = vals[i];
+                    keep += 1;
                 }
-                ts.truncate(keep);
-                vals.truncate(keep);
             }
+            ts.truncate(keep);
+            vals.truncate(keep);
         }
         Ok(())
     }

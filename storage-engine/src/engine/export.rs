@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use super::read::{read_merged, SeriesPoints};
+use super::merged::Merged;
+use super::read::SeriesPoints;
 use super::{lock, Engine};
 use crate::error::{IoContext, Result};
 use crate::jsonl;
@@ -16,7 +17,7 @@ const IMPORT_BATCH: usize = 10_000;
 
 impl Engine {
     /// Streams every point as JSON Lines, partition by partition, so memory
-    /// stays bounded by one partition of one series. Returns points written.
+    /// stays bounded by a chunk of one series (`Merged`). Returns points written.
     pub fn export_json(&self, out: &mut dyn Write) -> Result<u64> {
         let (keys, mut segments, mut memory) = {
             let st = lock(&self.state);
@@ -42,6 +43,7 @@ impl Engine {
         hours.extend(memory.keys());
         let mut written = 0u64;
         let mut line = Vec::with_capacity(256);
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
         for hour in hours {
             // Each hour's files go as soon as it is written, not at the end.
             let segs = segments.remove(&hour).unwrap_or_default();
@@ -55,14 +57,16 @@ impl Engine {
                     continue;
                 };
                 let mem = in_memory.get(&id).map_or(&[][..], Vec::as_slice);
-                let points =
-                    read_merged(&segs, mem, id, hour, hour.saturating_add(PARTITION_NANOS))?;
-                for (ts, v) in points {
-                    line.clear();
-                    jsonl::encode_point(key, ts, v, &mut line);
-                    out.write_all(&line)
-                        .context(|| "writing the export".to_string())?;
-                    written += 1;
+                let end = hour.saturating_add(PARTITION_NANOS);
+                let mut merged = Merged::new(&segs, mem, id, hour, end);
+                while merged.next_chunk(&mut ts, &mut vals)? {
+                    for (&t, &v) in ts.iter().zip(&vals) {
+                        line.clear();
+                        jsonl::encode_point(key, t, v, &mut line);
+                        out.write_all(&line)
+                            .context(|| "writing the export".to_string())?;
+                        written += 1;
+                    }
                 }
             }
         }

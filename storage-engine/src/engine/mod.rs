@@ -8,6 +8,7 @@
 //! - `segments`: the manifest's segments with their open files.
 
 mod export;
+mod merged;
 mod read;
 mod recovery;
 mod segments;

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use super::merged::Merged;
 use super::{lock, Engine};
 use crate::error::Result;
-use crate::memtable::sort_last_wins;
 use crate::model::{partition_of, SeriesId, SeriesKey};
 use crate::query::{self, GroupWindows, Query, QueryResult, WindowValue, Windows};
 use crate::segment::Segment;
@@ -53,7 +53,7 @@ impl Engine {
                 over = elsewhere + series.windows_at_least() as u64 > max;
                 !over
             };
-            SeriesRange::of(q, &hours, *id, memory).each_partition(&mut ts, &mut vals, each)?;
+            SeriesRange::of(q, &hours, *id, memory).each_chunk(&mut ts, &mut vals, each)?;
             if over {
                 return Ok(None);
             }
@@ -139,7 +139,7 @@ fn raw_points(
             points.extend(ts.iter().copied().zip(vals.iter().copied()));
             true
         };
-        SeriesRange::of(q, hours, *id, memory).each_partition(&mut ts, &mut vals, each)?;
+        SeriesRange::of(q, hours, *id, memory).each_chunk(&mut ts, &mut vals, each)?;
         if total > max {
             return Ok(None);
         }
@@ -234,11 +234,12 @@ impl<'a> SeriesRange<'a> {
         }
     }
 
-    /// Hands `each` the series' points, merged as `read_merged` merges
-    /// them, one hour partition at a time in time order, until it returns
-    /// false: a query holds one partition of one series at a time, not the
-    /// whole series, however long it is. `ts` and `vals` are scratch.
-    fn each_partition(
+    /// Hands `each` the series' points in time order, merged (`Merged`)
+    /// an hour partition at a time and in chunks of at most `CHUNK_POINTS`
+    /// within it, until it returns false: a query holds a chunk of one
+    /// series at a time, not the series or an hour of it, however long.
+    /// `ts` and `vals` are scratch.
+    fn each_chunk(
         &self,
         ts: &mut Vec<i64>,
         vals: &mut Vec<f64>,
@@ -262,72 +263,28 @@ impl<'a> SeriesRange<'a> {
             let here = memory.partition_point(|p| partition_of(p.0) <= hour);
             let (in_hour, later) = memory.split_at(here);
             memory = later;
-            ts.clear();
-            vals.clear();
-            read_columns(segments, in_hour, self.id, self.start, self.end, ts, vals)?;
-            if !ts.is_empty() && !each(ts, vals) {
-                break;
+            let mut merged = Merged::new(segments, in_hour, self.id, self.start, self.end);
+            while merged.next_chunk(ts, vals)? {
+                if !each(ts, vals) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
     }
 }
 
-/// The points of `id` in [start, end) from `sources` (oldest first) and then
-/// `memory` (newest), with later sources winning on equal timestamps.
-pub(super) fn read_merged(
-    sources: &[Arc<Segment>],
-    memory: &[(i64, f64)],
-    id: SeriesId,
-    start: i64,
-    end: i64,
-) -> Result<Vec<(i64, f64)>> {
-    let (mut ts, mut vals) = (Vec::new(), Vec::new());
-    read_columns(sources, memory, id, start, end, &mut ts, &mut vals)?;
-    Ok(ts.into_iter().zip(vals).collect())
-}
-
-fn read_columns(
-    sources: &[Arc<Segment>],
-    memory: &[(i64, f64)],
-    id: SeriesId,
-    start: i64,
-    end: i64,
-    ts: &mut Vec<i64>,
-    vals: &mut Vec<f64>,
-) -> Result<()> {
-    for s in sources {
-        s.read(id, start, end, ts, vals)?;
-    }
-    for &(t, v) in memory {
-        ts.push(t);
-        vals.push(v);
-    }
-    // Sources cover disjoint, increasing times in the common case; only
-    // overlapping sources (before compaction) need the merge.
-    if ts.windows(2).any(|w| w[0] >= w[1]) {
-        let mut pairs: Vec<(i64, f64)> = ts.iter().copied().zip(vals.iter().copied()).collect();
-        sort_last_wins(&mut pairs);
-        ts.clear();
-        vals.clear();
-        for (t, v) in pairs {
-            ts.push(t);
-            vals.push(v);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::merged::CHUNK_POINTS;
     use crate::model::PARTITION_NANOS;
 
     // Protects: a reader is handed one hour partition at a time, in time
-    // order, and reading stops when it says so: what bounds a query's
-    // memory to one partition of one series.
+    // order, an hour of many points in chunks, and reading stops when it
+    // says so: what bounds a query's memory to a chunk of one series.
     #[test]
-    fn each_partition_hands_one_hour_at_a_time() {
+    fn each_chunk_hands_one_hour_at_a_time() {
         let hour = PARTITION_NANOS;
         let memory: Vec<(i64, f64)> = (0..30).map(|i| (i * hour / 10, i as f64)).collect();
         let none = Partitions::new();
@@ -345,7 +302,7 @@ mod tests {
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut seen = Vec::new();
         range
-            .each_partition(&mut ts, &mut vals, |ts, _| {
+            .each_chunk(&mut ts, &mut vals, |ts, _| {
                 seen.push(ts.to_vec());
                 true
             })
@@ -357,11 +314,28 @@ mod tests {
         }
         let mut calls = 0;
         range
-            .each_partition(&mut ts, &mut vals, |_, _| {
+            .each_chunk(&mut ts, &mut vals, |_, _| {
                 calls += 1;
                 false
             })
             .expect("read");
         assert_eq!(calls, 1);
+
+        let many: Vec<(i64, f64)> = (0..10_000).map(|i| (i, i as f64)).collect();
+        let range = SeriesRange {
+            memory: &many,
+            ..range
+        };
+        let mut lengths = Vec::new();
+        range
+            .each_chunk(&mut ts, &mut vals, |ts, _| {
+                lengths.push(ts.len());
+                true
+            })
+            .expect("read");
+        assert_eq!(
+            lengths,
+            [CHUNK_POINTS, CHUNK_POINTS, 10_000 - 2 * CHUNK_POINTS]
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::read::read_merged;
+use super::merged::Merged;
 use super::segments::{LiveSegment, SegmentSet};
 use super::{lock, now_nanos, CompactStats, Engine, State};
 use crate::error::{EngineError, IoContext, Result};
@@ -75,12 +75,19 @@ impl SegmentJob<'_> {
             .flat_map(|s| s.series())
             .chain(fresh.keys().copied())
             .collect();
-        let mut merged = BTreeMap::new();
+        // A chunk of one series merged at a time: not even one series of
+        // the hour is decoded whole, only the new segment grows whole
+        // (compressed).
+        let mut encoder = segment::Encoder::new()?;
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
         for id in ids {
             let memory = fresh.get(&id).map_or(&[][..], Vec::as_slice);
-            merged.insert(id, read_merged(&sources, memory, id, i64::MIN, i64::MAX)?);
+            let mut merged = Merged::new(&sources, memory, id, i64::MIN, i64::MAX);
+            while merged.next_chunk(&mut ts, &mut vals)? {
+                encoder.add_columns(id, &ts, &vals)?;
+            }
         }
-        segment::encode(&merged)
+        encoder.finish()
     }
 }
 
