@@ -189,7 +189,7 @@ impl Windows {
     }
 
     /// One series' points, added in time order in as many slices as the
-    /// reader takes (a partition at a time).
+    /// reader takes (a chunk at a time).
     pub fn series(&mut self, width: i64) -> SeriesWindows<'_> {
         SeriesWindows {
             into: self,

@@ -117,6 +117,8 @@ pub struct Encoder {
     index: Vec<IndexEntry>,
     stats: SegmentStats,
     last_series: Option<SeriesId>,
+    /// The next block's points, as columns.
+    block: (Vec<i64>, Vec<f64>),
     /// A block's points encoded, before compression.
     encoded: Vec<u8>,
     zstd: zstd::bulk::Compressor<'static>,
@@ -137,6 +139,10 @@ impl Encoder {
                 ..SegmentStats::default()
             },
             last_series: None,
+            block: (
+                Vec::with_capacity(BLOCK_POINTS),
+                Vec::with_capacity(BLOCK_POINTS),
+            ),
             encoded: Vec::with_capacity(codec::max_encoded_len(BLOCK_POINTS)),
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)
                 .context(|| "starting the zstd compressor".to_string())?,
@@ -146,12 +152,12 @@ impl Encoder {
     /// Adds one series' points, sorted and deduplicated.
     pub fn add(&mut self, series: SeriesId, points: &[(i64, f64)]) -> Result<()> {
         self.next_series(series);
-        let (mut ts, mut vals) = ([0i64; BLOCK_POINTS], [0f64; BLOCK_POINTS]);
         for chunk in points.chunks(BLOCK_POINTS) {
-            for (i, &(t, v)) in chunk.iter().enumerate() {
-                (ts[i], vals[i]) = (t, v);
-            }
-            self.add_block(series, &ts[..chunk.len()], &vals[..chunk.len()])?;
+            self.block.0.clear();
+            self.block.1.clear();
+            self.block.0.extend(chunk.iter().map(|p| p.0));
+            self.block.1.extend(chunk.iter().map(|p| p.1));
+            self.add_block(series)?;
         }
         Ok(())
     }
@@ -161,9 +167,14 @@ impl Encoder {
     /// which make the blocks the whole would when each but the last holds
     /// a multiple of `BLOCK_POINTS`.
     pub fn add_columns(&mut self, series: SeriesId, ts: &[i64], vals: &[f64]) -> Result<()> {
+        assert_eq!(ts.len(), vals.len(), "a timestamp for each value");
         self.next_series(series);
         for (ts, vals) in ts.chunks(BLOCK_POINTS).zip(vals.chunks(BLOCK_POINTS)) {
-            self.add_block(series, ts, vals)?;
+            self.block.0.clear();
+            self.block.1.clear();
+            self.block.0.extend_from_slice(ts);
+            self.block.1.extend_from_slice(vals);
+            self.add_block(series)?;
         }
         Ok(())
     }
@@ -179,10 +190,13 @@ impl Encoder {
         self.last_series = Some(series);
     }
 
-    fn add_block(&mut self, series: SeriesId, ts: &[i64], vals: &[f64]) -> Result<()> {
+    /// Writes `block`'s points as the next block of `series`.
+    fn add_block(&mut self, series: SeriesId) -> Result<()> {
+        let (ts, vals) = &self.block;
         let (Some(&min_ts), Some(&max_ts)) = (ts.first(), ts.last()) else {
             return Ok(());
         };
+        let count = ts.len();
         self.encoded.clear();
         codec::encode(ts, vals, &mut self.encoded);
         let compressed = self
@@ -202,12 +216,12 @@ impl Encoder {
         out.extend_from_slice(&crc.to_le_bytes());
         self.index.push(IndexEntry {
             series,
-            count: ts.len() as u32,
+            count: count as u32,
             min_ts,
             max_ts,
             offset,
         });
-        self.stats.points += ts.len() as u64;
+        self.stats.points += count as u64;
         self.stats.min_ts = self.stats.min_ts.min(min_ts);
         self.stats.max_ts = self.stats.max_ts.max(max_ts);
         Ok(())
@@ -309,21 +323,6 @@ impl Segment {
                 Some(e.series)
             }
         })
-    }
-
-    /// Appends the points of `series` in [start, end) to `ts`/`vals`, in order.
-    pub fn read(
-        &self,
-        series: SeriesId,
-        start: i64,
-        end: i64,
-        ts: &mut Vec<i64>,
-        vals: &mut Vec<f64>,
-    ) -> Result<()> {
-        for entry in self.blocks_of(series) {
-            self.read_block(entry, start, end, ts, vals)?;
-        }
-        Ok(())
     }
 
     /// The index entries of `series`' blocks, in time order.
@@ -607,9 +606,11 @@ mod tests {
         assert_eq!((block, index), (WORKED_BLOCK, WORKED_INDEX));
         assert_eq!(stats.bytes, 100);
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
-        segment
-            .read(7, i64::MIN, i64::MAX, &mut ts, &mut vals)
-            .expect("read");
+        for block in segment.blocks_of(7) {
+            segment
+                .read_block(block, i64::MIN, i64::MAX, &mut ts, &mut vals)
+                .expect("read");
+        }
         assert_eq!(ts.into_iter().zip(vals).collect::<Vec<_>>(), points);
     }
 }

@@ -17,7 +17,8 @@ const IMPORT_BATCH: usize = 10_000;
 
 impl Engine {
     /// Streams every point as JSON Lines, partition by partition, so memory
-    /// stays bounded by a chunk of one series (`Merged`). Returns points written.
+    /// stays bounded by the memtable's points (copied out first) and a chunk
+    /// of one series (`Merged`). Returns points written.
     pub fn export_json(&self, out: &mut dyn Write) -> Result<u64> {
         let (keys, mut segments, mut memory) = {
             let st = lock(&self.state);

@@ -5,6 +5,8 @@
 //! of a series than a chunk and a block per source, however many points an
 //! hour of it has.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
@@ -20,8 +22,96 @@ pub(super) struct Merged<'a> {
     /// In the order the sources win: a later one's point replaces an
     /// earlier one's at the same timestamp.
     cursors: Vec<Cursor<'a>>,
+    /// The sources with points left, by their next timestamp: the
+    /// earliest on top, and of equal ones the source that wins it. An
+    /// hour may hold many segments before a compaction merges them, so
+    /// each step costs a logarithm of them, not a scan.
+    heads: BinaryHeap<Reverse<(i64, Reverse<usize>)>>,
+    /// Whether `heads` holds every source's first point yet (finding it
+    /// may decode a block, which may fail: not done in `new`).
+    started: bool,
     start: i64,
     end: i64,
+}
+
+impl<'a> Merged<'a> {
+    /// Series `id` in [start, end) from `segments` (oldest first) and then
+    /// `memory` (its memtable points, sorted, which win).
+    pub(super) fn new(
+        segments: &'a [Arc<Segment>],
+        memory: &'a [(i64, f64)],
+        id: SeriesId,
+        start: i64,
+        end: i64,
+    ) -> Self {
+        debug_assert!(memory.windows(2).all(|w| w[0].0 < w[1].0));
+        let from = memory.partition_point(|p| p.0 < start);
+        let to = memory.partition_point(|p| p.0 < end);
+        let sources = segments
+            .iter()
+            .map(|segment| Rest::Blocks {
+                segment,
+                blocks: segment.blocks_of(id),
+            })
+            .chain([Rest::Memory(&memory[from.min(to)..to])]);
+        Merged {
+            cursors: sources.map(Cursor::new).collect(),
+            heads: BinaryHeap::new(),
+            started: false,
+            start,
+            end,
+        }
+    }
+
+    /// Replaces `ts`/`vals` with the next points, up to `CHUNK_POINTS` (fewer
+    /// only at the end); false when none are left.
+    pub(super) fn next_chunk(&mut self, ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<bool> {
+        ts.clear();
+        vals.clear();
+        if !self.started {
+            for source in 0..self.cursors.len() {
+                self.queue(source)?;
+            }
+            self.started = true;
+        }
+        while ts.len() < CHUNK_POINTS {
+            let Some(Reverse((t, Reverse(winner)))) = self.heads.pop() else {
+                break;
+            };
+            // The sources that lose this timestamp to the winner skip it.
+            while let Some(&Reverse((next, Reverse(loser)))) = self.heads.peek() {
+                if next != t {
+                    break;
+                }
+                self.heads.pop();
+                self.cursors[loser].at += 1;
+                self.queue(loser)?;
+            }
+            // The winner's points before every other source's next one go
+            // as one run (all of them, once it is the last source left).
+            let until = self.heads.peek().map(|&Reverse((next, _))| next);
+            let cursor = &mut self.cursors[winner];
+            let room = CHUNK_POINTS - ts.len();
+            let run = cursor.ts[cursor.at..]
+                .iter()
+                .take(room)
+                .take_while(|&&t| until.is_none_or(|next| t < next))
+                .count();
+            ts.extend_from_slice(&cursor.ts[cursor.at..cursor.at + run]);
+            vals.extend_from_slice(&cursor.vals[cursor.at..cursor.at + run]);
+            cursor.at += run;
+            self.queue(winner)?;
+        }
+        Ok(!ts.is_empty())
+    }
+
+    /// Puts `source` back among the heads at its next point, if it has one.
+    fn queue(&mut self, source: usize) -> Result<()> {
+        if let Some(t) = self.cursors[source].head(self.start, self.end)? {
+            self.heads.push(Reverse((t, Reverse(source))));
+        }
+        Ok(())
+    }
 }
 
 /// Where one source stands: its decoded block (or slice of memtable
@@ -41,87 +131,6 @@ enum Rest<'a> {
         blocks: &'a [IndexEntry],
     },
     Memory(&'a [(i64, f64)]),
-}
-
-impl<'a> Merged<'a> {
-    /// Series `id` in [start, end) from `segments` (oldest first) and then
-    /// `memory` (its memtable points, sorted, which win).
-    pub(super) fn new(
-        segments: &'a [Arc<Segment>],
-        memory: &'a [(i64, f64)],
-        id: SeriesId,
-        start: i64,
-        end: i64,
-    ) -> Self {
-        let from = memory.partition_point(|p| p.0 < start);
-        let to = memory.partition_point(|p| p.0 < end);
-        let sources = segments
-            .iter()
-            .map(|segment| Rest::Blocks {
-                segment,
-                blocks: segment.blocks_of(id),
-            })
-            .chain([Rest::Memory(&memory[from.min(to)..to])]);
-        Merged {
-            cursors: sources.map(Cursor::new).collect(),
-            start,
-            end,
-        }
-    }
-
-    /// Replaces `ts`/`vals` with the next points, up to `CHUNK_POINTS` (fewer
-    /// only at the end); false when none are left.
-    pub(super) fn next_chunk(&mut self, ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<bool> {
-        ts.clear();
-        vals.clear();
-        while ts.len() < CHUNK_POINTS {
-            // The earliest head, and on a tie the source that wins it.
-            let mut first: Option<(i64, usize)> = None;
-            for (i, cursor) in self.cursors.iter_mut().enumerate() {
-                if let Some(t) = cursor.head(self.start, self.end)? {
-                    if first.is_none_or(|(earliest, _)| t <= earliest) {
-                        first = Some((t, i));
-                    }
-                }
-            }
-            let Some((t, winner)) = first else {
-                break;
-            };
-            // Every other source's head: the winner's points before them
-            // all go as one run.
-            let others = self
-                .cursors
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != winner)
-                .filter_map(|(_, c)| c.peek())
-                .min();
-            match others {
-                Some(other) if other == t => {
-                    ts.push(t);
-                    vals.push(self.cursors[winner].vals[self.cursors[winner].at]);
-                    for cursor in &mut self.cursors {
-                        if cursor.peek() == Some(t) {
-                            cursor.at += 1;
-                        }
-                    }
-                }
-                _ => {
-                    let cursor = &mut self.cursors[winner];
-                    let room = CHUNK_POINTS - ts.len();
-                    let run = cursor.ts[cursor.at..]
-                        .iter()
-                        .take(room)
-                        .take_while(|&&t| others.is_none_or(|other| t < other))
-                        .count();
-                    ts.extend_from_slice(&cursor.ts[cursor.at..cursor.at + run]);
-                    vals.extend_from_slice(&cursor.vals[cursor.at..cursor.at + run]);
-                    cursor.at += run;
-                }
-            }
-        }
-        Ok(!ts.is_empty())
-    }
 }
 
 impl<'a> Cursor<'a> {
@@ -165,7 +174,7 @@ impl<'a> Cursor<'a> {
                 };
                 *blocks = later;
                 segment.read_block(block, start, end, &mut self.ts, &mut self.vals)?;
-                if !in_order(self.last, &self.ts) {
+                if !follows(self.last, &self.ts) {
                     return Err(EngineError::corrupt(
                         segment.path(),
                         format!("the points of series {} are out of order", block.series),
@@ -187,13 +196,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Whether `ts` rises strictly, and past `last`.
-fn in_order(last: Option<i64>, ts: &[i64]) -> bool {
-    let after_last = match (last, ts.first()) {
+/// Whether a block's points start after `last`, the previous block's last
+/// (`Segment::read_block` checks the order within a block).
+fn follows(last: Option<i64>, ts: &[i64]) -> bool {
+    match (last, ts.first()) {
         (Some(last), Some(&first)) => first > last,
         _ => true,
-    };
-    after_last && ts.windows(2).all(|w| w[0] < w[1])
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +282,27 @@ mod tests {
         }
     }
 
+    // Protects: many segments of one hour (as accumulate before a
+    // compaction), their points interleaved and some shared by several,
+    // merge as the model says.
+    #[test]
+    fn many_interleaved_segments_merge_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sources: Vec<Vec<(i64, f64)>> = (0..40)
+            .map(|k| (0..300).map(|j| (j * 37 + k * 11 % 37, k as f64)).collect())
+            .collect();
+        let segments: Vec<Arc<Segment>> = sources
+            .iter()
+            .enumerate()
+            .map(|(k, points)| segment_of(dir.path(), &format!("{k}.seg"), points))
+            .collect();
+        let all: Vec<&[(i64, f64)]> = sources.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            merge_all(&segments, &[], i64::MIN, i64::MAX),
+            expected(&all, i64::MIN, i64::MAX)
+        );
+    }
+
     // Protects: a compaction of one series encoded chunk by chunk makes the
     // same segment as the series encoded whole.
     #[test]
@@ -294,15 +324,21 @@ mod tests {
         );
     }
 
-    // Protects: a segment whose series is out of time order (which the
-    // engine never writes) fails the read, naming the file, rather than
-    // giving an unsorted answer.
+    // Protects: a segment whose series goes back in time from one block to
+    // the next (which the engine never writes; each block is checked
+    // within itself when decoded) fails the read, naming the file, rather
+    // than giving an unsorted answer.
     #[test]
     fn a_segment_out_of_order_is_corrupt() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut points: Vec<(i64, f64)> = (0..2_000).map(|i| (i, 0.0)).collect();
-        points.swap(1_500, 1_700);
-        let segments = [segment_of(dir.path(), "bad.seg", &points)];
+        let mut encoder = segment::Encoder::new().expect("encoder");
+        encoder.add(1, &[(10, 0.0), (20, 0.0)]).expect("add");
+        encoder.add(1, &[(15, 0.0)]).expect("add");
+        let path = dir.path().join("bad.seg");
+        let encoded = encoder.finish().expect("finish");
+        let segments = [Arc::new(
+            segment::store_open(&path, &encoded).expect("store"),
+        )];
         let mut merged = Merged::new(&segments, &[], 1, i64::MIN, i64::MAX);
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let err = merged
@@ -310,5 +346,6 @@ mod tests {
             .map(|_| ())
             .expect_err("out of order");
         assert!(err.to_string().contains("bad.seg"), "{err}");
+        assert!(err.to_string().contains("out of order"), "{err}");
     }
 }

@@ -628,8 +628,9 @@ enum Merge {
     FreshOnly,
 }
 
-/// Encoding threads at most (flush and compaction): each holds a whole
-/// partition's points at once, so memory grows with them.
+/// Encoding threads at most (flush and compaction): each holds the segment
+/// it makes (compressed) and, for a flush, the memtable's points of a
+/// partition, so memory grows with them.
 const MAX_THREADS: usize = 2;
 
 /// `work` applied to every job on up to `MAX_THREADS` threads (this one
