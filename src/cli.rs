@@ -108,6 +108,7 @@ pub enum Command {
     /// Create an encrypted volume in BACKING (created if missing)
     #[command(after_help = KEY_HELP)]
     Init {
+        /// The directory for the volume's encrypted files: new, or empty
         backing: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -127,7 +128,10 @@ pub enum Command {
     /// Mount the volume in BACKING at MOUNTPOINT; returns once it is serving
     #[command(after_help = KEY_HELP)]
     Mount {
+        /// The directory that holds the volume's encrypted files
         backing: PathBuf,
+        /// The directory where programs see the plaintext (the database's
+        /// data directory)
         mountpoint: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -174,9 +178,13 @@ pub enum Command {
         log_file: Option<PathBuf>,
     },
     /// Unmount a chronicle volume
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// Where the volume is mounted
+        mountpoint: PathBuf,
+    },
     /// Show a volume's format and key source (no key needed)
     Info {
+        /// The directory that holds the volume's encrypted files
         backing: PathBuf,
         /// Print one JSON object
         #[arg(long)]
@@ -185,6 +193,7 @@ pub enum Command {
     /// Authenticate every block of every file in BACKING
     #[command(after_help = KEY_HELP)]
     Fsck {
+        /// The directory that holds the volume's encrypted files
         backing: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -194,6 +203,7 @@ pub enum Command {
     },
     /// Show, without the key, that BACKING's files are ciphertext
     Inspect {
+        /// The directory that holds the volume's encrypted files
         backing: PathBuf,
         /// Search every raw file for TEXT (repeatable); any match is reported
         #[arg(long, value_name = "TEXT")]
@@ -202,6 +212,7 @@ pub enum Command {
     /// Change the key: re-wrap the master key, or re-encrypt everything
     #[command(name = "rotate-key", after_help = KEY_HELP)]
     RotateKey {
+        /// The directory that holds the volume's encrypted files
         backing: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -216,7 +227,9 @@ pub enum Command {
     /// Encrypt an existing unencrypted directory into a new volume
     #[command(after_help = KEY_HELP)]
     Encrypt {
+        /// The unencrypted directory to copy from (left as it is)
         plain_dir: PathBuf,
+        /// The new volume's directory: new, or empty
         backing: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
@@ -234,6 +247,7 @@ pub enum Command {
     /// or back with --to-plain; needs the key
     #[command(after_help = KEY_HELP)]
     Path {
+        /// The directory that holds the volume's encrypted files
         backing: PathBuf,
         /// A path relative to the mount's root (or, with --to-plain,
         /// relative to BACKING)
@@ -282,5 +296,28 @@ mod tests {
             }
             _ => panic!("not the path command"),
         }
+    }
+
+    // Protects: every argument and option of every command says in --help
+    // what it is (a bare `--data-dir <DIR>` or `<BACKING>` teaches nothing).
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, bare: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    bare.push(format!("{path}: {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), bare);
+            }
+        }
+        let mut bare = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "chronicle",
+            &mut bare,
+        );
+        assert!(bare.is_empty(), "arguments without help: {bare:?}");
     }
 }

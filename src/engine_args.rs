@@ -110,6 +110,8 @@ pub const MAX_TAG_FILTERS: usize = 64;
 /// What to select and how to aggregate it.
 #[derive(Args, Clone, Debug, Default)]
 pub struct QueryArgs {
+    /// The metric: a line's measurement, or measurement_field for a field
+    /// not named `value` (cpu,host=a usage=3 is metric cpu_usage)
     #[arg(long, value_name = "M")]
     pub metric: String,
     /// Keep series whose tag KEY equals VALUE (KEY!=VALUE: differs); repeatable

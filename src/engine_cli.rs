@@ -22,8 +22,12 @@ pub enum DataFormat {
 pub enum EngineCommand {
     /// Write points in InfluxDB line protocol from FILE (standard input when absent or -)
     Write {
+        /// The database's directory, created if missing (on a chronicle
+        /// mount, its files are encrypted at rest)
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Line protocol, one point or more a line (standard input when
+        /// absent or -)
         file: Option<PathBuf>,
         /// When the write-ahead log is fsynced
         #[arg(long, value_enum, default_value_t = SyncArg::Interval)]
@@ -33,17 +37,21 @@ pub enum EngineCommand {
     },
     /// Query raw points or windowed aggregates
     Query {
+        /// The database's directory
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
         #[command(flatten)]
         query: QueryArgs,
+        /// How to print the answer
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Write every point as JSON Lines
     Export {
+        /// The database's directory
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// JSON Lines: one point a line, with its metric and tags
         #[arg(long, value_enum, default_value_t = DataFormat::Json)]
         format: DataFormat,
         /// Write to FILE instead of standard output
@@ -52,16 +60,21 @@ pub enum EngineCommand {
     },
     /// Read JSON Lines (as export writes them) from FILE or standard input
     Import {
+        /// The database's directory, created if missing (on a chronicle
+        /// mount, its files are encrypted at rest)
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// JSON Lines: one point a line, with its metric and tags
         #[arg(long, value_enum, default_value_t = DataFormat::Json)]
         format: DataFormat,
+        /// What `engine export` wrote (standard input when absent or -)
         file: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
     },
     /// Merge each hour's segments into one (and apply --retention)
     Compact {
+        /// The database's directory
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
         /// Also drop hours older than DUR (e.g. 30d)
@@ -70,14 +83,18 @@ pub enum EngineCommand {
     },
     /// Write a consistent copy to DEST that opens as a database
     Snapshot {
+        /// The database's directory
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Where the copy goes: a new or empty directory
         dest: PathBuf,
     },
     /// Series, points, bytes on disk, bytes per point (and encryption, on a chronicle mount)
     Info {
+        /// The database's directory
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Print one JSON object
         #[arg(long)]
         json: bool,
     },

@@ -66,6 +66,8 @@ Example, on an encrypted mount:
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// The database's directory, created if missing (on a chronicle mount,
+    /// its files are encrypted at rest)
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// Address and port to listen on
