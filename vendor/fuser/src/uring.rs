@@ -573,8 +573,10 @@ impl Queue {
         };
         // Every byte up to `len` is written below, so a buffer reused from
         // an earlier request is not zeroed first (a megabyte per bulk
-        // write); only words it never had are.
+        // write); only words it never had are, and the padding after `len`
+        // (which `may_take_long` may read in a malformed request).
         request.resize(len.div_ceil(8), 0);
+        bytes_mut(request)[len..].fill(0);
         let out = &mut bytes_mut(request)[..len];
         let header = bytes(&buffers.header[..]);
         out[..IN_HEADER_LEN].copy_from_slice(&header[..IN_HEADER_LEN]);
