@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
         let series: Vec<_> = segment.series().collect();
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         for id in series {
-            let _ = segment.read(id, i64::MIN, i64::MAX, &mut ts, &mut vals);
+            for block in segment.blocks_of(id) {
+                let _ = segment.read_block(block, i64::MIN, i64::MAX, &mut ts, &mut vals);
+            }
         }
         let _ = segment.verify();
     }
