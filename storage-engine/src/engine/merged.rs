@@ -78,14 +78,26 @@ impl<'a> Merged<'a> {
             let Some(Reverse((t, Reverse(winner)))) = self.heads.pop() else {
                 break;
             };
-            // The sources that lose this timestamp to the winner skip it.
+            if !self.cursors[winner].loaded() {
+                // The merge has reached the earliest time its next block
+                // may hold: decode it now, and go on from its first point.
+                self.load(winner)?;
+                continue;
+            }
+            // The sources that lose this timestamp to the winner skip it
+            // (a block that may begin at it is decoded first, and comes
+            // back here if it does).
             while let Some(&Reverse((next, Reverse(loser)))) = self.heads.peek() {
                 if next != t {
                     break;
                 }
                 self.heads.pop();
-                self.cursors[loser].at += 1;
-                self.queue(loser)?;
+                if self.cursors[loser].loaded() {
+                    self.cursors[loser].at += 1;
+                    self.queue(loser)?;
+                } else {
+                    self.load(loser)?;
+                }
             }
             // The winner's points before every other source's next one go
             // as one run (all of them, once it is the last source left).
@@ -111,6 +123,18 @@ impl<'a> Merged<'a> {
             self.heads.push(Reverse((t, Reverse(source))));
         }
         Ok(())
+    }
+
+    /// Decodes `source`'s next block and puts it back among the heads.
+    fn load(&mut self, source: usize) -> Result<()> {
+        self.cursors[source].refill(self.start, self.end)?;
+        self.queue(source)
+    }
+
+    /// Sources holding decoded points.
+    #[cfg(test)]
+    fn loaded(&self) -> usize {
+        self.cursors.iter().filter(|c| c.loaded()).count()
     }
 }
 
@@ -149,15 +173,37 @@ impl<'a> Cursor<'a> {
         self.ts.get(self.at).copied()
     }
 
-    /// The source's next timestamp in [start, end), decoding its next
-    /// block when the last is used up; `None` once it has no more.
+    /// Whether the source holds decoded points not yet taken.
+    fn loaded(&self) -> bool {
+        self.peek().is_some()
+    }
+
+    /// The source's next timestamp in [start, end): its next decoded
+    /// point's, or, before its next block is decoded, the earliest that
+    /// block may hold (its index says, and it is decoded only when the
+    /// merge reaches that time: an hour's segments in time order, as
+    /// flushes leave them, are then decoded one at a time, not all at
+    /// once); `None` once it has no more.
     fn head(&mut self, start: i64, end: i64) -> Result<Option<i64>> {
         loop {
             if let Some(t) = self.peek() {
                 return Ok(Some(t));
             }
-            if !self.refill(start, end)? {
-                return Ok(None);
+            match &mut self.rest {
+                Rest::Blocks { blocks, .. } => {
+                    while let Some((block, later)) = blocks.split_first() {
+                        if block.max_ts >= start && block.min_ts < end {
+                            return Ok(Some(block.min_ts.max(start)));
+                        }
+                        *blocks = later;
+                    }
+                    return Ok(None);
+                }
+                Rest::Memory(_) => {
+                    if !self.refill(start, end)? {
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
@@ -301,6 +347,34 @@ mod tests {
             merge_all(&segments, &[], i64::MIN, i64::MAX),
             expected(&all, i64::MIN, i64::MAX)
         );
+    }
+
+    // Protects: segments in time order (as flushes leave an hour's) are
+    // decoded as the merge reaches them, not all at its start: memory
+    // for one block a source that overlaps, not one for every segment.
+    #[test]
+    fn segments_in_time_order_are_decoded_one_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sources: Vec<Vec<(i64, f64)>> = (0..200)
+            .map(|k| (0..1_000).map(|j| (k * 1_000 + j, k as f64)).collect())
+            .collect();
+        let segments: Vec<Arc<Segment>> = sources
+            .iter()
+            .enumerate()
+            .map(|(k, points)| segment_of(dir.path(), &format!("{k}.seg"), points))
+            .collect();
+        let mut merged = Merged::new(&segments, &[], 1, i64::MIN, i64::MAX);
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        let mut count = 0;
+        while merged.next_chunk(&mut ts, &mut vals).expect("merge") {
+            count += ts.len();
+            assert!(
+                merged.loaded() <= 2,
+                "{} sources decoded at once",
+                merged.loaded()
+            );
+        }
+        assert_eq!(count, 200_000);
     }
 
     // Protects: a compaction of one series encoded chunk by chunk makes the
