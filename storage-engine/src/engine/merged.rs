@@ -2,8 +2,8 @@
 //! order a bounded chunk at a time: an hour's segments (oldest first), then
 //! the memtable's points, a later source winning a timestamp two hold.
 //! Queries, export and compaction read through it, so that none holds more
-//! of a series than a chunk and a block per source, however many points an
-//! hour of it has.
+//! of a series than a chunk, and a block of each source whose times
+//! overlap where the merge stands, however many points an hour of it has.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,8 +27,8 @@ pub(super) struct Merged<'a> {
     /// hour may hold many segments before a compaction merges them, so
     /// each step costs a logarithm of them, not a scan.
     heads: BinaryHeap<Reverse<(i64, Reverse<usize>)>>,
-    /// Whether `heads` holds every source's first point yet (finding it
-    /// may decode a block, which may fail: not done in `new`).
+    /// Whether `heads` holds every source's first head yet (taken at the
+    /// first `next_chunk`, which can report an error, as `new` cannot).
     started: bool,
     start: i64,
     end: i64,
