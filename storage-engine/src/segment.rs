@@ -109,9 +109,10 @@ pub fn encode(data: &BTreeMap<SeriesId, Vec<(i64, f64)>>) -> Result<Encoded> {
     encoder.finish()
 }
 
-/// A segment encoded one series at a time, in series order: what a merge
-/// uses, so that it holds one series' points decoded at a time beside the
-/// compressed segment, not every point of the hour.
+/// A segment encoded one series at a time, in series order, each series
+/// whole or in slices: what a merge uses, so that it holds a chunk of one
+/// series decoded at a time beside the compressed segment, not every point
+/// of the hour.
 pub struct Encoder {
     out: Vec<u8>,
     index: Vec<IndexEntry>,
@@ -153,11 +154,8 @@ impl Encoder {
     pub fn add(&mut self, series: SeriesId, points: &[(i64, f64)]) -> Result<()> {
         self.next_series(series);
         for chunk in points.chunks(BLOCK_POINTS) {
-            self.block.0.clear();
-            self.block.1.clear();
-            self.block.0.extend(chunk.iter().map(|p| p.0));
-            self.block.1.extend(chunk.iter().map(|p| p.1));
-            self.add_block(series)?;
+            let (ts, vals) = (chunk.iter().map(|p| p.0), chunk.iter().map(|p| p.1));
+            self.add_block(series, ts, vals)?;
         }
         Ok(())
     }
@@ -170,11 +168,7 @@ impl Encoder {
         assert_eq!(ts.len(), vals.len(), "a timestamp for each value");
         self.next_series(series);
         for (ts, vals) in ts.chunks(BLOCK_POINTS).zip(vals.chunks(BLOCK_POINTS)) {
-            self.block.0.clear();
-            self.block.1.clear();
-            self.block.0.extend_from_slice(ts);
-            self.block.1.extend_from_slice(vals);
-            self.add_block(series)?;
+            self.add_block(series, ts.iter().copied(), vals.iter().copied())?;
         }
         Ok(())
     }
@@ -190,8 +184,18 @@ impl Encoder {
         self.last_series = Some(series);
     }
 
-    /// Writes `block`'s points as the next block of `series`.
-    fn add_block(&mut self, series: SeriesId) -> Result<()> {
+    /// Writes `ts` and `vals` (at most `BLOCK_POINTS`) as the next block of
+    /// `series`, through `block`.
+    fn add_block(
+        &mut self,
+        series: SeriesId,
+        ts: impl Iterator<Item = i64>,
+        vals: impl Iterator<Item = f64>,
+    ) -> Result<()> {
+        self.block.0.clear();
+        self.block.1.clear();
+        self.block.0.extend(ts);
+        self.block.1.extend(vals);
         let (ts, vals) = &self.block;
         let (Some(&min_ts), Some(&max_ts)) = (ts.first(), ts.last()) else {
             return Ok(());

@@ -27,9 +27,6 @@ pub(super) struct Merged<'a> {
     /// hour may hold many segments before a compaction merges them, so
     /// each step costs a logarithm of them, not a scan.
     heads: BinaryHeap<Reverse<(i64, Reverse<usize>)>>,
-    /// Whether `heads` holds every source's first head yet (taken at the
-    /// first `next_chunk`, which can report an error, as `new` cannot).
-    started: bool,
     start: i64,
     end: i64,
 }
@@ -54,13 +51,16 @@ impl<'a> Merged<'a> {
                 blocks: segment.blocks_of(id),
             })
             .chain([Rest::Memory(&memory[from.min(to)..to])]);
-        Merged {
+        let mut merged = Merged {
             cursors: sources.map(Cursor::new).collect(),
             heads: BinaryHeap::new(),
-            started: false,
             start,
             end,
+        };
+        for source in 0..merged.cursors.len() {
+            merged.queue(source);
         }
+        merged
     }
 
     /// Replaces `ts`/`vals` with the next points, up to `CHUNK_POINTS` (fewer
@@ -68,12 +68,6 @@ impl<'a> Merged<'a> {
     pub(super) fn next_chunk(&mut self, ts: &mut Vec<i64>, vals: &mut Vec<f64>) -> Result<bool> {
         ts.clear();
         vals.clear();
-        if !self.started {
-            for source in 0..self.cursors.len() {
-                self.queue(source)?;
-            }
-            self.started = true;
-        }
         while ts.len() < CHUNK_POINTS {
             let Some(Reverse((t, Reverse(winner)))) = self.heads.pop() else {
                 break;
@@ -94,7 +88,7 @@ impl<'a> Merged<'a> {
                 self.heads.pop();
                 if self.cursors[loser].loaded() {
                     self.cursors[loser].at += 1;
-                    self.queue(loser)?;
+                    self.queue(loser);
                 } else {
                     self.load(loser)?;
                 }
@@ -112,23 +106,24 @@ impl<'a> Merged<'a> {
             ts.extend_from_slice(&cursor.ts[cursor.at..cursor.at + run]);
             vals.extend_from_slice(&cursor.vals[cursor.at..cursor.at + run]);
             cursor.at += run;
-            self.queue(winner)?;
+            self.queue(winner);
         }
         Ok(!ts.is_empty())
     }
 
     /// Puts `source` back among the heads at its next point, if it has one.
-    fn queue(&mut self, source: usize) -> Result<()> {
-        if let Some(t) = self.cursors[source].head(self.start, self.end)? {
+    fn queue(&mut self, source: usize) {
+        if let Some(t) = self.cursors[source].head(self.start, self.end) {
             self.heads.push(Reverse((t, Reverse(source))));
         }
-        Ok(())
     }
 
-    /// Decodes `source`'s next block and puts it back among the heads.
+    /// Loads `source`'s next points (decoding its next block) and puts it
+    /// back among the heads.
     fn load(&mut self, source: usize) -> Result<()> {
         self.cursors[source].refill(self.start, self.end)?;
-        self.queue(source)
+        self.queue(source);
+        Ok(())
     }
 
     /// Decoded points the sources have room for.
@@ -178,49 +173,43 @@ impl<'a> Cursor<'a> {
         self.peek().is_some()
     }
 
-    /// The source's next timestamp in [start, end): its next decoded
-    /// point's, or, before its next block is decoded, the earliest that
-    /// block may hold (its index says, and it is decoded only when the
-    /// merge reaches that time: an hour's segments in time order, as
-    /// flushes leave them, are then decoded one at a time, not all at
-    /// once); `None` once it has no more.
-    fn head(&mut self, start: i64, end: i64) -> Result<Option<i64>> {
-        loop {
-            if let Some(t) = self.peek() {
-                return Ok(Some(t));
-            }
-            match &mut self.rest {
-                Rest::Blocks { blocks, .. } => {
-                    // Used up: its block's memory goes until the next is
-                    // decoded, if ever.
-                    self.ts = Vec::new();
-                    self.vals = Vec::new();
-                    while let Some((block, later)) = blocks.split_first() {
-                        if block.max_ts >= start && block.min_ts < end {
-                            return Ok(Some(block.min_ts.max(start)));
-                        }
-                        *blocks = later;
+    /// The source's next timestamp in [start, end): its next loaded
+    /// point's, or, before its next points are loaded, the earliest they
+    /// may hold (a block's, from its index; the memtable's exactly). A
+    /// block is decoded only when the merge reaches that time, so an
+    /// hour's segments in time order, as flushes leave them, are decoded
+    /// one at a time, not all at once. `None` once it has no more.
+    fn head(&mut self, start: i64, end: i64) -> Option<i64> {
+        if let Some(t) = self.peek() {
+            return Some(t);
+        }
+        // Used up: its points' memory goes until the next are loaded, if
+        // ever.
+        self.ts = Vec::new();
+        self.vals = Vec::new();
+        match &mut self.rest {
+            Rest::Blocks { blocks, .. } => {
+                while let Some((block, later)) = blocks.split_first() {
+                    if block.max_ts >= start && block.min_ts < end {
+                        return Some(block.min_ts.max(start));
                     }
-                    return Ok(None);
+                    *blocks = later;
                 }
-                Rest::Memory(_) => {
-                    if !self.refill(start, end)? {
-                        return Ok(None);
-                    }
-                }
+                None
             }
+            Rest::Memory(points) => points.first().map(|p| p.0),
         }
     }
 
-    /// Loads the source's next points; false when none are left.
-    fn refill(&mut self, start: i64, end: i64) -> Result<bool> {
+    /// Loads the source's next points (none once it has no more).
+    fn refill(&mut self, start: i64, end: i64) -> Result<()> {
         self.ts.clear();
         self.vals.clear();
         self.at = 0;
         match &mut self.rest {
             Rest::Blocks { segment, blocks } => {
                 let Some((block, later)) = blocks.split_first() else {
-                    return Ok(false);
+                    return Ok(());
                 };
                 *blocks = later;
                 segment.read_block(block, start, end, &mut self.ts, &mut self.vals)?;
@@ -232,9 +221,6 @@ impl<'a> Cursor<'a> {
                 }
             }
             Rest::Memory(points) => {
-                if points.is_empty() {
-                    return Ok(false);
-                }
                 let (now, later) = points.split_at(points.len().min(BLOCK_POINTS));
                 *points = later;
                 self.ts.extend(now.iter().map(|p| p.0));
@@ -242,7 +228,7 @@ impl<'a> Cursor<'a> {
             }
         }
         self.last = self.ts.last().copied().or(self.last);
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -262,16 +248,20 @@ mod tests {
 
     use crate::segment;
 
-    /// A segment in `dir` holding `points` for series 1 (and a few of
-    /// series 0 and 2 around it, which the merge must not see).
-    fn segment_of(dir: &std::path::Path, name: &str, points: &[(i64, f64)]) -> Arc<Segment> {
-        let mut data = BTreeMap::new();
-        data.insert(0, vec![(5, -1.0)]);
-        data.insert(1, points.to_vec());
-        data.insert(2, vec![(7, -2.0)]);
-        let path = dir.join(name);
-        segment::write(&path, &data).expect("write segment");
-        Arc::new(Segment::open(&path).expect("open segment"))
+    /// A segment in `dir` for each source, holding its points for series 1
+    /// (and a few of series 0 and 2 around them, which the merge must not
+    /// see).
+    fn segments_of(dir: &std::path::Path, sources: &[&[(i64, f64)]]) -> Vec<Arc<Segment>> {
+        let segment_of = |(k, points): (usize, &&[(i64, f64)])| {
+            let mut data = BTreeMap::new();
+            data.insert(0, vec![(5, -1.0)]);
+            data.insert(1, points.to_vec());
+            data.insert(2, vec![(7, -2.0)]);
+            let path = dir.join(format!("{k}.seg"));
+            segment::write(&path, &data).expect("write segment");
+            Arc::new(Segment::open(&path).expect("open segment"))
+        };
+        sources.iter().enumerate().map(segment_of).collect()
     }
 
     fn merge_all(
@@ -314,10 +304,7 @@ mod tests {
         let older: Vec<(i64, f64)> = (0..9_000).map(|i| (i * 2, 1.0)).collect();
         let newer: Vec<(i64, f64)> = (0..6_000).map(|i| (i * 3, 2.0)).collect();
         let memory: Vec<(i64, f64)> = (0..2_500).map(|i| (i * 5 + 1, 3.0)).collect();
-        let segments = [
-            segment_of(dir.path(), "a.seg", &older),
-            segment_of(dir.path(), "b.seg", &newer),
-        ];
+        let segments = segments_of(dir.path(), &[&older, &newer]);
         for (start, end) in [
             (i64::MIN, i64::MAX),
             (1_001, 12_345),
@@ -341,12 +328,8 @@ mod tests {
         let sources: Vec<Vec<(i64, f64)>> = (0..40)
             .map(|k| (0..300).map(|j| (j * 37 + k * 11 % 37, k as f64)).collect())
             .collect();
-        let segments: Vec<Arc<Segment>> = sources
-            .iter()
-            .enumerate()
-            .map(|(k, points)| segment_of(dir.path(), &format!("{k}.seg"), points))
-            .collect();
         let all: Vec<&[(i64, f64)]> = sources.iter().map(Vec::as_slice).collect();
+        let segments = segments_of(dir.path(), &all);
         assert_eq!(
             merge_all(&segments, &[], i64::MIN, i64::MAX),
             expected(&all, i64::MIN, i64::MAX)
@@ -363,11 +346,8 @@ mod tests {
         let sources: Vec<Vec<(i64, f64)>> = (0..200)
             .map(|k| (0..1_000).map(|j| (k * 1_000 + j, k as f64)).collect())
             .collect();
-        let segments: Vec<Arc<Segment>> = sources
-            .iter()
-            .enumerate()
-            .map(|(k, points)| segment_of(dir.path(), &format!("{k}.seg"), points))
-            .collect();
+        let all: Vec<&[(i64, f64)]> = sources.iter().map(Vec::as_slice).collect();
+        let segments = segments_of(dir.path(), &all);
         let mut merged = Merged::new(&segments, &[], 1, i64::MIN, i64::MAX);
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut count = 0;
@@ -385,7 +365,7 @@ mod tests {
     fn chunks_encode_as_the_whole_series() {
         let dir = tempfile::tempdir().expect("tempdir");
         let points: Vec<(i64, f64)> = (0..10_500).map(|i| (i * 7, i as f64)).collect();
-        let segments = [segment_of(dir.path(), "a.seg", &points)];
+        let segments = segments_of(dir.path(), &[&points]);
         let mut whole = segment::Encoder::new().expect("encoder");
         whole.add(1, &points).expect("add");
         let mut chunked = segment::Encoder::new().expect("encoder");

@@ -280,6 +280,19 @@ mod tests {
     use crate::engine::merged::CHUNK_POINTS;
     use crate::model::PARTITION_NANOS;
 
+    /// The timestamps of each slice `each_chunk` hands over.
+    fn chunks_of(range: &SeriesRange) -> Vec<Vec<i64>> {
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        let mut seen = Vec::new();
+        range
+            .each_chunk(&mut ts, &mut vals, |ts, _| {
+                seen.push(ts.to_vec());
+                true
+            })
+            .expect("read");
+        seen
+    }
+
     // Protects: a reader is handed one hour partition at a time, in time
     // order, an hour of many points in chunks, and reading stops when it
     // says so: what bounds a query's memory to a chunk of one series.
@@ -299,19 +312,13 @@ mod tests {
             start: 0,
             end: i64::MAX,
         };
-        let (mut ts, mut vals) = (Vec::new(), Vec::new());
-        let mut seen = Vec::new();
-        range
-            .each_chunk(&mut ts, &mut vals, |ts, _| {
-                seen.push(ts.to_vec());
-                true
-            })
-            .expect("read");
+        let seen = chunks_of(&range);
         assert_eq!(seen.len(), 3);
         for (i, slice) in seen.iter().enumerate() {
             assert_eq!(slice.len(), 10);
             assert!(slice.iter().all(|&t| partition_of(t) == i as i64 * hour));
         }
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut calls = 0;
         range
             .each_chunk(&mut ts, &mut vals, |_, _| {
@@ -326,13 +333,7 @@ mod tests {
             memory: &many,
             ..range
         };
-        let mut lengths = Vec::new();
-        range
-            .each_chunk(&mut ts, &mut vals, |ts, _| {
-                lengths.push(ts.len());
-                true
-            })
-            .expect("read");
+        let lengths: Vec<usize> = chunks_of(&range).iter().map(Vec::len).collect();
         assert_eq!(
             lengths,
             [CHUNK_POINTS, CHUNK_POINTS, 10_000 - 2 * CHUNK_POINTS]
