@@ -330,4 +330,34 @@ mod tests {
         let bare: Vec<&String> = seen.iter().filter(|(_, h)| !h).map(|(n, _)| n).collect();
         assert!(bare.is_empty(), "arguments without help: {bare:?}");
     }
+
+    // Protects: every duration option is parsed as the command line is,
+    // so a bad one is refused before anything opens, with the same words.
+    #[test]
+    fn every_duration_is_refused_when_parsed() {
+        for args in [
+            &["engine", "compact", "--data-dir", "d", "--retention", "3x"][..],
+            &["engine", "serve", "--data-dir", "d", "--retention", "3x"],
+            &[
+                "engine",
+                "serve",
+                "--data-dir",
+                "d",
+                "--compact-every",
+                "3x",
+            ],
+            &["engine", "serve", "--data-dir", "d", "--max-future", "3x"],
+            &["engine", "write", "--data-dir", "d", "--max-future", "3x"],
+        ] {
+            let refused =
+                Cli::try_parse_from(std::iter::once("chronicle").chain(args.iter().copied()))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+            assert!(
+                refused.contains(r#"duration "3x" is not like 10s"#) && !refused.contains("query"),
+                "{args:?}: {refused}"
+            );
+        }
+    }
 }

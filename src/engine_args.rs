@@ -64,9 +64,14 @@ impl LimitArgs {
     }
 }
 
-/// A duration argument (10s, 5m, 1h, 7d), in nanoseconds.
-fn duration(value: &str) -> Result<i64, String> {
-    parse_duration(value).map_err(|e| e.to_string())
+/// A duration argument (10s, 5m, 1h, 7d), in nanoseconds: every duration
+/// option's `value_parser`, so a bad one is refused with the others.
+pub fn duration(value: &str) -> Result<i64, String> {
+    parse_duration(value).map_err(|e| match e {
+        // Not a query: the detail alone.
+        chronicle_engine::EngineError::BadQuery(detail) => detail,
+        other => other.to_string(),
+    })
 }
 
 /// Memory maps left for the program itself (libraries, thread stacks,

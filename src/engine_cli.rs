@@ -5,12 +5,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use chronicle_engine::timefmt::{format_time, parse_duration};
+use chronicle_engine::timefmt::format_time;
 use chronicle_engine::{Engine, Options, SyncPolicy};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::engine_args::{LimitArgs, QueryArgs, SyncArg};
+use crate::engine_args::{self, LimitArgs, QueryArgs, SyncArg};
 use crate::query_output::{self, Format};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,9 +77,10 @@ pub enum EngineCommand {
         /// The database's directory
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
-        /// Also drop hours older than DUR (e.g. 30d)
-        #[arg(long, value_name = "DUR")]
-        retention: Option<String>,
+        /// Also drop hours older than DUR (e.g. 30d), and forget the series
+        /// left without points
+        #[arg(long, value_name = "DUR", value_parser = engine_args::duration)]
+        retention: Option<i64>,
     },
     /// Write a consistent copy to DEST that opens as a database
     Snapshot {
@@ -224,9 +225,12 @@ pub fn run(command: EngineCommand) -> Result<()> {
             retention,
         } => {
             let engine = open_existing(&data_dir)?;
-            if let Some(r) = retention {
-                let dropped = engine.apply_retention(parse_duration(&r)?)?;
-                println!("retention {r}: dropped {dropped} hour partition(s)");
+            if let Some(keep) = retention {
+                let dropped = engine.apply_retention(keep)?;
+                println!(
+                    "retention: dropped {} hour partition(s); forgot {} series left without points",
+                    dropped.partitions, dropped.series
+                );
             }
             let stats = engine.compact()?;
             engine.close()?;

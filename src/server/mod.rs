@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use chronicle_engine::timefmt::parse_duration;
-use chronicle_engine::{Engine, Options};
+use chronicle_engine::{Engine, Options, Retention};
 use clap::Args;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -82,11 +81,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_body_size: usize,
     /// How often each hour's segments are merged (and --retention applied)
-    #[arg(long, value_name = "DUR", default_value = "10m")]
-    compact_every: String,
-    /// Drop hours older than DUR (e.g. 30d); kept forever when absent
-    #[arg(long, value_name = "DUR")]
-    retention: Option<String>,
+    #[arg(long, value_name = "DUR", default_value = "10m",
+          value_parser = crate::engine_args::duration)]
+    compact_every: i64,
+    /// Drop hours older than DUR (e.g. 30d), and forget the series left
+    /// without points; kept forever when absent
+    #[arg(long, value_name = "DUR", value_parser = crate::engine_args::duration)]
+    retention: Option<i64>,
     #[command(flatten)]
     limits: LimitArgs,
     /// Client connections served at once; more wait to be accepted until
@@ -183,8 +184,7 @@ pub struct App {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let compact_every = nanos_to_duration(parse_duration(&args.compact_every)?);
-    let retention = args.retention.as_deref().map(parse_duration).transpose()?;
+    let (compact_every, retention) = (nanos_to_duration(args.compact_every), args.retention);
     let connection_limit = connections::limit(
         args.max_connections,
         crate::hygiene::raise_open_file_limit(),
@@ -331,14 +331,17 @@ async fn maintain(app: Arc<App>, every: Duration, retention: Option<i64>) {
         let done = tokio::task::spawn_blocking(move || {
             let dropped = match retention {
                 Some(keep) => engine.apply_retention(keep)?,
-                None => 0,
+                None => Retention::default(),
             };
             engine.compact().map(|c| (dropped, c))
         })
         .await;
         match done {
             Ok(Ok((dropped, compacted))) => log::info!(
-                "maintenance: {dropped} partition(s) past retention dropped, {} merged from {} segment(s)",
+                "maintenance: {} partition(s) past retention dropped and {} series left without \
+                 points forgotten, {} merged from {} segment(s)",
+                dropped.partitions,
+                dropped.series,
                 compacted.partitions,
                 compacted.segments_merged
             ),

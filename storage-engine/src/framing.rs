@@ -166,6 +166,44 @@ impl RecordFile {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file with a new one holding `framed` (written to `tmp`,
+    /// synced, renamed over it; appends go to the new one from here on).
+    /// `Err`: the old file is still in place; `Ok(Err)`: the new one is, but
+    /// the directory's sync failed, so a crash may bring the old one back.
+    pub fn replace(
+        &mut self,
+        tmp: &Path,
+        magic: &[u8; 8],
+        version: u32,
+        framed: &[u8],
+    ) -> Result<Result<()>> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(tmp)
+            .context(|| format!("creating {}", tmp.display()))?;
+        let written = file
+            .write_all(&header(magic, version))
+            .and_then(|()| file.write_all(framed))
+            .and_then(|()| file.sync_all())
+            .context(|| format!("writing {}", tmp.display()));
+        if let Err(e) = written.and_then(|()| {
+            std::fs::rename(tmp, &self.path)
+                .context(|| format!("renaming {} into place", tmp.display()))
+        }) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(e);
+        }
+        self.file = file;
+        self.len = (HEADER_LEN + framed.len()) as u64;
+        Ok(self.path.parent().map_or(Ok(()), sync_dir))
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
@@ -239,6 +277,28 @@ mod tests {
         frame(b"four", &mut buf);
         reopened.append(&buf).expect("append");
         assert_eq!(recover(&path, &MAGIC, 1).expect("recover").records.len(), 4);
+    }
+
+    // Protects: a replaced file holds only the new records, and appends
+    // after the replacement land in it, not in the file it replaced.
+    #[test]
+    fn a_replaced_file_takes_the_appends_that_follow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, tmp) = (dir.path().join("log"), dir.path().join("log.tmp"));
+        write(&path, &[b"one", b"two", b"three"]);
+        let r = recover(&path, &MAGIC, 1).expect("recover");
+        let mut file = RecordFile::reopen(&path, r.valid_len, &MAGIC, 1).expect("reopen");
+        let mut kept = Vec::new();
+        frame(b"two", &mut kept);
+        file.replace(&tmp, &MAGIC, 1, &kept)
+            .expect("replaced")
+            .expect("synced");
+        let mut more = Vec::new();
+        frame(b"four", &mut more);
+        file.append(&more).expect("append");
+        let records = recover(&path, &MAGIC, 1).expect("recover").records;
+        assert_eq!(records, vec![b"two".to_vec(), b"four".to_vec()]);
+        assert!(!tmp.exists());
     }
 
     // Protects: a damaged record with valid records after it is an error.

@@ -30,7 +30,7 @@ pub mod workload;
 
 pub use counters::Activity;
 pub use engine::{
-    CompactStats, Engine, Options, Stats, DEFAULT_MAX_PARTITIONS, DEFAULT_MAX_SERIES,
+    CompactStats, Engine, Options, Retention, Stats, DEFAULT_MAX_PARTITIONS, DEFAULT_MAX_SERIES,
     MAPS_PER_PARTITION,
 };
 pub use error::{EngineError, Result};

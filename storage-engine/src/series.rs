@@ -1,10 +1,17 @@
-//! The series index: every series ever written, with a dense id, kept in
+//! The series index: every series the database holds, with its id, kept in
 //! memory. A new series is first made durable inside the WAL batch that
 //! introduces it (so a batch and its series can never be separated by a
 //! crash), and is appended to `series.log` (a framed record file) before any
 //! segment refers to it.
+//!
+//! A series that retention left without points is forgotten (`forget`):
+//! `series.log` is rewritten without it, so that a churn of series (a
+//! container's id in a tag) does not fill `max_series` for good. Its id is
+//! not given again while the database stays open (a query that found the
+//! id before it was forgotten may still look it up); ids free in the log
+//! when the database is opened are given first (`FreeIds`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,20 +20,26 @@ use crate::framing::{self, RecordFile};
 use crate::model::{SeriesId, SeriesKey};
 
 pub const SERIES_LOG: &str = "series.log";
+/// The next `series.log` while it is written; renamed over it.
+pub const SERIES_LOG_TMP: &str = "series.log.tmp";
 const MAGIC: [u8; 8] = *b"CHRSERS1";
-const VERSION: u32 = 1;
+/// Version 2: ids are unique, in any order (version 1 had them dense).
+const VERSION: u32 = 2;
 
 pub struct SeriesIndex {
-    /// Each key once, shared by `keys` and `ids` (and by the queries and
-    /// exports that read them without the engine's lock).
-    keys: Vec<Arc<SeriesKey>>,
+    /// Each key once (a log or WAL that gives one two ids is refused),
+    /// shared by `keys` and `ids` (and by the queries and exports that read
+    /// them without the engine's lock).
+    keys: HashMap<SeriesId, Arc<SeriesKey>>,
     ids: HashMap<Arc<SeriesKey>, SeriesId>,
+    /// A metric's series, in the order they were given their ids.
     by_metric: HashMap<String, Vec<SeriesId>>,
     log: RecordFile,
-    /// Series (by id, 0..logged) already in `series.log`.
-    logged: usize,
-    /// Series (by id, 0..in_wal) already written into a WAL batch or log.
-    in_wal: usize,
+    /// Series in a WAL batch but not yet in `series.log`, in order.
+    unlogged: Vec<(SeriesId, Arc<SeriesKey>)>,
+    /// Series resolved since the last batch was written, in order.
+    unwritten: Vec<(SeriesId, Arc<SeriesKey>)>,
+    free: FreeIds,
     /// Bytes of every series' name and tags (`SeriesKey::byte_len`).
     key_bytes: usize,
 }
@@ -88,46 +101,55 @@ pub fn decode(payload: &[u8]) -> Option<(SeriesId, SeriesKey)> {
 impl SeriesIndex {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(SERIES_LOG);
-        let (keys, log) = if path.exists() {
+        let (records, log) = if path.exists() {
             let recovered = framing::recover(&path, &MAGIC, VERSION)?;
-            let mut keys = Vec::with_capacity(recovered.records.len());
-            for record in &recovered.records {
-                let (id, key) = decode(record)
-                    .ok_or_else(|| EngineError::corrupt(&path, "undecodable series record"))?;
-                if id as usize != keys.len() {
-                    return Err(EngineError::corrupt(
-                        &path,
-                        format!("series id {id} out of order"),
-                    ));
-                }
-                keys.push(key);
-            }
-            (
-                keys,
-                RecordFile::reopen(&path, recovered.valid_len, &MAGIC, VERSION)?,
-            )
+            let log = RecordFile::reopen(&path, recovered.valid_len, &MAGIC, VERSION)?;
+            (recovered.records, log)
         } else {
             (Vec::new(), RecordFile::create(&path, &MAGIC, VERSION)?)
         };
         let mut index = SeriesIndex {
-            keys: Vec::new(),
-            ids: HashMap::new(),
+            keys: HashMap::with_capacity(records.len()),
+            ids: HashMap::with_capacity(records.len()),
             by_metric: HashMap::new(),
             log,
-            logged: 0,
-            in_wal: 0,
+            unlogged: Vec::new(),
+            unwritten: Vec::new(),
+            free: FreeIds::default(),
             key_bytes: 0,
         };
-        for key in keys {
-            index.insert(key);
+        for record in &records {
+            let (id, key) = decode(record)
+                .ok_or_else(|| EngineError::corrupt(&path, "undecodable series record"))?;
+            // A record appended again (after a sync that failed) is the
+            // same series: only a disagreement is corrupt.
+            if let Some(clash) = index.clash(id, &key) {
+                return Err(EngineError::corrupt(&path, clash));
+            }
+            if !index.keys.contains_key(&id) {
+                index.insert(id, key);
+            }
         }
-        index.logged = index.keys.len();
-        index.in_wal = index.keys.len();
+        // A rewritten log's rename reaches the disk before any new series
+        // takes an id it freed (as the WAL may name it).
+        framing::sync_dir(dir)?;
         Ok(index)
     }
 
-    fn insert(&mut self, key: SeriesKey) -> SeriesId {
-        let id = self.keys.len() as SeriesId;
+    /// Why the series `id` = `key` cannot join the index: the id names
+    /// another series, or the series has another id.
+    fn clash(&self, id: SeriesId, key: &SeriesKey) -> Option<String> {
+        match (self.keys.get(&id), self.ids.get(key)) {
+            (Some(known), _) if **known != *key => Some(format!("series id {id} names two series")),
+            (_, Some(&other)) if other != id => {
+                Some(format!("a series has two ids ({other} and {id})"))
+            }
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, id: SeriesId, key: SeriesKey) -> Arc<SeriesKey> {
+        self.free.claim(id);
         self.key_bytes += key.byte_len();
         self.by_metric
             .entry(key.metric.clone())
@@ -135,59 +157,88 @@ impl SeriesIndex {
             .push(id);
         let key = Arc::new(key);
         self.ids.insert(Arc::clone(&key), id);
-        self.keys.push(key);
-        id
+        self.keys.insert(id, Arc::clone(&key));
+        key
     }
 
-    /// The id of `key`, assigning a new one if it is new.
-    pub fn resolve(&mut self, key: &SeriesKey) -> SeriesId {
-        match self.ids.get(key) {
-            Some(&id) => id,
-            None => self.insert(key.clone()),
+    /// Removes `id`'s series from memory, returning its key.
+    fn remove(&mut self, id: SeriesId) -> Option<Arc<SeriesKey>> {
+        let key = self.keys.remove(&id)?;
+        if let Some((shared, other)) = self.ids.remove_entry(&key) {
+            if other != id {
+                // Never in an index that refuses a series two ids.
+                self.ids.insert(shared, other);
+            }
         }
+        self.key_bytes -= key.byte_len();
+        Some(key)
+    }
+
+    /// The id of `key`, assigning a new one if it is new. Fails only when
+    /// every id has been given since the database was opened (ids of
+    /// series forgotten meanwhile included): over four billion series.
+    pub fn resolve(&mut self, key: &SeriesKey) -> Result<SeriesId> {
+        if let Some(&id) = self.ids.get(key) {
+            return Ok(id);
+        }
+        let id = self.free.take().ok_or_else(|| {
+            EngineError::Limit(
+                "every series id has been given since the database was opened: open it \
+                 again to reuse the ids of series retention forgot"
+                    .into(),
+            )
+        })?;
+        let key = self.insert(id, key.clone());
+        self.unwritten.push((id, key));
+        Ok(id)
     }
 
     /// Encoded definitions of the series not yet written to the WAL, for the
     /// batch about to be appended; they count as written from now on.
     pub fn take_unwritten(&mut self) -> Vec<Vec<u8>> {
-        let out = (self.in_wal..self.keys.len())
-            .map(|i| encode(i as SeriesId, &self.keys[i]))
+        let out = self
+            .unwritten
+            .iter()
+            .map(|(id, key)| encode(*id, key))
             .collect();
-        self.in_wal = self.keys.len();
+        self.unlogged.append(&mut self.unwritten);
         out
     }
 
     /// Takes back the last `n` definitions `take_unwritten` handed out,
     /// when the batch that carried them could not be appended.
     pub fn untake(&mut self, n: usize) {
-        self.in_wal = self.in_wal.saturating_sub(n).max(self.logged);
+        let back = self
+            .unlogged
+            .split_off(self.unlogged.len().saturating_sub(n));
+        self.unwritten.splice(0..0, back);
     }
 
     /// Forgets the series resolved since the last batch was written: a
-    /// request that failed part-way must leave no series behind. Returns
-    /// how many were forgotten.
+    /// request that failed part-way must leave no series behind. Their ids
+    /// are given again (nothing outside the engine's lock saw them).
+    /// Returns how many were forgotten.
     pub fn forget_unwritten(&mut self) -> usize {
-        let forgotten = self.keys.len() - self.in_wal;
-        let mut metrics = HashSet::new();
-        for key in self.keys.drain(self.in_wal..) {
-            self.ids.remove(&key);
-            self.key_bytes -= key.byte_len();
-            metrics.insert(key.metric.clone());
+        let forgotten = std::mem::take(&mut self.unwritten);
+        let mut per_metric: HashMap<String, usize> = HashMap::new();
+        for (id, key) in &forgotten {
+            self.remove(*id);
+            *per_metric.entry(key.metric.clone()).or_default() += 1;
+            self.free.give_back(*id);
         }
         // Once per metric, not once per series: a request that adds many
         // series to a large metric and then fails would otherwise take
-        // time in their product, holding the engine's lock.
-        for metric in metrics {
+        // time in their product, holding the engine's lock. A metric's ids
+        // are pushed in the order they are given, so these are its last.
+        for (metric, count) in per_metric {
             if let Some(ids) = self.by_metric.get_mut(&metric) {
-                // Ids are pushed in the order they are assigned.
-                let kept = ids.partition_point(|&id| (id as usize) < self.in_wal);
-                ids.truncate(kept);
+                ids.truncate(ids.len().saturating_sub(count));
                 if ids.is_empty() {
                     self.by_metric.remove(&metric);
                 }
             }
         }
-        forgotten
+        forgotten.len()
     }
 
     /// A series definition found while replaying the WAL: new ones are
@@ -195,38 +246,82 @@ impl SeriesIndex {
     pub fn define(&mut self, record: &[u8], source: &Path) -> Result<()> {
         let (id, key) = decode(record)
             .ok_or_else(|| EngineError::corrupt(source, "undecodable series definition"))?;
-        match (id as usize).cmp(&self.keys.len()) {
-            std::cmp::Ordering::Equal => {
-                self.insert(key);
-                self.in_wal = self.keys.len();
-                Ok(())
-            }
-            std::cmp::Ordering::Less if *self.keys[id as usize] == key => Ok(()),
-            _ => Err(EngineError::corrupt(
-                source,
-                format!("series id {id} does not follow the series log"),
-            )),
+        if let Some(clash) = self.clash(id, &key) {
+            return Err(EngineError::corrupt(source, clash));
         }
+        if !self.keys.contains_key(&id) {
+            let key = self.insert(id, key);
+            self.unlogged.push((id, key));
+        }
+        Ok(())
     }
 
     /// Appends every series not yet in `series.log` and fsyncs it. Called
     /// before a manifest names segments that use them.
     pub fn persist(&mut self) -> Result<()> {
-        if self.logged == self.keys.len() {
+        if self.unlogged.is_empty() {
             return Ok(());
         }
         let mut framed = Vec::new();
-        for i in self.logged..self.keys.len() {
-            framing::frame(&encode(i as SeriesId, &self.keys[i]), &mut framed);
+        for (id, key) in &self.unlogged {
+            framing::frame(&encode(*id, key), &mut framed);
         }
         self.log.append(&framed)?;
         self.log.sync()?;
-        self.logged = self.keys.len();
+        self.unlogged.clear();
         Ok(())
     }
 
+    /// Forgets the series `dead` (no segment and no point in memory holds
+    /// them): rewrites `series.log` without them, then drops them from
+    /// the index. Their ids are not given again while the database stays
+    /// open. `Err`: the log was not replaced, and nothing is forgotten.
+    pub fn forget(&mut self, dead: &[SeriesId]) -> Result<Forgotten> {
+        // Called between writes, where nothing is unwritten, unless a
+        // write panicked part-way: its series (without points, so maybe
+        // among `dead`) must not be written after being forgotten.
+        self.forget_unwritten();
+        let dead: HashSet<SeriesId> = dead.iter().copied().collect();
+        let mut kept: Vec<SeriesId> = self.ids().filter(|id| !dead.contains(id)).collect();
+        kept.sort_unstable();
+        let mut framed = Vec::with_capacity(kept.len() * 48);
+        for id in &kept {
+            framing::frame(&encode(*id, &self.keys[id]), &mut framed);
+        }
+        let tmp = self.log.path().with_file_name(SERIES_LOG_TMP);
+        let synced = self.log.replace(&tmp, &MAGIC, VERSION, &framed)?;
+        // Every series kept is in the new log: none waits to be appended.
+        self.unlogged.clear();
+        let keys: Vec<Arc<SeriesKey>> = dead.iter().filter_map(|&id| self.remove(id)).collect();
+        let metrics: HashSet<&str> = keys.iter().map(|k| k.metric.as_str()).collect();
+        for metric in metrics {
+            if let Some(ids) = self.by_metric.get_mut(metric) {
+                ids.retain(|id| !dead.contains(id));
+                if ids.is_empty() {
+                    self.by_metric.remove(metric);
+                }
+            }
+        }
+        Ok(Forgotten { keys, synced })
+    }
+
     pub fn key(&self, id: SeriesId) -> Option<&Arc<SeriesKey>> {
-        self.keys.get(id as usize)
+        self.keys.get(&id)
+    }
+
+    pub fn contains(&self, id: SeriesId) -> bool {
+        self.keys.contains_key(&id)
+    }
+
+    /// Every series' id, in no order.
+    pub fn ids(&self) -> impl Iterator<Item = SeriesId> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// Every series' key by id (shared, not copied: a million keys cost a
+    /// million pointers), for a reader that works without the lock.
+    pub fn keys(&self) -> HashMap<SeriesId, Arc<SeriesKey>> {
+        self.keys.clone()
     }
 
     pub fn of_metric(&self, metric: &str) -> &[SeriesId] {
@@ -244,10 +339,240 @@ impl SeriesIndex {
 
     /// Series resolved since the last batch was written.
     pub fn unwritten(&self) -> usize {
-        self.keys.len() - self.in_wal
+        self.unwritten.len()
     }
 
     pub fn metrics(&self) -> impl Iterator<Item = &String> {
         self.by_metric.keys()
+    }
+}
+
+/// What `SeriesIndex::forget` did.
+pub struct Forgotten {
+    /// The keys forgotten: the caller drops them once the engine's lock is
+    /// released (freeing a million keys takes a second).
+    pub keys: Vec<Arc<SeriesKey>>,
+    /// `Err`: the new log is in place, but the directory's sync failed, so
+    /// a crash may bring the old one back.
+    pub synced: Result<()>,
+}
+
+/// The ids a new series may take: first those that were free when the
+/// database was opened (gaps the log left, lowest first; ids forgotten
+/// while it is open are not among them), then every id above the highest
+/// given.
+#[derive(Default)]
+struct FreeIds {
+    /// Free ranges below `next`, start → end (exclusive).
+    gaps: BTreeMap<u64, u64>,
+    /// Every id from here up is free.
+    next: u64,
+}
+
+impl FreeIds {
+    fn take(&mut self) -> Option<SeriesId> {
+        if let Some((start, end)) = self.gaps.pop_first() {
+            if start + 1 < end {
+                self.gaps.insert(start + 1, end);
+            }
+            return Some(start as SeriesId);
+        }
+        let id = SeriesId::try_from(self.next).ok()?;
+        self.next += 1;
+        Some(id)
+    }
+
+    /// Marks `id` as given (a series of the log or the WAL).
+    fn claim(&mut self, id: SeriesId) {
+        let id = u64::from(id);
+        if id >= self.next {
+            if id > self.next {
+                self.gaps.insert(self.next, id);
+            }
+            self.next = id + 1;
+            return;
+        }
+        let Some((&start, &end)) = self.gaps.range(..=id).next_back() else {
+            return;
+        };
+        if id < end {
+            self.gaps.remove(&start);
+            if start < id {
+                self.gaps.insert(start, id);
+            }
+            if id + 1 < end {
+                self.gaps.insert(id + 1, end);
+            }
+        }
+    }
+
+    /// An id `take` gave that nothing ever saw: free again.
+    fn give_back(&mut self, id: SeriesId) {
+        let id = u64::from(id);
+        self.gaps.insert(id, id + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> SeriesKey {
+        SeriesKey::new("cpu", vec![("host".into(), name.into())])
+    }
+
+    /// `names` resolved and written into a batch, then into the log.
+    fn logged(index: &mut SeriesIndex, names: &[&str]) -> Vec<SeriesId> {
+        let ids = names
+            .iter()
+            .map(|n| index.resolve(&key(n)).expect("resolve"))
+            .collect();
+        index.take_unwritten();
+        index.persist().expect("persist");
+        ids
+    }
+
+    /// An index of `names`, the series `dead` among them forgotten, then
+    /// opened again.
+    fn reopened_after_forgetting(dir: &Path, names: &[&str], dead: &[SeriesId]) -> SeriesIndex {
+        let mut index = SeriesIndex::open(dir).expect("open");
+        logged(&mut index, names);
+        let forgotten = index.forget(dead).expect("rewritten");
+        forgotten.synced.expect("synced");
+        drop(index);
+        SeriesIndex::open(dir).expect("reopen")
+    }
+
+    fn log_ids(dir: &Path) -> Vec<SeriesId> {
+        let recovered = framing::recover(&dir.join(SERIES_LOG), &MAGIC, VERSION).expect("log");
+        let records = recovered.records.iter();
+        records.map(|r| decode(r).expect("record").0).collect()
+    }
+
+    // Protects: forgotten series leave memory and the log; their ids are
+    // not given again while the index is open (a query may still hold
+    // one), and are given first once it is opened again.
+    #[test]
+    fn forgotten_ids_come_back_only_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = SeriesIndex::open(dir.path()).expect("open");
+        assert_eq!(logged(&mut index, &["a", "b", "c", "d"]), [0, 1, 2, 3]);
+        index
+            .forget(&[0, 2])
+            .expect("rewritten")
+            .synced
+            .expect("synced");
+        assert_eq!((index.len(), index.of_metric("cpu")), (2, &[1, 3][..]));
+        assert!(index.key(0).is_none() && index.key(2).is_none());
+        assert_eq!(log_ids(dir.path()), [1, 3]);
+        assert!(!dir.path().join(SERIES_LOG_TMP).exists());
+        assert_eq!(logged(&mut index, &["e", "a"]), [4, 5]);
+        assert_eq!(log_ids(dir.path()), [1, 3, 4, 5]);
+        drop(index);
+
+        let mut index = SeriesIndex::open(dir.path()).expect("reopen");
+        assert_eq!(index.len(), 4);
+        assert_eq!(index.resolve(&key("b")).expect("known"), 1);
+        assert_eq!(logged(&mut index, &["f", "g", "h"]), [0, 2, 6]);
+    }
+
+    // Protects: a request that fails part-way gives back the ids it took,
+    // from the gaps as from the top, and leaves its metric as it was.
+    #[test]
+    fn a_failed_request_gives_its_ids_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = reopened_after_forgetting(dir.path(), &["a", "b", "c"], &[1]);
+        for name in ["x", "y"] {
+            index.resolve(&key(name)).expect("resolve");
+        }
+        assert_eq!(index.of_metric("cpu"), &[0, 2, 1, 3]);
+        assert_eq!(index.forget_unwritten(), 2);
+        assert_eq!(index.of_metric("cpu"), &[0, 2]);
+        assert_eq!(index.resolve(&key("x")).expect("resolve"), 1);
+    }
+
+    // Protects: replaying the WAL accepts a series in a gap of the log (an
+    // id given again after reopening) and refuses an id that names another
+    // series than the log does, or one the log gives twice.
+    #[test]
+    fn definitions_must_agree_with_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = reopened_after_forgetting(dir.path(), &["a", "b", "c"], &[1]);
+        let wal = Path::new("wal-000001.log");
+        index.define(&encode(1, &key("new")), wal).expect("a gap");
+        index.define(&encode(9, &key("far")), wal).expect("above");
+        index.define(&encode(0, &key("a")), wal).expect("agrees");
+        let clash = index.define(&encode(2, &key("other")), wal);
+        assert!(clash.is_err_and(|e| e.to_string().contains("series id 2")));
+        let clash = index.define(&encode(7, &key("a")), wal);
+        assert!(clash.is_err_and(|e| e.to_string().contains("two ids (0 and 7)")));
+        assert_eq!(logged(&mut index, &["z"]), [3]);
+        drop(index);
+
+        let with_records = |records: &[(SeriesId, &str)]| {
+            let mut bytes = framing::header(&MAGIC, VERSION).to_vec();
+            for (id, name) in records {
+                framing::frame(&encode(*id, &key(name)), &mut bytes);
+            }
+            std::fs::write(dir.path().join(SERIES_LOG), bytes).expect("write");
+            SeriesIndex::open(dir.path()).map(|index| index.len())
+        };
+        // A record appended again after a failed sync is the same series.
+        assert_eq!(
+            with_records(&[(0, "a"), (1, "b"), (0, "a")]).expect("open"),
+            2
+        );
+        let two_series = with_records(&[(0, "a"), (1, "b"), (0, "c")]);
+        assert!(two_series.is_err_and(|e| e.to_string().contains("series id 0 names two")));
+        let two_ids = with_records(&[(0, "a"), (1, "b"), (2, "a")]);
+        assert!(two_ids.is_err_and(|e| e.to_string().contains("two ids (0 and 2)")));
+    }
+
+    // Protects: a rewrite of the log that fails forgets nothing (the log
+    // still names the series, so memory must too: a series written again
+    // keeps its id, and never gets a second one in the log).
+    #[test]
+    fn a_failed_rewrite_forgets_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = SeriesIndex::open(dir.path()).expect("open");
+        logged(&mut index, &["a", "b"]);
+        // In a WAL batch, not yet in the log: it must reach the log still.
+        index.resolve(&key("in-wal")).expect("resolve");
+        index.take_unwritten();
+        std::fs::create_dir(dir.path().join(SERIES_LOG_TMP)).expect("in the way");
+        assert!(index.forget(&[0]).is_err());
+        assert_eq!((index.len(), index.of_metric("cpu")), (3, &[0, 1, 2][..]));
+        assert_eq!(logged(&mut index, &["a", "c"]), [0, 3]);
+        assert_eq!(log_ids(dir.path()), [0, 1, 2, 3]);
+        std::fs::remove_dir(dir.path().join(SERIES_LOG_TMP)).expect("out of the way");
+        index
+            .forget(&[0])
+            .expect("rewritten")
+            .synced
+            .expect("synced");
+        drop(index);
+        let index = SeriesIndex::open(dir.path()).expect("reopen");
+        assert_eq!(log_ids(dir.path()), [1, 2, 3]);
+        assert_eq!(index.len(), 3);
+    }
+
+    // Protects: ids run out only when every one is given, and the gaps a
+    // log far from dense leaves are given first, lowest first.
+    #[test]
+    fn free_ids_fill_gaps_then_the_top() {
+        let mut free = FreeIds::default();
+        for id in [5, 2, SeriesId::MAX - 1] {
+            free.claim(id);
+        }
+        let taken: Vec<_> = (0..5).map(|_| free.take().expect("id")).collect();
+        assert_eq!(taken, [0, 1, 3, 4, 6]);
+        free.give_back(3);
+        assert_eq!(free.take(), Some(3));
+        let mut full = FreeIds {
+            next: u64::from(SeriesId::MAX),
+            ..FreeIds::default()
+        };
+        assert_eq!(full.take(), Some(SeriesId::MAX));
+        assert_eq!(full.take(), None);
     }
 }

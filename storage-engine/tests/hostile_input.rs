@@ -228,6 +228,51 @@ fn a_write_past_the_series_limit_is_refused_whole() {
     assert_eq!(series_of_m(&e), 100);
 }
 
+// Protects: series that come and go do not fill the series limit for
+// good: once retention has dropped the hours that held them, the series
+// it left without points are forgotten, and new ones are taken in their
+// place (before and after reopening).
+#[test]
+fn retention_frees_the_series_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        max_series: 10,
+        ..in_memory_until_flushed()
+    };
+    // Timestamps of 1970: retention drops their hour.
+    let e = Engine::open(dir.path(), options.clone()).expect("open");
+    e.write_lines(&one_point_a_series(0..10), 1)
+        .expect("10 series");
+    e.flush().expect("flush");
+    let now = format!("m,s=new value=1 {}", now_nanos());
+    assert!(e.write_lines(now.as_bytes(), 1).is_err(), "an 11th");
+    let dropped = e.apply_retention(24 * HOUR).expect("retention");
+    assert_eq!((dropped.partitions, dropped.series), (1, 10));
+    let fresh: Vec<u8> = (0..10)
+        .flat_map(|s| format!("m,s=fresh{s} value=1 {}\n", now_nanos()).into_bytes())
+        .collect();
+    e.write_lines(&fresh, 1)
+        .expect("10 new series in their place");
+    assert_eq!(raw_series(&e, "m").len(), 10);
+    e.close().expect("close");
+    let e = Engine::open(dir.path(), options).expect("reopen");
+    assert_eq!(
+        e.stats().expect("stats").series,
+        10,
+        "the log names no more"
+    );
+    assert!(e.write_lines(now.as_bytes(), 1).is_err(), "an 11th");
+    assert_eq!(raw_series(&e, "m").len(), 10);
+}
+
+/// Now, in nanoseconds since the epoch.
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64
+}
+
 // Protects: series' names and tags are bounded in bytes as well as in
 // number (1 KiB a series on average under --max-series), and a line whose
 // long tags are counted again for each of its many fields is refused once
@@ -303,10 +348,7 @@ fn points_too_far_in_the_future_are_refused() {
         },
     )
     .expect("open");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as i64;
+    let now = now_nanos();
     let lines = format!("m value=1 {}\nm value=2 {}\n", now, now + 2 * HOUR);
     let refused = e
         .write_lines(lines.as_bytes(), 1)

@@ -191,7 +191,11 @@ fn compaction_lets_writes_go_on_and_keeps_them() {
                     .expect("clock")
                     .as_nanos() as i64
                     - hour * 3 / 2;
-                assert_eq!(e.apply_retention(keep).expect("retention"), 1, "hour 0");
+                assert_eq!(
+                    e.apply_retention(keep).expect("retention").partitions,
+                    1,
+                    "hour 0"
+                );
                 let _ = done.send(());
             });
             finished

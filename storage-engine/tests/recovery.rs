@@ -231,26 +231,40 @@ fn sigkill_loses_no_acknowledged_point() {
     assert!(acked > 0, "the writer acknowledged nothing");
 }
 
+const HOUR: i64 = 3_600_000_000_000;
+
+/// Now, in nanoseconds since the epoch.
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64
+}
+
+/// A point of `metric`, tagged `host`, at `ts`.
+fn host_point(metric: &str, host: &str, ts: i64) -> Point {
+    Point {
+        series: SeriesKey::new(metric, vec![("host".into(), host.into())]),
+        timestamp: ts,
+        value: 1.0,
+    }
+}
+
 // Protects: retention drops whole hour partitions older than the limit and
 // keeps the rest, across a reopen.
 #[test]
 fn retention_drops_old_partitions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as i64;
-    let hour = 3_600_000_000_000i64;
-    let at = |ts: i64| Point {
-        series: SeriesKey::new("temp", vec![]),
-        timestamp: ts,
-        value: 1.0,
-    };
+    let now = now_nanos();
+    let at = |ts: i64| host_point("temp", "a", ts);
     let e = Engine::open(dir.path(), no_flush()).expect("open");
-    e.write(&[at(now - 50 * hour), at(now - 49 * hour), at(now - hour / 2)])
+    e.write(&[at(now - 50 * HOUR), at(now - 49 * HOUR), at(now - HOUR / 2)])
         .expect("write");
     e.flush().expect("flush");
-    assert_eq!(e.apply_retention(24 * hour).expect("retention"), 2);
+    assert_eq!(
+        e.apply_retention(24 * HOUR).expect("retention").partitions,
+        2
+    );
     assert_eq!(count(&e, "temp"), 1);
     e.close().expect("close");
     let e = Engine::open(dir.path(), no_flush()).expect("reopen");
@@ -261,6 +275,140 @@ fn retention_drops_old_partitions() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
         .count();
     assert_eq!(segments, 1, "dropped partitions' files are deleted");
+}
+
+/// The series of `metric` a raw query finds, each with its points' count.
+fn series_counts(e: &Engine, metric: &str) -> Vec<(String, usize)> {
+    let QueryResult::Raw(series) = e.query(&Query::new(metric)).expect("query") else {
+        panic!("a raw query");
+    };
+    series
+        .iter()
+        .map(|s| {
+            let tags = s.tags.iter().map(|(k, v)| format!(",{k}={v}"));
+            (
+                format!("{}{}", s.metric, tags.collect::<String>()),
+                s.points.len(),
+            )
+        })
+        .collect()
+}
+
+// Protects: retention forgets the series it leaves without points (out of
+// memory and out of `series.log`, whose stale rewrite a crash left is
+// removed), keeps those with points in a segment or only in memory, and a
+// forgotten series written again after reopening (its id may be given to
+// another series by then) holds only its new points, after a crash too.
+#[test]
+fn retention_forgets_the_series_it_empties() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = now_nanos();
+    let at = host_point;
+    let (old, recent) = (now - 50 * HOUR, now - HOUR / 2);
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&[
+        at("temp", "old", old),
+        at("temp", "both", old),
+        at("temp", "both", recent),
+        at("temp", "new", recent),
+        at("gone", "old", old),
+    ])
+    .expect("write");
+    e.flush().expect("flush");
+    e.write(&[at("temp", "in-memory", old)]).expect("write");
+    let dropped = e.apply_retention(24 * HOUR).expect("retention");
+    assert_eq!((dropped.partitions, dropped.series), (1, 2));
+    let kept = vec![
+        ("temp,host=both".to_string(), 1),
+        ("temp,host=in-memory".to_string(), 1),
+        ("temp,host=new".to_string(), 1),
+    ];
+    assert_eq!(series_counts(&e, "temp"), kept);
+    let stats = e.stats().expect("stats");
+    assert_eq!((stats.series, stats.metrics), (3, 1));
+    e.close().expect("close");
+
+    std::fs::write(dir.path().join("series.log.tmp"), b"half a rewrite").expect("stale");
+    let e = Engine::open(dir.path(), no_flush()).expect("reopen");
+    assert!(!dir.path().join("series.log.tmp").exists());
+    assert_eq!(e.stats().expect("stats").series, 3, "the log names no more");
+    assert_eq!(series_counts(&e, "temp"), kept);
+    assert!(series_counts(&e, "gone").is_empty());
+    e.write(&[at("gone", "old", now), at("temp", "old", now)])
+        .expect("written again");
+    let crashed = copy_dir(dir.path());
+    e.close().expect("close");
+    for state in [dir.path(), crashed.path()] {
+        let e = open_retrying(state, no_flush()).expect("reopen");
+        assert_eq!(
+            series_counts(&e, "gone"),
+            [("gone,host=old".to_string(), 1)]
+        );
+        let temp = series_counts(&e, "temp");
+        assert!(temp.contains(&("temp,host=old".to_string(), 1)), "{temp:?}");
+        assert_eq!(e.stats().expect("stats").points, 5);
+        e.close().expect("close");
+    }
+}
+
+// Protects: series that reach a segment while the forgetting reads the
+// others (written and flushed, or merged by a compaction) are kept: only
+// series no segment and no point in memory holds are forgotten.
+#[test]
+fn series_flushed_while_forgetting_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&(0..3).map(|s| series_point(s, 1)).collect::<Vec<_>>())
+        .expect("first series");
+    e.flush().expect("flush");
+    let forgotten = e
+        .forget_unused_series_with(|| {
+            e.write(&(3..6).map(|s| series_point(s, 2)).collect::<Vec<_>>())
+                .expect("new series");
+            e.flush().expect("flush");
+            e.write(&[series_point(6, 3)]).expect("in memory");
+            e.compact().expect("compact");
+            e.write(&[series_point(7, 4)]).expect("in memory only");
+        })
+        .expect("forget");
+    assert_eq!(forgotten, 0);
+    assert_eq!(series_counts(&e, "cpu").len(), 8);
+    e.close().expect("close");
+    let e = Engine::open(dir.path(), no_flush()).expect("reopen");
+    assert_eq!(series_counts(&e, "cpu").len(), 8);
+}
+
+// Protects: a rewrite of the series log that fails does not fail
+// retention (its hours are dropped; the series stay, named by the log),
+// and opening with retention forgets the series a failed rewrite or a
+// crash left in the log, though it drops no hour itself.
+#[test]
+fn series_left_in_the_log_are_forgotten_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (now, day) = (now_nanos(), 24 * HOUR);
+    let at = |host: &str, ts: i64| host_point("temp", host, ts);
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&[at("old", now - 50 * HOUR), at("new", now)])
+        .expect("write");
+    e.flush().expect("flush");
+    let in_the_way = dir.path().join("series.log.tmp");
+    std::fs::create_dir(&in_the_way).expect("a directory in the rewrite's way");
+    let dropped = e.apply_retention(day).expect("retention");
+    assert_eq!((dropped.partitions, dropped.series), (1, 0));
+    assert_eq!(e.stats().expect("stats").series, 2);
+    e.close().expect("close");
+    std::fs::remove_dir(&in_the_way).expect("out of the way");
+
+    let with_retention = Options {
+        retention: Some(day),
+        ..no_flush()
+    };
+    let e = Engine::open(dir.path(), with_retention).expect("reopen");
+    assert_eq!(e.stats().expect("stats").series, 1);
+    assert_eq!(
+        series_counts(&e, "temp"),
+        [("temp,host=new".to_string(), 1)]
+    );
 }
 
 // Protects: a crash during a flush or compaction (a segment written but not
@@ -490,25 +638,31 @@ fn series_log_cut_during_a_flush_recovers_from_the_wal() {
 }
 
 // Protects: a segment of format version 1 (before decimal values and
-// zstd) is refused with a message that names the file, the version and
-// what to do, instead of being misread.
+// zstd), or a series log of version 1 (ids dense, before series were
+// forgotten), is refused with a message that names the file, the version
+// and what to do, instead of being misread.
 #[test]
-fn a_version_1_segment_is_refused_clearly() {
+fn a_version_1_segment_or_series_log_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seg = one_segment(dir.path(), 100);
-    let mut bytes = std::fs::read(&seg).expect("read");
-    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-    std::fs::write(&seg, &bytes).expect("write");
-    let err = Engine::open(dir.path(), no_flush())
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(
-        err.contains(&seg.display().to_string())
-            && err.contains("format version 1")
-            && err.contains("export"),
-        "{err}"
-    );
+    for file in [seg, dir.path().join("series.log")] {
+        let mut bytes = std::fs::read(&file).expect("read");
+        let version = bytes[8..12].to_vec();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&file, &bytes).expect("write");
+        let err = Engine::open(dir.path(), no_flush())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains(&file.display().to_string())
+                && err.contains("format version 1")
+                && err.contains("export"),
+            "{err}"
+        );
+        bytes[8..12].copy_from_slice(&version);
+        std::fs::write(&file, &bytes).expect("write back");
+    }
 }
 
 // Protects: a flush that fails (here: its segment's name is taken) keeps

@@ -9,7 +9,7 @@ use super::read::SeriesPoints;
 use super::{lock, Engine};
 use crate::error::{IoContext, Result};
 use crate::jsonl;
-use crate::model::{partition_of, SeriesId, SeriesKey, PARTITION_NANOS};
+use crate::model::{partition_of, SeriesId, PARTITION_NANOS};
 use crate::segment::Segment;
 
 /// Points imported per write.
@@ -22,10 +22,7 @@ impl Engine {
     pub fn export_json(&self, out: &mut dyn Write) -> Result<u64> {
         let (keys, mut segments, mut memory) = {
             let st = lock(&self.state);
-            // Shared, not copied: a million keys cost a million pointers.
-            let keys: Vec<Arc<SeriesKey>> = (0..st.series.len() as SeriesId)
-                .filter_map(|id| st.series.key(id).cloned())
-                .collect();
+            let keys = st.series.keys();
             let mut memory: BTreeMap<i64, BTreeMap<SeriesId, SeriesPoints>> = BTreeMap::new();
             for id in st.memtable.series_ids().collect::<Vec<_>>() {
                 for (ts, v) in st.memtable.range(id, i64::MIN, i64::MAX) {
@@ -54,7 +51,7 @@ impl Engine {
             let mut ids: BTreeSet<SeriesId> = segs.iter().flat_map(|s| s.series()).collect();
             ids.extend(in_memory.keys());
             for id in ids {
-                let Some(key) = keys.get(id as usize) else {
+                let Some(key) = keys.get(&id) else {
                     continue;
                 };
                 let mem = in_memory.get(&id).map_or(&[][..], Vec::as_slice);

@@ -4,10 +4,12 @@
 //! - `recovery`: opening a directory, back to its last durable state;
 //! - `write`: the write path and group commit;
 //! - `upkeep`: flush, compaction, retention and snapshots;
+//! - `forget`: forgetting the series retention left without points;
 //! - `read`: queries; `export`: JSON Lines export and import;
 //! - `segments`: the manifest's segments with their open files.
 
 mod export;
+mod forget;
 mod merged;
 mod read;
 mod recovery;
@@ -123,6 +125,15 @@ pub struct CompactStats {
     pub segments_merged: u64,
 }
 
+/// What a pass of retention dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Hour partitions past the retention period, dropped whole.
+    pub partitions: u64,
+    /// Series that no point was left of, forgotten.
+    pub series: u64,
+}
+
 pub struct Engine {
     dir: PathBuf,
     options: Options,
@@ -202,7 +213,10 @@ impl Engine {
             _lock: lock_guard,
         };
         if let Some(keep) = engine.options.retention {
-            engine.apply_retention(keep)?;
+            engine.drop_expired(keep)?;
+            // Whether or not hours were dropped now: series whose hours went
+            // before a crash (or a failed rewrite) may still be in the log.
+            engine.forget_or_warn();
         }
         Ok(engine)
     }

@@ -9,7 +9,7 @@ use super::State;
 use crate::error::{EngineError, IoContext, Result};
 use crate::manifest::{self, Manifest};
 use crate::memtable::Memtable;
-use crate::series::SeriesIndex;
+use crate::series::{SeriesIndex, SERIES_LOG_TMP};
 use crate::wal::Wal;
 
 /// The manifest's segments, the series log, and the WAL since the
@@ -40,7 +40,7 @@ pub(super) fn recover(dir: &Path) -> Result<State> {
             series.define(def, path)?;
         }
         for &(id, ts, v) in &batch.points {
-            if id as usize >= series.len() {
+            if !series.contains(id) {
                 return Err(EngineError::corrupt(
                     path,
                     format!("unknown series id {id}"),
@@ -63,7 +63,7 @@ pub(super) fn recover(dir: &Path) -> Result<State> {
 }
 
 /// Removes files a crash left behind: segments the manifest does not name,
-/// and a half-written manifest.
+/// and a half-written manifest or series log.
 fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<()> {
     let named: BTreeSet<&str> = manifest.segments.iter().map(|e| e.file.as_str()).collect();
     for entry in std::fs::read_dir(dir)
@@ -72,9 +72,10 @@ fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<()> {
     {
         let name = entry.file_name().to_string_lossy().into_owned();
         let orphan = (manifest::is_segment_file(&name) && !named.contains(name.as_str()))
-            || name == manifest::MANIFEST_TMP;
+            || name == manifest::MANIFEST_TMP
+            || name == SERIES_LOG_TMP;
         if orphan {
-            log::info!("removing {name}, left by an interrupted flush or compaction");
+            log::info!("removing {name}, left by an interrupted flush, compaction or rewrite");
             let path = entry.path();
             std::fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::merged::Merged;
 use super::segments::{LiveSegment, SegmentSet};
-use super::{lock, now_nanos, CompactStats, Engine, State};
+use super::{lock, now_nanos, CompactStats, Engine, Retention, State};
 use crate::error::{EngineError, IoContext, Result};
 use crate::manifest::SegmentEntry;
 use crate::model::{partition_of, SeriesId, PARTITION_NANOS};
@@ -530,9 +530,33 @@ impl Engine {
         Ok(stats)
     }
 
+    /// Drops whole partitions that ended more than `keep` nanoseconds ago,
+    /// then forgets the series no point is left of.
+    pub fn apply_retention(&self, keep: i64) -> Result<Retention> {
+        let partitions = self.drop_expired(keep)?;
+        let series = match partitions {
+            0 => 0,
+            _ => self.forget_or_warn(),
+        };
+        Ok(Retention { partitions, series })
+    }
+
+    /// `forget_unused_series`, a failure logged (the series stay, in the
+    /// log and in memory, until a later pass): the hours are dropped
+    /// either way.
+    pub(super) fn forget_or_warn(&self) -> u64 {
+        self.forget_unused_series().unwrap_or_else(|e| {
+            log::warn!(
+                "{e}; the series without points stay until retention next drops an hour, \
+                 or the database is opened again with --retention"
+            );
+            0
+        })
+    }
+
     /// Drops whole partitions that ended more than `keep` nanoseconds ago.
     /// Returns the partitions dropped.
-    pub fn apply_retention(&self, keep: i64) -> Result<u64> {
+    pub(super) fn drop_expired(&self, keep: i64) -> Result<u64> {
         let cutoff = now_nanos().saturating_sub(keep);
         let expired = |e: &SegmentEntry| e.partition.saturating_add(PARTITION_NANOS) <= cutoff;
         let mut st = lock(&self.state);

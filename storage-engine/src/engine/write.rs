@@ -45,10 +45,11 @@ impl Engine {
         }
         let lsn = {
             let mut st = lock(&self.state);
-            let batch: Vec<(SeriesId, i64, f64)> = points
+            let batch: Result<Vec<(SeriesId, i64, f64)>> = points
                 .iter()
-                .map(|p| (st.series.resolve(&p.series), p.timestamp, p.value))
+                .map(|p| Ok((st.series.resolve(&p.series)?, p.timestamp, p.value)))
                 .collect();
+            let batch = batch.inspect_err(|_| abandon_unwritten(&mut st))?;
             self.append_locked(&mut st, &batch)?
         };
         self.after_write(lsn)
@@ -125,14 +126,21 @@ impl Engine {
                                 });
                                 return;
                             }
-                            let id = st.series.resolve(&lineproto::series_key(f.series, f.field));
+                            let series = lineproto::series_key(f.series, f.field);
                             // Checked as each series comes, so that a
                             // request refused for its series never holds
                             // more of them than the limits allow.
-                            if let Err(e) = within_series_limit(st, max_series) {
-                                refused = Some(e);
-                                return;
-                            }
+                            let resolved = st
+                                .series
+                                .resolve(&series)
+                                .and_then(|id| within_series_limit(st, max_series).map(|()| id));
+                            let id = match resolved {
+                                Ok(id) => id,
+                                Err(e) => {
+                                    refused = Some(e);
+                                    return;
+                                }
+                            };
                             st.line_cache.insert(key.clone().into_boxed_slice(), id);
                             id
                         }
