@@ -32,8 +32,10 @@ pub struct SeriesIndex {
     /// them without the engine's lock).
     keys: HashMap<SeriesId, Arc<SeriesKey>>,
     ids: HashMap<Arc<SeriesKey>, SeriesId>,
-    /// A metric's series, in the order they were given their ids.
-    by_metric: HashMap<String, Vec<SeriesId>>,
+    /// A metric's series with their keys (a query goes through them all,
+    /// so it finds each key beside its id), in the order they were given
+    /// their ids.
+    by_metric: HashMap<String, Vec<(SeriesId, Arc<SeriesKey>)>>,
     log: RecordFile,
     /// Series in a WAL batch but not yet in `series.log`, in order.
     unlogged: Vec<(SeriesId, Arc<SeriesKey>)>,
@@ -151,11 +153,11 @@ impl SeriesIndex {
     fn insert(&mut self, id: SeriesId, key: SeriesKey) -> Arc<SeriesKey> {
         self.free.claim(id);
         self.key_bytes += key.byte_len();
+        let key = Arc::new(key);
         self.by_metric
             .entry(key.metric.clone())
             .or_default()
-            .push(id);
-        let key = Arc::new(key);
+            .push((id, Arc::clone(&key)));
         self.ids.insert(Arc::clone(&key), id);
         self.keys.insert(id, Arc::clone(&key));
         key
@@ -296,17 +298,13 @@ impl SeriesIndex {
         let metrics: HashSet<&str> = keys.iter().map(|k| k.metric.as_str()).collect();
         for metric in metrics {
             if let Some(ids) = self.by_metric.get_mut(metric) {
-                ids.retain(|id| !dead.contains(id));
+                ids.retain(|(id, _)| !dead.contains(id));
                 if ids.is_empty() {
                     self.by_metric.remove(metric);
                 }
             }
         }
         Ok(Forgotten { keys, synced })
-    }
-
-    pub fn key(&self, id: SeriesId) -> Option<&Arc<SeriesKey>> {
-        self.keys.get(&id)
     }
 
     pub fn contains(&self, id: SeriesId) -> bool {
@@ -324,7 +322,7 @@ impl SeriesIndex {
         self.keys.clone()
     }
 
-    pub fn of_metric(&self, metric: &str) -> &[SeriesId] {
+    pub fn of_metric(&self, metric: &str) -> &[(SeriesId, Arc<SeriesKey>)] {
         self.by_metric.get(metric).map_or(&[], Vec::as_slice)
     }
 
@@ -443,6 +441,17 @@ mod tests {
         SeriesIndex::open(dir).expect("reopen")
     }
 
+    /// The ids listed under the metric `cpu`, checked against their keys.
+    fn metric_ids(index: &SeriesIndex) -> Vec<SeriesId> {
+        let listed = index.of_metric("cpu").iter();
+        listed
+            .map(|(id, key)| {
+                assert_eq!(index.keys.get(id), Some(key), "series {id}'s key");
+                *id
+            })
+            .collect()
+    }
+
     fn log_ids(dir: &Path) -> Vec<SeriesId> {
         let recovered = framing::recover(&dir.join(SERIES_LOG), &MAGIC, VERSION).expect("log");
         let records = recovered.records.iter();
@@ -462,8 +471,8 @@ mod tests {
             .expect("rewritten")
             .synced
             .expect("synced");
-        assert_eq!((index.len(), index.of_metric("cpu")), (2, &[1, 3][..]));
-        assert!(index.key(0).is_none() && index.key(2).is_none());
+        assert_eq!((index.len(), metric_ids(&index)), (2, vec![1, 3]));
+        assert!(!index.contains(0) && !index.contains(2));
         assert_eq!(log_ids(dir.path()), [1, 3]);
         assert!(!dir.path().join(SERIES_LOG_TMP).exists());
         assert_eq!(logged(&mut index, &["e", "a"]), [4, 5]);
@@ -485,9 +494,9 @@ mod tests {
         for name in ["x", "y"] {
             index.resolve(&key(name)).expect("resolve");
         }
-        assert_eq!(index.of_metric("cpu"), &[0, 2, 1, 3]);
+        assert_eq!(metric_ids(&index), [0, 2, 1, 3]);
         assert_eq!(index.forget_unwritten(), 2);
-        assert_eq!(index.of_metric("cpu"), &[0, 2]);
+        assert_eq!(metric_ids(&index), [0, 2]);
         assert_eq!(index.resolve(&key("x")).expect("resolve"), 1);
     }
 
@@ -541,7 +550,7 @@ mod tests {
         index.take_unwritten();
         std::fs::create_dir(dir.path().join(SERIES_LOG_TMP)).expect("in the way");
         assert!(index.forget(&[0]).is_err());
-        assert_eq!((index.len(), index.of_metric("cpu")), (3, &[0, 1, 2][..]));
+        assert_eq!((index.len(), metric_ids(&index)), (3, vec![0, 1, 2]));
         assert_eq!(logged(&mut index, &["a", "c"]), [0, 3]);
         assert_eq!(log_ids(dir.path()), [0, 1, 2, 3]);
         std::fs::remove_dir(dir.path().join(SERIES_LOG_TMP)).expect("out of the way");

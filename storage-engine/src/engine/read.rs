@@ -89,12 +89,8 @@ impl Engine {
     /// segments taken under it again, together, so that a flush in
     /// between moves no point out of the query's sight.
     fn select(&self, q: &Query) -> (Vec<Matched>, Partitions) {
-        let of_metric: Vec<(SeriesId, Arc<SeriesKey>)> = {
-            let st = lock(&self.state);
-            let ids = st.series.of_metric(&q.metric).iter();
-            ids.filter_map(|&id| st.series.key(id).map(|k| (id, Arc::clone(k))))
-                .collect()
-        };
+        let of_metric: Vec<(SeriesId, Arc<SeriesKey>)> =
+            lock(&self.state).series.of_metric(&q.metric).to_vec();
         let mut chosen: Vec<(SeriesId, Arc<SeriesKey>)> = of_metric
             .into_iter()
             .filter(|(_, k)| q.filters.iter().all(|f| f.matches(k)))
