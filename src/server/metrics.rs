@@ -137,6 +137,12 @@ impl Metrics {
             activity.compactions,
         );
         metric(
+            "chronicle_series_forgotten_total",
+            "counter",
+            "Series forgotten once retention left them without points.",
+            activity.series_forgotten,
+        );
+        metric(
             "chronicle_segments",
             "gauge",
             "Segments in the manifest.",

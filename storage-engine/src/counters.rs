@@ -8,6 +8,7 @@ pub(crate) struct Counters {
     wal_syncs: AtomicU64,
     flushes: AtomicU64,
     compactions: AtomicU64,
+    series_forgotten: AtomicU64,
 }
 
 /// A reading of the counters.
@@ -19,6 +20,8 @@ pub struct Activity {
     pub flushes: u64,
     /// Compactions that merged at least one partition.
     pub compactions: u64,
+    /// Series forgotten once retention left them without points.
+    pub series_forgotten: u64,
 }
 
 impl Counters {
@@ -34,11 +37,16 @@ impl Counters {
         self.compactions.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn forgot(&self, series: u64) {
+        self.series_forgotten.fetch_add(series, Ordering::Relaxed);
+    }
+
     pub(crate) fn read(&self) -> Activity {
         Activity {
             wal_syncs: self.wal_syncs.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             compactions: self.compactions.load(Ordering::Relaxed),
+            series_forgotten: self.series_forgotten.load(Ordering::Relaxed),
         }
     }
 }

@@ -667,8 +667,11 @@ fn maintenance_runs_on_a_schedule() {
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.parse().ok())
     };
-    // Retention applies at start: the 1970 hour is gone already.
+    // Retention applies at start: the 1970 hour is gone already, and its
+    // series with it.
     assert!(hosts(&server, "old").is_empty());
+    assert_eq!(metric("chronicle_series"), Some(1));
+    assert_eq!(metric("chronicle_series_forgotten_total"), Some(1));
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric("chronicle_compactions_total") == Some(0) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -73,6 +73,7 @@ impl Engine {
         );
         drop(st);
         drop((forgotten.keys, line_cache));
+        self.counters.forgot(dead.len() as u64);
         Ok(dead.len() as u64)
     }
 }
