@@ -301,7 +301,9 @@ fn compactions_flushes_and_writes_at_once_keep_every_last_value() {
 }
 
 // Protects: what the engine returns always equals the model, whatever the
-// interleaving of writes, flushes, compactions and reopens.
+// interleaving of writes, flushes, compactions, retention (which forgets
+// the series it empties, whose ids reopening gives to new series) and
+// reopens.
 #[test]
 fn random_operations_match_a_model() {
     let (seed, mut rng) = seeded_rng();
@@ -337,6 +339,28 @@ fn random_operations_match_a_model() {
                 // Drop without close: the WAL alone must carry the memtable.
                 drop(engine.take());
                 engine = Some(Engine::open(dir.path(), options()).expect("reopen after drop"));
+            }
+            83..=85 => {
+                // Every point flushed first: retention drops segments only.
+                e.flush().expect("flush");
+                let cutoff = (base.div_euclid(hour) + rng.random_range(0..10)) * hour;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_nanos() as i64;
+                let dropped = e.apply_retention(now - cutoff).expect("retention");
+                let series_before = model.len();
+                for points in model.values_mut() {
+                    points.retain(|t, _| t.div_euclid(hour) * hour + hour > cutoff);
+                }
+                model.retain(|_, points| !points.is_empty());
+                assert_eq!(
+                    dropped.series as usize,
+                    series_before - model.len(),
+                    "seed {seed} step {step}: series forgotten"
+                );
+                let series = e.stats().expect("stats").series;
+                assert_eq!(series as usize, model.len(), "seed {seed} step {step}");
             }
             _ => {
                 let metric = format!("m{}", rng.random_range(0..2));
