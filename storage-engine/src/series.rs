@@ -5,11 +5,13 @@
 //! segment refers to it.
 //!
 //! A series that retention left without points is forgotten (`forget`):
-//! `series.log` is rewritten without it, so that a churn of series (a
-//! container's id in a tag) does not fill `max_series` for good. Its id is
-//! not given again while the database stays open (a query that found the
-//! id before it was forgotten may still look it up); ids free in the log
-//! when the database is opened are given first (`FreeIds`).
+//! a tombstone naming its id is appended to `series.log` (which is
+//! rewritten whole, without the forgotten, once it holds more than twice
+//! the records it needs), so that a churn of series (a container's id in a
+//! tag) does not fill `max_series` for good. Its id is not given again
+//! while the database stays open (a query that found the id before it was
+//! forgotten may still look it up); ids free in the log when the database
+//! is opened are given first (`FreeIds`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -23,8 +25,11 @@ pub const SERIES_LOG: &str = "series.log";
 /// The next `series.log` while it is written; renamed over it.
 pub const SERIES_LOG_TMP: &str = "series.log.tmp";
 const MAGIC: [u8; 8] = *b"CHRSERS1";
-/// Version 2: ids are unique, in any order (version 1 had them dense).
+/// Version 2: ids in any order, tombstones (version 1 had ids dense).
 const VERSION: u32 = 2;
+/// Records past twice the series held that the log may hold before it is
+/// rewritten: a tombstone costs 12 bytes, a rewrite the whole log.
+const REWRITE_SLACK: usize = 65_536;
 
 pub struct SeriesIndex {
     /// Each key once (a log or WAL that gives one two ids is refused),
@@ -42,6 +47,10 @@ pub struct SeriesIndex {
     /// Series resolved since the last batch was written, in order.
     unwritten: Vec<(SeriesId, Arc<SeriesKey>)>,
     free: FreeIds,
+    /// Records in `series.log`: definitions and tombstones.
+    log_records: usize,
+    /// `REWRITE_SLACK`, lowered by tests to have every `forget` rewrite.
+    rewrite_slack: usize,
     /// Bytes of every series' name and tags (`SeriesKey::byte_len`).
     key_bytes: usize,
 }
@@ -88,6 +97,13 @@ impl Cursor<'_> {
     }
 }
 
+/// The id a tombstone names: a record of the id alone (a definition is
+/// at least eight bytes).
+fn decode_tombstone(payload: &[u8]) -> Option<SeriesId> {
+    let id: [u8; 4] = payload.try_into().ok()?;
+    Some(SeriesId::from_le_bytes(id))
+}
+
 pub fn decode(payload: &[u8]) -> Option<(SeriesId, SeriesKey)> {
     let mut c = Cursor(payload);
     let id = c.u32()?;
@@ -118,9 +134,16 @@ impl SeriesIndex {
             unlogged: Vec::new(),
             unwritten: Vec::new(),
             free: FreeIds::default(),
+            log_records: records.len(),
+            rewrite_slack: REWRITE_SLACK,
             key_bytes: 0,
         };
         for record in &records {
+            if let Some(id) = decode_tombstone(record) {
+                // Forgotten; a later record may give the id again.
+                index.remove(id);
+                continue;
+            }
             let (id, key) = decode(record)
                 .ok_or_else(|| EngineError::corrupt(&path, "undecodable series record"))?;
             // A record appended again (after a sync that failed) is the
@@ -129,8 +152,19 @@ impl SeriesIndex {
                 return Err(EngineError::corrupt(&path, clash));
             }
             if !index.keys.contains_key(&id) {
-                index.insert(id, key);
+                index.add(id, key);
             }
+        }
+        // Listed by metric, and ids taken, once the log's last word on each
+        // is known: a tombstone goes over its metric's list only once.
+        let mut live: Vec<(SeriesId, Arc<SeriesKey>)> = index
+            .keys
+            .iter()
+            .map(|(id, key)| (*id, Arc::clone(key)))
+            .collect();
+        live.sort_unstable_by_key(|(id, _)| *id);
+        for (id, key) in live {
+            index.list(id, key);
         }
         // A rewritten log's rename reaches the disk before any new series
         // takes an id it freed (as the WAL may name it).
@@ -150,17 +184,29 @@ impl SeriesIndex {
         }
     }
 
+    /// A new series, listed under its metric, its id taken.
     fn insert(&mut self, id: SeriesId, key: SeriesKey) -> Arc<SeriesKey> {
-        self.free.claim(id);
+        let key = self.add(id, key);
+        self.list(id, Arc::clone(&key));
+        key
+    }
+
+    /// A new series by id and by key (not yet listed under its metric).
+    fn add(&mut self, id: SeriesId, key: SeriesKey) -> Arc<SeriesKey> {
         self.key_bytes += key.byte_len();
         let key = Arc::new(key);
-        self.by_metric
-            .entry(key.metric.clone())
-            .or_default()
-            .push((id, Arc::clone(&key)));
         self.ids.insert(Arc::clone(&key), id);
         self.keys.insert(id, Arc::clone(&key));
         key
+    }
+
+    /// Lists the series under its metric, and takes its id.
+    fn list(&mut self, id: SeriesId, key: Arc<SeriesKey>) {
+        self.free.claim(id);
+        self.by_metric
+            .entry(key.metric.clone())
+            .or_default()
+            .push((id, key));
     }
 
     /// Removes `id`'s series from memory, returning its key.
@@ -270,20 +316,65 @@ impl SeriesIndex {
         }
         self.log.append(&framed)?;
         self.log.sync()?;
+        self.log_records += self.unlogged.len();
         self.unlogged.clear();
         Ok(())
     }
 
     /// Forgets the series `dead` (no segment and no point in memory holds
-    /// them): rewrites `series.log` without them, then drops them from
-    /// the index. Their ids are not given again while the database stays
-    /// open. `Err`: the log was not replaced, and nothing is forgotten.
+    /// them): appends their tombstones to `series.log` (or rewrites it
+    /// without them, once it would hold more than twice the records it
+    /// needs), then drops them from the index. Their ids are not given
+    /// again while the database stays open. `Err`: the log was not
+    /// changed, and nothing is forgotten.
     pub fn forget(&mut self, dead: &[SeriesId]) -> Result<Forgotten> {
         // Called between writes, where nothing is unwritten, unless a
         // write panicked part-way: its series (without points, so maybe
         // among `dead`) must not be written after being forgotten.
         self.forget_unwritten();
         let dead: HashSet<SeriesId> = dead.iter().copied().collect();
+        let dead_ids: Vec<SeriesId> = self.ids().filter(|id| dead.contains(id)).collect();
+        let kept = self.keys.len() - dead_ids.len();
+        let rewritten = self.log_records + dead_ids.len() > 2 * kept + self.rewrite_slack;
+        let synced = match rewritten {
+            true => self.rewrite_without(&dead)?,
+            false => self.append_tombstones(&dead_ids),
+        };
+        let keys: Vec<Arc<SeriesKey>> = dead_ids.iter().filter_map(|&id| self.remove(id)).collect();
+        let metrics: HashSet<&str> = keys.iter().map(|k| k.metric.as_str()).collect();
+        for metric in metrics {
+            if let Some(ids) = self.by_metric.get_mut(metric) {
+                ids.retain(|(id, _)| !dead.contains(id));
+                if ids.is_empty() {
+                    self.by_metric.remove(metric);
+                }
+            }
+        }
+        Ok(Forgotten {
+            keys,
+            rewritten,
+            synced,
+        })
+    }
+
+    /// Appends a tombstone for each of `dead` and syncs them. A failure
+    /// may leave some of them in the log: the caller forgets them all the
+    /// same (the log's last word wins at the next open) and takes no more
+    /// writes (`Forgotten::synced`).
+    fn append_tombstones(&mut self, dead: &[SeriesId]) -> Result<()> {
+        let mut framed = Vec::with_capacity(dead.len() * (framing::FRAME_OVERHEAD + 4));
+        for id in dead {
+            framing::frame(&id.to_le_bytes(), &mut framed);
+        }
+        self.log.append(&framed)?;
+        self.log_records += dead.len();
+        self.log.sync()
+    }
+
+    /// Replaces the log with one of every series but `dead`. `Err`: the old
+    /// log is in place; `Ok(Err)`: the new one is, but the directory's sync
+    /// failed.
+    fn rewrite_without(&mut self, dead: &HashSet<SeriesId>) -> Result<Result<()>> {
         let mut kept: Vec<SeriesId> = self.ids().filter(|id| !dead.contains(id)).collect();
         kept.sort_unstable();
         let mut framed = Vec::with_capacity(kept.len() * 48);
@@ -294,17 +385,8 @@ impl SeriesIndex {
         let synced = self.log.replace(&tmp, &MAGIC, VERSION, &framed)?;
         // Every series kept is in the new log: none waits to be appended.
         self.unlogged.clear();
-        let keys: Vec<Arc<SeriesKey>> = dead.iter().filter_map(|&id| self.remove(id)).collect();
-        let metrics: HashSet<&str> = keys.iter().map(|k| k.metric.as_str()).collect();
-        for metric in metrics {
-            if let Some(ids) = self.by_metric.get_mut(metric) {
-                ids.retain(|(id, _)| !dead.contains(id));
-                if ids.is_empty() {
-                    self.by_metric.remove(metric);
-                }
-            }
-        }
-        Ok(Forgotten { keys, synced })
+        self.log_records = kept.len();
+        Ok(synced)
     }
 
     pub fn contains(&self, id: SeriesId) -> bool {
@@ -350,8 +432,11 @@ pub struct Forgotten {
     /// The keys forgotten: the caller drops them once the engine's lock is
     /// released (freeing a million keys takes a second).
     pub keys: Vec<Arc<SeriesKey>>,
-    /// `Err`: the new log is in place, but the directory's sync failed, so
-    /// a crash may bring the old one back.
+    /// Whether the log was rewritten (rather than given tombstones).
+    pub rewritten: bool,
+    /// `Err`: the log may not say so after a crash (the tombstones' sync,
+    /// or the directory's after a rewrite, failed): the caller takes no
+    /// more writes until the database is opened again.
     pub synced: Result<()>,
 }
 
@@ -452,15 +537,21 @@ mod tests {
             .collect()
     }
 
-    fn log_ids(dir: &Path) -> Vec<SeriesId> {
+    /// The log's records: `+ID` a definition, `-ID` a tombstone.
+    fn log_records(dir: &Path) -> Vec<String> {
         let recovered = framing::recover(&dir.join(SERIES_LOG), &MAGIC, VERSION).expect("log");
         let records = recovered.records.iter();
-        records.map(|r| decode(r).expect("record").0).collect()
+        records
+            .map(|r| match decode_tombstone(r) {
+                Some(id) => format!("-{id}"),
+                None => format!("+{}", decode(r).expect("record").0),
+            })
+            .collect()
     }
 
-    // Protects: forgotten series leave memory and the log; their ids are
-    // not given again while the index is open (a query may still hold
-    // one), and are given first once it is opened again.
+    // Protects: forgotten series leave memory and, by tombstones, the log;
+    // their ids are not given again while the index is open (a query may
+    // still hold one), and are given first once it is opened again.
     #[test]
     fn forgotten_ids_come_back_only_after_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -468,15 +559,16 @@ mod tests {
         assert_eq!(logged(&mut index, &["a", "b", "c", "d"]), [0, 1, 2, 3]);
         index
             .forget(&[0, 2])
-            .expect("rewritten")
+            .expect("tombstones")
             .synced
             .expect("synced");
         assert_eq!((index.len(), metric_ids(&index)), (2, vec![1, 3]));
         assert!(!index.contains(0) && !index.contains(2));
-        assert_eq!(log_ids(dir.path()), [1, 3]);
-        assert!(!dir.path().join(SERIES_LOG_TMP).exists());
+        let mut tombstoned = log_records(dir.path());
+        tombstoned[4..].sort();
+        assert_eq!(tombstoned, ["+0", "+1", "+2", "+3", "-0", "-2"]);
         assert_eq!(logged(&mut index, &["e", "a"]), [4, 5]);
-        assert_eq!(log_ids(dir.path()), [1, 3, 4, 5]);
+        assert_eq!(log_records(dir.path())[6..], ["+4", "+5"]);
         drop(index);
 
         let mut index = SeriesIndex::open(dir.path()).expect("reopen");
@@ -537,6 +629,36 @@ mod tests {
         assert!(two_ids.is_err_and(|e| e.to_string().contains("two ids (0 and 2)")));
     }
 
+    // Protects: the log is rewritten without the forgotten (and their
+    // tombstones) once it would hold more than twice the records it needs,
+    // not before.
+    #[test]
+    fn a_log_past_twice_its_series_is_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = SeriesIndex::open(dir.path()).expect("open");
+        index.rewrite_slack = 0;
+        logged(&mut index, &["a", "b", "c", "d"]);
+        index
+            .forget(&[0])
+            .expect("tombstone")
+            .synced
+            .expect("synced");
+        assert_eq!(
+            log_records(dir.path()).len(),
+            5,
+            "4 + 1 records for 3 series"
+        );
+        index
+            .forget(&[1])
+            .expect("rewritten")
+            .synced
+            .expect("synced");
+        assert_eq!(log_records(dir.path()), ["+2", "+3"]);
+        assert!(!dir.path().join(SERIES_LOG_TMP).exists());
+        drop(index);
+        assert_eq!(SeriesIndex::open(dir.path()).expect("reopen").len(), 2);
+    }
+
     // Protects: a rewrite of the log that fails forgets nothing (the log
     // still names the series, so memory must too: a series written again
     // keeps its id, and never gets a second one in the log).
@@ -544,25 +666,26 @@ mod tests {
     fn a_failed_rewrite_forgets_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut index = SeriesIndex::open(dir.path()).expect("open");
+        index.rewrite_slack = 0;
         logged(&mut index, &["a", "b"]);
         // In a WAL batch, not yet in the log: it must reach the log still.
         index.resolve(&key("in-wal")).expect("resolve");
         index.take_unwritten();
         std::fs::create_dir(dir.path().join(SERIES_LOG_TMP)).expect("in the way");
-        assert!(index.forget(&[0]).is_err());
+        assert!(index.forget(&[0, 1]).is_err());
         assert_eq!((index.len(), metric_ids(&index)), (3, vec![0, 1, 2]));
         assert_eq!(logged(&mut index, &["a", "c"]), [0, 3]);
-        assert_eq!(log_ids(dir.path()), [0, 1, 2, 3]);
+        assert_eq!(log_records(dir.path()), ["+0", "+1", "+2", "+3"]);
         std::fs::remove_dir(dir.path().join(SERIES_LOG_TMP)).expect("out of the way");
         index
-            .forget(&[0])
+            .forget(&[0, 1])
             .expect("rewritten")
             .synced
             .expect("synced");
         drop(index);
         let index = SeriesIndex::open(dir.path()).expect("reopen");
-        assert_eq!(log_ids(dir.path()), [1, 2, 3]);
-        assert_eq!(index.len(), 3);
+        assert_eq!(log_records(dir.path()), ["+2", "+3"]);
+        assert_eq!(index.len(), 2);
     }
 
     // Protects: ids run out only when every one is given, and the gaps a

@@ -59,16 +59,20 @@ impl Engine {
         let line_cache = std::mem::take(&mut st.line_cache);
         if let Err(e) = forgotten.synced {
             st.broken = Some(format!(
-                "the rewritten series log may not survive a crash ({e}); open the database again"
+                "the series log may not keep what was forgotten through a crash ({e}); open \
+                 the database again"
             ));
             return Err(e);
         }
+        let how = match forgotten.rewritten {
+            true => format!("rewritten with the {} others", st.series.len()),
+            false => "given their tombstones".to_string(),
+        };
         log::info!(
-            "{}: forgot {} series no point is left of; the {} others rewritten to {SERIES_LOG} \
-             ({} ms with writes held)",
+            "{}: forgot {} series no point is left of; {SERIES_LOG} {how} ({} ms with writes \
+             held)",
             self.dir.display(),
             dead.len(),
-            st.series.len(),
             locked.elapsed().as_millis()
         );
         drop(st);
