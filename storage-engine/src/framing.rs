@@ -86,7 +86,10 @@ pub fn recover(path: &Path, magic: &[u8; 8], version: u32) -> Result<Recovered> 
     let mut records = Vec::new();
     let mut at = HEADER_LEN;
     while at < bytes.len() {
-        match parse_at(&bytes, at) {
+        // An empty record is never written: eight zero bytes (a length of
+        // 0 and the checksum of nothing) are a tail of zeros, which a crash
+        // can leave where the length grew before the data came.
+        match parse_at(&bytes, at).filter(|(payload, _)| !payload.is_empty()) {
             Some((payload, next)) => {
                 records.push(payload.to_vec());
                 at = next;
@@ -112,6 +115,10 @@ pub struct RecordFile {
     file: File,
     path: PathBuf,
     len: u64,
+    /// Why appends are refused: one failed and its bytes could not be cut
+    /// off, so the next would land before some of them (and leave whole
+    /// stale records after it, which recovery would take as corruption).
+    stuck: Option<String>,
 }
 
 impl RecordFile {
@@ -132,6 +139,7 @@ impl RecordFile {
             file,
             path: path.to_path_buf(),
             len: HEADER_LEN as u64,
+            stuck: None,
         })
     }
 
@@ -153,15 +161,29 @@ impl RecordFile {
             file,
             path: path.to_path_buf(),
             len: valid_len,
+            stuck: None,
         })
     }
 
-    /// Appends already-framed bytes (one or more records).
+    /// Appends already-framed bytes (one or more records). One that fails
+    /// leaves nothing of itself: what it wrote is cut off.
     pub fn append(&mut self, framed: &[u8]) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file
-            .write_all_at(framed, self.len)
-            .context(|| format!("appending to {}", self.path.display()))?;
+        let context = || format!("appending to {}", self.path.display());
+        if let Some(why) = &self.stuck {
+            return Err(EngineError::io(
+                context(),
+                std::io::Error::other(why.clone()),
+            ));
+        }
+        if let Err(e) = self.file.write_all_at(framed, self.len) {
+            if let Err(cut) = self.file.set_len(self.len) {
+                self.stuck = Some(format!(
+                    "an append failed ({e}) and could not be cut off ({cut}); open it again"
+                ));
+            }
+            return Err(EngineError::io(context(), e));
+        }
         self.len += framed.len() as u64;
         Ok(())
     }
@@ -201,6 +223,7 @@ impl RecordFile {
         }
         self.file = file;
         self.len = (HEADER_LEN + framed.len()) as u64;
+        self.stuck = None;
         Ok(self.path.parent().map_or(Ok(()), sync_dir))
     }
 
@@ -277,6 +300,52 @@ mod tests {
         frame(b"four", &mut buf);
         reopened.append(&buf).expect("append");
         assert_eq!(recover(&path, &MAGIC, 1).expect("recover").records.len(), 4);
+    }
+
+    // Protects: a tail of zeros (a crash after the file grew, before its
+    // data came) is a torn tail, not empty records nor corruption.
+    #[test]
+    fn a_tail_of_zeros_is_torn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        write(&path, &[b"one", b"two"]);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &bytes).expect("zeros");
+        let r = recover(&path, &MAGIC, 1).expect("recover");
+        assert_eq!(r.records, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(r.torn_bytes, 4096);
+    }
+
+    // Protects: after an append that failed and could not be cut off,
+    // appends are refused (the next would land before its bytes), until
+    // the file is replaced.
+    #[test]
+    fn an_append_that_cannot_be_cut_off_stops_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, tmp) = (dir.path().join("log"), dir.path().join("log.tmp"));
+        write(&path, &[b"one"]);
+        let len = std::fs::metadata(&path).expect("len").len();
+        let mut file = RecordFile {
+            // Read-only: the write fails, and so does the cut.
+            file: File::open(&path).expect("open"),
+            path: path.clone(),
+            len,
+            stuck: None,
+        };
+        let mut two = Vec::new();
+        frame(b"two", &mut two);
+        assert!(file.append(&two).is_err());
+        let refused = file.append(&two).expect_err("stuck");
+        assert!(
+            refused.to_string().contains("could not be cut off"),
+            "{refused}"
+        );
+        file.replace(&tmp, &MAGIC, 1, &two)
+            .expect("replaced")
+            .expect("synced");
+        file.append(&two).expect("appends again");
+        assert_eq!(recover(&path, &MAGIC, 1).expect("recover").records.len(), 2);
     }
 
     // Protects: a replaced file holds only the new records, and appends

@@ -340,6 +340,9 @@ impl SeriesIndex {
             true => self.rewrite_without(&dead)?,
             false => self.append_tombstones(&dead_ids),
         };
+        // None is waiting there (its points would keep it), but a
+        // definition appended after its tombstone would bring it back.
+        self.unlogged.retain(|(id, _)| !dead.contains(id));
         let keys: Vec<Arc<SeriesKey>> = dead_ids.iter().filter_map(|&id| self.remove(id)).collect();
         let metrics: HashSet<&str> = keys.iter().map(|k| k.metric.as_str()).collect();
         for metric in metrics {
