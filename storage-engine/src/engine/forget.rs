@@ -14,7 +14,7 @@ impl Engine {
     /// Forgets every series that no segment and no point in memory holds;
     /// returns how many. The segments' indexes are read without the
     /// engine's lock; only what came meanwhile (new segments, the memtable)
-    /// and the log's rewrite are done under it.
+    /// is read, and the series log told, under it.
     pub fn forget_unused_series(&self) -> Result<u64> {
         self.forget_unused_series_with(|| {})
     }
