@@ -49,7 +49,7 @@ pub struct SeriesIndex {
     free: FreeIds,
     /// Records in `series.log`: definitions and tombstones.
     log_records: usize,
-    /// `REWRITE_SLACK`, lowered by tests to have every `forget` rewrite.
+    /// `REWRITE_SLACK`; tests lower it to reach a rewrite with few series.
     rewrite_slack: usize,
     /// Bytes of every series' name and tags (`SeriesKey::byte_len`).
     key_bytes: usize,
