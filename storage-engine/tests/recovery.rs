@@ -410,6 +410,38 @@ fn series_left_in_the_log_are_forgotten_at_open() {
     );
 }
 
+// Protects: a segment holding a series the series log does not name (here
+// its tombstone appended by hand; the engine never writes this) is refused
+// at open, naming the segment, rather than its points going to the next
+// series given the id.
+#[test]
+fn a_segment_holding_a_series_the_log_does_not_name_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(dir.path(), no_flush()).expect("open");
+    e.write(&[
+        host_point("temp", "a", now_nanos()),
+        host_point("temp", "b", now_nanos()),
+    ])
+    .expect("write");
+    e.close().expect("close");
+    let tombstone_of_1 = 1u32.to_le_bytes();
+    let mut framed = (tombstone_of_1.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&crc32fast::hash(&tombstone_of_1).to_le_bytes());
+    framed.extend_from_slice(&tombstone_of_1);
+    let log = dir.path().join("series.log");
+    let mut bytes = std::fs::read(&log).expect("read");
+    bytes.extend_from_slice(&framed);
+    std::fs::write(&log, bytes).expect("write");
+    let refused = Engine::open(dir.path(), no_flush())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.contains("seg-") && refused.contains("holds series id 1"),
+        "{refused}"
+    );
+}
+
 // Protects: a crash during a flush or compaction (a segment written but not
 // yet in the manifest) leaves a consistent database: the stray file is
 // removed on open and no point is lost or doubled.

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use super::id_set::IdSet;
 use super::{lock, Engine};
 use crate::error::{EngineError, Result};
 use crate::model::SeriesId;
@@ -27,10 +28,9 @@ impl Engine {
         let (seen, bound) = {
             let st = lock(&self.state);
             let seen: Vec<_> = st.segments.iter().cloned().collect();
-            let bound = st.series.ids().max().map_or(0, |id| id as usize + 1);
-            (seen, bound.min(64 * (st.series.len() + 1024)))
+            (seen, IdSet::bound_for(&st.series))
         };
-        let mut used = UsedIds::below(bound);
+        let mut used = IdSet::below(bound);
         for live in &seen {
             used.extend(live.segment.series());
         }
@@ -79,39 +79,5 @@ impl Engine {
         drop((forgotten.keys, line_cache));
         self.counters.forgot(dead.len() as u64);
         Ok(dead.len() as u64)
-    }
-}
-
-/// The series ids the data holds: a bit each below a bound (the ids the
-/// index gives are dense enough), a set above it.
-struct UsedIds {
-    bits: Vec<u64>,
-    beyond: HashSet<SeriesId>,
-}
-
-impl UsedIds {
-    fn below(bound: usize) -> UsedIds {
-        UsedIds {
-            bits: vec![0; bound.div_ceil(64)],
-            beyond: HashSet::new(),
-        }
-    }
-
-    fn extend(&mut self, ids: impl Iterator<Item = SeriesId>) {
-        for id in ids {
-            match self.bits.get_mut(id as usize / 64) {
-                Some(word) => *word |= 1 << (id % 64),
-                None => {
-                    self.beyond.insert(id);
-                }
-            }
-        }
-    }
-
-    fn holds(&self, id: SeriesId) -> bool {
-        match self.bits.get(id as usize / 64) {
-            Some(word) => word & (1 << (id % 64)) != 0,
-            None => self.beyond.contains(&id),
-        }
     }
 }

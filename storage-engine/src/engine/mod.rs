@@ -10,6 +10,7 @@
 
 mod export;
 mod forget;
+mod id_set;
 mod merged;
 mod read;
 mod recovery;

@@ -4,12 +4,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::id_set::IdSet;
 use super::segments::SegmentSet;
 use super::State;
 use crate::error::{EngineError, IoContext, Result};
 use crate::manifest::{self, Manifest};
 use crate::memtable::Memtable;
-use crate::series::{SeriesIndex, SERIES_LOG_TMP};
+use crate::series::{SeriesIndex, SERIES_LOG, SERIES_LOG_TMP};
 use crate::wal::Wal;
 
 /// The manifest's segments, the series log, and the WAL since the
@@ -49,6 +50,7 @@ pub(super) fn recover(dir: &Path) -> Result<State> {
             memtable.insert(id, ts, v);
         }
     }
+    refuse_unnamed_series(&segments, &series)?;
     Ok(State {
         series,
         memtable,
@@ -60,6 +62,25 @@ pub(super) fn recover(dir: &Path) -> Result<State> {
         line_cache: HashMap::new(),
         broken: None,
     })
+}
+
+/// Refuses a segment that holds a series the series log does not name.
+/// The engine never writes one (a series reaches the log before a
+/// manifest names a segment that holds it, and is forgotten only once no
+/// segment does); its points would otherwise go to whatever series is
+/// next given the id.
+fn refuse_unnamed_series(segments: &SegmentSet, series: &SeriesIndex) -> Result<()> {
+    let mut named = IdSet::below(IdSet::bound_for(series));
+    named.extend(series.ids());
+    for live in segments.iter() {
+        if let Some(id) = live.segment.series().find(|&id| !named.holds(id)) {
+            return Err(EngineError::corrupt(
+                live.segment.path(),
+                format!("holds series id {id}, which {SERIES_LOG} does not name"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Removes files a crash left behind: segments the manifest does not name,
