@@ -155,6 +155,7 @@ impl SeriesIndex {
                 index.add(id, key);
             }
         }
+        drop(records);
         // Listed by metric, and ids taken, once the log's last word on each
         // is known: a tombstone goes over its metric's list only once.
         let mut live: Vec<(SeriesId, Arc<SeriesKey>)> = index
