@@ -192,10 +192,10 @@ impl RecordFile {
         &self.path
     }
 
-    /// Replaces the file with a new one holding `framed` (written to `tmp`,
-    /// synced, renamed over it; appends go to the new one from here on).
-    /// `Err`: the old file is still in place; `Ok(Err)`: the new one is, but
-    /// the directory's sync failed, so a crash may bring the old one back.
+    /// Replaces the file with a new one holding `framed` (`replace_file`;
+    /// appends go to the new one from here on). `Err`: the old file is
+    /// still in place; `Ok(Err)`: the new one is, but the directory's sync
+    /// failed, so a crash may bring the old one back.
     pub fn replace(
         &mut self,
         tmp: &Path,
@@ -203,28 +203,11 @@ impl RecordFile {
         version: u32,
         framed: &[u8],
     ) -> Result<Result<()>> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(tmp)
-            .context(|| format!("creating {}", tmp.display()))?;
-        let written = file
-            .write_all(&header(magic, version))
-            .and_then(|()| file.write_all(framed))
-            .and_then(|()| file.sync_all())
-            .context(|| format!("writing {}", tmp.display()));
-        if let Err(e) = written.and_then(|()| {
-            std::fs::rename(tmp, &self.path)
-                .context(|| format!("renaming {} into place", tmp.display()))
-        }) {
-            let _ = std::fs::remove_file(tmp);
-            return Err(e);
-        }
+        let (file, synced) = replace_file(tmp, &self.path, &[&header(magic, version), framed])?;
         self.file = file;
         self.len = (HEADER_LEN + framed.len()) as u64;
         self.stuck = None;
-        Ok(self.path.parent().map_or(Ok(()), sync_dir))
+        Ok(synced)
     }
 
     pub fn sync(&self) -> Result<()> {
@@ -238,6 +221,33 @@ impl RecordFile {
             .try_clone()
             .context(|| format!("duplicating the handle of {}", self.path.display()))
     }
+}
+
+/// Replaces `path` with a file holding `parts`: written to `tmp`, synced,
+/// renamed over `path`, and the directory synced. `Err`: `path` is as it
+/// was (and `tmp` is gone); `Ok((file, Err))`: the new file is in place,
+/// but the directory's sync failed, so a crash may bring the old one back.
+/// `file` is the new file, open for writing.
+pub fn replace_file(tmp: &Path, path: &Path, parts: &[&[u8]]) -> Result<(File, Result<()>)> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(tmp)
+        .context(|| format!("creating {}", tmp.display()))?;
+    let written = parts
+        .iter()
+        .try_for_each(|part| file.write_all(part))
+        .and_then(|()| file.sync_all())
+        .context(|| format!("writing {}", tmp.display()));
+    if let Err(e) = written.and_then(|()| {
+        std::fs::rename(tmp, path).context(|| format!("renaming {} into place", tmp.display()))
+    }) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    let synced = path.parent().map_or(Ok(()), sync_dir);
+    Ok((file, synced))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

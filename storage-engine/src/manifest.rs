@@ -3,13 +3,12 @@
 //! fsyncing it, renaming it over `MANIFEST` and fsyncing the directory, so a
 //! crash leaves either the old or the new set, never a mixture.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, IoContext, Result};
-use crate::framing::sync_dir;
+use crate::error::{EngineError, Result};
+use crate::framing::replace_file;
 use crate::model::partition_of;
 
 pub const MANIFEST: &str = "MANIFEST";
@@ -120,14 +119,8 @@ impl Manifest {
         let path = dir.join(MANIFEST);
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| EngineError::io("encoding the manifest", std::io::Error::other(e)))?;
-        let mut file =
-            std::fs::File::create(&tmp).context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&body)
-            .and_then(|()| file.sync_all())
-            .context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .context(|| format!("renaming {} into place", tmp.display()))?;
-        Ok(sync_dir(dir))
+        let (_, synced) = replace_file(&tmp, &path, &[&body])?;
+        Ok(synced)
     }
 }
 
