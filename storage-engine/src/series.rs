@@ -329,12 +329,15 @@ impl SeriesIndex {
     /// again while the database stays open. `Err`: the log was not
     /// changed, and nothing is forgotten.
     pub fn forget(&mut self, dead: &[SeriesId]) -> Result<Forgotten> {
-        // Called between writes, where nothing is unwritten, unless a
-        // write panicked part-way: its series (without points, so maybe
-        // among `dead`) must not be written after being forgotten.
-        self.forget_unwritten();
+        // Between writes nothing is unwritten (a write that panicked
+        // part-way has its series dropped by the engine's `lock`).
+        debug_assert_eq!(self.unwritten(), 0, "forget during a write");
         let dead: HashSet<SeriesId> = dead.iter().copied().collect();
-        let dead_ids: Vec<SeriesId> = self.ids().filter(|id| dead.contains(id)).collect();
+        let dead_ids: Vec<SeriesId> = dead
+            .iter()
+            .copied()
+            .filter(|&id| self.contains(id))
+            .collect();
         let kept = self.keys.len() - dead_ids.len();
         let rewritten = self.log_records + dead_ids.len() > 2 * kept + self.rewrite_slack;
         let synced = match rewritten {
@@ -395,6 +398,12 @@ impl SeriesIndex {
 
     pub fn contains(&self, id: SeriesId) -> bool {
         self.keys.contains_key(&id)
+    }
+
+    /// One past the highest id given or named since opening: every
+    /// series' id is below it.
+    pub fn id_bound(&self) -> u64 {
+        self.free.next
     }
 
     /// Every series' id, in no order.

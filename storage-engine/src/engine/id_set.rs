@@ -13,10 +13,10 @@ pub(super) struct IdSet {
 }
 
 impl IdSet {
-    /// The bound for the ids `series` gives: one past the highest, but no
-    /// more than 64 bits a series (plus some), whatever a log names.
+    /// The bound for the ids `series` gives: above every one, but no more
+    /// than 64 bits a series (plus some), whatever a log names.
     pub fn bound_for(series: &SeriesIndex) -> usize {
-        let bound = series.ids().max().map_or(0, |id| id as usize + 1);
+        let bound = usize::try_from(series.id_bound()).unwrap_or(usize::MAX);
         bound.min(64 * (series.len() + 1024))
     }
 

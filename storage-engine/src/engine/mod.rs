@@ -163,8 +163,16 @@ impl State {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic mid-update leaves the memtable possibly partial, but every
-    // acknowledged write is in the WAL, which is what reopening trusts.
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    // acknowledged write is in the WAL, which is what reopening trusts. A
+    // write that panicked part-way may have left series resolved and never
+    // written: they go, as those of a write that fails do, before anything
+    // (the next batch, the forgetting of series) can take them for written.
+    state.lock().unwrap_or_else(|poisoned| {
+        let mut st = poisoned.into_inner();
+        write::abandon_unwritten(&mut st);
+        state.clear_poison();
+        st
+    })
 }
 
 fn now_nanos() -> i64 {
