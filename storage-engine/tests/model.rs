@@ -26,6 +26,14 @@ fn seeded_rng() -> (u64, rand::rngs::StdRng) {
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
+/// Now, in nanoseconds since the epoch.
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64
+}
+
 /// Writes `points` to the engine and to the model (last write wins).
 fn write_both(e: &Engine, model: &mut Model, points: &[Point]) {
     e.write(points).expect("write");
@@ -186,11 +194,7 @@ fn compaction_lets_writes_go_on_and_keeps_them() {
                 e.write(&late_in_memory).expect("write");
                 // Hours that ended 1.5 hours after the epoch or earlier:
                 // hour 0 only, whatever the clock does meanwhile.
-                let keep = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .expect("clock")
-                    .as_nanos() as i64
-                    - hour * 3 / 2;
+                let keep = now_nanos() - hour * 3 / 2;
                 assert_eq!(
                     e.apply_retention(keep).expect("retention").partitions,
                     1,
@@ -354,11 +358,7 @@ fn random_operations_match_a_model() {
                 // Every point flushed first: retention drops segments only.
                 e.flush().expect("flush");
                 let cutoff = (base.div_euclid(hour) + rng.random_range(0..10)) * hour;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .expect("clock")
-                    .as_nanos() as i64;
-                let dropped = e.apply_retention(now - cutoff).expect("retention");
+                let dropped = e.apply_retention(now_nanos() - cutoff).expect("retention");
                 let series_before = model.len();
                 for points in model.values_mut() {
                     points.retain(|t, _| t.div_euclid(hour) * hour + hour > cutoff);
