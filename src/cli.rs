@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine_cli::EngineCommand;
 
-const KEY_HELP: &str = "\
+/// The key options, in every key-taking command's help (a macro, so that
+/// `mount` can add to it with `concat!`).
+macro_rules! key_help {
+    () => {
+        "\
 Key sources (the same on every command that needs a key):
   (none)               CHRONICLE_ENCRYPTION_KEY holds 64 hex characters
   --key-env NAME       another environment variable holds the hex key
@@ -18,7 +22,21 @@ Generate a key:  openssl rand -hex 32
 Keep the key apart from backups of BACKING: without it the data is unreadable.
 
 Exit codes: 0 success, 1 failure, 2 bad usage, 12 encryption key mismatch,
-26 a block or header failed authentication.";
+26 a block or header failed authentication."
+    };
+}
+
+const KEY_HELP: &str = key_help!();
+
+const MOUNT_HELP: &str = concat!(
+    key_help!(),
+    "\n\n\
+From /etc/fstab and systemd: link this binary as /usr/sbin/mount.fuse.chronicle and\n\
+write a line such as\n  \
+/srv/metrics.enc /srv/metrics fuse.chronicle key_file=/etc/chronicle/metrics.key 0 0\n\
+The options are this command's, without dashes (key_file=, ro, noexec, allow_other,\n\
+threads=, ...); README.md, \"At boot\", has the rest."
+);
 
 #[derive(Parser)]
 #[command(
@@ -126,7 +144,7 @@ pub enum Command {
         xattrs: bool,
     },
     /// Mount the volume in BACKING at MOUNTPOINT; returns once it is serving
-    #[command(after_help = KEY_HELP)]
+    #[command(after_help = MOUNT_HELP)]
     Mount {
         /// The directory that holds the volume's encrypted files
         backing: PathBuf,
@@ -141,6 +159,9 @@ pub enum Command {
         /// Mount read-only
         #[arg(long)]
         read_only: bool,
+        /// Refuse to run programs from the mount (a data directory needs none)
+        #[arg(long)]
+        noexec: bool,
         /// Let other users use the mount (the kernel checks permissions)
         #[arg(long)]
         allow_other: bool,

@@ -11,6 +11,7 @@ mod engine_cli;
 mod hygiene;
 mod keysource;
 mod logging;
+mod mount_helper;
 mod query_output;
 mod server;
 mod syslog;
@@ -33,7 +34,14 @@ const EXIT_AUTHENTICATION: u8 = 26;
 const EXIT_PLAINTEXT_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match argv.first() {
+        Some(name) if mount_helper::invoked_as_helper(name) => match helper_cli(&argv) {
+            Some(cli) => cli,
+            None => return ExitCode::SUCCESS,
+        },
+        _ => Cli::parse_from(argv),
+    };
     if !matches!(cli.command, Command::Mount { .. }) {
         logging::init_cli();
     }
@@ -44,6 +52,27 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The `chronicle mount` that mount(8)'s call of the helper stands for, or
+/// `None` for a fake mount (`-f`), which mounts nothing. A call it cannot
+/// translate exits as bad usage.
+fn helper_cli(argv: &[std::ffi::OsString]) -> Option<Cli> {
+    let call = match mount_helper::translate(argv) {
+        Ok(call) => call,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+    };
+    for option in &call.skipped {
+        eprintln!("note: skipping mount option {option}, unknown to chronicle (-s)");
+    }
+    if call.verbose {
+        let shown: Vec<_> = call.args.iter().map(|a| a.to_string_lossy()).collect();
+        eprintln!("{}", shown.join(" "));
+    }
+    (!call.fake).then(|| Cli::parse_from(&call.args))
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -80,6 +109,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             key,
             foreground,
             read_only,
+            noexec,
             allow_other,
             no_writeback_cache,
             threads,
@@ -96,6 +126,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 foreground,
                 options: MountOptions {
                     read_only,
+                    no_exec: noexec,
                     allow_other,
                     writeback_cache: !no_writeback_cache,
                     threads: threads.unwrap_or(defaults.threads),

@@ -6,7 +6,21 @@ pub struct MountEntry {
     /// `major:minor` of the mounted file system.
     pub device: String,
     pub point: PathBuf,
+    /// The file system type (`fuse.chronicle` for a chronicle volume).
+    pub fstype: String,
+    /// What was mounted: for a chronicle volume, its backing directory.
     pub source: String,
+}
+
+/// The type a chronicle mount shows in /proc/mounts, and the type to give
+/// it in /etc/fstab.
+pub const CHRONICLE_FSTYPE: &str = "fuse.chronicle";
+
+impl MountEntry {
+    /// The backing directory, when this is a chronicle volume.
+    pub fn chronicle_backing(&self) -> Option<&Path> {
+        (self.fstype == CHRONICLE_FSTYPE).then(|| Path::new(&self.source))
+    }
 }
 
 /// The kernel escapes spaces, tabs, newlines and backslashes as octal.
@@ -28,10 +42,12 @@ pub fn mounts() -> Vec<MountEntry> {
             let device = fields.get(2)?;
             let point = fields.get(4)?;
             let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
             let source = fields.get(sep + 2)?;
             Some(MountEntry {
                 device: device.to_string(),
                 point: PathBuf::from(unescape(point)),
+                fstype: unescape(fstype),
                 source: unescape(source),
             })
         })
@@ -57,8 +73,8 @@ pub fn is_mount_point(dir: &Path) -> bool {
 /// The chronicle volume `dir` lives on: (mount point, backing directory).
 pub fn chronicle_volume_of(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let entry = containing(dir)?;
-    let backing = entry.source.strip_prefix("chronicle:")?;
-    Some((entry.point, PathBuf::from(backing)))
+    let backing = entry.chronicle_backing()?.to_path_buf();
+    Some((entry.point, backing))
 }
 
 /// Where the chronicle volume in `backing` is mounted, if it is.
@@ -66,6 +82,6 @@ pub fn mount_of_backing(backing: &Path) -> Option<PathBuf> {
     let backing = backing.canonicalize().ok()?;
     mounts()
         .into_iter()
-        .find(|m| m.source.strip_prefix("chronicle:").map(Path::new) == Some(backing.as_path()))
+        .find(|m| m.chronicle_backing() == Some(backing.as_path()))
         .map(|m| m.point)
 }

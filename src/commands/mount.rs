@@ -190,7 +190,7 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     let backing = chronicle_mount::mountinfo::mounts()
         .into_iter()
         .find(|m| mountpoint.canonicalize().ok().as_deref() == Some(m.point.as_path()))
-        .and_then(|m| m.source.strip_prefix("chronicle:").map(PathBuf::from));
+        .and_then(|m| m.chronicle_backing().map(Path::to_path_buf));
     match fuse::unmount(mountpoint) {
         Ok(()) => {
             if let Some(backing) = backing {
@@ -254,8 +254,8 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
         .into_iter()
         .rev()
         .find(|m| m.point == absolute);
-    match entry {
-        Some(m) if m.source.starts_with("chronicle:") => {
+    match entry.as_ref().and_then(|m| m.chronicle_backing()) {
+        Some(dead) => {
             fuse::unmount(&absolute).or_else(|_| {
                 rustix::mount::unmount(&absolute, rustix::mount::UnmountFlags::DETACH)
                     .map_err(std::io::Error::from)
@@ -264,8 +264,7 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
             eprintln!(
                 "note: the mount process for {shown} had died ({e}); cleared the dead mount (fsck the volume if a program was writing)"
             );
-            let dead = PathBuf::from(m.source.trim_start_matches("chronicle:"));
-            Ok(Some(dead.canonicalize().unwrap_or(dead)))
+            Ok(Some(dead.canonicalize().unwrap_or(dead.to_path_buf())))
         }
         _ => bail!(
             "{shown} is a dead mount of another file system ({e}); unmount it first (umount -l {shown})"

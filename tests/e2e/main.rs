@@ -8,6 +8,7 @@ pub const PLAINTEXT_NAMES: bool = false;
 mod cli_volume;
 mod engine_cli;
 mod engine_serve;
+mod fstab;
 mod io_uring;
 mod mixed_workload;
 mod mount_hardening;

@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_INODES: usize = 65_536;
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub read_only: bool,
+    /// Refuse to run programs from the mount (`noexec`).
+    pub no_exec: bool,
     /// Let other users in (`allow_other`), with the kernel checking
     /// permissions (`default_permissions`).
     pub allow_other: bool,
@@ -70,6 +72,7 @@ impl Default for MountOptions {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         MountOptions {
             read_only: false,
+            no_exec: false,
             allow_other: false,
             writeback_cache: true,
             threads: (2 * cores).clamp(4, 16),
@@ -163,7 +166,10 @@ impl Mounted {
         };
         let mut config = Config::default();
         config.mount_options = vec![
-            MountOption::FSName(format!("chronicle:{}", volume.backing().display())),
+            // What /proc/mounts shows as the source: the backing directory,
+            // as an fstab entry names it, so that `mount -a` knows the
+            // volume is mounted (`mountinfo::MountEntry::chronicle_backing`).
+            MountOption::FSName(volume.backing().display().to_string()),
             MountOption::Subtype("chronicle".into()),
             MountOption::NoDev,
             MountOption::NoSuid,
@@ -173,6 +179,9 @@ impl Mounted {
                 MountOption::RW
             },
         ];
+        if options.no_exec {
+            config.mount_options.push(MountOption::NoExec);
+        }
         if options.allow_other {
             config.acl = SessionACL::All;
             config.mount_options.push(MountOption::DefaultPermissions);

@@ -1,0 +1,239 @@
+//! Mounting through mount(8), as /etc/fstab and systemd's mount units do:
+//! the binary linked as /usr/sbin/mount.fuse.chronicle is the helper of
+//! the type fuse.chronicle (src/mount_helper.rs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use crate::util::*;
+
+/// Where mount(8) looks for the helper of the type `fuse.chronicle`.
+const HELPER: &str = "/usr/sbin/mount.fuse.chronicle";
+
+/// One test at a time owns the helper's link.
+static HELPER_LINK: Mutex<()> = Mutex::new(());
+
+/// The helper linked to the binary under test for as long as it lives;
+/// whatever was there before (an installed chronicle) is put back.
+struct HelperInstalled {
+    aside: Option<PathBuf>,
+    _only_one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl HelperInstalled {
+    fn new() -> HelperInstalled {
+        let only_one = HELPER_LINK.lock().unwrap_or_else(|e| e.into_inner());
+        let helper = Path::new(HELPER);
+        let aside = helper.symlink_metadata().is_ok().then(|| {
+            let aside = PathBuf::from(format!("{HELPER}.before-test"));
+            std::fs::rename(helper, &aside).expect("move the installed helper aside");
+            aside
+        });
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_chronicle"), helper)
+            .expect("link the helper");
+        HelperInstalled {
+            aside,
+            _only_one: only_one,
+        }
+    }
+}
+
+impl Drop for HelperInstalled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER);
+        if let Some(aside) = &self.aside {
+            let _ = std::fs::rename(aside, HELPER);
+        }
+    }
+}
+
+/// A volume whose key is in a file, a mount point, and an unmount at the
+/// end whatever happens.
+struct Setup {
+    fixture: Fixture,
+    key_file: PathBuf,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let fixture = Fixture::new();
+        let key_file = fixture.dir.path().join("volume.key");
+        std::fs::write(&key_file, KEY).expect("write the key file");
+        let mnt = fixture.dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        let log = fixture.dir.path().join("mount.log");
+        Setup {
+            fixture,
+            key_file,
+            mnt,
+            log,
+        }
+    }
+
+    /// The options every mount here takes: the key file and a log.
+    fn options(&self, more: &str) -> String {
+        format!(
+            "key_file={},log_file={}{more}",
+            self.key_file.display(),
+            self.log.display()
+        )
+    }
+
+    fn mount_count(&self) -> usize {
+        let point = self.mnt.canonicalize().expect("mount point");
+        chronicle_mount::mountinfo::mounts()
+            .iter()
+            .filter(|m| m.point == point)
+            .count()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        while is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let _ = chronicle_mount::lock::VolumeLock::wait_until_free(
+            &self.fixture.backing,
+            std::time::Duration::from_secs(30),
+        );
+    }
+}
+
+fn mount(args: &[&str]) -> Output {
+    Command::new("mount")
+        .args(args)
+        .env_remove("CHRONICLE_ENCRYPTION_KEY")
+        .output()
+        .expect("run mount(8)")
+}
+
+#[test]
+fn mount_8_mounts_with_the_options_of_the_line() {
+    if !fuse_available() {
+        return;
+    }
+    let _helper = HelperInstalled::new();
+    let s = Setup::new();
+    let out = mount(&[
+        "-t",
+        "fuse.chronicle",
+        "-o",
+        &s.options(",noexec,_netdev,nofail,x-systemd.requires=x.mount"),
+        s.fixture.b(),
+        path_str(&s.mnt),
+    ]);
+    assert!(out.status.success(), "mount(8) failed: {}", stderr(&out));
+    let point = s.mnt.canonicalize().expect("mount point");
+    let entry = chronicle_mount::mountinfo::mounts()
+        .into_iter()
+        .find(|m| m.point == point)
+        .expect("mounted");
+    assert_eq!(entry.fstype, "fuse.chronicle");
+    assert_eq!(
+        entry.chronicle_backing(),
+        Some(s.fixture.backing.canonicalize().expect("backing").as_path())
+    );
+    let line = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let line = line
+        .lines()
+        .find(|l| l.split(' ').nth(4) == point.to_str())
+        .expect("the mount's line");
+    assert!(line.contains("noexec"), "{line}");
+
+    // Plaintext in, ciphertext out; programs on the mount do not run.
+    std::fs::write(s.mnt.join("note"), b"meet at noon").expect("write");
+    assert_eq!(
+        std::fs::read(s.mnt.join("note")).expect("read back"),
+        b"meet at noon"
+    );
+    let raw = snapshot(&s.fixture.backing);
+    assert!(raw
+        .iter()
+        .all(|(_, bytes)| !bytes.windows(4).any(|w| w == b"noon")));
+    std::fs::copy("/bin/true", s.mnt.join("true")).expect("copy a program in");
+    let ran = Command::new(s.mnt.join("true")).status();
+    assert_eq!(
+        ran.expect_err("a noexec mount runs nothing").raw_os_error(),
+        Some(libc::EACCES)
+    );
+    assert!(std::fs::read_to_string(&s.log)
+        .expect("the mount's log")
+        .contains("mounted"));
+
+    let out = Command::new("umount")
+        .arg(&s.mnt)
+        .output()
+        .expect("run umount(8)");
+    assert!(out.status.success(), "umount(8): {}", stderr(&out));
+    assert!(!is_mounted(&s.mnt));
+}
+
+#[test]
+fn mount_a_mounts_an_fstab_line_once() {
+    if !fuse_available() {
+        return;
+    }
+    let _helper = HelperInstalled::new();
+    let s = Setup::new();
+    let fstab = s.fixture.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a volume mounted at boot\n{} {} fuse.chronicle {} 0 0\n",
+            s.fixture.b(),
+            path_str(&s.mnt),
+            s.options("")
+        ),
+    )
+    .expect("write the fstab");
+    for round in 1..=2 {
+        // The second time mount(8) finds the volume mounted (the source it
+        // shows is the line's) and leaves it.
+        let out = mount(&["-T", path_str(&fstab), "-a"]);
+        assert!(
+            out.status.success(),
+            "mount -a, round {round}: {}",
+            stderr(&out)
+        );
+        assert_eq!(s.mount_count(), 1, "round {round}");
+    }
+    std::fs::write(s.mnt.join("f"), b"x").expect("the mount serves");
+}
+
+#[test]
+fn a_bad_option_or_key_mounts_nothing_and_says_why() {
+    if !fuse_available() {
+        return;
+    }
+    let _helper = HelperInstalled::new();
+    let s = Setup::new();
+    let at = [s.fixture.b(), path_str(&s.mnt)];
+    for (options, says) in [
+        (
+            s.options(",dirsync"),
+            "mount option dirsync is not supported",
+        ),
+        (s.options(",keyfile=/k"), "unknown mount option keyfile=/k"),
+        (s.options(",sync"), "mount option sync is not supported"),
+    ] {
+        let out = mount(&["-t", "fuse.chronicle", "-o", &options, at[0], at[1]]);
+        assert!(!out.status.success(), "{options} mounted");
+        assert!(stderr(&out).contains(says), "{options}: {}", stderr(&out));
+        assert_eq!(s.mount_count(), 0, "{options}");
+    }
+    let wrong = s.fixture.dir.path().join("wrong.key");
+    std::fs::write(&wrong, WRONG_KEY).expect("write the wrong key");
+    let options = format!("key_file={}", wrong.display());
+    let out = mount(&["-t", "fuse.chronicle", "-o", &options, at[0], at[1]]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("encryption key mismatch"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(s.mount_count(), 0);
+}
