@@ -31,7 +31,7 @@ const KEY_HELP: &str = key_help!();
 const MOUNT_HELP: &str = concat!(
     key_help!(),
     "\n\n\
-From /etc/fstab and systemd: link this binary as /usr/sbin/mount.fuse.chronicle and\n\
+From /etc/fstab and systemd: link this binary as /sbin/mount.fuse.chronicle and\n\
 write a line such as\n  \
 /srv/metrics.enc /srv/metrics fuse.chronicle key_file=/etc/chronicle/metrics.key 0 0\n\
 The options are this command's, without dashes (key_file=, ro, noexec, allow_other,\n\
@@ -160,7 +160,7 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
         /// Refuse to run programs from the mount (a data directory needs none)
-        #[arg(long)]
+        #[arg(long, alias = "no-exec")]
         noexec: bool,
         /// Let other users use the mount (the kernel checks permissions)
         #[arg(long)]

@@ -36,7 +36,7 @@ const EXIT_PLAINTEXT_FOUND: u8 = 3;
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match argv.first() {
-        Some(name) if mount_helper::invoked_as_helper(name) => match helper_cli(&argv) {
+        Some(name) if mount_helper::invoked_as_helper(name) => match mount_helper::cli(&argv) {
             Some(cli) => cli,
             None => return ExitCode::SUCCESS,
         },
@@ -52,27 +52,6 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
-}
-
-/// The `chronicle mount` that mount(8)'s call of the helper stands for, or
-/// `None` for a fake mount (`-f`), which mounts nothing. A call it cannot
-/// translate exits as bad usage.
-fn helper_cli(argv: &[std::ffi::OsString]) -> Option<Cli> {
-    let call = match mount_helper::translate(argv) {
-        Ok(call) => call,
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(2);
-        }
-    };
-    for option in &call.skipped {
-        eprintln!("note: skipping mount option {option}, unknown to chronicle (-s)");
-    }
-    if call.verbose {
-        let shown: Vec<_> = call.args.iter().map(|a| a.to_string_lossy()).collect();
-        eprintln!("{}", shown.join(" "));
-    }
-    (!call.fake).then(|| Cli::parse_from(&call.args))
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

@@ -9,42 +9,43 @@ use std::sync::Mutex;
 use crate::util::*;
 
 /// Where mount(8) looks for the helper of the type `fuse.chronicle`.
-const HELPER: &str = "/usr/sbin/mount.fuse.chronicle";
+const HELPER: &str = "/sbin/mount.fuse.chronicle";
 
 /// One test at a time owns the helper's link.
 static HELPER_LINK: Mutex<()> = Mutex::new(());
 
-/// The helper linked to the binary under test for as long as it lives;
-/// whatever was there before (an installed chronicle) is put back.
+/// The helper linked to the binary under test for as long as this lives.
 struct HelperInstalled {
-    aside: Option<PathBuf>,
     _only_one: std::sync::MutexGuard<'static, ()>,
 }
 
 impl HelperInstalled {
-    fn new() -> HelperInstalled {
+    /// `None`, after saying so, where another helper is installed: the
+    /// tests never touch a chronicle the machine's owner installed. A link
+    /// to this build's binary is one a killed run left; it is replaced.
+    fn new() -> Option<HelperInstalled> {
         let only_one = HELPER_LINK.lock().unwrap_or_else(|e| e.into_inner());
-        let helper = Path::new(HELPER);
-        let aside = helper.symlink_metadata().is_ok().then(|| {
-            let aside = PathBuf::from(format!("{HELPER}.before-test"));
-            std::fs::rename(helper, &aside).expect("move the installed helper aside");
-            aside
-        });
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_chronicle"), helper)
-            .expect("link the helper");
-        HelperInstalled {
-            aside,
-            _only_one: only_one,
+        let ours = Path::new(env!("CARGO_BIN_EXE_chronicle"));
+        match std::fs::read_link(HELPER) {
+            Ok(target) if target == ours => {
+                std::fs::remove_file(HELPER).expect("remove a link a killed run left")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => {
+                eprintln!("SKIPPED: {HELPER} is installed; these tests leave it alone");
+                return None;
+            }
         }
+        std::os::unix::fs::symlink(ours, HELPER).expect("link the helper");
+        Some(HelperInstalled {
+            _only_one: only_one,
+        })
     }
 }
 
 impl Drop for HelperInstalled {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(HELPER);
-        if let Some(aside) = &self.aside {
-            let _ = std::fs::rename(aside, HELPER);
-        }
     }
 }
 
@@ -93,7 +94,10 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        while is_mounted(&self.mnt) {
+        for _ in 0..10 {
+            if !is_mounted(&self.mnt) {
+                break;
+            }
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
         let _ = chronicle_mount::lock::VolumeLock::wait_until_free(
@@ -116,7 +120,9 @@ fn mount_8_mounts_with_the_options_of_the_line() {
     if !fuse_available() {
         return;
     }
-    let _helper = HelperInstalled::new();
+    let Some(_helper) = HelperInstalled::new() else {
+        return;
+    };
     let s = Setup::new();
     let out = mount(&[
         "-t",
@@ -173,11 +179,13 @@ fn mount_8_mounts_with_the_options_of_the_line() {
 }
 
 #[test]
-fn mount_a_mounts_an_fstab_line_once() {
+fn mount_a_mounts_an_fstab_line_once_and_a_command_line_overrides_it() {
     if !fuse_available() {
         return;
     }
-    let _helper = HelperInstalled::new();
+    let Some(_helper) = HelperInstalled::new() else {
+        return;
+    };
     let s = Setup::new();
     let fstab = s.fixture.dir.path().join("fstab");
     std::fs::write(
@@ -186,7 +194,7 @@ fn mount_a_mounts_an_fstab_line_once() {
             "# a volume mounted at boot\n{} {} fuse.chronicle {} 0 0\n",
             s.fixture.b(),
             path_str(&s.mnt),
-            s.options("")
+            s.options(",ro")
         ),
     )
     .expect("write the fstab");
@@ -201,7 +209,26 @@ fn mount_a_mounts_an_fstab_line_once() {
         );
         assert_eq!(s.mount_count(), 1, "round {round}");
     }
-    std::fs::write(s.mnt.join("f"), b"x").expect("the mount serves");
+    let refused = std::fs::write(s.mnt.join("f"), b"x").expect_err("the line says ro");
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
+
+    // A command line's options come after the line's, and win.
+    let out = Command::new("umount")
+        .arg(&s.mnt)
+        .output()
+        .expect("run umount(8)");
+    assert!(out.status.success(), "umount(8): {}", stderr(&out));
+    // (mount(8) settles ro and rw itself; the log file is chronicle's.)
+    let second_log = s.fixture.dir.path().join("second.log");
+    let options = format!("rw,log_file={}", second_log.display());
+    let out = mount(&["-T", path_str(&fstab), "-o", &options, path_str(&s.mnt)]);
+    assert!(out.status.success(), "mount -o {options}: {}", stderr(&out));
+    std::fs::write(s.mnt.join("f"), b"x").expect("mounted read-write");
+    let logged = std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert!(
+        logged.contains("mounted"),
+        "the command line's log file: {logged:?}"
+    );
 }
 
 #[test]
@@ -209,7 +236,9 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
     if !fuse_available() {
         return;
     }
-    let _helper = HelperInstalled::new();
+    let Some(_helper) = HelperInstalled::new() else {
+        return;
+    };
     let s = Setup::new();
     let at = [s.fixture.b(), path_str(&s.mnt)];
     for (options, says) in [
@@ -229,7 +258,8 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
     std::fs::write(&wrong, WRONG_KEY).expect("write the wrong key");
     let options = format!("key_file={}", wrong.display());
     let out = mount(&["-t", "fuse.chronicle", "-o", &options, at[0], at[1]]);
-    assert!(!out.status.success());
+    // mount(8) exits with its helper's status.
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("encryption key mismatch"),
         "{}",
