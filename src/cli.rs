@@ -31,8 +31,8 @@ const KEY_HELP: &str = key_help!();
 const MOUNT_HELP: &str = concat!(
     key_help!(),
     "\n\n\
-From /etc/fstab and systemd: link this binary as /sbin/mount.fuse.chronicle and\n\
-write a line such as\n  \
+From /etc/fstab and systemd: link this binary as /sbin/mount.fuse.chronicle (and\n\
+/sbin/umount.fuse.chronicle) and write a line such as\n  \
 /srv/metrics.enc /srv/metrics fuse.chronicle key_file=/etc/chronicle/metrics.key 0 0\n\
 The options are this command's, without dashes (key_file=, ro, noexec, allow_other,\n\
 threads=, ...); README.md, \"At boot\", has the rest."
@@ -202,6 +202,11 @@ pub enum Command {
     Umount {
         /// Where the volume is mounted
         mountpoint: PathBuf,
+        /// Detach it now even while programs use it; it unmounts when the
+        /// last of them lets go (as umount -l), so this does not wait for the
+        /// volume's files to reach the disk
+        #[arg(long)]
+        lazy: bool,
     },
     /// Show a volume's format and key source (no key needed)
     Info {

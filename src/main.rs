@@ -35,12 +35,15 @@ const EXIT_PLAINTEXT_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match argv.first() {
-        Some(name) if mount_helper::invoked_as_helper(name) => match mount_helper::cli(&argv) {
+    let cli = match argv
+        .first()
+        .and_then(|name| mount_helper::Helper::named(name))
+    {
+        Some(helper) => match mount_helper::cli(helper, &argv) {
             Some(cli) => cli,
             None => return ExitCode::SUCCESS,
         },
-        _ => Cli::parse_from(argv),
+        None => Cli::parse_from(argv),
     };
     if !matches!(cli.command, Command::Mount { .. }) {
         logging::init_cli();
@@ -116,7 +119,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 log_file,
             })
         }
-        Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
         Command::Info { backing, json } => volume::info(&backing, json),
         Command::Fsck {
             backing,

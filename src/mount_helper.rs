@@ -1,15 +1,18 @@
-//! The mount(8) helper, for `mount -t fuse.chronicle`, /etc/fstab and the
-//! mount units systemd makes from it.
+//! The mount(8) and umount(8) helpers, for `mount -t fuse.chronicle`,
+//! /etc/fstab and the mount units systemd makes from it.
 //!
 //! mount(8) runs `/sbin/mount.fuse.chronicle` (`mount.chronicle` for the
 //! type `chronicle`) as `HELPER SOURCE TARGET [-s] [-f] [-n] [-v] [-o
 //! OPTIONS] [-t TYPE]`, where OPTIONS are those it does not act on itself
-//! (it drops `defaults`, `x-*` and `comment=`; it passes `ro`, `noexec`,
-//! `_netdev`, `nofail` and the file system's own). Linked to this binary
-//! under either name, chronicle turns the call into the `chronicle mount`
-//! it stands for, so every check, message and exit code is the command's
-//! own, and the mount returns once it serves, as mount(8) expects of a
-//! helper.
+//! (it drops `defaults`, `x-*` and `comment=`, settles `ro`/`rw`,
+//! `suid`/`dev`/`exec` into flags, and passes `ro`, `noexec`, `_netdev`,
+//! `nofail` and the file system's own). umount(8) runs
+//! `/sbin/umount.fuse.chronicle TARGET [-n] [-l] [-f] [-r] [-v]` for a
+//! mount of that type. Linked to this binary under those names, chronicle
+//! turns each call into the `chronicle mount` or `chronicle umount` it
+//! stands for, so every check, message and exit code is the command's own:
+//! the mount returns once it serves, and the unmount once the volume's
+//! files are on disk.
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -18,31 +21,43 @@ use clap::Parser;
 
 use crate::cli::Cli;
 
-/// The names mount(8) looks for, `mount.<type>`, for the types
-/// `fuse.chronicle` (what /proc/mounts shows) and `chronicle`.
-const HELPER_NAMES: [&str; 2] = ["mount.fuse.chronicle", "mount.chronicle"];
-
-/// Whether the program was started under a helper's name.
-pub fn invoked_as_helper(argv0: &OsStr) -> bool {
-    Path::new(argv0)
-        .file_name()
-        .and_then(OsStr::to_str)
-        .is_some_and(|name| HELPER_NAMES.contains(&name))
+/// Which helper the program was started as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helper {
+    Mount,
+    Umount,
 }
 
-/// What mount(8) asked for.
+impl Helper {
+    /// The helper whose name, as mount(8) and umount(8) look for it
+    /// (`mount.<type>`, `umount.<type>`, for the types `fuse.chronicle` and
+    /// `chronicle`), is the file name of `argv0`.
+    pub fn named(argv0: &OsStr) -> Option<Helper> {
+        let name = Path::new(argv0).file_name()?.to_str()?;
+        let kind = name
+            .strip_suffix(".fuse.chronicle")
+            .or_else(|| name.strip_suffix(".chronicle"))?;
+        match kind {
+            "mount" => Some(Helper::Mount),
+            "umount" => Some(Helper::Umount),
+            _ => None,
+        }
+    }
+}
+
+/// What mount(8) or umount(8) asked for.
 #[derive(Debug, PartialEq)]
-pub struct HelperCall {
-    /// The `chronicle mount` command line (program name first) that stands
-    /// for the call.
-    pub args: Vec<OsString>,
-    /// `-f`: check the options and mount nothing (mount(8) then only
-    /// records the mount).
-    pub fake: bool,
+struct HelperCall {
+    /// The `chronicle mount` or `chronicle umount` command line (program
+    /// name first) that stands for the call.
+    args: Vec<OsString>,
+    /// `-f` to mount(8): check the options and mount nothing (mount(8)
+    /// then only records the mount).
+    fake: bool,
     /// `-v`: say what is run.
-    pub verbose: bool,
+    verbose: bool,
     /// Options skipped because of `-s` (sloppy): unknown to chronicle.
-    pub skipped: Vec<String>,
+    skipped: Vec<String>,
 }
 
 /// What a mount option means to chronicle.
@@ -202,10 +217,10 @@ impl Chosen {
     }
 }
 
-/// Turns a helper's command line (program name first) into the `chronicle
-/// mount` command line it stands for; an error names the offending
-/// argument or option.
-pub fn translate(argv: &[OsString]) -> Result<HelperCall, String> {
+/// Turns a mount helper's command line (program name first) into the
+/// `chronicle mount` command line it stands for; an error names the
+/// offending argument or option.
+fn translate_mount(argv: &[OsString]) -> Result<HelperCall, String> {
     use std::os::unix::ffi::OsStrExt;
     let mut positional = Vec::new();
     let (mut options, mut sloppy, mut fake, mut verbose) = (Vec::new(), false, false, false);
@@ -287,12 +302,70 @@ pub fn translate(argv: &[OsString]) -> Result<HelperCall, String> {
     })
 }
 
-/// The `chronicle mount` that mount(8)'s call of the helper stands for,
-/// checked as the command line would be; `None` for a fake mount (`-f`),
-/// which mounts nothing. A call that cannot stand for one exits as bad
-/// usage, with the reason.
-pub fn cli(argv: &[OsString]) -> Option<Cli> {
-    let call = translate(argv).unwrap_or_else(|message| {
+/// Turns an umount helper's command line into the `chronicle umount` it
+/// stands for. `-f` is refused: on a FUSE mount it aborts the connection,
+/// and writes the kernel has not yet handed over are lost (`umount -i -f`
+/// still does it, without the helper).
+fn translate_umount(argv: &[OsString]) -> Result<HelperCall, String> {
+    let (mut target, mut lazy, mut verbose) = (None, false, false);
+    let mut rest = argv.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let text = arg.to_str().filter(|t| t.starts_with('-') && t.len() > 1);
+        let Some(text) = text else {
+            if target.replace(arg.clone()).is_some() {
+                return Err("an unmount helper takes one mount point".into());
+            }
+            continue;
+        };
+        if text == "-t" {
+            // The type mount(8) found the helper by; nothing to check.
+            rest.next();
+            continue;
+        }
+        for flag in text[1..].chars() {
+            match flag {
+                'l' => lazy = true,
+                'v' => verbose = true,
+                // No mtab to spare; nothing to remount read-only: an
+                // unmount that fails leaves the volume as it was.
+                'n' | 'r' | 'c' => {}
+                'f' => {
+                    return Err(
+                        "umount -f would abort the mount and lose writes not yet handed \
+                                to it; unmount without -f (or -l while programs use it)"
+                            .into(),
+                    )
+                }
+                _ => return Err(format!("unknown helper flag -{flag}")),
+            }
+        }
+    }
+    let target = target.ok_or("an unmount helper takes one mount point, none given")?;
+    let lazy = lazy.then(|| OsString::from("--lazy"));
+    let args = ["chronicle", "umount"]
+        .into_iter()
+        .map(OsString::from)
+        .chain(lazy)
+        .chain([OsString::from("--"), target])
+        .collect();
+    Ok(HelperCall {
+        args,
+        fake: false,
+        verbose,
+        skipped: Vec::new(),
+    })
+}
+
+/// The command that the helper's call stands for, checked as its command
+/// line would be; `None` for a fake mount (`-f` to mount(8)), which mounts
+/// nothing. A call that cannot stand for one exits as bad usage, with the
+/// reason.
+pub fn cli(helper: Helper, argv: &[OsString]) -> Option<Cli> {
+    let translated = match helper {
+        Helper::Mount => translate_mount(argv),
+        Helper::Umount => translate_umount(argv),
+    };
+    let call = translated.unwrap_or_else(|message| {
         eprintln!("error: {message}");
         std::process::exit(2);
     });
@@ -347,7 +420,16 @@ mod tests {
 
     fn call(args: &[&str]) -> Result<HelperCall, String> {
         let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
-        translate(&argv)
+        translate_mount(&argv)
+    }
+
+    fn umount_call(args: &[&str]) -> Result<Vec<String>, String> {
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let c = translate_umount(&argv)?;
+        Ok(c.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect())
     }
 
     /// The options a call stands for, without `chronicle mount` and the
@@ -365,13 +447,41 @@ mod tests {
     }
 
     #[test]
-    fn helper_names_are_recognised_by_their_file_name() {
-        assert!(invoked_as_helper(OsStr::new("/sbin/mount.fuse.chronicle")));
-        assert!(invoked_as_helper(OsStr::new("mount.chronicle")));
-        assert!(!invoked_as_helper(OsStr::new("/usr/bin/chronicle")));
-        assert!(!invoked_as_helper(OsStr::new(
-            "/sbin/mount.fuse.chronicle.old"
-        )));
+    fn helpers_are_recognised_by_their_file_name() {
+        let named = |name: &str| Helper::named(OsStr::new(name));
+        assert_eq!(named("/sbin/mount.fuse.chronicle"), Some(Helper::Mount));
+        assert_eq!(named("mount.chronicle"), Some(Helper::Mount));
+        assert_eq!(named("/sbin/umount.fuse.chronicle"), Some(Helper::Umount));
+        assert_eq!(named("umount.chronicle"), Some(Helper::Umount));
+        assert_eq!(named("/usr/bin/chronicle"), None);
+        assert_eq!(named("/sbin/mount.fuse.chronicle.old"), None);
+        assert_eq!(named("/sbin/remount.chronicle"), None);
+    }
+
+    #[test]
+    fn an_unmount_becomes_chronicle_umount() {
+        let call = |args: &[&str]| umount_call(args);
+        assert_eq!(
+            call(&["umount.fuse.chronicle", "/srv/metrics", "-n"]).expect("accepted"),
+            ["chronicle", "umount", "--", "/srv/metrics"]
+        );
+        assert_eq!(
+            call(&[
+                "umount.chronicle",
+                "-l",
+                "/srv/metrics",
+                "-t",
+                "fuse.chronicle"
+            ])
+            .expect("accepted"),
+            ["chronicle", "umount", "--lazy", "--", "/srv/metrics"]
+        );
+        let err = call(&["umount.chronicle", "/srv/metrics", "-f"]).expect_err("refused");
+        assert!(err.contains("umount -f would abort the mount"), "{err}");
+        assert!(call(&["umount.chronicle"]).is_err());
+        assert!(call(&["umount.chronicle", "/a", "/b"]).is_err());
+        let args = call(&["umount.chronicle", "/srv/metrics", "-l"]).expect("accepted");
+        Cli::try_parse_from(&args).expect("chronicle umount takes it");
     }
 
     #[test]
@@ -455,7 +565,7 @@ mod tests {
         let odd = OsString::from_vec(b"--log-file=/x\xff".to_vec());
         let argv = [OsString::from("mount.chronicle"), odd, OsString::from("m")];
         assert_eq!(
-            translate(&argv).expect_err("refused"),
+            translate_mount(&argv).expect_err("refused"),
             "helper flags must be UTF-8"
         );
         let not_a_flag = OsString::from_vec(b"b\xff".to_vec());
@@ -464,7 +574,7 @@ mod tests {
             not_a_flag.clone(),
             "m".into(),
         ];
-        let c = translate(&argv).expect("accepted");
+        let c = translate_mount(&argv).expect("accepted");
         assert_eq!(
             c.args[c.args.len() - 3..],
             ["--".into(), not_a_flag, OsString::from("m")]

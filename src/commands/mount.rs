@@ -186,12 +186,15 @@ const DYING_HOLDER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Unmounts, then flushes the backing file system, so that, as with a
 /// local file system, everything written is on disk when umount returns.
-pub fn umount(mountpoint: &Path) -> Result<()> {
+/// A lazy unmount returns at once: the mount lives on until the last
+/// program using it lets go.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let backing = chronicle_mount::mountinfo::mounts()
         .into_iter()
         .find(|m| mountpoint.canonicalize().ok().as_deref() == Some(m.point.as_path()))
-        .and_then(|m| m.chronicle_backing().map(Path::to_path_buf));
-    match fuse::unmount(mountpoint) {
+        .and_then(|m| m.chronicle_backing().map(Path::to_path_buf))
+        .filter(|_| !lazy);
+    match fuse::unmount_as(mountpoint, lazy) {
         Ok(()) => {
             if let Some(backing) = backing {
                 // The mount process lets go of the files it kept open once

@@ -8,44 +8,51 @@ use std::sync::Mutex;
 
 use crate::util::*;
 
-/// Where mount(8) looks for the helper of the type `fuse.chronicle`.
-const HELPER: &str = "/sbin/mount.fuse.chronicle";
+/// Where mount(8) and umount(8) look for the helpers of the type
+/// `fuse.chronicle`.
+const HELPERS: [&str; 2] = ["/sbin/mount.fuse.chronicle", "/sbin/umount.fuse.chronicle"];
 
-/// One test at a time owns the helper's link.
-static HELPER_LINK: Mutex<()> = Mutex::new(());
+/// One test at a time owns the helpers' links.
+static HELPER_LINKS: Mutex<()> = Mutex::new(());
 
-/// The helper linked to the binary under test for as long as this lives.
-struct HelperInstalled {
+/// The helpers linked to the binary under test for as long as this lives.
+struct HelpersInstalled {
     _only_one: std::sync::MutexGuard<'static, ()>,
 }
 
-impl HelperInstalled {
+impl HelpersInstalled {
     /// `None`, after saying so, where another helper is installed: the
     /// tests never touch a chronicle the machine's owner installed. A link
     /// to this build's binary is one a killed run left; it is replaced.
-    fn new() -> Option<HelperInstalled> {
-        let only_one = HELPER_LINK.lock().unwrap_or_else(|e| e.into_inner());
+    fn new() -> Option<HelpersInstalled> {
+        let only_one = HELPER_LINKS.lock().unwrap_or_else(|e| e.into_inner());
         let ours = Path::new(env!("CARGO_BIN_EXE_chronicle"));
-        match std::fs::read_link(HELPER) {
-            Ok(target) if target == ours => {
-                std::fs::remove_file(HELPER).expect("remove a link a killed run left")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            _ => {
-                eprintln!("SKIPPED: {HELPER} is installed; these tests leave it alone");
-                return None;
+        for helper in HELPERS {
+            match std::fs::read_link(helper) {
+                Ok(target) if target == ours => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                _ => {
+                    eprintln!("SKIPPED: {helper} is installed; these tests leave it alone");
+                    return None;
+                }
             }
         }
-        std::os::unix::fs::symlink(ours, HELPER).expect("link the helper");
-        Some(HelperInstalled {
+        let installed = HelpersInstalled {
             _only_one: only_one,
-        })
+        };
+        for helper in HELPERS {
+            let _ = std::fs::remove_file(helper);
+            std::os::unix::fs::symlink(ours, helper).expect("link the helper");
+        }
+        Some(installed)
     }
 }
 
-impl Drop for HelperInstalled {
+impl Drop for HelpersInstalled {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(HELPER);
+        for helper in HELPERS {
+            let _ = std::fs::remove_file(helper);
+        }
     }
 }
 
@@ -98,7 +105,7 @@ impl Drop for Setup {
             if !is_mounted(&self.mnt) {
                 break;
             }
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = Command::new("umount").arg("-il").arg(&self.mnt).status();
         }
         let _ = chronicle_mount::lock::VolumeLock::wait_until_free(
             &self.fixture.backing,
@@ -120,7 +127,7 @@ fn mount_8_mounts_with_the_options_of_the_line() {
     if !fuse_available() {
         return;
     }
-    let Some(_helper) = HelperInstalled::new() else {
+    let Some(_helper) = HelpersInstalled::new() else {
         return;
     };
     let s = Setup::new();
@@ -170,12 +177,82 @@ fn mount_8_mounts_with_the_options_of_the_line() {
         .expect("the mount's log")
         .contains("mounted"));
 
+    // umount(8) runs chronicle umount, which returns once the mount
+    // process has let go of the volume.
+    let out = Command::new("umount")
+        .args(["-v", path_str(&s.mnt)])
+        .output()
+        .expect("run umount(8)");
+    assert!(out.status.success(), "umount(8): {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("chronicle umount -- "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(&s.mnt));
+    chronicle_mount::lock::VolumeLock::acquire(&s.fixture.backing).expect("the volume is free");
+}
+
+#[test]
+fn umount_8_refuses_force_and_detaches_lazily() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(_helpers) = HelpersInstalled::new() else {
+        return;
+    };
+    let s = Setup::new();
+    let options = s.options("");
+    let out = mount(&[
+        "-t",
+        "fuse.chronicle",
+        "-o",
+        &options,
+        s.fixture.b(),
+        path_str(&s.mnt),
+    ]);
+    assert!(out.status.success(), "mount(8) failed: {}", stderr(&out));
+    std::fs::write(s.mnt.join("open"), b"kept open").expect("write");
+
+    let out = Command::new("umount")
+        .args(["-f", path_str(&s.mnt)])
+        .output()
+        .expect("run umount(8)");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("umount -f would abort the mount"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(is_mounted(&s.mnt));
+
+    // Busy: a plain unmount is refused, a lazy one detaches at once and
+    // the volume is let go of when the last file closes.
+    let held = std::fs::File::open(s.mnt.join("open")).expect("open a file");
     let out = Command::new("umount")
         .arg(&s.mnt)
         .output()
         .expect("run umount(8)");
-    assert!(out.status.success(), "umount(8): {}", stderr(&out));
+    assert!(!out.status.success(), "a busy mount unmounted");
+    assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
+    let out = Command::new("umount")
+        .args(["-l", path_str(&s.mnt)])
+        .output()
+        .expect("run umount(8)");
+    assert!(out.status.success(), "umount -l: {}", stderr(&out));
     assert!(!is_mounted(&s.mnt));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut &held, &mut text).expect("the open file still reads");
+    assert_eq!(text, "kept open");
+    drop(held);
+    let freed = chronicle_mount::lock::VolumeLock::wait_until_free(
+        &s.fixture.backing,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(
+        freed.expect("wait for the volume"),
+        "the mount process never let go"
+    );
 }
 
 #[test]
@@ -183,7 +260,7 @@ fn mount_a_mounts_an_fstab_line_once_and_a_command_line_overrides_it() {
     if !fuse_available() {
         return;
     }
-    let Some(_helper) = HelperInstalled::new() else {
+    let Some(_helper) = HelpersInstalled::new() else {
         return;
     };
     let s = Setup::new();
@@ -236,7 +313,7 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
     if !fuse_available() {
         return;
     }
-    let Some(_helper) = HelperInstalled::new() else {
+    let Some(_helper) = HelpersInstalled::new() else {
         return;
     };
     let s = Setup::new();

@@ -293,14 +293,23 @@ fn raise_fd_limit() {
 /// Unmounts whatever is mounted at `mountpoint` (as root with umount2,
 /// otherwise through `fusermount3 -u` / `fusermount -u`).
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    unmount_as(mountpoint, false)
+}
+
+/// `unmount`, or with `lazy` a detach that takes effect once the last
+/// program using the mount lets go (umount -l, fusermount -z).
+pub fn unmount_as(mountpoint: &Path, lazy: bool) -> io::Result<()> {
     if rustix::process::geteuid().is_root() {
-        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty())
-            .map_err(io::Error::from);
+        let flags = match lazy {
+            true => rustix::mount::UnmountFlags::DETACH,
+            false => rustix::mount::UnmountFlags::empty(),
+        };
+        return rustix::mount::unmount(mountpoint, flags).map_err(io::Error::from);
     }
     let mut last = io::Error::new(io::ErrorKind::NotFound, "fusermount not found");
     for tool in ["fusermount3", "fusermount"] {
         match std::process::Command::new(tool)
-            .arg("-u")
+            .arg(if lazy { "-uz" } else { "-u" })
             .arg(mountpoint)
             .output()
         {
