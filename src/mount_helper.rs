@@ -60,6 +60,11 @@ struct HelperCall {
     skipped: Vec<String>,
 }
 
+/// mount(8)'s and umount(8)'s `-N`: the helper would have to enter the
+/// namespace; mounting inside it (`nsenter -m`) does the same.
+const NO_NAMESPACES: &str =
+    "mounting in another mount namespace (-N) is not supported; run mount(8) inside it (nsenter)";
+
 /// What a mount option means to chronicle.
 #[derive(Clone, Copy)]
 enum Meaning {
@@ -256,6 +261,7 @@ fn translate_mount(argv: &[OsString]) -> Result<HelperCall, String> {
                         'v' => verbose = true,
                         // mount(8) keeps no mtab of its own to spare.
                         'n' => {}
+                        'N' => return Err(NO_NAMESPACES.into()),
                         _ => return Err(format!("unknown helper flag -{flag}")),
                     }
                 }
@@ -303,11 +309,15 @@ fn translate_mount(argv: &[OsString]) -> Result<HelperCall, String> {
 }
 
 /// Turns an umount helper's command line into the `chronicle umount` it
-/// stands for. `-f` is refused: on a FUSE mount it aborts the connection,
-/// and writes the kernel has not yet handed over are lost (`umount -i -f`
-/// still does it, without the helper).
-fn translate_umount(argv: &[OsString]) -> Result<HelperCall, String> {
-    let (mut target, mut lazy, mut verbose) = (None, false, false);
+/// stands for. `-f` is refused unless the mount is dead (`is_dead`): on a
+/// live FUSE mount it aborts the connection, and writes the kernel has not
+/// yet handed over are lost (`umount -i -f` still does it, without the
+/// helper).
+fn translate_umount(
+    argv: &[OsString],
+    is_dead: impl Fn(&OsStr) -> bool,
+) -> Result<HelperCall, String> {
+    let (mut target, mut lazy, mut force, mut verbose) = (None, false, false, false);
     let mut rest = argv.iter().skip(1);
     while let Some(arg) = rest.next() {
         let text = arg.to_str().filter(|t| t.starts_with('-') && t.len() > 1);
@@ -329,18 +339,21 @@ fn translate_umount(argv: &[OsString]) -> Result<HelperCall, String> {
                 // No mtab to spare; nothing to remount read-only: an
                 // unmount that fails leaves the volume as it was.
                 'n' | 'r' | 'c' => {}
-                'f' => {
-                    return Err(
-                        "umount -f would abort the mount and lose writes not yet handed \
-                                to it; unmount without -f (or -l while programs use it)"
-                            .into(),
-                    )
-                }
+                'f' => force = true,
+                'N' => return Err(NO_NAMESPACES.into()),
                 _ => return Err(format!("unknown helper flag -{flag}")),
             }
         }
     }
     let target = target.ok_or("an unmount helper takes one mount point, none given")?;
+    // A dead mount has nothing left to lose, and unmounts as it is.
+    if force && !is_dead(&target) {
+        return Err(
+            "umount -f would abort the mount and lose writes not yet handed to it; \
+                    unmount without -f (or -l while programs use it)"
+                .into(),
+        );
+    }
     let lazy = lazy.then(|| OsString::from("--lazy"));
     let args = ["chronicle", "umount"]
         .into_iter()
@@ -363,7 +376,7 @@ fn translate_umount(argv: &[OsString]) -> Result<HelperCall, String> {
 pub fn cli(helper: Helper, argv: &[OsString]) -> Option<Cli> {
     let translated = match helper {
         Helper::Mount => translate_mount(argv),
-        Helper::Umount => translate_umount(argv),
+        Helper::Umount => translate_umount(argv, is_dead),
     };
     let call = translated.unwrap_or_else(|message| {
         eprintln!("error: {message}");
@@ -378,6 +391,16 @@ pub fn cli(helper: Helper, argv: &[OsString]) -> Option<Cli> {
     }
     let cli = Cli::try_parse_from(&call.args).unwrap_or_else(|e| e.exit());
     (!call.fake).then_some(cli)
+}
+
+/// Whether the mount at `point` is one whose process died: the kernel
+/// answers "not connected" for it.
+fn is_dead(point: &OsStr) -> bool {
+    let answer = rustix::fs::statfs(Path::new(point));
+    matches!(
+        answer,
+        Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED)
+    )
 }
 
 /// Splits a mount(8) option list at the commas outside double quotes, as
@@ -425,7 +448,7 @@ mod tests {
 
     fn umount_call(args: &[&str]) -> Result<Vec<String>, String> {
         let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let c = translate_umount(&argv)?;
+        let c = translate_umount(&argv, |point| point == "/dead")?;
         Ok(c.args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -478,6 +501,13 @@ mod tests {
         );
         let err = call(&["umount.chronicle", "/srv/metrics", "-f"]).expect_err("refused");
         assert!(err.contains("umount -f would abort the mount"), "{err}");
+        assert_eq!(
+            call(&["umount.chronicle", "-f", "/dead"]).expect("a dead mount goes"),
+            ["chronicle", "umount", "--", "/dead"]
+        );
+        let err = call(&["umount.chronicle", "/srv/metrics", "-N", "/proc/1/ns/mnt"])
+            .expect_err("refused");
+        assert_eq!(err, NO_NAMESPACES);
         assert!(call(&["umount.chronicle"]).is_err());
         assert!(call(&["umount.chronicle", "/a", "/b"]).is_err());
         let args = call(&["umount.chronicle", "/srv/metrics", "-l"]).expect("accepted");

@@ -149,7 +149,7 @@ impl fmt::Display for VolumeError {
             ),
             VolumeError::Busy { path } => write!(
                 f,
-                "{} is in use by another chronicle process (a mount, fsck --repair or a re-encryption); unmount it or wait for it to finish",
+                "{} is in use by another chronicle process (a mount, also one detached with umount -l whose files are still open, fsck --repair or a re-encryption); unmount it or wait for it to finish",
                 path.display()
             ),
             VolumeError::ReencryptionUnfinished { path } => write!(

@@ -22,16 +22,38 @@ pub const CHRONICLE_FSTYPE: &str = "fuse.chronicle";
 
 impl MountEntry {
     /// The backing directory, when this is a chronicle volume mounted by
-    /// root or by the user running this program. Any user can make a FUSE
+    /// root, by the user running this program, or by the owner of the
+    /// directory it names. Any user can make a FUSE
     /// mount of any type and source (`fusermount3 -o subtype=,fsname=`); such
     /// a mount must not steer what root's commands (umount's flush, the
     /// checks of fsck and rotate-key) do to a directory it names.
     pub fn chronicle_backing(&self) -> Option<&Path> {
-        let me = rustix::process::geteuid().as_raw();
-        let trusted = matches!(self.owner, Some(owner) if owner == 0 || owner == me);
         let backing = Path::new(&self.source);
-        (self.fstype == CHRONICLE_FSTYPE && trusted && backing.is_absolute()).then_some(backing)
+        if self.fstype != CHRONICLE_FSTYPE || !backing.is_absolute() {
+            return None;
+        }
+        let me = rustix::process::geteuid().as_raw();
+        let trusted = match self.owner {
+            Some(owner) if owner == 0 || owner == me => true,
+            // A user's mount (fstab's `user` option) of a directory of
+            // theirs: a user can name only a directory they own.
+            Some(owner) => rustix::fs::stat(backing).is_ok_and(|st| st.st_uid == owner),
+            None => false,
+        };
+        trusted.then_some(backing)
     }
+}
+
+/// The mount at `point` (the last made there: the one programs see),
+/// found without a look at `point` itself, which would wait on a stuck
+/// FUSE mount and fail on a dead one.
+pub fn mounted_at(point: &Path) -> Option<MountEntry> {
+    let absolute = std::path::absolute(point).ok()?;
+    let resolved = match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => parent.canonicalize().ok()?.join(name),
+        _ => absolute,
+    };
+    mounts().into_iter().rev().find(|m| m.point == resolved)
 }
 
 /// The kernel escapes spaces, tabs, newlines and backslashes as `\ooo`

@@ -145,8 +145,16 @@ impl Ready {
             .context("installing signal handlers")?;
         let mut unmounter = mounted.unmounter();
         let shown = self.mountpoint.display().to_string();
+        // After a lazy unmount another mount may be made at the same
+        // place; a signal must not unmount that one.
+        let point = self.mountpoint.clone();
+        let ours = chronicle_mount::mountinfo::mounted_at(&point).map(|m| m.device);
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                if chronicle_mount::mountinfo::mounted_at(&point).map(|m| m.device) != ours {
+                    log::info!("signal {signal}: {shown} was detached already");
+                    return;
+                }
                 log::info!("signal {signal}: unmounting {shown}");
                 if let Err(e) = unmounter.unmount() {
                     log::error!("unmounting {shown}: {e}");
@@ -189,11 +197,13 @@ const DYING_HOLDER: std::time::Duration = std::time::Duration::from_secs(5);
 /// A lazy unmount returns at once: the mount lives on until the last
 /// program using it lets go.
 pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
-    let backing = chronicle_mount::mountinfo::mounts()
-        .into_iter()
-        .find(|m| mountpoint.canonicalize().ok().as_deref() == Some(m.point.as_path()))
-        .and_then(|m| m.chronicle_backing().map(Path::to_path_buf))
-        .filter(|_| !lazy);
+    // Found before unmounting, without a look at the mount point: a stuck
+    // mount would hold the look, and `--lazy` is how one is cleared.
+    let backing = match lazy {
+        true => None,
+        false => chronicle_mount::mountinfo::mounted_at(mountpoint)
+            .and_then(|m| m.chronicle_backing().map(Path::to_path_buf)),
+    };
     match fuse::unmount_as(mountpoint, lazy) {
         Ok(()) => {
             if let Some(backing) = backing {
@@ -253,10 +263,7 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
     }
     let shown = mountpoint.display();
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let entry = chronicle_mount::mountinfo::mounts()
-        .into_iter()
-        .rev()
-        .find(|m| m.point == absolute);
+    let entry = chronicle_mount::mountinfo::mounted_at(mountpoint);
     match entry.as_ref().and_then(|m| m.chronicle_backing()) {
         Some(dead) => {
             fuse::unmount(&absolute).or_else(|_| {

@@ -1,6 +1,7 @@
 //! Mounting through mount(8), as /etc/fstab and systemd's mount units do:
-//! the binary linked as /usr/sbin/mount.fuse.chronicle is the helper of
-//! the type fuse.chronicle (src/mount_helper.rs).
+//! the binary linked as /sbin/mount.fuse.chronicle and
+//! /sbin/umount.fuse.chronicle is the helper of the type fuse.chronicle
+//! (src/mount_helper.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,7 +33,11 @@ impl HelpersInstalled {
                 Ok(target) if target == ours => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 _ => {
-                    eprintln!("SKIPPED: {helper} is installed; these tests leave it alone");
+                    let why = format!("{helper} is installed; these tests leave it alone");
+                    if std::env::var("CHRONICLE_REQUIRE_FUSE").as_deref() == Ok("1") {
+                        panic!("{why}, and CHRONICLE_REQUIRE_FUSE=1");
+                    }
+                    eprintln!("SKIPPED: {why}");
                     return None;
                 }
             }
@@ -50,8 +55,11 @@ impl HelpersInstalled {
 
 impl Drop for HelpersInstalled {
     fn drop(&mut self) {
+        let ours = Path::new(env!("CARGO_BIN_EXE_chronicle"));
         for helper in HELPERS {
-            let _ = std::fs::remove_file(helper);
+            if std::fs::read_link(helper).is_ok_and(|target| target == ours) {
+                let _ = std::fs::remove_file(helper);
+            }
         }
     }
 }
@@ -343,4 +351,64 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
         stderr(&out)
     );
     assert_eq!(s.mount_count(), 0);
+}
+
+#[test]
+fn umount_8_clears_a_mount_whose_process_died() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(_helpers) = HelpersInstalled::new() else {
+        return;
+    };
+    let s = Setup::new();
+    let options = s.options("");
+    let out = mount(&[
+        "-t",
+        "fuse.chronicle",
+        "-o",
+        &options,
+        s.fixture.b(),
+        path_str(&s.mnt),
+    ]);
+    assert!(out.status.success(), "mount(8) failed: {}", stderr(&out));
+    std::fs::write(s.mnt.join("f"), b"x").expect("write");
+
+    // The helper's process lives on as the mount's (its name is the link's).
+    let point = path_str(&s.mnt).as_bytes();
+    let pid = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"mount.fuse.chronicle"))
+                && args.contains(&point)
+        })
+        .expect("the mount's process");
+    let pid = rustix::process::Pid::from_raw(pid).expect("a pid is positive");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill it");
+    let dead = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        matches!(rustix::fs::statfs(&s.mnt), Err(rustix::io::Errno::NOTCONN))
+    });
+    assert!(dead, "the mount never answered 'not connected'");
+
+    let out = Command::new("umount")
+        .arg(&s.mnt)
+        .output()
+        .expect("run umount(8)");
+    assert!(
+        out.status.success(),
+        "umount(8) of a dead mount: {}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(&s.mnt));
+    let freed = chronicle_mount::lock::VolumeLock::wait_until_free(
+        &s.fixture.backing,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(freed.expect("wait for the volume"));
 }
