@@ -393,14 +393,9 @@ pub fn cli(helper: Helper, argv: &[OsString]) -> Option<Cli> {
     (!call.fake).then_some(cli)
 }
 
-/// Whether the mount at `point` is one whose process died: the kernel
-/// answers "not connected" for it.
+/// Whether the mount at `point` is one whose process died.
 fn is_dead(point: &OsStr) -> bool {
-    let answer = rustix::fs::statfs(Path::new(point));
-    matches!(
-        answer,
-        Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED)
-    )
+    crate::commands::mount::dead_mount(Path::new(point)).is_some()
 }
 
 /// Splits a mount(8) option list at the commas outside double quotes, as

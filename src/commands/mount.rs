@@ -246,21 +246,9 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
 /// backing directory), so mounting again clears it, and says so. Returns
 /// the backing directory of the dead mount it cleared.
 fn clear_dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
-    // statfs always asks the file system; a stat may be answered from
-    // attributes the kernel still caches for a moment after the process
-    // died, and the next look then finds no directory there.
-    let Err(e) = rustix::fs::statfs(mountpoint).map_err(std::io::Error::from) else {
+    let Some(e) = dead_mount(mountpoint) else {
         return Ok(None);
     };
-    // ECONNABORTED: a request the kernel had queued while the dying
-    // process's descriptors were being closed. ECANCELED: the same over
-    // FUSE io_uring, a request handed to a ring whose thread was dead.
-    if !matches!(
-        e.raw_os_error(),
-        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
-    ) {
-        return Ok(None);
-    }
     let shown = mountpoint.display();
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let entry = chronicle_mount::mountinfo::mounted_at(mountpoint);
@@ -280,6 +268,25 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<Option<PathBuf>> {
             "{shown} is a dead mount of another file system ({e}); unmount it first (umount -l {shown})"
         ),
     }
+}
+
+/// What a mount point answers when the process of the mount there died,
+/// or `None` when it is not such a mount.
+pub fn dead_mount(mountpoint: &Path) -> Option<std::io::Error> {
+    // statfs always asks the file system; a stat may be answered from
+    // attributes the kernel still caches for a moment after the process
+    // died, and the next look then finds no directory there.
+    let e = rustix::fs::statfs(mountpoint)
+        .map_err(std::io::Error::from)
+        .err()?;
+    // ECONNABORTED: a request the kernel had queued while the dying
+    // process's descriptors were being closed. ECANCELED: the same over
+    // FUSE io_uring, a request handed to a ring whose thread was dead.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) | Some(libc::ECANCELED)
+    )
+    .then_some(e)
 }
 
 fn existing_dir(path: &Path, what: &str) -> Result<PathBuf> {
