@@ -64,29 +64,48 @@ impl Drop for HelpersInstalled {
     }
 }
 
-/// A volume whose key is in a file, a mount point, and an unmount at the
-/// end whatever happens.
+/// The helpers installed, a volume whose key is in a file, a mount point,
+/// and an unmount at the end whatever happens.
 struct Setup {
     fixture: Fixture,
     key_file: PathBuf,
     mnt: PathBuf,
     log: PathBuf,
+    _helpers: HelpersInstalled,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    /// `None` (after saying why) where these tests cannot run.
+    fn ready() -> Option<Setup> {
+        if !fuse_available() {
+            return None;
+        }
+        let helpers = HelpersInstalled::new()?;
         let fixture = Fixture::new();
         let key_file = fixture.dir.path().join("volume.key");
         std::fs::write(&key_file, KEY).expect("write the key file");
         let mnt = fixture.dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         let log = fixture.dir.path().join("mount.log");
-        Setup {
+        Some(Setup {
             fixture,
             key_file,
             mnt,
             log,
-        }
+            _helpers: helpers,
+        })
+    }
+
+    /// `mount -t fuse.chronicle -o OPTIONS BACKING MNT`.
+    fn mount_typed(&self, options: &str) -> Output {
+        mount(&[
+            "-t",
+            "fuse.chronicle",
+            "-o",
+            options,
+            self.fixture.b(),
+            path_str(&self.mnt),
+        ])
     }
 
     /// The options every mount here takes: the key file and a log.
@@ -130,23 +149,19 @@ fn mount(args: &[&str]) -> Output {
         .expect("run mount(8)")
 }
 
+fn umount(args: &[&str]) -> Output {
+    Command::new("umount")
+        .args(args)
+        .output()
+        .expect("run umount(8)")
+}
+
 #[test]
 fn mount_8_mounts_with_the_options_of_the_line() {
-    if !fuse_available() {
-        return;
-    }
-    let Some(_helper) = HelpersInstalled::new() else {
+    let Some(s) = Setup::ready() else {
         return;
     };
-    let s = Setup::new();
-    let out = mount(&[
-        "-t",
-        "fuse.chronicle",
-        "-o",
-        &s.options(",noexec,_netdev,nofail,x-systemd.requires=x.mount"),
-        s.fixture.b(),
-        path_str(&s.mnt),
-    ]);
+    let out = s.mount_typed(&s.options(",noexec,_netdev,nofail,x-systemd.requires=x.mount"));
     assert!(out.status.success(), "mount(8) failed: {}", stderr(&out));
     let point = s.mnt.canonicalize().expect("mount point");
     let entry = chronicle_mount::mountinfo::mounts()
@@ -187,10 +202,7 @@ fn mount_8_mounts_with_the_options_of_the_line() {
 
     // umount(8) runs chronicle umount, which returns once the mount
     // process has let go of the volume.
-    let out = Command::new("umount")
-        .args(["-v", path_str(&s.mnt)])
-        .output()
-        .expect("run umount(8)");
+    let out = umount(&["-v", path_str(&s.mnt)]);
     assert!(out.status.success(), "umount(8): {}", stderr(&out));
     assert!(
         stderr(&out).contains("chronicle umount -- "),
@@ -203,29 +215,15 @@ fn mount_8_mounts_with_the_options_of_the_line() {
 
 #[test]
 fn umount_8_refuses_force_and_detaches_lazily() {
-    if !fuse_available() {
-        return;
-    }
-    let Some(_helpers) = HelpersInstalled::new() else {
+    let Some(s) = Setup::ready() else {
         return;
     };
-    let s = Setup::new();
     let options = s.options("");
-    let out = mount(&[
-        "-t",
-        "fuse.chronicle",
-        "-o",
-        &options,
-        s.fixture.b(),
-        path_str(&s.mnt),
-    ]);
+    let out = s.mount_typed(&options);
     assert!(out.status.success(), "mount(8) failed: {}", stderr(&out));
     std::fs::write(s.mnt.join("open"), b"kept open").expect("write");
 
-    let out = Command::new("umount")
-        .args(["-f", path_str(&s.mnt)])
-        .output()
-        .expect("run umount(8)");
+    let out = umount(&["-f", path_str(&s.mnt)]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("umount -f would abort the mount"),
@@ -237,16 +235,10 @@ fn umount_8_refuses_force_and_detaches_lazily() {
     // Busy: a plain unmount is refused, a lazy one detaches at once and
     // the volume is let go of when the last file closes.
     let held = std::fs::File::open(s.mnt.join("open")).expect("open a file");
-    let out = Command::new("umount")
-        .arg(&s.mnt)
-        .output()
-        .expect("run umount(8)");
+    let out = umount(&[path_str(&s.mnt)]);
     assert!(!out.status.success(), "a busy mount unmounted");
     assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
-    let out = Command::new("umount")
-        .args(["-l", path_str(&s.mnt)])
-        .output()
-        .expect("run umount(8)");
+    let out = umount(&["-l", path_str(&s.mnt)]);
     assert!(out.status.success(), "umount -l: {}", stderr(&out));
     assert!(!is_mounted(&s.mnt));
     let mut text = String::new();
@@ -265,13 +257,9 @@ fn umount_8_refuses_force_and_detaches_lazily() {
 
 #[test]
 fn mount_a_mounts_an_fstab_line_once_and_a_command_line_overrides_it() {
-    if !fuse_available() {
-        return;
-    }
-    let Some(_helper) = HelpersInstalled::new() else {
+    let Some(s) = Setup::ready() else {
         return;
     };
-    let s = Setup::new();
     let fstab = s.fixture.dir.path().join("fstab");
     std::fs::write(
         &fstab,
@@ -298,10 +286,7 @@ fn mount_a_mounts_an_fstab_line_once_and_a_command_line_overrides_it() {
     assert_eq!(refused.raw_os_error(), Some(libc::EROFS));
 
     // A command line's options come after the line's, and win.
-    let out = Command::new("umount")
-        .arg(&s.mnt)
-        .output()
-        .expect("run umount(8)");
+    let out = umount(&[path_str(&s.mnt)]);
     assert!(out.status.success(), "umount(8): {}", stderr(&out));
     // (mount(8) settles ro and rw itself; the log file is chronicle's.)
     let second_log = s.fixture.dir.path().join("second.log");
@@ -318,14 +303,9 @@ fn mount_a_mounts_an_fstab_line_once_and_a_command_line_overrides_it() {
 
 #[test]
 fn a_bad_option_or_key_mounts_nothing_and_says_why() {
-    if !fuse_available() {
-        return;
-    }
-    let Some(_helper) = HelpersInstalled::new() else {
+    let Some(s) = Setup::ready() else {
         return;
     };
-    let s = Setup::new();
-    let at = [s.fixture.b(), path_str(&s.mnt)];
     for (options, says) in [
         (
             s.options(",dirsync"),
@@ -334,7 +314,7 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
         (s.options(",keyfile=/k"), "unknown mount option keyfile=/k"),
         (s.options(",sync"), "mount option sync is not supported"),
     ] {
-        let out = mount(&["-t", "fuse.chronicle", "-o", &options, at[0], at[1]]);
+        let out = s.mount_typed(&options);
         assert!(!out.status.success(), "{options} mounted");
         assert!(stderr(&out).contains(says), "{options}: {}", stderr(&out));
         assert_eq!(s.mount_count(), 0, "{options}");
@@ -342,7 +322,7 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
     let wrong = s.fixture.dir.path().join("wrong.key");
     std::fs::write(&wrong, WRONG_KEY).expect("write the wrong key");
     let options = format!("key_file={}", wrong.display());
-    let out = mount(&["-t", "fuse.chronicle", "-o", &options, at[0], at[1]]);
+    let out = s.mount_typed(&options);
     // mount(8) exits with its helper's status.
     assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
     assert!(
@@ -355,51 +335,24 @@ fn a_bad_option_or_key_mounts_nothing_and_says_why() {
 
 #[test]
 fn umount_8_clears_a_mount_whose_process_died() {
-    if !fuse_available() {
-        return;
-    }
-    let Some(_helpers) = HelpersInstalled::new() else {
+    let Some(s) = Setup::ready() else {
         return;
     };
-    let s = Setup::new();
     let options = s.options("");
-    let out = mount(&[
-        "-t",
-        "fuse.chronicle",
-        "-o",
-        &options,
-        s.fixture.b(),
-        path_str(&s.mnt),
-    ]);
+    let out = s.mount_typed(&options);
     assert!(out.status.success(), "mount(8) failed: {}", stderr(&out));
     std::fs::write(s.mnt.join("f"), b"x").expect("write");
 
     // The helper's process lives on as the mount's (its name is the link's).
-    let point = path_str(&s.mnt).as_bytes();
-    let pid = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.first()
-                .is_some_and(|a| a.ends_with(b"mount.fuse.chronicle"))
-                && args.contains(&point)
-        })
-        .expect("the mount's process");
-    let pid = rustix::process::Pid::from_raw(pid).expect("a pid is positive");
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill it");
-    let dead = (0..500).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        matches!(rustix::fs::statfs(&s.mnt), Err(rustix::io::Errno::NOTCONN))
-    });
+    kill_mount(&s.mnt);
+    let dead = is_mounted(&s.mnt)
+        && (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            matches!(rustix::fs::statfs(&s.mnt), Err(rustix::io::Errno::NOTCONN))
+        });
     assert!(dead, "the mount never answered 'not connected'");
 
-    let out = Command::new("umount")
-        .arg(&s.mnt)
-        .output()
-        .expect("run umount(8)");
+    let out = umount(&[path_str(&s.mnt)]);
     assert!(
         out.status.success(),
         "umount(8) of a dead mount: {}",

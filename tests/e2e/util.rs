@@ -425,7 +425,9 @@ pub fn kill_mount(mnt: &Path) {
     assert_eq!(ready, 1, "pid {pid} outlived SIGKILL by 30 s");
 }
 
-/// The pid of the background mount process serving `mnt`.
+/// The pid of the background mount process serving `mnt`: started as
+/// `chronicle mount ... MNT`, or by mount(8) as its helper
+/// `mount.fuse.chronicle BACKING MNT ...`.
 pub fn mount_pid(mnt: &Path) -> u32 {
     let wanted = path_str(mnt).to_string();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
@@ -434,7 +436,11 @@ pub fn mount_pid(mnt: &Path) -> u32 {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.contains(&&b"mount"[..]) && args.contains(&wanted.as_bytes()) {
+        let mounts = args.contains(&&b"mount"[..])
+            || args
+                .first()
+                .is_some_and(|a| a.ends_with(b"mount.fuse.chronicle"));
+        if mounts && args.contains(&wanted.as_bytes()) {
             return pid;
         }
     }
