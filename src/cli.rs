@@ -38,6 +38,18 @@ The options are this command's, without dashes (key_file=, ro, noexec, allow_oth
 threads=, ...); README.md, \"At boot\", has the rest."
 );
 
+const STATS_HELP: &str = "\
+The mount counts every request the kernel sends it (LOOKUP, READ, WRITE, FSYNC, ...)\n\
+and the time it took from taking each to its reply; the time a program waits also\n\
+holds the kernel's hand-over both ways, which is not in it. Run it before and after\n\
+a job to see what the job asked of the volume:\n  \
+chronicle stats /srv/metrics --raw > before; run-the-job; chronicle stats /srv/metrics --raw\n\
+The mount answers root and the user who mounted it; the kernel lets root into a\n\
+user's mount only if it was mounted with --allow-other. A request refused for data\n\
+that failed authentication met a block, header, name, symlink target or extended\n\
+attribute of BACKING that was forged or damaged: the program got EIO, and the mount's\n\
+log names the file (each request counts: every read or listing that meets it).";
+
 #[derive(Parser)]
 #[command(
     name = "chronicle",
@@ -207,6 +219,17 @@ pub enum Command {
         /// volume's files to reach the disk
         #[arg(long)]
         lazy: bool,
+    },
+    /// Show what a running mount reports of itself: the requests it served by
+    /// kind, the time it took over them, and those refused for forged data
+    #[command(after_help = STATS_HELP)]
+    Stats {
+        /// Where the volume is mounted
+        mountpoint: PathBuf,
+        /// Print the figures a line each, as the mount's report spells them (for
+        /// scripts: `op NAME COUNT NANOSECONDS`, `authentication_failures N`)
+        #[arg(long)]
+        raw: bool,
     },
     /// Show a volume's format and key source (no key needed)
     Info {

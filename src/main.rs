@@ -120,6 +120,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Stats { mountpoint, raw } => commands::stats::stats(&mountpoint, raw),
         Command::Info { backing, json } => volume::info(&backing, json),
         Command::Fsck {
             backing,

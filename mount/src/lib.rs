@@ -7,6 +7,7 @@ pub mod check;
 pub mod cipher;
 pub mod config;
 pub mod content;
+pub mod control;
 pub mod create;
 pub mod error;
 mod faults;

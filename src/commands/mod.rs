@@ -5,4 +5,5 @@ pub mod inspect;
 pub mod maintain;
 pub mod mount;
 pub mod progress;
+pub mod stats;
 pub mod volume;

@@ -19,4 +19,5 @@ mod mount_soak;
 mod names;
 mod polling;
 mod reencrypt;
+mod stats;
 mod util;

@@ -10,6 +10,7 @@ mod listing;
 mod nodes;
 mod ops;
 mod prune;
+mod stats;
 mod xattr;
 
 use std::io;

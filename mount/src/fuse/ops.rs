@@ -21,7 +21,8 @@ use super::kept::Kept;
 use super::listing::Streams;
 use super::nodes::{open_dir, Node, NodeTable, Pinned, ROOT_INO};
 use super::prune::PruneSignal;
-use super::xattr::XattrCipher;
+use super::stats::MountStats;
+use super::xattr::{XattrCipher, XattrError};
 use crate::content::{ContentCrypto, EncryptedFile};
 use crate::create::{self, CreateError};
 use crate::error::VolumeError;
@@ -120,6 +121,8 @@ pub struct Ops {
     /// The kernel keeps regular files' times itself (write-back caching
     /// granted at `init`) and writes them back with a SETATTR.
     kernel_keeps_times: bool,
+    /// What `chronicle stats` reads (`stats`).
+    stats: MountStats,
 }
 
 thread_local! {
@@ -234,7 +237,13 @@ impl Ops {
             kept,
             kernel_keeps_times: false,
             listings: Streams::default(),
+            stats: MountStats::new(rustix::process::getuid().as_raw()),
         })
+    }
+
+    /// The mount's figures of itself (`chronicle stats`).
+    pub fn stats(&self) -> &MountStats {
+        &self.stats
     }
 
     /// The kernel granted write-back caching: it keeps regular files'
@@ -265,7 +274,14 @@ impl Ops {
     fn errno_of(&self, e: VolumeError) -> Errno {
         let plain = match &e {
             VolumeError::AuthenticationFailed { file, .. }
-            | VolumeError::BadFileHeader { file, .. } => self.plain_of(file),
+            | VolumeError::BadFileHeader { file, .. } => {
+                self.stats.authentication_failed();
+                self.plain_of(file)
+            }
+            VolumeError::BadName { .. } => {
+                self.stats.authentication_failed();
+                None
+            }
             _ => None,
         };
         volume_errno_at(e, plain.as_deref())
@@ -322,6 +338,7 @@ impl Ops {
             NameError::TooLong => Errno::ENAMETOOLONG,
             NameError::Io(e) => io(e),
             NameError::Forged(what) => {
+                self.stats.authentication_failed();
                 log::error!(
                     "authentication failed: a name in {} ({what:?})",
                     dir.backing_path().display()
@@ -1638,7 +1655,12 @@ impl Ops {
         self.xattrs_stored()?;
         let node = self.node(ino)?;
         let owner = self.xattr_owner(&node)?;
-        self.xattrs.get(&node, owner, name)
+        self.xattrs.get(&node, owner, name).map_err(|e| {
+            if e == XattrError::Forged {
+                self.stats.authentication_failed();
+            }
+            e.errno()
+        })
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {

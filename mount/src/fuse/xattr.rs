@@ -11,6 +11,29 @@ use super::nodes::Pinned;
 use crate::content::ContentCrypto;
 use crate::xattrs::{is_user, Owner, XattrSealer, USER_PREFIX};
 
+/// Why a value was not read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrError {
+    /// Its sealed value failed authentication (logged): EIO.
+    Forged,
+    Other(Errno),
+}
+
+impl XattrError {
+    pub fn errno(self) -> Errno {
+        match self {
+            XattrError::Forged => Errno::EIO,
+            XattrError::Other(e) => e,
+        }
+    }
+}
+
+impl From<Errno> for XattrError {
+    fn from(e: Errno) -> Self {
+        XattrError::Other(e)
+    }
+}
+
 pub struct XattrCipher {
     sealer: XattrSealer,
 }
@@ -52,7 +75,7 @@ impl XattrCipher {
         rustix::fs::setxattr(Self::target(node)?, name, &sealed, flags).map_err(sys)
     }
 
-    pub fn get(&self, node: &Pinned, owner: Owner, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub fn get(&self, node: &Pinned, owner: Owner, name: &OsStr) -> Result<Vec<u8>, XattrError> {
         let name = user_name(name).map_err(|_| Errno::NO_XATTR)?;
         let path = Self::target(node).map_err(|_| Errno::NO_XATTR)?;
         let len = rustix::fs::getxattr_query(&path, name).map_err(sys)?;
@@ -61,7 +84,7 @@ impl XattrCipher {
         sealed.truncate(got);
         self.sealer.open(owner, name, sealed).map_err(|_| {
             log::error!("authentication failed: extended attribute {name:?} of {path}");
-            Errno::EIO
+            XattrError::Forged
         })
     }
 

@@ -84,6 +84,7 @@ mod access_flags;
 mod bsd_file_flags;
 mod channel;
 mod dev_fuse;
+pub mod counters;
 /// Experimental APIs
 #[cfg(feature = "experimental")]
 pub mod experimental;
@@ -412,6 +413,12 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Clean up filesystem.
     /// Called on filesystem exit.
     fn destroy(&mut self) {}
+
+    /// Where to count the requests dispatched to this file system, if
+    /// anywhere (see `counters`). None, the default, counts nothing.
+    fn request_counters(&self) -> Option<&counters::RequestCounters> {
+        None
+    }
 
     /// Look up a directory entry by name and get its attributes.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

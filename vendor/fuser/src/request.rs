@@ -84,6 +84,12 @@ impl<'a> RequestWithSender<'a> {
     /// request and sends back the returned reply to the kernel
     pub(crate) fn dispatch<FS: Filesystem>(&self, se: &SessionEventLoop<FS>) {
         debug!("{} thread={}", self.request, se.thread_name);
+        let _counted = se
+            .filesystem
+            .fs
+            .as_ref()
+            .and_then(|fs| fs.request_counters())
+            .map(|counters| counters.serving(self.request.header().opcode));
         match self.dispatch_req(se) {
             Ok(Some(resp)) => self.reply::<ReplyRaw>().send_ll(&resp),
             Ok(None) => {}
