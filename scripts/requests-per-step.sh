@@ -31,7 +31,10 @@ step() {
   s=$(now); "$@" >/dev/null 2>&1; e=$(now)
   printf '%-6s %6.2f s\n' "$name" "$(echo "$e - $s" | bc)"
   # Each reading is a STATFS and an IOCTL of its own: between the two
-  # readings' figures fall the first one's IOCTL and the second's STATFS.
+  # readings' figures fall the first one's IOCTL and the second's STATFS
+  # (their time is left in; a request is counted just after its reply, so
+  # a count may rarely be one off, and requests made between steps, such
+  # as the FORGETs of files removed there, land in the next step).
   join -a 2 -e 0 -o 0,1.2,1.3,2.2,2.3 <(echo "$before" | sort) <(counters "$mnt" | sort) |
     awk -v step="$name" '{ n = $4 - $2 - ($1 == "IOCTL" || $1 == "STATFS") }
       n > 0 { print step, $1, n, $5 - $3 }' >&3

@@ -45,10 +45,10 @@ holds the kernel's hand-over both ways, which is not in it. Run it before and af
 a job to see what the job asked of the volume:\n  \
 chronicle stats /srv/metrics --raw > before; run-the-job; chronicle stats /srv/metrics --raw\n\
 The mount answers root and the user who mounted it; the kernel lets root into a\n\
-user's mount only if it was mounted with --allow-other. A request refused for data\n\
-that failed authentication met a block, header, name, symlink target or extended\n\
-attribute of BACKING that was forged or damaged: the program got EIO, and the mount's\n\
-log names the file (each request counts: every read or listing that meets it).";
+user's mount only if it was mounted with --allow-other. \"Forged or damaged data met\"\n\
+counts the requests that met a block, header, name, symlink target or extended\n\
+attribute of BACKING that failed authentication: a read of it got EIO, a listing\n\
+left the name out, and the mount's log names the file.";
 
 #[derive(Parser)]
 #[command(
@@ -221,13 +221,13 @@ pub enum Command {
         lazy: bool,
     },
     /// Show what a running mount reports of itself: the requests it served by
-    /// kind, the time it took over them, and those refused for forged data
+    /// kind, the time it took over them, and the forged data they met
     #[command(after_help = STATS_HELP)]
     Stats {
         /// Where the volume is mounted
         mountpoint: PathBuf,
-        /// Print the figures a line each, as the mount's report spells them (for
-        /// scripts: `op NAME COUNT NANOSECONDS`, `authentication_failures N`)
+        /// Print the figures a line each in the report's own format (for scripts:
+        /// `op NAME COUNT NANOSECONDS`, `authentication_failures N`, `uptime_ns N`)
         #[arg(long)]
         raw: bool,
     },

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use chronicle_mount::control::{self, Report};
+use chronicle_mount::control::{self, AskError, Report};
 use chronicle_mount::mountinfo;
 
 pub fn stats(mountpoint: &Path, raw: bool) -> Result<()> {
@@ -18,36 +18,36 @@ pub fn stats(mountpoint: &Path, raw: bool) -> Result<()> {
             entry.fstype
         );
     };
+    let owner = entry
+        .owner
+        .map_or("unknown".to_string(), |uid| uid.to_string());
+    let at = mountpoint.display();
     let report = match control::ask(&entry) {
         Ok(report) => report,
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => bail!(
-            "only root and the user who mounted {} (uid {}) may read its figures",
-            mountpoint.display(),
-            entry
-                .owner
-                .map_or("unknown".to_string(), |uid| uid.to_string())
+        Err(AskError::Open(e)) if e.raw_os_error() == Some(libc::EACCES) => bail!(
+            "cannot open {at}: permission denied (a FUSE mount lets in only the user who \
+             mounted it, uid {owner}, unless it was mounted with --allow-other)"
         ),
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => bail!(
-            "cannot open {}: a FUSE mount lets in only the user who mounted it (uid {}) \
-             unless it was mounted with --allow-other",
-            mountpoint.display(),
-            entry
-                .owner
-                .map_or("unknown".to_string(), |uid| uid.to_string())
-        ),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => bail!(
-            "the mount at {} does not report figures: it was made by an earlier \
-             chronicle (unmount and mount it again)",
-            mountpoint.display()
-        ),
-        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => bail!(
-            "{} was unmounted or mounted over while being asked; try again",
-            mountpoint.display()
-        ),
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("asking {} for its figures", mountpoint.display()))
+        Err(AskError::Open(e)) => return Err(e).with_context(|| format!("cannot open {at}")),
+        Err(AskError::NotFuse) => bail!("{at} is not a chronicle mount"),
+        Err(AskError::Moved) => {
+            bail!("{at} was unmounted or mounted over while being asked; try again")
         }
+        Err(AskError::Refused(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+            bail!("only root and the user who mounted {at} (uid {owner}) may read its figures")
+        }
+        Err(AskError::Refused(e)) if e.raw_os_error() == Some(libc::EINVAL) => bail!(
+            "{at} is a directory inside a volume, not its root (a bind mount?): ask where \
+             the volume itself is mounted"
+        ),
+        Err(AskError::Refused(e)) if e.raw_os_error() == Some(libc::ENOTTY) => bail!(
+            "the mount at {at} does not report figures: it was made by an earlier \
+             chronicle (unmount and mount it again)"
+        ),
+        Err(AskError::Refused(e)) => {
+            return Err(e).with_context(|| format!("asking {at} for its figures"))
+        }
+        Err(AskError::Malformed(why)) => bail!("the mount at {at} sent a malformed report ({why})"),
     };
     match raw {
         true => print!("{}", String::from_utf8_lossy(&report.encode())),
@@ -87,7 +87,7 @@ fn table(report: &Report, backing: &Path, mountpoint: &Path) -> String {
     out += &line("all", requests, nanos);
     out += &format!(
         "\n(time: the mount's, from taking a request to its reply)\n\
-         requests refused for data that failed authentication: {}\n",
+         forged or damaged data met (requests that read or listed it): {}\n",
         report.authentication_failures
     );
     out
@@ -131,7 +131,7 @@ mod tests {
         assert!(lines[5].starts_with("all") && lines[5].contains(" 40 "));
         assert_eq!(
             lines.last(),
-            Some(&"requests refused for data that failed authentication: 2")
+            Some(&"forged or damaged data met (requests that read or listed it): 2")
         );
         assert_eq!(span(Duration::from_secs(127)), "2m 07s");
         assert_eq!(span(Duration::from_secs(9)), "9s");

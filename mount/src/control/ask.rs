@@ -1,5 +1,6 @@
 //! The caller's side of the control request: one `ioctl` into a buffer of
-//! the report's size, the only unsafe code of `chronicle stats`.
+//! the report's size (the only unsafe code of `chronicle stats`), sent
+//! only to the FUSE mount the caller named.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -14,25 +15,45 @@ use crate::mountinfo::{MountEntry, CHRONICLE_FSTYPE};
 /// itself whatever the server answers.
 const FUSE_SUPER_MAGIC: FsWord = 0x6573_5546;
 
-/// Asks the mount `entry` for its report. ENOTTY: it does not answer the
-/// request (an earlier build), or is not a FUSE mount of chronicle's type;
-/// EACCES: the kernel does not let the caller in; EPERM: the mount refuses
-/// the caller; ESTALE: something else is mounted there now.
-pub fn ask(entry: &MountEntry) -> io::Result<Report> {
+/// Why a mount's report was not had.
+#[derive(Debug)]
+pub enum AskError {
+    /// The mount point could not be opened or looked at (EACCES: the
+    /// kernel does not let the caller into the mount).
+    Open(io::Error),
+    /// What is mounted there is not a FUSE file system of chronicle's type.
+    NotFuse,
+    /// Something else is mounted there now than the mount asked about.
+    Moved,
+    /// The mount's answer: EPERM, it refuses the caller; EINVAL, the
+    /// directory is not the volume's root (a bind mount of one inside it);
+    /// ENOTTY, it does not know the request (an earlier build).
+    Refused(io::Error),
+    /// The mount's report could not be read.
+    Malformed(String),
+}
+
+/// Asks the mount `entry` for its report.
+pub fn ask(entry: &MountEntry) -> Result<Report, AskError> {
     if entry.fstype != CHRONICLE_FSTYPE {
-        return Err(io::Error::from_raw_os_error(libc::ENOTTY));
+        return Err(AskError::NotFuse);
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let dir = rustix::fs::open(&entry.point, flags, Mode::empty())?;
-    if rustix::fs::fstatfs(&dir)?.f_type != FUSE_SUPER_MAGIC {
-        return Err(io::Error::from_raw_os_error(libc::ENOTTY));
+    let dir = rustix::fs::open(&entry.point, flags, Mode::empty())
+        .map_err(|e| AskError::Open(e.into()))?;
+    // The kernel sets the type of a FUSE file system itself (a server
+    // that fails the STATFS fails the call instead).
+    let fs = rustix::fs::fstatfs(&dir).map_err(|e| AskError::Open(e.into()))?;
+    if fs.f_type != FUSE_SUPER_MAGIC {
+        return Err(AskError::NotFuse);
     }
     // The directory opened is the mount the caller chose from mountinfo,
     // not one made there since.
     let at = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
-    let stat = rustix::fs::statx(&dir, "", at, StatxFlags::empty())?;
+    let stat = rustix::fs::statx(&dir, "", at, StatxFlags::empty())
+        .map_err(|e| AskError::Open(e.into()))?;
     if format!("{}:{}", stat.stx_dev_major, stat.stx_dev_minor) != entry.device {
-        return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        return Err(AskError::Moved);
     }
     let mut buffer = [0u8; REPORT_MAX];
     // SAFETY: the directory is on a FUSE file system (its type checked on
@@ -43,10 +64,9 @@ pub fn ask(entry: &MountEntry) -> io::Result<Report> {
     // server replies (a longer reply is an error, EIO).
     let got = unsafe { libc::ioctl(dir.as_raw_fd(), STATS as libc::Ioctl, buffer.as_mut_ptr()) };
     if got < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(AskError::Refused(io::Error::last_os_error()));
     }
     // The mount returns the report's length; the rest was never written.
     let len = (got as usize).min(REPORT_MAX);
-    Report::decode(&buffer[..len])
-        .map_err(|Malformed(why)| io::Error::new(io::ErrorKind::InvalidData, why))
+    Report::decode(&buffer[..len]).map_err(|Malformed(why)| AskError::Malformed(why))
 }

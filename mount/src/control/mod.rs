@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 mod ask;
-pub use ask::ask;
+pub use ask::{ask, AskError};
 
 pub use fuser::counters::OperationCount;
 
@@ -48,8 +48,11 @@ const MAGIC: &str = "chronicle-stats 1";
 pub struct Report {
     /// Since the mount started serving.
     pub uptime: Duration,
-    /// Blocks, headers, names and extended attributes that failed
-    /// authentication (forged or damaged in BACKING), each answered EIO.
+    /// Times a request met forged or damaged data in BACKING (a block,
+    /// header, name, directory id, symlink target or extended attribute
+    /// that failed authentication): a read of it got EIO, a listing left
+    /// the name out. One piece of data counts at every request that meets
+    /// it.
     pub authentication_failures: u64,
     /// Requests served, by FUSE operation, in opcode order.
     pub operations: Vec<OperationCount>,

@@ -51,10 +51,14 @@ impl MountStats {
     /// the mount runs as: the figures tell how busy the volume is and
     /// whether it is under attack, which other users of an `--allow-other`
     /// mount have no business knowing. Any other request is ENOTTY, as a
-    /// file system without ioctls answers.
+    /// file system without ioctls answers; this one elsewhere than the
+    /// root (a bind mount of a directory inside the volume) is EINVAL.
     pub fn control(&self, uid: u32, ino: u64, cmd: u32, out_size: u32) -> Result<Vec<u8>, Errno> {
-        if ino != fuser::INodeNo::ROOT.0 || cmd != control::STATS {
+        if cmd != control::STATS {
             return Err(Errno::ENOTTY);
+        }
+        if ino != fuser::INodeNo::ROOT.0 {
+            return Err(Errno::EINVAL);
         }
         if uid != 0 && uid != self.owner {
             return Err(Errno::EPERM);
@@ -104,6 +108,23 @@ mod tests {
     }
 
     #[test]
+    fn a_handler_that_panics_is_counted() {
+        let stats = MountStats::new(1_000);
+        let handler = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _serving = stats.requests().serving(LOOKUP);
+            panic!("a handler's bug");
+        }));
+        assert!(handler.is_err());
+        let counted: Vec<_> = stats
+            .report()
+            .operations
+            .into_iter()
+            .map(|o| (o.name, o.requests))
+            .collect();
+        assert_eq!(counted, vec![("LOOKUP".to_string(), 1)]);
+    }
+
+    #[test]
     fn only_root_and_the_owner_read_the_figures_of_the_root() {
         let owner = 1_000;
         let stats = MountStats::new(owner);
@@ -123,7 +144,7 @@ mod tests {
         }
         assert_eq!(
             stats.control(0, root + 1, control::STATS, max),
-            Err(Errno::ENOTTY)
+            Err(Errno::EINVAL)
         );
         assert_eq!(
             stats.control(0, root, control::STATS + 1, max),

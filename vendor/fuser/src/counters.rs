@@ -7,8 +7,9 @@
 //! handler returns or panics. The
 //! time is the handler's, from dispatch to return (its reply included),
 //! not the round trip the program saw: the kernel's queueing and the
-//! wake-ups are not in it. The clock is read twice a request (`Instant`,
-//! from the vDSO: no system call).
+//! wake-ups are not in it. The clock is read twice a request (`Instant`:
+//! from the vDSO, no system call, where the clocksource allows, as TSC
+//! does).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,8 +18,8 @@ use std::time::Instant;
 
 use crate::ll::fuse_abi::fuse_opcode;
 
-/// Opcodes below this are counted each in a slot of their own (Linux's
-/// highest today is 53); any other is counted in slot 0.
+/// Opcodes below this are counted each in a slot of their own (Linux
+/// 6.18's are all below it); any other is counted in slot 0.
 const SLOTS: usize = 64;
 
 /// Request counts and handler times by opcode, updated without locks.
@@ -100,6 +101,7 @@ impl RequestCounters {
 
 /// A request being served (`RequestCounters::serving`).
 #[derive(Debug)]
+#[must_use = "the request is counted when this is dropped"]
 pub struct Serving<'a> {
     counters: &'a RequestCounters,
     opcode: u32,
