@@ -128,6 +128,14 @@ fn copied_xattr_is_eio() {
     assert!(m
         .log_text()
         .contains("authentication failed: extended attribute"));
+    // `chronicle stats` counts the one request that met it.
+    let out = run(&["stats", "--raw", path_str(&m.mnt)], None);
+    assert!(
+        stdout(&out).contains("\nauthentication_failures 1\n"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 /// A size-limited tmpfs, unmounted (and its directory removed) on drop,
