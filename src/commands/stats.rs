@@ -61,8 +61,8 @@ fn table(report: &Report, backing: &Path, mountpoint: &Path) -> String {
     ops.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.name.cmp(&b.name)));
     let mut out = format!(
         "{} mounted at {}, serving for {}\n\n{:<16} {:>12} {:>12} {:>10}\n",
-        backing.display(),
-        mountpoint.display(),
+        printable(backing),
+        printable(mountpoint),
         span(report.uptime),
         "request",
         "count",
@@ -91,6 +91,18 @@ fn table(report: &Report, backing: &Path, mountpoint: &Path) -> String {
         report.authentication_failures
     );
     out
+}
+
+/// `path` with its control characters escaped: the backing directory's
+/// name comes from mountinfo, where another user's mount may have put it.
+fn printable(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    text.chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect()
 }
 
 /// `3h 02m 05s`, `2m 07s`, `9s`.
@@ -135,5 +147,9 @@ mod tests {
         );
         assert_eq!(span(Duration::from_secs(127)), "2m 07s");
         assert_eq!(span(Duration::from_secs(9)), "9s");
+        assert_eq!(
+            printable(Path::new("/srv/a\u{1b}[2Jb")),
+            "/srv/a\\u{1b}[2Jb"
+        );
     }
 }
